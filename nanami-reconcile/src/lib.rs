@@ -1,0 +1,1 @@
+//! Nanami reconciler: `plan(desired, observed)` and the controller loop (not built yet).

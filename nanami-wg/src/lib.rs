@@ -1,0 +1,1 @@
+//! Nanami data plane and Linux platform (not built yet).
