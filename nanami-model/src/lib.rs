@@ -3,21 +3,44 @@
 //! Nanami's pure core. It reads the topology document (version 1), validates it
 //! reporting every problem with its path, allocates overlay addresses, assigns
 //! clients to gateways, and compiles each gateway's [`GatewayState`] and each
-//! client's `NodeConfig`.
+//! client's [`NodeConfig`].
 //!
 //! Nothing here performs I/O, reads a clock, draws randomness or depends on
 //! hash order: the same input always gives byte-identical output. Time, health and
 //! randomness enter as parameters.
+//!
+//! ```
+//! use nanami_model::{compile, Health, Topology, GatewayId};
+//! let yaml = include_str!("../../examples/topology.yaml");
+//! let topology = Topology::from_yaml(yaml).unwrap();
+//! let gw = GatewayId::new("gw-fra-1").unwrap();
+//! let state = compile(&topology, &Health::all_up(), &gw).unwrap();
+//! assert!(state.peer_count() > 0);
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod alloc;
+pub mod assign;
+pub mod compile;
+pub mod config;
+pub mod doc;
+pub mod health;
 pub mod id;
 pub mod key;
 pub mod state;
+pub mod topology;
+pub mod validate;
 
+pub use compile::{compile, compile_all, compile_node, CompileError};
+pub use config::{ClientPeer, NodeConfig};
+pub use doc::{Document, ParseError};
+pub use health::Health;
 pub use id::{GatewayId, IdError, InterfaceName, NetworkId, NodeId, RegionId, WorkspaceId};
 pub use key::{KeyError, PrivateKey, PublicKey};
 pub use state::{
     Destination, FilterRule, FilterSet, GatewayState, InterfaceState, IpFamily, NatRule, PeerState,
     Route, Rule,
 };
+pub use topology::{Topology, TopologyError};
+pub use validate::{Issue, ValidationErrors};

@@ -1,0 +1,253 @@
+//! Compilation: the topology, as seen under a given [`Health`], becomes the exact
+//! state of one gateway ([`compile`]) or the configuration of one client
+//! ([`compile_node`]).
+//!
+//! What a gateway gets, for each network it serves (its interface is `nm-<id>`):
+//! - its node's overlay addresses as host prefixes (`/32`, `/128`) on the interface;
+//! - one peer per active client assigned to it, AllowedIPs = the client's addresses;
+//! - a route for each overlay prefix to the interface, in Nanami's table, and a rule
+//!   sending the overlay to that table;
+//! - filter accepts: overlay → overlay (`ingress`), overlay → each route (`egress`),
+//!   overlay → internet (`exit`, when the network allows it); masquerade toward the
+//!   routes when `nat` and toward the internet always;
+//! - forwarding for the families it carries.
+//!
+//! Only objects of the gateway's own workspace are read, which is what keeps one
+//! workspace's addresses out of another's state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::assign::{assign, Assignment};
+use crate::config::{ClientPeer, NodeConfig, CLIENT_KEEPALIVE};
+use crate::health::Health;
+use crate::id::{GatewayId, NodeId};
+use crate::state::{
+    Destination, FilterRule, FilterSet, GatewayState, InterfaceState, IpFamily, NatRule, PeerState,
+    Route, Rule, DEFAULT_MTU,
+};
+use crate::topology::{Gateway, NodeStatus, Role, Topology, Workspace};
+
+/// Why nothing could be compiled for the id asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompileError {
+    /// No gateway has this id; check the id against the topology.
+    #[error("no gateway {0:?} in the topology")]
+    UnknownGateway(GatewayId),
+    /// No node has this id; check the id against the topology.
+    #[error("no node {0:?} in the topology")]
+    UnknownNode(NodeId),
+    /// The node exists but is not active, so it gets no configuration.
+    #[error("node {id:?} is {status:?}; only active nodes get a configuration")]
+    NodeNotActive {
+        /// The node.
+        id: NodeId,
+        /// Its status.
+        status: NodeStatus,
+    },
+    /// The node is a gateway's machine: compile the gateway instead.
+    #[error("node {0:?} is a gateway's machine; compile its gateway instead")]
+    NodeIsGateway(NodeId),
+}
+
+/// A single address as a host prefix.
+pub fn host_prefix(addr: IpAddr) -> IpNet {
+    // ipnet turns an address into its full-length prefix.
+    IpNet::from(addr)
+}
+
+/// Compiles the desired state of `gateway`.
+///
+/// A gateway whose node is not active compiles to the empty state: Nanami removes
+/// everything it owns there.
+pub fn compile(
+    topology: &Topology,
+    health: &Health,
+    gateway: &GatewayId,
+) -> Result<GatewayState, CompileError> {
+    let (ws, gw) = topology
+        .gateway(gateway)
+        .ok_or_else(|| CompileError::UnknownGateway(gateway.clone()))?;
+    let assignment = assign(topology, ws, health);
+    Ok(gateway_state(ws, gw, &assignment))
+}
+
+/// Compiles every gateway, assigning each workspace once.
+pub fn compile_all(topology: &Topology, health: &Health) -> BTreeMap<GatewayId, GatewayState> {
+    let mut out = BTreeMap::new();
+    for ws in topology.workspaces.values() {
+        let assignment = assign(topology, ws, health);
+        for gw in ws.gateways.values() {
+            out.insert(gw.id.clone(), gateway_state(ws, gw, &assignment));
+        }
+    }
+    out
+}
+
+fn gateway_state(ws: &Workspace, gw: &Gateway, assignment: &Assignment) -> GatewayState {
+    let mut state = GatewayState::default();
+    let Some(own) = ws.nodes.get(&gw.node).filter(|n| n.is_active()) else {
+        return state;
+    };
+    let ifname = gw.interface.clone();
+    let mut iface = InterfaceState {
+        listen_port: Some(gw.listen_port),
+        mtu: DEFAULT_MTU,
+        ..InterfaceState::default()
+    };
+    let mut filter = FilterSet::default();
+    for net in gw.networks.iter().filter_map(|id| ws.networks.get(id)) {
+        if let Some(addrs) = own.memberships.get(&net.id) {
+            iface
+                .addresses
+                .extend(addrs.iter().map(|a| host_prefix(*a)));
+        }
+        for overlay in &net.overlay {
+            state.forwarding.insert(IpFamily::of(overlay));
+            state.routes.insert(Route::nanami(*overlay, ifname.clone()));
+            state.rules.insert(Rule::nanami(*overlay));
+            let accept = |destination| FilterRule {
+                interface: ifname.clone(),
+                source: *overlay,
+                destination,
+            };
+            if gw.has(Role::Ingress) {
+                filter.accept.insert(accept(Destination::Prefix(*overlay)));
+            }
+            if gw.has(Role::Egress) {
+                for route in net.routes.iter().filter(|r| same_family(r, overlay)) {
+                    filter.accept.insert(accept(Destination::Prefix(*route)));
+                    if net.nat {
+                        filter.masquerade.insert(NatRule {
+                            source: *overlay,
+                            destination: Destination::Prefix(*route),
+                        });
+                    }
+                }
+            }
+            if gw.has(Role::Exit) && net.exit {
+                filter.accept.insert(accept(Destination::Internet));
+                filter.masquerade.insert(NatRule {
+                    source: *overlay,
+                    destination: Destination::Internet,
+                });
+            }
+        }
+    }
+    if let Some(clients) = assignment.by_gateway.get(&gw.id) {
+        for (node_id, nets) in clients {
+            let Some(node) = ws.nodes.get(node_id) else {
+                continue;
+            };
+            let allowed_ips: BTreeSet<IpNet> = nets
+                .iter()
+                .filter_map(|n| node.memberships.get(n))
+                .flatten()
+                .map(|a| host_prefix(*a))
+                .collect();
+            iface.peers.insert(
+                node.public_key,
+                PeerState {
+                    endpoint: node.endpoints.first().copied(),
+                    allowed_ips,
+                    persistent_keepalive: None,
+                },
+            );
+        }
+    }
+    state.interfaces.insert(ifname, iface);
+    state.filter = Some(filter);
+    state
+}
+
+fn same_family(a: &IpNet, b: &IpNet) -> bool {
+    a.addr().is_ipv4() == b.addr().is_ipv4()
+}
+
+/// Compiles the configuration of client `node`.
+pub fn compile_node(
+    topology: &Topology,
+    health: &Health,
+    node: &NodeId,
+) -> Result<NodeConfig, CompileError> {
+    let (ws, rec) = topology
+        .node(node)
+        .ok_or_else(|| CompileError::UnknownNode(node.clone()))?;
+    if !rec.is_active() {
+        return Err(CompileError::NodeNotActive {
+            id: node.clone(),
+            status: rec.status,
+        });
+    }
+    if ws.is_gateway_node(node) {
+        return Err(CompileError::NodeIsGateway(node.clone()));
+    }
+    let assignment = assign(topology, ws, health);
+    let mut peers: BTreeMap<GatewayId, ClientPeer> = BTreeMap::new();
+    let mut unassigned = BTreeSet::new();
+    let mut exit_taken = false;
+    let mine = assignment.by_node.get(node);
+    for (net_id, net) in rec
+        .memberships
+        .keys()
+        .filter_map(|id| ws.networks.get(id).map(|n| (id, n)))
+    {
+        let Some(gw) = mine
+            .and_then(|m| m.get(net_id))
+            .and_then(|g| ws.gateways.get(g))
+        else {
+            unassigned.insert(net_id.clone());
+            continue;
+        };
+        let Some(gw_node) = ws.nodes.get(&gw.node) else {
+            unassigned.insert(net_id.clone());
+            continue;
+        };
+        let peer = peers.entry(gw.id.clone()).or_insert_with(|| ClientPeer {
+            gateway: gw.id.clone(),
+            public_key: gw_node.public_key,
+            endpoint: gw.endpoint,
+            allowed_ips: BTreeSet::new(),
+            persistent_keepalive: Some(CLIENT_KEEPALIVE),
+            networks: BTreeSet::new(),
+            exit: false,
+        });
+        peer.networks.insert(net_id.clone());
+        peer.allowed_ips.extend(net.overlay.iter().copied());
+        if gw.has(Role::Egress) {
+            peer.allowed_ips.extend(net.routes.iter().copied());
+        }
+        // The default route can belong to one peer only: the first exit network (by id).
+        if rec.exit && net.exit && gw.has(Role::Exit) && !exit_taken {
+            exit_taken = true;
+            peer.exit = true;
+            for overlay in &net.overlay {
+                let default = match overlay {
+                    IpNet::V4(_) => "0.0.0.0/0",
+                    IpNet::V6(_) => "::/0",
+                };
+                if let Ok(d) = default.parse() {
+                    peer.allowed_ips.insert(d);
+                }
+            }
+        }
+    }
+    let addresses = rec
+        .memberships
+        .values()
+        .flatten()
+        .map(|a| host_prefix(*a))
+        .collect();
+    Ok(NodeConfig {
+        node: rec.id.clone(),
+        workspace: ws.id.clone(),
+        public_key: rec.public_key,
+        addresses,
+        mtu: DEFAULT_MTU,
+        peers: peers.into_values().collect(),
+        unassigned,
+    })
+}

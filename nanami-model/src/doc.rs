@@ -1,0 +1,254 @@
+//! The topology document, version 1, exactly as it is written: the serde form.
+//!
+//! Scalars that can be wrong in interesting ways (ids, keys, prefixes, addresses,
+//! enumerations) are read as text here and checked by [`crate::validate`], so one
+//! pass reports every problem with its path instead of stopping at the first.
+//! Unknown fields and wrong shapes are parse errors.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest document accepted by [`Document::from_yaml`] and [`Document::from_json`]:
+/// 32 MiB holds a 100,000-node topology with room to spare, and bounds what an
+/// untrusted caller can make us allocate.
+pub const MAX_DOCUMENT_BYTES: usize = 32 * 1024 * 1024;
+
+/// The only document version this crate reads.
+pub const VERSION: u32 = 1;
+
+/// Why a document could not be read at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// The text is larger than the limit; nothing was parsed.
+    #[error("document is {size} bytes, the limit is {limit}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The YAML is malformed, has an unknown field, or a value of the wrong shape.
+    #[error("YAML: {0}")]
+    Yaml(String),
+    /// The JSON is malformed, has an unknown field, or a value of the wrong shape.
+    #[error("JSON: {0}")]
+    Json(String),
+}
+
+/// One value or a list of them (`overlay: 10.0.0.0/8` or `overlay: [a, b]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// A single value.
+    One(String),
+    /// A list.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values as a slice.
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            Self::One(s) => std::slice::from_ref(s),
+            Self::Many(v) => v,
+        }
+    }
+}
+
+/// The whole document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    /// Must be 1.
+    pub version: u32,
+    /// The platform's region catalog.
+    pub regions: Vec<RegionDoc>,
+    /// Tenants' workspaces.
+    pub workspaces: Vec<WorkspaceDoc>,
+}
+
+/// A catalog region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionDoc {
+    /// Region id.
+    pub id: String,
+    /// Human name; the id when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// `active`, `draining` or `retired`.
+    pub state: String,
+}
+
+/// A workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceDoc {
+    /// Workspace id.
+    pub id: String,
+    /// The tenant that owns it.
+    pub tenant: String,
+    /// Regions it may use, in order of preference.
+    pub regions: Vec<String>,
+    /// Its networks.
+    #[serde(default)]
+    pub networks: Vec<NetworkDoc>,
+    /// Its nodes (clients and gateway machines).
+    #[serde(default)]
+    pub nodes: Vec<NodeDoc>,
+    /// Its gateways.
+    #[serde(default)]
+    pub gateways: Vec<GatewayDoc>,
+}
+
+/// A network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkDoc {
+    /// Network id, unique in its workspace.
+    pub id: String,
+    /// Member tunnel prefixes: at most one IPv4 and one IPv6.
+    pub overlay: OneOrMany,
+    /// Private subnets reached through the network's egress gateways.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Whether gateways may serve as exit nodes.
+    #[serde(default)]
+    pub exit: bool,
+    /// Whether traffic leaving toward `routes` is masqueraded.
+    #[serde(default = "default_true")]
+    pub nat: bool,
+    /// Gateway assignment policy.
+    #[serde(default)]
+    pub gateways: PolicyDoc,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_redundancy() -> u32 {
+    1
+}
+
+fn default_policy() -> String {
+    "auto".to_owned()
+}
+
+/// `gateways: { policy: auto | balanced | manual, manual: [ids], redundancy: k }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDoc {
+    /// `auto`, `balanced` or `manual`.
+    #[serde(default = "default_policy")]
+    pub policy: String,
+    /// For `manual`: the gateways in order of preference.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manual: Vec<String>,
+    /// How many gateways hold each client.
+    #[serde(default = "default_redundancy")]
+    pub redundancy: u32,
+}
+
+impl Default for PolicyDoc {
+    fn default() -> Self {
+        Self {
+            policy: default_policy(),
+            manual: Vec::new(),
+            redundancy: default_redundancy(),
+        }
+    }
+}
+
+/// A node: a client or a gateway machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDoc {
+    /// Node id, unique in the document.
+    pub id: String,
+    /// Its WireGuard public key, base64.
+    pub public_key: String,
+    /// `pending`, `active`, `disabled` or `revoked`.
+    pub status: String,
+    /// Where it can be reached (`ip:port`), most preferred first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// Networks it belongs to.
+    #[serde(default)]
+    pub memberships: Vec<MembershipDoc>,
+    /// Whether it wants its default route through an exit gateway.
+    #[serde(default)]
+    pub exit: bool,
+}
+
+/// Membership of a node in a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipDoc {
+    /// The network id.
+    pub network: String,
+    /// Its overlay address(es); allocated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<OneOrMany>,
+}
+
+/// A gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayDoc {
+    /// Gateway id, unique in the document; its interface is `nm-<id>`.
+    pub id: String,
+    /// The node record whose key and overlay addresses the gateway uses.
+    pub node: String,
+    /// The region it runs in.
+    pub region: String,
+    /// Networks it serves.
+    pub networks: Vec<String>,
+    /// `ingress`, `egress`, `exit`.
+    pub roles: Vec<String>,
+    /// Public `ip:port` clients dial.
+    pub endpoint: String,
+    /// UDP port it listens on.
+    pub listen_port: u16,
+    /// Most clients it takes; unbounded when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+    /// Maintenance mode: no new clients.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain: bool,
+}
+
+impl Document {
+    /// Reads YAML (a superset of JSON).
+    pub fn from_yaml(text: &str) -> Result<Self, ParseError> {
+        check_size(text)?;
+        serde_yaml_ng::from_str(text).map_err(|e| ParseError::Yaml(e.to_string()))
+    }
+
+    /// Reads JSON.
+    pub fn from_json(text: &str) -> Result<Self, ParseError> {
+        check_size(text)?;
+        serde_json::from_str(text).map_err(|e| ParseError::Json(e.to_string()))
+    }
+
+    /// Writes YAML.
+    pub fn to_yaml(&self) -> String {
+        // Serializing plain strings, numbers and lists cannot fail.
+        serde_yaml_ng::to_string(self).unwrap_or_default()
+    }
+
+    /// Writes pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+fn check_size(text: &str) -> Result<(), ParseError> {
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return Err(ParseError::TooLarge {
+            size: text.len(),
+            limit: MAX_DOCUMENT_BYTES,
+        });
+    }
+    Ok(())
+}

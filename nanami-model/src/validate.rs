@@ -1,0 +1,918 @@
+//! Validation: a [`Document`] becomes a [`Topology`], or every problem is reported.
+//!
+//! Each [`Issue`] carries the path of the offending value, written with ids where the
+//! id itself is valid (`workspaces[acme].nodes[laptop-1].public_key`) and with
+//! positions where it is not (`workspaces[acme].nodes[#3].id`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::alloc::{allocate, Allocation};
+use crate::doc::{Document, GatewayDoc, NetworkDoc, NodeDoc, WorkspaceDoc, VERSION};
+use crate::id::{
+    GatewayId, IdError, InterfaceName, NetworkId, NodeId, RegionId, WorkspaceId, IFNAME_MAX,
+    OWNED_PREFIX,
+};
+use crate::key::PublicKey;
+use crate::topology::{
+    Gateway, Network, Node, NodeStatus, Policy, Region, RegionState, Role, Topology, Workspace,
+};
+
+/// Longest tenant or display name accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Shortest IPv4 overlay prefix length accepted: a /8 is already 16 million members.
+const MAX_V4_OVERLAY_BITS: u8 = 30;
+/// An IPv6 overlay needs at least two host bits.
+const MAX_V6_OVERLAY_BITS: u8 = 126;
+
+/// One problem in a document.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Issue {
+    /// Where: `workspaces[acme].networks[corp].overlay`.
+    pub path: String,
+    /// What is wrong, in words an operator can act on.
+    pub message: String,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found in a document, in document order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ValidationErrors(pub Vec<Issue>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(
+            f,
+            "{n} problem{} in the topology",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for issue in &self.0 {
+            write!(f, "\n  {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationErrors {}
+
+/// Validates `doc`, allocating the overlay addresses it leaves open.
+pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
+    let mut v = Validator::default();
+    if doc.version != VERSION {
+        v.err(
+            "version",
+            format!(
+                "version {} is not supported; this build reads version {VERSION}",
+                doc.version
+            ),
+        );
+    }
+    let regions = v.regions(doc);
+    let mut workspaces = BTreeMap::new();
+    let mut seen_ws = BTreeSet::new();
+    for (i, ws) in doc.workspaces.iter().enumerate() {
+        let path = seg("workspaces", &ws.id, i);
+        let id = v.id::<WorkspaceId>(&format!("{path}.id"), &ws.id);
+        if let Some(id) = &id {
+            if !seen_ws.insert(id.clone()) {
+                v.err(
+                    format!("{path}.id"),
+                    format!("duplicate workspace id {id:?}"),
+                );
+            }
+        }
+        let built = v.workspace(&path, ws, &regions);
+        if let (Some(id), Some(built)) = (id, built) {
+            workspaces.entry(id).or_insert(built);
+        }
+    }
+    v.global_checks(doc);
+    if v.issues.is_empty() {
+        Ok(Topology::from_parts(regions, workspaces))
+    } else {
+        Err(ValidationErrors(v.issues))
+    }
+}
+
+/// `name[id]` when `id` is a valid id, `name[#index]` otherwise, so a hostile id
+/// can't forge a path or a log line.
+fn seg(name: &str, id: &str, index: usize) -> String {
+    if NodeId::new(id).is_ok() {
+        format!("{name}[{id}]")
+    } else {
+        format!("{name}[#{index}]")
+    }
+}
+
+fn describe_id_error(e: &IdError) -> String {
+    format!("not a valid id: {e}")
+}
+
+#[derive(Default)]
+struct Validator {
+    issues: Vec<Issue>,
+    /// Node public keys across the document: key → path of first holder.
+    keys: BTreeMap<PublicKey, String>,
+    /// Node ids across the document.
+    node_ids: BTreeMap<String, String>,
+    /// Gateway ids across the document.
+    gateway_ids: BTreeMap<String, String>,
+    /// Gateway endpoints across the document.
+    endpoints: BTreeMap<SocketAddr, String>,
+}
+
+/// A prefix with where it was declared, for overlap checks.
+struct Declared {
+    net: IpNet,
+    workspace: String,
+    path: String,
+}
+
+impl Validator {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(Issue {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn id<T: std::str::FromStr<Err = IdError>>(&mut self, path: &str, text: &str) -> Option<T> {
+        match text.parse::<T>() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                self.err(path, describe_id_error(&e));
+                None
+            }
+        }
+    }
+
+    fn name(&mut self, path: &str, text: &str) {
+        if text.trim().is_empty() {
+            self.err(path, "must not be empty");
+        } else if text.len() > MAX_NAME_LEN {
+            self.err(
+                path,
+                format!("is {} bytes, the limit is {MAX_NAME_LEN}", text.len()),
+            );
+        } else if text.chars().any(char::is_control) {
+            self.err(path, "must not contain control characters");
+        }
+    }
+
+    fn regions(&mut self, doc: &Document) -> BTreeMap<RegionId, Region> {
+        let mut out = BTreeMap::new();
+        for (i, r) in doc.regions.iter().enumerate() {
+            let path = seg("regions", &r.id, i);
+            let id = self.id::<RegionId>(&format!("{path}.id"), &r.id);
+            let state = match r.state.as_str() {
+                "active" => Some(RegionState::Active),
+                "draining" => Some(RegionState::Draining),
+                "retired" => Some(RegionState::Retired),
+                other => {
+                    self.err(
+                        format!("{path}.state"),
+                        format!("unknown state {other:?}; expected active, draining or retired"),
+                    );
+                    None
+                }
+            };
+            if let Some(name) = &r.display_name {
+                self.name(&format!("{path}.display_name"), name);
+            }
+            let (Some(id), Some(state)) = (id, state) else {
+                continue;
+            };
+            if out.contains_key(&id) {
+                self.err(format!("{path}.id"), format!("duplicate region id {id:?}"));
+                continue;
+            }
+            let display_name = r.display_name.clone().unwrap_or_else(|| id.to_string());
+            out.insert(
+                id.clone(),
+                Region {
+                    id,
+                    display_name,
+                    state,
+                },
+            );
+        }
+        out
+    }
+
+    fn workspace(
+        &mut self,
+        path: &str,
+        ws: &WorkspaceDoc,
+        regions: &BTreeMap<RegionId, Region>,
+    ) -> Option<Workspace> {
+        self.name(&format!("{path}.tenant"), &ws.tenant);
+        let mut allowed = Vec::new();
+        for (i, r) in ws.regions.iter().enumerate() {
+            let rpath = format!("{path}.regions[{i}]");
+            let Some(id) = self.id::<RegionId>(&rpath, r) else {
+                continue;
+            };
+            if !regions.contains_key(&id) {
+                self.err(rpath, format!("unknown region {id:?}"));
+            } else if allowed.contains(&id) {
+                self.err(rpath, format!("region {id:?} listed twice"));
+            } else {
+                allowed.push(id);
+            }
+        }
+
+        let mut networks = BTreeMap::new();
+        for (i, n) in ws.networks.iter().enumerate() {
+            let npath = format!("{path}.{}", seg("networks", &n.id, i));
+            let id = self.id::<NetworkId>(&format!("{npath}.id"), &n.id);
+            let built = self.network(&npath, n);
+            let (Some(id), Some(built)) = (id, built) else {
+                continue;
+            };
+            if networks.contains_key(&id) {
+                self.err(
+                    format!("{npath}.id"),
+                    format!("duplicate network id {id:?}"),
+                );
+                continue;
+            }
+            networks.insert(id, built);
+        }
+
+        let mut nodes = BTreeMap::new();
+        let mut explicit: BTreeMap<(NetworkId, IpAddr), String> = BTreeMap::new();
+        for (i, n) in ws.nodes.iter().enumerate() {
+            let npath = format!("{path}.{}", seg("nodes", &n.id, i));
+            if let Some(node) = self.node(&npath, n, &networks, &mut explicit) {
+                nodes.entry(node.id.clone()).or_insert(node);
+            }
+        }
+
+        let mut gateways = BTreeMap::new();
+        let mut ports: BTreeMap<(NodeId, u16), String> = BTreeMap::new();
+        for (i, g) in ws.gateways.iter().enumerate() {
+            let gpath = format!("{path}.{}", seg("gateways", &g.id, i));
+            if let Some(gw) = self.gateway(&gpath, g, &networks, &nodes, regions, &allowed) {
+                let key = (gw.node.clone(), gw.listen_port);
+                if let Some(first) = ports.get(&key) {
+                    self.err(
+                        format!("{gpath}.listen_port"),
+                        format!(
+                            "port {} on node {:?} is already taken by {first}",
+                            gw.listen_port, gw.node
+                        ),
+                    );
+                } else {
+                    ports.insert(key, gpath.clone());
+                }
+                gateways.entry(gw.id.clone()).or_insert(gw);
+            }
+        }
+
+        for (i, n) in ws.networks.iter().enumerate() {
+            let npath = format!("{path}.{}", seg("networks", &n.id, i));
+            let Ok(id) = NetworkId::new(&n.id) else {
+                continue;
+            };
+            if let Some(net) = networks.get(&id) {
+                self.policy_refs(&npath, net, &gateways);
+            }
+        }
+
+        // Allocation needs every membership resolved; skip it when that failed.
+        let mut nodes = nodes;
+        for (id, net) in &networks {
+            let npath = format!("{path}.networks[{id}].overlay");
+            match allocate(id, net, &mut nodes) {
+                Allocation::Done => {}
+                Allocation::Exhausted {
+                    prefix,
+                    usable,
+                    needed,
+                } => self.err(
+                    npath,
+                    format!(
+                        "overlay exhausted: {prefix} has {usable} usable addresses, {needed} members need one"
+                    ),
+                ),
+            }
+        }
+
+        let id = WorkspaceId::new(&ws.id).ok()?;
+        Some(Workspace {
+            id,
+            tenant: ws.tenant.clone(),
+            regions: allowed,
+            networks,
+            nodes,
+            gateways,
+        })
+    }
+
+    fn prefix(&mut self, path: &str, text: &str) -> Option<IpNet> {
+        match text.parse::<IpNet>() {
+            Ok(net) if net.trunc() != net => {
+                self.err(
+                    path,
+                    format!("{net} has host bits set; did you mean {}?", net.trunc()),
+                );
+                None
+            }
+            Ok(net) => Some(net),
+            Err(_) => {
+                self.err(
+                    path,
+                    format!("{text:?} is not an IP prefix (a.b.c.d/n or x::/n)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn network(&mut self, path: &str, n: &NetworkDoc) -> Option<Network> {
+        let mut ok = true;
+        let mut overlay: Vec<IpNet> = Vec::new();
+        let texts = n.overlay.as_slice();
+        if texts.is_empty() {
+            self.err(format!("{path}.overlay"), "needs an IPv4 or IPv6 prefix");
+            ok = false;
+        }
+        for (i, t) in texts.iter().enumerate() {
+            let opath = if texts.len() == 1 {
+                format!("{path}.overlay")
+            } else {
+                format!("{path}.overlay[{i}]")
+            };
+            let Some(net) = self.prefix(&opath, t) else {
+                ok = false;
+                continue;
+            };
+            let (bits, max) = match net {
+                IpNet::V4(_) => (net.prefix_len(), MAX_V4_OVERLAY_BITS),
+                IpNet::V6(_) => (net.prefix_len(), MAX_V6_OVERLAY_BITS),
+            };
+            if bits > max {
+                self.err(
+                    &opath,
+                    format!("{net} is too small for an overlay (longest is /{max})"),
+                );
+                ok = false;
+            } else if overlay
+                .iter()
+                .any(|o| o.addr().is_ipv4() == net.addr().is_ipv4())
+            {
+                self.err(&opath, "at most one overlay prefix per address family");
+                ok = false;
+            } else {
+                overlay.push(net);
+            }
+        }
+        overlay.sort_by_key(|o| o.addr().is_ipv6());
+
+        let mut routes = BTreeSet::new();
+        for (i, t) in n.routes.iter().enumerate() {
+            let rpath = format!("{path}.routes[{i}]");
+            let Some(net) = self.prefix(&rpath, t) else {
+                ok = false;
+                continue;
+            };
+            if net.prefix_len() == 0 {
+                self.err(
+                    &rpath,
+                    format!("{net} would swallow every destination, the overlay and the gateway's LAN with it; use `exit: true` for a default route"),
+                );
+                ok = false;
+            } else if !routes.insert(net) {
+                self.err(&rpath, format!("{net} listed twice"));
+                ok = false;
+            }
+        }
+
+        let redundancy = n.gateways.redundancy;
+        if redundancy == 0 {
+            self.err(format!("{path}.gateways.redundancy"), "must be at least 1");
+            ok = false;
+        } else if redundancy > 1 {
+            self.err(
+                format!("{path}.gateways.redundancy"),
+                "redundancy above 1 is not supported yet",
+            );
+            ok = false;
+        }
+        let policy = match n.gateways.policy.as_str() {
+            "auto" | "balanced" if !n.gateways.manual.is_empty() => {
+                self.err(
+                    format!("{path}.gateways.manual"),
+                    "a manual list needs `policy: manual`",
+                );
+                None
+            }
+            "auto" => Some(Policy::Auto),
+            "balanced" => {
+                self.err(
+                    format!("{path}.gateways.policy"),
+                    "policy `balanced` is not supported yet; use auto or manual",
+                );
+                None
+            }
+            "manual" => {
+                if n.gateways.manual.is_empty() {
+                    self.err(
+                        format!("{path}.gateways.manual"),
+                        "policy manual needs a non-empty `manual` list of gateway ids",
+                    );
+                    None
+                } else {
+                    let mut ids = Vec::new();
+                    for (i, g) in n.gateways.manual.iter().enumerate() {
+                        let mpath = format!("{path}.gateways.manual[{i}]");
+                        if let Some(id) = self.id::<GatewayId>(&mpath, g) {
+                            if ids.contains(&id) {
+                                self.err(mpath, format!("gateway {id:?} listed twice"));
+                            } else {
+                                ids.push(id);
+                            }
+                        }
+                    }
+                    Some(Policy::Manual(ids))
+                }
+            }
+            other => {
+                self.err(
+                    format!("{path}.gateways.policy"),
+                    format!("unknown policy {other:?}; expected auto, balanced or manual"),
+                );
+                None
+            }
+        };
+        let policy = policy?;
+        if !ok {
+            return None;
+        }
+        Some(Network {
+            id: NetworkId::new(&n.id).ok()?,
+            overlay,
+            routes,
+            exit: n.exit,
+            nat: n.nat,
+            policy,
+            redundancy,
+        })
+    }
+
+    fn node(
+        &mut self,
+        path: &str,
+        n: &NodeDoc,
+        networks: &BTreeMap<NetworkId, Network>,
+        explicit: &mut BTreeMap<(NetworkId, IpAddr), String>,
+    ) -> Option<Node> {
+        let id = self.id::<NodeId>(&format!("{path}.id"), &n.id);
+        if let Some(id) = &id {
+            if let Some(first) = self.node_ids.get(id.as_str()) {
+                let first = first.clone();
+                self.err(
+                    format!("{path}.id"),
+                    format!("duplicate node id {id:?} (first at {first})"),
+                );
+            } else {
+                self.node_ids.insert(id.to_string(), path.to_owned());
+            }
+        }
+        let key = match n.public_key.parse::<PublicKey>() {
+            Ok(k) => {
+                if let Some(first) = self.keys.get(&k) {
+                    let first = first.clone();
+                    self.err(
+                        format!("{path}.public_key"),
+                        format!("public key already used by {first}"),
+                    );
+                } else {
+                    self.keys.insert(k, path.to_owned());
+                }
+                Some(k)
+            }
+            Err(e) => {
+                self.err(
+                    format!("{path}.public_key"),
+                    format!("not a valid WireGuard key: {e}"),
+                );
+                None
+            }
+        };
+        let status = match n.status.as_str() {
+            "pending" => Some(NodeStatus::Pending),
+            "active" => Some(NodeStatus::Active),
+            "disabled" => Some(NodeStatus::Disabled),
+            "revoked" => Some(NodeStatus::Revoked),
+            other => {
+                self.err(
+                    format!("{path}.status"),
+                    format!(
+                        "unknown status {other:?}; expected pending, active, disabled or revoked"
+                    ),
+                );
+                None
+            }
+        };
+        let mut endpoints = Vec::new();
+        for (i, e) in n.endpoints.iter().enumerate() {
+            match parse_endpoint(e) {
+                Ok(addr) => endpoints.push(addr),
+                Err(msg) => self.err(format!("{path}.endpoints[{i}]"), msg),
+            }
+        }
+        let mut memberships: BTreeMap<NetworkId, Vec<IpAddr>> = BTreeMap::new();
+        let mut ok = true;
+        for (i, m) in n.memberships.iter().enumerate() {
+            let mpath = format!("{path}.memberships[{i}]");
+            let Some(net_id) = self.id::<NetworkId>(&format!("{mpath}.network"), &m.network) else {
+                ok = false;
+                continue;
+            };
+            let Some(net) = networks.get(&net_id) else {
+                self.err(
+                    format!("{mpath}.network"),
+                    format!("unknown network {net_id:?} in this workspace"),
+                );
+                ok = false;
+                continue;
+            };
+            if memberships.contains_key(&net_id) {
+                self.err(
+                    format!("{mpath}.network"),
+                    format!("already a member of {net_id:?}"),
+                );
+                ok = false;
+                continue;
+            }
+            let mut addrs = Vec::new();
+            let texts = m.address.as_ref().map(|a| a.as_slice()).unwrap_or(&[]);
+            for (j, t) in texts.iter().enumerate() {
+                let apath = if texts.len() == 1 {
+                    format!("{mpath}.address")
+                } else {
+                    format!("{mpath}.address[{j}]")
+                };
+                let Ok(addr) = t.parse::<IpAddr>() else {
+                    self.err(apath, format!("{t:?} is not an IP address"));
+                    ok = false;
+                    continue;
+                };
+                let Some(prefix) = net.overlay.iter().find(|o| o.contains(&addr)) else {
+                    let overlay: Vec<String> = net.overlay.iter().map(|o| o.to_string()).collect();
+                    self.err(
+                        apath,
+                        format!(
+                            "{addr} is outside the overlay of {net_id:?} ({})",
+                            overlay.join(", ")
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                };
+                if !crate::alloc::is_host(prefix, addr) {
+                    self.err(
+                        apath,
+                        format!("{addr} is the network or broadcast address of {prefix}"),
+                    );
+                    ok = false;
+                    continue;
+                }
+                if addrs.iter().any(|a: &IpAddr| a.is_ipv4() == addr.is_ipv4()) {
+                    self.err(apath, "at most one address per address family");
+                    ok = false;
+                    continue;
+                }
+                if let Some(first) = explicit.get(&(net_id.clone(), addr)) {
+                    let first = first.clone();
+                    self.err(apath, format!("{addr} is already taken by {first}"));
+                    ok = false;
+                    continue;
+                }
+                explicit.insert((net_id.clone(), addr), path.to_owned());
+                addrs.push(addr);
+            }
+            addrs.sort_by_key(|a| a.is_ipv6());
+            memberships.insert(net_id, addrs);
+        }
+        if !ok {
+            return None;
+        }
+        Some(Node {
+            id: id?,
+            public_key: key?,
+            status: status?,
+            endpoints,
+            memberships,
+            exit: n.exit,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gateway(
+        &mut self,
+        path: &str,
+        g: &GatewayDoc,
+        networks: &BTreeMap<NetworkId, Network>,
+        nodes: &BTreeMap<NodeId, Node>,
+        regions: &BTreeMap<RegionId, Region>,
+        allowed: &[RegionId],
+    ) -> Option<Gateway> {
+        let mut ok = true;
+        let id = self.id::<GatewayId>(&format!("{path}.id"), &g.id);
+        let mut interface = None;
+        if let Some(id) = &id {
+            if let Some(first) = self.gateway_ids.get(id.as_str()) {
+                let first = first.clone();
+                self.err(
+                    format!("{path}.id"),
+                    format!("duplicate gateway id {id:?} (first at {first})"),
+                );
+                ok = false;
+            } else {
+                self.gateway_ids.insert(id.to_string(), path.to_owned());
+            }
+            match InterfaceName::owned(id.as_str()) {
+                Ok(name) => interface = Some(name),
+                Err(_) => {
+                    self.err(
+                        format!("{path}.id"),
+                        format!(
+                            "its interface name {OWNED_PREFIX}{id} would be {} bytes, over Linux's limit of {IFNAME_MAX}; use an id of at most {} bytes",
+                            OWNED_PREFIX.len() + id.as_str().len(),
+                            IFNAME_MAX - OWNED_PREFIX.len()
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let node = self.id::<NodeId>(&format!("{path}.node"), &g.node);
+        let node_rec = node.as_ref().and_then(|n| nodes.get(n));
+        if let (Some(n), None) = (&node, node_rec) {
+            self.err(
+                format!("{path}.node"),
+                format!("unknown node {n:?} in this workspace"),
+            );
+            ok = false;
+        }
+        let region = self.id::<RegionId>(&format!("{path}.region"), &g.region);
+        if let Some(r) = &region {
+            match regions.get(r) {
+                None => {
+                    self.err(format!("{path}.region"), format!("unknown region {r:?}"));
+                    ok = false;
+                }
+                Some(reg) if reg.state == RegionState::Retired => {
+                    self.err(
+                        format!("{path}.region"),
+                        format!("region {r:?} is retired; no gateway may run in it"),
+                    );
+                    ok = false;
+                }
+                Some(_) if !allowed.contains(r) => {
+                    self.err(
+                        format!("{path}.region"),
+                        format!("this workspace has no access to region {r:?}"),
+                    );
+                    ok = false;
+                }
+                Some(_) => {}
+            }
+        }
+        let mut served = BTreeSet::new();
+        if g.networks.is_empty() {
+            self.err(
+                format!("{path}.networks"),
+                "a gateway serves at least one network",
+            );
+            ok = false;
+        }
+        for (i, n) in g.networks.iter().enumerate() {
+            let npath = format!("{path}.networks[{i}]");
+            let Some(nid) = self.id::<NetworkId>(&npath, n) else {
+                ok = false;
+                continue;
+            };
+            if !networks.contains_key(&nid) {
+                self.err(npath, format!("unknown network {nid:?} in this workspace"));
+                ok = false;
+                continue;
+            }
+            if let Some(rec) = node_rec {
+                if !rec.memberships.contains_key(&nid) {
+                    self.err(
+                        npath,
+                        format!("its node {:?} is not a member of network {nid:?}", rec.id),
+                    );
+                    ok = false;
+                    continue;
+                }
+            }
+            if !served.insert(nid.clone()) {
+                self.err(npath, format!("network {nid:?} listed twice"));
+                ok = false;
+            }
+        }
+        let mut roles = BTreeSet::new();
+        if g.roles.is_empty() {
+            self.err(
+                format!("{path}.roles"),
+                "needs at least one of ingress, egress, exit",
+            );
+            ok = false;
+        }
+        for (i, r) in g.roles.iter().enumerate() {
+            let role = match r.as_str() {
+                "ingress" => Role::Ingress,
+                "egress" => Role::Egress,
+                "exit" => Role::Exit,
+                other => {
+                    self.err(
+                        format!("{path}.roles[{i}]"),
+                        format!("unknown role {other:?}; expected ingress, egress or exit"),
+                    );
+                    ok = false;
+                    continue;
+                }
+            };
+            roles.insert(role);
+        }
+        if roles.contains(&Role::Exit)
+            && !served.is_empty()
+            && served
+                .iter()
+                .all(|n| networks.get(n).is_some_and(|net| !net.exit))
+        {
+            self.err(
+                format!("{path}.roles"),
+                "role exit, but none of its networks has `exit: true`",
+            );
+            ok = false;
+        }
+        let endpoint = match parse_endpoint(&g.endpoint) {
+            Ok(addr) => {
+                if let Some(first) = self.endpoints.get(&addr) {
+                    let first = first.clone();
+                    self.err(
+                        format!("{path}.endpoint"),
+                        format!("endpoint {addr} is already used by {first}"),
+                    );
+                    ok = false;
+                } else {
+                    self.endpoints.insert(addr, path.to_owned());
+                }
+                Some(addr)
+            }
+            Err(msg) => {
+                self.err(format!("{path}.endpoint"), msg);
+                None
+            }
+        };
+        if g.listen_port == 0 {
+            self.err(format!("{path}.listen_port"), "must be between 1 and 65535");
+            ok = false;
+        }
+        if g.capacity == Some(0) {
+            self.err(format!("{path}.capacity"), "must be at least 1");
+            ok = false;
+        }
+        if !ok {
+            return None;
+        }
+        Some(Gateway {
+            id: id?,
+            node: node?,
+            region: region?,
+            networks: served,
+            roles,
+            endpoint: endpoint?,
+            listen_port: g.listen_port,
+            capacity: g.capacity,
+            drain: g.drain,
+            interface: interface?,
+        })
+    }
+
+    fn policy_refs(&mut self, path: &str, net: &Network, gateways: &BTreeMap<GatewayId, Gateway>) {
+        let Policy::Manual(ids) = &net.policy else {
+            return;
+        };
+        for (i, id) in ids.iter().enumerate() {
+            let mpath = format!("{path}.gateways.manual[{i}]");
+            match gateways.get(id) {
+                None => self.err(mpath, format!("unknown gateway {id:?} in this workspace")),
+                Some(g) if !g.networks.contains(&net.id) => self.err(
+                    mpath,
+                    format!("gateway {id:?} does not serve network {:?}", net.id),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Overlaps between overlays and routes, inside a workspace and across them.
+    fn global_checks(&mut self, doc: &Document) {
+        let mut declared = Vec::new();
+        for (wi, ws) in doc.workspaces.iter().enumerate() {
+            let wpath = seg("workspaces", &ws.id, wi);
+            for (ni, n) in ws.networks.iter().enumerate() {
+                let npath = format!("{wpath}.{}", seg("networks", &n.id, ni));
+                let overlays = n.overlay.as_slice();
+                for (i, t) in overlays.iter().enumerate() {
+                    if let Ok(net) = t.parse::<IpNet>() {
+                        let path = if overlays.len() == 1 {
+                            format!("{npath}.overlay")
+                        } else {
+                            format!("{npath}.overlay[{i}]")
+                        };
+                        declared.push(Declared {
+                            net: net.trunc(),
+                            workspace: wpath.clone(),
+                            path,
+                        });
+                    }
+                }
+                for (i, t) in n.routes.iter().enumerate() {
+                    if let Ok(net) = t.parse::<IpNet>() {
+                        if net.prefix_len() > 0 {
+                            declared.push(Declared {
+                                net: net.trunc(),
+                                workspace: wpath.clone(),
+                                path: format!("{npath}.routes[{i}]"),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        // Prefixes either nest or are disjoint: sorted by address then length, a
+        // prefix overlaps an earlier one exactly when an enclosing one is still open.
+        let mut order: Vec<usize> = (0..declared.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (x, y) = (&declared[a], &declared[b]);
+            (
+                x.net.addr().is_ipv6(),
+                x.net.network(),
+                x.net.prefix_len(),
+                &x.path,
+            )
+                .cmp(&(
+                    y.net.addr().is_ipv6(),
+                    y.net.network(),
+                    y.net.prefix_len(),
+                    &y.path,
+                ))
+        });
+        let mut open: Vec<usize> = Vec::new();
+        let mut found = Vec::new();
+        for &i in &order {
+            while let Some(&top) = open.last() {
+                if declared[top].net.contains(&declared[i].net) {
+                    break;
+                }
+                open.pop();
+            }
+            if let Some(&top) = open.last() {
+                found.push((i, top));
+            }
+            open.push(i);
+        }
+        found.sort();
+        for (i, top) in found {
+            let (d, o) = (&declared[i], &declared[top]);
+            let message = if d.workspace == o.workspace {
+                format!("{} overlaps {} at {}", d.net, o.net, o.path)
+            } else {
+                format!(
+                    "{} overlaps {} of another workspace at {}: one workspace's traffic could reach another's addresses",
+                    d.net, o.net, o.path
+                )
+            };
+            self.err(d.path.clone(), message);
+        }
+    }
+}
+
+fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
+    match text.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() == 0 => Err(format!("{addr} has port 0")),
+        Ok(addr) if addr.ip().is_unspecified() => Err(format!("{addr} is not a reachable address")),
+        Ok(addr) => Ok(addr),
+        Err(_) => Err(format!(
+            "{text:?} is not an endpoint (ip:port, or [ipv6]:port)"
+        )),
+    }
+}
