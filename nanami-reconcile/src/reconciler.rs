@@ -1,0 +1,486 @@
+//! The controller loop: level-triggered passes against a [`Platform`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nanami_model::GatewayState;
+use rand_core::RngCore;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, field, info, info_span, warn, Instrument, Span};
+
+use crate::op::Op;
+use crate::plan::plan;
+use crate::platform::{Platform, PlatformEvent};
+
+/// A desired state with its generation. Generations only grow: the reconciler
+/// refuses one older than what it already has (no rollback).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Desired {
+    /// Monotonically increasing version, from the manager.
+    pub generation: u64,
+    /// The state the machine must have (fully owned: no foreign objects).
+    pub state: GatewayState,
+}
+
+/// Timing of the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// A pass runs at least this often, even without events, because events can be
+    /// missed. 30 s bounds how long unnoticed drift lasts without making `observe`
+    /// (a netlink dump) a measurable load.
+    pub resync: Duration,
+    /// Backoff after the first failed pass. 250 ms rides out a transient EBUSY
+    /// without hammering the kernel.
+    pub backoff_initial: Duration,
+    /// Backoff ceiling: a broken machine is retried at least once a minute.
+    pub backoff_max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            resync: Duration::from_secs(30),
+            backoff_initial: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a pass asks for: when to run the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Action {
+    requeue_after: Duration,
+}
+
+impl Action {
+    /// Run the next pass after `after`.
+    pub fn requeue(after: Duration) -> Self {
+        Self {
+            requeue_after: after,
+        }
+    }
+
+    /// How long until the next pass.
+    pub fn requeue_after(&self) -> Duration {
+        self.requeue_after
+    }
+}
+
+/// Where the machine stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "condition", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Condition {
+    /// The last pass observed the machine matching the desired state.
+    Ready,
+    /// Not there yet, nothing wrong: no desired state yet, or a newer one arrived
+    /// mid-pass and the next pass (already due) will apply it.
+    Progressing,
+    /// The last pass failed; it is retried with backoff.
+    Degraded {
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+/// An op that failed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpError {
+    /// The op.
+    pub op: Op,
+    /// The platform's error, as text.
+    pub error: String,
+}
+
+/// The reconciler's report, published after every pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    /// The current condition.
+    pub condition: Condition,
+    /// Generation of the desired state the last pass worked on.
+    pub desired_generation: Option<u64>,
+    /// Latest generation the machine was observed to match.
+    pub applied_generation: Option<u64>,
+    /// Ops of the last pass that failed (a pass stops at its first failed op, so
+    /// that the safe ordering of the plan is never skipped over).
+    pub op_errors: Vec<OpError>,
+    /// Failed passes in a row (0 once a pass succeeds).
+    pub consecutive_failures: u32,
+    /// Ops the last pass planned.
+    pub last_plan_len: usize,
+    /// Passes run so far.
+    pub passes: u64,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Self {
+            condition: Condition::Progressing,
+            desired_generation: None,
+            applied_generation: None,
+            op_errors: Vec::new(),
+            consecutive_failures: 0,
+            last_plan_len: 0,
+            passes: 0,
+        }
+    }
+}
+
+/// Why a pass failed. All go through [`Reconciler::error_policy`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PassError<E: std::error::Error + 'static> {
+    /// The platform could not be observed; nothing was changed. Retried with
+    /// backoff.
+    #[error("observing the machine failed: {0}")]
+    Observe(#[source] E),
+    /// An op failed; the ops before it were applied, the rest were not. Retried with
+    /// backoff; the next pass plans from what it observes.
+    #[error("`{op}` failed: {source}")]
+    Apply {
+        /// The op.
+        op: Op,
+        /// The platform's error.
+        #[source]
+        source: E,
+    },
+    /// Every op succeeded but the machine still differs (something changed it
+    /// meanwhile, or the platform does not do what its ops say). Retried with
+    /// backoff.
+    #[error("{remaining} op(s) still needed after applying the plan, first `{first}`")]
+    NotConverged {
+        /// Ops the new plan holds.
+        remaining: usize,
+        /// Its first op.
+        first: Box<Op>,
+    },
+}
+
+/// How a pass that did not fail ended.
+enum Outcome {
+    /// The machine matches (after `applied` ops).
+    Converged { applied: usize },
+    /// A newer desired state arrived after `applied` ops; the pass stopped there.
+    Superseded { applied: usize },
+}
+
+/// The backoff before retrying after `failures` failed passes in a row: doubling
+/// from `backoff_initial`, capped at `backoff_max`, with "equal jitter" (a uniform
+/// draw from the upper half) so a fleet of gateways that failed together does not
+/// retry together. Pure: the randomness is the caller's.
+pub fn backoff_delay(config: &Config, failures: u32, rng: &mut dyn RngCore) -> Duration {
+    let doublings = failures.saturating_sub(1).min(31);
+    let base = config
+        .backoff_initial
+        .saturating_mul(1u32 << doublings)
+        .min(config.backoff_max);
+    let half = base / 2;
+    let span = u64::try_from((base - half).as_nanos()).unwrap_or(u64::MAX);
+    let jitter = match span.checked_add(1) {
+        Some(modulus) => rng.next_u64() % modulus,
+        None => rng.next_u64(),
+    };
+    half + Duration::from_nanos(jitter)
+}
+
+/// Makes a [`Platform`] match the latest desired state, kube-style.
+///
+/// Drive it either with [`Reconciler::run`] (tokio, real clock), or by hand, as
+/// tests do with a virtual clock:
+/// 1. feed inputs: send desired states on the `watch` channel given to
+///    [`Reconciler::new`] and call [`Reconciler::handle_desired_changed`]; pass
+///    platform events to [`Reconciler::handle_event`];
+/// 2. when `now >= `[`Reconciler::next_pass_at`], call [`Reconciler::pass`]`(now)`;
+/// 3. read [`Reconciler::status`] (or [`Reconciler::subscribe_status`]).
+///
+/// Nothing here reads the clock or draws randomness of its own: time is the `now`
+/// parameter, randomness (backoff jitter) the injected RNG.
+pub struct Reconciler<P: Platform> {
+    platform: P,
+    rng: Box<dyn RngCore + Send>,
+    config: Config,
+    desired_rx: watch::Receiver<Option<Arc<Desired>>>,
+    desired: Option<Arc<Desired>>,
+    status: Status,
+    status_tx: watch::Sender<Status>,
+    next_pass_at: Instant,
+    /// While failing, events do not cut the backoff short (a platform that echoes
+    /// events for every op would otherwise spin); a new desired state does.
+    retry_not_before: Option<Instant>,
+}
+
+impl<P: Platform> std::fmt::Debug for Reconciler<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconciler")
+            .field("config", &self.config)
+            .field("status", &self.status)
+            .field("next_pass_at", &self.next_pass_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Platform> Reconciler<P> {
+    /// A reconciler for `platform`, reading desired states from `desired` (a `watch`
+    /// channel keeps only the latest one, which is what a level-triggered loop
+    /// wants). The first pass is due at `now`.
+    pub fn new(
+        platform: P,
+        desired: watch::Receiver<Option<Arc<Desired>>>,
+        rng: Box<dyn RngCore + Send>,
+        config: Config,
+        now: Instant,
+    ) -> Self {
+        let status = Status::default();
+        let (status_tx, _) = watch::channel(status.clone());
+        Self {
+            platform,
+            rng,
+            config,
+            desired_rx: desired,
+            desired: None,
+            status,
+            status_tx,
+            next_pass_at: now,
+            retry_not_before: None,
+        }
+    }
+
+    // --- getters ---
+
+    /// The status after the last pass.
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// A receiver of the status, updated after every pass (for the daemon's report
+    /// while [`Reconciler::run`] owns the reconciler).
+    pub fn subscribe_status(&self) -> watch::Receiver<Status> {
+        self.status_tx.subscribe()
+    }
+
+    /// The desired state in force (the latest accepted).
+    pub fn desired(&self) -> Option<&Desired> {
+        self.desired.as_deref()
+    }
+
+    /// The timing configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// When the next pass is due.
+    pub fn next_pass_at(&self) -> Instant {
+        self.next_pass_at
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// The platform, mutably (tests inject faults through it).
+    pub fn platform_mut(&mut self) -> &mut P {
+        &mut self.platform
+    }
+
+    // --- inputs ---
+
+    /// A new desired state was sent: the next pass is due now, even during backoff
+    /// (the new state may be what fixes the failure).
+    pub fn handle_desired_changed(&mut self, now: Instant) {
+        self.next_pass_at = self.next_pass_at.min(now);
+    }
+
+    /// The platform reported a change: a pass is due now, or when the current
+    /// backoff ends.
+    pub fn handle_event(&mut self, event: &PlatformEvent, now: Instant) {
+        debug!(?event, "platform event");
+        let due = match self.retry_not_before {
+            Some(not_before) => now.max(not_before),
+            None => now,
+        };
+        self.next_pass_at = self.next_pass_at.min(due);
+    }
+
+    // --- the pass ---
+
+    /// One level-triggered pass: take the latest desired state, observe, plan, apply
+    /// op by op (stopping at the first failure, or when a newer desired state
+    /// arrives), then observe again, because only an observation says whether the
+    /// ops took effect. Returns when to run next (also stored as
+    /// [`Reconciler::next_pass_at`], counted from `now`, the pass's start), and
+    /// publishes the status.
+    pub async fn pass(&mut self, now: Instant) -> Action {
+        self.refresh_desired();
+        self.status.passes += 1;
+        let action = match self.desired.clone() {
+            None => {
+                // Nothing desired yet: changing nothing is the only safe choice (an
+                // empty desired state would delete everything Nanami owns).
+                self.status.condition = Condition::Progressing;
+                Action::requeue(self.config.resync)
+            }
+            Some(desired) => {
+                self.status.desired_generation = Some(desired.generation);
+                self.status.op_errors.clear();
+                let span = info_span!(
+                    "reconcile",
+                    generation = desired.generation,
+                    planned = field::Empty,
+                    applied = field::Empty,
+                );
+                let result = self.reconcile(&desired).instrument(span.clone()).await;
+                span.in_scope(|| match result {
+                    Ok(outcome) => self.on_success(&desired, outcome),
+                    Err(err) => self.error_policy(&err),
+                })
+            }
+        };
+        self.next_pass_at = now + action.requeue_after;
+        self.retry_not_before = (self.status.consecutive_failures > 0).then_some(self.next_pass_at);
+        self.status_tx.send_replace(self.status.clone());
+        action
+    }
+
+    /// The error policy: every failed pass comes here. Marks the status
+    /// `Degraded`, records the failed op, and backs off exponentially with jitter.
+    pub fn error_policy(&mut self, err: &PassError<P::Error>) -> Action {
+        self.status.consecutive_failures = self.status.consecutive_failures.saturating_add(1);
+        self.status.condition = Condition::Degraded {
+            reason: err.to_string(),
+        };
+        match err {
+            PassError::Apply { op, source } => self.status.op_errors.push(OpError {
+                op: op.clone(),
+                error: source.to_string(),
+            }),
+            PassError::Observe(_) | PassError::NotConverged { .. } => {}
+        }
+        let delay = backoff_delay(
+            &self.config,
+            self.status.consecutive_failures,
+            self.rng.as_mut(),
+        );
+        warn!(error = %err, failures = self.status.consecutive_failures, retry_in = ?delay, "reconcile pass failed");
+        Action::requeue(delay)
+    }
+
+    fn on_success(&mut self, desired: &Desired, outcome: Outcome) -> Action {
+        match outcome {
+            Outcome::Converged { applied } => {
+                Span::current().record("applied", applied);
+                if applied > 0 {
+                    info!(applied, "converged");
+                }
+                self.status.condition = Condition::Ready;
+                self.status.applied_generation = Some(desired.generation);
+                self.status.consecutive_failures = 0;
+                Action::requeue(self.config.resync)
+            }
+            Outcome::Superseded { applied } => {
+                Span::current().record("applied", applied);
+                info!(
+                    applied,
+                    "a newer desired state arrived mid-pass; starting over"
+                );
+                self.status.condition = Condition::Progressing;
+                Action::requeue(Duration::ZERO)
+            }
+        }
+    }
+
+    /// Takes the latest desired state from the channel, refusing an older
+    /// generation than the one in force.
+    fn refresh_desired(&mut self) {
+        let latest = self.desired_rx.borrow_and_update().clone();
+        let Some(latest) = latest else { return };
+        match &self.desired {
+            Some(current) if latest.generation < current.generation => warn!(
+                offered = latest.generation,
+                current = current.generation,
+                "refusing an older desired state"
+            ),
+            Some(_) | None => self.desired = Some(latest),
+        }
+    }
+
+    fn superseded(&self) -> bool {
+        self.desired_rx.has_changed().unwrap_or(false)
+    }
+
+    async fn reconcile(&mut self, desired: &Desired) -> Result<Outcome, PassError<P::Error>> {
+        let observed = self.platform.observe().await.map_err(PassError::Observe)?;
+        let ops = plan(&desired.state, &observed);
+        self.status.last_plan_len = ops.len();
+        Span::current().record("planned", ops.len());
+        if ops.is_empty() {
+            return Ok(Outcome::Converged { applied: 0 });
+        }
+        for (applied, op) in ops.ops().iter().enumerate() {
+            if self.superseded() {
+                return Ok(Outcome::Superseded { applied });
+            }
+            debug!(%op, "apply");
+            self.platform
+                .apply(op)
+                .await
+                .map_err(|source| PassError::Apply {
+                    op: op.clone(),
+                    source,
+                })?;
+        }
+        let observed = self.platform.observe().await.map_err(PassError::Observe)?;
+        let rest = plan(&desired.state, &observed).into_ops();
+        let remaining = rest.len();
+        match rest.into_iter().next() {
+            None => Ok(Outcome::Converged { applied: ops.len() }),
+            Some(first) => Err(PassError::NotConverged {
+                remaining,
+                first: Box::new(first),
+            }),
+        }
+    }
+
+    // --- the driver ---
+
+    /// Runs passes until the desired-state sender is dropped, then returns the
+    /// reconciler. The only place that reads the clock (tokio's, so tests can pause
+    /// it). A pass runs when due: on a new desired state, on a platform event, after
+    /// the action's delay (resync or backoff).
+    pub async fn run(mut self) -> Self {
+        let mut events = self.platform.events();
+        loop {
+            let due = tokio::time::Instant::from_std(self.next_pass_at);
+            tokio::select! {
+                biased;
+                changed = self.desired_rx.changed() => match changed {
+                    Ok(()) => self.handle_desired_changed(clock()),
+                    Err(_) => return self,
+                },
+                event = next_event(&mut events) => match event {
+                    Some(event) => self.handle_event(&event, clock()),
+                    None => events = None,
+                },
+                () = tokio::time::sleep_until(due) => {
+                    self.pass(clock()).await;
+                }
+            }
+        }
+    }
+}
+
+fn clock() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// The next platform event, or never if the platform has none (any more).
+async fn next_event(events: &mut Option<mpsc::Receiver<PlatformEvent>>) -> Option<PlatformEvent> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
