@@ -1,1 +1,6 @@
-//! Nanami data plane and Linux platform (not built yet).
+//! Nanami data plane and Linux platform.
+//!
+//! - [`device`]: Nanami's own WireGuard device (boringtun's `noise::Tunn` per peer,
+//!   a TUN opened by name or taken as a file descriptor, a UAPI server for `wg(8)`).
+
+pub mod device;

@@ -1,0 +1,791 @@
+//! Nanami's own WireGuard device.
+//!
+//! A [`Device`] owns a TUN (opened by name, or handed over as an fd), a UDP port (IPv4
+//! and IPv6) and one boringtun [`Tunn`](boringtun::noise::Tunn) per peer, and runs its
+//! own threads:
+//!
+//! - **tun**: reads packets from the TUN, routes each to a peer by longest-prefix
+//!   match over AllowedIPs, encrypts, and sends the batch with `sendmmsg`;
+//! - **udp-v4 / udp-v6**: receive batches with `recvmmsg`, identify the peer
+//!   (handshake initiations by their encrypted static key, the rest by receiver
+//!   index), answer with cookie replies when under load, decrypt, and write to the
+//!   TUN only packets whose inner source is in that peer's AllowedIPs;
+//! - **timers**: drives `Tunn::update_timers` (handshake retries, rekey, keepalive),
+//!   persistent keepalive and the handshake timestamps;
+//! - **uapi** (optional): serves `wg(8)` on `/var/run/wireguard/<name>.sock`.
+//!
+//! The typed API ([`Device::get`], [`Device::apply`], [`Device::upsert_peer`], …) and
+//! the UAPI share one code path. Changing a peer's endpoint, AllowedIPs or keepalive
+//! updates it in place: its session and every other peer's are untouched.
+//!
+//! [`Device::shutdown`] (also run on drop) stops and joins every thread and removes
+//! the UAPI socket. A process that owns a device stops it on SIGTERM by calling it;
+//! see the `nanami-device` binary.
+
+mod allowed_ips;
+mod config;
+mod dataplane;
+mod error;
+mod peer;
+mod sys;
+mod tun;
+mod uapi;
+mod udp;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+
+use boringtun::x25519;
+use ipnet::IpNet;
+use nanami_model::{InterfaceName, PrivateKey, PublicKey};
+
+pub use config::{
+    DeviceInfo, DeviceUpdate, PeerConfig, PeerInfo, PeerStats, PeerUpdate, PresharedKey,
+    PRESHARED_KEY_LEN,
+};
+pub use error::{DeviceError, UapiError};
+pub use uapi::{MAX_LINE_LEN, MAX_REQUEST_LEN};
+
+use allowed_ips::AllowedIps;
+use peer::Peer;
+use sys::WakePipe;
+use tun::Tun;
+use udp::UdpSockets;
+
+/// The directory `wg(8)` looks in for userspace devices' sockets.
+pub const DEFAULT_UAPI_DIR: &str = "/var/run/wireguard";
+
+/// Where the TUN comes from.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TunSource {
+    /// Create (or attach to) the TUN interface of this name in the calling thread's
+    /// network namespace (gateways, Linux clients).
+    Name(InterfaceName),
+    /// Use an already open TUN fd (Android `VpnService`, or a TUN opened by the
+    /// caller). It must deliver raw IP packets (`IFF_NO_PI`). `name` names the UAPI
+    /// socket; when `None` the name is asked from the fd (`TUNGETIFF`).
+    Fd {
+        /// The open TUN; the device takes ownership and closes it on shutdown.
+        fd: OwnedFd,
+        /// The interface name, if the caller knows it.
+        name: Option<InterfaceName>,
+    },
+}
+
+/// How to start a device.
+#[derive(Debug, Clone)]
+pub struct DeviceOptions {
+    /// The directory of the UAPI socket `<name>.sock`, or `None` for no UAPI server.
+    /// Defaults to [`DEFAULT_UAPI_DIR`].
+    pub uapi_dir: Option<PathBuf>,
+    /// The UDP port to bind at start (0 picks a free one; change it later with
+    /// [`DeviceUpdate::listen_port`]).
+    pub listen_port: u16,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        Self {
+            uapi_dir: Some(PathBuf::from(DEFAULT_UAPI_DIR)),
+            listen_port: 0,
+        }
+    }
+}
+
+/// Packets the device dropped, by reason, and other events worth counting. Every
+/// counter only grows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeviceCounters {
+    /// Datagrams that are not WireGuard messages (bad type or length).
+    pub invalid_datagrams: u64,
+    /// Data or handshake-response messages whose receiver index names no peer.
+    pub unknown_index: u64,
+    /// Handshake initiations from a key that is not a peer, or that do not verify.
+    pub handshake_rejected: u64,
+    /// Messages a peer's `Tunn` refused (bad MAC, replay, no session, …).
+    pub decrypt_failed: u64,
+    /// Decrypted packets whose inner source is outside the sender's AllowedIPs
+    /// (cryptokey routing).
+    pub disallowed_source: u64,
+    /// Cookie replies sent because the device was under load.
+    pub cookie_replies: u64,
+    /// Packets read from the TUN that are not IPv4/IPv6.
+    pub invalid_tun_packets: u64,
+    /// TUN packets whose destination matches no peer's AllowedIPs.
+    pub no_route: u64,
+    /// TUN packets for a peer without an endpoint (or while no private key is set).
+    pub no_endpoint: u64,
+    /// Writes to the TUN that failed.
+    pub tun_write_errors: u64,
+    /// Datagrams the UDP sockets refused.
+    pub udp_send_errors: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    invalid_datagrams: AtomicU64,
+    unknown_index: AtomicU64,
+    handshake_rejected: AtomicU64,
+    decrypt_failed: AtomicU64,
+    disallowed_source: AtomicU64,
+    cookie_replies: AtomicU64,
+    invalid_tun_packets: AtomicU64,
+    no_route: AtomicU64,
+    no_endpoint: AtomicU64,
+    tun_write_errors: AtomicU64,
+    udp_send_errors: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    fn snapshot(&self) -> DeviceCounters {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DeviceCounters {
+            invalid_datagrams: l(&self.invalid_datagrams),
+            unknown_index: l(&self.unknown_index),
+            handshake_rejected: l(&self.handshake_rejected),
+            decrypt_failed: l(&self.decrypt_failed),
+            disallowed_source: l(&self.disallowed_source),
+            cookie_replies: l(&self.cookie_replies),
+            invalid_tun_packets: l(&self.invalid_tun_packets),
+            no_route: l(&self.no_route),
+            no_endpoint: l(&self.no_endpoint),
+            tun_write_errors: l(&self.tun_write_errors),
+            udp_send_errors: l(&self.udp_send_errors),
+        }
+    }
+}
+
+/// The device's static identity.
+struct Identity {
+    key: PrivateKey,
+    secret: x25519::StaticSecret,
+    public: x25519::PublicKey,
+    /// Device-wide handshake rate limiter: decides on cookie replies before any
+    /// Diffie-Hellman is spent on an initiation.
+    limiter: Arc<boringtun::noise::rate_limiter::RateLimiter>,
+}
+
+/// Handshake initiations per second (device-wide) above which the device answers
+/// with cookie replies instead of computing. boringtun's own device uses 100; a
+/// gateway with 1,000 peers rekeys at most ~8/s in steady state (every 120 s each).
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+impl Identity {
+    fn new(key: PrivateKey) -> Self {
+        let secret = x25519::StaticSecret::from(*key.expose_secret());
+        let public = x25519::PublicKey::from(&secret);
+        let limiter = Arc::new(boringtun::noise::rate_limiter::RateLimiter::new(
+            &public,
+            HANDSHAKE_RATE_LIMIT,
+        ));
+        Self {
+            key,
+            secret,
+            public,
+            limiter,
+        }
+    }
+}
+
+struct PeerEntry {
+    peer: Arc<Peer>,
+    allowed_ips: Vec<IpNet>,
+}
+
+/// Configuration and routing, read by every packet path, written by `apply`.
+struct State {
+    identity: Option<Identity>,
+    fwmark: u32,
+    peers: BTreeMap<PublicKey, PeerEntry>,
+    by_index: HashMap<u32, Arc<Peer>>,
+    routes: AllowedIps<Arc<Peer>>,
+    next_index: u32,
+}
+
+/// Peer indices are 24 bits: `Tunn` shifts them left by 8 for its session ids.
+const INDEX_MASK: u32 = 0x00ff_ffff;
+
+impl State {
+    fn alloc_index(&mut self) -> u32 {
+        loop {
+            self.next_index = (self.next_index.wrapping_add(1)) & INDEX_MASK;
+            if self.next_index != 0 && !self.by_index.contains_key(&self.next_index) {
+                return self.next_index;
+            }
+        }
+    }
+
+    fn remove_peer(&mut self, key: &PublicKey) {
+        if let Some(entry) = self.peers.remove(key) {
+            self.by_index.remove(&entry.peer.index);
+            for net in &entry.allowed_ips {
+                self.remove_route(*net, &entry.peer);
+            }
+        }
+    }
+
+    fn remove_route(&mut self, net: IpNet, owner: &Arc<Peer>) {
+        if let Some(prev) = self.routes.remove(net) {
+            if !Arc::ptr_eq(&prev, owner) {
+                self.routes.insert(net, prev);
+            }
+        }
+    }
+
+    fn clear_allowed_ips(&mut self, key: &PublicKey) {
+        let Some(entry) = self.peers.get_mut(key) else {
+            return;
+        };
+        let nets = std::mem::take(&mut entry.allowed_ips);
+        let peer = entry.peer.clone();
+        for net in nets {
+            self.remove_route(net, &peer);
+        }
+    }
+
+    fn add_allowed_ip(&mut self, key: &PublicKey, net: IpNet) {
+        let net = net.trunc();
+        let Some(entry) = self.peers.get_mut(key) else {
+            return;
+        };
+        let peer = entry.peer.clone();
+        if !entry.allowed_ips.contains(&net) {
+            entry.allowed_ips.push(net);
+        }
+        if let Some(prev) = self.routes.insert(net, peer.clone()) {
+            if !Arc::ptr_eq(&prev, &peer) {
+                // A prefix belongs to one peer: it moves, as in WireGuard.
+                if let Some(old) = self.peers.get_mut(&prev.public_key) {
+                    old.allowed_ips.retain(|n| *n != net);
+                }
+            }
+        }
+    }
+}
+
+/// One generation of UDP sockets and the threads receiving on them.
+struct SocketGen {
+    sockets: Arc<UdpSockets>,
+    wake: Arc<WakePipe>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl SocketGen {
+    fn stop(self) {
+        self.wake.wake();
+        for h in self.handles {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Everything the threads share.
+struct Shared {
+    name: Option<String>,
+    tun: Tun,
+    state: RwLock<State>,
+    sockets: RwLock<Arc<UdpSockets>>,
+    udp: Mutex<Option<SocketGen>>,
+    /// Serialises `apply` calls (UAPI and typed API).
+    config_lock: Mutex<()>,
+    stop: AtomicBool,
+    wake: WakePipe,
+    /// Set when a data-plane thread stopped on a fatal error (e.g. the TUN vanished).
+    failed: AtomicBool,
+    counters: Counters,
+    netns: Option<File>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn sockets(&self) -> Arc<UdpSockets> {
+        self.sockets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Binds new sockets (in the device's namespace) and starts their receivers.
+    fn bind(self: &Arc<Self>, port: u16, fwmark: u32) -> Result<SocketGen, DeviceError> {
+        let sockets = sys::in_netns(self.netns.as_ref(), || UdpSockets::bind(port, fwmark))
+            .map_err(|source| DeviceError::Bind { port, source })?;
+        let sockets = Arc::new(sockets);
+        let wake = Arc::new(WakePipe::new().map_err(|source| DeviceError::Io {
+            op: "creating a pipe",
+            source,
+        })?);
+        let mut handles = Vec::new();
+        let families = [(sockets.v4.is_some(), "v4"), (sockets.v6.is_some(), "v6")];
+        for (present, family) in families {
+            if !present {
+                continue;
+            }
+            let shared = self.clone();
+            let (s, w) = (sockets.clone(), wake.clone());
+            let v4 = family == "v4";
+            let spawned = std::thread::Builder::new()
+                .name(format!("nanami-udp-{family}"))
+                .spawn(move || dataplane::udp_loop(&shared, &s, v4, &w));
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    SocketGen {
+                        sockets,
+                        wake,
+                        handles,
+                    }
+                    .stop();
+                    return Err(DeviceError::Thread(e));
+                }
+            }
+        }
+        Ok(SocketGen {
+            sockets,
+            wake,
+            handles,
+        })
+    }
+
+    fn apply(self: &Arc<Self>, update: DeviceUpdate) -> Result<(), DeviceError> {
+        if self.stopping() {
+            return Err(DeviceError::ShutDown);
+        }
+        let _serial = lock(&self.config_lock);
+        validate(&update)?;
+
+        // 1. The only fallible step: the sockets. Done first so that a refused port
+        //    leaves everything as it was.
+        let current = self.sockets();
+        let fwmark = update.fwmark.unwrap_or_else(|| self.read().fwmark);
+        let mut old_gen = None;
+        if let Some(port) = update.listen_port.filter(|p| *p != current.port) {
+            let gen = self.bind(port, fwmark)?;
+            *self.sockets.write().unwrap_or_else(PoisonError::into_inner) = gen.sockets.clone();
+            old_gen = lock(&self.udp).replace(gen);
+        } else if update.fwmark.is_some() && fwmark != self.read().fwmark {
+            current
+                .set_fwmark(fwmark)
+                .map_err(|source| DeviceError::Io {
+                    op: "setting SO_MARK",
+                    source,
+                })?;
+        }
+
+        // 2. Everything else cannot fail.
+        {
+            let mut st = self.write();
+            st.fwmark = fwmark;
+            if let Some(key) = update.private_key {
+                apply_private_key(&mut st, key);
+            }
+            apply_peers(&mut st, update.replace_peers, update.peers);
+        }
+        if let Some(gen) = old_gen {
+            gen.stop();
+        }
+        Ok(())
+    }
+
+    fn get(&self) -> DeviceInfo {
+        let st = self.read();
+        let peers = st
+            .peers
+            .values()
+            .map(|entry| {
+                let mut inner = entry.peer.lock();
+                inner.refresh_handshake_time();
+                PeerInfo {
+                    config: PeerConfig {
+                        public_key: entry.peer.public_key,
+                        preshared_key: inner.preshared_key.clone(),
+                        endpoint: inner.endpoint,
+                        allowed_ips: entry.allowed_ips.clone(),
+                        persistent_keepalive: (inner.keepalive > 0).then_some(inner.keepalive),
+                    },
+                    stats: PeerStats {
+                        rx_bytes: entry.peer.rx_bytes.load(Ordering::Relaxed),
+                        tx_bytes: entry.peer.tx_bytes.load(Ordering::Relaxed),
+                        last_handshake: inner.last_handshake,
+                    },
+                }
+            })
+            .collect();
+        DeviceInfo {
+            name: self.name.clone(),
+            private_key: st.identity.as_ref().map(|i| i.key.clone()),
+            listen_port: self.sockets().port,
+            fwmark: st.fwmark,
+            peers,
+        }
+    }
+}
+
+/// Checks what the types cannot: nothing of an invalid update is applied.
+fn validate(update: &DeviceUpdate) -> Result<(), DeviceError> {
+    for p in &update.peers {
+        if let Some(ep) = p.endpoint {
+            if ep.port() == 0 || ep.ip().is_unspecified() {
+                return Err(DeviceError::InvalidConfig(format!(
+                    "peer {}: endpoint {ep} has no address or port",
+                    p.public_key
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn apply_private_key(st: &mut State, key: Option<PrivateKey>) {
+    match key {
+        None => {
+            st.identity = None;
+            for entry in st.peers.values() {
+                entry.peer.lock().tunn = None;
+            }
+        }
+        Some(key) => {
+            let same = st
+                .identity
+                .as_ref()
+                .is_some_and(|id| id.key.expose_secret() == key.expose_secret());
+            if same {
+                return;
+            }
+            let id = Identity::new(key);
+            for entry in st.peers.values() {
+                let mut inner = entry.peer.lock();
+                let psk = inner.preshared_key.clone();
+                match inner.tunn.as_mut() {
+                    Some(t) => t.set_static_private(id.secret.clone(), id.public, None),
+                    None => inner.tunn = Some(entry.peer.new_tunn(&id.secret, psk.as_ref())),
+                }
+            }
+            st.identity = Some(id);
+        }
+    }
+}
+
+fn apply_peers(st: &mut State, replace_peers: bool, updates: Vec<PeerUpdate>) {
+    let mut reset: HashSet<PublicKey> = HashSet::new();
+    if replace_peers {
+        let named: HashSet<PublicKey> = updates
+            .iter()
+            .filter(|u| !u.remove)
+            .map(|u| u.public_key)
+            .collect();
+        let gone: Vec<PublicKey> = st
+            .peers
+            .keys()
+            .filter(|k| !named.contains(k))
+            .copied()
+            .collect();
+        for k in gone {
+            st.remove_peer(&k);
+        }
+        reset = st.peers.keys().copied().collect();
+    }
+    for u in updates {
+        apply_peer(st, &mut reset, u);
+    }
+}
+
+fn apply_peer(st: &mut State, reset: &mut HashSet<PublicKey>, u: PeerUpdate) {
+    let key = u.public_key;
+    if u.remove {
+        st.remove_peer(&key);
+        reset.remove(&key);
+        return;
+    }
+    if !st.peers.contains_key(&key) {
+        if u.update_only {
+            return;
+        }
+        let index = st.alloc_index();
+        let peer = Arc::new(Peer::new(key, index));
+        st.by_index.insert(index, peer.clone());
+        st.peers.insert(
+            key,
+            PeerEntry {
+                peer,
+                allowed_ips: Vec::new(),
+            },
+        );
+    }
+    // A peer named after `replace_peers` starts from defaults, except its session.
+    let resetting = reset.remove(&key);
+    let Some(entry) = st.peers.get(&key) else {
+        return;
+    };
+    let peer = entry.peer.clone();
+    {
+        let mut inner = peer.lock();
+        let mut psk = if resetting {
+            None
+        } else {
+            inner.preshared_key.clone()
+        };
+        if let Some(new) = u.preshared_key {
+            psk = new.filter(|k| !k.is_zero());
+        }
+        let need_tunn = inner.tunn.is_none() || psk != inner.preshared_key;
+        inner.preshared_key = psk;
+        if need_tunn {
+            // Only a new preshared key (or a first private key) makes a new session.
+            inner.tunn = st
+                .identity
+                .as_ref()
+                .map(|id| peer.new_tunn(&id.secret, inner.preshared_key.as_ref()));
+        }
+        if let Some(ep) = u.endpoint {
+            inner.endpoint = Some(udp::canonical(ep));
+        }
+        let keepalive = match u.persistent_keepalive {
+            Some(k) => k,
+            None if resetting => 0,
+            None => inner.keepalive,
+        };
+        if keepalive != inner.keepalive {
+            inner.keepalive = keepalive;
+            // A newly set keepalive fires at the next tick, as in WireGuard.
+            inner.last_traversal = None;
+        }
+    }
+    if u.replace_allowed_ips || resetting {
+        st.clear_allowed_ips(&key);
+    }
+    for net in u.allowed_ips {
+        st.add_allowed_ip(&key, net);
+    }
+}
+
+/// A running WireGuard device. Dropping it shuts it down.
+pub struct Device {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    uapi_path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("name", &self.shared.name)
+            .field("uapi_path", &self.uapi_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Device {
+    /// Opens the TUN, binds the UDP port, starts the threads and (unless
+    /// `options.uapi_dir` is `None`) the UAPI server.
+    ///
+    /// The TUN (when opened by name) and the sockets are created in the calling
+    /// thread's network namespace, and sockets rebound later stay in it. The device
+    /// does not configure addresses, MTU or link state: that is the platform's job.
+    pub fn open(tun: TunSource, options: DeviceOptions) -> Result<Self, DeviceError> {
+        let tun = match tun {
+            TunSource::Name(name) => {
+                Tun::open(name.as_str()).map_err(|source| DeviceError::Tun {
+                    name: name.as_str().to_owned(),
+                    source,
+                })?
+            }
+            TunSource::Fd { fd, name } => {
+                let mut t = Tun::from_fd(fd).map_err(|source| DeviceError::Tun {
+                    name: "<fd>".into(),
+                    source,
+                })?;
+                if let Some(n) = name {
+                    t.set_name(n.as_str().to_owned());
+                }
+                t
+            }
+        };
+        let name = tun.name().map(str::to_owned);
+        let wake = WakePipe::new().map_err(|source| DeviceError::Io {
+            op: "creating a pipe",
+            source,
+        })?;
+        let placeholder = Arc::new(UdpSockets {
+            v4: None,
+            v6: None,
+            port: 0,
+        });
+        let shared = Arc::new(Shared {
+            name: name.clone(),
+            tun,
+            state: RwLock::new(State {
+                identity: None,
+                fwmark: 0,
+                peers: BTreeMap::new(),
+                by_index: HashMap::new(),
+                routes: AllowedIps::new(),
+                next_index: random_u32() & INDEX_MASK,
+            }),
+            sockets: RwLock::new(placeholder),
+            udp: Mutex::new(None),
+            config_lock: Mutex::new(()),
+            stop: AtomicBool::new(false),
+            wake,
+            failed: AtomicBool::new(false),
+            counters: Counters::default(),
+            netns: sys::current_netns(),
+        });
+        let mut device = Device {
+            shared: shared.clone(),
+            threads: Vec::new(),
+            uapi_path: None,
+        };
+        let gen = shared.bind(options.listen_port, 0)?;
+        *shared
+            .sockets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = gen.sockets.clone();
+        *lock(&shared.udp) = Some(gen);
+
+        let s = shared.clone();
+        device.spawn("nanami-tun", move || dataplane::tun_loop(&s))?;
+        let s = shared.clone();
+        device.spawn("nanami-timers", move || dataplane::timer_loop(&s))?;
+
+        if let (Some(dir), Some(name)) = (options.uapi_dir, name) {
+            let path = dir.join(format!("{name}.sock"));
+            let listener = uapi::bind(&dir, &path)?;
+            device.uapi_path = Some(path);
+            let s = shared.clone();
+            device.spawn("nanami-uapi", move || uapi::serve(&s, listener))?;
+        }
+        tracing::info!(name = ?shared.name, port = shared.sockets().port, "device started");
+        Ok(device)
+    }
+
+    fn spawn(&mut self, name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), DeviceError> {
+        let h = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(f)
+            .map_err(DeviceError::Thread)?;
+        self.threads.push(h);
+        Ok(())
+    }
+
+    /// The interface name, when known.
+    pub fn name(&self) -> Option<&str> {
+        self.shared.name.as_deref()
+    }
+
+    /// The path of the UAPI socket, when the server runs.
+    pub fn uapi_path(&self) -> Option<&Path> {
+        self.uapi_path.as_deref()
+    }
+
+    /// The UDP port the device listens on.
+    pub fn listen_port(&self) -> u16 {
+        self.shared.sockets().port
+    }
+
+    /// Reads the whole device back: keys, port, peers with their stats (like
+    /// `wg show`).
+    pub fn get(&self) -> DeviceInfo {
+        self.shared.get()
+    }
+
+    /// Applies `update` atomically: when it returns an error nothing was changed.
+    pub fn apply(&self, update: DeviceUpdate) -> Result<(), DeviceError> {
+        self.shared.apply(update)
+    }
+
+    /// Sets the private key (a no-op, keeping sessions, when it is already set).
+    pub fn set_private_key(&self, key: PrivateKey) -> Result<(), DeviceError> {
+        self.apply(DeviceUpdate::new().private_key(key))
+    }
+
+    /// Rebinds the UDP port (0 picks a free one); returns the bound port.
+    pub fn set_listen_port(&self, port: u16) -> Result<u16, DeviceError> {
+        self.apply(DeviceUpdate::new().listen_port(port))?;
+        Ok(self.listen_port())
+    }
+
+    /// Adds the peer, or makes an existing one exactly `config` in place (its
+    /// session survives unless the preshared key changes).
+    pub fn upsert_peer(&self, config: &PeerConfig) -> Result<(), DeviceError> {
+        self.apply(DeviceUpdate::new().peer(PeerUpdate::replace_with(config)))
+    }
+
+    /// Removes the peer; returns whether it existed.
+    pub fn remove_peer(&self, key: &PublicKey) -> Result<bool, DeviceError> {
+        let existed = self.shared.read().peers.contains_key(key);
+        self.apply(DeviceUpdate::new().peer(PeerUpdate::remove(*key)))?;
+        Ok(existed)
+    }
+
+    /// Drop and event counters.
+    pub fn counters(&self) -> DeviceCounters {
+        self.shared.counters.snapshot()
+    }
+
+    /// Whether every data-plane thread still runs (false after the TUN vanished or
+    /// after shutdown).
+    pub fn is_running(&self) -> bool {
+        !self.shared.stopping() && !self.shared.failed.load(Ordering::Acquire)
+    }
+
+    /// Stops every thread, waits for them and removes the UAPI socket.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if self.shared.stop.swap(true, Ordering::AcqRel) && self.threads.is_empty() {
+            return;
+        }
+        self.shared.wake.wake();
+        for h in self.threads.drain(..) {
+            let _ = h.join();
+        }
+        if let Some(gen) = lock(&self.shared.udp).take() {
+            gen.stop();
+        }
+        if let Some(path) = self.uapi_path.take() {
+            let _ = std::fs::remove_file(path);
+        }
+        tracing::info!(name = ?self.shared.name, "device stopped");
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most `b.len()` bytes into the valid buffer `b`.
+    let _ = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    u32::from_ne_bytes(b)
+}

@@ -1,0 +1,112 @@
+//! One peer's runtime state: its `Tunn`, endpoint, counters.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use boringtun::noise::Tunn;
+use boringtun::x25519;
+use nanami_model::PublicKey;
+
+use super::config::PresharedKey;
+
+/// How far a recomputed handshake time may drift before it counts as a new
+/// handshake. `Tunn` reports the age of the session with the resolution of the timer
+/// tick (250 ms); handshakes are at least `REKEY_TIMEOUT` (5 s) apart.
+const HANDSHAKE_JITTER: Duration = Duration::from_secs(1);
+
+/// A peer of the device.
+pub(crate) struct Peer {
+    pub(crate) public_key: PublicKey,
+    /// The 24-bit index `Tunn` puts in the top bits of our session indices.
+    pub(crate) index: u32,
+    pub(crate) inner: Mutex<PeerInner>,
+    pub(crate) rx_bytes: AtomicU64,
+    pub(crate) tx_bytes: AtomicU64,
+}
+
+/// The part of a peer the data plane changes, behind one lock.
+pub(crate) struct PeerInner {
+    /// `None` while the device has no private key.
+    pub(crate) tunn: Option<Tunn>,
+    pub(crate) endpoint: Option<SocketAddr>,
+    pub(crate) preshared_key: Option<PresharedKey>,
+    /// Persistent keepalive in seconds, 0 is off. Kept here rather than in `Tunn`
+    /// (which cannot change it) so changing it never resets the session.
+    pub(crate) keepalive: u16,
+    pub(crate) last_handshake: Option<SystemTime>,
+    /// Last time an authenticated packet was sent to or received from the peer.
+    pub(crate) last_traversal: Option<Instant>,
+}
+
+impl Peer {
+    pub(crate) fn new(public_key: PublicKey, index: u32) -> Self {
+        Self {
+            public_key,
+            index,
+            inner: Mutex::new(PeerInner {
+                tunn: None,
+                endpoint: None,
+                preshared_key: None,
+                keepalive: 0,
+                last_handshake: None,
+                last_traversal: None,
+            }),
+            rx_bytes: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, PeerInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn add_tx(&self, bytes: usize) {
+        self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_rx(&self, bytes: usize) {
+        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// A fresh `Tunn` for this peer with the device's secret.
+    pub(crate) fn new_tunn(
+        &self,
+        secret: &x25519::StaticSecret,
+        psk: Option<&PresharedKey>,
+    ) -> Tunn {
+        Tunn::new(
+            secret.clone(),
+            x25519::PublicKey::from(*self.public_key.as_bytes()),
+            psk.map(|k| *k.expose_secret()),
+            // Persistent keepalive is driven by the device (see PeerInner::keepalive).
+            None,
+            self.index,
+            None,
+        )
+    }
+}
+
+impl PeerInner {
+    /// Turns `Tunn`'s "age of the current session" into a wall-clock timestamp that
+    /// stays stable across reads and survives the session's expiry.
+    pub(crate) fn refresh_handshake_time(&mut self) {
+        let Some(age) = self.tunn.as_ref().and_then(Tunn::time_since_last_handshake) else {
+            return;
+        };
+        let Some(at) = SystemTime::now().checked_sub(age) else {
+            return;
+        };
+        let moved = match self.last_handshake {
+            None => true,
+            Some(prev) => match at.duration_since(prev) {
+                Ok(d) => d > HANDSHAKE_JITTER,
+                Err(_) => false,
+            },
+        };
+        if moved {
+            self.last_handshake = Some(at);
+        }
+    }
+}

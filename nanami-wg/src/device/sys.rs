@@ -1,0 +1,142 @@
+//! Small system helpers: a wake pipe for stopping blocked threads, `poll`, and the
+//! network namespace the device belongs to.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// A pipe whose read end becomes readable (for good) once [`WakePipe::wake`] is
+/// called: every thread polling it returns.
+#[derive(Debug)]
+pub(crate) struct WakePipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl WakePipe {
+    pub(crate) fn new() -> io::Result<Self> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok(Self { read, write })
+    }
+
+    /// Makes the read end readable. Idempotent.
+    pub(crate) fn wake(&self) {
+        let byte = [1u8];
+        // SAFETY: writing one byte from a valid buffer to an fd we own. A full pipe
+        // (EAGAIN) is fine: it is readable already.
+        let _ = unsafe { libc::write(self.write.as_raw_fd(), byte.as_ptr().cast(), 1) };
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+}
+
+/// What [`wait_readable`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ready {
+    /// The watched fd is readable (or has an error/hang-up to collect).
+    Fd,
+    /// A wake fd fired: stop.
+    Woken,
+    /// The timeout passed.
+    Timeout,
+}
+
+/// Waits until `fd` is readable, one of `wake` fires, or `timeout` passes.
+pub(crate) fn wait_readable(
+    fd: Option<RawFd>,
+    wake: &[RawFd],
+    timeout: Option<Duration>,
+) -> io::Result<Ready> {
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(1 + wake.len());
+    if let Some(fd) = fd {
+        fds.push(libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+    for w in wake {
+        fds.push(libc::pollfd {
+            fd: *w,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+    let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
+    loop {
+        // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfd structs.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if rc == 0 {
+            return Ok(Ready::Timeout);
+        }
+        let offset = usize::from(fd.is_some());
+        if fds[offset..].iter().any(|p| p.revents != 0) {
+            return Ok(Ready::Woken);
+        }
+        return Ok(Ready::Fd);
+    }
+}
+
+/// Sets `O_NONBLOCK` on `fd`.
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on an fd the caller owns; no memory is passed.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The network namespace of the calling thread, kept so that sockets rebound later
+/// (a `listen_port` change from any thread) are created in the device's namespace.
+pub(crate) fn current_netns() -> Option<File> {
+    File::open("/proc/thread-self/ns/net").ok()
+}
+
+/// Runs `f` on a fresh thread that has entered `netns` (or on a fresh thread in the
+/// caller's namespace when `netns` is `None`).
+pub(crate) fn in_netns<R: Send>(
+    netns: Option<&File>,
+    f: impl FnOnce() -> io::Result<R> + Send,
+) -> io::Result<R> {
+    let fd = netns.map(AsRawFd::as_raw_fd);
+    std::thread::scope(|s| {
+        let handle = std::thread::Builder::new()
+            .name("nanami-netns".into())
+            .spawn_scoped(s, move || {
+                if let Some(fd) = fd {
+                    // SAFETY: setns on a valid namespace fd; it affects only this
+                    // short-lived thread.
+                    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                f()
+            })?;
+        handle
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("namespace helper thread panicked")))
+    })
+}

@@ -1,0 +1,348 @@
+//! The UDP side: one IPv4 and one IPv6-only socket on the same port, received in
+//! batches with `recvmmsg` and sent in batches with `sendmmsg`.
+//!
+//! Seam for speed: UDP GSO (`UDP_SEGMENT`) on send and GRO (`UDP_GRO`) on receive fit
+//! in [`SendBatch::flush`] and [`RecvBatch::recv`] without changing the loop.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// Largest datagram the device sends or receives.
+pub(crate) const MAX_DATAGRAM: usize = 65_536;
+
+/// Socket buffer size asked for: large enough to absorb a burst of a few thousand
+/// full-size datagrams while the single receive thread is busy decrypting.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// How many times a random port is tried when its IPv6 twin is taken.
+const BIND_ATTEMPTS: usize = 10;
+
+/// The bound sockets of one `listen_port`.
+#[derive(Debug)]
+pub(crate) struct UdpSockets {
+    pub(crate) v4: Option<Socket>,
+    pub(crate) v6: Option<Socket>,
+    pub(crate) port: u16,
+}
+
+fn new_socket(domain: Domain, fwmark: u32) -> io::Result<Socket> {
+    let s = Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+    if domain == Domain::IPV6 {
+        s.set_only_v6(true)?;
+    }
+    grow_buffers(&s);
+    if fwmark != 0 {
+        s.set_mark(fwmark)?;
+    }
+    Ok(s)
+}
+
+/// Asks for large socket buffers, beyond `rmem_max` when privileged (`SO_*BUFFORCE`).
+fn grow_buffers(s: &Socket) {
+    let size = SOCKET_BUFFER as libc::c_int;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+        // SAFETY: setsockopt with a pointer to a live c_int and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            let _ = if opt == libc::SO_RCVBUFFORCE {
+                s.set_recv_buffer_size(SOCKET_BUFFER)
+            } else {
+                s.set_send_buffer_size(SOCKET_BUFFER)
+            };
+        }
+    }
+}
+
+fn v6_unavailable(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) | Some(libc::EPROTONOSUPPORT)
+    )
+}
+
+impl UdpSockets {
+    /// Binds `port` (0: a free one) on both families; IPv6 is skipped when the
+    /// system has none.
+    pub(crate) fn bind(port: u16, fwmark: u32) -> io::Result<Self> {
+        let attempts = if port == 0 { BIND_ATTEMPTS } else { 1 };
+        let mut last_err = None;
+        for _ in 0..attempts {
+            let v4 = new_socket(Domain::IPV4, fwmark)?;
+            v4.bind(&SockAddr::from(SocketAddrV4::new(
+                Ipv4Addr::UNSPECIFIED,
+                port,
+            )))?;
+            let bound = v4
+                .local_addr()?
+                .as_socket()
+                .map(|a| a.port())
+                .ok_or_else(|| io::Error::other("bound socket has no port"))?;
+            let v6 = match new_socket(Domain::IPV6, fwmark) {
+                Ok(s) => s,
+                Err(e) if v6_unavailable(&e) => {
+                    return Ok(Self {
+                        v4: Some(v4),
+                        v6: None,
+                        port: bound,
+                    })
+                }
+                Err(e) => return Err(e),
+            };
+            match v6.bind(&SockAddr::from(SocketAddrV6::new(
+                Ipv6Addr::UNSPECIFIED,
+                bound,
+                0,
+                0,
+            ))) {
+                Ok(()) => {
+                    return Ok(Self {
+                        v4: Some(v4),
+                        v6: Some(v6),
+                        port: bound,
+                    })
+                }
+                Err(e) if v6_unavailable(&e) => {
+                    return Ok(Self {
+                        v4: Some(v4),
+                        v6: None,
+                        port: bound,
+                    })
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EADDRINUSE)))
+    }
+
+    /// Sets `SO_MARK` on both sockets.
+    pub(crate) fn set_fwmark(&self, mark: u32) -> io::Result<()> {
+        for s in self.v4.iter().chain(self.v6.iter()) {
+            s.set_mark(mark)?;
+        }
+        Ok(())
+    }
+
+    /// The socket for `addr`'s family.
+    fn socket_for(&self, addr: &SocketAddr) -> Option<&Socket> {
+        match addr {
+            SocketAddr::V4(_) => self.v4.as_ref(),
+            SocketAddr::V6(_) => self.v6.as_ref(),
+        }
+    }
+
+    /// Sends one datagram (blocking when the socket buffer is full: back-pressure).
+    pub(crate) fn send_to(&self, data: &[u8], addr: SocketAddr) -> io::Result<()> {
+        let addr = canonical(addr);
+        let sock = self
+            .socket_for(&addr)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))?;
+        sock.send_to(data, &SockAddr::from(addr)).map(|_| ())
+    }
+}
+
+/// Turns an IPv4-mapped IPv6 address into the IPv4 one, so it goes out the v4 socket.
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, a.port())),
+            None => SocketAddr::V6(a),
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// Buffers for receiving up to `n` datagrams with one `recvmmsg`.
+pub(crate) struct RecvBatch {
+    bufs: Vec<Vec<u8>>,
+    addrs: Vec<MaybeUninit<libc::sockaddr_storage>>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    lens: Vec<usize>,
+    srcs: Vec<Option<SocketAddr>>,
+}
+
+impl RecvBatch {
+    pub(crate) fn new(n: usize) -> Self {
+        Self {
+            bufs: (0..n).map(|_| vec![0u8; MAX_DATAGRAM]).collect(),
+            addrs: (0..n).map(|_| MaybeUninit::zeroed()).collect(),
+            iovs: (0..n)
+                .map(|_| libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                })
+                .collect(),
+            // SAFETY: mmsghdr is plain data for which all-zero is a valid value.
+            hdrs: (0..n).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            lens: vec![0; n],
+            srcs: vec![None; n],
+        }
+    }
+
+    /// Receives what is queued without waiting; `Ok(0)` when nothing is.
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let n = self.bufs.len();
+        for i in 0..n {
+            self.iovs[i].iov_base = self.bufs[i].as_mut_ptr().cast();
+            self.iovs[i].iov_len = self.bufs[i].len();
+            let h = &mut self.hdrs[i];
+            h.msg_hdr.msg_name = self.addrs[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+        // SAFETY: every header points at a live buffer, iovec and address slot owned
+        // by `self`, which outlives the call; `n` is the array length.
+        let rc = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            return if matches!(
+                err.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) {
+                Ok(0)
+            } else {
+                Err(err)
+            };
+        }
+        let got = usize::try_from(rc).unwrap_or(0);
+        for i in 0..got {
+            self.lens[i] = self.hdrs[i].msg_len as usize;
+            let len = self.hdrs[i].msg_hdr.msg_namelen;
+            // SAFETY: the kernel wrote a socket address of `len` bytes into the slot,
+            // which is a full sockaddr_storage.
+            let addr = unsafe { SockAddr::new(self.addrs[i].assume_init(), len) };
+            self.srcs[i] = addr.as_socket().map(canonical);
+        }
+        Ok(got)
+    }
+
+    /// The `i`-th datagram received and its source.
+    pub(crate) fn get(&self, i: usize) -> (Option<SocketAddr>, &[u8]) {
+        (self.srcs[i], &self.bufs[i][..self.lens[i]])
+    }
+}
+
+/// Encrypted datagrams waiting to be sent together.
+pub(crate) struct SendBatch {
+    bufs: Vec<Vec<u8>>,
+    lens: Vec<usize>,
+    dsts: Vec<SocketAddr>,
+    len: usize,
+}
+
+impl SendBatch {
+    pub(crate) fn new(n: usize) -> Self {
+        Self {
+            bufs: (0..n).map(|_| vec![0u8; MAX_DATAGRAM]).collect(),
+            lens: vec![0; n],
+            dsts: vec![SocketAddr::from(([0, 0, 0, 0], 0)); n],
+            len: 0,
+        }
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.len == self.bufs.len()
+    }
+
+    /// The buffer the next datagram is written into.
+    pub(crate) fn next_buf(&mut self) -> &mut [u8] {
+        &mut self.bufs[self.len]
+    }
+
+    /// Commits the datagram just written into [`SendBatch::next_buf`].
+    pub(crate) fn push(&mut self, len: usize, dst: SocketAddr) {
+        self.lens[self.len] = len;
+        self.dsts[self.len] = canonical(dst);
+        self.len += 1;
+    }
+
+    /// Sends everything queued; returns how many datagrams failed.
+    pub(crate) fn flush(&mut self, sockets: &UdpSockets) -> usize {
+        let mut failed = 0;
+        for v4 in [true, false] {
+            let Some(sock) = (if v4 { &sockets.v4 } else { &sockets.v6 }) else {
+                failed += self.dsts[..self.len]
+                    .iter()
+                    .filter(|d| d.is_ipv4() == v4)
+                    .count();
+                continue;
+            };
+            let idx: Vec<usize> = (0..self.len)
+                .filter(|i| self.dsts[*i].is_ipv4() == v4)
+                .collect();
+            if idx.is_empty() {
+                continue;
+            }
+            failed += self.send_indices(sock.as_raw_fd(), &idx);
+        }
+        self.len = 0;
+        failed
+    }
+
+    fn send_indices(&mut self, fd: RawFd, idx: &[usize]) -> usize {
+        let addrs: Vec<SockAddr> = idx.iter().map(|i| SockAddr::from(self.dsts[*i])).collect();
+        let mut iovs: Vec<libc::iovec> = idx
+            .iter()
+            .map(|i| libc::iovec {
+                iov_base: self.bufs[*i].as_mut_ptr().cast(),
+                iov_len: self.lens[*i],
+            })
+            .collect();
+        let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(idx.len());
+        for (k, a) in addrs.iter().enumerate() {
+            // SAFETY: mmsghdr is plain data for which all-zero is a valid value.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = a.as_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = a.len();
+            h.msg_hdr.msg_iov = &mut iovs[k];
+            h.msg_hdr.msg_iovlen = 1;
+            hdrs.push(h);
+        }
+        let mut sent = 0;
+        let mut failed = 0;
+        while sent < hdrs.len() {
+            let rest = &mut hdrs[sent..];
+            // SAFETY: the headers point at addresses, iovecs and buffers that live
+            // until this function returns; `rest.len()` is the array length.
+            let rc = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), rest.len() as _, 0) };
+            if rc < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::trace!(error = %err, "sendmmsg failed; dropping one datagram");
+                // Skip the datagram the kernel refused (e.g. unreachable) and go on.
+                sent += 1;
+                failed += 1;
+                continue;
+            }
+            sent += usize::try_from(rc).unwrap_or(0).max(1);
+        }
+        failed
+    }
+}
