@@ -250,32 +250,52 @@ impl Validator {
             networks.insert(id, built);
         }
 
+        // Ids declared in the document, valid or not, so that a reference to an object
+        // with its own problems is not also reported as unknown.
+        let declared_networks: BTreeSet<&str> = ws.networks.iter().map(|n| n.id.as_str()).collect();
+        let mut declared_nodes: BTreeMap<&str, &NodeDoc> = BTreeMap::new();
+        for n in &ws.nodes {
+            declared_nodes.entry(n.id.as_str()).or_insert(n);
+        }
+        let exit_networks: BTreeSet<&str> = ws
+            .networks
+            .iter()
+            .filter(|n| n.exit)
+            .map(|n| n.id.as_str())
+            .collect();
         let mut nodes = BTreeMap::new();
         let mut explicit: BTreeMap<(NetworkId, IpAddr), String> = BTreeMap::new();
         for (i, n) in ws.nodes.iter().enumerate() {
             let npath = format!("{path}.{}", seg("nodes", &n.id, i));
-            if let Some(node) = self.node(&npath, n, &networks, &mut explicit) {
+            if let Some(node) = self.node(&npath, n, &networks, &declared_networks, &mut explicit) {
                 nodes.entry(node.id.clone()).or_insert(node);
             }
         }
 
         let mut gateways = BTreeMap::new();
-        let mut ports: BTreeMap<(NodeId, u16), String> = BTreeMap::new();
+        let mut ports: BTreeMap<(&str, u16), String> = BTreeMap::new();
         for (i, g) in ws.gateways.iter().enumerate() {
             let gpath = format!("{path}.{}", seg("gateways", &g.id, i));
-            if let Some(gw) = self.gateway(&gpath, g, &networks, &nodes, regions, &allowed) {
-                let key = (gw.node.clone(), gw.listen_port);
-                if let Some(first) = ports.get(&key) {
-                    self.err(
-                        format!("{gpath}.listen_port"),
-                        format!(
-                            "port {} on node {:?} is already taken by {first}",
-                            gw.listen_port, gw.node
-                        ),
-                    );
-                } else {
-                    ports.insert(key, gpath.clone());
-                }
+            if let Some(first) = ports.get(&(g.node.as_str(), g.listen_port)) {
+                self.err(
+                    format!("{gpath}.listen_port"),
+                    format!(
+                        "port {} on node {:?} is already taken by {first}",
+                        g.listen_port, g.node
+                    ),
+                );
+            } else {
+                ports.insert((g.node.as_str(), g.listen_port), gpath.clone());
+            }
+            if let Some(gw) = self.gateway(
+                &gpath,
+                g,
+                &declared_networks,
+                &exit_networks,
+                &declared_nodes,
+                regions,
+                &allowed,
+            ) {
                 gateways.entry(gw.id.clone()).or_insert(gw);
             }
         }
@@ -286,26 +306,40 @@ impl Validator {
                 continue;
             };
             if let Some(net) = networks.get(&id) {
-                self.policy_refs(&npath, net, &gateways);
+                self.policy_refs(&npath, net, &ws.gateways);
             }
         }
 
-        // Allocation needs every membership resolved; skip it when that failed.
-        let mut nodes = nodes;
+        // Exhaustion is judged on the document's memberships, so that it is reported
+        // even when some members have problems of their own.
         for (id, net) in &networks {
-            let npath = format!("{path}.networks[{id}].overlay");
-            match allocate(id, net, &mut nodes) {
-                Allocation::Done => {}
-                Allocation::Exhausted {
-                    prefix,
-                    usable,
-                    needed,
-                } => self.err(
-                    npath,
-                    format!(
-                        "overlay exhausted: {prefix} has {usable} usable addresses, {needed} members need one"
-                    ),
-                ),
+            let members = ws
+                .nodes
+                .iter()
+                .filter(|n| n.memberships.iter().any(|m| m.network == id.as_str()))
+                .count() as u128;
+            for prefix in &net.overlay {
+                let usable = crate::alloc::usable_hosts(prefix);
+                if members > usable {
+                    self.err(
+                        format!("{path}.networks[{id}].overlay"),
+                        format!(
+                            "overlay exhausted: {prefix} has {usable} usable addresses, {members} members need one"
+                        ),
+                    );
+                }
+            }
+        }
+        let mut nodes = nodes;
+        if self.issues.is_empty() {
+            for (id, net) in &networks {
+                if let Allocation::Exhausted { prefix, .. } = allocate(id, net, &mut nodes) {
+                    // Unreachable after the check above; reported rather than trusted.
+                    self.err(
+                        format!("{path}.networks[{id}].overlay"),
+                        format!("overlay exhausted: {prefix}"),
+                    );
+                }
             }
         }
 
@@ -341,12 +375,10 @@ impl Validator {
     }
 
     fn network(&mut self, path: &str, n: &NetworkDoc) -> Option<Network> {
-        let mut ok = true;
         let mut overlay: Vec<IpNet> = Vec::new();
         let texts = n.overlay.as_slice();
         if texts.is_empty() {
             self.err(format!("{path}.overlay"), "needs an IPv4 or IPv6 prefix");
-            ok = false;
         }
         for (i, t) in texts.iter().enumerate() {
             let opath = if texts.len() == 1 {
@@ -355,7 +387,6 @@ impl Validator {
                 format!("{path}.overlay[{i}]")
             };
             let Some(net) = self.prefix(&opath, t) else {
-                ok = false;
                 continue;
             };
             let (bits, max) = match net {
@@ -367,13 +398,11 @@ impl Validator {
                     &opath,
                     format!("{net} is too small for an overlay (longest is /{max})"),
                 );
-                ok = false;
             } else if overlay
                 .iter()
                 .any(|o| o.addr().is_ipv4() == net.addr().is_ipv4())
             {
                 self.err(&opath, "at most one overlay prefix per address family");
-                ok = false;
             } else {
                 overlay.push(net);
             }
@@ -384,7 +413,6 @@ impl Validator {
         for (i, t) in n.routes.iter().enumerate() {
             let rpath = format!("{path}.routes[{i}]");
             let Some(net) = self.prefix(&rpath, t) else {
-                ok = false;
                 continue;
             };
             if net.prefix_len() == 0 {
@@ -392,23 +420,19 @@ impl Validator {
                     &rpath,
                     format!("{net} would swallow every destination, the overlay and the gateway's LAN with it; use `exit: true` for a default route"),
                 );
-                ok = false;
             } else if !routes.insert(net) {
                 self.err(&rpath, format!("{net} listed twice"));
-                ok = false;
             }
         }
 
         let redundancy = n.gateways.redundancy;
         if redundancy == 0 {
             self.err(format!("{path}.gateways.redundancy"), "must be at least 1");
-            ok = false;
         } else if redundancy > 1 {
             self.err(
                 format!("{path}.gateways.redundancy"),
                 "redundancy above 1 is not supported yet",
             );
-            ok = false;
         }
         let policy = match n.gateways.policy.as_str() {
             "auto" | "balanced" if !n.gateways.manual.is_empty() => {
@@ -456,8 +480,9 @@ impl Validator {
                 None
             }
         };
-        let policy = policy?;
-        if !ok {
+        // A network with problems is still returned (they are reported already), so
+        // that its members' addresses are checked too; the result is an error anyway.
+        if overlay.is_empty() {
             return None;
         }
         Some(Network {
@@ -466,7 +491,7 @@ impl Validator {
             routes,
             exit: n.exit,
             nat: n.nat,
-            policy,
+            policy: policy.unwrap_or(Policy::Auto),
             redundancy,
         })
     }
@@ -476,6 +501,7 @@ impl Validator {
         path: &str,
         n: &NodeDoc,
         networks: &BTreeMap<NetworkId, Network>,
+        declared_networks: &BTreeSet<&str>,
         explicit: &mut BTreeMap<(NetworkId, IpAddr), String>,
     ) -> Option<Node> {
         let id = self.id::<NodeId>(&format!("{path}.id"), &n.id);
@@ -542,10 +568,12 @@ impl Validator {
                 continue;
             };
             let Some(net) = networks.get(&net_id) else {
-                self.err(
-                    format!("{mpath}.network"),
-                    format!("unknown network {net_id:?} in this workspace"),
-                );
+                if !declared_networks.contains(net_id.as_str()) {
+                    self.err(
+                        format!("{mpath}.network"),
+                        format!("unknown network {net_id:?} in this workspace"),
+                    );
+                }
                 ok = false;
                 continue;
             };
@@ -625,8 +653,9 @@ impl Validator {
         &mut self,
         path: &str,
         g: &GatewayDoc,
-        networks: &BTreeMap<NetworkId, Network>,
-        nodes: &BTreeMap<NodeId, Node>,
+        networks: &BTreeSet<&str>,
+        exit_networks: &BTreeSet<&str>,
+        nodes: &BTreeMap<&str, &NodeDoc>,
         regions: &BTreeMap<RegionId, Region>,
         allowed: &[RegionId],
     ) -> Option<Gateway> {
@@ -660,7 +689,7 @@ impl Validator {
             }
         }
         let node = self.id::<NodeId>(&format!("{path}.node"), &g.node);
-        let node_rec = node.as_ref().and_then(|n| nodes.get(n));
+        let node_rec = node.as_ref().and_then(|n| nodes.get(n.as_str()));
         if let (Some(n), None) = (&node, node_rec) {
             self.err(
                 format!("{path}.node"),
@@ -706,13 +735,13 @@ impl Validator {
                 ok = false;
                 continue;
             };
-            if !networks.contains_key(&nid) {
+            if !networks.contains(nid.as_str()) {
                 self.err(npath, format!("unknown network {nid:?} in this workspace"));
                 ok = false;
                 continue;
             }
             if let Some(rec) = node_rec {
-                if !rec.memberships.contains_key(&nid) {
+                if !rec.memberships.iter().any(|m| m.network == nid.as_str()) {
                     self.err(
                         npath,
                         format!("its node {:?} is not a member of network {nid:?}", rec.id),
@@ -752,9 +781,7 @@ impl Validator {
         }
         if roles.contains(&Role::Exit)
             && !served.is_empty()
-            && served
-                .iter()
-                .all(|n| networks.get(n).is_some_and(|net| !net.exit))
+            && served.iter().all(|n| !exit_networks.contains(n.as_str()))
         {
             self.err(
                 format!("{path}.roles"),
@@ -806,15 +833,15 @@ impl Validator {
         })
     }
 
-    fn policy_refs(&mut self, path: &str, net: &Network, gateways: &BTreeMap<GatewayId, Gateway>) {
+    fn policy_refs(&mut self, path: &str, net: &Network, gateways: &[GatewayDoc]) {
         let Policy::Manual(ids) = &net.policy else {
             return;
         };
         for (i, id) in ids.iter().enumerate() {
             let mpath = format!("{path}.gateways.manual[{i}]");
-            match gateways.get(id) {
+            match gateways.iter().find(|g| g.id == id.as_str()) {
                 None => self.err(mpath, format!("unknown gateway {id:?} in this workspace")),
-                Some(g) if !g.networks.contains(&net.id) => self.err(
+                Some(g) if !g.networks.iter().any(|n| n == net.id.as_str()) => self.err(
                     mpath,
                     format!("gateway {id:?} does not serve network {:?}", net.id),
                 ),

@@ -1,0 +1,447 @@
+//! Random valid topology documents for property tests, and a catalogue of faults.
+#![allow(dead_code)]
+
+use nanami_model::doc::{
+    Document, GatewayDoc, MembershipDoc, NetworkDoc, NodeDoc, OneOrMany, PolicyDoc, RegionDoc,
+    WorkspaceDoc,
+};
+use nanami_model::PrivateKey;
+use proptest::prelude::*;
+
+/// A distinct, valid public key for each `n`.
+pub fn key(n: u32) -> String {
+    let mut bytes = [7u8; 32];
+    // Byte 0 is clamped by X25519; vary bytes 1..5.
+    bytes[1..5].copy_from_slice(&n.to_le_bytes());
+    PrivateKey::from_bytes(bytes).public_key().to_string()
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub status: u8,
+    pub networks: Vec<bool>,
+    pub explicit: bool,
+    pub exit: bool,
+    pub endpoint: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewaySpec {
+    pub networks: Vec<bool>,
+    pub roles: u8,
+    pub region: usize,
+    pub capacity: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetSpec {
+    pub v6: bool,
+    pub routes: u8,
+    pub exit: bool,
+    pub nat: bool,
+    pub manual: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct WsSpec {
+    pub regions: Vec<usize>,
+    pub nets: Vec<NetSpec>,
+    pub nodes: Vec<NodeSpec>,
+    pub gateways: Vec<GatewaySpec>,
+}
+
+fn net_spec() -> impl Strategy<Value = NetSpec> {
+    (
+        any::<bool>(),
+        0u8..3,
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(v6, routes, exit, nat, manual)| NetSpec {
+            v6,
+            routes,
+            exit,
+            nat,
+            manual,
+        })
+}
+
+fn ws_spec(regions: usize) -> impl Strategy<Value = WsSpec> {
+    (1usize..4).prop_flat_map(move |nets| {
+        (
+            proptest::sample::subsequence((0..regions).collect::<Vec<_>>(), 1..=regions)
+                .prop_shuffle(),
+            proptest::collection::vec(net_spec(), nets),
+            proptest::collection::vec(
+                (
+                    0u8..4,
+                    proptest::collection::vec(any::<bool>(), nets),
+                    any::<bool>(),
+                    any::<bool>(),
+                    any::<bool>(),
+                )
+                    .prop_map(|(status, networks, explicit, exit, endpoint)| {
+                        NodeSpec {
+                            status,
+                            networks,
+                            explicit,
+                            exit,
+                            endpoint,
+                        }
+                    }),
+                0..8,
+            ),
+            proptest::collection::vec(
+                (
+                    proptest::collection::vec(any::<bool>(), nets),
+                    1u8..8,
+                    0usize..8,
+                    proptest::option::of(1u32..4),
+                )
+                    .prop_map(|(networks, roles, region, capacity)| GatewaySpec {
+                        networks,
+                        roles,
+                        region,
+                        capacity,
+                    }),
+                1..4,
+            ),
+        )
+            .prop_map(|(regions, nets, nodes, gateways)| WsSpec {
+                regions,
+                nets,
+                nodes,
+                gateways,
+            })
+    })
+}
+
+/// A random valid document.
+pub fn document() -> impl Strategy<Value = Document> {
+    (1usize..4)
+        .prop_flat_map(|regions| {
+            (
+                Just(regions),
+                proptest::collection::vec(ws_spec(regions), 1..4),
+            )
+        })
+        .prop_map(|(regions, specs)| build(regions, &specs))
+}
+
+pub fn build(regions: usize, specs: &[WsSpec]) -> Document {
+    let mut key_n = 0u32;
+    let mut next_key = || {
+        key_n += 1;
+        key(key_n)
+    };
+    let mut doc = Document {
+        version: 1,
+        regions: (0..regions)
+            .map(|r| RegionDoc {
+                id: format!("r{r}"),
+                display_name: None,
+                state: "active".into(),
+            })
+            .collect(),
+        workspaces: Vec::new(),
+    };
+    for (w, spec) in specs.iter().enumerate() {
+        let ws_regions: Vec<String> = spec.regions.iter().map(|r| format!("r{r}")).collect();
+        let mut networks = Vec::new();
+        let mut nodes = Vec::new();
+        let mut gateways = Vec::new();
+        for (n, ns) in spec.nets.iter().enumerate() {
+            let mut overlay = vec![format!("100.{}.0.0/24", 64 + w * 8 + n)];
+            let mut routes: Vec<String> = (0..ns.routes)
+                .map(|r| format!("10.{}.{}.0/24", w * 10 + n, r))
+                .collect();
+            if ns.v6 {
+                overlay.push(format!("fd00:{w}:{n}::/64"));
+                if ns.routes > 0 {
+                    routes.push(format!("fd10:{w}:{n}::/64"));
+                }
+            }
+            networks.push(NetworkDoc {
+                id: format!("net{n}"),
+                overlay: OneOrMany::Many(overlay),
+                routes,
+                exit: ns.exit,
+                nat: ns.nat,
+                gateways: PolicyDoc::default(),
+            });
+        }
+        for (i, ns) in spec.nodes.iter().enumerate() {
+            let memberships = ns
+                .networks
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| **m)
+                .map(|(n, _)| MembershipDoc {
+                    network: format!("net{n}"),
+                    address: ns
+                        .explicit
+                        .then(|| OneOrMany::One(format!("100.{}.0.{}", 64 + w * 8 + n, 100 + i))),
+                })
+                .collect();
+            nodes.push(NodeDoc {
+                id: format!("w{w}-n{i}"),
+                public_key: next_key(),
+                status: ["active", "pending", "disabled", "revoked"][usize::from(ns.status)].into(),
+                endpoints: if ns.endpoint {
+                    vec![format!("198.51.100.{}:{}", i + 1, 40000 + w)]
+                } else {
+                    vec![]
+                },
+                memberships,
+                exit: ns.exit,
+            });
+        }
+        for (g, gs) in spec.gateways.iter().enumerate() {
+            let mut served: Vec<usize> = gs
+                .networks
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| **m)
+                .map(|(n, _)| n)
+                .collect();
+            if served.is_empty() {
+                served.push(0);
+            }
+            let mut roles = Vec::new();
+            if gs.roles & 1 != 0 {
+                roles.push("ingress".to_owned());
+            }
+            if gs.roles & 2 != 0 {
+                roles.push("egress".to_owned());
+            }
+            if gs.roles & 4 != 0 && served.iter().any(|n| spec.nets[*n].exit) {
+                roles.push("exit".to_owned());
+            }
+            if roles.is_empty() {
+                roles.push("ingress".to_owned());
+            }
+            let node_id = format!("w{w}-gn{g}");
+            nodes.push(NodeDoc {
+                id: node_id.clone(),
+                public_key: next_key(),
+                status: "active".into(),
+                endpoints: vec![],
+                memberships: (0..spec.nets.len())
+                    .map(|n| MembershipDoc {
+                        network: format!("net{n}"),
+                        address: None,
+                    })
+                    .collect(),
+                exit: false,
+            });
+            gateways.push(GatewayDoc {
+                id: format!("w{w}-g{g}"),
+                node: node_id,
+                region: ws_regions[gs.region % ws_regions.len()].clone(),
+                networks: served.iter().map(|n| format!("net{n}")).collect(),
+                roles,
+                endpoint: format!("203.0.{w}.{}:51820", g + 1),
+                listen_port: 51820,
+                capacity: gs.capacity,
+                drain: false,
+            });
+        }
+        for (n, ns) in spec.nets.iter().enumerate() {
+            if !ns.manual {
+                continue;
+            }
+            let serving: Vec<String> = gateways
+                .iter()
+                .filter(|g| g.networks.contains(&format!("net{n}")))
+                .map(|g| g.id.clone())
+                .rev()
+                .collect();
+            if !serving.is_empty() {
+                networks[n].gateways = PolicyDoc {
+                    policy: "manual".into(),
+                    manual: serving,
+                    redundancy: 1,
+                };
+            }
+        }
+        doc.workspaces.push(WorkspaceDoc {
+            id: format!("ws{w}"),
+            tenant: format!("tenant-{w}"),
+            regions: ws_regions,
+            networks,
+            nodes,
+            gateways,
+        });
+    }
+    doc
+}
+
+/// A fault injected into a valid document, with the path prefix its issue must carry.
+pub type Fault = fn(&mut Document) -> Option<String>;
+
+fn ws0(doc: &mut Document) -> Option<&mut WorkspaceDoc> {
+    doc.workspaces.first_mut()
+}
+
+/// Every fault kind the validator must catch. Each returns the path its issue must
+/// start with, or `None` if the document has no place for it.
+pub const FAULTS: &[(&str, Fault)] = &[
+    ("malformed key", |d| {
+        let ws = ws0(d)?;
+        let n = ws.nodes.first_mut()?;
+        n.public_key = "not-a-key".into();
+        Some(format!("workspaces[{}].nodes[{}].public_key", ws.id, n.id))
+    }),
+    ("duplicate public key", |d| {
+        let ws = ws0(d)?;
+        let k = ws.nodes.first()?.public_key.clone();
+        let n = ws.nodes.get_mut(1)?;
+        n.public_key = k;
+        Some(format!("workspaces[{}].nodes[{}].public_key", ws.id, n.id))
+    }),
+    ("duplicate node id", |d| {
+        let ws = ws0(d)?;
+        let mut n = ws.nodes.first()?.clone();
+        n.public_key = key(999_999);
+        n.memberships.clear();
+        let id = n.id.clone();
+        ws.nodes.push(n);
+        Some(format!("workspaces[{}].nodes[{id}].id", ws.id))
+    }),
+    ("overlapping overlays", |d| {
+        let ws = ws0(d)?;
+        let first = ws.networks.first()?.overlay.clone();
+        let mut net = ws.networks.first()?.clone();
+        net.id = "dup-overlay".into();
+        net.overlay = first;
+        net.routes.clear();
+        net.gateways = PolicyDoc::default();
+        ws.networks.push(net);
+        Some(format!("workspaces[{}].networks[", ws.id))
+    }),
+    ("address outside overlay", |d| {
+        let ws = ws0(d)?;
+        let n = ws.nodes.iter_mut().find(|n| !n.memberships.is_empty())?;
+        n.memberships[0].address = Some(OneOrMany::One("192.0.2.1".into()));
+        Some(format!(
+            "workspaces[{}].nodes[{}].memberships[0].address",
+            ws.id, n.id
+        ))
+    }),
+    ("region without access", |d| {
+        d.regions.push(RegionDoc {
+            id: "elsewhere".into(),
+            display_name: None,
+            state: "active".into(),
+        });
+        let ws = ws0(d)?;
+        let g = ws.gateways.first_mut()?;
+        g.region = "elsewhere".into();
+        Some(format!("workspaces[{}].gateways[{}].region", ws.id, g.id))
+    }),
+    ("unknown network", |d| {
+        let ws = ws0(d)?;
+        let n = ws.nodes.first_mut()?;
+        n.memberships.push(MembershipDoc {
+            network: "nowhere".into(),
+            address: None,
+        });
+        let i = n.memberships.len() - 1;
+        Some(format!(
+            "workspaces[{}].nodes[{}].memberships[{i}].network",
+            ws.id, n.id
+        ))
+    }),
+    ("exit role without exit", |d| {
+        let ws = ws0(d)?;
+        let g = ws.gateways.first_mut()?;
+        g.roles.push("exit".into());
+        let served = g.networks.clone();
+        let id = g.id.clone();
+        for n in ws.networks.iter_mut().filter(|n| served.contains(&n.id)) {
+            n.exit = false;
+        }
+        Some(format!("workspaces[{}].gateways[{id}].roles", ws.id))
+    }),
+    ("manual names unknown gateway", |d| {
+        let ws = ws0(d)?;
+        let n = ws.networks.first_mut()?;
+        n.gateways = PolicyDoc {
+            policy: "manual".into(),
+            manual: vec!["ghost".into()],
+            redundancy: 1,
+        };
+        Some(format!(
+            "workspaces[{}].networks[{}].gateways.manual[0]",
+            ws.id, n.id
+        ))
+    }),
+    ("listen port clash", |d| {
+        let ws = ws0(d)?;
+        let mut g = ws.gateways.first()?.clone();
+        g.id = "clash".into();
+        g.endpoint = "203.0.113.250:51821".into();
+        ws.gateways.push(g);
+        Some(format!("workspaces[{}].gateways[clash].listen_port", ws.id))
+    }),
+    ("overlay exhaustion", |d| {
+        let ws = ws0(d)?;
+        ws.networks.push(NetworkDoc {
+            id: "tiny".into(),
+            overlay: OneOrMany::One("100.127.255.252/30".into()),
+            routes: vec![],
+            exit: false,
+            nat: true,
+            gateways: PolicyDoc::default(),
+        });
+        for n in ws.nodes.iter_mut().take(3) {
+            n.memberships.push(MembershipDoc {
+                network: "tiny".into(),
+                address: None,
+            });
+        }
+        (ws.nodes.len() >= 3).then(|| format!("workspaces[{}].networks[tiny].overlay", ws.id))
+    }),
+    ("interface name too long", |d| {
+        let ws = ws0(d)?;
+        let mut g = ws.gateways.first()?.clone();
+        g.id = "gateway-far-too-long".into();
+        g.endpoint = "203.0.113.251:51822".into();
+        g.listen_port = 51822;
+        ws.gateways.push(g);
+        Some(format!(
+            "workspaces[{}].gateways[gateway-far-too-long].id",
+            ws.id
+        ))
+    }),
+    ("retired region", |d| {
+        d.regions.push(RegionDoc {
+            id: "old".into(),
+            display_name: None,
+            state: "retired".into(),
+        });
+        let ws = ws0(d)?;
+        ws.regions.push("old".into());
+        let mut g = ws.gateways.first()?.clone();
+        g.id = "in-old".into();
+        g.endpoint = "203.0.113.252:51823".into();
+        g.listen_port = 51823;
+        g.region = "old".into();
+        ws.gateways.push(g);
+        Some(format!("workspaces[{}].gateways[in-old].region", ws.id))
+    }),
+    ("balanced not supported yet", |d| {
+        let ws = ws0(d)?;
+        let n = ws.networks.last_mut()?;
+        n.gateways = PolicyDoc {
+            policy: "balanced".into(),
+            manual: vec![],
+            redundancy: 1,
+        };
+        Some(format!(
+            "workspaces[{}].networks[{}].gateways.policy",
+            ws.id, n.id
+        ))
+    }),
+];
