@@ -207,6 +207,8 @@ pub struct Reconciler<P: Platform> {
     desired: Option<Arc<Desired>>,
     status: Status,
     status_tx: watch::Sender<Status>,
+    events: Option<mpsc::Receiver<PlatformEvent>>,
+    desired_open: bool,
     next_pass_at: Instant,
     /// While failing, events do not cut the backoff short (a platform that echoes
     /// events for every op would otherwise spin); a new desired state does.
@@ -226,9 +228,10 @@ impl<P: Platform> std::fmt::Debug for Reconciler<P> {
 impl<P: Platform> Reconciler<P> {
     /// A reconciler for `platform`, reading desired states from `desired` (a `watch`
     /// channel keeps only the latest one, which is what a level-triggered loop
-    /// wants). The first pass is due at `now`.
+    /// wants) and taking the platform's event receiver. The first pass is due at
+    /// `now`.
     pub fn new(
-        platform: P,
+        mut platform: P,
         desired: watch::Receiver<Option<Arc<Desired>>>,
         rng: Box<dyn RngCore + Send>,
         config: Config,
@@ -236,8 +239,11 @@ impl<P: Platform> Reconciler<P> {
     ) -> Self {
         let status = Status::default();
         let (status_tx, _) = watch::channel(status.clone());
+        let events = platform.events();
         Self {
             platform,
+            events,
+            desired_open: true,
             rng,
             config,
             desired_rx: desired,
@@ -304,6 +310,18 @@ impl<P: Platform> Reconciler<P> {
             None => now,
         };
         self.next_pass_at = self.next_pass_at.min(due);
+    }
+
+    /// Handles every platform event already queued, without waiting; returns how
+    /// many there were. For callers that drive the reconciler by hand;
+    /// [`Reconciler::run`] handles events as they come.
+    pub fn handle_pending_events(&mut self, now: Instant) -> usize {
+        let mut handled = 0;
+        while let Some(event) = self.events.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            self.handle_event(&event, now);
+            handled += 1;
+        }
+        handled
     }
 
     // --- the pass ---
@@ -447,23 +465,26 @@ impl<P: Platform> Reconciler<P> {
 
     // --- the driver ---
 
-    /// Runs passes until the desired-state sender is dropped, then returns the
-    /// reconciler. The only place that reads the clock (tokio's, so tests can pause
-    /// it). A pass runs when due: on a new desired state, on a platform event, after
-    /// the action's delay (resync or backoff).
-    pub async fn run(mut self) -> Self {
-        let mut events = self.platform.events();
+    /// Runs passes until `shutdown` completes, then returns the reconciler (so a
+    /// caller can inspect it or run it again). The only place that reads the clock
+    /// (tokio's, so tests can pause it). A pass runs when due: on a new desired
+    /// state, on a platform event, after the last action's delay (resync or
+    /// backoff). If the desired-state sender goes away, it keeps reconciling toward
+    /// the last desired state (the last known good).
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Self {
+        tokio::pin!(shutdown);
         loop {
             let due = tokio::time::Instant::from_std(self.next_pass_at);
             tokio::select! {
                 biased;
-                changed = self.desired_rx.changed() => match changed {
+                () = &mut shutdown => return self,
+                changed = self.desired_rx.changed(), if self.desired_open => match changed {
                     Ok(()) => self.handle_desired_changed(clock()),
-                    Err(_) => return self,
+                    Err(_) => self.desired_open = false,
                 },
-                event = next_event(&mut events) => match event {
+                event = next_event(&mut self.events) => match event {
                     Some(event) => self.handle_event(&event, clock()),
-                    None => events = None,
+                    None => self.events = None,
                 },
                 () = tokio::time::sleep_until(due) => {
                     self.pass(clock()).await;
