@@ -261,7 +261,14 @@ fn peer_for<'s>(
             }
         }
         MSG_HANDSHAKE_RESP | MSG_COOKIE_REPLY | MSG_DATA => {
-            word.copy_from_slice(&datagram[4..8]);
+            // The receiver index follows the type, except in a handshake response,
+            // where the sender's index comes first.
+            let at = if kind == MSG_HANDSHAKE_RESP { 8 } else { 4 };
+            let Some(bytes) = datagram.get(at..at + 4) else {
+                bump(&c.invalid_datagrams);
+                return None;
+            };
+            word.copy_from_slice(bytes);
             let index = u32::from_le_bytes(word) >> 8;
             let found = state.by_index.get(&index);
             if found.is_none() {
