@@ -330,7 +330,6 @@ impl Validator {
                 }
             }
         }
-        let mut nodes = nodes;
         if self.issues.is_empty() {
             for (id, net) in &networks {
                 if let Allocation::Exhausted { prefix, .. } = allocate(id, net, &mut nodes) {

@@ -1,4 +1,5 @@
 //! Property tests of the pure core: determinism, workspace isolation, and validation
+#![allow(clippy::unwrap_used)]
 //! that never panics and reports every injected fault.
 
 mod common;

@@ -1,4 +1,5 @@
 //! The `nanami` CLI, run as a user would.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

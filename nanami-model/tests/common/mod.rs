@@ -1,5 +1,5 @@
 //! Random valid topology documents for property tests, and a catalogue of faults.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use nanami_model::doc::{
     Document, GatewayDoc, MembershipDoc, NetworkDoc, NodeDoc, OneOrMany, PolicyDoc, RegionDoc,
