@@ -148,6 +148,12 @@ impl SimPlatform {
         self.fail_observes = n;
     }
 
+    /// Whether any fault is armed (an `n`-th op not reached yet, a failing kind, a
+    /// failing observation).
+    pub fn faults_armed(&self) -> bool {
+        !self.fail_at.is_empty() || !self.fail_kinds.is_empty() || self.fail_observes > 0
+    }
+
     /// Clears every armed fault.
     pub fn clear_faults(&mut self) {
         self.fail_at.clear();

@@ -1,4 +1,6 @@
 //! Simulation: the real `Reconciler` against `SimPlatform` with injected faults.
+// Test helpers outside #[test] functions may unwrap too: a panic is a failure.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

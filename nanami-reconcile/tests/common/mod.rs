@@ -4,6 +4,7 @@
 //! prefixes) so that desired and observed states overlap often: most generated pairs
 //! have peers that are equal, changed in place, added and removed at once.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
