@@ -417,19 +417,24 @@ fn peer_allowed(stream: &UnixStream) -> bool {
     rc == 0 && (cred.uid == 0 || cred.uid == me)
 }
 
-/// The UAPI thread: accepts connections one at a time until shutdown.
+/// At most this many clients are served at once; more are refused (closed).
+const MAX_CLIENTS: usize = 16;
+
+/// The UAPI thread: accepts connections, each served on its own thread (so an idle
+/// client blocks no one), until shutdown; then joins them all.
 pub(crate) fn serve(shared: &Arc<Shared>, listener: UnixListener) {
+    let mut clients: Vec<std::thread::JoinHandle<()>> = Vec::new();
     loop {
         match sys::wait_readable(Some(listener.as_raw_fd()), &[shared.wake.fd()], None) {
-            Ok(Ready::Woken) => return,
+            Ok(Ready::Woken) => break,
             Ok(Ready::Fd | Ready::Timeout) => {}
             Err(e) => {
                 tracing::error!(error = %e, "UAPI poll failed; UAPI server stops");
-                return;
+                break;
             }
         }
         if shared.stopping() {
-            return;
+            break;
         }
         let stream = match listener.accept() {
             Ok((s, _)) => s,
@@ -443,9 +448,30 @@ pub(crate) fn serve(shared: &Arc<Shared>, listener: UnixListener) {
             tracing::warn!("UAPI connection from another user refused");
             continue;
         }
-        if let Err(e) = handle_connection(shared, &stream) {
-            tracing::debug!(error = %e, "UAPI connection ended");
+        let (done, running): (Vec<_>, Vec<_>) = clients.into_iter().partition(|h| h.is_finished());
+        for h in done {
+            let _ = h.join();
         }
+        clients = running;
+        if clients.len() >= MAX_CLIENTS {
+            tracing::warn!("too many UAPI clients; connection refused");
+            continue;
+        }
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("nanami-uapi-conn".into())
+            .spawn(move || {
+                if let Err(e) = handle_connection(&s, &stream) {
+                    tracing::debug!(error = %e, "UAPI connection ended");
+                }
+            });
+        match spawned {
+            Ok(h) => clients.push(h),
+            Err(e) => tracing::warn!(error = %e, "cannot serve a UAPI client"),
+        }
+    }
+    for h in clients {
+        let _ = h.join();
     }
 }
 

@@ -1,0 +1,85 @@
+//! Forwarding sysctls: read, switched on, and restored on teardown from a record of
+//! what the machine had before Nanami touched it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use nanami_model::IpFamily;
+
+use super::PlatformError;
+
+/// The file that switches forwarding for `family` in the current network namespace.
+pub fn path(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "/proc/sys/net/ipv4/ip_forward",
+        IpFamily::V6 => "/proc/sys/net/ipv6/conf/all/forwarding",
+    }
+}
+
+/// Whether forwarding is on for `family`.
+pub fn read(family: IpFamily) -> Result<bool, PlatformError> {
+    let text = std::fs::read_to_string(path(family)).map_err(|e| PlatformError::Sysctl {
+        path: path(family).into(),
+        message: e.to_string(),
+    })?;
+    Ok(text.trim() != "0")
+}
+
+fn write(family: IpFamily, on: bool) -> Result<(), PlatformError> {
+    std::fs::write(path(family), if on { "1\n" } else { "0\n" }).map_err(|e| {
+        PlatformError::Sysctl {
+            path: path(family).into(),
+            message: e.to_string(),
+        }
+    })
+}
+
+/// Where the original values are recorded, so that a restarted daemon still
+/// restores what the machine had before Nanami.
+pub struct Record {
+    file: PathBuf,
+}
+
+impl Record {
+    /// The record in `state_dir`.
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            file: state_dir.join("sysctl-originals.json"),
+        }
+    }
+
+    fn load(&self) -> BTreeMap<IpFamily, bool> {
+        std::fs::read_to_string(&self.file)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    /// Switches forwarding on for `family`, recording the original value first.
+    pub fn enable(&self, family: IpFamily) -> Result<(), PlatformError> {
+        let mut originals = self.load();
+        if let std::collections::btree_map::Entry::Vacant(e) = originals.entry(family) {
+            e.insert(read(family)?);
+            let text = serde_json::to_string(&originals).unwrap_or_default();
+            super::write_atomic(&self.file, text.as_bytes()).map_err(|e| PlatformError::Sysctl {
+                path: self.file.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        write(family, true)
+    }
+
+    /// Puts every recorded value back and forgets the record.
+    pub fn restore(&self) -> Result<(), PlatformError> {
+        for (family, on) in self.load() {
+            write(family, on)?;
+        }
+        match std::fs::remove_file(&self.file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(PlatformError::Sysctl {
+                path: self.file.clone(),
+                message: e.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
