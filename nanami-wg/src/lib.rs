@@ -4,3 +4,4 @@
 //!   a TUN opened by name or taken as a file descriptor, a UAPI server for `wg(8)`).
 
 pub mod device;
+pub mod linux;

@@ -2,6 +2,10 @@
 //! (links, addresses, routes, rules) and a netfilter one (nftables), so drift is
 //! repaired within a pass rather than at the next periodic resync.
 
+// Netlink's message and attribute enums have dozens of variants; ignoring the ones
+// Nanami does not read is the point of these matches.
+#![allow(clippy::wildcard_enum_match_arm)]
+
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -49,9 +53,7 @@ fn kind_of(msg: &RouteNetlinkMessage) -> Option<ObjectKind> {
         RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_) => {
             Some(ObjectKind::Route)
         }
-        RouteNetlinkMessage::NewRule(_) | RouteNetlinkMessage::DelRule(_) => {
-            Some(ObjectKind::Rule)
-        }
+        RouteNetlinkMessage::NewRule(_) | RouteNetlinkMessage::DelRule(_) => Some(ObjectKind::Rule),
         _ => None,
     }
 }
@@ -74,8 +76,9 @@ pub fn subscribe() -> io::Result<(Events, mpsc::Receiver<PlatformEvent>)> {
         let conn = tokio::spawn(conn);
         while let Some((msg, _)) = messages.next().await {
             let event = match &msg.payload {
-                NetlinkPayload::InnerMessage(inner) => kind_of(inner)
-                    .map(|kind| PlatformEvent::Changed { kind }),
+                NetlinkPayload::InnerMessage(inner) => {
+                    kind_of(inner).map(|kind| PlatformEvent::Changed { kind })
+                }
                 NetlinkPayload::Overrun(_) => Some(PlatformEvent::Overflow),
                 _ => None,
             };

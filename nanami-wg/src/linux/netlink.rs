@@ -6,6 +6,10 @@
 //! object foreign, never a panic. Each method says which `ip` command it equals.
 //! "Already exists" on add and "not found" on delete are success.
 
+// Netlink's message and attribute enums have dozens of variants; ignoring the ones
+// Nanami does not read is the point of these matches.
+#![allow(clippy::wildcard_enum_match_arm)]
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -55,9 +59,10 @@ pub fn route_message(route: &Route, oif: u32) -> RouteMessage {
     msg.header.protocol = RouteProtocol::from(route.protocol);
     msg.header.scope = RouteScope::Link;
     msg.header.kind = RouteType::Unicast;
-    msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(
-        route.destination.network(),
-    )));
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(
+            route.destination.network(),
+        )));
     msg.attributes.push(RouteAttribute::Oif(oif));
     msg.attributes.push(RouteAttribute::Table(route.table));
     msg
@@ -179,7 +184,10 @@ fn parse_address(msg: &AddressMessage) -> Option<(u32, IpNet)> {
         }
     }
     let ip = local.or(address)?;
-    Some((msg.header.index, IpNet::new(ip, msg.header.prefix_len).ok()?))
+    Some((
+        msg.header.index,
+        IpNet::new(ip, msg.header.prefix_len).ok()?,
+    ))
 }
 
 fn ok_if_errno(result: Result<(), rtnetlink::Error>, benign: &[i32]) -> Result<(), PlatformError> {
@@ -228,10 +236,11 @@ pub struct Netlink {
 impl Netlink {
     /// Opens a connection in the current network namespace.
     pub fn connect() -> Result<Self, PlatformError> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| PlatformError::Netlink {
-            errno: e.raw_os_error().unwrap_or(0),
-            message: e.to_string(),
-        })?;
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| PlatformError::Netlink {
+                errno: e.raw_os_error().unwrap_or(0),
+                message: e.to_string(),
+            })?;
         tokio::spawn(conn);
         Ok(Self { handle })
     }
@@ -253,6 +262,11 @@ impl Netlink {
     pub async fn set_link(&self, index: u32, mtu: u32) -> Result<(), PlatformError> {
         let msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
         ok_if_errno(self.handle.link().set(msg).execute().await, &[])
+    }
+
+    /// `ip link del dev <index>`.
+    pub async fn del_link(&self, index: u32) -> Result<(), PlatformError> {
+        ok_if_errno(self.handle.link().del(index).execute().await, &gone())
     }
 
     /// `ip address show` (every link).
@@ -323,7 +337,8 @@ impl Netlink {
     pub async fn del_route(&self, route: &Route, oif: Option<u32>) -> Result<(), PlatformError> {
         let mut msg = route_message(route, oif.unwrap_or(0));
         if oif.is_none() {
-            msg.attributes.retain(|a| !matches!(a, RouteAttribute::Oif(_)));
+            msg.attributes
+                .retain(|a| !matches!(a, RouteAttribute::Oif(_)));
         }
         ok_if_errno(self.handle.route().del(msg).execute().await, &gone())
     }
@@ -378,10 +393,15 @@ mod tests {
     #[test]
     fn routes_of_other_shapes_are_foreign() {
         let names = BTreeMap::from([(7, "eth0".to_owned())]);
-        let route = Route::nanami("10.0.0.0/8".parse().unwrap(), InterfaceName::new("eth0").unwrap());
+        let route = Route::nanami(
+            "10.0.0.0/8".parse().unwrap(),
+            InterfaceName::new("eth0").unwrap(),
+        );
         let mut msg = route_message(&route, 7);
         msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet([10, 0, 0, 1].into())));
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(
+                [10, 0, 0, 1].into(),
+            )));
         assert_eq!(parse_route(&msg, &names), None);
         // An interface index nobody knows.
         assert_eq!(parse_route(&route_message(&route, 99), &names), None);

@@ -70,7 +70,11 @@ fn accept_comment(r: &FilterRule) -> String {
 }
 
 fn masquerade_comment(r: &NatRule) -> String {
-    format!("nanami masquerade {} {}", r.source, dest_word(&r.destination))
+    format!(
+        "nanami masquerade {} {}",
+        r.source,
+        dest_word(&r.destination)
+    )
 }
 
 /// The table definition for `filter`.
@@ -90,8 +94,13 @@ pub fn render(filter: &FilterSet) -> String {
         "\tset private6 {{ type ipv6_addr; flags interval; elements = {{ {} }}; }}",
         v6.join(", ")
     );
-    out.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n");
-    let _ = writeln!(out, "\t\tct state established,related accept comment \"{ESTABLISHED}\"");
+    out.push_str(
+        "\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n",
+    );
+    let _ = writeln!(
+        out,
+        "\t\tct state established,related accept comment \"{ESTABLISHED}\""
+    );
     for r in &filter.accept {
         let _ = writeln!(
             out,
@@ -105,7 +114,9 @@ pub fn render(filter: &FilterSet) -> String {
     }
     let _ = writeln!(out, "\t\tiifname \"nm-*\" drop comment \"{DROP}\"");
     out.push_str("\t}\n");
-    out.push_str("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n");
+    out.push_str(
+        "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n",
+    );
     for r in &filter.masquerade {
         let _ = writeln!(
             out,
@@ -174,7 +185,9 @@ pub fn parse_list(json: &str) -> Result<Option<FilterSet>, PlatformError> {
     let doc: Value = serde_json::from_str(json)
         .map_err(|e| PlatformError::Nft(format!("unreadable nft JSON: {e}")))?;
     let Some(items) = doc.get("nftables").and_then(Value::as_array) else {
-        return Err(PlatformError::Nft("nft JSON without an `nftables` list".into()));
+        return Err(PlatformError::Nft(
+            "nft JSON without an `nftables` list".into(),
+        ));
     };
     let mut chains = BTreeSet::new();
     let mut forward: Vec<&str> = Vec::new();
@@ -270,7 +283,10 @@ pub async fn observe() -> Result<Option<FilterSet>, PlatformError> {
         if err.contains("No such file or directory") {
             return Ok(None);
         }
-        return Err(PlatformError::Nft(format!("nft list failed: {}", err.trim())));
+        return Err(PlatformError::Nft(format!(
+            "nft list failed: {}",
+            err.trim()
+        )));
     }
     parse_list(&String::from_utf8_lossy(&out.stdout))
 }
@@ -323,7 +339,10 @@ mod tests {
         for r in &f.masquerade {
             assert_eq!(parse_masquerade(&masquerade_comment(r)).as_ref(), Some(r));
         }
-        assert_eq!(parse_accept("nanami accept nm-x 10.0.0.0/8 10.0.0.0/8 extra"), None);
+        assert_eq!(
+            parse_accept("nanami accept nm-x 10.0.0.0/8 10.0.0.0/8 extra"),
+            None
+        );
         assert_eq!(parse_accept("nanami accept nm-x garbage internet"), None);
     }
 
@@ -338,7 +357,9 @@ mod tests {
             items.push(serde_json::json!({"rule": {"chain": "forward", "comment": c, "expr": []}}));
         }
         for c in post {
-            items.push(serde_json::json!({"rule": {"chain": "postrouting", "comment": c, "expr": []}}));
+            items.push(
+                serde_json::json!({"rule": {"chain": "postrouting", "comment": c, "expr": []}}),
+            );
         }
         serde_json::json!({ "nftables": items }).to_string()
     }

@@ -61,9 +61,11 @@ impl Record {
         if let std::collections::btree_map::Entry::Vacant(e) = originals.entry(family) {
             e.insert(read(family)?);
             let text = serde_json::to_string(&originals).unwrap_or_default();
-            super::write_atomic(&self.file, text.as_bytes()).map_err(|e| PlatformError::Sysctl {
-                path: self.file.clone(),
-                message: e.to_string(),
+            super::write_atomic(&self.file, text.as_bytes()).map_err(|e| {
+                PlatformError::Sysctl {
+                    path: self.file.clone(),
+                    message: e.to_string(),
+                }
             })?;
         }
         write(family, true)

@@ -1,0 +1,113 @@
+//! The Linux platform: a [`Platform`](nanami_reconcile::Platform) that makes a real
+//! machine match a [`GatewayState`](nanami_model::GatewayState).
+//!
+//! - WireGuard interfaces are Nanami devices ([`crate::device`]), driven through
+//!   their typed API (their UAPI sockets are for people and `wg(8)`);
+//! - addresses, link state, MTU, routes and rules go through rtnetlink
+//!   ([`netlink`]); Nanami's routes and rules carry its protocol number and table;
+//! - the filter and NAT set is the `inet nanami` nftables table, replaced in one
+//!   transaction ([`nft`]);
+//! - forwarding sysctls are switched on and restored on [`LinuxPlatform::teardown`]
+//!   ([`sysctl`]);
+//! - out-of-band changes arrive as events ([`events`]).
+
+pub mod events;
+pub mod keyfile;
+pub mod netlink;
+pub mod nft;
+mod platform;
+pub mod sysctl;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+pub use platform::{LinuxConfig, LinuxPlatform};
+
+/// What went wrong on the machine. Each variant keeps what the kernel or tool said.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlatformError {
+    /// A netlink request failed; `errno` is the kernel's (0 when not from the kernel).
+    /// Usually a missing capability (`EPERM`: run with CAP_NET_ADMIN) or a resource
+    /// that vanished during the pass (the next pass repairs it).
+    #[error("netlink: {message} (errno {errno})")]
+    Netlink {
+        /// The kernel's errno, positive.
+        errno: i32,
+        /// What happened.
+        message: String,
+    },
+    /// `nft` failed or its output could not be read; is the `nftables` package
+    /// installed?
+    #[error("nftables: {0}")]
+    Nft(String),
+    /// A sysctl could not be read or written.
+    #[error("sysctl {path}: {message}")]
+    Sysctl {
+        /// The file.
+        path: PathBuf,
+        /// What happened.
+        message: String,
+    },
+    /// The WireGuard device failed.
+    #[error("device {interface}: {source}")]
+    Device {
+        /// The interface.
+        interface: String,
+        /// The device's error.
+        #[source]
+        source: crate::device::DeviceError,
+    },
+    /// An op named an interface that has no link or device here; the next pass
+    /// observes and plans again.
+    #[error("no interface {0} on this machine")]
+    NoInterface(String),
+    /// The key file is missing, unreadable, readable by others, or malformed.
+    #[error("key file {path}: {message}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The reconciler sent an op this platform does not know (a newer
+    /// `nanami-reconcile` than this `nanami-wg`).
+    #[error("unsupported op: {0}")]
+    Unsupported(String),
+    /// Another I/O failure.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory,
+/// fsynced, then renamed over `path` (mode 0600).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

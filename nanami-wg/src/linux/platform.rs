@@ -1,0 +1,375 @@
+//! [`LinuxPlatform`]: observe and apply ops on this machine's current network
+//! namespace.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use nanami_model::state::{NANAMI_PROTO, NANAMI_TABLE};
+use nanami_model::{
+    GatewayState, InterfaceName, InterfaceState, IpFamily, PeerState, PrivateKey, PublicKey,
+};
+use nanami_reconcile::{Observed, Op, PeerTelemetry, Platform, PlatformEvent};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use super::events::{self, Events};
+use super::netlink::{Link, Netlink};
+use super::{nft, sysctl, PlatformError};
+use crate::device::{Device, DeviceOptions, PeerConfig, TunSource, DEFAULT_UAPI_DIR};
+
+/// How a [`LinuxPlatform`] is set up.
+#[derive(Debug, Clone)]
+pub struct LinuxConfig {
+    /// The node's private key file (see [`super::keyfile`]).
+    pub key_file: PathBuf,
+    /// Where the platform keeps its own records (original sysctl values).
+    pub state_dir: PathBuf,
+    /// The directory of the devices' UAPI sockets; `None` for no UAPI server.
+    pub uapi_dir: Option<PathBuf>,
+}
+
+impl LinuxConfig {
+    /// Key file and state under `state_dir`, UAPI sockets where `wg(8)` looks.
+    pub fn in_dir(state_dir: impl Into<PathBuf>) -> Self {
+        let state_dir = state_dir.into();
+        Self {
+            key_file: state_dir.join("private.key"),
+            state_dir,
+            uapi_dir: Some(PathBuf::from(DEFAULT_UAPI_DIR)),
+        }
+    }
+}
+
+/// One Nanami device and what was last configured on it.
+struct Managed {
+    device: Device,
+    /// Endpoints as configured; the device reports the learned one, and a roaming
+    /// client is not drift.
+    endpoints: BTreeMap<PublicKey, Option<std::net::SocketAddr>>,
+}
+
+/// The Linux platform. Create it inside the network namespace it manages, from a
+/// tokio runtime.
+pub struct LinuxPlatform {
+    config: LinuxConfig,
+    key: PrivateKey,
+    netlink: Netlink,
+    devices: BTreeMap<InterfaceName, Managed>,
+    events: Option<(Events, Option<mpsc::Receiver<PlatformEvent>>)>,
+    sysctls: sysctl::Record,
+}
+
+impl std::fmt::Debug for LinuxPlatform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinuxPlatform")
+            .field("public_key", &self.key.public_key())
+            .field("devices", &self.devices.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl LinuxPlatform {
+    /// Loads the key, connects to rtnetlink and subscribes to change events.
+    pub fn new(config: LinuxConfig) -> Result<Self, PlatformError> {
+        let key = super::keyfile::load(&config.key_file)?;
+        let netlink = Netlink::connect()?;
+        let (ev, rx) = events::subscribe().map_err(|e| PlatformError::Io {
+            context: "subscribing to netlink events".into(),
+            source: e,
+        })?;
+        let sysctls = sysctl::Record::new(&config.state_dir);
+        info!(public_key = %key.public_key(), "linux platform ready");
+        Ok(Self {
+            config,
+            key,
+            netlink,
+            devices: BTreeMap::new(),
+            events: Some((ev, Some(rx))),
+            sysctls,
+        })
+    }
+
+    /// The node's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    async fn link(&self, name: &InterfaceName) -> Result<Option<Link>, PlatformError> {
+        Ok(self
+            .netlink
+            .links()
+            .await?
+            .into_iter()
+            .find(|l| l.name == name.as_str()))
+    }
+
+    async fn index(&self, name: &InterfaceName) -> Result<u32, PlatformError> {
+        self.link(name)
+            .await?
+            .map(|l| l.index)
+            .ok_or_else(|| PlatformError::NoInterface(name.to_string()))
+    }
+
+    fn device(&mut self, name: &InterfaceName) -> Result<&mut Managed, PlatformError> {
+        self.devices
+            .get_mut(name)
+            .ok_or_else(|| PlatformError::NoInterface(name.to_string()))
+    }
+
+    fn device_error(
+        name: &InterfaceName,
+    ) -> impl FnOnce(crate::device::DeviceError) -> PlatformError + '_ {
+        move |source| PlatformError::Device {
+            interface: name.to_string(),
+            source,
+        }
+    }
+
+    async fn create_interface(
+        &mut self,
+        name: &InterfaceName,
+        listen_port: Option<u16>,
+        mtu: u32,
+    ) -> Result<(), PlatformError> {
+        if let Some(old) = self.devices.remove(name) {
+            // Our device lost its link (deleted out of band): start afresh.
+            old.device.shutdown();
+        }
+        if let Some(stale) = self.link(name).await? {
+            // An nm- link no device of ours drives: a leftover; replace it.
+            info!(interface = %name, "removing a stale link before creating the device");
+            self.netlink.del_link(stale.index).await?;
+        }
+        let options = DeviceOptions {
+            uapi_dir: self.config.uapi_dir.clone(),
+            listen_port: listen_port.unwrap_or(0),
+        };
+        let device = Device::open(TunSource::Name(name.clone()), options)
+            .map_err(Self::device_error(name))?;
+        device
+            .set_private_key(self.key.clone())
+            .map_err(Self::device_error(name))?;
+        self.devices.insert(
+            name.clone(),
+            Managed {
+                device,
+                endpoints: BTreeMap::new(),
+            },
+        );
+        let index = self.index(name).await?;
+        self.netlink.set_link(index, mtu).await
+    }
+
+    fn upsert_peer(
+        &mut self,
+        name: &InterfaceName,
+        key: &PublicKey,
+        peer: &PeerState,
+    ) -> Result<(), PlatformError> {
+        let managed = self.device(name)?;
+        let mut config = PeerConfig::new(*key);
+        config.endpoint = peer.endpoint;
+        config.allowed_ips = peer.allowed_ips.iter().copied().collect();
+        config.persistent_keepalive = peer.persistent_keepalive;
+        managed
+            .device
+            .upsert_peer(&config)
+            .map_err(Self::device_error(name))?;
+        managed.endpoints.insert(*key, peer.endpoint);
+        Ok(())
+    }
+
+    /// Removes everything Nanami owns here: its devices and `nm-` links, its routes
+    /// and rules, the `inet nanami` table; then restores the forwarding sysctls.
+    pub async fn teardown(&mut self) -> Result<(), PlatformError> {
+        let observed = self.observe().await?;
+        let owned = observed.state.owned();
+        for rule in &owned.rules {
+            self.netlink.del_rule(rule).await?;
+        }
+        for route in &owned.routes {
+            self.netlink.del_route(route, None).await?;
+        }
+        nft::run_script(&nft::delete_script()).await?;
+        for (_, managed) in std::mem::take(&mut self.devices) {
+            managed.device.shutdown();
+        }
+        for link in self.netlink.links().await? {
+            if InterfaceName::new(link.name.clone()).is_ok_and(|n| n.is_owned()) {
+                self.netlink.del_link(link.index).await?;
+            }
+        }
+        self.sysctls.restore()?;
+        info!("teardown complete: nothing of Nanami's is left");
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Platform for LinuxPlatform {
+    type Error = PlatformError;
+
+    async fn observe(&mut self) -> Result<Observed, PlatformError> {
+        let links = self.netlink.links().await?;
+        let names: BTreeMap<u32, String> =
+            links.iter().map(|l| (l.index, l.name.clone())).collect();
+        let mut addresses: BTreeMap<u32, BTreeSet<ipnet::IpNet>> = BTreeMap::new();
+        for (index, net) in self.netlink.addresses().await? {
+            addresses.entry(index).or_default().insert(net);
+        }
+        let mut state = GatewayState::default();
+        let mut telemetry = BTreeMap::new();
+        // A device whose link vanished is reported absent, so the plan recreates it.
+        let live: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        for (name, managed) in &self.devices {
+            let Some(link) = links.iter().find(|l| l.name == name.as_str()) else {
+                continue;
+            };
+            if !live.contains(name.as_str()) || !managed.device.is_running() {
+                continue;
+            }
+            let info = managed.device.get();
+            let mut iface = InterfaceState {
+                listen_port: Some(info.listen_port),
+                mtu: link.mtu,
+                addresses: addresses.remove(&link.index).unwrap_or_default(),
+                peers: BTreeMap::new(),
+            };
+            let mut tele = BTreeMap::new();
+            for p in &info.peers {
+                let key = p.config.public_key;
+                iface.peers.insert(
+                    key,
+                    PeerState {
+                        endpoint: managed
+                            .endpoints
+                            .get(&key)
+                            .copied()
+                            .unwrap_or(p.config.endpoint),
+                        allowed_ips: p.config.allowed_ips.iter().copied().collect(),
+                        persistent_keepalive: p.config.persistent_keepalive,
+                    },
+                );
+                tele.insert(
+                    key,
+                    PeerTelemetry {
+                        last_handshake: p.stats.last_handshake,
+                        rx_bytes: p.stats.rx_bytes,
+                        tx_bytes: p.stats.tx_bytes,
+                    },
+                );
+            }
+            state.interfaces.insert(name.clone(), iface);
+            telemetry.insert(name.clone(), tele);
+        }
+        // Routes and rules in Nanami's table or with its protocol: its own, plus any
+        // foreign ones there (which the plan leaves alone).
+        state.routes = self
+            .netlink
+            .routes(&names)
+            .await?
+            .into_iter()
+            .filter(|r| r.table == NANAMI_TABLE || r.protocol == NANAMI_PROTO)
+            .collect();
+        state.rules = self
+            .netlink
+            .rules()
+            .await?
+            .into_iter()
+            .filter(|r| r.table == NANAMI_TABLE || r.protocol == NANAMI_PROTO)
+            .collect();
+        state.filter = nft::observe().await?;
+        for family in [IpFamily::V4, IpFamily::V6] {
+            if sysctl::read(family)? {
+                state.forwarding.insert(family);
+            }
+        }
+        Ok(Observed { state, telemetry })
+    }
+
+    #[allow(clippy::wildcard_enum_match_arm)] // `Op` is non_exhaustive: see the last arm
+    async fn apply(&mut self, op: &Op) -> Result<(), PlatformError> {
+        debug!(%op, "apply");
+        match op {
+            Op::CreateInterface {
+                interface,
+                listen_port,
+                mtu,
+            } => self.create_interface(interface, *listen_port, *mtu).await,
+            Op::DeleteInterface { interface } => {
+                if let Some(managed) = self.devices.remove(interface) {
+                    managed.device.shutdown();
+                }
+                if let Some(link) = self.link(interface).await? {
+                    self.netlink.del_link(link.index).await?;
+                }
+                Ok(())
+            }
+            Op::SetListenPort {
+                interface,
+                listen_port,
+            } => {
+                let managed = self.device(interface)?;
+                managed
+                    .device
+                    .set_listen_port(listen_port.unwrap_or(0))
+                    .map_err(Self::device_error(interface))?;
+                Ok(())
+            }
+            Op::SetMtu { interface, mtu } => {
+                let index = self.index(interface).await?;
+                self.netlink.set_link(index, *mtu).await
+            }
+            Op::AddAddress { interface, address } => {
+                let index = self.index(interface).await?;
+                self.netlink.add_address(index, *address).await
+            }
+            Op::RemoveAddress { interface, address } => match self.link(interface).await? {
+                Some(link) => self.netlink.del_address(link.index, *address).await,
+                None => Ok(()),
+            },
+            Op::AddPeer {
+                interface,
+                public_key,
+                peer,
+            }
+            | Op::UpdatePeer {
+                interface,
+                public_key,
+                peer,
+            } => self.upsert_peer(interface, public_key, peer),
+            Op::RemovePeer {
+                interface,
+                public_key,
+            } => {
+                if let Some(managed) = self.devices.get_mut(interface) {
+                    managed
+                        .device
+                        .remove_peer(public_key)
+                        .map_err(Self::device_error(interface))?;
+                    managed.endpoints.remove(public_key);
+                }
+                Ok(())
+            }
+            Op::ReplaceFilter { filter } => nft::run_script(&nft::replace_script(filter)).await,
+            Op::DeleteFilter => nft::run_script(&nft::delete_script()).await,
+            Op::AddRoute { route } => {
+                let index = self.index(&route.interface).await?;
+                self.netlink.add_route(route, index).await
+            }
+            Op::RemoveRoute { route } => {
+                let index = self.link(&route.interface).await?.map(|l| l.index);
+                self.netlink.del_route(route, index).await
+            }
+            Op::AddRule { rule } => self.netlink.add_rule(rule).await,
+            Op::RemoveRule { rule } => self.netlink.del_rule(rule).await,
+            Op::EnableForwarding { family } => self.sysctls.enable(*family),
+            other => Err(PlatformError::Unsupported(other.to_string())),
+        }
+    }
+
+    fn events(&mut self) -> Option<mpsc::Receiver<PlatformEvent>> {
+        self.events.as_mut().and_then(|(_, rx)| rx.take())
+    }
+}
