@@ -12,6 +12,7 @@
 #   plain      no tunnel: plain veth routing (the ceiling)
 #
 # Usage: sudo bench/dataplane.sh [-t SECONDS] [-n RUNS] [IMPL...]
+# NANAMI_DEVICE=/path/to/nanami-device skips the release build.
 # Needs root, iproute2, iperf3, wg, wireguard-go. Everything runs inside network
 # namespaces it creates (nmb-*) and deletes on exit.
 set -euo pipefail
@@ -53,15 +54,21 @@ cleanup() {
     rm -f "/var/run/wireguard/$IFC.sock" "/var/run/wireguard/$IFG.sock"
     rm -rf "$WORK"
 }
+umask 077
 WORK=$(mktemp -d)
 trap cleanup EXIT
 
 need_binary() {
     case $1 in
         nanami)
-            echo "building nanami-device (release)…" >&2
-            (cd "$ROOT" && cargo build --release -q -p nanami-device) >&2
-            NANAMI="$ROOT/target/release/nanami-device"
+            NANAMI=${NANAMI_DEVICE:-$ROOT/target/release/nanami-device}
+            if [ -z "${NANAMI_DEVICE:-}" ]; then
+                echo "building nanami-device (release)…" >&2
+                if ! (cd "$ROOT" && cargo build --release -q -p nanami-device) >&2; then
+                    [ -x "$NANAMI" ] || { echo "dataplane.sh: build failed" >&2; exit 1; }
+                    echo "dataplane.sh: build failed; using the existing $NANAMI" >&2
+                fi
+            fi
             ;;
         boringtun)
             if ! command -v boringtun-cli >/dev/null; then
@@ -85,6 +92,7 @@ setup_namespaces() {
     done
     ip netns exec "$G" sysctl -qw net.ipv4.ip_forward=1
     ip -n "$R" route add 10.98.0.0/24 via 172.31.2.1
+    ip -n "$R" route add 172.31.1.0/24 via 172.31.2.1
 }
 
 wait_socket() {
@@ -142,7 +150,7 @@ plain_down() { ip -n "$C" route del 172.31.2.0/24 via 172.31.1.2; }
 run_iperf() { # → Mbit/s received
     ip netns exec "$C" iperf3 -c 172.31.2.2 -t "$DURATION" -J >"$WORK/iperf.json" 2>/dev/null || {
         echo 0; return; }
-    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.0f" % (d["end"]["sum_received"]["bits_per_second"]/1e6))' "$WORK/iperf.json"
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); e=d.get("end",{}).get("sum_received"); print("%.0f" % (e["bits_per_second"]/1e6) if e else 0); (not e) and sys.stderr.write("iperf3: %s\n" % d.get("error","no result"))' "$WORK/iperf.json"
 }
 
 setup_namespaces
