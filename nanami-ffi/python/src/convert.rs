@@ -141,13 +141,18 @@ pub(crate) struct Health(pub(crate) CoreHealth);
 #[pymethods]
 impl Health {
     #[new]
-    #[pyo3(signature = (offline=Vec::new(), unhealthy=Vec::new()))]
-    fn new(offline: Vec<String>, unhealthy: Vec<(String, String)>) -> PyResult<Self> {
+    #[pyo3(signature = (offline=None, unhealthy=None))]
+    fn new(
+        offline: Option<Vec<String>>,
+        unhealthy: Option<Vec<(String, String)>>,
+    ) -> PyResult<Self> {
         let offline = offline
+            .unwrap_or_default()
             .iter()
             .map(|g| GatewayId::new(g.as_str()).map_err(|e| errors::id_error("gateway", g, e)))
             .collect::<PyResult<BTreeSet<_>>>()?;
         let unhealthy = unhealthy
+            .unwrap_or_default()
             .iter()
             .map(|(g, n)| {
                 Ok((

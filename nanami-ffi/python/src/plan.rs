@@ -21,8 +21,11 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// `{"state": {...}, "telemetry": {...}}` (telemetry never causes an op).
 fn observed_arg(obj: &Bound<'_, PyAny>) -> PyResult<Observed> {
     if let Ok(dict) = obj.cast::<PyDict>() {
-        if dict.contains("state")? {
-            return convert::from_py(obj, "observed state");
+        if let Some(state) = dict.get_item("state")? {
+            if dict.contains("telemetry")? {
+                return convert::from_py(obj, "observed state");
+            }
+            return Ok(Observed::from(state_arg(&state, "observed state")?));
         }
     }
     Ok(Observed::from(state_arg(obj, "observed state")?))
