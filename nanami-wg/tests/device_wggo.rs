@@ -321,3 +321,43 @@ fn fd_mode_with_a_tun_the_test_opened() {
     );
     drop(dev);
 }
+
+#[test]
+fn persistent_keepalive_set_in_place_brings_the_tunnel_up_without_traffic() {
+    let p = Pair::new();
+    let stats = |p: &Pair| p.dev.get().peer(&p.b_pub).map(|x| x.stats).expect("peer");
+    assert!(
+        stats(&p).last_handshake.is_none(),
+        "no traffic yet, no handshake yet"
+    );
+    p.dev
+        .apply(
+            DeviceUpdate::new().peer(
+                PeerUpdate::new(p.b_pub)
+                    .update_only()
+                    .persistent_keepalive(1),
+            ),
+        )
+        .expect("set keepalive");
+    let start = std::time::Instant::now();
+    while stats(&p).last_handshake.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "keepalive did not start a handshake"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tx = stats(&p).tx_bytes;
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(stats(&p).tx_bytes > tx, "no keepalives sent");
+    let seen = p.b.exec("wg", &["show", &p.wg.ifname, "latest-handshakes"]);
+    let secs: u64 = seen
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("latest-handshakes");
+    assert!(secs > 0, "wireguard-go saw no handshake");
+    // The keepalive is visible through the UAPI as wg(8) reads it.
+    let shown = p.a.exec("wg", &["show", &p.a_if, "persistent-keepalive"]);
+    assert!(shown.trim_end().ends_with('1'), "{shown}");
+}
