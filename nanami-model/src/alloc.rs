@@ -80,7 +80,7 @@ fn host(prefix: &IpNet, index: u128) -> IpAddr {
 }
 
 /// 64-bit FNV-1a: tiny, stable across releases and platforms (unlike `std`'s hasher).
-fn fnv1a(parts: &[&str]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {

@@ -1,32 +1,92 @@
-//! Assignment: which gateway serves each client in each network.
+//! Assignment: which gateways hold each client in each network, in order.
+//!
+//! Assignment is stateless: it is a pure function of the topology and [`Health`],
+//! recomputed at every generation. It remembers nothing, so "takes no new clients"
+//! and "is not eligible" are the same thing, and the clients of a gateway that stops
+//! being eligible move at the next generation.
 //!
 //! A gateway is *eligible* for a network when it serves it with the `ingress` role,
-//! its node is active, it is not draining, its region is `active`, and [`Health`]
-//! says it is up for that network. Then:
-//! - `auto`: eligible gateways in the order of the workspace's `regions`, then by id;
-//! - `manual`: eligible gateways in the order of the `manual` list.
+//! its node is active, it is not draining (`drain: true`), its region is `active`
+//! (a `draining` region drains all its gateways), and [`Health`] says it is up for
+//! that network (neither [`Health::offline`] nor [`Health::unhealthy`] for the
+//! pair). Each (client, network) gets the eligible gateways in a *preference order*:
+//! - `auto`: the order of the workspace's `regions`, then gateway id;
+//! - `manual`: the order of the `manual` list;
+//! - `balanced`: weighted rendezvous hashing, see below.
 //!
-//! Clients are placed in node-id order on the first candidate that still has
-//! capacity (a client counts once per gateway however many of its networks that
-//! gateway serves). A client no candidate can take is left unassigned in that
-//! network, and its config says so.
+//! Clients are placed in node-id order, and within a client its networks in id
+//! order. For each, the preference order is walked and a gateway is taken when it
+//! already holds the client or has room left, until `redundancy` gateways are taken:
+//! the first is the client's *primary*, the others its *standbys*, in that order.
+//! Every one of them holds the client as a peer, so failing over is a change on the
+//! client only. `capacity` bounds the clients a gateway holds, as primary or standby
+//! (a client counts once per gateway however many of its networks that gateway
+//! holds it in), so a failover can never push a gateway above it. A client that no
+//! eligible gateway has room for is left unassigned in that network, and its config
+//! says so; one that finds fewer than `redundancy` gets fewer standbys.
+//!
+//! ## Balanced: weighted rendezvous (highest-random-weight) hashing
+//!
+//! For client `c` and gateway `g`:
+//! - `x = mix64(FNV-1a-64("<c>/<g>"))`, where `mix64` is the SplitMix64 finalizer
+//!   (FNV-1a alone mixes short keys poorly in its high bits);
+//! - `u = (2x + 1) / 2^65`, strictly inside (0, 1);
+//! - `L = -log2(u)`, computed in integer fixed point with [`LOG_FRACTION_BITS`]
+//!   fractional bits, truncated ([`neg_log2_fixed`]): no floating point, so every
+//!   platform gets the same bits;
+//! - score = `w / L`, with `w` the gateway's weight. Gateways are ranked by score,
+//!   highest first (compared exactly as `w_a * L_b` against `w_b * L_a`), ties by
+//!   gateway id.
+//!
+//! This is the classic `-w / ln(u)` up to the constant factor `ln 2`, so a gateway's
+//! share of first choices is `w / Σw`. The weight is the gateway's `capacity`; a
+//! gateway without one weighs as much as the largest capacity among the gateways
+//! serving the network with `ingress` (1 when none has one). The network is not in
+//! the key: a client whose networks share gateways tends to use the same one for all.
+//!
+//! Because each client ranks every gateway independently of the others, adding a
+//! gateway only takes the clients that now rank it first (about `w / Σw` of them),
+//! and removing one only moves the clients it held; nobody else moves. Capacity is
+//! the exception: when a gateway is full, the clients after it in node-id order
+//! overflow to their next choice, and a change that frees or fills room can move a
+//! few of those. Changing this rule would move every client: it is pinned by a test.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::alloc::fnv1a;
 use crate::health::Health;
 use crate::id::{GatewayId, NetworkId, NodeId};
 use crate::topology::{Gateway, Network, Policy, RegionState, Role, Topology, Workspace};
 
+/// Fractional bits of the fixed-point logarithm in the balanced score: 2^-32 is far
+/// below the spacing of scores that matter, and the products stay well inside `u128`.
+pub const LOG_FRACTION_BITS: u32 = 32;
+
 /// The outcome for one workspace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Assignment {
-    /// For each client, its gateway in each of its networks.
+    /// For each client, its primary gateway in each of its networks.
     pub by_node: BTreeMap<NodeId, BTreeMap<NetworkId, GatewayId>>,
-    /// For each gateway, its clients and the networks it serves each in.
+    /// For each gateway, the clients it holds (as primary or standby) and the
+    /// networks it holds each in.
     pub by_gateway: BTreeMap<GatewayId, BTreeMap<NodeId, Vec<NetworkId>>>,
+    /// For each client and each of its assigned networks, its gateways in failover
+    /// order: the primary first, then the standbys. Never empty, never repeats.
+    pub ordered: BTreeMap<NodeId, BTreeMap<NetworkId, Vec<GatewayId>>>,
 }
 
-/// Whether `gateway` may take new clients of `network`.
+impl Assignment {
+    /// The standbys of `node` in `network`, in failover order.
+    pub fn standbys(&self, node: &NodeId, network: &NetworkId) -> &[GatewayId] {
+        self.ordered
+            .get(node)
+            .and_then(|m| m.get(network))
+            .and_then(|list| list.get(1..))
+            .unwrap_or(&[])
+    }
+}
+
+/// Whether `gateway` may take clients of `network`.
 pub fn eligible(
     topology: &Topology,
     ws: &Workspace,
@@ -45,7 +105,9 @@ pub fn eligible(
         && health.is_up(&gateway.id, network)
 }
 
-/// The eligible gateways of `network`, most preferred first.
+/// The eligible gateways of `network`, in the policy's static order: region order
+/// then id for `auto` and `balanced` (which then ranks them per client, see
+/// [`balanced_order`]), list order for `manual`.
 pub fn candidates<'a>(
     topology: &Topology,
     ws: &'a Workspace,
@@ -68,48 +130,202 @@ pub fn candidates<'a>(
     }
 }
 
+/// The balanced weight of each gateway serving `network` with `ingress`: its
+/// capacity, or for a gateway without one the largest capacity among them (1 when
+/// none has one). It depends on the document only, not on health or drain, so a
+/// failure never re-weights the survivors.
+pub fn weights(ws: &Workspace, network: &NetworkId) -> BTreeMap<GatewayId, u32> {
+    let serving: Vec<&Gateway> = ws
+        .gateways
+        .values()
+        .filter(|g| g.networks.contains(network) && g.has(Role::Ingress))
+        .collect();
+    let unbounded = serving.iter().filter_map(|g| g.capacity).max().unwrap_or(1);
+    serving
+        .iter()
+        .map(|g| (g.id.clone(), g.capacity.unwrap_or(unbounded)))
+        .collect()
+}
+
+/// SplitMix64's finalizer: a bijection on `u64` that spreads every input bit over
+/// every output bit.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The rendezvous hash of (`node`, `gateway`): `mix64(FNV-1a-64("<node>/<gateway>"))`.
+pub fn rendezvous_hash(node: &NodeId, gateway: &GatewayId) -> u64 {
+    mix64(fnv1a(&[node.as_str(), gateway.as_str()]))
+}
+
+/// `-log2(u)` for `u = (2x + 1) / 2^65`, in fixed point with [`LOG_FRACTION_BITS`]
+/// fractional bits, truncated. Always at least 1 (u < 1), at most 65 · 2^32.
+pub fn neg_log2_fixed(x: u64) -> u64 {
+    // n = 2x + 1 is in [1, 2^65); log2(u) = log2(n) - 65.
+    let n = (u128::from(x) << 1) | 1;
+    let int = 127 - n.leading_zeros(); // floor(log2 n), 0..=64
+                                       // m = n / 2^int in [1, 2), as fixed point with 63 fractional bits (< 2^64, so
+                                       // m * m < 2^128 never overflows).
+    let mut m: u128 = if int >= 63 {
+        n >> (int - 63)
+    } else {
+        n << (63 - int)
+    };
+    let mut log = u128::from(int) << LOG_FRACTION_BITS;
+    // Binary digits of log2(m) by repeated squaring: squaring doubles the log, and a
+    // square of 2 or more means the next digit is 1.
+    for bit in (0..LOG_FRACTION_BITS).rev() {
+        m = (m * m) >> 63;
+        if m >= 1u128 << 64 {
+            m >>= 1;
+            log |= 1u128 << bit;
+        }
+    }
+    let full = 65u128 << LOG_FRACTION_BITS;
+    // log <= log2(n) < 65 and truncation only lowers it, so this is >= 1.
+    u64::try_from(full - log).unwrap_or(u64::MAX)
+}
+
+/// `gateways` ranked for `node` by weighted rendezvous hashing, best first. A
+/// gateway missing from `weights` weighs 1.
+pub fn balanced_order<'a>(
+    node: &NodeId,
+    gateways: &[&'a Gateway],
+    weights: &BTreeMap<GatewayId, u32>,
+) -> Vec<&'a Gateway> {
+    let mut scored: Vec<(u128, u128, &'a Gateway)> = gateways
+        .iter()
+        .map(|g| {
+            let w = u128::from(weights.get(&g.id).copied().unwrap_or(1));
+            let l = u128::from(neg_log2_fixed(rendezvous_hash(node, &g.id)));
+            (w, l, *g)
+        })
+        .collect();
+    // score = w / L, highest first: a before b when w_a * L_b > w_b * L_a.
+    scored.sort_by(|(wa, la, a), (wb, lb, b)| (wb * la).cmp(&(wa * lb)).then(a.id.cmp(&b.id)));
+    scored.into_iter().map(|(_, _, g)| g).collect()
+}
+
 /// Assigns every active client of `ws`.
 pub fn assign(topology: &Topology, ws: &Workspace, health: &Health) -> Assignment {
-    let mut out = Assignment::default();
-    let candidates: BTreeMap<&NetworkId, Vec<&Gateway>> = ws
+    struct Plan<'a> {
+        network: &'a Network,
+        candidates: Vec<&'a Gateway>,
+        weights: BTreeMap<GatewayId, u32>,
+    }
+    let plans: BTreeMap<&NetworkId, Plan<'_>> = ws
         .networks
         .values()
-        .map(|n| (&n.id, candidates(topology, ws, n, health)))
+        .map(|n| {
+            let weights = match n.policy {
+                Policy::Balanced => weights(ws, &n.id),
+                Policy::Auto | Policy::Manual(_) => BTreeMap::new(),
+            };
+            let plan = Plan {
+                network: n,
+                candidates: candidates(topology, ws, n, health),
+                weights,
+            };
+            (&n.id, plan)
+        })
         .collect();
     let gateway_nodes: BTreeSet<&NodeId> = ws.gateways.values().map(|g| &g.node).collect();
+    let mut out = Assignment::default();
     let mut load: BTreeMap<&GatewayId, u64> = BTreeMap::new();
     for node in ws.nodes.values() {
         if !node.is_active() || gateway_nodes.contains(&node.id) {
             continue;
         }
         for net in node.memberships.keys() {
-            let Some(cands) = candidates.get(net) else {
+            let Some(plan) = plans.get(net) else {
                 continue;
             };
-            let chosen = cands.iter().find(|g| {
-                let already = out
+            let order = match plan.network.policy {
+                Policy::Balanced => balanced_order(&node.id, &plan.candidates, &plan.weights),
+                Policy::Auto | Policy::Manual(_) => plan.candidates.clone(),
+            };
+            let wanted = usize::try_from(plan.network.redundancy.max(1)).unwrap_or(usize::MAX);
+            let mut chosen: Vec<GatewayId> = Vec::new();
+            for g in order {
+                if chosen.len() >= wanted {
+                    break;
+                }
+                let holds = out
                     .by_gateway
                     .get(&g.id)
                     .is_some_and(|c| c.contains_key(&node.id));
                 let used = load.get(&g.id).copied().unwrap_or(0);
-                already || g.capacity.is_none_or(|cap| used < u64::from(cap))
-            });
-            let Some(g) = chosen else {
+                if !holds && g.capacity.is_some_and(|cap| used >= u64::from(cap)) {
+                    continue;
+                }
+                if !holds {
+                    *load.entry(&g.id).or_insert(0) += 1;
+                }
+                out.by_gateway
+                    .entry(g.id.clone())
+                    .or_default()
+                    .entry(node.id.clone())
+                    .or_default()
+                    .push(net.clone());
+                chosen.push(g.id.clone());
+            }
+            let Some(primary) = chosen.first() else {
                 continue;
             };
-            let clients = out.by_gateway.entry(g.id.clone()).or_default();
-            if !clients.contains_key(&node.id) {
-                *load.entry(&g.id).or_insert(0) += 1;
-            }
-            clients
-                .entry(node.id.clone())
-                .or_default()
-                .push(net.clone());
             out.by_node
                 .entry(node.id.clone())
                 .or_default()
-                .insert(net.clone(), g.id.clone());
+                .insert(net.clone(), primary.clone());
+            out.ordered
+                .entry(node.id.clone())
+                .or_default()
+                .insert(net.clone(), chosen);
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mix_and_hash_are_pinned() {
+        // Pinned: changing the hash would move every balanced client.
+        assert_eq!(mix64(0), 0);
+        assert_eq!(mix64(1), 0x5692_161d_100b_05e5);
+        let node = NodeId::new("laptop-1").unwrap();
+        let gw = GatewayId::new("gw-a").unwrap();
+        assert_eq!(rendezvous_hash(&node, &gw), 0xa508_3d04_394c_fd2e);
+    }
+
+    #[test]
+    fn neg_log2_matches_floating_point() {
+        for x in [
+            0u64,
+            1,
+            2,
+            3,
+            1000,
+            1 << 32,
+            1 << 62,
+            u64::MAX / 3,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let u = (2.0 * x as f64 + 1.0) / 2f64.powi(65);
+            let want = -u.log2() * 2f64.powi(32);
+            let got = neg_log2_fixed(x) as f64;
+            assert!(
+                (got - want).abs() <= 2.0 + want * 1e-12,
+                "x={x}: {got} vs {want}"
+            );
+            assert!(neg_log2_fixed(x) >= 1);
+        }
+        // The ends: u = 2^-65 exactly, and u just under 1.
+        assert_eq!(neg_log2_fixed(0), 65 << 32);
+        assert_eq!(neg_log2_fixed(u64::MAX), 1);
+    }
 }

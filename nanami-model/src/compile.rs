@@ -4,7 +4,10 @@
 //!
 //! What a gateway gets, for each network it serves (its interface is `nm-<id>`):
 //! - its node's overlay addresses as host prefixes (`/32`, `/128`) on the interface;
-//! - one peer per active client assigned to it, AllowedIPs = the client's addresses;
+//! - one peer per active client it holds, as primary or standby (see
+//!   [`crate::assign`]), AllowedIPs = the client's addresses in the networks it
+//!   holds the client in: a standby is provisioned before it is needed, so failover
+//!   changes nothing on the gateways;
 //! - a route for each overlay prefix to the interface, in Nanami's table, and a rule
 //!   sending the overlay to that table;
 //! - filter accepts: overlay → overlay (`ingress`), overlay → each route (`egress`),
@@ -21,9 +24,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::assign::{assign, Assignment};
-use crate::config::{ClientPeer, NodeConfig, CLIENT_KEEPALIVE};
+use crate::config::{peers_for, GatewayChoice, NodeConfig};
 use crate::health::Health;
-use crate::id::{GatewayId, NodeId};
+use crate::id::{GatewayId, NetworkId, NodeId};
 use crate::state::{
     Destination, FilterRule, FilterSet, GatewayState, InterfaceState, IpFamily, NatRule, PeerState,
     Route, Rule, DEFAULT_MTU,
@@ -186,55 +189,48 @@ pub fn compile_node(
         return Err(CompileError::NodeIsGateway(node.clone()));
     }
     let assignment = assign(topology, ws, health);
-    let mut peers: BTreeMap<GatewayId, ClientPeer> = BTreeMap::new();
+    let mut gateways: BTreeMap<NetworkId, Vec<GatewayChoice>> = BTreeMap::new();
     let mut unassigned = BTreeSet::new();
-    let mut exit_taken = false;
-    let mine = assignment.by_node.get(node);
+    let mine = assignment.ordered.get(node);
     for (net_id, net) in rec
         .memberships
         .keys()
         .filter_map(|id| ws.networks.get(id).map(|n| (id, n)))
     {
-        let Some(gw) = mine
+        let list: Vec<GatewayChoice> = mine
             .and_then(|m| m.get(net_id))
-            .and_then(|g| ws.gateways.get(g))
-        else {
-            unassigned.insert(net_id.clone());
-            continue;
-        };
-        let Some(gw_node) = ws.nodes.get(&gw.node) else {
-            unassigned.insert(net_id.clone());
-            continue;
-        };
-        let peer = peers.entry(gw.id.clone()).or_insert_with(|| ClientPeer {
-            gateway: gw.id.clone(),
-            public_key: gw_node.public_key,
-            endpoint: gw.endpoint,
-            allowed_ips: BTreeSet::new(),
-            persistent_keepalive: Some(CLIENT_KEEPALIVE),
-            networks: BTreeSet::new(),
-            exit: false,
-        });
-        peer.networks.insert(net_id.clone());
-        peer.allowed_ips.extend(net.overlay.iter().copied());
-        if gw.has(Role::Egress) {
-            peer.allowed_ips.extend(net.routes.iter().copied());
-        }
-        // The default route can belong to one peer only: the first exit network (by id).
-        if rec.exit && net.exit && gw.has(Role::Exit) && !exit_taken {
-            exit_taken = true;
-            peer.exit = true;
-            for overlay in &net.overlay {
-                let default = match overlay {
-                    IpNet::V4(_) => "0.0.0.0/0",
-                    IpNet::V6(_) => "::/0",
-                };
-                if let Ok(d) = default.parse() {
-                    peer.allowed_ips.insert(d);
+            .into_iter()
+            .flatten()
+            .filter_map(|g| ws.gateways.get(g))
+            .filter_map(|gw| {
+                let gw_node = ws.nodes.get(&gw.node)?;
+                let mut allowed_ips: BTreeSet<IpNet> = net.overlay.iter().copied().collect();
+                if gw.has(Role::Egress) {
+                    allowed_ips.extend(net.routes.iter().copied());
                 }
-            }
+                let exit_routes = if rec.exit && net.exit && gw.has(Role::Exit) {
+                    net.overlay.iter().map(default_route).collect()
+                } else {
+                    BTreeSet::new()
+                };
+                Some(GatewayChoice {
+                    gateway: gw.id.clone(),
+                    public_key: gw_node.public_key,
+                    endpoint: gw.endpoint,
+                    allowed_ips,
+                    exit_routes,
+                })
+            })
+            .collect();
+        if list.is_empty() {
+            unassigned.insert(net_id.clone());
+        } else {
+            gateways.insert(net_id.clone(), list);
         }
     }
+    // The default route can belong to one peer only: the first exit network (by id).
+    let (peers, stranded) = peers_for(&gateways, &BTreeSet::new());
+    unassigned.extend(stranded);
     let addresses = rec
         .memberships
         .values()
@@ -247,7 +243,16 @@ pub fn compile_node(
         public_key: rec.public_key,
         addresses,
         mtu: DEFAULT_MTU,
-        peers: peers.into_values().collect(),
+        peers,
         unassigned,
+        gateways,
     })
+}
+
+/// The default route of `overlay`'s family.
+fn default_route(overlay: &IpNet) -> IpNet {
+    match overlay {
+        IpNet::V4(_) => IpNet::V4(ipnet::Ipv4Net::default()),
+        IpNet::V6(_) => IpNet::V6(ipnet::Ipv6Net::default()),
+    }
 }

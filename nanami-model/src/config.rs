@@ -1,6 +1,21 @@
 //! A client's configuration, and its `wg-quick` / `wg setconf` text forms.
+//!
+//! ## Redundancy on the client
+//!
+//! With `redundancy: k`, a client has, per network, an ordered list of gateways
+//! ([`NodeConfig::gateways`]): its primary, then its standbys. All of them hold the
+//! client as a peer already, so failing over is a change on the client alone: a
+//! client agent that finds its active gateway dead calls
+//! [`NodeConfig::failed_over`] and applies the result, without asking the manager.
+//!
+//! WireGuard routes each address to exactly one peer (cryptokey routing: setting an
+//! AllowedIP on a second peer silently takes it from the first), so a network's
+//! addresses sit on its *active* gateway only. Every gateway of every list is a
+//! [`ClientPeer`] (so its handshake and keepalive are warm before it is needed);
+//! a gateway that is only a standby has no AllowedIPs, and its rendered `[Peer]`
+//! section has no `AllowedIPs` line, which `wg setconf` accepts.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
@@ -32,10 +47,35 @@ pub struct NodeConfig {
     pub addresses: BTreeSet<IpNet>,
     /// Tunnel MTU.
     pub mtu: u32,
-    /// One peer per gateway it uses, ordered by gateway id.
+    /// One peer per gateway it uses, active or standby, ordered by gateway id.
     pub peers: Vec<ClientPeer>,
     /// Networks of the node that no healthy gateway can serve right now.
     pub unassigned: BTreeSet<NetworkId>,
+    /// For each network that has gateways, the gateways in failover order: the
+    /// primary first, then the standbys. `peers` routes each network to the first of
+    /// its list that is not down (the primary, as compiled).
+    #[serde(default)]
+    pub gateways: BTreeMap<NetworkId, Vec<GatewayChoice>>,
+}
+
+/// One gateway in a client's failover list for one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayChoice {
+    /// The gateway.
+    pub gateway: GatewayId,
+    /// Its public key.
+    pub public_key: PublicKey,
+    /// Where to reach it.
+    pub endpoint: SocketAddr,
+    /// What the client routes to it for this network while it is the network's
+    /// active gateway: the overlay, and the routes when it has the egress role.
+    pub allowed_ips: BTreeSet<IpNet>,
+    /// The default routes (one per overlay family) it carries when it is the
+    /// client's exit; empty when it can't be (the node wants no exit, the network
+    /// has no `exit: true`, or the gateway lacks the exit role).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub exit_routes: BTreeSet<IpNet>,
 }
 
 /// A gateway as a client's peer.
@@ -57,9 +97,97 @@ pub struct ClientPeer {
     pub networks: BTreeSet<NetworkId>,
     /// Whether it carries the client's default route.
     pub exit: bool,
+    /// Networks it is a standby for: it holds the client as a peer, but the client
+    /// routes none of their addresses to it until it fails over.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub standby_for: BTreeSet<NetworkId>,
+}
+
+/// The peers a client has when each network is routed to the first of its
+/// `gateways` that is not `down`, and the networks left with none.
+///
+/// The default route goes to one peer only: the active gateway of the first network
+/// (by id) whose active gateway has `exit_routes`.
+pub fn peers_for(
+    gateways: &BTreeMap<NetworkId, Vec<GatewayChoice>>,
+    down: &BTreeSet<GatewayId>,
+) -> (Vec<ClientPeer>, BTreeSet<NetworkId>) {
+    let mut peers: BTreeMap<GatewayId, ClientPeer> = BTreeMap::new();
+    let mut stranded = BTreeSet::new();
+    let mut exit_taken = false;
+    for (net, list) in gateways {
+        let active = list.iter().position(|c| !down.contains(&c.gateway));
+        if active.is_none() {
+            stranded.insert(net.clone());
+        }
+        for (i, choice) in list.iter().enumerate() {
+            let peer = peers
+                .entry(choice.gateway.clone())
+                .or_insert_with(|| ClientPeer {
+                    gateway: choice.gateway.clone(),
+                    public_key: choice.public_key,
+                    endpoint: choice.endpoint,
+                    allowed_ips: BTreeSet::new(),
+                    persistent_keepalive: Some(CLIENT_KEEPALIVE),
+                    networks: BTreeSet::new(),
+                    exit: false,
+                    standby_for: BTreeSet::new(),
+                });
+            if Some(i) != active {
+                peer.standby_for.insert(net.clone());
+                continue;
+            }
+            peer.networks.insert(net.clone());
+            peer.allowed_ips.extend(choice.allowed_ips.iter().copied());
+            if !exit_taken && !choice.exit_routes.is_empty() {
+                exit_taken = true;
+                peer.exit = true;
+                peer.allowed_ips.extend(choice.exit_routes.iter().copied());
+            }
+        }
+    }
+    (peers.into_values().collect(), stranded)
 }
 
 impl NodeConfig {
+    /// This configuration with every gateway in `down` treated as dead: each network
+    /// is routed to the first gateway of its list that is not down, and a network
+    /// whose whole list is down joins `unassigned`. The peers stay the same (a dead
+    /// gateway remains a standby, ready for failing back); only AllowedIPs and the
+    /// default route move. With an empty `down` it is the configuration as compiled.
+    ///
+    /// Pure: a client agent calls it when a gateway stops answering, and applies the
+    /// result with `wg setconf` (or a minimal update), without the manager.
+    #[must_use]
+    pub fn failed_over(&self, down: &BTreeSet<GatewayId>) -> NodeConfig {
+        let (peers, stranded) = peers_for(&self.gateways, down);
+        let mut unassigned: BTreeSet<NetworkId> = self
+            .unassigned
+            .iter()
+            .filter(|n| !self.gateways.contains_key(*n))
+            .cloned()
+            .collect();
+        unassigned.extend(stranded);
+        NodeConfig {
+            peers,
+            unassigned,
+            ..self.clone()
+        }
+    }
+
+    /// The active gateway of `network`: the first of its list not in `down`.
+    pub fn active_gateway(
+        &self,
+        network: &NetworkId,
+        down: &BTreeSet<GatewayId>,
+    ) -> Option<&GatewayId> {
+        self.gateways
+            .get(network)?
+            .iter()
+            .map(|c| &c.gateway)
+            .find(|g| !down.contains(*g))
+    }
+
     /// The `wg-quick(8)` form. With `None`, the private key is
     /// [`PRIVATE_KEY_PLACEHOLDER`], for the node to fill in.
     ///
@@ -101,19 +229,37 @@ impl NodeConfig {
             }
             let _ = writeln!(out, "MTU = {}", self.mtu);
         }
+        if self.gateways.values().any(|list| list.len() > 1) {
+            out.push_str(
+                "# failover order (only the active gateway of a network carries its AllowedIPs):\n",
+            );
+            for (net, list) in &self.gateways {
+                let ids: Vec<&str> = list.iter().map(|c| c.gateway.as_str()).collect();
+                let _ = writeln!(out, "#   {net}: {}", ids.join(", "));
+            }
+        }
         for peer in &self.peers {
             let nets: Vec<&str> = peer.networks.iter().map(|n| n.as_str()).collect();
-            let _ = writeln!(
-                out,
-                "\n# gateway {} (networks: {}{})",
-                peer.gateway,
-                nets.join(", "),
-                if peer.exit { "; exit" } else { "" }
-            );
+            let standby: Vec<&str> = peer.standby_for.iter().map(|n| n.as_str()).collect();
+            let mut about = Vec::new();
+            if !nets.is_empty() {
+                about.push(format!("networks: {}", nets.join(", ")));
+            }
+            if peer.exit {
+                about.push("exit".to_owned());
+            }
+            if !standby.is_empty() {
+                about.push(format!("standby for: {}", standby.join(", ")));
+            }
+            let _ = writeln!(out, "\n# gateway {} ({})", peer.gateway, about.join("; "));
             out.push_str("[Peer]\n");
             let _ = writeln!(out, "PublicKey = {}", peer.public_key);
             let _ = writeln!(out, "Endpoint = {}", peer.endpoint);
-            let _ = writeln!(out, "AllowedIPs = {}", join(&peer.allowed_ips));
+            // A standby-only peer routes nothing until failover; WireGuard accepts a
+            // peer without AllowedIPs, and an address may belong to one peer only.
+            if !peer.allowed_ips.is_empty() {
+                let _ = writeln!(out, "AllowedIPs = {}", join(&peer.allowed_ips));
+            }
             if let Some(k) = peer.persistent_keepalive {
                 let _ = writeln!(out, "PersistentKeepalive = {k}");
             }

@@ -121,6 +121,11 @@ pub struct NetworkDoc {
     /// Gateway assignment policy.
     #[serde(default)]
     pub gateways: PolicyDoc,
+    /// Addresses behind the gateways, each inside one of `routes`, that a gateway
+    /// probes to tell whether its forwarding path to this network works. A failing
+    /// path is reported as [`crate::Health::unhealthy`] for (gateway, network).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_targets: Vec<String>,
 }
 
 fn default_true() -> bool {
@@ -145,7 +150,8 @@ pub struct PolicyDoc {
     /// For `manual`: the gateways in order of preference.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub manual: Vec<String>,
-    /// How many gateways hold each client.
+    /// How many gateways hold each client: its primary and `redundancy - 1`
+    /// standbys, each pre-provisioned with the client as a peer.
     #[serde(default = "default_redundancy")]
     pub redundancy: u32,
 }
@@ -213,7 +219,8 @@ pub struct GatewayDoc {
     /// Most clients it takes; unbounded when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<u32>,
-    /// Maintenance mode: no new clients.
+    /// Maintenance mode: the gateway is not eligible, so it takes no new clients and
+    /// the ones it holds move at the next generation.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drain: bool,
 }

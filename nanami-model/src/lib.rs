@@ -32,8 +32,9 @@ pub mod state;
 pub mod topology;
 pub mod validate;
 
+pub use assign::Assignment;
 pub use compile::{compile, compile_all, compile_node, CompileError};
-pub use config::{ClientPeer, NodeConfig};
+pub use config::{ClientPeer, GatewayChoice, NodeConfig};
 pub use doc::{Document, ParseError};
 pub use health::Health;
 pub use id::{GatewayId, IdError, InterfaceName, NetworkId, NodeId, RegionId, WorkspaceId};

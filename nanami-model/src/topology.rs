@@ -21,7 +21,7 @@ use crate::validate::{validate, ValidationErrors};
 pub enum RegionState {
     /// In service.
     Active,
-    /// Being emptied: its gateways take no new clients.
+    /// Being emptied: its gateways are not eligible, as if each had `drain: true`.
     Draining,
     /// Out of service: no gateway may be placed in it.
     Retired,
@@ -59,8 +59,8 @@ pub enum Role {
 pub enum Policy {
     /// The first eligible gateway in workspace region order, then gateway id.
     Auto,
-    /// Clients spread over all eligible gateways (not supported yet: rejected by
-    /// validation).
+    /// Clients spread over all eligible gateways by weighted rendezvous hashing
+    /// (see [`crate::assign`]): all of them carry traffic at once.
     Balanced,
     /// The first eligible gateway of this list.
     Manual(Vec<GatewayId>),
@@ -92,8 +92,10 @@ pub struct Network {
     pub nat: bool,
     /// Assignment policy.
     pub policy: Policy,
-    /// Gateways holding each client.
+    /// Gateways holding each client: a primary and `redundancy - 1` standbys.
     pub redundancy: u32,
+    /// Addresses behind the gateways, inside `routes`, that probe the forwarding path.
+    pub health_targets: BTreeSet<IpAddr>,
 }
 
 /// A node.
@@ -139,7 +141,8 @@ pub struct Gateway {
     pub listen_port: u16,
     /// Most clients it takes.
     pub capacity: Option<u32>,
-    /// Maintenance mode: no new clients.
+    /// Maintenance mode: not eligible, so no new clients, and the clients it holds
+    /// move at the next generation.
     pub drain: bool,
     /// Its WireGuard interface, `nm-<id>`.
     pub interface: InterfaceName,

@@ -424,14 +424,30 @@ impl Validator {
             }
         }
 
+        let mut health_targets = BTreeSet::new();
+        for (i, t) in n.health_targets.iter().enumerate() {
+            let tpath = format!("{path}.health_targets[{i}]");
+            let Ok(addr) = t.parse::<IpAddr>() else {
+                self.err(tpath, format!("{t:?} is not an IP address"));
+                continue;
+            };
+            if !routes.iter().any(|r| r.contains(&addr)) {
+                let listed: Vec<String> = routes.iter().map(|r| r.to_string()).collect();
+                self.err(
+                    tpath,
+                    format!(
+                        "{addr} is not inside the network's routes ({}); a health target is an address behind the gateway",
+                        if listed.is_empty() { "none".to_owned() } else { listed.join(", ") }
+                    ),
+                );
+            } else if !health_targets.insert(addr) {
+                self.err(tpath, format!("{addr} listed twice"));
+            }
+        }
+
         let redundancy = n.gateways.redundancy;
         if redundancy == 0 {
             self.err(format!("{path}.gateways.redundancy"), "must be at least 1");
-        } else if redundancy > 1 {
-            self.err(
-                format!("{path}.gateways.redundancy"),
-                "redundancy above 1 is not supported yet",
-            );
         }
         let policy = match n.gateways.policy.as_str() {
             "auto" | "balanced" if !n.gateways.manual.is_empty() => {
@@ -442,13 +458,7 @@ impl Validator {
                 None
             }
             "auto" => Some(Policy::Auto),
-            "balanced" => {
-                self.err(
-                    format!("{path}.gateways.policy"),
-                    "policy `balanced` is not supported yet; use auto or manual",
-                );
-                None
-            }
+            "balanced" => Some(Policy::Balanced),
             "manual" => {
                 if n.gateways.manual.is_empty() {
                     self.err(
@@ -492,6 +502,7 @@ impl Validator {
             nat: n.nat,
             policy: policy.unwrap_or(Policy::Auto),
             redundancy,
+            health_targets,
         })
     }
 
@@ -832,7 +843,39 @@ impl Validator {
         })
     }
 
+    /// `redundancy: k` needs k gateways that can hold a client: gateways serving the
+    /// network with the `ingress` role (and, for `manual`, named in its list). This
+    /// is judged on the document, not on health or drain, which change at run time:
+    /// while fewer are eligible, clients simply get fewer standbys.
+    fn redundancy(&mut self, path: &str, net: &Network, gateways: &[GatewayDoc]) {
+        if net.redundancy < 2 {
+            return;
+        }
+        let serving = gateways
+            .iter()
+            .filter(|g| g.networks.iter().any(|n| n == net.id.as_str()))
+            .filter(|g| g.roles.iter().any(|r| r == "ingress"))
+            .filter(|g| match &net.policy {
+                Policy::Manual(ids) => ids.iter().any(|id| id.as_str() == g.id),
+                Policy::Auto | Policy::Balanced => true,
+            })
+            .count();
+        if u64::from(net.redundancy) > serving as u64 {
+            self.err(
+                format!("{path}.gateways.redundancy"),
+                format!(
+                    "redundancy {} needs as many gateways serving network {:?} with the ingress role{}; there {} {serving}",
+                    net.redundancy,
+                    net.id,
+                    if matches!(net.policy, Policy::Manual(_)) { " in its manual list" } else { "" },
+                    if serving == 1 { "is" } else { "are" },
+                ),
+            );
+        }
+    }
+
     fn policy_refs(&mut self, path: &str, net: &Network, gateways: &[GatewayDoc]) {
+        self.redundancy(path, net, gateways);
         let Policy::Manual(ids) = &net.policy else {
             return;
         };

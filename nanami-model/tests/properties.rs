@@ -25,6 +25,7 @@ fn shuffle(doc: &mut Document, seed: u64) {
         ws.gateways.shuffle(&mut rng);
         for n in &mut ws.networks {
             n.routes.shuffle(&mut rng);
+            n.health_targets.shuffle(&mut rng);
         }
         for n in &mut ws.nodes {
             n.memberships.shuffle(&mut rng);

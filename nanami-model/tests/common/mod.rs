@@ -31,6 +31,7 @@ pub struct GatewaySpec {
     pub roles: u8,
     pub region: usize,
     pub capacity: Option<u32>,
+    pub drain: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -39,7 +40,11 @@ pub struct NetSpec {
     pub routes: u8,
     pub exit: bool,
     pub nat: bool,
-    pub manual: bool,
+    /// 0 auto, 1 manual, 2 balanced.
+    pub policy: u8,
+    /// Wanted redundancy, capped at the gateways that can hold a client.
+    pub redundancy: u32,
+    pub health_targets: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -56,15 +61,21 @@ fn net_spec() -> impl Strategy<Value = NetSpec> {
         0u8..3,
         any::<bool>(),
         any::<bool>(),
+        0u8..3,
+        1u32..4,
         any::<bool>(),
     )
-        .prop_map(|(v6, routes, exit, nat, manual)| NetSpec {
-            v6,
-            routes,
-            exit,
-            nat,
-            manual,
-        })
+        .prop_map(
+            |(v6, routes, exit, nat, policy, redundancy, health_targets)| NetSpec {
+                v6,
+                routes,
+                exit,
+                nat,
+                policy,
+                redundancy,
+                health_targets,
+            },
+        )
 }
 
 fn ws_spec(regions: usize) -> impl Strategy<Value = WsSpec> {
@@ -98,14 +109,18 @@ fn ws_spec(regions: usize) -> impl Strategy<Value = WsSpec> {
                     1u8..8,
                     0usize..8,
                     proptest::option::of(1u32..4),
+                    proptest::bool::weighted(0.15),
                 )
-                    .prop_map(|(networks, roles, region, capacity)| GatewaySpec {
-                        networks,
-                        roles,
-                        region,
-                        capacity,
+                    .prop_map(|(networks, roles, region, capacity, drain)| {
+                        GatewaySpec {
+                            networks,
+                            roles,
+                            region,
+                            capacity,
+                            drain,
+                        }
                     }),
-                1..4,
+                1..5,
             ),
         )
             .prop_map(|(regions, nets, nodes, gateways)| WsSpec {
@@ -117,16 +132,25 @@ fn ws_spec(regions: usize) -> impl Strategy<Value = WsSpec> {
     })
 }
 
-/// A random valid document.
+/// A random valid document. Some regions are `draining` (never the first).
 pub fn document() -> impl Strategy<Value = Document> {
     (1usize..4)
         .prop_flat_map(|regions| {
             (
                 Just(regions),
                 proptest::collection::vec(ws_spec(regions), 1..4),
+                proptest::collection::vec(proptest::bool::weighted(0.2), regions),
             )
         })
-        .prop_map(|(regions, specs)| build(regions, &specs))
+        .prop_map(|(regions, specs, draining)| {
+            let mut doc = build(regions, &specs);
+            for (r, d) in doc.regions.iter_mut().zip(draining).skip(1) {
+                if d {
+                    r.state = "draining".into();
+                }
+            }
+            doc
+        })
 }
 
 pub fn build(regions: usize, specs: &[WsSpec]) -> Document {
@@ -169,6 +193,11 @@ pub fn build(regions: usize, specs: &[WsSpec]) -> Document {
                 exit: ns.exit,
                 nat: ns.nat,
                 gateways: PolicyDoc::default(),
+                health_targets: if ns.health_targets && ns.routes > 0 {
+                    vec![format!("10.{}.0.1", w * 10 + n)]
+                } else {
+                    vec![]
+                },
             });
         }
         for (i, ns) in spec.nodes.iter().enumerate() {
@@ -244,25 +273,37 @@ pub fn build(regions: usize, specs: &[WsSpec]) -> Document {
                 endpoint: format!("203.0.{w}.{}:51820", g + 1),
                 listen_port: 51820,
                 capacity: gs.capacity,
-                drain: false,
+                drain: gs.drain,
             });
         }
         for (n, ns) in spec.nets.iter().enumerate() {
-            if !ns.manual {
-                continue;
-            }
-            let serving: Vec<String> = gateways
+            let serving: Vec<&GatewayDoc> = gateways
                 .iter()
                 .filter(|g| g.networks.contains(&format!("net{n}")))
-                .map(|g| g.id.clone())
-                .rev()
                 .collect();
-            if !serving.is_empty() {
-                networks[n].gateways = PolicyDoc {
-                    policy: "manual".into(),
-                    manual: serving,
-                    redundancy: 1,
-                };
+            let holders = serving
+                .iter()
+                .filter(|g| g.roles.iter().any(|r| r == "ingress"))
+                .count() as u32;
+            let redundancy = ns.redundancy.min(holders).max(1);
+            match ns.policy {
+                1 if !serving.is_empty() => {
+                    networks[n].gateways = PolicyDoc {
+                        policy: "manual".into(),
+                        manual: serving.iter().rev().map(|g| g.id.clone()).collect(),
+                        redundancy,
+                    };
+                }
+                2 => {
+                    networks[n].gateways = PolicyDoc {
+                        policy: "balanced".into(),
+                        manual: vec![],
+                        redundancy,
+                    };
+                }
+                _ => {
+                    networks[n].gateways.redundancy = redundancy;
+                }
             }
         }
         doc.workspaces.push(WorkspaceDoc {
@@ -317,6 +358,7 @@ pub const FAULTS: &[(&str, Fault)] = &[
         net.overlay = first;
         net.routes.clear();
         net.gateways = PolicyDoc::default();
+        net.health_targets.clear();
         ws.networks.push(net);
         Some(format!("workspaces[{}].networks[", ws.id))
     }),
@@ -394,6 +436,7 @@ pub const FAULTS: &[(&str, Fault)] = &[
             exit: false,
             nat: true,
             gateways: PolicyDoc::default(),
+            health_targets: vec![],
         });
         for n in ws.nodes.iter_mut().take(3) {
             n.memberships.push(MembershipDoc {
@@ -431,17 +474,130 @@ pub const FAULTS: &[(&str, Fault)] = &[
         ws.gateways.push(g);
         Some(format!("workspaces[{}].gateways[in-old].region", ws.id))
     }),
-    ("balanced not supported yet", |d| {
+    (
+        "redundancy above the gateways that can hold a client",
+        |d| {
+            let ws = ws0(d)?;
+            let n = ws.networks.last_mut()?;
+            let id = n.id.clone();
+            let holders = ws
+                .gateways
+                .iter()
+                .filter(|g| g.networks.contains(&id) && g.roles.iter().any(|r| r == "ingress"))
+                .count() as u32;
+            let n = ws.networks.last_mut()?;
+            n.gateways.redundancy = (holders + 1).max(2);
+            Some(format!(
+                "workspaces[{}].networks[{}].gateways.redundancy",
+                ws.id, n.id
+            ))
+        },
+    ),
+    ("health target outside the routes", |d| {
         let ws = ws0(d)?;
-        let n = ws.networks.last_mut()?;
-        n.gateways = PolicyDoc {
-            policy: "balanced".into(),
-            manual: vec![],
-            redundancy: 1,
-        };
+        let n = ws.networks.first_mut()?;
+        n.health_targets.push("192.0.2.77".into());
+        let i = n.health_targets.len() - 1;
         Some(format!(
-            "workspaces[{}].networks[{}].gateways.policy",
+            "workspaces[{}].networks[{}].health_targets[{i}]",
             ws.id, n.id
         ))
     }),
 ];
+
+/// Public keys `key(1..=n)`, derived once: X25519 is slow in debug builds and the
+/// assignment tests need hundreds per case.
+pub fn keys(n: usize) -> Vec<String> {
+    use std::sync::Mutex;
+    static CACHE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap();
+    while cache.len() < n {
+        let next = cache.len() as u32 + 1;
+        cache.push(key(next));
+    }
+    cache[..n].to_vec()
+}
+
+/// One workspace, one active region, one network `net` with `policy` and
+/// `redundancy`, gateways `g{salt}-{i}` (i < `gateways`, ingress + egress, each
+/// with `capacity`) and active clients `c{salt}-{i}` (i < `clients`). The gateway
+/// ids are short enough for interface names whatever the salt (salt < 10^6).
+pub fn fleet(
+    salt: u32,
+    policy: &str,
+    redundancy: u32,
+    gateways: usize,
+    clients: usize,
+    capacity: Option<u32>,
+) -> Document {
+    let keys = keys(gateways + clients + 1);
+    let mut nodes = Vec::new();
+    let mut gws = Vec::new();
+    for g in 0..gateways {
+        let id = format!("g{salt}-{g}");
+        nodes.push(NodeDoc {
+            id: id.clone(),
+            // Gateways take keys from the end so adding clients never renumbers them.
+            public_key: keys[keys.len() - 1 - g].clone(),
+            status: "active".into(),
+            endpoints: vec![],
+            memberships: vec![MembershipDoc {
+                network: "net".into(),
+                address: None,
+            }],
+            exit: false,
+        });
+        gws.push(GatewayDoc {
+            id: id.clone(),
+            node: id,
+            region: "r0".into(),
+            networks: vec!["net".into()],
+            roles: vec!["ingress".into(), "egress".into()],
+            endpoint: format!("203.0.113.{}:51820", g + 1),
+            listen_port: 51820,
+            capacity,
+            drain: false,
+        });
+    }
+    for c in 0..clients {
+        nodes.push(NodeDoc {
+            id: format!("c{salt}-{c}"),
+            public_key: keys[c].clone(),
+            status: "active".into(),
+            endpoints: vec![],
+            memberships: vec![MembershipDoc {
+                network: "net".into(),
+                address: None,
+            }],
+            exit: false,
+        });
+    }
+    Document {
+        version: 1,
+        regions: vec![RegionDoc {
+            id: "r0".into(),
+            display_name: None,
+            state: "active".into(),
+        }],
+        workspaces: vec![WorkspaceDoc {
+            id: "ws".into(),
+            tenant: "tenant".into(),
+            regions: vec!["r0".into()],
+            networks: vec![NetworkDoc {
+                id: "net".into(),
+                overlay: OneOrMany::One("100.64.0.0/18".into()),
+                routes: vec!["10.0.0.0/24".into()],
+                exit: false,
+                nat: true,
+                gateways: PolicyDoc {
+                    policy: policy.into(),
+                    manual: vec![],
+                    redundancy,
+                },
+                health_targets: vec!["10.0.0.1".into()],
+            }],
+            nodes,
+            gateways: gws,
+        }],
+    }
+}
