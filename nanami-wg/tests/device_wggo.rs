@@ -138,6 +138,45 @@ fn two_peers_with_disjoint_allowed_ips() {
         );
         assert!(peer.stats.last_handshake.is_some());
     }
+
+    // Changing one peer's AllowedIPs, endpoint and keepalive happens in place: no
+    // session (its own or the other peer's) is recreated.
+    let before: Vec<_> = [b_pub, c_pub]
+        .iter()
+        .map(|k| info.peer(k).and_then(|x| x.stats.last_handshake))
+        .collect();
+    dev.upsert_peer(&nanami_wg::device::PeerConfig {
+        public_key: c_pub,
+        preshared_key: None,
+        endpoint: Some("172.30.2.2:51821".parse().expect("ep")),
+        allowed_ips: vec![
+            "10.99.0.3/32".parse().expect("n"),
+            "10.60.4.0/24".parse().expect("n"),
+        ],
+        persistent_keepalive: Some(25),
+    })
+    .expect("update c");
+    assert!(
+        a.ping_all("10.99.0.3", 3, &[]),
+        "c lost traffic after its update"
+    );
+    assert!(
+        a.ping_all("10.99.0.2", 3, &[]),
+        "b lost traffic after c's update"
+    );
+    assert!(
+        !a.ping_all("10.60.3.1", 1, &[]),
+        "c's removed subnet still routed"
+    );
+    let info = dev.get();
+    let after: Vec<_> = [b_pub, c_pub]
+        .iter()
+        .map(|k| info.peer(k).and_then(|x| x.stats.last_handshake))
+        .collect();
+    assert_eq!(
+        before, after,
+        "a session was recreated by an in-place update"
+    );
     drop(dev);
 }
 
@@ -360,4 +399,63 @@ fn persistent_keepalive_set_in_place_brings_the_tunnel_up_without_traffic() {
     // The keepalive is visible through the UAPI as wg(8) reads it.
     let shown = p.a.exec("wg", &["show", &p.a_if, "persistent-keepalive"]);
     assert!(shown.trim_end().ends_with('1'), "{shown}");
+}
+
+#[test]
+fn ipv6_underlay_and_overlay() {
+    common::require(&["wireguard-go", "wg", "ping"]);
+    let a = Netns::new("a");
+    let b = Netns::new("b");
+    veth(&a, "172.30.0.1/24", &b, "172.30.0.2/24");
+    let (va, vb) = (veth_of(&a), veth_of(&b));
+    a.ip(&["addr", "add", "fd30::1/64", "dev", &va, "nodad"]);
+    b.ip(&["addr", "add", "fd30::2/64", "dev", &vb, "nodad"]);
+    let (a_key, a_pub) = keypair();
+    let (b_key, b_pub) = keypair();
+    let a_if = ifname("a");
+    let dev = pair::open_device(&a, &a_if, 51820);
+    pair::up(&a, &a_if, "10.99.0.1/24");
+    a.ip(&["addr", "add", "fd99::1/64", "dev", &a_if, "nodad"]);
+    dev.apply(
+        DeviceUpdate::new().private_key(a_key).peer(
+            PeerUpdate::new(b_pub)
+                .endpoint("[fd30::2]:51821".parse().expect("ep"))
+                .replace_allowed_ips([
+                    "10.99.0.2/32".parse().expect("n"),
+                    "fd99::2/128".parse().expect("n"),
+                ]),
+        ),
+    )
+    .expect("configure");
+    let wg = WgGo::start(&b, &ifname("b"));
+    let a_pub = a_pub.to_string();
+    wg.configure(
+        &b,
+        &b_key,
+        51821,
+        &[
+            "peer",
+            &a_pub,
+            "allowed-ips",
+            "10.99.0.0/24,fd99::/64",
+            "endpoint",
+            "[fd30::1]:51820",
+        ],
+    );
+    pair::up(&b, &wg.ifname, "10.99.0.2/24");
+    b.ip(&["addr", "add", "fd99::2/64", "dev", &wg.ifname, "nodad"]);
+    assert!(
+        a.ping_until("fd99::2", Duration::from_secs(15)),
+        "IPv6 in IPv6: no reply"
+    );
+    assert!(
+        a.ping_all("10.99.0.2", 3, &[]),
+        "IPv4 in IPv6: lost packets"
+    );
+    assert!(b.ping_all("fd99::1", 3, &[]), "reverse IPv6 ping failed");
+    let ep = dev.get().peer(&b_pub).and_then(|x| x.config.endpoint);
+    assert_eq!(
+        ep,
+        Some("[fd30::2]:51821".parse::<SocketAddr>().expect("ep"))
+    );
 }
