@@ -559,10 +559,10 @@ pub fn fleet(
             drain: false,
         });
     }
-    for c in 0..clients {
+    for (c, key) in keys.iter().take(clients).enumerate() {
         nodes.push(NodeDoc {
             id: format!("c{salt}-{c}"),
-            public_key: keys[c].clone(),
+            public_key: key.clone(),
             status: "active".into(),
             endpoints: vec![],
             memberships: vec![MembershipDoc {
