@@ -192,3 +192,26 @@ def test_results_are_deterministic(example_text):
     b = nanami.Topology.from_yaml(example_text)
     assert a.compile_gateway("gw-nyc-1").to_json() == b.compile_gateway("gw-nyc-1").to_json()
     assert a.client_config("laptop-ben").to_wg_quick() == b.client_config("laptop-ben").to_wg_quick()
+
+
+def test_client_side_failover_with_a_standby(example_text):
+    text = example_text.replace("gateways: { policy: auto, redundancy: 1 }", "gateways: { policy: auto, redundancy: 2 }")
+    assert text != example_text
+    t = nanami.Topology.from_yaml(text)
+    config = t.client_config("laptop-ana")
+    chain = [c.gateway for c in config.gateways["corp"]]
+    assert chain == ["gw-fra-1", "gw-nyc-1"]
+    assert config.gateways["corp"][0].exit_routes == ["0.0.0.0/0"]
+    assert config.active_gateway("corp") == "gw-fra-1"
+    assert config.active_gateway("corp", ["gw-fra-1"]) == "gw-nyc-1"
+    assert config.active_gateway("corp", ["gw-fra-1", "gw-nyc-1"]) is None
+    standby = next(p for p in config.peers if p.gateway == "gw-nyc-1")
+    assert standby.standby_for == ["corp"]
+    moved = config.failed_over(["gw-fra-1"])
+    assert [p.gateway for p in moved.peers] == [p.gateway for p in config.peers]  # same peers
+    nyc = next(p for p in moved.peers if p.gateway == "gw-nyc-1")
+    assert "100.80.0.0/22" in nyc.allowed_ips
+    assert config.failed_over([]) == config
+    assert moved.to_dict()["gateways"] == config.to_dict()["gateways"]
+    with pytest.raises(nanami.InvalidIdError):
+        config.failed_over(["Bad Id"])
