@@ -5,3 +5,4 @@
 
 pub mod device;
 pub mod linux;
+pub mod uapi_client;

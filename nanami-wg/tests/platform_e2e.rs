@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use common::{require, veth, Netns, WgGo};
 use nanami_model::{compile, compile_node, GatewayId, Health, NodeId, PrivateKey, Topology};
 use nanami_reconcile::{Condition, Config, Desired, Reconciler, Status};
-use nanami_wg::linux::{keyfile, LinuxConfig, LinuxPlatform};
+use nanami_wg::linux::{keyfile, DeviceMode, LinuxConfig, LinuxPlatform};
 use tokio::sync::{oneshot, watch};
 
 /// The gateway's control loop, running in its namespace.
@@ -36,6 +36,16 @@ struct Gateway {
 
 impl Gateway {
     fn start(ns: &Netns, state_dir: PathBuf, resync: Duration, first: Desired) -> Self {
+        Self::start_with(ns, state_dir, resync, first, DeviceMode::InProcess)
+    }
+
+    fn start_with(
+        ns: &Netns,
+        state_dir: PathBuf,
+        resync: Duration,
+        first: Desired,
+        device: DeviceMode,
+    ) -> Self {
         let netns = std::fs::File::open(format!("/var/run/netns/{}", ns.name())).unwrap();
         let (desired_tx, desired_rx) = watch::channel(Some(Arc::new(first)));
         let (status_tx, status_rx) = std_mpsc::channel();
@@ -53,6 +63,7 @@ impl Gateway {
             rt.block_on(async move {
                 let config = LinuxConfig {
                     uapi_dir: Some(PathBuf::from("/var/run/wireguard")),
+                    device,
                     ..LinuxConfig::in_dir(&state_dir)
                 };
                 let platform = LinuxPlatform::new(config).unwrap();
@@ -583,4 +594,62 @@ fn drift_is_repaired_through_events() {
         "traffic after repair"
     );
     gw.stop(true);
+}
+
+/// The `nanami-device` binary of this build (`cargo build -p nanami-device`, which
+/// `cargo test --workspace` does).
+fn nanami_device() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let path = dir.join("nanami-device");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first with `cargo build -p nanami-device`",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn detached_devices_keep_forwarding_across_a_restart_and_are_adopted() {
+    let lab = Lab::new("gw-detach", true);
+    let mode = DeviceMode::Detached {
+        program: nanami_device(),
+    };
+    let mut gw = Gateway::start_with(
+        &lab.gateway,
+        lab.state_dir.clone(),
+        Duration::from_secs(30),
+        lab.desired(1),
+        mode.clone(),
+    );
+    gw.wait_ready(1);
+    lab.configure_client();
+    assert!(lab.client.ping_until("10.20.0.2", Duration::from_secs(15)));
+
+    // The control loop stops without teardown (SIGTERM, an upgrade): the tunnel
+    // lives on in its own process.
+    gw.stop(false);
+    assert!(
+        lab.client.ping_all("10.20.0.2", 5, &[]),
+        "traffic must keep flowing while no control loop runs"
+    );
+
+    // A new loop adopts the running device: converged without recreating it.
+    let mut gw = Gateway::start_with(
+        &lab.gateway,
+        lab.state_dir.clone(),
+        Duration::from_secs(30),
+        lab.desired(1),
+        mode,
+    );
+    gw.wait_ready(1);
+    let status = gw.status.borrow().clone();
+    assert_eq!(
+        status.passes, 1,
+        "adopted and converged in one pass: {status:?}"
+    );
+    assert!(lab.client.ping_all("10.20.0.2", 3, &[]));
+    gw.stop(true);
+    assert_eq!(owned_leftovers(&lab.gateway), Vec::<String>::new());
 }

@@ -21,7 +21,7 @@ pub mod sysctl;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-pub use platform::{LinuxConfig, LinuxPlatform};
+pub use platform::{DeviceMode, LinuxConfig, LinuxPlatform};
 
 /// What went wrong on the machine. Each variant keeps what the kernel or tool said.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,15 @@ pub enum PlatformError {
         /// The device's error.
         #[source]
         source: crate::device::DeviceError,
+    },
+    /// A detached device did not answer or refused a request on its UAPI socket.
+    #[error("device {interface} (UAPI): {source}")]
+    Uapi {
+        /// The interface.
+        interface: String,
+        /// The client's error.
+        #[source]
+        source: crate::uapi_client::UapiClientError,
     },
     /// An op named an interface that has no link or device here; the next pass
     /// observes and plans again.

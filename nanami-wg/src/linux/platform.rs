@@ -2,7 +2,7 @@
 //! namespace.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use nanami_model::state::{NANAMI_PROTO, NANAMI_TABLE};
@@ -16,7 +16,25 @@ use tracing::{debug, info};
 use super::events::{self, Events};
 use super::netlink::{Link, Netlink};
 use super::{nft, sysctl, PlatformError};
-use crate::device::{Device, DeviceOptions, PeerConfig, TunSource, DEFAULT_UAPI_DIR};
+use crate::device::{Device, DeviceInfo, DeviceOptions, PeerConfig, TunSource, DEFAULT_UAPI_DIR};
+use crate::uapi_client::{UapiClient, UapiClientError};
+
+/// Where the WireGuard devices run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DeviceMode {
+    /// In this process, driven through the typed API: for clients, tests and
+    /// embedding. The tunnels stop with the process.
+    #[default]
+    InProcess,
+    /// Each device in its own `nanami-device` process (started detached, in a new
+    /// session), driven through its UAPI socket: the tunnels outlive this process,
+    /// so a daemon can stop or upgrade without cutting users off, and a restarted
+    /// daemon adopts the devices it finds.
+    Detached {
+        /// The `nanami-device` program.
+        program: PathBuf,
+    },
+}
 
 /// How a [`LinuxPlatform`] is set up.
 #[derive(Debug, Clone)]
@@ -25,8 +43,12 @@ pub struct LinuxConfig {
     pub key_file: PathBuf,
     /// Where the platform keeps its own records (original sysctl values).
     pub state_dir: PathBuf,
-    /// The directory of the devices' UAPI sockets; `None` for no UAPI server.
+    /// The directory of the devices' UAPI sockets; `None` for no UAPI server
+    /// (in-process devices only; detached devices always serve one, in
+    /// `/var/run/wireguard`).
     pub uapi_dir: Option<PathBuf>,
+    /// Where the devices run.
+    pub device: DeviceMode,
 }
 
 impl LinuxConfig {
@@ -37,13 +59,91 @@ impl LinuxConfig {
             key_file: state_dir.join("private.key"),
             state_dir,
             uapi_dir: Some(PathBuf::from(DEFAULT_UAPI_DIR)),
+            device: DeviceMode::InProcess,
         }
+    }
+}
+
+/// A WireGuard device, wherever it runs.
+enum Wg {
+    InProcess(Device),
+    Detached(UapiClient),
+}
+
+impl Wg {
+    fn get(&self, name: &InterfaceName) -> Result<DeviceInfo, PlatformError> {
+        match self {
+            Self::InProcess(d) => Ok(d.get()),
+            Self::Detached(c) => c.get().map_err(uapi_error(name)),
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        match self {
+            Self::InProcess(d) => d.is_running(),
+            Self::Detached(c) => c.path().exists(),
+        }
+    }
+
+    fn set_private_key(&self, name: &InterfaceName, key: &PrivateKey) -> Result<(), PlatformError> {
+        match self {
+            Self::InProcess(d) => d.set_private_key(key.clone()).map_err(device_error(name)),
+            Self::Detached(c) => c.set_private_key(key).map_err(uapi_error(name)),
+        }
+    }
+
+    fn set_listen_port(&self, name: &InterfaceName, port: u16) -> Result<(), PlatformError> {
+        match self {
+            Self::InProcess(d) => d
+                .set_listen_port(port)
+                .map(|_| ())
+                .map_err(device_error(name)),
+            Self::Detached(c) => c.set_listen_port(port).map_err(uapi_error(name)),
+        }
+    }
+
+    fn upsert_peer(&self, name: &InterfaceName, peer: &PeerConfig) -> Result<(), PlatformError> {
+        match self {
+            Self::InProcess(d) => d.upsert_peer(peer).map_err(device_error(name)),
+            Self::Detached(c) => c.upsert_peer(peer).map_err(uapi_error(name)),
+        }
+    }
+
+    fn remove_peer(&self, name: &InterfaceName, key: &PublicKey) -> Result<(), PlatformError> {
+        match self {
+            Self::InProcess(d) => d.remove_peer(key).map(|_| ()).map_err(device_error(name)),
+            Self::Detached(c) => c.remove_peer(key).map_err(uapi_error(name)),
+        }
+    }
+
+    /// Stops an in-process device; a detached one stops when its link is deleted.
+    fn shutdown(self) {
+        match self {
+            Self::InProcess(d) => d.shutdown(),
+            Self::Detached(_) => {}
+        }
+    }
+}
+
+fn device_error(
+    name: &InterfaceName,
+) -> impl FnOnce(crate::device::DeviceError) -> PlatformError + '_ {
+    move |source| PlatformError::Device {
+        interface: name.to_string(),
+        source,
+    }
+}
+
+fn uapi_error(name: &InterfaceName) -> impl FnOnce(UapiClientError) -> PlatformError + '_ {
+    move |source| PlatformError::Uapi {
+        interface: name.to_string(),
+        source,
     }
 }
 
 /// One Nanami device and what was last configured on it.
 struct Managed {
-    device: Device,
+    device: Wg,
     /// Endpoints as configured; the device reports the learned one, and a roaming
     /// client is not drift.
     endpoints: BTreeMap<PublicKey, Option<std::net::SocketAddr>>,
@@ -117,15 +217,6 @@ impl LinuxPlatform {
             .ok_or_else(|| PlatformError::NoInterface(name.to_string()))
     }
 
-    fn device_error(
-        name: &InterfaceName,
-    ) -> impl FnOnce(crate::device::DeviceError) -> PlatformError + '_ {
-        move |source| PlatformError::Device {
-            interface: name.to_string(),
-            source,
-        }
-    }
-
     async fn create_interface(
         &mut self,
         name: &InterfaceName,
@@ -141,15 +232,26 @@ impl LinuxPlatform {
             info!(interface = %name, "removing a stale link before creating the device");
             self.netlink.del_link(stale.index).await?;
         }
-        let options = DeviceOptions {
-            uapi_dir: self.config.uapi_dir.clone(),
-            listen_port: listen_port.unwrap_or(0),
+        let device = match &self.config.device {
+            DeviceMode::InProcess => {
+                let options = DeviceOptions {
+                    uapi_dir: self.config.uapi_dir.clone(),
+                    listen_port: listen_port.unwrap_or(0),
+                };
+                let device = Device::open(TunSource::Name(name.clone()), options)
+                    .map_err(device_error(name))?;
+                Wg::InProcess(device)
+            }
+            DeviceMode::Detached { program } => {
+                spawn_detached(program, name).await?;
+                let client = UapiClient::new(Path::new(DEFAULT_UAPI_DIR), name.as_str());
+                client
+                    .set_listen_port(listen_port.unwrap_or(0))
+                    .map_err(uapi_error(name))?;
+                Wg::Detached(client)
+            }
         };
-        let device = Device::open(TunSource::Name(name.clone()), options)
-            .map_err(Self::device_error(name))?;
-        device
-            .set_private_key(self.key.clone())
-            .map_err(Self::device_error(name))?;
+        device.set_private_key(name, &self.key)?;
         self.devices.insert(
             name.clone(),
             Managed {
@@ -172,12 +274,36 @@ impl LinuxPlatform {
         config.endpoint = peer.endpoint;
         config.allowed_ips = peer.allowed_ips.iter().copied().collect();
         config.persistent_keepalive = peer.persistent_keepalive;
-        managed
-            .device
-            .upsert_peer(&config)
-            .map_err(Self::device_error(name))?;
+        managed.device.upsert_peer(name, &config)?;
         managed.endpoints.insert(*key, peer.endpoint);
         Ok(())
+    }
+
+    /// In detached mode, takes over `nm-` devices left running by an earlier
+    /// process (a daemon restart or upgrade): their tunnels never stopped.
+    fn adopt_detached(&mut self, links: &[Link]) {
+        if !matches!(self.config.device, DeviceMode::Detached { .. }) {
+            return;
+        }
+        for link in links {
+            let Ok(name) = InterfaceName::new(link.name.clone()) else {
+                continue;
+            };
+            if !name.is_owned() || self.devices.contains_key(&name) {
+                continue;
+            }
+            let client = UapiClient::new(Path::new(DEFAULT_UAPI_DIR), name.as_str());
+            if client.get().is_ok() {
+                info!(interface = %name, "adopting a running detached device");
+                self.devices.insert(
+                    name,
+                    Managed {
+                        device: Wg::Detached(client),
+                        endpoints: BTreeMap::new(),
+                    },
+                );
+            }
+        }
     }
 
     /// Removes everything Nanami owns here: its devices and `nm-` links, its routes
@@ -218,6 +344,7 @@ impl Platform for LinuxPlatform {
         for (index, net) in self.netlink.addresses().await? {
             addresses.entry(index).or_default().insert(net);
         }
+        self.adopt_detached(&links);
         let mut state = GatewayState::default();
         let mut telemetry = BTreeMap::new();
         // A device whose link vanished is reported absent, so the plan recreates it.
@@ -229,7 +356,13 @@ impl Platform for LinuxPlatform {
             if !live.contains(name.as_str()) || !managed.device.is_running() {
                 continue;
             }
-            let info = managed.device.get();
+            let info = match managed.device.get(name) {
+                Ok(info) => info,
+                // A detached device that no longer answers: report it absent, so
+                // the plan recreates it.
+                Err(PlatformError::Uapi { .. }) => continue,
+                Err(e) => return Err(e),
+            };
             let mut iface = InterfaceState {
                 listen_port: Some(info.listen_port),
                 mtu: link.mtu,
@@ -313,9 +446,7 @@ impl Platform for LinuxPlatform {
                 let managed = self.device(interface)?;
                 managed
                     .device
-                    .set_listen_port(listen_port.unwrap_or(0))
-                    .map_err(Self::device_error(interface))?;
-                Ok(())
+                    .set_listen_port(interface, listen_port.unwrap_or(0))
             }
             Op::SetMtu { interface, mtu } => {
                 let index = self.index(interface).await?;
@@ -344,10 +475,7 @@ impl Platform for LinuxPlatform {
                 public_key,
             } => {
                 if let Some(managed) = self.devices.get_mut(interface) {
-                    managed
-                        .device
-                        .remove_peer(public_key)
-                        .map_err(Self::device_error(interface))?;
+                    managed.device.remove_peer(interface, public_key)?;
                     managed.endpoints.remove(public_key);
                 }
                 Ok(())
@@ -371,5 +499,31 @@ impl Platform for LinuxPlatform {
 
     fn events(&mut self) -> Option<mpsc::Receiver<PlatformEvent>> {
         self.events.as_mut().and_then(|(_, rx)| rx.take())
+    }
+}
+
+/// Starts `program <name>` (which daemonizes itself and returns once its UAPI socket
+/// exists) in this thread's network namespace.
+async fn spawn_detached(program: &Path, name: &InterfaceName) -> Result<(), PlatformError> {
+    let out = tokio::process::Command::new(program)
+        .arg(name.as_str())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|source| PlatformError::Io {
+            context: format!("starting {}", program.display()),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(PlatformError::Io {
+            context: format!(
+                "{} {name} failed: {}",
+                program.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            source: std::io::Error::other("device did not start"),
+        })
     }
 }
