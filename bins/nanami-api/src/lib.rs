@@ -1,0 +1,17 @@
+//! # nanami-api
+//!
+//! The gateway manager's HTTP API as Rust values: the wire types every party
+//! shares ([`wire`]), the TLS set-up ([`tls`]) and a small HTTP/1 client over hyper
+//! ([`client`]) that the daemon, the `nanami` CLI and the fleet benchmark use.
+//!
+//! Authentication is a bearer credential in `Authorization: Bearer <token>`; the
+//! kinds are told apart by prefix (see [`wire::CredentialKind`]). Only public keys
+//! ever travel: nothing here can hold a private key.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod tls;
+pub mod wire;
+
+pub use client::{ApiError, Client};

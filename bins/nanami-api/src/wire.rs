@@ -1,0 +1,240 @@
+//! The JSON bodies of the manager's API.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use nanami_model::{GatewayId, GatewayState, InterfaceName, NodeId, PublicKey};
+use nanami_reconcile::{PeerTelemetry, Status};
+use serde::{Deserialize, Serialize};
+
+pub use nanami_reconcile::Desired;
+
+/// Every error response: `{"error": "..."}` with a 4xx or 5xx status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for people.
+    pub error: String,
+    /// Individual problems (topology validation issues, with their paths).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issues: Vec<String>,
+}
+
+/// Who a credential or enrolment token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+pub enum Subject {
+    /// A gateway (its daemon).
+    Gateway(GatewayId),
+    /// A client node.
+    Node(NodeId),
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Gateway(g) => write!(f, "gateway {g}"),
+            Self::Node(n) => write!(f, "node {n}"),
+        }
+    }
+}
+
+/// The kinds of bearer credential, told apart by their prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CredentialKind {
+    /// The control plane: writes the topology, mints enrolment tokens, reads all.
+    Control,
+    /// Platform operators: read-only oversight.
+    Operator,
+    /// One gateway's daemon: reads its own desired state, reports its own observed.
+    Gateway,
+    /// One client node: reads its own configuration.
+    Node,
+    /// A one-time enrolment token (only valid in the body of `POST /v1/enrol`).
+    Enrolment,
+}
+
+impl CredentialKind {
+    /// The prefix of credentials of this kind.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Self::Control => "nmc_",
+            Self::Operator => "nmo_",
+            Self::Gateway => "nmg_",
+            Self::Node => "nmn_",
+            Self::Enrolment => "nme_",
+        }
+    }
+}
+
+/// `POST /v1/enrolment-tokens` (control credential).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Who may enrol with it.
+    pub subject: Subject,
+    /// How long it stays valid; one hour when absent.
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// A fresh one-time enrolment token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenResponse {
+    /// The token (shown once; only its hash is stored).
+    pub token: String,
+    /// Who may enrol with it.
+    pub subject: Subject,
+    /// Unix time (seconds) after which it is refused.
+    pub expires_at: u64,
+}
+
+/// `POST /v1/enrol`: trade a one-time token and a public key for a credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolRequest {
+    /// The one-time enrolment token.
+    pub token: String,
+    /// The enrolling machine's WireGuard public key (the private key never leaves it).
+    pub public_key: PublicKey,
+}
+
+/// The credential an enrolment yields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolResponse {
+    /// Who enrolled.
+    pub subject: Subject,
+    /// The per-subject credential (shown once; only its hash is stored).
+    pub credential: String,
+}
+
+/// Machine facts that only the gateway knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Facts {
+    /// Interfaces toward private networks (up, with an address, not the default
+    /// route's, not Nanami's).
+    #[serde(default)]
+    pub lan_interfaces: Vec<String>,
+    /// Interfaces carrying a default route.
+    #[serde(default)]
+    pub wan_interfaces: Vec<String>,
+    /// Whether the kernel WireGuard module is loaded.
+    #[serde(default)]
+    pub kernel_wireguard: bool,
+}
+
+/// `PUT /v1/gateways/{id}/observed`: the daemon's report after a pass and every few
+/// seconds. The observed generation is `status.applied_generation`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservedReport {
+    /// The gateway's WireGuard public key.
+    pub public_key: PublicKey,
+    /// The reconciler's status: condition, desired and applied generations, op errors.
+    pub status: Status,
+    /// What the daemon observed that Nanami owns (for `nanami plan`).
+    pub state: GatewayState,
+    /// Peer telemetry by interface and peer key.
+    #[serde(default)]
+    pub telemetry: BTreeMap<InterfaceName, BTreeMap<PublicKey, PeerTelemetry>>,
+    /// Machine facts.
+    #[serde(default)]
+    pub facts: Facts,
+}
+
+/// A stored report with the time the manager received it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservedRecord {
+    /// Unix time in milliseconds the report arrived.
+    pub received_unix_ms: u64,
+    /// The report.
+    pub report: ObservedReport,
+}
+
+/// Whether the manager hears from a gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    /// Reports arrive.
+    Online,
+    /// Too many reports were missed; its clients fail over.
+    Offline,
+}
+
+/// One gateway as `nanami status` and the oversight API show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayStatus {
+    /// The gateway.
+    pub id: GatewayId,
+    /// Its workspace (`None` once it left the topology).
+    pub workspace: Option<String>,
+    /// Its region.
+    pub region: Option<String>,
+    /// Online or offline, from heartbeats.
+    pub health: Liveness,
+    /// The reconciler's condition as last reported (`None`: never reported).
+    pub condition: Option<nanami_reconcile::Condition>,
+    /// The generation the manager wants.
+    pub desired_generation: u64,
+    /// The generation the gateway last reported applied.
+    pub observed_generation: Option<u64>,
+    /// Peers in the desired state.
+    pub peers: usize,
+    /// Peers the gateway reported.
+    pub observed_peers: usize,
+    /// The newest handshake over all its peers.
+    pub newest_handshake: Option<SystemTime>,
+    /// When the last report arrived (Unix ms).
+    pub last_report_unix_ms: Option<u64>,
+    /// Whether the enrolled key differs from the topology's key for the gateway's
+    /// node (clients then cannot handshake; fix the topology).
+    pub key_mismatch: bool,
+    /// Machine facts from the last report.
+    pub facts: Facts,
+}
+
+/// `PUT /v1/topology`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyResponse {
+    /// The stored revision (unchanged when the document was identical).
+    pub revision: u64,
+    /// Gateways whose compiled state changed, with their new generation.
+    pub changed: BTreeMap<GatewayId, u64>,
+}
+
+/// `GET /v1/oversight/regions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionView {
+    /// Region id.
+    pub id: String,
+    /// Human name.
+    pub display_name: String,
+    /// `active`, `draining` or `retired`.
+    pub state: String,
+    /// Workspaces allowed to use it.
+    pub workspaces: Vec<String>,
+    /// Gateways placed in it.
+    pub gateways: Vec<GatewayId>,
+}
+
+/// `GET /v1/oversight/workspaces`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceView {
+    /// Workspace id.
+    pub id: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Regions it may use, in preference order.
+    pub regions: Vec<String>,
+    /// Its gateways.
+    pub gateways: Vec<GatewayId>,
+    /// Active nodes (clients and gateways).
+    pub active_nodes: usize,
+}

@@ -1,0 +1,336 @@
+//! # nanami-gateway-daemon
+//!
+//! The daemon on every gateway: generates its WireGuard key on first start (0600,
+//! only the public key is ever sent), enrols with a one-time token, then watches
+//! its desired state (long-poll), keeps the last-known-good one on disk, runs the
+//! reconciler against a [`Platform`], and reports status, observed state, telemetry
+//! and machine facts after each pass and every few seconds.
+//!
+//! The binary (`main.rs`) picks the platform: the Linux one or, for tests and the
+//! fleet benchmark, [`nanami_reconcile::sim::SimPlatform`].
+#![forbid(unsafe_code)]
+
+pub mod facts;
+pub mod lkg;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use async_trait::async_trait;
+use nanami_api::wire::{EnrolRequest, Facts, ObservedReport, Subject};
+use nanami_api::Client;
+use nanami_model::{GatewayId, PublicKey};
+use nanami_reconcile::{Observed, Op, Platform, PlatformEvent, Reconciler};
+use rand::SeedableRng as _;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, info_span, warn, Instrument as _};
+
+pub use lkg::{LastKnownGood, Offer};
+
+/// How the daemon is set up.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The manager's URL (`https://host:port`).
+    pub manager: String,
+    /// The CA certificate that signed the manager's certificate.
+    pub ca: Option<PathBuf>,
+    /// This gateway's id.
+    pub gateway: GatewayId,
+    /// Where the key, credential and last-known-good state live.
+    pub state_dir: PathBuf,
+    /// A one-time enrolment token, used if there is no credential yet.
+    pub token: Option<String>,
+    /// Report at least this often (heartbeat).
+    pub report_every: Duration,
+    /// How long one long-poll may wait.
+    pub poll_wait: Duration,
+    /// The reconciler's timing.
+    pub reconcile: nanami_reconcile::Config,
+    /// Facts to report instead of reading them from this machine (simulation).
+    pub facts: Option<Facts>,
+}
+
+impl DaemonConfig {
+    /// The private key file.
+    pub fn key_file(&self) -> PathBuf {
+        self.state_dir.join("private.key")
+    }
+    /// The credential file.
+    pub fn credential_file(&self) -> PathBuf {
+        self.state_dir.join("credential")
+    }
+    /// The last-known-good desired state.
+    pub fn desired_file(&self) -> PathBuf {
+        self.state_dir.join("desired.json")
+    }
+}
+
+/// Loads the node's key, generating it (0600) on first start; returns the public
+/// half, the only part that ever leaves this function's callers.
+pub fn ensure_key(path: &Path) -> anyhow::Result<PublicKey> {
+    let key = nanami_wg::linux::keyfile::load_or_generate(path, &mut rand_core::OsRng)?;
+    Ok(key.public_key())
+}
+
+fn client(config: &DaemonConfig) -> anyhow::Result<Client> {
+    Ok(Client::new(&config.manager, config.ca.as_deref())?)
+}
+
+/// The credential, enrolling with the token if there is none yet. Retries while
+/// the manager is unreachable; fails at once if the token is refused.
+pub async fn credential(config: &DaemonConfig, key: PublicKey) -> anyhow::Result<String> {
+    let file = config.credential_file();
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        return Ok(text.trim().to_owned());
+    }
+    let Some(token) = config.token.clone() else {
+        bail!(
+            "not enrolled yet ({} is missing): give an enrolment token (--token-file)",
+            file.display()
+        );
+    };
+    let client = client(config)?;
+    let request = EnrolRequest {
+        token,
+        public_key: key,
+    };
+    let mut delay = Duration::from_millis(200);
+    let response = loop {
+        match client.enrol(&request).await {
+            Ok(r) => break r,
+            Err(e) if e.status().is_some() => return Err(e).context("enrolment refused"),
+            Err(e) => {
+                warn!(error = %e, retry_in = ?delay, "manager unreachable; retrying enrolment");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    if response.subject != Subject::Gateway(config.gateway.clone()) {
+        bail!(
+            "the token was for {}, not gateway {}",
+            response.subject,
+            config.gateway
+        );
+    }
+    nanami_wg::linux::write_atomic(&file, format!("{}\n", response.credential).as_bytes())
+        .with_context(|| format!("writing {}", file.display()))?;
+    info!(gateway = %config.gateway, public_key = %key, "enrolled");
+    Ok(response.credential)
+}
+
+/// A platform that also publishes every observation (for the report's telemetry
+/// and observed state) while the reconciler owns it.
+struct Observing<P> {
+    inner: P,
+    tx: watch::Sender<Option<Observed>>,
+}
+
+#[async_trait]
+impl<P: Platform> Platform for Observing<P> {
+    type Error = P::Error;
+
+    async fn observe(&mut self) -> Result<Observed, Self::Error> {
+        let observed = self.inner.observe().await?;
+        self.tx.send_replace(Some(observed.clone()));
+        Ok(observed)
+    }
+
+    async fn apply(&mut self, op: &Op) -> Result<(), Self::Error> {
+        self.inner.apply(op).await
+    }
+
+    fn events(&mut self) -> Option<mpsc::Receiver<PlatformEvent>> {
+        self.inner.events()
+    }
+}
+
+/// Runs the daemon until `shutdown` completes: enrols if needed, serves the
+/// last-known-good state at once (also while the manager is down), follows the
+/// manager's desired state, reconciles `platform`, reports. Dropping the platform
+/// at the end is the caller's platform's business (the Linux platform's devices
+/// live in this process today).
+pub async fn run<P: Platform + 'static>(
+    config: DaemonConfig,
+    public_key: PublicKey,
+    platform: P,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let span = info_span!("daemon", gateway = %config.gateway);
+    async move {
+        let mut lkg = LastKnownGood::load(&config.desired_file())?;
+        if let Some(d) = lkg.current() {
+            info!(
+                generation = d.generation,
+                "serving the last-known-good desired state"
+            );
+        }
+        let (desired_tx, desired_rx) = watch::channel(lkg.current());
+        let (observed_tx, observed_rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let platform = Observing {
+            inner: platform,
+            tx: observed_tx,
+        };
+        let reconciler = Reconciler::new(
+            platform,
+            desired_rx,
+            Box::new(rand::rngs::StdRng::from_entropy()),
+            config.reconcile,
+            Instant::now(),
+        );
+        let status_rx = reconciler.subscribe_status();
+        let stopped = move |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let reconciling = tokio::spawn(
+            reconciler
+                .run(stopped(stop_rx.clone()))
+                .instrument(tracing::Span::current()),
+        );
+
+        let enrolled = {
+            let config = config.clone();
+            let mut stop = stop_rx.clone();
+            async move {
+                tokio::select! {
+                    c = credential(&config, public_key) => c,
+                    _ = stop.wait_for(|s| *s) => bail!("stopped before enrolment"),
+                }
+            }
+        };
+        let work = async {
+            let credential = enrolled.await?;
+            let client = client(&config)?.with_credential(credential);
+            let reporter = report_loop(
+                client.clone(),
+                config.clone(),
+                public_key,
+                status_rx,
+                observed_rx,
+                stopped(stop_rx.clone()),
+            );
+            let poller = poll_loop(
+                client,
+                &config,
+                &mut lkg,
+                &desired_tx,
+                stopped(stop_rx.clone()),
+            );
+            tokio::join!(reporter, poller);
+            anyhow::Ok(())
+        };
+        tokio::pin!(shutdown);
+        let result = tokio::select! {
+            r = work => r,
+            () = &mut shutdown => Ok(()),
+        };
+        let _ = stop_tx.send(true);
+        let reconciler = reconciling.await.context("the reconciler panicked")?;
+        info!(status = ?reconciler.status().condition, "stopped");
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+async fn poll_loop(
+    client: Client,
+    config: &DaemonConfig,
+    lkg: &mut LastKnownGood,
+    desired_tx: &watch::Sender<Option<Arc<nanami_reconcile::Desired>>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    // The first request asks for whatever the manager has, so that a manager that
+    // went back in time (restored from an old backup) is noticed and refused.
+    let mut first = true;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let after = if first { None } else { lkg.generation() };
+        let answer = tokio::select! {
+            () = &mut shutdown => return,
+            a = client.desired(&config.gateway, after, config.poll_wait) => a,
+        };
+        match answer {
+            Ok(answer) => {
+                first = false;
+                delay = Duration::from_millis(200);
+                let Some(desired) = answer else { continue };
+                let generation = desired.generation;
+                match lkg.offer(desired) {
+                    Ok(Offer::Accepted) => {
+                        info!(generation, "new desired state accepted and saved");
+                        desired_tx.send_replace(lkg.current());
+                    }
+                    Ok(Offer::Same) => {}
+                    Err(e) => warn!(generation, error = %e, "desired state refused"),
+                }
+                continue;
+            }
+            Err(e) => match e.status() {
+                Some(status) if status.as_u16() == 401 || status.as_u16() == 403 => {
+                    error!(error = %e, "the manager refuses this gateway's credential; re-enrol with a new token");
+                }
+                Some(_) | None => {
+                    warn!(error = %e, retry_in = ?delay, "cannot fetch the desired state; serving the last-known-good one")
+                }
+            },
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn report_loop(
+    client: Client,
+    config: DaemonConfig,
+    public_key: PublicKey,
+    mut status_rx: watch::Receiver<nanami_reconcile::Status>,
+    observed_rx: watch::Receiver<Option<Observed>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut failing = false;
+    let mut status_open = true;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            changed = status_rx.changed(), if status_open => {
+                if changed.is_err() {
+                    status_open = false;
+                }
+            }
+            () = tokio::time::sleep(config.report_every) => {}
+        }
+        let status = status_rx.borrow_and_update().clone();
+        let observed = observed_rx.borrow().clone().unwrap_or_default();
+        let report = ObservedReport {
+            public_key,
+            status,
+            state: observed.state.owned(),
+            telemetry: observed.telemetry,
+            facts: config.facts.clone().unwrap_or_else(facts::read),
+        };
+        match client.report(&config.gateway, &report).await {
+            Ok(()) => {
+                if failing {
+                    info!("reporting to the manager again");
+                }
+                failing = false;
+            }
+            Err(e) => {
+                if !failing {
+                    warn!(error = %e, "cannot report to the manager");
+                }
+                failing = true;
+            }
+        }
+    }
+}

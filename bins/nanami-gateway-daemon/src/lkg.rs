@@ -1,0 +1,183 @@
+//! The last-known-good desired state: checked, then saved atomically (temp file,
+//! fsync, rename), never replaced by an older generation.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nanami_reconcile::Desired;
+
+/// Why a desired state was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refused {
+    /// Its generation is older than the one in force (no rollback).
+    #[error("generation {offered} is older than {current}, which is in force (no rollback)")]
+    Older {
+        /// Offered generation.
+        offered: u64,
+        /// Generation in force.
+        current: u64,
+    },
+    /// The same generation with a different state: the manager's history forked.
+    #[error("generation {0} differs from the saved one with the same number")]
+    Forked(u64),
+    /// It names objects Nanami does not own.
+    #[error(
+        "it names objects Nanami does not own (interfaces must be nm-*, routes and rules Nanami's)"
+    )]
+    NotOwned,
+    /// It could not be saved; it is not used either.
+    #[error("saving it failed: {0}")]
+    Save(std::io::Error),
+}
+
+/// How an offer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Newer: checked, saved, now in force.
+    Accepted,
+    /// The state in force already.
+    Same,
+}
+
+/// The saved desired state.
+#[derive(Debug)]
+pub struct LastKnownGood {
+    path: PathBuf,
+    current: Option<Arc<Desired>>,
+}
+
+/// Why the saved state could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct LoadError {
+    path: PathBuf,
+    message: String,
+}
+
+fn check(desired: &Desired) -> Result<(), Refused> {
+    if desired.state.owned() == desired.state {
+        Ok(())
+    } else {
+        Err(Refused::NotOwned)
+    }
+}
+
+impl LastKnownGood {
+    /// Loads the saved state at `path` (none if the file does not exist). A file
+    /// that does not parse or check is an error: the daemon must not guess.
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let error = |message: String| LoadError {
+            path: path.to_owned(),
+            message,
+        };
+        let current = match std::fs::read(path) {
+            Ok(bytes) => {
+                let desired: Desired =
+                    serde_json::from_slice(&bytes).map_err(|e| error(e.to_string()))?;
+                check(&desired).map_err(|e| error(e.to_string()))?;
+                Some(Arc::new(desired))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(error(e.to_string())),
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            current,
+        })
+    }
+
+    /// The state in force.
+    pub fn current(&self) -> Option<Arc<Desired>> {
+        self.current.clone()
+    }
+
+    /// Its generation.
+    pub fn generation(&self) -> Option<u64> {
+        self.current.as_ref().map(|d| d.generation)
+    }
+
+    /// Offers a state from the manager: refused if older than the one in force or
+    /// failing the checks; saved before it is put in force.
+    pub fn offer(&mut self, desired: Desired) -> Result<Offer, Refused> {
+        if let Some(current) = &self.current {
+            if desired.generation < current.generation {
+                return Err(Refused::Older {
+                    offered: desired.generation,
+                    current: current.generation,
+                });
+            }
+            if desired.generation == current.generation {
+                return if desired == **current {
+                    Ok(Offer::Same)
+                } else {
+                    Err(Refused::Forked(desired.generation))
+                };
+            }
+        }
+        check(&desired)?;
+        let bytes = serde_json::to_vec_pretty(&desired).map_err(|e| Refused::Save(e.into()))?;
+        nanami_wg::linux::write_atomic(&self.path, &bytes).map_err(Refused::Save)?;
+        self.current = Some(Arc::new(desired));
+        Ok(Offer::Accepted)
+    }
+
+    /// Forgets the saved state (for `--teardown`).
+    pub fn remove(path: &Path) -> std::io::Result<()> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            Ok(()) | Err(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use nanami_model::GatewayState;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nanami-lkg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn refuses_older_and_survives_reload() {
+        let d = dir("older");
+        let path = d.join("desired.json");
+        let mut lkg = LastKnownGood::load(&path).unwrap();
+        assert_eq!(lkg.generation(), None);
+        let state = GatewayState::default();
+        assert_eq!(
+            lkg.offer(Desired {
+                generation: 5,
+                state: state.clone()
+            })
+            .unwrap(),
+            Offer::Accepted
+        );
+        assert!(matches!(
+            lkg.offer(Desired {
+                generation: 4,
+                state: state.clone()
+            }),
+            Err(Refused::Older {
+                offered: 4,
+                current: 5
+            })
+        ));
+        assert_eq!(
+            lkg.offer(Desired {
+                generation: 5,
+                state
+            })
+            .unwrap(),
+            Offer::Same
+        );
+        let reloaded = LastKnownGood::load(&path).unwrap();
+        assert_eq!(reloaded.generation(), Some(5));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

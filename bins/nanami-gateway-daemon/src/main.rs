@@ -1,0 +1,161 @@
+//! `nanami-gateway-daemon`: run (the default) or `--teardown`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use nanami_gateway_daemon::{ensure_key, run, DaemonConfig, LastKnownGood};
+use nanami_model::{GatewayId, GatewayState};
+use nanami_reconcile::sim::SimPlatform;
+use nanami_wg::linux::{LinuxConfig, LinuxPlatform};
+use tracing::{error, info};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PlatformKind {
+    /// This machine's network namespace (needs CAP_NET_ADMIN).
+    Linux,
+    /// An in-memory machine (tests, benchmarks, dry runs).
+    Sim,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "nanami-gateway-daemon",
+    version,
+    about = "Nanami's gateway daemon"
+)]
+struct Cli {
+    /// The manager's URL.
+    #[arg(long, default_value = "https://127.0.0.1:7443")]
+    manager: String,
+    /// The CA certificate of the manager (from `nanami-gateway-manager init`).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// This gateway's id.
+    #[arg(long)]
+    gateway: Option<String>,
+    /// Key, credential and last-known-good state.
+    #[arg(long, default_value = "/var/lib/nanami-gateway-daemon")]
+    state_dir: PathBuf,
+    /// A file holding a one-time enrolment token (needed once, on first start).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The machine to drive.
+    #[arg(long, value_enum, default_value_t = PlatformKind::Linux)]
+    platform: PlatformKind,
+    /// Report to the manager at least this often, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    report_interval_ms: u64,
+    /// Reconcile at least this often, in milliseconds, even without events.
+    #[arg(long, default_value_t = 30_000)]
+    resync_ms: u64,
+    /// Print the public key (generating the key on first use) and exit.
+    #[arg(long)]
+    print_public_key: bool,
+    /// Remove everything Nanami owns on this machine and the saved desired state,
+    /// then exit (key and credential stay).
+    #[arg(long)]
+    teardown: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            error!("starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main_async(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn main_async(cli: Cli) -> anyhow::Result<()> {
+    let key_file = cli.state_dir.join("private.key");
+    let public_key = ensure_key(&key_file)?;
+    if cli.print_public_key {
+        println!("{public_key}");
+        return Ok(());
+    }
+    if cli.teardown {
+        let mut platform = LinuxPlatform::new(LinuxConfig::in_dir(&cli.state_dir))?;
+        platform.teardown().await?;
+        LastKnownGood::remove(&cli.state_dir.join("desired.json"))?;
+        info!("removed everything Nanami owns on this machine");
+        return Ok(());
+    }
+    let gateway =
+        GatewayId::new(cli.gateway.context("--gateway is required")?).context("--gateway")?;
+    let token = match &cli.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let config = DaemonConfig {
+        manager: cli.manager,
+        ca: cli.ca,
+        gateway,
+        state_dir: cli.state_dir.clone(),
+        token,
+        report_every: Duration::from_millis(cli.report_interval_ms),
+        poll_wait: Duration::from_secs(30),
+        reconcile: nanami_reconcile::Config {
+            resync: Duration::from_millis(cli.resync_ms),
+            ..nanami_reconcile::Config::default()
+        },
+        facts: None,
+    };
+    info!(gateway = %config.gateway, %public_key, "starting");
+    match cli.platform {
+        PlatformKind::Linux => {
+            let platform = LinuxPlatform::new(LinuxConfig::in_dir(&cli.state_dir))?;
+            run(config, public_key, platform, shutdown_signal()).await
+        }
+        PlatformKind::Sim => {
+            let platform = SimPlatform::new(GatewayState::default());
+            run(config, public_key, platform, shutdown_signal()).await
+        }
+    }
+}
+
+/// SIGTERM or Ctrl-C. SIGTERM stops the loop; keeping the data plane forwarding
+/// after the process exits is the Linux platform's detached-device mode (to come).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    info!("signal received: stopping");
+}

@@ -1,0 +1,480 @@
+//! Persistence behind the [`Store`] trait; [`SqliteStore`] is the embedded default.
+//!
+//! Every write that must be atomic is one method, so another implementation (a
+//! server database) only has to make each method one transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Mutex;
+
+use nanami_api::wire::Subject;
+use nanami_model::{GatewayId, NodeId, PublicKey};
+use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database failed (disk full, corrupt file, locked past the busy timeout).
+    #[error("store: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// A stored row does not parse (written by a newer or broken version).
+    #[error("store: bad row in {table}: {message}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A SHA-256 digest of a credential or token.
+pub type Digest = [u8; 32];
+
+/// What a credential authenticates as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The control plane.
+    Control,
+    /// A platform operator (read-only oversight).
+    Operator,
+    /// One gateway's daemon.
+    Gateway(GatewayId),
+    /// One client node.
+    Node(NodeId),
+}
+
+/// One gateway's compiled state as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRow {
+    /// Its generation.
+    pub generation: u64,
+    /// The compiled [`nanami_model::GatewayState`], as JSON.
+    pub state_json: String,
+}
+
+/// Everything the manager loads at start.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The newest topology revision and its document (JSON).
+    pub topology: Option<(u64, String)>,
+    /// Gateways' generations and states.
+    pub gateways: BTreeMap<GatewayId, GatewayRow>,
+    /// Gateways last known offline.
+    pub offline: BTreeSet<GatewayId>,
+    /// The last observed report of each gateway: (received Unix ms, report JSON).
+    pub observed: BTreeMap<GatewayId, (u64, String)>,
+    /// Enrolled gateway keys.
+    pub gateway_keys: BTreeMap<GatewayId, PublicKey>,
+}
+
+/// How redeeming an enrolment token ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redeemed {
+    /// The token was valid and unused; it is now used and the credential stored.
+    Enrolled(Subject),
+    /// Unknown, expired or already used.
+    Refused,
+}
+
+/// The manager's persistence. Each method is atomic.
+pub trait Store: Send + Sync {
+    /// Loads everything the manager keeps in memory.
+    fn load(&self) -> Result<Snapshot, StoreError>;
+
+    /// Stores a topology revision (if `document` differs from the newest) together
+    /// with the gateways whose generation changed, in one transaction. Returns the
+    /// newest revision.
+    fn put_topology(
+        &self,
+        document: &str,
+        now_ms: u64,
+        changed: &BTreeMap<GatewayId, GatewayRow>,
+    ) -> Result<u64, StoreError>;
+
+    /// Stores new generations and the offline set (a health change), atomically.
+    fn put_health(
+        &self,
+        offline: &BTreeSet<GatewayId>,
+        changed: &BTreeMap<GatewayId, GatewayRow>,
+    ) -> Result<(), StoreError>;
+
+    /// Stores a gateway's latest observed report.
+    fn put_observed(
+        &self,
+        gateway: &GatewayId,
+        now_ms: u64,
+        report: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Stores an enrolment token's digest.
+    fn add_token(
+        &self,
+        digest: &Digest,
+        subject: &Subject,
+        expires_at: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Atomically: marks the token used if it is unused and unexpired, asks `accept`
+    /// for the digest of the subject's new credential (`None` refuses and rolls
+    /// everything back: the token stays unused), then replaces the subject's
+    /// credential with it, recording `key`.
+    fn redeem_token(
+        &self,
+        token: &Digest,
+        now: u64,
+        key: &PublicKey,
+        accept: &mut dyn FnMut(&Subject) -> Option<Digest>,
+    ) -> Result<Redeemed, StoreError>;
+
+    /// Replaces the control or operator credential.
+    fn set_api_credential(&self, principal: &Principal, digest: &Digest) -> Result<(), StoreError>;
+
+    /// Who `digest` belongs to (the caller compares in constant time too).
+    fn principal(&self, digest: &Digest) -> Result<Option<(Principal, Digest)>, StoreError>;
+}
+
+/// The embedded store: one SQLite file in WAL mode.
+///
+/// `synchronous = NORMAL` in WAL mode keeps every committed transaction across a
+/// process crash or restart (what "restart loses nothing" needs); only a power loss
+/// can drop the newest commits, never corrupt the file.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS topology_revisions (
+    revision INTEGER PRIMARY KEY AUTOINCREMENT,
+    document TEXT NOT NULL,
+    created_unix_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gateways (
+    id TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS health (
+    gateway TEXT PRIMARY KEY,
+    offline INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS observed (
+    gateway TEXT PRIMARY KEY,
+    received_unix_ms INTEGER NOT NULL,
+    report TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS enrolment_tokens (
+    digest BLOB PRIMARY KEY,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS credentials (
+    digest BLOB PRIMARY KEY,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    public_key TEXT
+);
+CREATE INDEX IF NOT EXISTS credentials_subject ON credentials (kind, subject);
+";
+
+fn subject_parts(subject: &Subject) -> (&'static str, &str) {
+    match subject {
+        Subject::Gateway(g) => ("gateway", g.as_str()),
+        Subject::Node(n) => ("node", n.as_str()),
+    }
+}
+
+fn corrupt(table: &'static str, message: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        message: message.to_string(),
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll
+        // back on drop), so a poisoned lock is safe to keep using.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn write_rows(
+    tx: &rusqlite::Transaction<'_>,
+    changed: &BTreeMap<GatewayId, GatewayRow>,
+) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO gateways (id, generation, state) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET generation = excluded.generation, state = excluded.state",
+    )?;
+    for (id, row) in changed {
+        stmt.execute(params![id.as_str(), to_i64(row.generation), row.state_json])?;
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let conn = self.conn();
+        let mut snap = Snapshot {
+            topology: conn
+                .query_row(
+                    "SELECT revision, document FROM topology_revisions ORDER BY revision DESC LIMIT 1",
+                    [],
+                    |r| Ok((to_u64(r.get(0)?), r.get::<_, String>(1)?)),
+                )
+                .optional()?,
+            ..Snapshot::default()
+        };
+        let mut stmt = conn.prepare("SELECT id, generation, state FROM gateways")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                to_u64(r.get(1)?),
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, generation, state_json) = row?;
+            let id = GatewayId::new(id).map_err(|e| corrupt("gateways", e))?;
+            snap.gateways.insert(
+                id,
+                GatewayRow {
+                    generation,
+                    state_json,
+                },
+            );
+        }
+        let mut stmt = conn.prepare("SELECT gateway FROM health WHERE offline = 1")?;
+        for id in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            snap.offline
+                .insert(GatewayId::new(id?).map_err(|e| corrupt("health", e))?);
+        }
+        let mut stmt = conn.prepare("SELECT gateway, received_unix_ms, report FROM observed")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                to_u64(r.get(1)?),
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, at, report) = row?;
+            let id = GatewayId::new(id).map_err(|e| corrupt("observed", e))?;
+            snap.observed.insert(id, (at, report));
+        }
+        let mut stmt = conn.prepare(
+            "SELECT subject, public_key FROM credentials WHERE kind = 'gateway' AND public_key IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (id, key) = row?;
+            let id = GatewayId::new(id).map_err(|e| corrupt("credentials", e))?;
+            let key: PublicKey = key.parse().map_err(|e| corrupt("credentials", e))?;
+            snap.gateway_keys.insert(id, key);
+        }
+        Ok(snap)
+    }
+
+    fn put_topology(
+        &self,
+        document: &str,
+        now_ms: u64,
+        changed: &BTreeMap<GatewayId, GatewayRow>,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let newest: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT revision, document FROM topology_revisions ORDER BY revision DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let revision = match newest {
+            Some((rev, doc)) if doc == document => to_u64(rev),
+            Some(_) | None => {
+                tx.execute(
+                    "INSERT INTO topology_revisions (document, created_unix_ms) VALUES (?1, ?2)",
+                    params![document, to_i64(now_ms)],
+                )?;
+                to_u64(tx.last_insert_rowid())
+            }
+        };
+        write_rows(&tx, changed)?;
+        tx.commit()?;
+        Ok(revision)
+    }
+
+    fn put_health(
+        &self,
+        offline: &BTreeSet<GatewayId>,
+        changed: &BTreeMap<GatewayId, GatewayRow>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM health", [])?;
+        {
+            let mut stmt =
+                tx.prepare_cached("INSERT INTO health (gateway, offline) VALUES (?1, 1)")?;
+            for id in offline {
+                stmt.execute(params![id.as_str()])?;
+            }
+        }
+        write_rows(&tx, changed)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn put_observed(
+        &self,
+        gateway: &GatewayId,
+        now_ms: u64,
+        report: &str,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO observed (gateway, received_unix_ms, report) VALUES (?1, ?2, ?3)
+             ON CONFLICT (gateway) DO UPDATE SET received_unix_ms = excluded.received_unix_ms,
+             report = excluded.report",
+            params![gateway.as_str(), to_i64(now_ms), report],
+        )?;
+        Ok(())
+    }
+
+    fn add_token(
+        &self,
+        digest: &Digest,
+        subject: &Subject,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let (kind, id) = subject_parts(subject);
+        self.conn().execute(
+            "INSERT INTO enrolment_tokens (digest, kind, subject, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![&digest[..], kind, id, to_i64(expires_at)],
+        )?;
+        Ok(())
+    }
+
+    fn redeem_token(
+        &self,
+        token: &Digest,
+        now: u64,
+        key: &PublicKey,
+        accept: &mut dyn FnMut(&Subject) -> Option<Digest>,
+    ) -> Result<Redeemed, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let row: Option<(String, String)> = tx
+            .query_row(
+                "UPDATE enrolment_tokens SET used_at = ?1
+                 WHERE digest = ?2 AND used_at IS NULL AND expires_at > ?1
+                 RETURNING kind, subject",
+                params![to_i64(now), &token[..]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((kind, id)) = row else {
+            return Ok(Redeemed::Refused);
+        };
+        let subject = match kind.as_str() {
+            "gateway" => Subject::Gateway(
+                GatewayId::new(id.clone()).map_err(|e| corrupt("enrolment_tokens", e))?,
+            ),
+            "node" => {
+                Subject::Node(NodeId::new(id.clone()).map_err(|e| corrupt("enrolment_tokens", e))?)
+            }
+            other => return Err(corrupt("enrolment_tokens", format!("kind {other:?}"))),
+        };
+        let Some(credential) = accept(&subject) else {
+            // Dropping the transaction rolls back: the token stays unused.
+            return Ok(Redeemed::Refused);
+        };
+        tx.execute(
+            "DELETE FROM credentials WHERE kind = ?1 AND subject = ?2",
+            params![kind, id],
+        )?;
+        tx.execute(
+            "INSERT INTO credentials (digest, kind, subject, public_key) VALUES (?1, ?2, ?3, ?4)",
+            params![&credential[..], kind, id, key.to_base64()],
+        )?;
+        tx.commit()?;
+        Ok(Redeemed::Enrolled(subject))
+    }
+
+    fn set_api_credential(&self, principal: &Principal, digest: &Digest) -> Result<(), StoreError> {
+        let kind = match principal {
+            Principal::Control => "control",
+            Principal::Operator => "operator",
+            Principal::Gateway(_) | Principal::Node(_) => {
+                return Err(corrupt(
+                    "credentials",
+                    "only control/operator are set directly",
+                ))
+            }
+        };
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM credentials WHERE kind = ?1", params![kind])?;
+        tx.execute(
+            "INSERT INTO credentials (digest, kind, subject) VALUES (?1, ?2, '')",
+            params![&digest[..], kind],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn principal(&self, digest: &Digest) -> Result<Option<(Principal, Digest)>, StoreError> {
+        let row: Option<(Vec<u8>, String, String)> = self
+            .conn()
+            .query_row(
+                "SELECT digest, kind, subject FROM credentials WHERE digest = ?1",
+                params![&digest[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((stored, kind, subject)) = row else {
+            return Ok(None);
+        };
+        let stored: Digest = stored
+            .try_into()
+            .map_err(|_| corrupt("credentials", "digest is not 32 bytes"))?;
+        let principal = match kind.as_str() {
+            "control" => Principal::Control,
+            "operator" => Principal::Operator,
+            "gateway" => {
+                Principal::Gateway(GatewayId::new(subject).map_err(|e| corrupt("credentials", e))?)
+            }
+            "node" => Principal::Node(NodeId::new(subject).map_err(|e| corrupt("credentials", e))?),
+            other => return Err(corrupt("credentials", format!("kind {other:?}"))),
+        };
+        Ok(Some((principal, stored)))
+    }
+}
