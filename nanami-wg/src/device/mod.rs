@@ -22,6 +22,8 @@
 //! the UAPI socket. A process that owns a device stops it on SIGTERM by calling it;
 //! see the `nanami-device` binary.
 
+#![deny(missing_docs)]
+
 mod allowed_ips;
 mod config;
 mod dataplane;
@@ -788,4 +790,18 @@ fn random_u32() -> u32 {
     // SAFETY: getrandom writes at most `b.len()` bytes into the valid buffer `b`.
     let _ = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
     u32::from_ne_bytes(b)
+}
+
+// ---- Fuzzing seam (issue 10, fuzz/fuzz_targets/uapi.rs): keep it this small. ----
+/// Not part of the API: entry points for the `fuzz/` crate and regression tests.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Frames `stream` into requests and parses each, exactly as the UAPI server
+    /// does with what arrives on its socket (without applying them).
+    pub fn uapi_requests(stream: &[u8]) {
+        let mut reader = std::io::Cursor::new(stream);
+        while let Ok(Some(lines)) = super::uapi::read_request(&mut reader) {
+            let _ = super::uapi::parse(&lines);
+        }
+    }
 }

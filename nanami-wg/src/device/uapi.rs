@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use nanami_model::{PrivateKey, PublicKey};
+use zeroize::Zeroize;
 
 use super::config::{DeviceInfo, DeviceUpdate, PeerUpdate, PresharedKey, PRESHARED_KEY_LEN};
 use super::error::{DeviceError, UapiError};
@@ -213,7 +214,7 @@ fn parse_device_key(
             } else {
                 Some(PrivateKey::from_bytes(bytes))
             });
-            zeroize::Zeroize::zeroize(&mut bytes);
+            bytes.zeroize();
         }
         "listen_port" => {
             u.listen_port = Some(
@@ -249,7 +250,7 @@ fn parse_peer_key(p: &mut PeerUpdate, n: usize, key: &str, value: &str) -> Resul
         "preshared_key" => {
             let mut bytes = parse_hex32(n, "preshared_key", value)?;
             let k = PresharedKey::from_bytes(bytes);
-            zeroize::Zeroize::zeroize(&mut bytes);
+            bytes.zeroize();
             p.preshared_key = Some((!k.is_zero()).then_some(k));
         }
         "endpoint" => {
@@ -521,9 +522,13 @@ fn handle_connection(shared: &Arc<Shared>, stream: &UnixStream) -> io::Result<()
     loop {
         match read_request(&mut reader) {
             Ok(None) => return Ok(()),
-            Ok(Some(lines)) => {
-                let answer = respond(shared, &lines);
-                (&*stream).write_all(answer.as_bytes())?;
+            Ok(Some(mut lines)) => {
+                let mut answer = respond(shared, &lines);
+                // Requests and answers may carry the private key in hex.
+                lines.zeroize();
+                let written = (&*stream).write_all(answer.as_bytes());
+                answer.zeroize();
+                written?;
             }
             Err(ReadError::Protocol(e)) => {
                 tracing::warn!(error = %e, "UAPI request refused; closing the connection");
