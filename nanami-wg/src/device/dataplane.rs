@@ -300,7 +300,8 @@ fn handle_datagram(
         bump(&c.handshake_rejected);
         return;
     };
-    let authenticated = match tunn.decapsulate(Some(src.ip()), datagram, out) {
+    let base = out.as_ptr() as usize;
+    let outcome = match tunn.decapsulate(Some(src.ip()), datagram, out) {
         TunnResult::WriteToNetwork(reply) => {
             let is_cookie = reply.first() == Some(&(MSG_COOKIE_REPLY as u8));
             if is_cookie {
@@ -311,17 +312,23 @@ fn handle_datagram(
             if sockets.send_to(reply, src).is_err() {
                 bump(&c.udp_send_errors);
             }
-            !is_cookie
+            if is_cookie {
+                Outcome::Dropped
+            } else {
+                Outcome::Control
+            }
         }
-        TunnResult::WriteToTunnelV4(packet, inner_src) => {
-            deliver(shared, state, peer, packet, inner_src.into());
-            true
-        }
-        TunnResult::WriteToTunnelV6(packet, inner_src) => {
-            deliver(shared, state, peer, packet, inner_src.into());
-            true
-        }
-        TunnResult::Done => true,
+        TunnResult::WriteToTunnelV4(packet, inner_src) => Outcome::Data {
+            start: packet.as_ptr() as usize - base,
+            len: packet.len(),
+            inner_src: inner_src.into(),
+        },
+        TunnResult::WriteToTunnelV6(packet, inner_src) => Outcome::Data {
+            start: packet.as_ptr() as usize - base,
+            len: packet.len(),
+            inner_src: inner_src.into(),
+        },
+        TunnResult::Done => Outcome::Control,
         TunnResult::Err(e) => {
             if matches!(
                 e,
@@ -332,27 +339,56 @@ fn handle_datagram(
                 tracing::debug!(peer = %peer.public_key, error = ?e, "packet dropped");
             }
             bump(&c.decrypt_failed);
-            false
+            Outcome::Dropped
         }
     };
-    if !authenticated {
+    if let Outcome::Dropped = outcome {
         return;
     }
     peer.add_rx(datagram.len());
     // Roaming: the peer is wherever its last authenticated packet came from.
     inner.endpoint = Some(src);
     inner.last_traversal = Some(Instant::now());
-    // After a handshake, packets queued while it ran can go.
-    let Some(tunn) = inner.tunn.as_mut() else {
-        return;
-    };
-    while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], out) {
-        peer.add_tx(queued.len());
-        if sockets.send_to(queued, src).is_err() {
-            bump(&c.udp_send_errors);
+    match outcome {
+        Outcome::Data {
+            start,
+            len,
+            inner_src,
+        } => {
+            // The TUN write happens outside the peer's lock, so the TUN thread can
+            // encrypt for this peer meanwhile.
+            drop(inner);
+            if let Some(packet) = out.get(start..start + len) {
+                deliver(shared, state, peer, packet, inner_src);
+            }
+        }
+        Outcome::Control | Outcome::Dropped => {
+            // After a handshake, packets queued while it ran can go.
+            if let Some(tunn) = inner.tunn.as_mut() {
+                while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], out) {
+                    peer.add_tx(queued.len());
+                    if sockets.send_to(queued, src).is_err() {
+                        bump(&c.udp_send_errors);
+                    }
+                }
+            }
+            inner.refresh_handshake_time();
         }
     }
-    inner.refresh_handshake_time();
+}
+
+/// What decapsulating one datagram produced.
+enum Outcome {
+    /// Nothing authenticated (or only a cookie reply was sent).
+    Dropped,
+    /// An authenticated handshake message or keepalive.
+    Control,
+    /// A decrypted packet at `out[start..start + len]`.
+    Data {
+        start: usize,
+        len: usize,
+        inner_src: std::net::IpAddr,
+    },
 }
 
 /// Cryptokey routing: the inner source must be routed to the very peer it came from.
