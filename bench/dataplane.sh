@@ -157,19 +157,27 @@ setup_namespaces
 ip netns exec "$R" iperf3 -s -D --pidfile "$WORK/iperf3.pid" >/dev/null
 sleep 0.3
 
-declare -A RESULT
+# Runs are interleaved (run 1 of every implementation, then run 2, …) so that a
+# change in machine load hits every implementation alike.
+declare -A RUNS_OF
 for impl in "${IMPLS[@]}"; do
     case $impl in plain|nanami|wggo|boringtun) ;; *) echo "unknown impl $impl" >&2; exit 2 ;; esac
     need_binary "$impl"
-    if [ "$impl" = plain ]; then plain_up; else tunnel_up "$impl"; fi
-    runs=()
-    for i in $(seq 1 "$RUNS"); do
-        r=$(run_iperf); runs+=("$r")
+    RUNS_OF[$impl]=""
+done
+for i in $(seq 1 "$RUNS"); do
+    for impl in "${IMPLS[@]}"; do
+        if [ "$impl" = plain ]; then plain_up; else tunnel_up "$impl"; fi
+        r=$(run_iperf)
+        RUNS_OF[$impl]="${RUNS_OF[$impl]} $r"
         echo "$impl run $i: $r Mbit/s" >&2
+        if [ "$impl" = plain ]; then plain_down; else tunnel_down; fi
     done
-    if [ "$impl" = plain ]; then plain_down; else tunnel_down; fi
-    median=$(printf '%s\n' "${runs[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-    RESULT[$impl]="$median (runs: ${runs[*]})"
+done
+declare -A RESULT
+for impl in "${IMPLS[@]}"; do
+    median=$(printf '%s\n' ${RUNS_OF[$impl]} | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    RESULT[$impl]="$median (runs:${RUNS_OF[$impl]})"
     eval "MED_$impl=$median"
 done
 
