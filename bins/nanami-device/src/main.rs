@@ -157,7 +157,9 @@ fn run(name: &str) -> anyhow::Result<()> {
             break Ok(());
         }
         if !device.is_running() {
-            break Err(anyhow::anyhow!("the TUN interface went away"));
+            // The interface was deleted: as wireguard-go, stop cleanly.
+            tracing::warn!("the TUN interface went away; stopping");
+            break Ok(());
         }
         if !socket.exists() {
             tracing::info!("UAPI socket deleted; stopping");

@@ -88,3 +88,28 @@ fn runs_until_sigterm_then_stops_cleanly() {
         "TUN interface left behind"
     );
 }
+
+#[test]
+fn stops_cleanly_when_its_interface_is_deleted() {
+    common::require(&[]);
+    let ns = Netns::new("bin");
+    let name = ifname("e");
+    let sock = std::path::PathBuf::from(format!("/var/run/wireguard/{name}.sock"));
+    let child = ns
+        .command(env!("CARGO_BIN_EXE_nanami-device"))
+        .args(["--foreground", &name])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start nanami-device");
+    let mut guard = Guard(Some(child));
+    wait_for("the UAPI socket", || sock.exists());
+    ns.ip(&["link", "del", &name]);
+    let child = guard.0.as_mut().expect("child");
+    wait_for("the device to exit", || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    let status = child.try_wait().expect("wait").expect("exited");
+    guard.0 = None;
+    assert!(status.success(), "exit status {status}");
+    assert!(!sock.exists(), "socket left behind");
+}
