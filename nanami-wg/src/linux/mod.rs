@@ -12,6 +12,7 @@
 //! - out-of-band changes arrive as events ([`events`]).
 
 pub mod events;
+pub mod kernel;
 pub mod keyfile;
 pub mod netlink;
 pub mod nft;

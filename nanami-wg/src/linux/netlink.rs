@@ -264,6 +264,12 @@ impl Netlink {
         ok_if_errno(self.handle.link().set(msg).execute().await, &[])
     }
 
+    /// `ip link add <name> type wireguard` (kernel backend only).
+    pub async fn add_wireguard_link(&self, name: &str) -> Result<(), PlatformError> {
+        let msg = rtnetlink::LinkWireguard::new(name).build();
+        ok_if_errno(self.handle.link().add(msg).execute().await, &[EEXIST])
+    }
+
     /// `ip link del dev <index>`.
     pub async fn del_link(&self, index: u32) -> Result<(), PlatformError> {
         ok_if_errno(self.handle.link().del(index).execute().await, &gone())

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use super::events::{self, Events};
+use super::kernel::{self, KernelWg};
 use super::netlink::{Link, Netlink};
 use super::{nft, sysctl, PlatformError};
 use crate::device::{Device, DeviceInfo, DeviceOptions, PeerConfig, TunSource, DEFAULT_UAPI_DIR};
@@ -47,8 +48,11 @@ pub struct LinuxConfig {
     /// (in-process devices only; detached devices always serve one, in
     /// `/var/run/wireguard`).
     pub uapi_dir: Option<PathBuf>,
-    /// Where the devices run.
+    /// Where the devices run when the kernel has no WireGuard.
     pub device: DeviceMode,
+    /// Use the kernel's WireGuard when it has one (probed once, through its generic
+    /// netlink family); the userspace `device` mode otherwise.
+    pub prefer_kernel: bool,
 }
 
 impl LinuxConfig {
@@ -60,6 +64,7 @@ impl LinuxConfig {
             state_dir,
             uapi_dir: Some(PathBuf::from(DEFAULT_UAPI_DIR)),
             device: DeviceMode::InProcess,
+            prefer_kernel: true,
         }
     }
 }
@@ -68,13 +73,16 @@ impl LinuxConfig {
 enum Wg {
     InProcess(Device),
     Detached(UapiClient),
+    /// The kernel's WireGuard, by interface name.
+    Kernel(KernelWg),
 }
 
 impl Wg {
-    fn get(&self, name: &InterfaceName) -> Result<DeviceInfo, PlatformError> {
+    async fn get(&self, name: &InterfaceName) -> Result<DeviceInfo, PlatformError> {
         match self {
             Self::InProcess(d) => Ok(d.get()),
             Self::Detached(c) => c.get().map_err(uapi_error(name)),
+            Self::Kernel(k) => k.get(name.as_str()).await,
         }
     }
 
@@ -82,45 +90,68 @@ impl Wg {
         match self {
             Self::InProcess(d) => d.is_running(),
             Self::Detached(c) => c.path().exists(),
+            Self::Kernel(_) => true,
         }
     }
 
-    fn set_private_key(&self, name: &InterfaceName, key: &PrivateKey) -> Result<(), PlatformError> {
+    async fn set_private_key(
+        &self,
+        name: &InterfaceName,
+        key: &PrivateKey,
+    ) -> Result<(), PlatformError> {
         match self {
             Self::InProcess(d) => d.set_private_key(key.clone()).map_err(device_error(name)),
             Self::Detached(c) => c.set_private_key(key).map_err(uapi_error(name)),
+            Self::Kernel(k) => {
+                k.set(kernel::device_message(name.as_str(), Some(key), None))
+                    .await
+            }
         }
     }
 
-    fn set_listen_port(&self, name: &InterfaceName, port: u16) -> Result<(), PlatformError> {
+    async fn set_listen_port(&self, name: &InterfaceName, port: u16) -> Result<(), PlatformError> {
         match self {
             Self::InProcess(d) => d
                 .set_listen_port(port)
                 .map(|_| ())
                 .map_err(device_error(name)),
             Self::Detached(c) => c.set_listen_port(port).map_err(uapi_error(name)),
+            Self::Kernel(k) => {
+                k.set(kernel::device_message(name.as_str(), None, Some(port)))
+                    .await
+            }
         }
     }
 
-    fn upsert_peer(&self, name: &InterfaceName, peer: &PeerConfig) -> Result<(), PlatformError> {
+    async fn upsert_peer(
+        &self,
+        name: &InterfaceName,
+        peer: &PeerConfig,
+    ) -> Result<(), PlatformError> {
         match self {
             Self::InProcess(d) => d.upsert_peer(peer).map_err(device_error(name)),
             Self::Detached(c) => c.upsert_peer(peer).map_err(uapi_error(name)),
+            Self::Kernel(k) => k.set(kernel::peer_message(name.as_str(), peer)).await,
         }
     }
 
-    fn remove_peer(&self, name: &InterfaceName, key: &PublicKey) -> Result<(), PlatformError> {
+    async fn remove_peer(
+        &self,
+        name: &InterfaceName,
+        key: &PublicKey,
+    ) -> Result<(), PlatformError> {
         match self {
             Self::InProcess(d) => d.remove_peer(key).map(|_| ()).map_err(device_error(name)),
             Self::Detached(c) => c.remove_peer(key).map_err(uapi_error(name)),
+            Self::Kernel(k) => k.set(kernel::remove_peer_message(name.as_str(), key)).await,
         }
     }
 
-    /// Stops an in-process device; a detached one stops when its link is deleted.
+    /// Stops an in-process device; a detached or kernel one goes with its link.
     fn shutdown(self) {
         match self {
             Self::InProcess(d) => d.shutdown(),
-            Self::Detached(_) => {}
+            Self::Detached(_) | Self::Kernel(_) => {}
         }
     }
 }
@@ -158,6 +189,8 @@ pub struct LinuxPlatform {
     devices: BTreeMap<InterfaceName, Managed>,
     events: Option<(Events, Option<mpsc::Receiver<PlatformEvent>>)>,
     sysctls: sysctl::Record,
+    /// The kernel backend once probed: `Some(None)` when the kernel has none.
+    kernel: Option<Option<KernelWg>>,
 }
 
 impl std::fmt::Debug for LinuxPlatform {
@@ -187,6 +220,7 @@ impl LinuxPlatform {
             devices: BTreeMap::new(),
             events: Some((ev, Some(rx))),
             sysctls,
+            kernel: None,
         })
     }
 
@@ -232,8 +266,19 @@ impl LinuxPlatform {
             info!(interface = %name, "removing a stale link before creating the device");
             self.netlink.del_link(stale.index).await?;
         }
-        let device = match &self.config.device {
-            DeviceMode::InProcess => {
+        let device = match (self.kernel_backend().await, &self.config.device) {
+            (Some(kernel), _) => {
+                self.netlink.add_wireguard_link(name.as_str()).await?;
+                kernel
+                    .set(kernel::device_message(
+                        name.as_str(),
+                        None,
+                        Some(listen_port.unwrap_or(0)),
+                    ))
+                    .await?;
+                Wg::Kernel(kernel)
+            }
+            (None, DeviceMode::InProcess) => {
                 let options = DeviceOptions {
                     uapi_dir: self.config.uapi_dir.clone(),
                     listen_port: listen_port.unwrap_or(0),
@@ -242,7 +287,7 @@ impl LinuxPlatform {
                     .map_err(device_error(name))?;
                 Wg::InProcess(device)
             }
-            DeviceMode::Detached { program } => {
+            (None, DeviceMode::Detached { program }) => {
                 spawn_detached(program, name).await?;
                 let client = UapiClient::new(Path::new(DEFAULT_UAPI_DIR), name.as_str());
                 client
@@ -251,7 +296,7 @@ impl LinuxPlatform {
                 Wg::Detached(client)
             }
         };
-        device.set_private_key(name, &self.key)?;
+        device.set_private_key(name, &self.key).await?;
         self.devices.insert(
             name.clone(),
             Managed {
@@ -263,7 +308,7 @@ impl LinuxPlatform {
         self.netlink.set_link(index, mtu).await
     }
 
-    fn upsert_peer(
+    async fn upsert_peer(
         &mut self,
         name: &InterfaceName,
         key: &PublicKey,
@@ -274,9 +319,32 @@ impl LinuxPlatform {
         config.endpoint = peer.endpoint;
         config.allowed_ips = peer.allowed_ips.iter().copied().collect();
         config.persistent_keepalive = peer.persistent_keepalive;
-        managed.device.upsert_peer(name, &config)?;
+        managed.device.upsert_peer(name, &config).await?;
         managed.endpoints.insert(*key, peer.endpoint);
         Ok(())
+    }
+
+    /// The kernel backend, probed on first use; `None` when the kernel has no
+    /// WireGuard or the configuration prefers userspace.
+    async fn kernel_backend(&mut self) -> Option<KernelWg> {
+        if !self.config.prefer_kernel {
+            return None;
+        }
+        if self.kernel.is_none() {
+            let probed = KernelWg::probe().await;
+            info!(kernel = probed.is_some(), "probed the kernel for WireGuard");
+            self.kernel = Some(probed);
+        }
+        self.kernel.clone().flatten()
+    }
+
+    /// Which backend new interfaces get: `"kernel"`, `"in-process"` or `"detached"`.
+    pub async fn backend(&mut self) -> &'static str {
+        match (self.kernel_backend().await, &self.config.device) {
+            (Some(_), _) => "kernel",
+            (None, DeviceMode::InProcess) => "in-process",
+            (None, DeviceMode::Detached { .. }) => "detached",
+        }
     }
 
     /// In detached mode, takes over `nm-` devices left running by an earlier
@@ -356,7 +424,7 @@ impl Platform for LinuxPlatform {
             if !live.contains(name.as_str()) || !managed.device.is_running() {
                 continue;
             }
-            let info = match managed.device.get(name) {
+            let info = match managed.device.get(name).await {
                 Ok(info) => info,
                 // A detached device that no longer answers: report it absent, so
                 // the plan recreates it.
@@ -447,6 +515,7 @@ impl Platform for LinuxPlatform {
                 managed
                     .device
                     .set_listen_port(interface, listen_port.unwrap_or(0))
+                    .await
             }
             Op::SetMtu { interface, mtu } => {
                 let index = self.index(interface).await?;
@@ -469,13 +538,13 @@ impl Platform for LinuxPlatform {
                 interface,
                 public_key,
                 peer,
-            } => self.upsert_peer(interface, public_key, peer),
+            } => self.upsert_peer(interface, public_key, peer).await,
             Op::RemovePeer {
                 interface,
                 public_key,
             } => {
                 if let Some(managed) = self.devices.get_mut(interface) {
-                    managed.device.remove_peer(interface, public_key)?;
+                    managed.device.remove_peer(interface, public_key).await?;
                     managed.endpoints.remove(public_key);
                 }
                 Ok(())
