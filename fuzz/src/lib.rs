@@ -1,0 +1,249 @@
+//! The bodies of Nanami's fuzz targets, one function each, so every target in
+//! `fuzz_targets/` is a line or two and a crash found by the fuzzer can be replayed
+//! from a plain `#[test]` in the crate where the bug lives.
+//!
+//! Each function takes the fuzzer's bytes and either returns or panics; a panic (an
+//! assertion of a law, or a bug) is the crash libFuzzer reports.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::{PublicKey as XPublic, StaticSecret};
+use nanami_model::{compile_all, compile_node, Health, Topology};
+use nanami_reconcile::{plan, Observed};
+use proptest::strategy::{Strategy, ValueTree};
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use rtnetlink::packet_core::Parseable;
+use rtnetlink::packet_route::route::RouteMessage;
+use rtnetlink::packet_route::rule::RuleMessage;
+
+/// The reconciler's law-test generators, reused as they are.
+#[allow(clippy::all, unused_imports)]
+#[path = "../../nanami-reconcile/tests/common/mod.rs"]
+mod reconcile_common;
+
+/// Target `topology_yaml` / `topology_json`: parse and validate; on success compile
+/// every gateway and every node (and render each client's configuration) with all
+/// gateways up and with the first one offline. Nothing may panic.
+pub fn topology(data: &[u8], json: bool) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let parsed = if json {
+        Topology::from_json(text)
+    } else {
+        Topology::from_yaml(text)
+    };
+    let Ok(topology) = parsed else {
+        return;
+    };
+    // All up, then the first gateway offline (failover).
+    let mut failover = Health::all_up();
+    failover
+        .offline
+        .extend(topology.gateway_ids().take(1).cloned());
+    for health in [Health::all_up(), failover] {
+        let states = compile_all(&topology, &health);
+        // Compiling is deterministic: twice gives the same states.
+        assert_eq!(states, compile_all(&topology, &health));
+        for id in topology.node_ids() {
+            if let Ok(config) = compile_node(&topology, &health, id) {
+                let _ = config.to_wg_quick(None);
+                let _ = config.to_wg(None);
+                let _ = config.to_json();
+            }
+        }
+    }
+}
+
+/// Target `plan`: the bytes seed the RNG that draws from the law tests'
+/// `arb_pair()` (desired, observed with foreign objects); law 2 must hold:
+/// one plan converges on the owned projection, forwarding only ever turned on, and
+/// planning again from the result finds nothing.
+pub fn plan_law(data: &[u8]) {
+    // The input, folded into 32 bytes, seeds proptest's ChaCha RNG as a proptest
+    // case is seeded. (Proptest's pass-through RNG would hand libFuzzer finer
+    // control, but past the input's end it yields zeros, on which the generators'
+    // retry-on-duplicate loops spin for seconds.)
+    let mut seed = [0u8; 32];
+    for (i, b) in data.iter().enumerate() {
+        seed[i % 32] ^= b.rotate_left((i / 32) as u32 % 8);
+    }
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed);
+    let mut runner = TestRunner::new_with_rng(Config::default(), rng);
+    let Ok(tree) = reconcile_common::arb_pair().new_tree(&mut runner) else {
+        return;
+    };
+    let (d, o, _foreign) = tree.current();
+    let d = d.owned();
+    let p = plan(&d, &Observed::from(o.clone()));
+    let r = p.apply_to(&o);
+    assert_eq!(
+        r.owned(),
+        reconcile_common::expected_after(&d, &o),
+        "law 2, plan:\n{p}"
+    );
+    assert!(
+        plan(&d, &Observed::from(r)).is_empty(),
+        "second plan not empty"
+    );
+}
+
+/// Target `uapi`: the bytes as a UAPI socket stream, framed and parsed as the
+/// device's server does (every request in the stream).
+pub fn uapi(data: &[u8]) {
+    nanami_wg::device::fuzzing::uapi_requests(data);
+}
+
+/// Target `nft_list`: the bytes as `nft -j list table inet nanami` output.
+pub fn nft_list(data: &[u8]) {
+    let _ = nanami_wg::linux::nft::parse_list(&String::from_utf8_lossy(data));
+}
+
+/// Target `netlink`: the first byte picks a route or a rule message, the rest is
+/// parsed by netlink-packet-route as the kernel's dump would be, then read back by
+/// Nanami's `parse_route` / `parse_rule`.
+pub fn netlink(data: &[u8]) {
+    let Some((&kind, bytes)) = data.split_first() else {
+        return;
+    };
+    if kind & 1 == 0 {
+        let names: BTreeMap<u32, String> = [(1, "lo"), (2, "eth0"), (3, "nm-a"), (4, "nm-gw-1")]
+            .into_iter()
+            .map(|(i, n)| (i, n.to_owned()))
+            .collect();
+        if let Ok(msg) = RouteMessage::parse(bytes) {
+            let _ = nanami_wg::linux::netlink::parse_route(&msg, &names);
+        }
+    } else if let Ok(msg) = RuleMessage::parse(bytes) {
+        let _ = nanami_wg::linux::netlink::parse_rule(&msg);
+    }
+}
+
+/// Room `Tunn::encapsulate` needs beyond the packet, as in the device.
+const OVERHEAD: usize = 32;
+
+/// A WireGuard session as the device holds one per peer: `gw` is the device's
+/// `Tunn` for the peer `client`, with a completed handshake.
+struct Session {
+    gw: Tunn,
+    client: Tunn,
+    /// Every packet the client encapsulated: what may come out of the gateway's TUN.
+    sent: Vec<Vec<u8>>,
+    /// The last datagram the client sent, for corruption.
+    last: Vec<u8>,
+}
+
+const CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+
+impl Session {
+    fn new() -> Self {
+        let gw_key = StaticSecret::from([7u8; 32]);
+        let client_key = StaticSecret::from([9u8; 32]);
+        let gw_pub = XPublic::from(&gw_key);
+        let client_pub = XPublic::from(&client_key);
+        let mut s = Self {
+            gw: Tunn::new(gw_key, client_pub, None, None, 1, None),
+            client: Tunn::new(client_key, gw_pub, None, None, 2, None),
+            sent: Vec::new(),
+            last: Vec::new(),
+        };
+        let mut buf = [0u8; 256];
+        if let TunnResult::WriteToNetwork(init) =
+            s.client.format_handshake_initiation(&mut buf, false)
+        {
+            let init = init.to_vec();
+            s.to_gw(&init);
+        }
+        s
+    }
+
+    /// The gateway's UDP path: decapsulate, then flush what the handshake queued,
+    /// as the device's `handle_datagram` does; replies go back to the client.
+    fn to_gw(&mut self, datagram: &[u8]) {
+        let mut out = vec![0u8; datagram.len().max(148) + OVERHEAD];
+        let mut replies = Vec::new();
+        match self.gw.decapsulate(Some(CLIENT_IP), datagram, &mut out) {
+            TunnResult::WriteToNetwork(reply) => {
+                replies.push(reply.to_vec());
+                let mut more = vec![0u8; 2048];
+                while let TunnResult::WriteToNetwork(q) = self.gw.decapsulate(None, &[], &mut more)
+                {
+                    replies.push(q.to_vec());
+                }
+            }
+            TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
+                // Authenticity: only what the client sealed comes out of the TUN.
+                assert!(
+                    self.sent.iter().any(|s| s.starts_with(packet)),
+                    "a packet the client never sent reached the TUN"
+                );
+            }
+            TunnResult::Done | TunnResult::Err(_) => {}
+        }
+        for r in replies {
+            self.to_client(&r);
+        }
+    }
+
+    fn to_client(&mut self, datagram: &[u8]) {
+        let mut out = vec![0u8; datagram.len().max(148) + OVERHEAD];
+        if let TunnResult::WriteToNetwork(reply) =
+            self.client.decapsulate(Some(CLIENT_IP), datagram, &mut out)
+        {
+            let reply = reply.to_vec();
+            self.last.clone_from(&reply);
+            self.to_gw(&reply);
+        }
+    }
+
+    /// The client sends `packet` through the tunnel.
+    fn send(&mut self, packet: &[u8]) {
+        let mut out = vec![0u8; packet.len() + OVERHEAD + 148];
+        if let TunnResult::WriteToNetwork(d) = self.client.encapsulate(packet, &mut out) {
+            let d = d.to_vec();
+            self.sent.push(packet.to_vec());
+            self.last.clone_from(&d);
+            self.to_gw(&d);
+        }
+    }
+}
+
+/// Target `dataplane`: a gateway-side `Tunn` with an established session, driven
+/// as the device drives each peer's: arbitrary datagrams (junk, handshakes, data),
+/// arbitrary inner packets sealed by the real client, corrupted copies of genuine
+/// datagrams, and timer ticks. Nothing may panic, and only packets the client
+/// really sent may come out of the TUN side.
+pub fn dataplane(data: &[u8]) {
+    let mut s = Session::new();
+    let mut rest = data;
+    while let Some((&op, tail)) = rest.split_first() {
+        let len = usize::from(tail.first().copied().unwrap_or(0)).min(tail.len().saturating_sub(1));
+        let chunk = tail.get(1..1 + len).unwrap_or_default();
+        rest = tail.get(1 + len..).unwrap_or_default();
+        match op % 4 {
+            0 => s.to_gw(chunk),
+            1 => s.send(chunk),
+            2 => {
+                let mut d = s.last.clone();
+                for pair in chunk.chunks(2) {
+                    if let (Some(&at), Some(&x)) = (pair.first(), pair.get(1)) {
+                        if !d.is_empty() {
+                            let i = usize::from(at) % d.len();
+                            d[i] ^= x.max(1);
+                        }
+                    }
+                }
+                s.to_gw(&d);
+            }
+            _ => {
+                let mut out = [0u8; 256];
+                if let TunnResult::WriteToNetwork(d) = s.gw.update_timers(&mut out) {
+                    let d = d.to_vec();
+                    s.to_client(&d);
+                }
+            }
+        }
+    }
+}
