@@ -51,6 +51,8 @@ pub struct DaemonConfig {
     pub reconcile: nanami_reconcile::Config,
     /// Facts to report instead of reading them from this machine (simulation).
     pub facts: Option<Facts>,
+    /// Where to publish the reconciler's status too (tests, embedding).
+    pub status_out: Option<Arc<watch::Sender<nanami_reconcile::Status>>>,
 }
 
 impl DaemonConfig {
@@ -183,6 +185,14 @@ pub async fn run<P: Platform + 'static>(
             Instant::now(),
         );
         let status_rx = reconciler.subscribe_status();
+        if let Some(out) = config.status_out.clone() {
+            let mut rx = reconciler.subscribe_status();
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    out.send_replace(rx.borrow_and_update().clone());
+                }
+            });
+        }
         let stopped = move |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };

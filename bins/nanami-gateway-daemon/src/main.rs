@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 use nanami_gateway_daemon::{ensure_key, run, DaemonConfig, LastKnownGood};
 use nanami_model::{GatewayId, GatewayState};
 use nanami_reconcile::sim::SimPlatform;
-use nanami_wg::linux::{LinuxConfig, LinuxPlatform};
+use nanami_wg::linux::{DeviceMode, LinuxConfig, LinuxPlatform};
 use tracing::{error, info};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -51,6 +51,11 @@ struct Cli {
     /// Reconcile at least this often, in milliseconds, even without events.
     #[arg(long, default_value_t = 30_000)]
     resync_ms: u64,
+    /// Run each WireGuard device in its own `nanami-device` process (this
+    /// program), so the data plane keeps forwarding when the daemon stops or
+    /// restarts; a restarted daemon adopts the running devices.
+    #[arg(long, value_name = "NANAMI_DEVICE")]
+    detached_devices: Option<PathBuf>,
     /// Print the public key (generating the key on first use) and exit.
     #[arg(long)]
     print_public_key: bool,
@@ -97,8 +102,14 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
         println!("{public_key}");
         return Ok(());
     }
+    let mut linux = LinuxConfig::in_dir(&cli.state_dir);
+    if let Some(program) = &cli.detached_devices {
+        linux.device = DeviceMode::Detached {
+            program: program.clone(),
+        };
+    }
     if cli.teardown {
-        let mut platform = LinuxPlatform::new(LinuxConfig::in_dir(&cli.state_dir))?;
+        let mut platform = LinuxPlatform::new(linux)?;
         platform.teardown().await?;
         LastKnownGood::remove(&cli.state_dir.join("desired.json"))?;
         info!("removed everything Nanami owns on this machine");
@@ -128,11 +139,12 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             ..nanami_reconcile::Config::default()
         },
         facts: None,
+        status_out: None,
     };
     info!(gateway = %config.gateway, %public_key, "starting");
     match cli.platform {
         PlatformKind::Linux => {
-            let platform = LinuxPlatform::new(LinuxConfig::in_dir(&cli.state_dir))?;
+            let platform = LinuxPlatform::new(linux)?;
             run(config, public_key, platform, shutdown_signal()).await
         }
         PlatformKind::Sim => {

@@ -1,0 +1,463 @@
+//! Test harness: the real manager binary on loopback (TLS), daemons in-process
+//! on `SimPlatform`, temp dirs removed on drop (even on panic).
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use nanami_api::wire::{Subject, TokenRequest};
+use nanami_api::Client;
+use nanami_gateway_daemon::DaemonConfig;
+use nanami_model::{GatewayId, GatewayState, PrivateKey, PublicKey};
+use nanami_reconcile::sim::SimPlatform;
+use nanami_reconcile::Status;
+use tokio::sync::{oneshot, watch};
+
+pub const MANAGER: &str = env!("CARGO_BIN_EXE_nanami-gateway-manager");
+
+/// Every log line of the in-process daemons of this test binary.
+pub fn log_buffer() -> Arc<Mutex<Vec<u8>>> {
+    static BUF: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    BUF.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .with_ansi(false)
+            .with_writer(move || BufWriter(writer.clone()))
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+pub struct BufWriter(Arc<Mutex<Vec<u8>>>);
+impl std::io::Write for BufWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A temp dir removed on drop.
+pub struct TempDir(pub PathBuf);
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "nmt-{tag}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use rand_core::RngCore as _;
+    rand_core::OsRng.next_u64()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` until it is `Some`, failing the test after `timeout`.
+pub async fn until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The manager process; killed on drop.
+pub struct ManagerProc {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl ManagerProc {
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+impl Drop for ManagerProc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A manager directory with a topology file, and the running manager.
+pub struct Env {
+    pub tmp: TempDir,
+    pub manager: ManagerProc,
+    pub control: String,
+    pub operator: String,
+}
+
+pub const REPORT_MS: u64 = 200;
+
+impl Env {
+    pub fn mdir(&self) -> PathBuf {
+        self.tmp.0.join("manager")
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.mdir().join("ca.pem")
+    }
+    pub fn topology_file(&self) -> PathBuf {
+        self.tmp.0.join("topology.yaml")
+    }
+    pub fn db(&self) -> PathBuf {
+        self.mdir().join("manager.db")
+    }
+    pub fn client(&self) -> Client {
+        Client::new(&self.manager.url(), Some(&self.ca())).unwrap()
+    }
+    pub fn control(&self) -> Client {
+        self.client().with_credential(self.control.clone())
+    }
+    pub fn operator(&self) -> Client {
+        self.client().with_credential(self.operator.clone())
+    }
+
+    /// Initialises a manager dir and starts the manager on `topology`.
+    pub async fn start(tag: &str, topology: &str) -> Self {
+        log_buffer();
+        let tmp = TempDir::new(tag);
+        let mdir = tmp.0.join("manager");
+        let status = Command::new(MANAGER)
+            .args(["init", "--dir"])
+            .arg(&mdir)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "manager init failed");
+        std::fs::write(tmp.0.join("topology.yaml"), topology).unwrap();
+        let control = std::fs::read_to_string(mdir.join("control.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let operator = std::fs::read_to_string(mdir.join("operator.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let manager = spawn_manager(
+            &mdir,
+            &tmp.0.join("topology.yaml"),
+            free_port(),
+            &tmp.0.join("manager.log"),
+        )
+        .await;
+        Self {
+            tmp,
+            manager,
+            control,
+            operator,
+        }
+    }
+
+    pub async fn restart_manager(&mut self) {
+        self.manager.stop();
+        let port = self.manager.port;
+        let log = self.tmp.0.join("manager.log");
+        self.manager = spawn_manager(&self.mdir(), &self.topology_file(), port, &log).await;
+    }
+
+    pub async fn token(&self, gateway: &str) -> String {
+        self.control()
+            .create_token(&TokenRequest {
+                subject: Subject::Gateway(GatewayId::new(gateway).unwrap()),
+                ttl_seconds: None,
+            })
+            .await
+            .unwrap()
+            .token
+    }
+
+    /// Waits until every gateway in `ids` reports the desired generation.
+    pub async fn converged(&self, ids: &[&str]) -> Vec<nanami_api::wire::GatewayStatus> {
+        let control = self.control();
+        until("convergence", Duration::from_secs(20), || {
+            let control = control.clone();
+            async move {
+                let status = control.status().await.ok()?;
+                ids.iter()
+                    .all(|id| {
+                        status.iter().any(|s| {
+                            s.id.as_str() == *id
+                                && s.observed_generation == Some(s.desired_generation)
+                        })
+                    })
+                    .then_some(status)
+            }
+        })
+        .await
+    }
+}
+
+pub async fn spawn_manager(dir: &Path, topology: &Path, port: u16, log: &Path) -> ManagerProc {
+    let logfile = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = Command::new(MANAGER)
+        .args(["serve", "--dir"])
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--topology"])
+        .arg(topology)
+        .args([
+            "--report-interval-ms",
+            &REPORT_MS.to_string(),
+            "--missed-reports",
+            "5",
+        ])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(logfile)
+        .spawn()
+        .unwrap();
+    let proc = ManagerProc {
+        child,
+        dir: dir.to_owned(),
+        port,
+        log: log.to_owned(),
+    };
+    let client = Client::new(&proc.url(), Some(&dir.join("ca.pem"))).unwrap();
+    until("the manager's /healthz", Duration::from_secs(15), || {
+        let client = client.clone();
+        async move {
+            let a = client
+                .send_raw(http::Method::GET, "/healthz", None, Duration::from_secs(2))
+                .await
+                .ok()?;
+            a.status.is_success().then_some(())
+        }
+    })
+    .await;
+    proc
+}
+
+/// A daemon running in this process on a `SimPlatform`.
+pub struct Daemon {
+    pub state_dir: PathBuf,
+    pub status: watch::Receiver<Status>,
+    stop: Option<oneshot::Sender<()>>,
+    join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Daemon {
+    pub async fn start(env: &Env, gateway: &str, state_dir: &Path, token: Option<String>) -> Self {
+        let key = nanami_gateway_daemon::ensure_key(&state_dir.join("private.key")).unwrap();
+        let (status_tx, status) = watch::channel(Status::default());
+        let config = DaemonConfig {
+            manager: env.manager.url(),
+            ca: Some(env.ca()),
+            gateway: GatewayId::new(gateway).unwrap(),
+            state_dir: state_dir.to_owned(),
+            token,
+            report_every: Duration::from_millis(REPORT_MS),
+            poll_wait: Duration::from_secs(5),
+            reconcile: nanami_reconcile::Config::default(),
+            facts: None,
+            status_out: Some(Arc::new(status_tx)),
+        };
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let join = tokio::spawn(nanami_gateway_daemon::run(
+            config,
+            key,
+            SimPlatform::new(GatewayState::default()),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        Self {
+            state_dir: state_dir.to_owned(),
+            status,
+            stop: Some(stop_tx),
+            join: Some(join),
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(j) = self.join.take() {
+            tokio::time::timeout(Duration::from_secs(10), j)
+                .await
+                .expect("daemon did not stop within 10 s")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(j) = self.join.take() {
+            j.abort();
+        }
+    }
+}
+
+/// A public key for a gateway's state dir (its daemon generates the key there).
+pub fn gateway_key(state_dir: &Path) -> PublicKey {
+    nanami_gateway_daemon::ensure_key(&state_dir.join("private.key")).unwrap()
+}
+
+pub fn client_key() -> PublicKey {
+    PrivateKey::generate(&mut rand_core::OsRng).public_key()
+}
+
+/// A topology: one workspace, network `corp` (100.80.0.0/22, route 10.20.0.0/16),
+/// gateways gw-a and gw-b (keys given), and `clients` client nodes.
+pub fn topology(gw_a: &PublicKey, gw_b: &PublicKey, clients: &[(&str, PublicKey)]) -> String {
+    let mut nodes = format!(
+        "      - id: gw-a\n        public_key: \"{gw_a}\"\n        status: active\n        memberships: [{{ network: corp, address: 100.80.0.1 }}]\n      - id: gw-b\n        public_key: \"{gw_b}\"\n        status: active\n        memberships: [{{ network: corp, address: 100.80.0.2 }}]\n"
+    );
+    for (id, key) in clients {
+        nodes.push_str(&format!(
+            "      - id: {id}\n        public_key: \"{key}\"\n        status: active\n        memberships: [{{ network: corp }}]\n"
+        ));
+    }
+    format!(
+        "version: 1
+regions:
+  - id: lab
+    state: active
+workspaces:
+  - id: acme
+    tenant: acme-corp
+    regions: [lab]
+    networks:
+      - id: corp
+        overlay: 100.80.0.0/22
+        routes: [10.20.0.0/16]
+    nodes:
+{nodes}    gateways:
+      - id: gw-a
+        node: gw-a
+        region: lab
+        networks: [corp]
+        roles: [ingress, egress]
+        endpoint: \"192.0.2.1:51820\"
+        listen_port: 51820
+      - id: gw-b
+        node: gw-b
+        region: lab
+        networks: [corp]
+        roles: [ingress, egress]
+        endpoint: \"192.0.2.2:51820\"
+        listen_port: 51820
+"
+    )
+}
+
+/// Two enrolled, converged daemons gw-a and gw-b with one client.
+pub struct Fleet {
+    pub env: Env,
+    pub a: Daemon,
+    pub b: Daemon,
+    pub client: PublicKey,
+}
+
+pub async fn fleet(tag: &str) -> Fleet {
+    let tmp_keys = TempDir::new(&format!("{tag}-pre"));
+    drop(tmp_keys);
+    // Keys first (generated where the daemons will run), then the topology naming them.
+    let staging = TempDir::new(&format!("{tag}-state"));
+    let a_dir = staging.0.join("gw-a");
+    let b_dir = staging.0.join("gw-b");
+    let (ka, kb) = (gateway_key(&a_dir), gateway_key(&b_dir));
+    let client = client_key();
+    let env = Env::start(tag, &topology(&ka, &kb, &[("laptop-1", client)])).await;
+    // Move the state dirs under the env's temp dir so one guard removes all.
+    let a_state = env.tmp.0.join("gw-a");
+    let b_state = env.tmp.0.join("gw-b");
+    std::fs::rename(&a_dir, &a_state).unwrap();
+    std::fs::rename(&b_dir, &b_state).unwrap();
+    drop(staging);
+    let ta = env.token("gw-a").await;
+    let tb = env.token("gw-b").await;
+    let a = Daemon::start(&env, "gw-a", &a_state, Some(ta)).await;
+    let b = Daemon::start(&env, "gw-b", &b_state, Some(tb)).await;
+    env.converged(&["gw-a", "gw-b"]).await;
+    Fleet { env, a, b, client }
+}
+
+/// Counts of every table's rows, and all their contents as text.
+pub fn db_dump(db: &Path) -> (Vec<(String, i64)>, String) {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let mut counts = Vec::new();
+    let mut text = String::new();
+    for t in tables {
+        let n: i64 = conn
+            .query_row(&format!("SELECT count(*) FROM \"{t}\""), [], |r| r.get(0))
+            .unwrap();
+        counts.push((t.clone(), n));
+        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
+        let cols = stmt.column_count();
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            for i in 0..cols {
+                let v: rusqlite::types::Value = row.get(i).unwrap();
+                match v {
+                    rusqlite::types::Value::Text(s) => text.push_str(&s),
+                    rusqlite::types::Value::Blob(b) => {
+                        text.push_str(&b.iter().map(|x| format!("{x:02x}")).collect::<String>());
+                        text.push_str(&String::from_utf8_lossy(&b));
+                    }
+                    other @ (rusqlite::types::Value::Null
+                    | rusqlite::types::Value::Integer(_)
+                    | rusqlite::types::Value::Real(_)) => text.push_str(&format!("{other:?}")),
+                }
+                text.push('\n');
+            }
+        }
+    }
+    let _ = std::io::stdout().flush();
+    (counts, text)
+}

@@ -1,0 +1,677 @@
+//! The manager and daemons together, on loopback over TLS: the manager is the real
+//! binary, daemons run in-process on `SimPlatform`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::{Method, StatusCode};
+use nanami_api::wire::{EnrolRequest, Subject, TokenRequest};
+use nanami_model::{GatewayId, NodeId};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolment_convergence_and_a_topology_change_at_a_new_generation() {
+    let f = fleet("converge").await;
+    let before = f.env.control().status().await.unwrap();
+    let gen = |s: &[nanami_api::wire::GatewayStatus], id: &str| {
+        s.iter()
+            .find(|g| g.id.as_str() == id)
+            .unwrap()
+            .desired_generation
+    };
+    let (a0, b0) = (gen(&before, "gw-a"), gen(&before, "gw-b"));
+    let a_status = before.iter().find(|g| g.id.as_str() == "gw-a").unwrap();
+    assert_eq!(
+        a_status.peers, 1,
+        "gw-a serves laptop-1 (auto: first gateway by id)"
+    );
+    assert!(!a_status.key_mismatch);
+
+    // Add a client: only gw-a (which serves the network's clients) changes.
+    let text = std::fs::read_to_string(f.env.topology_file()).unwrap();
+    let ka = common::gateway_key(&f.a.state_dir);
+    let kb = common::gateway_key(&f.b.state_dir);
+    let new = common::topology(
+        &ka,
+        &kb,
+        &[("laptop-1", f.client), ("laptop-2", client_key())],
+    );
+    assert_ne!(text, new);
+    let answer = f.env.control().put_topology(&new).await.unwrap();
+    assert_eq!(
+        answer
+            .changed
+            .keys()
+            .map(|g| g.as_str())
+            .collect::<Vec<_>>(),
+        ["gw-a"]
+    );
+    assert_eq!(answer.changed[&GatewayId::new("gw-a").unwrap()], a0 + 1);
+    let after = f.env.converged(&["gw-a", "gw-b"]).await;
+    assert_eq!(gen(&after, "gw-a"), a0 + 1);
+    assert_eq!(
+        gen(&after, "gw-b"),
+        b0,
+        "an unchanged gateway keeps its generation"
+    );
+    let a_after = after.iter().find(|g| g.id.as_str() == "gw-a").unwrap();
+    assert_eq!((a_after.peers, a_after.observed_peers), (2, 2));
+
+    // The same document again changes nothing.
+    let again = f.env.control().put_topology(&new).await.unwrap();
+    assert!(again.changed.is_empty());
+    assert_eq!(again.revision, answer.revision);
+
+    // The topology file is watched too: writing it applies it.
+    let third = common::topology(
+        &ka,
+        &kb,
+        &[("laptop-1", f.client), ("laptop-3", client_key())],
+    );
+    std::fs::write(f.env.topology_file(), &third).unwrap();
+    let control = f.env.control();
+    until("the file reload", Duration::from_secs(10), || {
+        let control = control.clone();
+        async move {
+            let s = control.status().await.ok()?;
+            (gen(&s, "gw-a") == a0 + 2).then_some(())
+        }
+    })
+    .await;
+    f.env.converged(&["gw-a", "gw-b"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_restart_keeps_state() {
+    let mut f = fleet("mrestart").await;
+    let before = f.env.control().status().await.unwrap();
+    let (counts_before, _) = db_dump(&f.env.db());
+    f.env.restart_manager().await;
+    let after = f.env.control().status().await.unwrap();
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b.id, a.id);
+        assert_eq!(
+            b.desired_generation, a.desired_generation,
+            "generation of {} kept",
+            a.id
+        );
+        assert_eq!(
+            b.observed_generation, a.observed_generation,
+            "observed state of {} kept",
+            a.id
+        );
+    }
+    let (counts_after, _) = db_dump(&f.env.db());
+    let revisions =
+        |c: &[(String, i64)]| c.iter().find(|(t, _)| t == "topology_revisions").unwrap().1;
+    assert_eq!(
+        revisions(&counts_before),
+        revisions(&counts_after),
+        "the same file is not a new revision"
+    );
+    // Credentials survived: the daemons keep reporting with them.
+    let t0 = after[0].last_report_unix_ms.unwrap();
+    let control = f.env.control();
+    until(
+        "a report after the restart",
+        Duration::from_secs(10),
+        || {
+            let control = control.clone();
+            async move {
+                let s = control.status().await.ok()?;
+                (s[0].last_report_unix_ms? > t0).then_some(())
+            }
+        },
+    )
+    .await;
+    f.env.converged(&["gw-a", "gw-b"]).await;
+    f.a.stop().await;
+    f.b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_restart_while_the_manager_is_down_serves_last_known_good_and_reconverges() {
+    let mut f = fleet("drestart").await;
+    let status = f.env.control().status().await.unwrap();
+    let a_gen = status
+        .iter()
+        .find(|g| g.id.as_str() == "gw-a")
+        .unwrap()
+        .desired_generation;
+    f.env.manager.stop();
+    f.a.stop().await;
+    // A new daemon process (fresh, empty machine) with the manager down: it applies
+    // the saved state on its own.
+    let dir = f.a.state_dir.clone();
+    f.a = Daemon::start(&f.env, "gw-a", &dir, None).await;
+    let mut rx = f.a.status.clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|s| {
+            s.applied_generation == Some(a_gen) && s.condition == nanami_reconcile::Condition::Ready
+        }),
+    )
+    .await
+    .expect("the daemon applies its last-known-good state without the manager")
+    .unwrap();
+    f.env.restart_manager().await;
+    let after = f.env.converged(&["gw-a", "gw-b"]).await;
+    assert_eq!(
+        after
+            .iter()
+            .find(|g| g.id.as_str() == "gw-a")
+            .unwrap()
+            .desired_generation,
+        a_gen
+    );
+    f.a.stop().await;
+    f.b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_older_generation_is_refused() {
+    let mut f = fleet("replay").await;
+    f.a.stop().await;
+    // The daemon has already applied generation 50 (from a manager whose store was
+    // since restored from an old backup): the manager's generation is lower.
+    let file = f.a.state_dir.join("desired.json");
+    let mut saved: nanami_reconcile::Desired =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let offered = saved.generation;
+    saved.generation = 50;
+    std::fs::write(&file, serde_json::to_vec(&saved).unwrap()).unwrap();
+    let dir = f.a.state_dir.clone();
+    f.a = Daemon::start(&f.env, "gw-a", &dir, None).await;
+    let mut rx = f.a.status.clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|s| s.applied_generation == Some(50)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // The manager offered its older generation (the first poll asks without
+    // `after`); the daemon refused it and kept 50, on disk too.
+    let refusal = format!("generation {offered} is older than 50");
+    until(
+        "the refusal in the daemon's log",
+        Duration::from_secs(10),
+        || {
+            let found = String::from_utf8_lossy(&log_buffer().lock().unwrap()).contains(&refusal);
+            async move { found.then_some(()) }
+        },
+    )
+    .await;
+    let kept: nanami_reconcile::Desired =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(kept.generation, 50);
+    let control = f.env.control();
+    until(
+        "the manager sees generation 50 reported",
+        Duration::from_secs(10),
+        || {
+            let control = control.clone();
+            async move {
+                let s = control.status().await.ok()?;
+                (s.iter()
+                    .find(|g| g.id.as_str() == "gw-a")?
+                    .observed_generation
+                    == Some(50))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    f.a.stop().await;
+    f.b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_credential_is_denied_another_gateways_state() {
+    let f = fleet("deny").await;
+    let cred = std::fs::read_to_string(f.a.state_dir.join("credential"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let a = f.env.client().with_credential(cred);
+    let gw_a = GatewayId::new("gw-a").unwrap();
+    let gw_b = GatewayId::new("gw-b").unwrap();
+    assert!(a
+        .desired(&gw_a, None, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_some());
+    let denied = a.desired(&gw_b, None, Duration::ZERO).await.unwrap_err();
+    assert_eq!(denied.status(), Some(StatusCode::FORBIDDEN));
+    let denied = a.observed(&gw_b).await.unwrap_err();
+    assert_eq!(denied.status(), Some(StatusCode::FORBIDDEN));
+    let body = br#"{"bogus": true}"#.to_vec();
+    let put = a
+        .send_raw(
+            Method::PUT,
+            "/v1/gateways/gw-b/observed",
+            Some(("application/json", body)),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(put.status, StatusCode::FORBIDDEN);
+    let err = a
+        .node_config(&NodeId::new("laptop-1").unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
+    assert_eq!(
+        a.status().await.unwrap_err().status(),
+        Some(StatusCode::FORBIDDEN)
+    );
+    assert_eq!(
+        a.oversight_gateways().await.unwrap_err().status(),
+        Some(StatusCode::FORBIDDEN)
+    );
+    // No credential, or a made-up one: 401.
+    let anonymous = f.env.client();
+    assert_eq!(
+        anonymous
+            .desired(&gw_a, None, Duration::ZERO)
+            .await
+            .unwrap_err()
+            .status(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    let forged = f
+        .env
+        .client()
+        .with_credential("nmg_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    assert_eq!(
+        forged
+            .desired(&gw_a, None, Duration::ZERO)
+            .await
+            .unwrap_err()
+            .status(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    // A client node enrols like a gateway (one-time token from the control plane,
+    // its topology key) and reads only its own configuration.
+    let token = f
+        .env
+        .control()
+        .create_token(&TokenRequest {
+            subject: Subject::Node(NodeId::new("laptop-1").unwrap()),
+            ttl_seconds: Some(60),
+        })
+        .await
+        .unwrap();
+    let enrolled = f
+        .env
+        .client()
+        .enrol(&EnrolRequest {
+            token: token.token,
+            public_key: f.client,
+        })
+        .await
+        .unwrap();
+    let node = f.env.client().with_credential(enrolled.credential);
+    let config = node
+        .node_config(&NodeId::new("laptop-1").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(config.public_key, f.client);
+    assert_eq!(config.peers.len(), 1);
+    assert_eq!(
+        node.desired(&gw_a, None, Duration::ZERO)
+            .await
+            .unwrap_err()
+            .status(),
+        Some(StatusCode::FORBIDDEN)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversight_is_read_only() {
+    let f = fleet("oversight").await;
+    let op = f.env.operator();
+    let regions = op.oversight_regions().await.unwrap();
+    assert_eq!(regions.len(), 1);
+    assert_eq!(regions[0].workspaces, ["acme"]);
+    assert_eq!(regions[0].gateways.len(), 2);
+    let workspaces = op.oversight_workspaces().await.unwrap();
+    assert_eq!(workspaces[0].gateways.len(), 2);
+    let gateways = op.oversight_gateways().await.unwrap();
+    assert_eq!(gateways.len(), 2);
+    for path in [
+        "/v1/oversight/regions",
+        "/v1/oversight/workspaces",
+        "/v1/oversight/gateways",
+    ] {
+        for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+            let a = op
+                .send_raw(
+                    method.clone(),
+                    path,
+                    Some(("application/json", b"{}".to_vec())),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
+            assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            let body: nanami_api::wire::ErrorBody = serde_json::from_slice(&a.body).unwrap();
+            assert!(!body.error.is_empty());
+        }
+    }
+    // The operator credential has no write verb anywhere.
+    let doc = std::fs::read_to_string(f.env.topology_file()).unwrap();
+    assert_eq!(
+        op.put_topology(&doc).await.unwrap_err().status(),
+        Some(StatusCode::FORBIDDEN)
+    );
+    let t = TokenRequest {
+        subject: Subject::Gateway(GatewayId::new("gw-a").unwrap()),
+        ttl_seconds: None,
+    };
+    assert_eq!(
+        op.create_token(&t).await.unwrap_err().status(),
+        Some(StatusCode::FORBIDDEN)
+    );
+    let gw_a = GatewayId::new("gw-a").unwrap();
+    assert_eq!(
+        op.desired(&gw_a, None, Duration::ZERO)
+            .await
+            .unwrap_err()
+            .status(),
+        Some(StatusCode::FORBIDDEN)
+    );
+    let put = op
+        .send_raw(
+            Method::PUT,
+            "/v1/gateways/gw-a/observed",
+            Some(("application/json", b"{}".to_vec())),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(put.status, StatusCode::FORBIDDEN);
+    // And the control credential is not an operator credential.
+    assert_eq!(
+        f.env
+            .control()
+            .oversight_regions()
+            .await
+            .unwrap_err()
+            .status(),
+        Some(StatusCode::FORBIDDEN)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies_are_rejected_and_nothing_is_stored() {
+    let f = fleet("malformed").await;
+    // Stop the daemons so that nothing legitimate writes meanwhile.
+    let mut f = f;
+    f.a.stop().await;
+    f.b.stop().await;
+    let (counts, text) = db_dump(&f.env.db());
+    let control = f.env.control();
+    let send = |client: nanami_api::Client,
+                method: Method,
+                path: &'static str,
+                ct: &'static str,
+                body: &'static [u8]| async move {
+        client
+            .send_raw(
+                method,
+                path,
+                Some((ct, body.to_vec())),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap()
+    };
+    let cases: Vec<(Method, &str, &str, &[u8])> = vec![
+        (Method::PUT, "/v1/topology", "application/yaml", b"version: 1\nregions: [\n"),
+        (Method::PUT, "/v1/topology", "application/json", b"{\"version\": 1, \"regions\": [], \"workspaces\": [], \"extra\": 1}"),
+        (Method::PUT, "/v1/topology", "application/yaml", b"version: 1\nregions: []\nworkspaces:\n  - id: BAD ID\n    tenant: x\n    regions: [nowhere]\n    networks: []\n    nodes: []\n    gateways: []\n"),
+        (Method::PUT, "/v1/topology", "application/octet-stream", b"\xff\xfe\x00"),
+        (Method::POST, "/v1/enrolment-tokens", "application/json", b"{\"subject\": {\"kind\": \"gateway\", \"id\": \"../etc\"}}"),
+        (Method::POST, "/v1/enrolment-tokens", "application/json", b"not json"),
+        (Method::POST, "/v1/enrol", "application/json", b"{\"token\": \"x\"}"),
+        (Method::POST, "/v1/enrol", "application/json", b"{\"token\": \"nme_x\", \"public_key\": \"not a key\"}"),
+    ];
+    for (method, path, ct, body) in cases {
+        let a = send(control.clone(), method.clone(), path, ct, body).await;
+        assert!(
+            a.status.is_client_error(),
+            "{method} {path} {:?} gave {}",
+            String::from_utf8_lossy(body),
+            a.status
+        );
+        let e: nanami_api::wire::ErrorBody = serde_json::from_slice(&a.body).unwrap_or_else(|_| {
+            panic!(
+                "{method} {path}: not a JSON error: {:?}",
+                String::from_utf8_lossy(&a.body)
+            )
+        });
+        assert!(!e.error.is_empty());
+    }
+    // A gateway's own report with a bad shape.
+    let cred = std::fs::read_to_string(f.a.state_dir.join("credential"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let a = f.env.client().with_credential(cred);
+    for body in [
+        &b"{}"[..],
+        b"[1,2]",
+        b"{\"public_key\": \"AAAA\", \"status\": {}, \"state\": {}}",
+        b"\x00",
+    ] {
+        let r = a
+            .send_raw(
+                Method::PUT,
+                "/v1/gateways/gw-a/observed",
+                Some(("application/json", body.to_vec())),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        let _: nanami_api::wire::ErrorBody = serde_json::from_slice(&r.body).unwrap();
+    }
+    let bad_query = a
+        .send_raw(
+            Method::GET,
+            "/v1/gateways/gw-a/desired?after=minus-one",
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad_query.status, StatusCode::BAD_REQUEST);
+    let (counts_after, text_after) = db_dump(&f.env.db());
+    assert_eq!(counts, counts_after, "row counts changed");
+    assert_eq!(text, text_after, "stored rows changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolment_token_is_refused_on_second_use_even_concurrently() {
+    let state = TempDir::new("token-keys");
+    let ka = gateway_key(&state.0.join("a"));
+    let kb = gateway_key(&state.0.join("b"));
+    let env = Env::start("token", &topology(&ka, &kb, &[])).await;
+    let token = env.token("gw-a").await;
+    let request = EnrolRequest {
+        token: token.clone(),
+        public_key: ka,
+    };
+    let first = env.client().enrol(&request).await.unwrap();
+    assert_eq!(
+        first.subject,
+        Subject::Gateway(GatewayId::new("gw-a").unwrap())
+    );
+    let second = env.client().enrol(&request).await.unwrap_err();
+    assert_eq!(second.status(), Some(StatusCode::UNAUTHORIZED));
+    // Eight clients race for one fresh token: exactly one wins.
+    let token = env.token("gw-b").await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let client = env.client();
+        let request = EnrolRequest {
+            token: token.clone(),
+            public_key: kb,
+        };
+        tasks.push(tokio::spawn(
+            async move { client.enrol(&request).await.is_ok() },
+        ));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+    // A node token only enrols the node's own key.
+    let t = env
+        .control()
+        .create_token(&TokenRequest {
+            subject: Subject::Node(NodeId::new("gw-a").unwrap()),
+            ttl_seconds: Some(60),
+        })
+        .await
+        .unwrap();
+    let wrong = env
+        .client()
+        .enrol(&EnrolRequest {
+            token: t.token.clone(),
+            public_key: kb,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.status(), Some(StatusCode::UNAUTHORIZED));
+    // An expired token is refused.
+    let t = env
+        .control()
+        .create_token(&TokenRequest {
+            subject: Subject::Gateway(GatewayId::new("gw-a").unwrap()),
+            ttl_seconds: Some(0),
+        })
+        .await
+        .unwrap();
+    let expired = env
+        .client()
+        .enrol(&EnrolRequest {
+            token: t.token,
+            public_key: ka,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(expired.status(), Some(StatusCode::UNAUTHORIZED));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_private_key_in_any_log_line_api_body_or_store_row() {
+    let mut f = fleet("secrets").await;
+    let mut secrets = Vec::new();
+    for dir in [&f.a.state_dir, &f.b.state_dir] {
+        let text = std::fs::read_to_string(dir.join("private.key")).unwrap();
+        let key = nanami_model::PrivateKey::from_base64(text.trim()).unwrap();
+        secrets.push(key.to_base64_secret().to_string());
+        secrets.push(key.to_hex_secret().to_string());
+        // The raw bytes too, as they would appear in a hex dump of a blob.
+        secrets.push(
+            key.expose_secret()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        );
+    }
+    let control = f.env.control();
+    let operator = f.env.operator();
+    let mut bodies = String::new();
+    for path in [
+        "/v1/status",
+        "/v1/topology",
+        "/v1/gateways/gw-a/desired",
+        "/v1/gateways/gw-a/observed",
+        "/v1/gateways/gw-b/observed",
+        "/v1/nodes/laptop-1/config",
+        "/v1/nodes/laptop-1/config?format=wg-quick",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        let a = control
+            .send_raw(Method::GET, path, None, Duration::from_secs(5))
+            .await
+            .unwrap();
+        bodies.push_str(&String::from_utf8_lossy(&a.body));
+    }
+    for path in [
+        "/v1/oversight/regions",
+        "/v1/oversight/workspaces",
+        "/v1/oversight/gateways",
+    ] {
+        let a = operator
+            .send_raw(Method::GET, path, None, Duration::from_secs(5))
+            .await
+            .unwrap();
+        bodies.push_str(&String::from_utf8_lossy(&a.body));
+    }
+    f.a.stop().await;
+    f.b.stop().await;
+    f.env.manager.stop();
+    let (_, rows) = db_dump(&f.env.db());
+    let manager_log = std::fs::read_to_string(&f.env.manager.log).unwrap();
+    let daemon_log = String::from_utf8_lossy(&log_buffer().lock().unwrap()).into_owned();
+    assert!(
+        manager_log.contains("enrolled"),
+        "the manager log is captured"
+    );
+    assert!(
+        daemon_log.contains("enrolled"),
+        "the daemon log is captured"
+    );
+    assert!(bodies.contains("generation"), "the bodies were read");
+    for secret in &secrets {
+        for (what, hay) in [
+            ("an API body", &bodies),
+            ("a store row", &rows),
+            ("the manager's log", &manager_log),
+            ("a daemon's log", &daemon_log),
+        ] {
+            assert!(
+                !hay.contains(secret.as_str()),
+                "a private key appears in {what}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_gateway_goes_offline_and_its_clients_fail_over() {
+    let mut f = fleet("failover").await;
+    let laptop = NodeId::new("laptop-1").unwrap();
+    let before = f.env.control().node_config(&laptop).await.unwrap();
+    assert_eq!(before.peers[0].gateway.as_str(), "gw-a");
+    f.a.stop().await;
+    let control = f.env.control();
+    let config = until("failover to gw-b", Duration::from_secs(10), || {
+        let control = control.clone();
+        let laptop = laptop.clone();
+        async move {
+            let c = control.node_config(&laptop).await.ok()?;
+            (c.peers.first()?.gateway.as_str() == "gw-b").then_some(c)
+        }
+    })
+    .await;
+    assert_eq!(config.peers.len(), 1);
+    let status = f.env.converged(&["gw-b"]).await;
+    let a = status.iter().find(|g| g.id.as_str() == "gw-a").unwrap();
+    assert_eq!(a.health, nanami_api::wire::Liveness::Offline);
+    let b = status.iter().find(|g| g.id.as_str() == "gw-b").unwrap();
+    assert_eq!(
+        (b.peers, b.observed_peers),
+        (1, 1),
+        "gw-b took the client over"
+    );
+    f.b.stop().await;
+}
