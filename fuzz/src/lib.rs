@@ -121,6 +121,33 @@ pub fn netlink(data: &[u8]) {
     }
 }
 
+/// Target `manager_bodies`: the first byte picks a request body type of the
+/// gateway manager's API (`nanami_api::wire`), the rest is read exactly as the
+/// manager reads a body (`serde_json::from_slice`); what is accepted must survive
+/// a round trip through its own JSON unchanged.
+pub fn manager_bodies(data: &[u8]) {
+    use nanami_api::wire::{EnrolRequest, ObservedReport, TokenRequest};
+    let Some((&kind, body)) = data.split_first() else {
+        return;
+    };
+    match kind % 3 {
+        0 => round_trip::<TokenRequest>(body),
+        1 => round_trip::<EnrolRequest>(body),
+        _ => round_trip::<ObservedReport>(body),
+    }
+}
+
+fn round_trip<T>(body: &[u8])
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    if let Ok(value) = serde_json::from_slice::<T>(body) {
+        let text = serde_json::to_vec(&value).expect("an accepted body serializes");
+        let again: T = serde_json::from_slice(&text).expect("its own JSON is accepted");
+        assert_eq!(value, again, "round trip changed the value");
+    }
+}
+
 /// Room `Tunn::encapsulate` needs beyond the packet, as in the device.
 const OVERHEAD: usize = 32;
 
