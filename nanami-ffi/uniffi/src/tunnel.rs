@@ -1,0 +1,371 @@
+//! The running tunnel: a Nanami device on the platform's TUN fd, plus one small
+//! thread that polls it and reports status events to the app.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, SystemTime};
+
+use nanami_wg::device::{Device, DeviceOptions, DeviceUpdate, TunSource};
+
+use crate::config::{ClientSpec, TunnelConfig};
+use crate::diff::diff_peers;
+use crate::error::NanamiError;
+use crate::events::{StopReason, TunnelEvent, Watcher};
+
+/// Implemented by the app to hear about the tunnel. Called from the tunnel's own
+/// status thread, one event at a time; return quickly (post to the UI thread).
+/// Calling `stop()` from inside is allowed.
+#[uniffi::export(callback_interface)]
+pub trait TunnelListener: Send + Sync {
+    /// One status event.
+    fn on_event(&self, event: TunnelEvent);
+}
+
+/// How the status thread watches the device.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct TunnelOptions {
+    /// How often the device is read for events, in milliseconds (at least 10).
+    #[uniffi(default = 1000)]
+    pub poll_interval_ms: u32,
+    /// Seconds without a completed handshake after which a peer is reported stale.
+    /// 180 s is WireGuard's REJECT_AFTER_TIME: a session older than that carries
+    /// no traffic, and a live peer with keepalive re-handshakes every 120 s.
+    #[uniffi(default = 180)]
+    pub stale_after_secs: u32,
+}
+
+impl Default for TunnelOptions {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 1000,
+            stale_after_secs: 180,
+        }
+    }
+}
+
+/// One peer's counters, as `stats()` reads them.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct PeerStats {
+    /// The peer's public key, base64.
+    pub public_key: String,
+    /// Where the device currently sends to it (learned when the peer roams).
+    pub endpoint: Option<String>,
+    /// Bytes of authenticated WireGuard datagrams received from it.
+    pub rx_bytes: u64,
+    /// Bytes of WireGuard datagrams sent to it.
+    pub tx_bytes: u64,
+    /// The most recent completed handshake, if any.
+    pub last_handshake: Option<SystemTime>,
+}
+
+/// What `update()` changed.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct UpdateSummary {
+    /// Peers added.
+    pub added: u32,
+    /// Peers changed in place (endpoint, AllowedIPs, keepalive, preshared key).
+    pub changed: u32,
+    /// Peers removed.
+    pub removed: u32,
+    /// Whether the private key or listen port changed.
+    pub interface_changed: bool,
+    /// Whether the addresses or MTU differ from the running config: the device
+    /// does not own them, so the app must re-establish its VPN interface with
+    /// the new config's `addresses()` / `mtu()` / `routes()`.
+    pub platform_reconfigure_needed: bool,
+}
+
+struct Shared {
+    device: RwLock<Option<Device>>,
+    /// The configuration last applied: what `update()` diffs against.
+    applied: Mutex<ClientSpec>,
+    listener: Option<Box<dyn TunnelListener>>,
+}
+
+impl Shared {
+    fn emit(&self, event: TunnelEvent) {
+        if let Some(l) = &self.listener {
+            l.on_event(event);
+        }
+    }
+}
+
+struct Poller {
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+/// A running client tunnel. `stop()` it when done (dropping the last handle also
+/// stops it, without a `Stopped` event).
+#[derive(uniffi::Object)]
+pub struct Tunnel {
+    shared: Arc<Shared>,
+    poller: Mutex<Option<Poller>>,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[uniffi::export]
+impl Tunnel {
+    /// Starts the tunnel on `tun_fd`, an open TUN delivering raw IP packets
+    /// (Android: `ParcelFileDescriptor.detachFd()` of the `VpnService.Builder`'s
+    /// interface; Linux: `/dev/net/tun` with `IFF_TUN | IFF_NO_PI`). The tunnel takes
+    /// ownership of the fd and closes it when it stops, or at once if starting
+    /// fails. The UDP sockets are created in the calling thread's network
+    /// namespace. The platform sets the addresses, MTU and routes (`config`'s
+    /// `addresses()`, `mtu()`, `routes()`); the tunnel does not.
+    #[uniffi::constructor]
+    pub fn start(
+        config: Arc<TunnelConfig>,
+        tun_fd: i32,
+        listener: Option<Box<dyn TunnelListener>>,
+        options: Option<TunnelOptions>,
+    ) -> Result<Arc<Self>, NanamiError> {
+        let options = options.unwrap_or_default();
+        let spec = config.spec.clone();
+        let fd = take_fd(tun_fd)?;
+        let device = Device::open(
+            TunSource::Fd { fd, name: None },
+            DeviceOptions {
+                uapi_dir: None,
+                listen_port: spec.listen_port.unwrap_or(0),
+            },
+        )
+        .map_err(|e| NanamiError::from_device(&e, Some(tun_fd)))?;
+        let mut update = DeviceUpdate::new().private_key(spec.private_key.clone());
+        if let Some(diff) = diff_peers(&[], &spec.peers) {
+            update = diff.to_update(update);
+        }
+        // On error the device is dropped here, which shuts it down and closes the fd.
+        device
+            .apply(update)
+            .map_err(|e| NanamiError::from_device(&e, None))?;
+
+        let shared = Arc::new(Shared {
+            device: RwLock::new(Some(device)),
+            applied: Mutex::new(spec),
+            listener,
+        });
+        let (stop, stopped) = mpsc::channel();
+        let s = shared.clone();
+        let interval = Duration::from_millis(u64::from(options.poll_interval_ms.max(10)));
+        let stale_after = Duration::from_secs(u64::from(options.stale_after_secs));
+        let thread = std::thread::Builder::new()
+            .name("nanami-status".into())
+            .spawn(move || poll_loop(&s, &stopped, interval, stale_after))
+            .map_err(|e| NanamiError::System {
+                reason: format!("spawning the status thread: {e}"),
+            })?;
+        Ok(Arc::new(Self {
+            shared,
+            poller: Mutex::new(Some(Poller { stop, thread })),
+        }))
+    }
+
+    /// Applies a new configuration without dropping the tunnel: the same device,
+    /// TUN and UDP port; only the peers that differ from the running config are
+    /// touched (a new endpoint is an in-place change; a new gateway after a
+    /// failover is one peer added and one removed), all in one atomic step: on
+    /// error nothing changed.
+    pub fn update(&self, config: Arc<TunnelConfig>) -> Result<UpdateSummary, NanamiError> {
+        let guard = self
+            .shared
+            .device
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let device = guard.as_ref().ok_or(NanamiError::Stopped)?;
+        let mut applied = lock(&self.shared.applied);
+        let new = &config.spec;
+
+        let mut update = DeviceUpdate::new();
+        let mut interface_changed = false;
+        if new.private_key.public_key() != applied.private_key.public_key() {
+            update = update.private_key(new.private_key.clone());
+            interface_changed = true;
+        }
+        if let Some(port) = new.listen_port.filter(|p| Some(*p) != applied.listen_port) {
+            update = update.listen_port(port);
+            interface_changed = true;
+        }
+        let diff = diff_peers(&applied.peers, &new.peers);
+        if let Some(d) = &diff {
+            update = d.to_update(update);
+        }
+        if interface_changed || diff.is_some() {
+            device
+                .apply(update)
+                .map_err(|e| NanamiError::from_device(&e, None))?;
+        }
+        let platform_reconfigure_needed =
+            new.addresses != applied.addresses || new.mtu != applied.mtu;
+        *applied = new.clone();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(UpdateSummary {
+            added: count(diff.as_ref().map_or(0, |d| d.added.len())),
+            changed: count(diff.as_ref().map_or(0, |d| d.changed.len())),
+            removed: count(diff.as_ref().map_or(0, |d| d.removed.len())),
+            interface_changed,
+            platform_reconfigure_needed,
+        })
+    }
+
+    /// Every configured peer's counters and last handshake, ordered by public key.
+    pub fn stats(&self) -> Result<Vec<PeerStats>, NanamiError> {
+        let guard = self
+            .shared
+            .device
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let device = guard.as_ref().ok_or(NanamiError::Stopped)?;
+        Ok(device
+            .get()
+            .peers
+            .iter()
+            .map(|p| PeerStats {
+                public_key: p.config.public_key.to_base64(),
+                endpoint: p.config.endpoint.map(|e| e.to_string()),
+                rx_bytes: p.stats.rx_bytes,
+                tx_bytes: p.stats.tx_bytes,
+                last_handshake: p.stats.last_handshake,
+            })
+            .collect())
+    }
+
+    /// The UDP port the tunnel listens on.
+    pub fn listen_port(&self) -> Result<u16, NanamiError> {
+        let guard = self
+            .shared
+            .device
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(guard.as_ref().ok_or(NanamiError::Stopped)?.listen_port())
+    }
+
+    /// Whether the tunnel runs (false after `stop()` or a device failure).
+    pub fn is_running(&self) -> bool {
+        self.shared
+            .device
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(Device::is_running)
+    }
+
+    /// Stops the device (its threads end, the TUN fd and UDP sockets close) and the
+    /// status thread, then sends `Stopped { Requested }`. Idempotent: a second call,
+    /// or one after the device failed, does nothing.
+    pub fn stop(&self) {
+        let device = self
+            .shared
+            .device
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.stop_poller();
+        if let Some(device) = device {
+            device.shutdown();
+            self.shared.emit(TunnelEvent::Stopped {
+                reason: StopReason::Requested,
+            });
+        }
+    }
+}
+
+impl Tunnel {
+    fn stop_poller(&self) {
+        let Some(poller) = lock(&self.poller).take() else {
+            return;
+        };
+        // A send error means the thread already ended; either way it ends now.
+        let _ = poller.stop.send(());
+        // From inside a listener callback the status thread is this thread: it
+        // ends by itself when the callback returns.
+        let this: ThreadId = std::thread::current().id();
+        if poller.thread.thread().id() != this {
+            let _ = poller.thread.join();
+        }
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.stop_poller();
+        // The device (if still here) shuts down as it drops with `shared`.
+    }
+}
+
+/// Takes ownership of `fd` after checking it is an open descriptor (wrapping a
+/// closed one in `OwnedFd` would later close a descriptor someone else reuses).
+fn take_fd(fd: i32) -> Result<OwnedFd, NanamiError> {
+    if fd < 0 {
+        return Err(NanamiError::InvalidTunFd {
+            fd,
+            reason: "negative descriptor".into(),
+        });
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags; any int is a valid argument.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(NanamiError::InvalidTunFd {
+            fd,
+            reason: std::io::Error::last_os_error().to_string(),
+        });
+    }
+    // SAFETY: `fd` is open (checked above) and the caller hands its ownership to
+    // the tunnel (documented on `Tunnel::start`): nothing else closes it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn poll_loop(
+    shared: &Shared,
+    stopped: &mpsc::Receiver<()>,
+    interval: Duration,
+    stale_after: Duration,
+) {
+    let mut watcher = Watcher::new(stale_after);
+    loop {
+        let (peers, running) = {
+            let guard = shared.device.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(device) = guard.as_ref() else {
+                return;
+            };
+            let info = device.get();
+            let peers: Vec<_> = info
+                .peers
+                .iter()
+                .map(|p| (p.config.public_key, p.stats.last_handshake))
+                .collect();
+            (peers, device.is_running())
+        };
+        if !running {
+            let device = shared
+                .device
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(device) = device {
+                device.shutdown();
+                shared.emit(TunnelEvent::Stopped {
+                    reason: StopReason::DeviceFailed,
+                });
+            }
+            return;
+        }
+        for event in watcher.observe(&peers, SystemTime::now()) {
+            shared.emit(event);
+        }
+        match stopped.recv_timeout(interval) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
