@@ -1,5 +1,8 @@
 //! `nanami`: the command-line tool.
 
+mod lab;
+mod status;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -56,6 +59,59 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The table of gateways the manager knows: region, health, conditions,
+    /// desired vs observed generation, peers, newest handshake.
+    Status {
+        #[command(flatten)]
+        manager: status::ManagerArgs,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The `+ / ~ / -` diff a gateway needs: from the manager (desired vs last
+    /// reported), or from a local topology and an observed-state JSON file.
+    Plan {
+        /// A local topology document (with --observed); without it, ask the manager.
+        file: Option<PathBuf>,
+        /// The gateway id.
+        #[arg(long)]
+        gateway: String,
+        /// Observed state (an `Observed` or a `GatewayState`, JSON) for a local plan.
+        #[arg(long, requires = "file")]
+        observed: Option<PathBuf>,
+        /// Gateway health as JSON for a local plan (see `compile`).
+        #[arg(long)]
+        health: Option<PathBuf>,
+        #[command(flatten)]
+        manager: status::ManagerArgs,
+        /// The plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A whole Nanami on this machine (root): manager, gateway daemon, LAN, two
+    /// wireguard-go clients, in network namespaces.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+        /// Prefix of the lab's namespaces and interfaces.
+        #[arg(long, global = true, default_value = "nml")]
+        prefix: String,
+        /// The lab's state directory.
+        #[arg(long, global = true, default_value = "/run/nanami-lab")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Build the lab, wait for convergence, prove reachability, print the status.
+    Up {
+        /// The lab topology.
+        #[arg(default_value = "examples/lab.yaml")]
+        file: PathBuf,
+    },
+    /// Remove everything the lab created.
+    Down,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -153,6 +209,51 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", config.to_json());
             } else {
                 print!("{}", config.to_wg_quick(None));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { manager, json } => {
+            status::status(&manager, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan {
+            file,
+            gateway,
+            observed,
+            health: h,
+            manager,
+            json,
+        } => {
+            let gateway = GatewayId::new(&gateway).context("--gateway")?;
+            match (file, observed) {
+                (Some(file), Some(observed)) => {
+                    let topology = match load(&file)? {
+                        Ok(t) => t,
+                        Err(code) => return Ok(code),
+                    };
+                    status::plan_local(
+                        &file,
+                        &topology,
+                        &gateway,
+                        &health(h.as_deref())?,
+                        &observed,
+                        json,
+                    )?;
+                }
+                (Some(_), None) => anyhow::bail!("a local plan needs --observed FILE"),
+                (None, _) => status::plan_remote(&manager, &gateway, json)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lab {
+            command,
+            prefix,
+            dir,
+        } => {
+            let lab = lab::Lab { prefix, dir };
+            match command {
+                LabCommand::Up { file } => lab::up(&lab, &file)?,
+                LabCommand::Down => lab::down(&lab)?,
             }
             Ok(ExitCode::SUCCESS)
         }
