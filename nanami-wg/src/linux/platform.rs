@@ -288,6 +288,9 @@ impl LinuxPlatform {
                 Wg::InProcess(device)
             }
             (None, DeviceMode::Detached { program }) => {
+                // A predecessor whose link was just deleted removes its socket
+                // when it exits; wait for that, or it would remove the new one.
+                wait_for_socket_release(Path::new(DEFAULT_UAPI_DIR), name).await?;
                 spawn_detached(program, name).await?;
                 let client = UapiClient::new(Path::new(DEFAULT_UAPI_DIR), name.as_str());
                 client
@@ -426,9 +429,9 @@ impl Platform for LinuxPlatform {
             }
             let info = match managed.device.get(name).await {
                 Ok(info) => info,
-                // A detached device that no longer answers: report it absent, so
-                // the plan recreates it.
-                Err(PlatformError::Uapi { .. }) => continue,
+                // A device whose link exists but does not answer is not absent:
+                // recreating it would cut its sessions over a transient failure.
+                // The pass fails and is retried with backoff.
                 Err(e) => return Err(e),
             };
             let mut iface = InterfaceState {
@@ -595,4 +598,28 @@ async fn spawn_detached(program: &Path, name: &InterfaceName) -> Result<(), Plat
             source: std::io::Error::other("device did not start"),
         })
     }
+}
+
+/// Waits (up to 5 s) for the socket of `name` to disappear: a device whose link was
+/// deleted stops within a second and removes it. A socket that outlives the wait
+/// and still answers belongs to a live device: an error. One that does not answer
+/// is a leftover of a crash, which the new device replaces.
+async fn wait_for_socket_release(dir: &Path, name: &InterfaceName) -> Result<(), PlatformError> {
+    let client = UapiClient::new(dir, name.as_str());
+    for _ in 0..100 {
+        if !client.path().exists() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    if client.get().is_ok() {
+        return Err(PlatformError::Io {
+            context: format!(
+                "{} is still served by a running device",
+                client.path().display()
+            ),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        });
+    }
+    Ok(())
 }
