@@ -111,6 +111,11 @@ fn spawn(dir: &Path, ns: &str, name: &str, program: &Path, args: &[String]) {
         .spawn()
         .unwrap();
     std::fs::write(dir.join(format!("{name}.pid")), child.id().to_string()).unwrap();
+    // Reap it when it exits (lab down or a later stop kills it).
+    let mut child = child;
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
 }
 
 #[test]
