@@ -30,6 +30,16 @@ pub enum ParseError {
     /// The YAML is malformed, has an unknown field, or a value of the wrong shape.
     #[error("YAML: {0}")]
     Yaml(String),
+    /// The YAML nests flow collections (`[`, `{`) deeper than
+    /// [`MAX_YAML_NESTING`]; no topology needs that, and the YAML parser's cost grows
+    /// with the square of the depth, so it is refused before parsing.
+    #[error("YAML nests [ and {{ more than {limit} deep (line {line})")]
+    TooDeep {
+        /// The limit.
+        limit: usize,
+        /// Where the limit was crossed (1-based).
+        line: usize,
+    },
     /// The JSON is malformed, has an unknown field, or a value of the wrong shape.
     #[error("JSON: {0}")]
     Json(String),
@@ -229,6 +239,7 @@ impl Document {
     /// Reads YAML (a superset of JSON).
     pub fn from_yaml(text: &str) -> Result<Self, ParseError> {
         check_size(text)?;
+        check_yaml_nesting(text)?;
         serde_yaml_ng::from_str(text).map_err(|e| ParseError::Yaml(e.to_string()))
     }
 
@@ -248,6 +259,73 @@ impl Document {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
+}
+
+/// Deepest flow nesting (`[`/`{`) accepted in YAML. A topology needs 3 or 4 levels;
+/// the YAML parser (libyaml) spends time proportional to the depth on every token,
+/// so 100,000 nested brackets would cost minutes of CPU.
+pub const MAX_YAML_NESTING: usize = 64;
+
+/// A linear pre-scan that refuses deep flow nesting. It skips quoted scalars and
+/// comments; brackets inside plain block scalars count too (a conservative error,
+/// never a missed one: they cannot hide nesting from the limit).
+fn check_yaml_nesting(text: &str) -> Result<(), ParseError> {
+    let mut depth = 0usize;
+    let mut line = 1;
+    let mut chars = text.chars().peekable();
+    let mut prev = '\n';
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => line += 1,
+            '#' if prev.is_whitespace() => {
+                // A comment runs to the end of the line.
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        line += 1;
+                        break;
+                    }
+                }
+                prev = '\n';
+                continue;
+            }
+            '"' => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        '\n' => line += 1,
+                        _ => {}
+                    }
+                }
+            }
+            '\'' if !prev.is_alphanumeric() => {
+                for c in chars.by_ref() {
+                    match c {
+                        // '' inside a single-quoted scalar is an escaped quote: the
+                        // scan resumes inside the scalar on the next quote anyway.
+                        '\'' => break,
+                        '\n' => line += 1,
+                        _ => {}
+                    }
+                }
+            }
+            '[' | '{' => {
+                depth += 1;
+                if depth > MAX_YAML_NESTING {
+                    return Err(ParseError::TooDeep {
+                        limit: MAX_YAML_NESTING,
+                        line,
+                    });
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = c;
+    }
+    Ok(())
 }
 
 fn check_size(text: &str) -> Result<(), ParseError> {

@@ -118,9 +118,12 @@ pub(crate) fn topology_error(py: Python<'_>, e: TopologyError) -> PyErr {
 /// [`nanami_model::ParseError`] → `ParseError`, whatever the reason.
 pub(crate) fn parse_error(e: CoreParseError) -> PyErr {
     match e {
-        CoreParseError::TooLarge { .. } | CoreParseError::Yaml(_) | CoreParseError::Json(_) => {
-            ParseError::new_err(e.to_string())
-        }
+        CoreParseError::TooLarge { .. }
+        | CoreParseError::TooDeep { .. }
+        | CoreParseError::Yaml(_)
+        | CoreParseError::Json(_) => ParseError::new_err(e.to_string()),
+        // A variant added to the core later is still a parse error.
+        #[allow(clippy::wildcard_enum_match_arm)]
         other => ParseError::new_err(other.to_string()),
     }
 }
