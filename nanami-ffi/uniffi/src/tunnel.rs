@@ -134,6 +134,8 @@ impl Tunnel {
         let options = options.unwrap_or_default();
         let spec = config.spec.clone();
         let fd = take_fd(tun_fd)?;
+        // On error `fd` drops here: the tunnel took it, and closes it.
+        check_tun(&fd).map_err(|reason| NanamiError::InvalidTunFd { fd: tun_fd, reason })?;
         let device = Device::open(
             TunSource::Fd { fd, name: None },
             DeviceOptions {
@@ -323,6 +325,48 @@ fn take_fd(fd: i32) -> Result<OwnedFd, NanamiError> {
     // SAFETY: `fd` is open (checked above) and the caller hands its ownership to
     // the tunnel (documented on `Tunnel::start`): nothing else closes it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Refuses an fd that is not a TUN (or is a TAP): the device would read garbage
+/// from it. `IFF_NO_PI` is not checked: the kernel here reports it in TUNGETIFF's
+/// flags even for a TUN opened without it, so the flag cannot be trusted.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn check_tun(fd: &OwnedFd) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+
+    /// `struct ifreq` as TUNGETIFF fills it: the name, then the flags (a union
+    /// padded to 24 bytes).
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNGETIFF writes a `struct ifreq` into `req`, which has its layout
+    // and size; `fd` is open for the duration of the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNGETIFF as _, &mut req) };
+    if rc != 0 {
+        return Err(format!(
+            "not a TUN device (TUNGETIFF: {})",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let flags = i32::from(req.flags);
+    if flags & libc::IFF_TUN == 0 {
+        return Err("a TAP device; a TUN (IFF_TUN) is needed".into());
+    }
+    Ok(())
+}
+
+/// Other platforms' TUN fds (a utun on Apple systems) answer no TUNGETIFF.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn check_tun(_fd: &OwnedFd) -> Result<(), String> {
+    Ok(())
 }
 
 fn poll_loop(
