@@ -600,6 +600,23 @@ impl Manager {
             .collect()
     }
 
+    /// Each gateway's desired and last reported generation (cheaper than
+    /// [`Manager::status`], for watching convergence).
+    pub fn generations(&self) -> Vec<(GatewayId, u64, Option<u64>)> {
+        let inner = self.lock();
+        inner
+            .gateways
+            .iter()
+            .map(|(id, e)| {
+                let observed = inner
+                    .observed
+                    .get(id)
+                    .and_then(|o| o.report.status.applied_generation);
+                (id.clone(), e.generation, observed)
+            })
+            .collect()
+    }
+
     /// The topology revision in force.
     pub fn revision(&self) -> u64 {
         self.lock().revision
