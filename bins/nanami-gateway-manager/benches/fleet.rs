@@ -85,7 +85,8 @@ async fn bench() {
     let mut keys = Vec::new();
     for i in 0..GATEWAYS {
         keys.push(
-            nanami_gateway_daemon::ensure_key(&dir.join(format!("gw-{i:03}/private.key"))).unwrap(),
+            nanami_gateway_daemon::ensure_key(&daemons.join(format!("gw-{i:03}/private.key")))
+                .unwrap(),
         );
     }
     let clients: Vec<PublicKey> = (0..GATEWAYS * 3)
