@@ -393,6 +393,37 @@ async fn oversight_is_read_only() {
         .await
         .unwrap();
     assert_eq!(put.status, StatusCode::FORBIDDEN);
+    // Unauthenticated: liveness, Prometheus metrics (aggregates only), OpenAPI.
+    let anon = f.env.client();
+    let get = |path: &'static str| {
+        let anon = anon.clone();
+        async move {
+            anon.send_raw(Method::GET, path, None, Duration::from_secs(5))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(get("/healthz").await.status, StatusCode::OK);
+    let metrics = String::from_utf8(get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("nanami_gateways 2\n")
+            && metrics.contains("# TYPE nanami_reports_total counter"),
+        "{metrics}"
+    );
+    let openapi: serde_json::Value =
+        serde_json::from_slice(&get("/openapi.json").await.body).unwrap();
+    for path in [
+        "/v1/enrol",
+        "/v1/gateways/{id}/desired",
+        "/v1/oversight/regions",
+        "/v1/nodes/{id}/config",
+    ] {
+        assert!(
+            openapi["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(openapi["paths"]["/v1/oversight/gateways"]["put"].is_null());
     // And the control credential is not an operator credential.
     assert_eq!(
         f.env
