@@ -419,12 +419,11 @@ impl Platform for LinuxPlatform {
         let mut state = GatewayState::default();
         let mut telemetry = BTreeMap::new();
         // A device whose link vanished is reported absent, so the plan recreates it.
-        let live: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
         for (name, managed) in &self.devices {
             let Some(link) = links.iter().find(|l| l.name == name.as_str()) else {
                 continue;
             };
-            if !live.contains(name.as_str()) || !managed.device.is_running() {
+            if !managed.device.is_running() {
                 continue;
             }
             let info = match managed.device.get(name).await {
