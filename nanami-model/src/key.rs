@@ -228,6 +228,14 @@ impl PrivateKey {
         Ok(key)
     }
 
+    /// Reads the UAPI's 64 hexadecimal digits.
+    pub fn from_hex(text: &str) -> Result<Self, KeyError> {
+        let mut bytes = hex_decode(text)?;
+        let key = Self::from_bytes(bytes);
+        bytes.zeroize();
+        Ok(key)
+    }
+
     /// The matching public key.
     pub fn public_key(&self) -> PublicKey {
         // The public half of a clamped scalar times the base point is never low-order.
@@ -297,6 +305,8 @@ mod tests {
         assert!(!shown.contains(key.to_base64_secret().as_str()));
         assert!(!shown.contains(key.to_hex_secret().as_str()));
         assert!(shown.contains("redacted"));
+        let back = PrivateKey::from_hex(key.to_hex_secret().as_str()).unwrap();
+        assert_eq!(back.public_key(), key.public_key());
     }
 
     #[test]

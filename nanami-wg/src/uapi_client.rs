@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use nanami_model::{PrivateKey, PublicKey};
@@ -176,8 +176,8 @@ pub fn parse_get(reply: &str) -> Result<DeviceInfo, UapiClientError> {
         match key {
             "errno" => errno = Some(value.parse::<i64>().map_err(|_| bad("errno", line))?),
             "private_key" => {
-                let bytes = Zeroizing::new(hex32(value).ok_or_else(|| bad("private_key", "…"))?);
-                info.private_key = Some(PrivateKey::from_bytes(*bytes));
+                info.private_key =
+                    Some(PrivateKey::from_hex(value).map_err(|_| bad("private_key", "…"))?);
             }
             "listen_port" => {
                 info.listen_port = value.parse().map_err(|_| bad("listen_port", line))?
@@ -236,29 +236,16 @@ pub fn parse_get(reply: &str) -> Result<DeviceInfo, UapiClientError> {
     }
 }
 
-fn hex32(text: &str) -> Option<[u8; 32]> {
-    let raw = text.as_bytes();
-    if raw.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in raw.chunks_exact(2).enumerate() {
-        let s = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(s, 16).ok()?;
-    }
-    Some(out)
-}
-
-/// `last_handshake` as the UAPI writes it, for tests.
-pub fn handshake_fields(t: Option<SystemTime>) -> (u64, u32) {
-    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| (d.as_secs(), d.subsec_nanos()))
-        .unwrap_or((0, 0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `last_handshake` as the UAPI writes it.
+    fn handshake_fields(t: Option<std::time::SystemTime>) -> (u64, u32) {
+        t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| (d.as_secs(), d.subsec_nanos()))
+            .unwrap_or((0, 0))
+    }
 
     #[test]
     fn parses_a_get_reply() {

@@ -74,7 +74,7 @@ impl KernelWg {
                 NetlinkPayload::InnerMessage(genl) => out.push(genl.payload),
                 NetlinkPayload::Error(e) if e.code.is_some() => {
                     return Err(PlatformError::Netlink {
-                        errno: e.code.map(|c| -c.get()).unwrap_or(0),
+                        errno: super::netlink::errno(&e),
                         message: e.to_io().to_string(),
                     })
                 }

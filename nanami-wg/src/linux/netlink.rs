@@ -190,11 +190,17 @@ fn parse_address(msg: &AddressMessage) -> Option<(u32, IpNet)> {
     ))
 }
 
+/// The kernel's errno in a netlink error (positive), 0 when the error is not the
+/// kernel's.
+pub(crate) fn errno(e: &rtnetlink::packet_core::ErrorMessage) -> i32 {
+    e.code.map(|c| -c.get()).unwrap_or(0)
+}
+
 fn ok_if_errno(result: Result<(), rtnetlink::Error>, benign: &[i32]) -> Result<(), PlatformError> {
     match result {
         Ok(()) => Ok(()),
         Err(rtnetlink::Error::NetlinkError(e)) => {
-            let errno = e.code.map(|c| -c.get()).unwrap_or(0);
+            let errno = errno(&e);
             if benign.contains(&errno) {
                 Ok(())
             } else {
@@ -219,7 +225,7 @@ fn gone() -> [i32; 4] {
 fn dump_error(e: rtnetlink::Error) -> PlatformError {
     PlatformError::Netlink {
         errno: match &e {
-            rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()).unwrap_or(0),
+            rtnetlink::Error::NetlinkError(m) => errno(m),
             _ => 0,
         },
         message: e.to_string(),
