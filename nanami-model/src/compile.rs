@@ -31,7 +31,7 @@ use crate::state::{
     Destination, FilterRule, FilterSet, GatewayState, InterfaceState, IpFamily, NatRule, PeerState,
     Route, Rule, DEFAULT_MTU,
 };
-use crate::topology::{Gateway, NodeStatus, Role, Topology, Workspace};
+use crate::topology::{Gateway, Node, NodeStatus, Role, Topology, Workspace};
 
 /// Why nothing could be compiled for the id asked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -188,7 +188,29 @@ pub fn compile_node(
     if ws.is_gateway_node(node) {
         return Err(CompileError::NodeIsGateway(node.clone()));
     }
-    let assignment = assign(topology, ws, health);
+    Ok(node_config(ws, rec, &assign(topology, ws, health)))
+}
+
+/// Compiles the configuration of every active client, assigning each workspace
+/// once: the bulk form of [`compile_node`] (which assigns the node's workspace at
+/// every call), for a manager or a tool that needs all of them.
+pub fn compile_nodes(topology: &Topology, health: &Health) -> BTreeMap<NodeId, NodeConfig> {
+    let mut out = BTreeMap::new();
+    for ws in topology.workspaces.values() {
+        let assignment = assign(topology, ws, health);
+        for rec in ws
+            .nodes
+            .values()
+            .filter(|n| n.is_active() && !ws.is_gateway_node(&n.id))
+        {
+            out.insert(rec.id.clone(), node_config(ws, rec, &assignment));
+        }
+    }
+    out
+}
+
+fn node_config(ws: &Workspace, rec: &Node, assignment: &Assignment) -> NodeConfig {
+    let node = &rec.id;
     let mut gateways: BTreeMap<NetworkId, Vec<GatewayChoice>> = BTreeMap::new();
     let mut unassigned = BTreeSet::new();
     let mine = assignment.ordered.get(node);
@@ -219,6 +241,13 @@ pub fn compile_node(
                     endpoint: gw.endpoint,
                     allowed_ips,
                     exit_routes,
+                    addresses: gw_node
+                        .memberships
+                        .get(net_id)
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                        .collect(),
                 })
             })
             .collect();
@@ -237,7 +266,7 @@ pub fn compile_node(
         .flatten()
         .map(|a| host_prefix(*a))
         .collect();
-    Ok(NodeConfig {
+    NodeConfig {
         node: rec.id.clone(),
         workspace: ws.id.clone(),
         public_key: rec.public_key,
@@ -246,7 +275,7 @@ pub fn compile_node(
         peers,
         unassigned,
         gateways,
-    })
+    }
 }
 
 /// The default route of `overlay`'s family.

@@ -17,13 +17,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::id::{GatewayId, NetworkId, NodeId, WorkspaceId};
+use crate::compile::host_prefix;
+use crate::id::{GatewayId, InterfaceName, NetworkId, NodeId, WorkspaceId};
 use crate::key::{PrivateKey, PublicKey};
+use crate::state::{GatewayState, InterfaceState, PeerState, Route, Rule};
 
 /// Keepalive a client sends its gateways, in seconds: under the 30 s that common
 /// NAT mappings for UDP survive idle, and wg-quick's customary value.
@@ -76,6 +78,11 @@ pub struct GatewayChoice {
     /// has no `exit: true`, or the gateway lacks the exit role).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub exit_routes: BTreeSet<IpNet>,
+    /// The gateway's own overlay addresses in this network: what a client agent
+    /// probes through the tunnel to tell a live gateway from a dead one (see
+    /// [`NodeConfig::client_state`]). Empty when the gateway's node has none.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub addresses: BTreeSet<IpAddr>,
 }
 
 /// A gateway as a client's peer.
@@ -186,6 +193,82 @@ impl NodeConfig {
             .iter()
             .map(|c| &c.gateway)
             .find(|g| !down.contains(*g))
+    }
+
+    /// Every gateway of the failover lists with its own overlay addresses (the
+    /// union over its networks), ordered by gateway id.
+    pub fn probe_addresses(&self) -> BTreeMap<GatewayId, BTreeSet<IpAddr>> {
+        let mut out: BTreeMap<GatewayId, BTreeSet<IpAddr>> = BTreeMap::new();
+        for choice in self.gateways.values().flatten() {
+            out.entry(choice.gateway.clone())
+                .or_default()
+                .extend(choice.addresses.iter().copied());
+        }
+        out
+    }
+
+    /// The state a client agent gives its own machine with every gateway in `down`
+    /// treated as dead (see [`NodeConfig::failed_over`]): one WireGuard interface
+    /// `interface` listening on `listen_port`, with the node's addresses and one peer
+    /// per gateway; a route in Nanami's table and a rule for every prefix routed
+    /// into the tunnel. No filter and no forwarding: a client forwards nothing.
+    ///
+    /// Each peer also carries its gateway's own overlay addresses (host prefixes,
+    /// more specific than the overlay the active gateway carries), so the agent can
+    /// probe every gateway of its lists through the tunnel, standbys included.
+    ///
+    /// Default routes (an exit) stay in the peer's AllowedIPs but get no route: a
+    /// default route into the tunnel needs the tunnel's own packets marked and
+    /// excluded (wg-quick's fwmark rule), which the agent does not do yet.
+    ///
+    /// ```
+    /// # use std::collections::BTreeSet;
+    /// # use nanami_model::{InterfaceName, NodeConfig};
+    /// # fn show(config: &NodeConfig) {
+    /// let ifname = InterfaceName::new("nm-client").unwrap();
+    /// let state = config.client_state(&ifname, 51900, &BTreeSet::new());
+    /// assert!(state.filter.is_none() && state.forwarding.is_empty());
+    /// # }
+    /// ```
+    pub fn client_state(
+        &self,
+        interface: &InterfaceName,
+        listen_port: u16,
+        down: &BTreeSet<GatewayId>,
+    ) -> GatewayState {
+        let probes = self.probe_addresses();
+        let mut iface = InterfaceState {
+            listen_port: Some(listen_port),
+            mtu: self.mtu,
+            addresses: self.addresses.clone(),
+            peers: BTreeMap::new(),
+        };
+        let mut state = GatewayState::default();
+        for peer in self.failed_over(down).peers {
+            for net in peer.allowed_ips.iter().filter(|n| n.prefix_len() > 0) {
+                state.routes.insert(Route::nanami(*net, interface.clone()));
+                state.rules.insert(Rule::nanami(*net));
+            }
+            let mut allowed_ips = peer.allowed_ips;
+            // Routed even when every network of the gateway is stranded, so a
+            // dead gateway's return is noticed.
+            for own in probes.get(&peer.gateway).into_iter().flatten() {
+                let own = host_prefix(*own);
+                allowed_ips.insert(own);
+                state.routes.insert(Route::nanami(own, interface.clone()));
+                state.rules.insert(Rule::nanami(own));
+            }
+            iface.peers.insert(
+                peer.public_key,
+                PeerState {
+                    endpoint: Some(peer.endpoint),
+                    allowed_ips,
+                    persistent_keepalive: peer.persistent_keepalive,
+                },
+            );
+        }
+        state.interfaces.insert(interface.clone(), iface);
+        state
     }
 
     /// The `wg-quick(8)` form. With `None`, the private key is
