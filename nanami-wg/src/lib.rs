@@ -7,7 +7,10 @@
 //!   `inet nanami` nftables table, forwarding sysctls, change events, teardown.
 //! - [`uapi_client`]: drives a device in another process (a detached
 //!   `nanami-device`, or `wireguard-go`) over its UAPI socket.
+//! - [`probe`]: [`probe::Pinger`], ICMP echo probes over raw sockets (forwarding-path
+//!   health).
 
 pub mod device;
 pub mod linux;
+pub mod probe;
 pub mod uapi_client;

@@ -271,8 +271,9 @@ impl Drop for Netns {
     }
 }
 
-/// Connects `a` and `b` with a veth pair and addresses them (`addr` with prefix).
-pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) {
+/// Connects `a` and `b` with a veth pair and addresses them (`addr` with prefix);
+/// returns the two interfaces' names (`a`'s, `b`'s).
+pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) -> (String, String) {
     let (ia, ib) = (ifname("va"), ifname("vb"));
     run(Command::new("ip").args([
         "link",
@@ -292,6 +293,7 @@ pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) {
     b.ip(&["addr", "add", b_addr, "dev", &ib]);
     a.ip(&["link", "set", &ia, "up"]);
     b.ip(&["link", "set", &ib, "up"]);
+    (ia, ib)
 }
 
 /// A fresh key pair.
