@@ -105,13 +105,30 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// A raw answer: status and body.
+/// A raw answer: status, headers and body.
 #[derive(Debug, Clone)]
 pub struct Answer {
     /// HTTP status.
     pub status: StatusCode,
+    /// Response headers.
+    pub headers: http::HeaderMap,
     /// Body bytes.
     pub body: Bytes,
+}
+
+impl Answer {
+    /// The manager's error, for an answer whose status is not a success.
+    fn error(&self) -> ApiError {
+        let message = match serde_json::from_slice::<ErrorBody>(&self.body) {
+            Ok(e) if e.issues.is_empty() => e.error,
+            Ok(e) => format!("{}\n  {}", e.error, e.issues.join("\n  ")),
+            Err(_) => String::from_utf8_lossy(&self.body).into_owned(),
+        };
+        ApiError::Status {
+            status: self.status,
+            message,
+        }
+    }
 }
 
 impl Client {
@@ -234,14 +251,19 @@ impl Client {
                 .await
                 .map_err(|e| ApiError::Connect(e.to_string()))?;
             let status = response.status();
-            let body = response
-                .into_body()
+            let (parts, body) = response.into_parts();
+            let headers = parts.headers;
+            let body = body
                 .collect()
                 .await
                 .map_err(|e| ApiError::Connect(e.to_string()))?
                 .to_bytes();
             *self.idle.lock().await = Some(send);
-            Ok(Answer { status, body })
+            Ok(Answer {
+                status,
+                headers,
+                body,
+            })
         };
         tokio::time::timeout(timeout, fut)
             .await
@@ -260,15 +282,7 @@ impl Client {
             return Ok(None);
         }
         if !answer.status.is_success() {
-            let message = match serde_json::from_slice::<ErrorBody>(&answer.body) {
-                Ok(e) if e.issues.is_empty() => e.error,
-                Ok(e) => format!("{}\n  {}", e.error, e.issues.join("\n  ")),
-                Err(_) => String::from_utf8_lossy(&answer.body).into_owned(),
-            };
-            return Err(ApiError::Status {
-                status: answer.status,
-                message,
-            });
+            return Err(answer.error());
         }
         serde_json::from_slice(&answer.body)
             .map(Some)
@@ -387,6 +401,46 @@ impl Client {
     /// `GET /v1/nodes/{id}/config` as JSON (node's own or control credential).
     pub async fn node_config(&self, node: &NodeId) -> Result<NodeConfig, ApiError> {
         self.get(&format!("/v1/nodes/{node}/config")).await
+    }
+
+    /// Waits up to `wait` for node's configuration to differ from version `after`;
+    /// Ok(None) when it did not change within `wait`; Ok(Some((version, config)))
+    /// otherwise.
+    ///
+    /// `GET /v1/nodes/{id}/config?after=<version>&wait=<seconds>` (node's own or
+    /// control credential); the version is the answer's `ETag` (an opaque string;
+    /// `after: None` returns the current configuration at once). The manager cuts
+    /// `wait` to 55 s and rounds it down to whole seconds.
+    pub async fn node_config_watch(
+        &self,
+        node: &NodeId,
+        after: Option<&str>,
+        wait: Duration,
+    ) -> Result<Option<(String, NodeConfig)>, ApiError> {
+        let mut path = format!("/v1/nodes/{node}/config?wait={}", wait.as_secs());
+        if let Some(after) = after {
+            path.push_str("&after=");
+            path.push_str(after);
+        }
+        let answer = self
+            .send_raw(Method::GET, &path, None, wait + self.timeout)
+            .await?;
+        if answer.status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        if !answer.status.is_success() {
+            return Err(answer.error());
+        }
+        let version = answer
+            .headers
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim_start_matches("W/").trim_matches('"').to_owned())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ApiError::Decode("a configuration without an ETag".into()))?;
+        let config =
+            serde_json::from_slice(&answer.body).map_err(|e| ApiError::Decode(e.to_string()))?;
+        Ok(Some((version, config)))
     }
 
     /// `GET /v1/oversight/regions` (operator credential).

@@ -352,14 +352,7 @@ async fn desired(
         ),
         None => None,
     };
-    let wait = match query_param(query.as_deref(), "wait") {
-        Some(v) => Duration::from_secs(
-            v.parse::<u64>()
-                .map_err(|_| bad_request(&app, "wait: not a number of seconds"))?,
-        ),
-        None => Duration::ZERO,
-    }
-    .min(MAX_WAIT);
+    let wait = wait_param(&app, query.as_deref())?;
     match app.wait_desired(&id, after, wait).await {
         Some((_, body)) => Ok(json_bytes(body.to_vec())),
         None if app.has_gateway(&id) || after.is_some() => {
@@ -409,6 +402,21 @@ async fn get_observed(
     }
 }
 
+/// `wait=<seconds>`, cut to [`MAX_WAIT`]; zero when absent.
+fn wait_param(app: &App, query: Option<&str>) -> Result<Duration, ApiErr> {
+    Ok(match query_param(query, "wait") {
+        Some(v) => Duration::from_secs(
+            v.parse::<u64>()
+                .map_err(|_| bad_request(app, "wait: not a number of seconds"))?,
+        ),
+        None => Duration::ZERO,
+    }
+    .min(MAX_WAIT))
+}
+
+/// The longest configuration version accepted in `after` (a SHA-256 in hex).
+const MAX_VERSION_LEN: usize = 64;
+
 async fn node_config(
     State(app): State<App>,
     Path(id): Path<String>,
@@ -424,13 +432,30 @@ async fn node_config(
             return Err(forbidden(&app))
         }
     }
-    let config = app.node_config(&id)?;
-    match query_param(query.as_deref(), "format") {
-        None | Some("json") => Ok(Json(config).into_response()),
-        Some("wg-quick") => Ok(config.to_wg_quick(None).into_response()),
-        Some("wg") => Ok(config.to_wg(None).into_response()),
-        Some(_) => Err(bad_request(&app, "format: json, wg-quick or wg")),
+    let format = query_param(query.as_deref(), "format");
+    if !matches!(format, None | Some("json" | "wg-quick" | "wg")) {
+        return Err(bad_request(&app, "format: json, wg-quick or wg"));
     }
+    let after = match query_param(query.as_deref(), "after") {
+        Some(v) if v.len() <= MAX_VERSION_LEN && v.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(v)
+        }
+        Some(_) => return Err(bad_request(&app, "after: not a configuration version")),
+        None => None,
+    };
+    let wait = wait_param(&app, query.as_deref())?;
+    let Some((version, config)) = app.wait_node_config(&id, after, wait).await? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let etag = HeaderValue::from_str(&format!("\"{version}\""))
+        .map_err(|_| ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "bad version"))?;
+    let mut response = match format {
+        Some("wg-quick") => config.to_wg_quick(None).into_response(),
+        Some("wg") => config.to_wg(None).into_response(),
+        Some(_) | None => Json(config).into_response(),
+    };
+    response.headers_mut().insert(header::ETAG, etag);
+    Ok(response)
 }
 
 fn operator_only(app: &App, headers: &HeaderMap) -> Result<(), ApiErr> {

@@ -150,6 +150,19 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The version of a client's configuration: the first 16 bytes of the SHA-256 of
+/// its JSON, in hex (the JSON is deterministic: ordered maps, no clock).
+pub fn config_version(config: &NodeConfig) -> String {
+    use sha2::{Digest as _, Sha256};
+    // Serializing a NodeConfig (ordered maps, no floats) cannot fail.
+    let json = serde_json::to_vec(config).unwrap_or_default();
+    Sha256::digest(&json)
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn state_json(state: &GatewayState) -> String {
     // Serializing a GatewayState (ordered maps, no floats) cannot fail.
     serde_json::to_string(state).unwrap_or_default()
@@ -267,10 +280,11 @@ impl Manager {
         changed
     }
 
+    /// Installs the changed rows and wakes every long-poll (desired states and node
+    /// configurations): called after every topology or health change, even one that
+    /// changed no gateway, since a client's configuration may change alone (the order
+    /// of its gateways).
     fn publish(&self, inner: &mut Inner, changed: BTreeMap<GatewayId, GatewayRow>) {
-        if changed.is_empty() {
-            return;
-        }
         for (id, row) in changed {
             info!(gateway = %id, generation = row.generation, "new desired generation");
             inner
@@ -492,6 +506,31 @@ impl Manager {
             unhealthy: BTreeSet::new(),
         };
         compile_node(topology, &health, node).map_err(|e| ManagerError::Compile(e.to_string()))
+    }
+
+    /// A client's configuration with its version (see [`config_version`]), waiting
+    /// up to `wait` for one whose version differs from `after`; `Ok(None)` when it
+    /// did not change within `wait`. Wakes on every topology or health change.
+    pub async fn wait_node_config(
+        &self,
+        node: &NodeId,
+        after: Option<&str>,
+        wait: Duration,
+    ) -> Result<Option<(String, NodeConfig)>, ManagerError> {
+        let mut rx = self.epoch.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            rx.borrow_and_update();
+            let config = self.node_config(node)?;
+            let version = config_version(&config);
+            if after != Some(version.as_str()) {
+                return Ok(Some((version, config)));
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return Ok(None),
+            }
+        }
     }
 
     /// The last report of `gateway`.

@@ -295,25 +295,7 @@ async fn a_gateway_credential_is_denied_another_gateways_state() {
     );
     // A client node enrols like a gateway (one-time token from the control plane,
     // its topology key) and reads only its own configuration.
-    let token = f
-        .env
-        .control()
-        .create_token(&TokenRequest {
-            subject: Subject::Node(NodeId::new("laptop-1").unwrap()),
-            ttl_seconds: Some(60),
-        })
-        .await
-        .unwrap();
-    let enrolled = f
-        .env
-        .client()
-        .enrol(&EnrolRequest {
-            token: token.token,
-            public_key: f.client,
-        })
-        .await
-        .unwrap();
-    let node = f.env.client().with_credential(enrolled.credential);
+    let node = enrol_node(&f.env, "laptop-1", f.client).await;
     let config = node
         .node_config(&NodeId::new("laptop-1").unwrap())
         .await
@@ -704,5 +686,113 @@ async fn a_silent_gateway_goes_offline_and_its_clients_fail_over() {
         (1, 1),
         "gw-b took the client over"
     );
+    f.b.stop().await;
+}
+
+/// Enrols client node `id` (whose topology key is `key`) and returns a client with
+/// its node credential.
+async fn enrol_node(env: &Env, id: &str, key: nanami_model::PublicKey) -> nanami_api::Client {
+    let token = env
+        .control()
+        .create_token(&TokenRequest {
+            subject: Subject::Node(NodeId::new(id).unwrap()),
+            ttl_seconds: Some(60),
+        })
+        .await
+        .unwrap();
+    let enrolled = env
+        .client()
+        .enrol(&EnrolRequest {
+            token: token.token,
+            public_key: key,
+        })
+        .await
+        .unwrap();
+    env.client().with_credential(enrolled.credential)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_config_watch_long_polls_for_a_change_and_is_per_node() {
+    let mut f = fleet("watch").await;
+    let laptop2 = client_key();
+    let ka = gateway_key(&f.a.state_dir);
+    let kb = gateway_key(&f.b.state_dir);
+    f.env
+        .control()
+        .put_topology(&topology(
+            &ka,
+            &kb,
+            &[("laptop-1", f.client), ("laptop-2", laptop2)],
+        ))
+        .await
+        .unwrap();
+    let laptop = NodeId::new("laptop-1").unwrap();
+    let node = enrol_node(&f.env, "laptop-1", f.client).await;
+
+    // No version: the configuration at once, with its version.
+    let (v1, c1) = node
+        .node_config_watch(&laptop, None, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c1, node.node_config(&laptop).await.unwrap());
+    assert_eq!(c1.peers[0].gateway.as_str(), "gw-a");
+    // The version is the same whatever the format.
+    let text = node
+        .send_raw(
+            Method::GET,
+            "/v1/nodes/laptop-1/config?format=wg-quick",
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        text.headers
+            .get(http::header::ETAG)
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        format!("\"{v1}\"")
+    );
+    // Unchanged: None after the wait.
+    let start = std::time::Instant::now();
+    let none = node
+        .node_config_watch(&laptop, Some(&v1), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(none.is_none());
+    assert!(start.elapsed() >= Duration::from_millis(900));
+    // A bad version is refused.
+    let bad = node
+        .node_config_watch(&laptop, Some("not-a-version"), Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(bad.status(), Some(StatusCode::BAD_REQUEST));
+    // Another node's configuration is not this credential's to watch.
+    let denied = node
+        .node_config_watch(&NodeId::new("laptop-2").unwrap(), None, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(denied.status(), Some(StatusCode::FORBIDDEN));
+
+    // A change of health wakes a waiting watch.
+    let watcher = {
+        let (node, laptop, v1) = (node.clone(), laptop.clone(), v1.clone());
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let got = node
+                .node_config_watch(&laptop, Some(&v1), Duration::from_secs(30))
+                .await;
+            (got, start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.a.stop().await;
+    let (got, took) = watcher.await.unwrap();
+    let (v2, c2) = got.unwrap().expect("a new configuration");
+    assert!(took < Duration::from_secs(10), "woke after {took:?}");
+    assert_ne!(v2, v1);
+    assert_eq!(c2.peers[0].gateway.as_str(), "gw-b");
     f.b.stop().await;
 }
