@@ -11,7 +11,9 @@
 #   boringtun  boringtun-cli (cargo install boringtun-cli --locked, if missing)
 #   plain      no tunnel: plain veth routing (the ceiling)
 #
-# Usage: sudo bench/dataplane.sh [-t SECONDS] [-n RUNS] [IMPL...]
+# Usage: sudo bench/dataplane.sh [-t SECONDS] [-n RUNS] [-m] [IMPL...]
+# -m: machine-readable: one `<impl>_mbps=run1,run2,…` line per implementation
+# (as bench/run reads it) instead of the summary.
 # NANAMI_DEVICE=/path/to/nanami-device skips the release build.
 # Needs root, iproute2, iperf3, wg, wireguard-go. Everything runs inside network
 # namespaces it creates (nmb-*) and deletes on exit.
@@ -19,11 +21,13 @@ set -euo pipefail
 
 DURATION=10
 RUNS=3
-while getopts "t:n:" opt; do
+MACHINE=0
+while getopts "t:n:m" opt; do
     case $opt in
         t) DURATION=$OPTARG ;;
         n) RUNS=$OPTARG ;;
-        *) echo "usage: $0 [-t SECONDS] [-n RUNS] [nanami|wggo|boringtun|plain]..." >&2; exit 2 ;;
+        m) MACHINE=1 ;;
+        *) echo "usage: $0 [-t SECONDS] [-n RUNS] [-m] [nanami|wggo|boringtun|plain]..." >&2; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
@@ -174,6 +178,12 @@ for i in $(seq 1 "$RUNS"); do
         if [ "$impl" = plain ]; then plain_down; else tunnel_down; fi
     done
 done
+if [ "$MACHINE" = 1 ]; then
+    for impl in "${IMPLS[@]}"; do
+        echo "${impl}_mbps=$(echo ${RUNS_OF[$impl]} | tr ' ' ',')"
+    done
+    exit 0
+fi
 declare -A RESULT
 for impl in "${IMPLS[@]}"; do
     median=$(printf '%s\n' ${RUNS_OF[$impl]} | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')

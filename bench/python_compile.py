@@ -20,8 +20,6 @@ Options: --nodes N (10000), --rounds R per batch (2), --batches B (3),
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import json
 import os
 import pathlib
@@ -30,88 +28,17 @@ import subprocess
 import sys
 import time
 
+import topology  # bench/topology.py, beside this file
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NODES_PER_WORKSPACE = 200  # 2 gateways + 198 nodes: a mid-size tenant
 
 
-def key(name: str) -> str:
-    """A deterministic, valid WireGuard public key for `name`."""
-    return base64.b64encode(hashlib.sha256(name.encode()).digest()).decode()
-
-
 def generate(nodes: int) -> dict:
-    """`nodes` nodes in workspaces of 200: two gateways (eu, us) serving two
-    networks, clients in one or both, a few exit users, a few pending nodes.
-    Addresses are left to the allocator, as a control plane usually does."""
+    """The shared generator (bench/topology.py), in workspaces of 200."""
     if nodes % NODES_PER_WORKSPACE:
         raise SystemExit(f"--nodes must be a multiple of {NODES_PER_WORKSPACE}")
-    workspaces = []
-    for w in range(nodes // NODES_PER_WORKSPACE):
-        ws = f"ws-{w}"
-        gateways = [f"g{w}-{g}" for g in range(2)]
-        node_docs = [
-            {
-                "id": f"{ws}-gw-{g}",
-                "public_key": key(f"{ws}-gw-{g}"),
-                "status": "active",
-                "memberships": [{"network": "corp"}, {"network": "lab"}],
-            }
-            for g in range(2)
-        ]
-        for n in range(NODES_PER_WORKSPACE - 2):
-            memberships = [{"network": "corp"}]
-            if n % 3 == 0:
-                memberships.append({"network": "lab"})
-            node_docs.append(
-                {
-                    "id": f"{ws}-n{n}",
-                    "public_key": key(f"{ws}-n{n}"),
-                    "status": "pending" if n % 50 == 49 else "active",
-                    "endpoints": [f"192.0.2.{n % 250 + 1}:{40000 + n}"] if n % 2 else [],
-                    "memberships": memberships,
-                    "exit": n % 10 == 0,
-                }
-            )
-        workspaces.append(
-            {
-                "id": ws,
-                "tenant": f"tenant-{w}",
-                "regions": ["eu", "us"],
-                "networks": [
-                    {
-                        "id": "corp",
-                        "overlay": f"10.{w}.0.0/22",
-                        "routes": [f"172.16.{w}.0/24"],
-                        "exit": True,
-                    },
-                    {
-                        "id": "lab",
-                        "overlay": [f"10.{w}.64.0/24", f"fd00:{w:x}::/64"],
-                        "routes": [f"192.168.{w}.0/24"],
-                        "nat": False,
-                        "gateways": {"policy": "manual", "manual": [gateways[1], gateways[0]]},
-                    },
-                ],
-                "nodes": node_docs,
-                "gateways": [
-                    {
-                        "id": gateways[g],
-                        "node": f"{ws}-gw-{g}",
-                        "region": ["eu", "us"][g],
-                        "networks": ["corp", "lab"],
-                        "roles": ["ingress", "egress", "exit"],
-                        "endpoint": f"198.18.{w}.{g + 1}:51820",
-                        "listen_port": 51820,
-                    }
-                    for g in range(2)
-                ],
-            }
-        )
-    return {
-        "version": 1,
-        "regions": [{"id": "eu", "state": "active"}, {"id": "us", "state": "active"}],
-        "workspaces": workspaces,
-    }
+    return topology.generate(nodes, NODES_PER_WORKSPACE)
 
 
 def run_rust(path: pathlib.Path, rounds: int, rust_bin: str | None) -> dict:

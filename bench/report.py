@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Turns bench/run's results (`item.key=v1,v2,…` lines) into the table: prints it and,
+with --output, writes BENCHMARKS.md. Medians and spreads (min–max) over the runs;
+each ratio is taken run by run (Nanami and its baseline of the same run), then its
+median and spread are shown."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+
+def load(path: str) -> tuple[dict[str, str], dict[str, list[float]]]:
+    machine, values = {}, {}
+    for line in open(path, encoding="utf-8"):
+        key, sep, value = line.rstrip("\n").partition("=")
+        if not sep:
+            continue
+        if key.startswith("machine."):
+            machine[key[len("machine."):]] = value
+        else:
+            try:
+                values[key] = [float(v) for v in value.split(",") if v]
+            except ValueError:
+                machine[key] = value  # a text field (a file name)
+    return machine, values
+
+
+def num(x: float) -> str:
+    if x >= 100:
+        return f"{x:,.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+class Table:
+    def __init__(self, values: dict[str, list[float]]):
+        self.values = values
+        self.rows: list[list[str]] = []
+
+    def get(self, key: str) -> list[float] | None:
+        v = self.values.get(key)
+        return v if v else None
+
+    def figure(self, key: str, unit: str, scale: float = 1.0) -> tuple[str, str]:
+        v = self.get(key)
+        if v is None:
+            return "not measured", ""
+        v = [x * scale for x in v]
+        return f"{num(statistics.median(v))} {unit}", f"{num(min(v))}–{num(max(v))}"
+
+    def ratio(self, key: str, base: str, lower_is_better: bool = True) -> str:
+        a, b = self.get(key), self.get(base)
+        if a is None or b is None or len(a) != len(b) or not all(b):
+            return ""
+        r = [x / y for x, y in zip(a, b)]
+        return f"{statistics.median(r):.2f}× ({min(r):.2f}–{max(r):.2f})"
+
+    def row(self, item: str, what: str, key: str, unit: str, base: str | None, base_label: str,
+            target: str, command: str, scale: float = 1.0, ratio: str | None = None) -> None:
+        fig, spread = self.figure(key, unit, scale)
+        if base is not None:
+            bfig, bspread = self.figure(base, unit, scale)
+            baseline = f"{base_label}: {bfig}" + (f" ({bspread})" if bspread else "")
+            ratio = self.ratio(key, base) if ratio is None else ratio
+        else:
+            baseline = base_label
+        self.rows.append([item, what, fig, spread, baseline, ratio or "", target, f"`{command}`"])
+
+    def markdown(self) -> str:
+        head = ["#", "benchmark", "Nanami (median)", "spread (min–max)", "baseline, same run (median, spread)",
+                "ratio (median, min–max)", "target", "command"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(lines)
+
+
+def build(machine: dict[str, str], values: dict[str, list[float]]) -> tuple[Table, list[str]]:
+    t = Table(values)
+    runs = machine.get("runs", "?")
+    dur = machine.get("duration", "?")
+    notes: list[str] = []
+
+    # 1 compile
+    cmd1 = (f"cargo bench -p nanami-model --bench compile -- {runs} "
+            "target/bench/topology-10k.json target/bench/topology-100k.json")
+    n = {f: int(values.get(f"compile.{f}.{k}", [0])[0]) for f in ("f0", "f1") for k in ("nodes",)}
+    g = {f: int(values.get(f"compile.{f}.gateways", [0])[0]) for f in ("f0", "f1")}
+    c = {f: int(values.get(f"compile.{f}.clients", [0])[0]) for f in ("f0", "f1")}
+    p = {f: int(values.get(f"compile.{f}.gateway_peers", [0])[0]) for f in ("f0", "f1")}
+    target_ms = None
+    all100 = t.get("compile.f1.compile_all_ms")
+    if all100:
+        target_ms = statistics.median(all100)
+    t.row("1", f"compile: every gateway state (`compile_all`), {n['f1']:,} nodes, {g['f1']} gateways "
+          f"({p['f1']:,} peers)", "compile.f1.compile_all_ms", "ms", "compile.f0.compile_all_ms",
+          f"{n['f0']:,} nodes, {g['f0']} gateways", "< 1 s for 100k"
+          + (" ✔" if target_ms is not None and target_ms < 1000 else " ✘" if target_ms else ""), cmd1)
+    t.row("1", f"compile: every client's config (`compile_nodes`), {n['f1']:,} nodes ({c['f1']:,} clients)",
+          "compile.f1.compile_nodes_ms", "ms", "compile.f0.compile_nodes_ms",
+          f"{n['f0']:,} nodes ({c['f0']:,} clients)", "", cmd1)
+    loads = [values.get(f"compile.{f}.load_ms") for f in ("f0", "f1")]
+    if all(loads):
+        notes.append(f"Item 1: loading the topology (read + JSON parse + validation, once per size) took "
+                     f"{num(loads[0][0])} ms for {n['f0']:,} nodes and {num(loads[1][0])} ms for {n['f1']:,}; "
+                     "the ratio column of item 1 is the growth from 10k to 100k nodes (10× the nodes).")
+
+    # 2 apply
+    cmd2 = f"cargo bench -p nanami-wg --bench apply -- peers --runs {runs} --count 10000"
+    t.row("2", "apply 10,000 peers: one LinuxPlatform pass (observe + plan + apply: create the interface, "
+          "its address, every peer) into an in-process Nanami device",
+          "apply.nanami_apply_ms", "ms", "apply.wggo_setconf_ms", "`wg setconf` into wireguard-go",
+          "ratio ≤ 1.0" + verdict(t, "apply.nanami_apply_ms", "apply.wggo_setconf_ms", 1.0), cmd2)
+    ops = {k: t.get(f"apply.nanami_churn_{k}") for k in ("ops", "add", "update", "remove")}
+    opsdesc = ""
+    if all(ops.values()):
+        opsdesc = (f"; plan: {int(statistics.median(ops['ops']))} ops = {int(statistics.median(ops['update']))} "
+                   f"update + {int(statistics.median(ops['remove']))} remove + {int(statistics.median(ops['add']))} "
+                   "add, exactly the changed peers (checked every run)")
+    t.row("2", f"apply 1% churn (100 of 10,000 peers changed){opsdesc}", "apply.nanami_churn_ms", "ms",
+          "apply.wggo_syncconf_churn_ms", "`wg syncconf` of the new config into wireguard-go", "", cmd2)
+
+    # 3 routes
+    cmd3 = f"cargo bench -p nanami-wg --bench apply -- routes --runs {runs} --count 10000"
+    t.row("3", "routes: 10,000 routes (table 7373, proto 73, on a veth link) in one LinuxPlatform pass (rtnetlink)",
+          "routes.nanami_routes_ms", "ms", "routes.ipbatch_routes_ms", "`ip -batch` of the same routes", "", cmd3)
+
+    # 4 data plane
+    cmd4 = f"bench/dataplane.sh -m -n {runs} -t {dur} plain wggo boringtun nanami"
+    for impl, label in (("nanami", "nanami-device at both ends"), ("boringtun", "boringtun-cli at both ends"),
+                        ("wggo", "wireguard-go at both ends")):
+        key = f"dataplane.{impl}_mbps"
+        extra = ""
+        if impl != "wggo":
+            extra = f"to wireguard-go {t.ratio(key, 'dataplane.wggo_mbps')}; "
+        t.row("4", f"data plane, one iperf3 TCP stream client → gateway → resource, {dur} s: {label}", key,
+              "Mbit/s", "dataplane.plain_mbps", "plain veth routing",
+              "", cmd4, ratio=f"{extra}to plain {t.ratio(key, 'dataplane.plain_mbps')}")
+
+    # 5 memory
+    cmd5 = f"bench/memory.sh -n {min(int(runs) if runs.isdigit() else 3, 3)} -N 100000 -p 10000"
+    t.row("5", "memory: nanami-gateway-manager RSS with 100,000 nodes (500 gateways) loaded",
+          "memory.manager_rss_kib", "MiB", "memory.manager_idle_rss_kib", "the same manager, no topology", "",
+          cmd5, scale=1 / 1024)
+    peers = t.get("memory.daemon_peers")
+    t.row("5", f"memory: nanami-gateway-daemon RSS (`--platform linux`, in-process device) with "
+          f"{int(statistics.median(peers)) if peers else 10000:,} peers, converged",
+          "memory.daemon_rss_kib", "MiB", "apply.wggo_rss_kib", "wireguard-go with 10,000 peers (item 2)", "",
+          cmd5 + " (wireguard-go: " + cmd2 + ")", scale=1 / 1024)
+    hwm = [t.figure(k, "MiB", 1 / 1024)[0] for k in ("memory.manager_hwm_kib", "memory.daemon_hwm_kib")]
+    load_s = t.figure("memory.manager_load_s", "s")[0]
+    conv_s = t.figure("memory.daemon_converge_s", "s")[0]
+    harness = t.figure("apply.nanami_harness_rss_delta_kib", "MiB", 1 / 1024)[0]
+    notes.append(f"Item 5: peak RSS (VmHWM) manager {hwm[0]}, daemon {hwm[1]}. The manager with 100k nodes "
+                 f"answered /healthz {load_s} after start (reads, validates and compiles the topology first); "
+                 f"the daemon had every peer {conv_s} after start (enrolment, first poll, one pass). "
+                 f"Item 2's harness grew by {harness} RSS while its Nanami device took 10,000 peers.")
+    return t, notes
+
+
+def verdict(t: Table, key: str, base: str, limit: float) -> str:
+    a, b = t.get(key), t.get(base)
+    if not a or not b:
+        return ""
+    r = statistics.median([x / y for x, y in zip(a, b)])
+    return " ✔" if r <= limit else " ✘"
+
+
+def markdown(machine: dict[str, str], t: Table, notes: list[str]) -> str:
+    dirty = machine.get("dirty", "0")
+    tree = machine.get("commit", "?") + ("" if dirty == "0" else f" (+{dirty} uncommitted changes in the tree)")
+    out = [
+        "# Benchmarks",
+        "",
+        "Written by `sudo bench/run` (which reruns them all and rewrites this file). Each speed figure is paired "
+        "with a baseline measured in the same run, on the same machine, interleaved run by run; the ratio is "
+        "Nanami ÷ baseline, taken per run (below 1.0 is faster for times, above 1.0 is faster for throughput). "
+        "The machine is shared and noisy: read the ratios, not the absolute figures.",
+        "",
+        f"**Machine**: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, {machine.get('ram', '?')} RAM, "
+        f"{machine.get('kernel', '?')}, {machine.get('os', '?')}. **Date**: {machine.get('date', '?')}. "
+        f"**Commit**: {tree}. **Load average** (1, 5, 15 min) at start {machine.get('load_start', '?')}, "
+        f"at end {machine.get('load_end', '?')}. **Runs** per figure: {machine.get('runs', '?')} "
+        "(memory: at most 3).",
+        "",
+        t.markdown(),
+        "",
+        "Notes:",
+        "",
+    ]
+    fixed = [
+        "Item 1: topologies from `bench/topology.py NODES --per-workspace 400` (2 gateways per workspace; "
+        "`bench/run` writes them to `target/bench/`); the figures are in-process times, the topology already loaded.",
+        "Item 2: the Nanami figure is one whole reconciler pass in a fresh namespace: it includes creating the "
+        "device and its link and adding its address, while `wg setconf` only configures an already running "
+        "wireguard-go. Peers carry one /32 each, no endpoint, no keepalive (so no packet is sent). "
+        "Both namespaces set `net.ipv6.conf.default.addr_gen_mode=1`: the kernel's IPv6 link-local address on a "
+        "new link is not told apart from Nanami's own addresses by the platform, so a second pass would remove it "
+        "and one pass would not converge (the harness checks that one pass converges).",
+        "Item 3: both sides in fresh namespaces, each with one veth pair; the Nanami figure is one pass "
+        "(observe + plan + 10,000 `AddRoute`, each of which also dumps the links to find the interface's index, "
+        "and waits for the kernel's answer before the next), `ip -batch` sends one request per line.",
+        "Item 4: `bench/dataplane.sh` (same tunnel at both ends; runs of all four interleaved; the ratio to "
+        "wireguard-go is above 1.0 when faster).",
+        "Item 5: the daemon is the real `nanami-gateway-daemon` enrolled with a real manager in a namespace, "
+        "its desired state one gateway with every client of a generated workspace.",
+    ]
+    # In item order; the measured notes of an item after its fixed one.
+    ordered = sorted(fixed + notes, key=lambda n: n.split(":")[0])
+    out += [f"- {n}" for n in ordered]
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results")
+    parser.add_argument("--output")
+    args = parser.parse_args()
+    machine, values = load(args.results)
+    table, notes = build(machine, values)
+    text = markdown(machine, table, notes)
+    print(text)
+    raw = "\n".join(f"    {k}={','.join(num(v) for v in vs)}" for k, vs in sorted(values.items()))
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text + "\n<details><summary>Every run's figures</summary>\n\n" + raw + "\n\n</details>\n")
+        print(f"written to {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
