@@ -29,6 +29,7 @@ pub mod failover;
 pub mod health;
 pub mod id;
 pub mod key;
+pub mod probes;
 pub mod state;
 pub mod topology;
 pub mod validate;
@@ -41,6 +42,7 @@ pub use failover::{Failover, ProbePolicy};
 pub use health::Health;
 pub use id::{GatewayId, IdError, InterfaceName, NetworkId, NodeId, RegionId, WorkspaceId};
 pub use key::{KeyError, PrivateKey, PublicKey};
+pub use probes::{health_targets, HealthTargets};
 pub use state::{
     Destination, FilterRule, FilterSet, GatewayState, InterfaceState, IpFamily, NatRule, PeerState,
     Route, Rule,

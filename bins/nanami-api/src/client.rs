@@ -20,8 +20,8 @@ use tracing::debug;
 
 use crate::tls::{client_config, TlsError};
 use crate::wire::{
-    Desired, EnrolRequest, EnrolResponse, ErrorBody, GatewayStatus, ObservedRecord, ObservedReport,
-    RegionView, TokenRequest, TokenResponse, TopologyResponse, WorkspaceView,
+    EnrolRequest, EnrolResponse, ErrorBody, GatewayDesired, GatewayStatus, ObservedRecord,
+    ObservedReport, RegionView, TokenRequest, TokenResponse, TopologyResponse, WorkspaceView,
 };
 
 /// Why a call failed.
@@ -348,7 +348,7 @@ impl Client {
         gateway: &GatewayId,
         after: Option<u64>,
         wait: Duration,
-    ) -> Result<Option<Desired>, ApiError> {
+    ) -> Result<Option<GatewayDesired>, ApiError> {
         let mut path = format!("/v1/gateways/{gateway}/desired?wait={}", wait.as_secs());
         if let Some(after) = after {
             path.push_str(&format!("&after={after}"));

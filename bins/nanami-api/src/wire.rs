@@ -1,13 +1,45 @@
 //! The JSON bodies of the manager's API.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use nanami_model::{GatewayId, GatewayState, InterfaceName, NodeId, PublicKey};
+use nanami_model::{
+    GatewayId, GatewayState, HealthTargets, InterfaceName, NetworkId, NodeId, PublicKey,
+};
 use nanami_reconcile::{PeerTelemetry, Status};
 use serde::{Deserialize, Serialize};
 
 pub use nanami_reconcile::Desired;
+
+/// `GET /v1/gateways/{id}/desired`: a gateway's desired state and, at the same
+/// generation, the addresses it probes per network (forwarding-path health). A
+/// change of either bumps the generation. `health_targets` is left out when empty,
+/// so the body is then exactly a [`Desired`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayDesired {
+    /// Monotonically increasing version, from the manager.
+    pub generation: u64,
+    /// The state the machine must have.
+    pub state: GatewayState,
+    /// Per network, the addresses behind the gateway it probes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub health_targets: HealthTargets,
+}
+
+impl GatewayDesired {
+    /// The reconciler's part and the prober's part.
+    pub fn into_parts(self) -> (Arc<Desired>, HealthTargets) {
+        (
+            Arc::new(Desired {
+                generation: self.generation,
+                state: self.state,
+            }),
+            self.health_targets,
+        )
+    }
+}
 
 /// Every error response: `{"error": "..."}` with a 4xx or 5xx status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +174,47 @@ pub struct ObservedReport {
     /// Machine facts.
     #[serde(default)]
     pub facts: Facts,
+    /// Forwarding-path health of each network the gateway probes (absent: it
+    /// probes nothing, or is an older daemon).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub health: BTreeMap<NetworkId, NetworkHealth>,
+}
+
+/// What a gateway's probes say about its forwarding path to one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkHealth {
+    /// The verdict, with hysteresis (see the daemon's probe settings).
+    pub state: PathHealth,
+    /// Each target's latest result.
+    #[serde(default)]
+    pub targets: BTreeMap<std::net::IpAddr, TargetHealth>,
+}
+
+/// A network's forwarding-path verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathHealth {
+    /// Probes succeed (or have not failed long enough to say otherwise).
+    Healthy,
+    /// Every target failed for several rounds in a row: clients should use
+    /// another gateway for this network.
+    Unhealthy,
+    /// The daemon cannot probe (no `CAP_NET_RAW`, no socket for the family): says
+    /// nothing either way, and counts as healthy.
+    Unknown,
+}
+
+/// One probe target's latest result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetHealth {
+    /// Round-trip time of the latest successful probe, in microseconds.
+    #[serde(default)]
+    pub last_rtt_us: Option<u64>,
+    /// Probes failed in a row since the last success.
+    #[serde(default)]
+    pub consecutive_failures: u32,
 }
 
 /// A stored report with the time the manager received it.

@@ -22,7 +22,7 @@ use anyhow::{bail, Context as _};
 use async_trait::async_trait;
 use nanami_api::wire::{EnrolRequest, Facts, ObservedReport, Subject};
 use nanami_api::Client;
-use nanami_model::{GatewayId, PublicKey};
+use nanami_model::{GatewayId, HealthTargets, PublicKey};
 use nanami_reconcile::{Observed, Op, Platform, PlatformEvent, Reconciler};
 use rand::SeedableRng as _;
 use tokio::sync::{mpsc, watch};
@@ -171,6 +171,7 @@ pub async fn run<P: Platform + 'static>(
             );
         }
         let (desired_tx, desired_rx) = watch::channel(lkg.current());
+        let (targets_tx, _targets_rx) = watch::channel(lkg.targets().clone());
         let (observed_tx, observed_rx) = watch::channel(None);
         let (stop_tx, stop_rx) = watch::channel(false);
         let platform = Observing {
@@ -228,6 +229,7 @@ pub async fn run<P: Platform + 'static>(
                 &config,
                 &mut lkg,
                 &desired_tx,
+                &targets_tx,
                 stopped(stop_rx.clone()),
             );
             tokio::join!(reporter, poller);
@@ -252,6 +254,7 @@ async fn poll_loop(
     config: &DaemonConfig,
     lkg: &mut LastKnownGood,
     desired_tx: &watch::Sender<Option<Arc<nanami_reconcile::Desired>>>,
+    targets_tx: &watch::Sender<HealthTargets>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -275,6 +278,13 @@ async fn poll_loop(
                     Ok(Offer::Accepted) => {
                         info!(generation, "new desired state accepted and saved");
                         desired_tx.send_replace(lkg.current());
+                        targets_tx.send_if_modified(|t| {
+                            let changed = t != lkg.targets();
+                            if changed {
+                                lkg.targets().clone_into(t);
+                            }
+                            changed
+                        });
                     }
                     Ok(Offer::Same) => {}
                     Err(e) => warn!(generation, error = %e, "desired state refused"),
@@ -327,6 +337,7 @@ async fn report_loop(
             state: observed.state.owned(),
             telemetry: observed.telemetry,
             facts: config.facts.clone().unwrap_or_else(facts::read),
+            health: Default::default(),
         };
         match client.report(&config.gateway, &report).await {
             Ok(()) => {

@@ -1,9 +1,12 @@
-//! The last-known-good desired state: checked, then saved atomically (temp file,
-//! fsync, rename), never replaced by an older generation.
+//! The last-known-good desired state (with its health targets, which share its
+//! generation): checked, then saved atomically (temp file, fsync, rename), never
+//! replaced by an older generation.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use nanami_api::wire::GatewayDesired;
+use nanami_model::{GatewayState, HealthTargets};
 use nanami_reconcile::Desired;
 
 /// Why a desired state was refused.
@@ -45,6 +48,7 @@ pub enum Offer {
 pub struct LastKnownGood {
     path: PathBuf,
     current: Option<Arc<Desired>>,
+    targets: HealthTargets,
 }
 
 /// Why the saved state could not be loaded.
@@ -55,8 +59,8 @@ pub struct LoadError {
     message: String,
 }
 
-fn check(desired: &Desired) -> Result<(), Refused> {
-    if desired.state.owned() == desired.state {
+fn check(state: &GatewayState) -> Result<(), Refused> {
+    if state.owned() == *state {
         Ok(())
     } else {
         Err(Refused::NotOwned)
@@ -71,25 +75,32 @@ impl LastKnownGood {
             path: path.to_owned(),
             message,
         };
-        let current = match std::fs::read(path) {
+        let (current, targets) = match std::fs::read(path) {
             Ok(bytes) => {
-                let desired: Desired =
+                let desired: GatewayDesired =
                     serde_json::from_slice(&bytes).map_err(|e| error(e.to_string()))?;
-                check(&desired).map_err(|e| error(e.to_string()))?;
-                Some(Arc::new(desired))
+                check(&desired.state).map_err(|e| error(e.to_string()))?;
+                let (desired, targets) = desired.into_parts();
+                (Some(desired), targets)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, HealthTargets::new()),
             Err(e) => return Err(error(e.to_string())),
         };
         Ok(Self {
             path: path.to_owned(),
             current,
+            targets,
         })
     }
 
     /// The state in force.
     pub fn current(&self) -> Option<Arc<Desired>> {
         self.current.clone()
+    }
+
+    /// The health targets in force (what to probe), per network.
+    pub fn targets(&self) -> &HealthTargets {
+        &self.targets
     }
 
     /// Its generation.
@@ -99,7 +110,7 @@ impl LastKnownGood {
 
     /// Offers a state from the manager: refused if older than the one in force or
     /// failing the checks; saved before it is put in force.
-    pub fn offer(&mut self, desired: Desired) -> Result<Offer, Refused> {
+    pub fn offer(&mut self, desired: GatewayDesired) -> Result<Offer, Refused> {
         if let Some(current) = &self.current {
             if desired.generation < current.generation {
                 return Err(Refused::Older {
@@ -108,17 +119,19 @@ impl LastKnownGood {
                 });
             }
             if desired.generation == current.generation {
-                return if desired == **current {
+                return if desired.state == current.state && desired.health_targets == self.targets {
                     Ok(Offer::Same)
                 } else {
                     Err(Refused::Forked(desired.generation))
                 };
             }
         }
-        check(&desired)?;
+        check(&desired.state)?;
         let bytes = serde_json::to_vec_pretty(&desired).map_err(|e| Refused::Save(e.into()))?;
         nanami_wg::linux::write_atomic(&self.path, &bytes).map_err(Refused::Save)?;
-        self.current = Some(Arc::new(desired));
+        let (current, targets) = desired.into_parts();
+        self.current = Some(current);
+        self.targets = targets;
         Ok(Offer::Accepted)
     }
 
@@ -135,12 +148,26 @@ impl LastKnownGood {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use nanami_model::GatewayState;
 
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("nanami-lkg-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    fn desired(generation: u64, targets: &[(&str, &str)]) -> GatewayDesired {
+        let mut health_targets = HealthTargets::new();
+        for (net, ip) in targets {
+            health_targets
+                .entry(net.parse().unwrap())
+                .or_default()
+                .insert(ip.parse().unwrap());
+        }
+        GatewayDesired {
+            generation,
+            state: GatewayState::default(),
+            health_targets,
+        }
     }
 
     #[test]
@@ -149,35 +176,39 @@ mod tests {
         let path = d.join("desired.json");
         let mut lkg = LastKnownGood::load(&path).unwrap();
         assert_eq!(lkg.generation(), None);
-        let state = GatewayState::default();
-        assert_eq!(
-            lkg.offer(Desired {
-                generation: 5,
-                state: state.clone()
-            })
-            .unwrap(),
-            Offer::Accepted
-        );
+        let corp = [("corp", "10.20.0.1")];
+        assert_eq!(lkg.offer(desired(5, &corp)).unwrap(), Offer::Accepted);
         assert!(matches!(
-            lkg.offer(Desired {
-                generation: 4,
-                state: state.clone()
-            }),
+            lkg.offer(desired(4, &corp)),
             Err(Refused::Older {
                 offered: 4,
                 current: 5
             })
         ));
-        assert_eq!(
-            lkg.offer(Desired {
-                generation: 5,
-                state
-            })
-            .unwrap(),
-            Offer::Same
+        assert_eq!(lkg.offer(desired(5, &corp)).unwrap(), Offer::Same);
+        assert!(
+            matches!(lkg.offer(desired(5, &[])), Err(Refused::Forked(5))),
+            "other targets at the same generation: a forked history"
         );
         let reloaded = LastKnownGood::load(&path).unwrap();
         assert_eq!(reloaded.generation(), Some(5));
+        assert_eq!(reloaded.targets(), &desired(5, &corp).health_targets);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_state_saved_before_health_targets_loads() {
+        let d = dir("old-format");
+        std::fs::create_dir_all(&d).unwrap();
+        let path = d.join("desired.json");
+        let old = Desired {
+            generation: 3,
+            state: GatewayState::default(),
+        };
+        std::fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+        let lkg = LastKnownGood::load(&path).unwrap();
+        assert_eq!(lkg.generation(), Some(3));
+        assert!(lkg.targets().is_empty());
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -12,13 +12,13 @@ use nanami_api::wire::{
     WorkspaceView,
 };
 use nanami_model::{
-    compile_all, compile_node, Document, GatewayId, GatewayState, Health, NodeConfig, NodeId,
-    PublicKey, Topology,
+    compile_all, compile_node, health_targets, Document, GatewayId, GatewayState, Health,
+    HealthTargets, NodeConfig, NodeId, PublicKey, Topology,
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::store::{GatewayRow, Store, StoreError};
+use crate::store::{GatewayRow, Store, StoreError, NO_TARGETS};
 
 /// Heartbeat settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,20 +75,35 @@ pub enum ManagerError {
 struct Entry {
     generation: u64,
     state_json: String,
-    /// The `Desired` body, serialized once per generation.
+    targets_json: String,
+    /// The `GatewayDesired` body, serialized once per generation.
     body: Arc<[u8]>,
     peers: usize,
 }
 
 impl Entry {
-    fn new(generation: u64, state_json: String) -> Self {
-        let body = format!("{{\"generation\":{generation},\"state\":{state_json}}}");
+    fn new(row: GatewayRow) -> Self {
+        let GatewayRow {
+            generation,
+            state_json,
+            targets_json,
+        } = row;
+        // Without targets the body is exactly a `Desired` (what daemons from before
+        // health targets accept).
+        let body = if targets_json == NO_TARGETS {
+            format!("{{\"generation\":{generation},\"state\":{state_json}}}")
+        } else {
+            format!(
+                "{{\"generation\":{generation},\"state\":{state_json},\"health_targets\":{targets_json}}}"
+            )
+        };
         let peers = serde_json::from_str::<GatewayState>(&state_json)
             .map(|s| s.peer_count())
             .unwrap_or(0);
         Self {
             generation,
             state_json,
+            targets_json,
             body: Arc::from(body.into_bytes()),
             peers,
         }
@@ -163,6 +178,14 @@ pub fn config_version(config: &NodeConfig) -> String {
         .collect()
 }
 
+fn targets_json(targets: &HealthTargets) -> String {
+    if targets.is_empty() {
+        return NO_TARGETS.to_owned();
+    }
+    // Ordered maps of ids and addresses: serializing cannot fail.
+    serde_json::to_string(targets).unwrap_or_else(|_| NO_TARGETS.to_owned())
+}
+
 fn state_json(state: &GatewayState) -> String {
     // Serializing a GatewayState (ordered maps, no floats) cannot fail.
     serde_json::to_string(state).unwrap_or_default()
@@ -180,9 +203,7 @@ impl Manager {
             ..Inner::default()
         };
         for (id, row) in snap.gateways {
-            inner
-                .gateways
-                .insert(id, Entry::new(row.generation, row.state_json));
+            inner.gateways.insert(id, Entry::new(row));
         }
         for (id, (at, report)) in snap.observed {
             match serde_json::from_str::<ObservedReport>(&report) {
@@ -264,8 +285,9 @@ impl Manager {
             let json = compiled
                 .get(id)
                 .map_or_else(|| state_json(&GatewayState::default()), state_json);
+            let targets = targets_json(&health_targets(topology, id));
             let generation = match inner.gateways.get(id) {
-                Some(e) if e.state_json == json => continue,
+                Some(e) if e.state_json == json && e.targets_json == targets => continue,
                 Some(e) => e.generation + 1,
                 None => 1,
             };
@@ -274,6 +296,7 @@ impl Manager {
                 GatewayRow {
                     generation,
                     state_json: json,
+                    targets_json: targets,
                 },
             );
         }
@@ -287,9 +310,7 @@ impl Manager {
     fn publish(&self, inner: &mut Inner, changed: BTreeMap<GatewayId, GatewayRow>) {
         for (id, row) in changed {
             info!(gateway = %id, generation = row.generation, "new desired generation");
-            inner
-                .gateways
-                .insert(id, Entry::new(row.generation, row.state_json));
+            inner.gateways.insert(id, Entry::new(row));
         }
         self.epoch.send_modify(|e| *e += 1);
     }

@@ -51,7 +51,14 @@ pub struct GatewayRow {
     pub generation: u64,
     /// The compiled [`nanami_model::GatewayState`], as JSON.
     pub state_json: String,
+    /// Its [`nanami_model::HealthTargets`] (what it probes), as JSON: part of the
+    /// generation, like the state.
+    pub targets_json: String,
 }
+
+/// `targets_json` of a gateway that probes nothing (and of rows stored before
+/// health targets existed).
+pub const NO_TARGETS: &str = "{}";
 
 /// Everything the manager loads at start.
 #[derive(Debug, Clone, Default)]
@@ -158,7 +165,8 @@ CREATE TABLE IF NOT EXISTS topology_revisions (
 CREATE TABLE IF NOT EXISTS gateways (
     id TEXT PRIMARY KEY,
     generation INTEGER NOT NULL,
-    state TEXT NOT NULL
+    state TEXT NOT NULL,
+    health_targets TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS health (
     gateway TEXT PRIMARY KEY,
@@ -215,6 +223,18 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        // Databases from before health targets: add the column (rows get "{}", what
+        // their generations were served with).
+        let has_targets: bool = conn.query_row(
+            "SELECT count(*) FROM pragma_table_info('gateways') WHERE name = 'health_targets'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_targets {
+            conn.execute_batch(
+                "ALTER TABLE gateways ADD COLUMN health_targets TEXT NOT NULL DEFAULT '{}'",
+            )?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -232,11 +252,17 @@ fn write_rows(
     changed: &BTreeMap<GatewayId, GatewayRow>,
 ) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO gateways (id, generation, state) VALUES (?1, ?2, ?3)
-         ON CONFLICT (id) DO UPDATE SET generation = excluded.generation, state = excluded.state",
+        "INSERT INTO gateways (id, generation, state, health_targets) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET generation = excluded.generation, state = excluded.state,
+         health_targets = excluded.health_targets",
     )?;
     for (id, row) in changed {
-        stmt.execute(params![id.as_str(), to_i64(row.generation), row.state_json])?;
+        stmt.execute(params![
+            id.as_str(),
+            to_i64(row.generation),
+            row.state_json,
+            row.targets_json
+        ])?;
     }
     Ok(())
 }
@@ -254,22 +280,25 @@ impl Store for SqliteStore {
                 .optional()?,
             ..Snapshot::default()
         };
-        let mut stmt = conn.prepare("SELECT id, generation, state FROM gateways")?;
+        let mut stmt =
+            conn.prepare("SELECT id, generation, state, health_targets FROM gateways")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 to_u64(r.get(1)?),
                 r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
             ))
         })?;
         for row in rows {
-            let (id, generation, state_json) = row?;
+            let (id, generation, state_json, targets_json) = row?;
             let id = GatewayId::new(id).map_err(|e| corrupt("gateways", e))?;
             snap.gateways.insert(
                 id,
                 GatewayRow {
                     generation,
                     state_json,
+                    targets_json,
                 },
             );
         }

@@ -796,3 +796,59 @@ async fn node_config_watch_long_polls_for_a_change_and_is_per_node() {
     assert_eq!(c2.peers[0].gateway.as_str(), "gw-b");
     f.b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_targets_reach_each_egress_gateway_at_a_new_generation() {
+    let mut f = fleet("targets").await;
+    let ka = gateway_key(&f.a.state_dir);
+    let kb = gateway_key(&f.b.state_dir);
+    let control = f.env.control();
+    let gw_a = GatewayId::new("gw-a").unwrap();
+    let before = control
+        .desired(&gw_a, None, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(before.health_targets.is_empty());
+    let text = topology_with_targets(
+        &ka,
+        &kb,
+        &[("laptop-1", f.client)],
+        &["10.20.0.1", "10.20.0.2"],
+    );
+    let answer = control.put_topology(&text).await.unwrap();
+    // The manager reads its file again at a restart: the same document there.
+    std::fs::write(f.env.topology_file(), &text).unwrap();
+    assert_eq!(
+        answer.changed.len(),
+        2,
+        "both egress gateways probe: {answer:?}"
+    );
+    assert_eq!(answer.changed[&gw_a], before.generation + 1);
+    let after = control
+        .desired(&gw_a, None, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.state, before.state, "only the targets changed");
+    let corp = &after.health_targets["corp"];
+    assert_eq!(corp.len(), 2);
+    f.env.converged(&["gw-a", "gw-b"]).await;
+    // The daemon keeps them in its last-known-good state.
+    let saved: nanami_api::wire::GatewayDesired =
+        serde_json::from_slice(&std::fs::read(f.a.state_dir.join("desired.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved, after);
+    // Kept across a manager restart, at the same generation.
+    f.env.restart_manager().await;
+    let kept = f
+        .env
+        .control()
+        .desired(&gw_a, None, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept, after);
+    f.a.stop().await;
+    f.b.stop().await;
+}

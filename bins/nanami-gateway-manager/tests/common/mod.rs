@@ -346,6 +346,21 @@ pub fn client_key() -> PublicKey {
 /// A topology: one workspace, network `corp` (100.80.0.0/22, route 10.20.0.0/16),
 /// gateways gw-a and gw-b (keys given), and `clients` client nodes.
 pub fn topology(gw_a: &PublicKey, gw_b: &PublicKey, clients: &[(&str, PublicKey)]) -> String {
+    topology_with_targets(gw_a, gw_b, clients, &[])
+}
+
+/// [`topology`] with `corp`'s `health_targets` (inside 10.20.0.0/16).
+pub fn topology_with_targets(
+    gw_a: &PublicKey,
+    gw_b: &PublicKey,
+    clients: &[(&str, PublicKey)],
+    targets: &[&str],
+) -> String {
+    let targets = if targets.is_empty() {
+        String::new()
+    } else {
+        format!("\n        health_targets: [{}]", targets.join(", "))
+    };
     let mut nodes = format!(
         "      - id: gw-a\n        public_key: \"{gw_a}\"\n        status: active\n        memberships: [{{ network: corp, address: 100.80.0.1 }}]\n      - id: gw-b\n        public_key: \"{gw_b}\"\n        status: active\n        memberships: [{{ network: corp, address: 100.80.0.2 }}]\n"
     );
@@ -366,7 +381,7 @@ workspaces:
     networks:
       - id: corp
         overlay: 100.80.0.0/22
-        routes: [10.20.0.0/16]
+        routes: [10.20.0.0/16]{targets}
     nodes:
 {nodes}    gateways:
       - id: gw-a
