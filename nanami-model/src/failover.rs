@@ -44,7 +44,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::id::GatewayId;
+use crate::config::GatewayChoice;
+use crate::id::{GatewayId, NetworkId};
 
 /// How a client probes its gateways and decides they are dead or back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +167,29 @@ impl Failover {
     pub fn down(&self) -> &BTreeSet<GatewayId> {
         &self.down
     }
+
+    /// The gateways a client with failover lists `lists` treats as dead: the down
+    /// ones, except that when every gateway of a network is down, the ones answering
+    /// again are taken back at once, without waiting out the hold-down (a gateway
+    /// that may still flap beats none). Such a gateway is then taken back for all
+    /// its networks.
+    pub fn down_for(&self, lists: &BTreeMap<NetworkId, Vec<GatewayChoice>>) -> BTreeSet<GatewayId> {
+        let mut down = self.down.clone();
+        for list in lists.values() {
+            if list.iter().all(|c| self.down.contains(&c.gateway)) {
+                for c in list {
+                    let recovering = self
+                        .watched
+                        .get(&c.gateway)
+                        .is_some_and(|w| w.steady_since.is_some());
+                    if recovering {
+                        down.remove(&c.gateway);
+                    }
+                }
+            }
+        }
+        down
+    }
 }
 
 fn gap(from: Duration, to: Duration) -> Duration {
@@ -236,6 +260,39 @@ mod tests {
             }
         }
         assert_eq!(back, Some(13_000));
+    }
+
+    #[test]
+    fn with_every_gateway_down_an_answering_one_is_taken_back_at_once() {
+        let choice = |id: &str| GatewayChoice {
+            gateway: gw(id),
+            public_key: crate::PrivateKey::from_bytes([7; 32]).public_key(),
+            endpoint: "192.0.2.1:51820".parse().unwrap(),
+            allowed_ips: BTreeSet::new(),
+            exit_routes: BTreeSet::new(),
+            addresses: BTreeSet::new(),
+        };
+        let lists = BTreeMap::from([
+            (
+                NetworkId::new("one").unwrap(),
+                vec![choice("a"), choice("b")],
+            ),
+            (NetworkId::new("two").unwrap(), vec![choice("c")]),
+        ]);
+        let mut f = Failover::new(policy());
+        f.watch([gw("a"), gw("b"), gw("c")], ms(0));
+        f.reply(&gw("b"), ms(1000));
+        assert_eq!(f.evaluate(ms(2000)), &BTreeSet::from([gw("a"), gw("c")]));
+        // `a` answers again while `b` is alive: the hold-down applies.
+        f.reply(&gw("a"), ms(2000));
+        f.reply(&gw("b"), ms(2000));
+        f.evaluate(ms(2000));
+        assert!(f.down_for(&lists).contains(&gw("a")));
+        // `c` answers again and is its network's only gateway: back at once.
+        f.reply(&gw("c"), ms(2000));
+        f.evaluate(ms(2000));
+        assert_eq!(f.down_for(&lists), BTreeSet::from([gw("a")]));
+        assert!(f.down().contains(&gw("c")));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `nanami`: the command-line tool.
 
+mod connect;
 mod lab;
 mod status;
 
@@ -88,6 +89,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The client agent (root): keeps this machine's tunnel to its networks as the
+    /// manager configures it, failing over between gateways on its own.
+    Connect(connect::ConnectArgs),
     /// A whole Nanami on this machine (root): manager, gateway daemon, LAN, two
     /// wireguard-go clients, in network namespaces.
     Lab {
@@ -245,6 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Connect(args) => connect_command(args),
         Command::Lab {
             command,
             prefix,
@@ -258,6 +263,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn connect_command(args: connect::ConnectArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if args.print_public_key {
+        let dir = connect::StateDir(args.state_dir.clone());
+        println!("{}", dir.ensure_key()?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let settings = connect::Settings::from_args(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(connect::run(settings, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("signal received: stopping");
 }
 
 fn validate(path: &Path, format: Format) -> anyhow::Result<ExitCode> {

@@ -4,20 +4,15 @@
 //! manager returns, and nothing left behind.
 #![allow(clippy::unwrap_used)]
 
-use std::os::unix::process::CommandExt as _;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-const NANAMI: &str = env!("CARGO_BIN_EXE_nanami");
+use common::{pid, root, sh, spawn, stop, wait_until, NANAMI};
+
 const PREFIX: &str = "nmt-lab";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
 
 struct LabGuard {
     dir: PathBuf,
@@ -39,14 +34,6 @@ impl Drop for LabGuard {
     }
 }
 
-fn sh(ns: &str, args: &[&str]) -> std::process::Output {
-    Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn ping_ok(ns: &str) -> bool {
     sh(
         ns,
@@ -56,105 +43,15 @@ fn ping_ok(ns: &str) -> bool {
     .success()
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn pid(dir: &Path, name: &str) -> i32 {
-    std::fs::read_to_string(dir.join(format!("{name}.pid")))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn alive(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-}
-
-fn stop(pid: i32) {
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    wait_until(
-        &format!("pid {pid} to exit"),
-        Duration::from_secs(10),
-        || !alive(pid),
-    );
-}
-
-fn spawn(dir: &Path, ns: &str, name: &str, program: &Path, args: &[String]) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{name}.log")))
-        .unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    std::fs::write(dir.join(format!("{name}.pid")), child.id().to_string()).unwrap();
-    // Reap it when it exits (lab down or a later stop kills it).
-    let mut child = child;
-    std::thread::spawn(move || {
-        let _ = child.wait();
-    });
-}
-
 #[test]
 fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
-    assert!(
-        unsafe_free_is_root(),
-        "this test needs root (network namespaces, TUN devices): run it as root, e.g. scripts/test"
-    );
-    for tool in ["ip", "wireguard-go", "wg", "ping", "nft"] {
-        assert!(
-            Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .stdout(Stdio::null())
-                .status()
-                .unwrap()
-                .success(),
-            "`{tool}` is missing: run scripts/deps"
-        );
-    }
+    common::require_root_and(&["ip", "wireguard-go", "wg", "ping", "nft"]);
     // The lab runs the sibling binaries; make sure they are built and current.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(cargo)
-        .current_dir(root())
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "nanami-gateway-manager",
-            "-p",
-            "nanami-gateway-daemon",
-            "-p",
-            "nanami-device",
-        ])
-        .status()
-        .unwrap();
-    assert!(
-        built.success(),
-        "building the manager, daemon and device failed"
-    );
+    common::build(&[
+        "nanami-gateway-manager",
+        "nanami-gateway-daemon",
+        "nanami-device",
+    ]);
 
     let dir = std::env::temp_dir().join(format!("nmt-lab-{}", std::process::id()));
     let guard = LabGuard { dir: dir.clone() };
@@ -346,12 +243,4 @@ fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
         })
         .collect();
     assert!(left.is_empty(), "processes left: {left:?}");
-}
-
-fn unsafe_free_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0\n"))
-        .unwrap_or(false)
 }

@@ -1,0 +1,137 @@
+//! `nanami connect`: the client agent.
+//!
+//! It generates the node's key on first start (0600, in its state directory; only
+//! the public half ever leaves it), enrols with a one-time token, then follows its
+//! configuration from the manager (long-poll) and reconciles a local Nanami
+//! WireGuard device, with its addresses, routes and rules, through the same
+//! reconciler and Linux platform as a gateway. The configuration is kept on disk
+//! (last-known-good), so the agent starts and keeps working while the manager is
+//! unreachable.
+//!
+//! It probes every gateway of its failover lists through the tunnel (ICMP echo to
+//! the gateway's own overlay address) and routes each network to the first gateway
+//! of its list that answers ([`nanami_model::Failover`]): a dead primary costs about
+//! `--dead-after-ms` plus one probe interval, without the manager. A gateway that
+//! comes back gets its clients back after `--hold-down-ms` of steady answers. The
+//! manager's lists win: local probes only ever skip a gateway that does not answer.
+//!
+//! On SIGTERM or Ctrl-C it removes what it created (device, routes, rules).
+
+mod agent;
+mod saved;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use nanami_model::{InterfaceName, NodeId, ProbePolicy};
+
+pub use agent::run;
+pub use saved::StateDir;
+
+/// `nanami connect` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// The manager's URL.
+    #[arg(long, default_value = "https://127.0.0.1:7443")]
+    pub manager: String,
+    /// The CA certificate of the manager.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// This node's id.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Key, credential, listen port and last-known-good configuration.
+    #[arg(long, default_value = "/var/lib/nanami/connect")]
+    pub state_dir: PathBuf,
+    /// A file holding a one-time enrolment token (needed once, on first start).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// The WireGuard interface to create (must start with `nm-`).
+    #[arg(long, default_value = "nm-client")]
+    pub interface: String,
+    /// UDP port of the tunnel; 0 picks a free one on first start and keeps it.
+    #[arg(long, default_value_t = 0)]
+    pub listen_port: u16,
+    /// Time between two probes of each gateway, in milliseconds.
+    #[arg(long, default_value_t = duration_ms(ProbePolicy::default().interval))]
+    pub probe_interval_ms: u64,
+    /// Silence after which a gateway is treated as dead, in milliseconds.
+    #[arg(long, default_value_t = duration_ms(ProbePolicy::default().dead_after))]
+    pub dead_after_ms: u64,
+    /// Steady answers a gateway that was dead needs before clients move back to it,
+    /// in milliseconds.
+    #[arg(long, default_value_t = duration_ms(ProbePolicy::default().hold_down))]
+    pub hold_down_ms: u64,
+    /// Print the public key (generating the key on first use) and exit.
+    #[arg(long)]
+    pub print_public_key: bool,
+}
+
+const fn duration_ms(d: Duration) -> u64 {
+    // Default policies are seconds long: far inside u64.
+    d.as_millis() as u64
+}
+
+/// The agent's settings, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Manager URL.
+    pub manager: String,
+    /// Manager CA.
+    pub ca: Option<PathBuf>,
+    /// This node.
+    pub node: NodeId,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// One-time enrolment token.
+    pub token: Option<String>,
+    /// The tunnel interface.
+    pub interface: InterfaceName,
+    /// Requested listen port (0: choose once).
+    pub listen_port: u16,
+    /// Probing and hold-down.
+    pub policy: ProbePolicy,
+    /// How long one long-poll of the configuration may wait.
+    pub poll_wait: Duration,
+}
+
+impl Settings {
+    /// Checks the arguments.
+    pub fn from_args(args: ConnectArgs) -> anyhow::Result<Self> {
+        let node = NodeId::new(args.node.context("--node is required")?).context("--node")?;
+        let interface = InterfaceName::new(args.interface).context("--interface")?;
+        if !interface.is_owned() {
+            bail!("--interface {interface}: Nanami only manages interfaces named nm-*");
+        }
+        let policy = ProbePolicy {
+            interval: Duration::from_millis(args.probe_interval_ms),
+            dead_after: Duration::from_millis(args.dead_after_ms),
+            hold_down: Duration::from_millis(args.hold_down_ms),
+        };
+        if policy.interval.is_zero() || policy.dead_after < policy.interval {
+            bail!("--dead-after-ms must be at least --probe-interval-ms, which must not be 0");
+        }
+        let token = match &args.token_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        Ok(Self {
+            manager: args.manager,
+            ca: args.ca,
+            node,
+            state_dir: args.state_dir,
+            token,
+            interface,
+            listen_port: args.listen_port,
+            policy,
+            poll_wait: Duration::from_secs(30),
+        })
+    }
+}

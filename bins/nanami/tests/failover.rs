@@ -1,0 +1,545 @@
+//! `nanami connect` against two real gateways, as root, in network namespaces.
+//!
+//! ```text
+//!            ctl (manager, 198.18.0.100)
+//!                 │
+//!   cli ── wan bridge ── gw-a (198.18.0.1) ──┐
+//!  (nanami     │                             lan bridge ── resource 10.20.0.10
+//!  connect)    └──────── gw-b (198.18.0.2) ──┘
+//! ```
+//!
+//! Network `corp` has `redundancy: 2`: gw-a is the client's primary, gw-b its
+//! standby, and both hold the client as a peer. The gateways run
+//! `nanami-gateway-daemon --platform linux`; the client runs `nanami connect`.
+//!
+//! - Failover: gw-a's link is cut; the client's pings to the resource resume through
+//!   gw-b (outage measured over 5 runs); the link returns; the client moves back
+//!   only after its hold-down.
+//! - Forwarding path: gw-a keeps heartbeating but its LAN is cut; its probes of the
+//!   network's health target fail, the manager marks it unhealthy for `corp`, and
+//!   the client moves to gw-b.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{must, sh, spawn, stop, strings, wait_until, NANAMI};
+
+const RESOURCE: &str = "10.20.0.10";
+const MANAGER: &str = "198.18.0.100:7443";
+/// The client's hold-down in these tests (the default is 30 s).
+const HOLD_DOWN: Duration = Duration::from_secs(5);
+
+/// The rigs use fixed interface names (and `wg`'s socket directory is shared by
+/// every namespace): one at a time.
+static ONE_RIG: Mutex<()> = Mutex::new(());
+
+struct Rig {
+    prefix: String,
+    dir: PathBuf,
+    pids: Vec<i32>,
+}
+
+impl Rig {
+    fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
+    }
+
+    fn up(tag: &str) -> Rig {
+        common::require_root_and(&["ip", "ping", "nft", "wg"]);
+        common::build(&["nanami-gateway-manager", "nanami-gateway-daemon"]);
+        let prefix = format!("nmf{}{tag}", std::process::id() % 10_000);
+        let dir = std::env::temp_dir().join(format!("{prefix}-rig"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut rig = Rig {
+            prefix,
+            dir,
+            pids: Vec::new(),
+        };
+        rig.network();
+        rig.start();
+        rig
+    }
+
+    fn network(&self) {
+        for ns in ["ctl", "gwa", "gwb", "cli", "wan", "lan"] {
+            let ns = self.ns(ns);
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+            assert!(Command::new("ip")
+                .args(["netns", "add", &ns])
+                .status()
+                .unwrap()
+                .success());
+            must(&ns, &["ip", "link", "set", "lo", "up"]);
+        }
+        let (wan, lan) = (self.ns("wan"), self.ns("lan"));
+        must(&wan, &["ip", "link", "add", "br0", "type", "bridge"]);
+        must(&wan, &["ip", "link", "set", "br0", "up"]);
+        must(&lan, &["ip", "link", "add", "br0", "type", "bridge"]);
+        must(
+            &lan,
+            &["ip", "addr", "add", &format!("{RESOURCE}/24"), "dev", "br0"],
+        );
+        must(&lan, &["ip", "link", "set", "br0", "up"]);
+        // Each machine's eth0 hangs off the "internet" bridge; a port named after it.
+        for (ns, port, addr) in [
+            ("ctl", "port-ctl", "198.18.0.100"),
+            ("gwa", "port-gwa", "198.18.0.1"),
+            ("gwb", "port-gwb", "198.18.0.2"),
+            ("cli", "port-cli", "198.18.0.11"),
+        ] {
+            self.plug(&self.ns(ns), "eth0", &wan, port, &format!("{addr}/24"));
+        }
+        // The gateways' LAN links.
+        for (ns, port, addr) in [
+            ("gwa", "port-gwa", "10.20.0.1"),
+            ("gwb", "port-gwb", "10.20.0.2"),
+        ] {
+            self.plug(&self.ns(ns), "lan0", &lan, port, &format!("{addr}/24"));
+        }
+    }
+
+    /// A veth from `dev` in `ns` (with `addr`) to bridge port `port` in `bridge_ns`.
+    fn plug(&self, ns: &str, dev: &str, bridge_ns: &str, port: &str, addr: &str) {
+        assert!(Command::new("ip")
+            .args([
+                "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", port, "netns",
+                bridge_ns,
+            ])
+            .status()
+            .unwrap()
+            .success());
+        must(
+            bridge_ns,
+            &["ip", "link", "set", port, "master", "br0", "up"],
+        );
+        must(ns, &["ip", "addr", "add", addr, "dev", dev]);
+        must(ns, &["ip", "link", "set", dev, "up"]);
+    }
+
+    fn start(&mut self) {
+        let bin = common::bin_dir();
+        let (manager, daemon) = (
+            bin.join("nanami-gateway-manager"),
+            bin.join("nanami-gateway-daemon"),
+        );
+        let key = |program: &Path, args: &[&str]| {
+            let out = Command::new(program).args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let gw_a = key(
+            &daemon,
+            &["--print-public-key", "--state-dir", &self.file("gw-a")],
+        );
+        let gw_b = key(
+            &daemon,
+            &["--print-public-key", "--state-dir", &self.file("gw-b")],
+        );
+        let client = key(
+            Path::new(NANAMI),
+            &[
+                "connect",
+                "--print-public-key",
+                "--state-dir",
+                &self.file("client"),
+            ],
+        );
+        std::fs::write(
+            self.dir.join("topology.yaml"),
+            topology(&gw_a, &gw_b, &client),
+        )
+        .unwrap();
+
+        let mdir = self.file("manager");
+        key(
+            &manager,
+            &[
+                "init",
+                "--dir",
+                &mdir,
+                "--san",
+                MANAGER.split(':').next().unwrap(),
+            ],
+        );
+        for (subject, file) in [
+            (["--gateway", "gw-a"], "gw-a.token"),
+            (["--gateway", "gw-b"], "gw-b.token"),
+            (["--node", "client"], "client.token"),
+        ] {
+            let token = key(&manager, &["token", subject[0], subject[1], "--dir", &mdir]);
+            std::fs::write(self.dir.join(file), token).unwrap();
+        }
+        let args = strings(&[
+            "serve",
+            "--dir",
+            &mdir,
+            "--listen",
+            MANAGER,
+            "--topology",
+            &self.file("topology.yaml"),
+        ]);
+        self.pids.push(spawn(
+            &self.dir,
+            &self.ns("ctl"),
+            "manager",
+            &manager,
+            &args,
+        ));
+        let url = format!("https://{MANAGER}");
+        let ca = self.file("manager/ca.pem");
+        for (gw, ns) in [("gw-a", "gwa"), ("gw-b", "gwb")] {
+            let args = strings(&[
+                "--manager",
+                &url,
+                "--ca",
+                &ca,
+                "--gateway",
+                gw,
+                "--state-dir",
+                &self.file(gw),
+                "--token-file",
+                &self.file(&format!("{gw}.token")),
+            ]);
+            self.pids
+                .push(spawn(&self.dir, &self.ns(ns), gw, &daemon, &args));
+        }
+        let hold_down = HOLD_DOWN.as_millis().to_string();
+        let args = strings(&[
+            "connect",
+            "--manager",
+            &url,
+            "--ca",
+            &ca,
+            "--node",
+            "client",
+            "--state-dir",
+            &self.file("client"),
+            "--token-file",
+            &self.file("client.token"),
+            "--hold-down-ms",
+            &hold_down,
+        ]);
+        self.pids.push(spawn(
+            &self.dir,
+            &self.ns("cli"),
+            "client",
+            Path::new(NANAMI),
+            &args,
+        ));
+        wait_until(
+            "the client to reach the resource through gw-a",
+            Duration::from_secs(60),
+            || self.active().as_deref() == Some("gw-a") && self.ping_once(),
+        );
+    }
+
+    /// The client agent's active gateway for `corp`, from its status file.
+    fn active(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.join("client/status.json")).ok()?;
+        let status: serde_json::Value = serde_json::from_str(&text).ok()?;
+        status["active"]["corp"].as_str().map(str::to_owned)
+    }
+
+    fn ping_once(&self) -> bool {
+        sh(&self.ns("cli"), &["ping", "-c", "1", "-W", "1", RESOURCE])
+            .status
+            .success()
+    }
+
+    /// The bridge port of `machine` (e.g. `gwa`) in the wan or lan namespace, up
+    /// or down.
+    fn set_port(&self, bridge_ns: &str, machine: &str, up: bool) {
+        let port = format!("port-{machine}");
+        must(
+            &self.ns(bridge_ns),
+            &[
+                "ip",
+                "link",
+                "set",
+                "dev",
+                &port,
+                if up { "up" } else { "down" },
+            ],
+        );
+    }
+
+    /// `nanami status --json` from the manager's namespace.
+    fn status(&self) -> serde_json::Value {
+        let out = must(
+            &self.ns("ctl"),
+            &[
+                NANAMI,
+                "status",
+                "--manager",
+                &format!("https://{MANAGER}"),
+                "--ca",
+                &self.file("manager/ca.pem"),
+                "--credential-file",
+                &self.file("manager/control.token"),
+                "--json",
+            ],
+        );
+        serde_json::from_str(&out).unwrap()
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for pid in self.pids.iter().rev() {
+            if common::alive(*pid) {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &format!("-{pid}")])
+                    .status();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        for pid in &self.pids {
+            let _ = Command::new("kill")
+                .args(["-KILL", &format!("-{pid}")])
+                .status();
+        }
+        for ns in ["ctl", "gwa", "gwb", "cli", "wan", "lan"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(ns)])
+                .output();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn topology(gw_a: &str, gw_b: &str, client: &str) -> String {
+    format!(
+        r#"version: 1
+regions:
+  - {{ id: lab, display_name: Lab, state: active }}
+workspaces:
+  - id: lab
+    tenant: lab
+    regions: [lab]
+    networks:
+      - id: corp
+        overlay: 100.80.0.0/24
+        routes: [10.20.0.0/24]
+        nat: true
+        gateways: {{ policy: auto, redundancy: 2 }}
+        health_targets: [{RESOURCE}]
+    nodes:
+      - {{ id: gw-a, public_key: "{gw_a}", status: active, memberships: [{{ network: corp, address: 100.80.0.1 }}] }}
+      - {{ id: gw-b, public_key: "{gw_b}", status: active, memberships: [{{ network: corp, address: 100.80.0.2 }}] }}
+      - {{ id: client, public_key: "{client}", status: active, memberships: [{{ network: corp, address: 100.80.0.11 }}] }}
+    gateways:
+      - {{ id: gw-a, node: gw-a, region: lab, networks: [corp], roles: [ingress, egress], endpoint: "198.18.0.1:51820", listen_port: 51820 }}
+      - {{ id: gw-b, node: gw-b, region: lab, networks: [corp], roles: [ingress, egress], endpoint: "198.18.0.2:51820", listen_port: 51820 }}
+"#
+    )
+}
+
+/// `ping -D` to the resource every 50 ms from the client, timestamps kept.
+struct Pinger {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Pinger {
+    fn start(rig: &Rig, name: &str) -> Pinger {
+        let out = rig.dir.join(format!("{name}.ping"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", &rig.ns("cli")])
+            .args(["ping", "-D", "-n", "-i", "0.05", "-W", "1", RESOURCE])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Pinger { child, out }
+    }
+
+    /// Unix times (seconds) of the replies so far.
+    fn replies(&self) -> Vec<f64> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+            .collect()
+    }
+
+    /// The first reply after `t`.
+    fn first_after(&self, t: f64) -> Option<f64> {
+        self.replies().into_iter().find(|r| *r > t)
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn summary(label: &str, samples: &[f64]) -> f64 {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let median = s[s.len() / 2];
+    eprintln!(
+        "{label}: n={} min={:.2}s median={:.2}s max={:.2}s all={:?}",
+        s.len(),
+        s[0],
+        median,
+        s[s.len() - 1],
+        samples
+            .iter()
+            .map(|v| format!("{v:.2}"))
+            .collect::<Vec<_>>()
+    );
+    median
+}
+
+#[test]
+fn a_dead_primary_fails_over_to_the_standby_and_back_after_the_hold_down() {
+    let _one = ONE_RIG.lock().unwrap_or_else(|p| p.into_inner());
+    let rig = Rig::up("f");
+    let pinger = Pinger::start(&rig, "failover");
+    let mut outages = Vec::new();
+    for run in 0..5 {
+        wait_until("pings through gw-a", Duration::from_secs(10), || {
+            pinger.first_after(unix_now() - 0.2).is_some()
+        });
+        // Cut gw-a's link: pings can only come back through gw-b.
+        let cut = unix_now();
+        rig.set_port("wan", "gwa", false);
+        wait_until(
+            &format!("run {run}: pings to resume through gw-b"),
+            Duration::from_secs(15),
+            || pinger.first_after(cut).is_some(),
+        );
+        outages.push(pinger.first_after(cut).unwrap() - cut);
+        assert_eq!(rig.active().as_deref(), Some("gw-b"), "run {run}");
+        assert!(
+            rig.log("client").contains("gateway=gw-b"),
+            "the agent logs the move"
+        );
+
+        // gw-a returns: the client stays on gw-b for the hold-down, then moves back
+        // without losing the pings.
+        std::thread::sleep(Duration::from_secs(1));
+        let back = Instant::now();
+        rig.set_port("wan", "gwa", true);
+        wait_until(
+            &format!("run {run}: the client to move back to gw-a"),
+            HOLD_DOWN + Duration::from_secs(10),
+            || rig.active().as_deref() == Some("gw-a"),
+        );
+        let waited = back.elapsed();
+        assert!(
+            waited >= HOLD_DOWN,
+            "run {run}: moved back after {waited:?}, before the {HOLD_DOWN:?} hold-down"
+        );
+        let moved = unix_now();
+        wait_until(
+            &format!("run {run}: pings through gw-a again"),
+            Duration::from_secs(5),
+            || pinger.first_after(moved).is_some(),
+        );
+    }
+    let median = summary(
+        "failover outage (cut -> first reply via the standby)",
+        &outages,
+    );
+    // The detection is 1.5 s of silence plus a 500 ms probe interval; 3 s is the
+    // target. Allow a loaded CI machine some slack; the figures are printed.
+    assert!(median < 4.0, "median outage {median:.2}s");
+
+    // The manager never noticed: its view did not change, the client acted alone.
+    let status = rig.status();
+    let gws = status.as_array().unwrap();
+    assert!(gws.iter().all(|g| g["health"] == "online"), "{status}");
+}
+
+#[test]
+fn a_gateway_whose_lan_is_cut_loses_its_clients_while_it_still_heartbeats() {
+    let _one = ONE_RIG.lock().unwrap_or_else(|p| p.into_inner());
+    let rig = Rig::up("h");
+    let pinger = Pinger::start(&rig, "health");
+    wait_until("pings through gw-a", Duration::from_secs(10), || {
+        pinger.first_after(unix_now() - 0.2).is_some()
+    });
+    let cut = unix_now();
+    rig.set_port("lan", "gwa", false);
+    wait_until(
+        "the client to move to gw-b",
+        Duration::from_secs(30),
+        || rig.active().as_deref() == Some("gw-b"),
+    );
+    wait_until("pings through gw-b", Duration::from_secs(10), || {
+        pinger.first_after(cut).is_some()
+    });
+    let outage = pinger.first_after(cut).unwrap() - cut;
+    eprintln!("forwarding-path outage (LAN cut -> first reply via gw-b): {outage:.2}s");
+    let status = rig.status();
+    let a = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["id"] == "gw-a")
+        .unwrap();
+    assert_eq!(a["health"], "online", "gw-a still heartbeats: {status}");
+    assert!(
+        a.to_string().contains("corp"),
+        "gw-a is shown unhealthy for corp: {a}"
+    );
+
+    // The LAN returns: gw-a is healthy again and the client goes back to it.
+    rig.set_port("lan", "gwa", true);
+    wait_until(
+        "the client to return to gw-a",
+        Duration::from_secs(60),
+        || rig.active().as_deref() == Some("gw-a"),
+    );
+    let moved = unix_now();
+    wait_until("pings through gw-a again", Duration::from_secs(10), || {
+        pinger.first_after(moved).is_some()
+    });
+}
+
+#[test]
+fn stopping_the_agent_removes_its_tunnel() {
+    let _one = ONE_RIG.lock().unwrap_or_else(|p| p.into_inner());
+    let rig = Rig::up("s");
+    let cli = rig.ns("cli");
+    assert!(must(&cli, &["ip", "link", "show"]).contains("nm-client"));
+    // `ip netns exec` execs the agent: the recorded pid is the agent's.
+    stop(common::pid(&rig.dir, "client"));
+    assert!(!must(&cli, &["ip", "link", "show"]).contains("nm-"));
+    assert!(!must(&cli, &["ip", "rule", "show"]).contains("7373"));
+    assert!(must(&cli, &["ip", "route", "show", "table", "all"])
+        .lines()
+        .all(|l| !l.contains("proto 73")));
+    assert!(!rig.ping_once());
+}
