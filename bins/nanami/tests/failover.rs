@@ -543,3 +543,40 @@ fn stopping_the_agent_removes_its_tunnel() {
         .all(|l| !l.contains("proto 73")));
     assert!(!rig.ping_once());
 }
+
+#[test]
+fn without_a_credential_or_token_the_agent_says_so_and_exits() {
+    common::require_root_and(&["ip"]);
+    let ns = format!("nmf{}n", std::process::id() % 10_000);
+    let dir = std::env::temp_dir().join(format!("{ns}-state"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .unwrap()
+        .success());
+    let out = sh(
+        &ns,
+        &[
+            NANAMI,
+            "connect",
+            "--manager",
+            "https://127.0.0.1:9",
+            "--node",
+            "laptop",
+            "--state-dir",
+            &dir.to_string_lossy(),
+        ],
+    );
+    let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not enrolled yet"), "{stderr}");
+    // The key was made on the spot and stays; its public half is in the message.
+    let key = std::fs::metadata(dir.join("private.key")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
+        0o600
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

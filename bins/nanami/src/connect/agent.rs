@@ -154,20 +154,24 @@ impl Agent<'_> {
             let after = self.current.as_ref().map(|s| s.version.clone());
             tokio::spawn(
                 async move {
-                    match credential(&settings, &dir, public_key).await {
-                        Ok(credential) => poll(settings, credential, after, config_tx).await,
-                        Err(e) => error!("{e:#}"),
-                    }
+                    let credential = credential(&settings, &dir, public_key).await?;
+                    poll(settings, credential, after, config_tx).await;
+                    anyhow::Ok(())
                 }
                 .instrument(tracing::Span::current()),
             )
         };
-        let _abort_poller = AbortOnDrop(poller);
+        let mut poller = AbortOnDrop(poller);
         let mut evaluate = tokio::time::interval(EVALUATE_EVERY);
         evaluate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_probe: Option<Instant> = None;
         loop {
             tokio::select! {
+                ended = &mut poller.0 => {
+                    // Enrolment failed for good (no token, token refused).
+                    ended.context("the configuration task panicked")??;
+                    bail!("the configuration task stopped");
+                }
                 Some(saved) = config_rx.recv() => self.accept(saved),
                 Some(gateway) = reply_rx.recv() => {
                     let now = self.now();
@@ -292,9 +296,9 @@ impl Agent<'_> {
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
