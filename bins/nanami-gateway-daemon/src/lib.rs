@@ -12,7 +12,9 @@
 
 pub mod facts;
 pub mod lkg;
+pub mod probe;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,15 +22,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use async_trait::async_trait;
-use nanami_api::wire::{EnrolRequest, Facts, ObservedReport, Subject};
+use nanami_api::wire::{EnrolRequest, Facts, NetworkHealth, ObservedReport, Subject};
 use nanami_api::Client;
-use nanami_model::{GatewayId, HealthTargets, PublicKey};
+use nanami_model::{GatewayId, HealthTargets, NetworkId, PublicKey};
 use nanami_reconcile::{Observed, Op, Platform, PlatformEvent, Reconciler};
 use rand::SeedableRng as _;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, info_span, warn, Instrument as _};
 
 pub use lkg::{LastKnownGood, Offer};
+pub use probe::{IcmpProber, Outcome, ProbeConfig, ProbeFuture, Prober};
 
 /// How the daemon is set up.
 #[derive(Debug, Clone)]
@@ -53,6 +56,12 @@ pub struct DaemonConfig {
     pub facts: Option<Facts>,
     /// Where to publish the reconciler's status too (tests, embedding).
     pub status_out: Option<Arc<watch::Sender<nanami_reconcile::Status>>>,
+    /// Forwarding-path probe timing and hysteresis.
+    pub probe: ProbeConfig,
+    /// What probes the health targets instead of ICMP echo (tests, simulation);
+    /// `None`: [`IcmpProber`] (needs `CAP_NET_RAW`; without it the networks are
+    /// reported unknown).
+    pub prober: Option<Arc<dyn Prober>>,
 }
 
 impl DaemonConfig {
@@ -171,7 +180,12 @@ pub async fn run<P: Platform + 'static>(
             );
         }
         let (desired_tx, desired_rx) = watch::channel(lkg.current());
-        let (targets_tx, _targets_rx) = watch::channel(lkg.targets().clone());
+        let (targets_tx, targets_rx) = watch::channel(lkg.targets().clone());
+        let (health_tx, health_rx) = watch::channel(BTreeMap::new());
+        let prober = config
+            .prober
+            .clone()
+            .unwrap_or_else(|| Arc::new(IcmpProber::default()));
         let (observed_tx, observed_rx) = watch::channel(None);
         let (stop_tx, stop_rx) = watch::channel(false);
         let platform = Observing {
@@ -202,6 +216,16 @@ pub async fn run<P: Platform + 'static>(
                 .run(stopped(stop_rx.clone()))
                 .instrument(tracing::Span::current()),
         );
+        let probing = tokio::spawn(
+            probe::probe_loop(
+                config.probe,
+                prober,
+                targets_rx,
+                health_tx,
+                stopped(stop_rx.clone()),
+            )
+            .instrument(tracing::Span::current()),
+        );
 
         let enrolled = {
             let config = config.clone();
@@ -222,6 +246,7 @@ pub async fn run<P: Platform + 'static>(
                 public_key,
                 status_rx,
                 observed_rx,
+                health_rx,
                 stopped(stop_rx.clone()),
             );
             let poller = poll_loop(
@@ -242,6 +267,7 @@ pub async fn run<P: Platform + 'static>(
         };
         let _ = stop_tx.send(true);
         let reconciler = reconciling.await.context("the reconciler panicked")?;
+        probing.await.context("the prober panicked")?;
         info!(status = ?reconciler.status().condition, "stopped");
         result
     }
@@ -314,17 +340,25 @@ async fn report_loop(
     public_key: PublicKey,
     mut status_rx: watch::Receiver<nanami_reconcile::Status>,
     observed_rx: watch::Receiver<Option<Observed>>,
+    mut health_rx: watch::Receiver<BTreeMap<NetworkId, NetworkHealth>>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     let mut failing = false;
     let mut status_open = true;
+    let mut health_open = true;
     loop {
+        // A new status or a new forwarding-path verdict is reported at once.
         tokio::select! {
             () = &mut shutdown => return,
             changed = status_rx.changed(), if status_open => {
                 if changed.is_err() {
                     status_open = false;
+                }
+            }
+            changed = health_rx.changed(), if health_open => {
+                if changed.is_err() {
+                    health_open = false;
                 }
             }
             () = tokio::time::sleep(config.report_every) => {}
@@ -337,7 +371,7 @@ async fn report_loop(
             state: observed.state.owned(),
             telemetry: observed.telemetry,
             facts: config.facts.clone().unwrap_or_else(facts::read),
-            health: Default::default(),
+            health: health_rx.borrow_and_update().clone(),
         };
         match client.report(&config.gateway, &report).await {
             Ok(()) => {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use nanami_gateway_daemon::{ensure_key, run, DaemonConfig, LastKnownGood};
+use nanami_gateway_daemon::{ensure_key, run, DaemonConfig, LastKnownGood, ProbeConfig};
 use nanami_model::{GatewayId, GatewayState};
 use nanami_reconcile::sim::SimPlatform;
 use nanami_wg::linux::{DeviceMode, LinuxConfig, LinuxPlatform};
@@ -51,6 +51,20 @@ struct Cli {
     /// Reconcile at least this often, in milliseconds, even without events.
     #[arg(long, default_value_t = 30_000)]
     resync_ms: u64,
+    /// Probe the health targets behind this gateway (forwarding-path health) this
+    /// often, in milliseconds.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    probe_interval_ms: u64,
+    /// How long one probe (ICMP echo) waits for its reply, in milliseconds.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    probe_timeout_ms: u64,
+    /// Rounds in a row in which every target of a network is silent before this
+    /// gateway reports itself unhealthy for that network (clients move away).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    probe_fail_after: u32,
+    /// Rounds in a row with an answer before an unhealthy network is healthy again.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    probe_recover_after: u32,
     /// Run each WireGuard device in its own `nanami-device` process (this
     /// program), so the data plane keeps forwarding when the daemon stops or
     /// restarts; a restarted daemon adopts the running devices.
@@ -140,6 +154,13 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
         },
         facts: None,
         status_out: None,
+        probe: ProbeConfig {
+            interval: Duration::from_millis(cli.probe_interval_ms),
+            timeout: Duration::from_millis(cli.probe_timeout_ms),
+            fail_after: cli.probe_fail_after,
+            recover_after: cli.probe_recover_after,
+        },
+        prober: None,
     };
     info!(gateway = %config.gateway, %public_key, "starting");
     match cli.platform {

@@ -131,6 +131,8 @@ async fn bench() {
             reconcile: nanami_reconcile::Config::default(),
             facts: Some(Default::default()),
             status_out: None,
+            probe: nanami_gateway_daemon::ProbeConfig::default(),
+            prober: None,
         };
         tokio::spawn(nanami_gateway_daemon::run(
             config,

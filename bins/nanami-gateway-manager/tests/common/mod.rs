@@ -2,8 +2,9 @@
 //! on `SimPlatform`, temp dirs removed on drop (even on panic).
 #![allow(clippy::unwrap_used, dead_code)]
 
+use std::collections::BTreeSet;
 use std::io::Write as _;
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nanami_api::wire::{Subject, TokenRequest};
 use nanami_api::Client;
-use nanami_gateway_daemon::DaemonConfig;
+use nanami_gateway_daemon::{DaemonConfig, Outcome, ProbeConfig, ProbeFuture, Prober};
 use nanami_model::{GatewayId, GatewayState, PrivateKey, PublicKey};
 use nanami_reconcile::sim::SimPlatform;
 use nanami_reconcile::Status;
@@ -271,16 +272,65 @@ pub async fn spawn_manager(dir: &Path, topology: &Path, port: u16, log: &Path) -
     proc
 }
 
+/// Probe timing of in-process daemons: rounds every 100 ms, three to change a
+/// verdict.
+pub const PROBE: ProbeConfig = ProbeConfig {
+    interval: Duration::from_millis(100),
+    timeout: Duration::from_millis(50),
+    fail_after: 3,
+    recover_after: 3,
+};
+
+/// Health-target probes answered from a set: every target answers unless it is in
+/// `down`.
+#[derive(Debug, Default)]
+pub struct FakeProber {
+    pub down: Mutex<BTreeSet<IpAddr>>,
+}
+
+impl FakeProber {
+    /// Makes `targets` silent (`true`) or answer again (`false`).
+    pub fn set_down(&self, targets: &[&str], down: bool) {
+        let mut set = self.down.lock().unwrap();
+        for t in targets {
+            let ip: IpAddr = t.parse().unwrap();
+            if down {
+                set.insert(ip);
+            } else {
+                set.remove(&ip);
+            }
+        }
+    }
+}
+
+impl Prober for FakeProber {
+    fn probe(&self, target: IpAddr, timeout: Duration) -> ProbeFuture {
+        let down = self.down.lock().unwrap().contains(&target);
+        Box::pin(async move {
+            if down {
+                tokio::time::sleep(timeout).await;
+                Outcome::NoReply
+            } else {
+                Outcome::Reply(Duration::from_micros(300))
+            }
+        })
+    }
+}
+
 /// A daemon running in this process on a `SimPlatform`.
 pub struct Daemon {
     pub state_dir: PathBuf,
     pub status: watch::Receiver<Status>,
+    /// Its health-target probes (no packet is sent: in-process daemons share the
+    /// test's network namespace).
+    pub prober: Arc<FakeProber>,
     stop: Option<oneshot::Sender<()>>,
     join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Daemon {
     pub async fn start(env: &Env, gateway: &str, state_dir: &Path, token: Option<String>) -> Self {
+        let prober = Arc::new(FakeProber::default());
         let key = nanami_gateway_daemon::ensure_key(&state_dir.join("private.key")).unwrap();
         let (status_tx, status) = watch::channel(Status::default());
         let config = DaemonConfig {
@@ -294,6 +344,8 @@ impl Daemon {
             reconcile: nanami_reconcile::Config::default(),
             facts: None,
             status_out: Some(Arc::new(status_tx)),
+            probe: PROBE,
+            prober: Some(prober.clone()),
         };
         let (stop_tx, stop_rx) = oneshot::channel();
         let join = tokio::spawn(nanami_gateway_daemon::run(
@@ -307,6 +359,7 @@ impl Daemon {
         Self {
             state_dir: state_dir.to_owned(),
             status,
+            prober,
             stop: Some(stop_tx),
             join: Some(join),
         }
