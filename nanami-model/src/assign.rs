@@ -9,7 +9,16 @@
 //! its node is active, it is not draining (`drain: true`), its region is `active`
 //! (a `draining` region drains all its gateways), and [`Health`] says it is up for
 //! that network (neither [`Health::offline`] nor [`Health::unhealthy`] for the
-//! pair). Each (client, network) gets the eligible gateways in a *preference order*:
+//! pair).
+//!
+//! **Safety rule.** When no gateway is eligible for a network but some are only
+//! [`Health::unhealthy`] for it (online, not draining: eligible in every other
+//! respect), those stay eligible: if every gateway's probes of a network fail, the
+//! probe target itself is most likely down, not every forwarding path, and moving
+//! the clients nowhere would strand them. A network that still has one healthy
+//! gateway uses only its healthy ones. See [`candidates`].
+//!
+//! Each (client, network) gets the eligible gateways in a *preference order*:
 //! - `auto`: the order of the workspace's `regions`, then gateway id;
 //! - `manual`: the order of the `manual` list;
 //! - `balanced`: weighted rendezvous hashing, see below.
@@ -94,6 +103,21 @@ pub fn eligible(
     network: &NetworkId,
     health: &Health,
 ) -> bool {
+    eligible_but_for_its_path(topology, ws, gateway, network, health)
+        && health.is_up(&gateway.id, network)
+}
+
+/// Whether `gateway` would be [`eligible`] for `network` if its forwarding path to
+/// it were healthy: everything but [`Health::unhealthy`] is checked (it is online,
+/// not draining, …). These gateways serve a network none of whose gateways is
+/// eligible (the safety rule in the module docs).
+pub fn eligible_but_for_its_path(
+    topology: &Topology,
+    ws: &Workspace,
+    gateway: &Gateway,
+    network: &NetworkId,
+    health: &Health,
+) -> bool {
     gateway.networks.contains(network)
         && gateway.has(Role::Ingress)
         && !gateway.drain
@@ -102,19 +126,35 @@ pub fn eligible(
             .regions
             .get(&gateway.region)
             .is_some_and(|r| r.state == RegionState::Active)
-        && health.is_up(&gateway.id, network)
+        && !health.offline.contains(&gateway.id)
 }
 
-/// The eligible gateways of `network`, in the policy's static order: region order
-/// then id for `auto` and `balanced` (which then ranks them per client, see
-/// [`balanced_order`]), list order for `manual`.
+/// The gateways that take clients of `network`, in the policy's static order:
+/// region order then id for `auto` and `balanced` (which then ranks them per
+/// client, see [`balanced_order`]), list order for `manual`. These are the
+/// [`eligible`] ones or, when there are none, those [`eligible_but_for_its_path`]
+/// (the safety rule in the module docs).
 pub fn candidates<'a>(
     topology: &Topology,
     ws: &'a Workspace,
     network: &Network,
     health: &Health,
 ) -> Vec<&'a Gateway> {
-    let ok = |g: &&Gateway| eligible(topology, ws, g, &network.id, health);
+    let strict = |g: &&Gateway| eligible(topology, ws, g, &network.id, health);
+    let found = policy_order(ws, network, strict);
+    if !found.is_empty() {
+        return found;
+    }
+    let lenient = |g: &&Gateway| eligible_but_for_its_path(topology, ws, g, &network.id, health);
+    policy_order(ws, network, lenient)
+}
+
+/// The gateways of `ws` that pass `ok`, in `network`'s policy's static order.
+fn policy_order<'a>(
+    ws: &'a Workspace,
+    network: &Network,
+    ok: impl FnMut(&&'a Gateway) -> bool,
+) -> Vec<&'a Gateway> {
     match &network.policy {
         Policy::Manual(ids) => ids
             .iter()

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use nanami_model::assign::{assign, eligible, Assignment};
+use nanami_model::assign::{assign, eligible, eligible_but_for_its_path, Assignment};
 use nanami_model::compile::host_prefix;
 use nanami_model::doc::Document;
 use nanami_model::{
@@ -138,6 +138,34 @@ fn unhealthy_forwarding_path_is_honoured() {
     let a = fleet_assignment(&doc, &h);
     assert_eq!(primaries(&a).len(), 30);
     assert!(!a.by_gateway.contains_key(&sick));
+}
+
+#[test]
+fn clients_keep_their_gateways_when_every_one_is_unhealthy() {
+    // Three gateways, redundancy 2. The probe target is down: every gateway reports
+    // the network unhealthy. Nobody is stranded: the placement is the healthy one.
+    let doc = common::fleet(11, "balanced", 2, 3, 30, None);
+    let t = Topology::from_document(&doc).unwrap();
+    let net = NetworkId::new("net").unwrap();
+    let all_up = fleet_assignment(&doc, &Health::all_up());
+    let mut sick = Health::default();
+    for g in t.gateway_ids() {
+        sick.unhealthy.insert((g.clone(), net.clone()));
+    }
+    assert_eq!(fleet_assignment(&doc, &sick), all_up);
+    // One gateway healthy again: it alone takes the network's clients, with no
+    // standby (the unhealthy ones are not eligible while a healthy one exists).
+    let well = GatewayId::new("g11-2").unwrap();
+    sick.unhealthy.remove(&(well.clone(), net.clone()));
+    let a = fleet_assignment(&doc, &sick);
+    assert_eq!(primaries(&a).len(), 30);
+    assert!(primaries(&a).values().all(|g| *g == well));
+    assert!(a.ordered.values().all(|m| m[&net].len() == 1));
+    // Offline and draining gateways never come back through the safety rule.
+    let mut offline = sick.clone();
+    offline.unhealthy.insert((well.clone(), net.clone()));
+    offline.offline = t.gateway_ids().cloned().collect();
+    assert!(fleet_assignment(&doc, &offline).by_node.is_empty());
 }
 
 #[test]
@@ -299,10 +327,17 @@ proptest! {
                 for net in node.memberships.keys() {
                     let network = &ws.networks[net];
                     let list = a.ordered.get(&node.id).and_then(|m| m.get(net));
-                    let ok: Vec<&GatewayId> = ws.gateways.values()
-                        .filter(|g| eligible(&t, ws, g, net, &h))
+                    let mut ok: Vec<&GatewayId> = ws.gateways.values()
+                        .filter(|g| eligible(&t, ws, g, net, &h) && network_allows(network, &g.id))
                         .map(|g| &g.id)
                         .collect();
+                    if ok.is_empty() {
+                        // The safety rule: no healthy gateway, the unhealthy ones serve.
+                        ok = ws.gateways.values()
+                            .filter(|g| eligible_but_for_its_path(&t, ws, g, net, &h))
+                            .map(|g| &g.id)
+                            .collect();
+                    }
                     match list {
                         Some(list) => {
                             prop_assert!(!list.is_empty() && list.len() <= network.redundancy as usize);
@@ -329,6 +364,42 @@ proptest! {
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Forwarding-path health only ever moves clients between gateways: a network
+    /// whose every gateway is unhealthy is placed exactly as if all were healthy, and
+    /// with some healthy ones no client is unassigned that would otherwise be placed
+    /// (capacity aside).
+    #[test]
+    fn unhealthy_paths_never_strand_clients(mut doc in common::document(), offline: u64, unhealthy: u64) {
+        for ws in &mut doc.workspaces {
+            for g in &mut ws.gateways {
+                g.capacity = None;
+            }
+        }
+        let t = Topology::from_document(&doc).unwrap();
+        let base = health_from(&t, offline, 0);
+        let mut all_sick = base.clone();
+        for ws in t.workspaces.values() {
+            for g in ws.gateways.values() {
+                for n in &g.networks {
+                    all_sick.unhealthy.insert((g.id.clone(), n.clone()));
+                }
+            }
+        }
+        prop_assert_eq!(assignments(&t, &all_sick), assignments(&t, &base));
+        let some_sick = health_from(&t, offline, unhealthy);
+        let (with, without) = (assignments(&t, &some_sick), assignments(&t, &base));
+        for (ws, a) in &without {
+            for (node, nets) in &a.ordered {
+                for net in nets.keys() {
+                    prop_assert!(
+                        with[ws].ordered.get(node).is_some_and(|m| m.contains_key(net)),
+                        "{node} lost {net} to unhealthy paths"
+                    );
                 }
             }
         }
