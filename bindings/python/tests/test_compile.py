@@ -202,6 +202,7 @@ def test_client_side_failover_with_a_standby(example_text):
     chain = [c.gateway for c in config.gateways["corp"]]
     assert chain == ["gw-fra-1", "gw-nyc-1"]
     assert config.gateways["corp"][0].exit_routes == ["0.0.0.0/0"]
+    assert config.gateways["corp"][0].addresses == ["100.80.0.1"]  # probed in-tunnel
     assert config.active_gateway("corp") == "gw-fra-1"
     assert config.active_gateway("corp", ["gw-fra-1"]) == "gw-nyc-1"
     assert config.active_gateway("corp", ["gw-fra-1", "gw-nyc-1"]) is None

@@ -182,6 +182,13 @@ impl GatewayChoice {
         strings(&self.0.exit_routes)
     }
 
+    /// The gateway's own overlay addresses in this network (what a client agent
+    /// probes through the tunnel), sorted.
+    #[getter]
+    fn addresses(&self) -> Vec<String> {
+        strings(&self.0.addresses)
+    }
+
     /// The JSON form, as plain Python data.
     fn to_dict(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         to_py(py, &self.0)
