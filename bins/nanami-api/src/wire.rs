@@ -1,6 +1,6 @@
 //! The JSON bodies of the manager's API.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -200,8 +200,9 @@ pub enum PathHealth {
     /// Every target failed for several rounds in a row: clients should use
     /// another gateway for this network.
     Unhealthy,
-    /// The daemon cannot probe (no `CAP_NET_RAW`, no socket for the family): says
-    /// nothing either way, and counts as healthy.
+    /// Nothing certain yet (the daemon just started) or the daemon cannot probe
+    /// (no `CAP_NET_RAW`, no socket for the family): the manager keeps its previous
+    /// verdict, healthy when it has none.
     Unknown,
 }
 
@@ -249,6 +250,11 @@ pub struct GatewayStatus {
     pub region: Option<String>,
     /// Online or offline, from heartbeats.
     pub health: Liveness,
+    /// Networks whose forwarding path through this gateway is down (its probes of
+    /// the network's health targets fail) while it still reports: their clients
+    /// use another gateway if the network has a healthy one.
+    #[serde(default)]
+    pub unhealthy_networks: BTreeSet<NetworkId>,
     /// The reconciler's condition as last reported (`None`: never reported).
     pub condition: Option<nanami_reconcile::Condition>,
     /// The generation the manager wants.

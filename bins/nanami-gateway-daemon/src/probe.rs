@@ -8,8 +8,9 @@
 //! [`ProbeConfig::fail_after`] bad rounds in a row, and [`PathHealth::Healthy`] again
 //! after [`ProbeConfig::recover_after`] good rounds in a row, so a flapping LAN does
 //! not bounce clients between gateways. A network starts, and after a blind round
-//! stays, [`PathHealth::Unknown`], which the manager treats as healthy: a daemon that
-//! cannot probe must not strand clients.
+//! stays, [`PathHealth::Unknown`], on which the manager keeps its previous verdict
+//! (healthy when it has none): a daemon that cannot probe must not strand clients,
+//! and a restarted one must not pull them back before it knows its path works.
 //!
 //! [`Tracker`] is the pure state machine (results in, verdicts out, no clock); the
 //! [`probe_loop`] is its I/O shell.

@@ -531,6 +531,12 @@ async fn metrics(State(app): State<App>) -> Response {
         n(status.len() - online),
     );
     metric(
+        "nanami_gateway_paths_unhealthy",
+        "gauge",
+        "(gateway, network) pairs whose forwarding path is down while the gateway reports.",
+        n(status.iter().map(|s| s.unhealthy_networks.len()).sum()),
+    );
+    metric(
         "nanami_gateways_converged",
         "gauge",
         "Gateways whose observed generation is the desired one.",

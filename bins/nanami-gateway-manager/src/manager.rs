@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nanami_api::wire::{
-    GatewayStatus, Liveness, ObservedRecord, ObservedReport, RegionView, Subject, TopologyResponse,
-    WorkspaceView,
+    GatewayStatus, Liveness, ObservedRecord, ObservedReport, PathHealth, RegionView, Subject,
+    TopologyResponse, WorkspaceView,
 };
 use nanami_model::{
     compile_all, compile_node, health_targets, Document, GatewayId, GatewayState, Health,
-    HealthTargets, NodeConfig, NodeId, PublicKey, Topology,
+    HealthTargets, NetworkId, NodeConfig, NodeId, PublicKey, Topology,
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -117,6 +117,9 @@ struct Inner {
     revision: u64,
     gateways: BTreeMap<GatewayId, Entry>,
     offline: BTreeSet<GatewayId>,
+    /// (gateway, network) pairs whose forwarding path the gateway's latest report
+    /// says is down, for online gateways only (see [`unhealthy_pairs`]).
+    unhealthy: BTreeSet<(GatewayId, NetworkId)>,
     last_seen: BTreeMap<GatewayId, Instant>,
     observed: BTreeMap<GatewayId, ObservedRecord>,
     keys: BTreeMap<GatewayId, PublicKey>,
@@ -178,6 +181,52 @@ pub fn config_version(config: &NodeConfig) -> String {
         .collect()
 }
 
+/// The networks whose forwarding path `gateway`'s `report` says is down, among
+/// those it probes now (a stale verdict about a network it no longer probes does
+/// not count). A network the report says nothing certain about (`unknown`, or
+/// absent: a daemon that just started has not finished a round) keeps its verdict
+/// in `before`, so a daemon restart does not bounce clients back to a gateway whose
+/// path is still down.
+fn reported_unhealthy(
+    topology: &Topology,
+    gateway: &GatewayId,
+    report: &ObservedReport,
+    before: &BTreeSet<(GatewayId, NetworkId)>,
+) -> BTreeSet<NetworkId> {
+    health_targets(topology, gateway)
+        .into_keys()
+        .filter(
+            |network| match report.health.get(network).map(|h| h.state) {
+                Some(PathHealth::Unhealthy) => true,
+                Some(PathHealth::Healthy) => false,
+                Some(PathHealth::Unknown) | None => {
+                    before.contains(&(gateway.clone(), network.clone()))
+                }
+            },
+        )
+        .collect()
+}
+
+/// [`Health::unhealthy`] from the latest reports (see [`reported_unhealthy`]; the
+/// verdicts in force are `before`), for gateways that are online: an offline
+/// gateway's last report is stale, and it is out anyway.
+fn unhealthy_pairs(
+    topology: &Topology,
+    observed: &BTreeMap<GatewayId, ObservedRecord>,
+    offline: &BTreeSet<GatewayId>,
+    before: &BTreeSet<(GatewayId, NetworkId)>,
+) -> BTreeSet<(GatewayId, NetworkId)> {
+    observed
+        .iter()
+        .filter(|(gateway, _)| !offline.contains(*gateway))
+        .flat_map(|(gateway, record)| {
+            reported_unhealthy(topology, gateway, &record.report, before)
+                .into_iter()
+                .map(move |network| (gateway.clone(), network))
+        })
+        .collect()
+}
+
 fn targets_json(targets: &HealthTargets) -> String {
     if targets.is_empty() {
         return NO_TARGETS.to_owned();
@@ -233,6 +282,8 @@ impl Manager {
                     inner.last_seen.insert(id.clone(), now);
                 }
             }
+            inner.unhealthy =
+                unhealthy_pairs(&topology, &inner.observed, &inner.offline, &BTreeSet::new());
             inner.topology = Some(topology);
             inner.document = Some(document);
             inner.revision = revision;
@@ -272,13 +323,9 @@ impl Manager {
     fn recompile(
         inner: &Inner,
         topology: &Topology,
-        offline: &BTreeSet<GatewayId>,
+        health: &Health,
     ) -> BTreeMap<GatewayId, GatewayRow> {
-        let health = Health {
-            offline: offline.clone(),
-            unhealthy: BTreeSet::new(),
-        };
-        let compiled = compile_all(topology, &health);
+        let compiled = compile_all(topology, health);
         let ids: BTreeSet<&GatewayId> = compiled.keys().chain(inner.gateways.keys()).collect();
         let mut changed = BTreeMap::new();
         for id in ids {
@@ -353,14 +400,17 @@ impl Manager {
             .filter(|g| ids.contains(g))
             .cloned()
             .collect();
-        let changed = Self::recompile(&inner, &topology, &offline);
+        let unhealthy = unhealthy_pairs(&topology, &inner.observed, &offline, &inner.unhealthy);
+        let health = Health { offline, unhealthy };
+        let changed = Self::recompile(&inner, &topology, &health);
         let revision = self
             .store
             .put_topology(&document.to_json(), now_ms(), &changed)?;
         for id in ids {
             inner.last_seen.entry(id).or_insert(now);
         }
-        inner.offline = offline;
+        inner.offline = health.offline;
+        inner.unhealthy = health.unhealthy;
         let response = TopologyResponse {
             revision,
             changed: changed
@@ -378,8 +428,9 @@ impl Manager {
         Ok(response)
     }
 
-    /// Re-evaluates heartbeats; if the offline set changed, recompiles, stores and
-    /// publishes. Returns whether it changed.
+    /// Re-evaluates heartbeats and the latest reports' forwarding-path health; if
+    /// the offline or the unhealthy set changed, recompiles, stores and publishes.
+    /// Returns whether it changed.
     pub fn health_tick(&self) -> Result<bool, ManagerError> {
         let mut inner = self.lock();
         let Some(topology) = inner.topology.clone() else {
@@ -397,7 +448,8 @@ impl Manager {
             })
             .cloned()
             .collect();
-        if offline == inner.offline {
+        let unhealthy = unhealthy_pairs(&topology, &inner.observed, &offline, &inner.unhealthy);
+        if offline == inner.offline && unhealthy == inner.unhealthy {
             return Ok(false);
         }
         for id in offline.difference(&inner.offline) {
@@ -406,9 +458,17 @@ impl Manager {
         for id in inner.offline.difference(&offline) {
             info!(gateway = %id, "gateway back online");
         }
-        let changed = Self::recompile(&inner, &topology, &offline);
-        self.store.put_health(&offline, &changed)?;
-        inner.offline = offline;
+        for (id, network) in unhealthy.difference(&inner.unhealthy) {
+            warn!(gateway = %id, %network, "forwarding path down: the network's clients move to another gateway");
+        }
+        for (id, network) in inner.unhealthy.difference(&unhealthy) {
+            info!(gateway = %id, %network, "forwarding path healthy again");
+        }
+        let health = Health { offline, unhealthy };
+        let changed = Self::recompile(&inner, &topology, &health);
+        self.store.put_health(&health.offline, &changed)?;
+        inner.offline = health.offline;
+        inner.unhealthy = health.unhealthy;
         self.publish(&mut inner, changed);
         Ok(true)
     }
@@ -454,7 +514,7 @@ impl Manager {
         let json =
             serde_json::to_string(&report).map_err(|e| ManagerError::BadReport(e.to_string()))?;
         let at = now_ms();
-        let was_offline = {
+        let recheck = {
             let mut inner = self.lock();
             if let Some(applied) = report.status.applied_generation {
                 let known = inner.gateways.get(gateway).map_or(0, |e| e.generation);
@@ -464,6 +524,17 @@ impl Manager {
             }
             self.store.put_observed(gateway, at, &json)?;
             inner.last_seen.insert(gateway.clone(), Instant::now());
+            let path_down = inner
+                .topology
+                .as_ref()
+                .map(|t| reported_unhealthy(t, gateway, &report, &inner.unhealthy))
+                .unwrap_or_default();
+            let known_down: BTreeSet<NetworkId> = inner
+                .unhealthy
+                .iter()
+                .filter(|(g, _)| g == gateway)
+                .map(|(_, n)| n.clone())
+                .collect();
             inner.observed.insert(
                 gateway.clone(),
                 ObservedRecord {
@@ -471,10 +542,12 @@ impl Manager {
                     report,
                 },
             );
-            inner.offline.contains(gateway)
+            // Back from offline, or a forwarding-path verdict changed: act now, not
+            // at the next tick.
+            inner.offline.contains(gateway) || path_down != known_down
         };
         self.counters.reports.fetch_add(1, Ordering::Relaxed);
-        if was_offline {
+        if recheck {
             self.health_tick()?;
         }
         Ok(())
@@ -524,7 +597,7 @@ impl Manager {
         }
         let health = Health {
             offline: inner.offline.clone(),
-            unhealthy: BTreeSet::new(),
+            unhealthy: inner.unhealthy.clone(),
         };
         compile_node(topology, &health, node).map_err(|e| ManagerError::Compile(e.to_string()))
     }
@@ -593,6 +666,12 @@ impl Manager {
                     } else {
                         Liveness::Online
                     },
+                    unhealthy_networks: inner
+                        .unhealthy
+                        .iter()
+                        .filter(|(g, _)| g == id)
+                        .map(|(_, n)| n.clone())
+                        .collect(),
                     condition: report.map(|r| r.status.condition.clone()),
                     desired_generation: entry.generation,
                     observed_generation: report.and_then(|r| r.status.applied_generation),

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -849,6 +850,178 @@ async fn health_targets_reach_each_egress_gateway_at_a_new_generation() {
         .unwrap()
         .unwrap();
     assert_eq!(kept, after);
+    f.a.stop().await;
+    f.b.stop().await;
+}
+
+/// The first gateway of `node`'s list for `network` in `config`.
+fn first_gateway(config: &nanami_model::NodeConfig, network: &str) -> String {
+    config.gateways[network][0].gateway.to_string()
+}
+
+/// The networks the manager treats as unhealthy for `gateway`.
+async fn unhealthy_networks(env: &Env, gateway: &str) -> Vec<String> {
+    let status = env.control().status().await.unwrap();
+    let s = status.iter().find(|g| g.id.as_str() == gateway).unwrap();
+    assert_eq!(
+        s.health,
+        nanami_api::wire::Liveness::Online,
+        "{gateway} still reports"
+    );
+    s.unhealthy_networks.iter().map(|n| n.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_path_to_one_network_fails_loses_only_that_networks_clients() {
+    let mut f = fleet_with("path", two_networks).await;
+    let laptop = NodeId::new("laptop-1").unwrap();
+    let node = enrol_node(&f.env, "laptop-1", f.client).await;
+    let (v1, c1) = node
+        .node_config_watch(&laptop, None, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first_gateway(&c1, "corp"), first_gateway(&c1, "lab")),
+        ("gw-a".into(), "gw-a".into())
+    );
+    assert_eq!(c1.gateways["corp"].len(), 2, "gw-b is corp's standby");
+
+    // gw-a's LAN to corp's resources fails; it keeps reporting. Its corp clients
+    // move to gw-b, its lab clients stay, and a waiting watch wakes.
+    let watch = {
+        let (node, laptop, v1) = (node.clone(), laptop.clone(), v1.clone());
+        tokio::spawn(async move {
+            node.node_config_watch(&laptop, Some(&v1), Duration::from_secs(20))
+                .await
+        })
+    };
+    let cut = std::time::Instant::now();
+    f.a.prober.set_down(&["10.20.0.1"], true);
+    let (_, c2) = watch.await.unwrap().unwrap().expect("a new configuration");
+    let took = cut.elapsed();
+    assert_eq!(first_gateway(&c2, "corp"), "gw-b");
+    assert_eq!(first_gateway(&c2, "lab"), "gw-a", "only corp moved");
+    assert!(took < Duration::from_secs(5), "moved after {took:?}");
+    eprintln!(
+        "path down -> client configuration changed: {took:?} (probes every 100 ms, 3 rounds)"
+    );
+    assert_eq!(unhealthy_networks(&f.env, "gw-a").await, ["corp"]);
+    assert!(unhealthy_networks(&f.env, "gw-b").await.is_empty());
+    let observed = f
+        .env
+        .control()
+        .observed(&GatewayId::new("gw-a").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let corp = &observed.report.health["corp"];
+    assert_eq!(corp.state, nanami_api::wire::PathHealth::Unhealthy);
+    assert!(
+        corp.targets[&"10.20.0.1".parse::<std::net::IpAddr>().unwrap()].consecutive_failures >= 3
+    );
+    assert_eq!(
+        observed.report.health["lab"].state,
+        nanami_api::wire::PathHealth::Healthy
+    );
+    // gw-b's desired state now routes corp's client; the change converges.
+    f.env.converged(&["gw-a", "gw-b"]).await;
+
+    // A manager restart keeps the verdict (from the stored reports), even before
+    // any daemon reports again.
+    f.a.stop().await;
+    f.b.stop().await;
+    f.env.restart_manager().await;
+    assert_eq!(unhealthy_networks(&f.env, "gw-a").await, ["corp"]);
+    let (version, after_restart) = node
+        .node_config_watch(&laptop, None, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first_gateway(&after_restart, "corp"), "gw-b");
+    let (a_dir, b_dir) = (f.a.state_dir.clone(), f.b.state_dir.clone());
+    let lan_still_cut = Arc::new(FakeProber::default());
+    lan_still_cut.set_down(&["10.20.0.1"], true);
+    f.a = Daemon::start_with(&f.env, "gw-a", &a_dir, None, lan_still_cut).await;
+    f.b = Daemon::start(&f.env, "gw-b", &b_dir, None).await;
+
+    // The restarted daemon knows nothing yet (unknown): the manager keeps its
+    // verdict, so corp's clients are not pulled back while the path is down.
+    let unchanged = node
+        .node_config_watch(&laptop, Some(&version), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        unchanged, None,
+        "no bounce while the restarted daemon probes"
+    );
+
+    // The path returns: after the recovery rounds corp's clients go back to gw-a.
+    f.a.prober.set_down(&["10.20.0.1"], false);
+    let back = until("corp back on gw-a", Duration::from_secs(10), || {
+        let (node, laptop) = (node.clone(), laptop.clone());
+        async move {
+            let c = node.node_config(&laptop).await.ok()?;
+            (first_gateway(&c, "corp") == "gw-a").then_some(c)
+        }
+    })
+    .await;
+    assert_eq!(first_gateway(&back, "lab"), "gw-a");
+    assert_eq!(back, c1, "the original configuration");
+    until("gw-a healthy in the status", Duration::from_secs(5), || {
+        let env = &f.env;
+        async move {
+            unhealthy_networks(env, "gw-a")
+                .await
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+    f.a.stop().await;
+    f.b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_gateway_of_a_network_is_unhealthy_clients_keep_theirs() {
+    let mut f = fleet_with("allsick", two_networks).await;
+    let laptop = NodeId::new("laptop-1").unwrap();
+    let control = f.env.control();
+    let before = control.node_config(&laptop).await.unwrap();
+    // corp's probe target itself is down: both gateways report corp unhealthy.
+    f.a.prober.set_down(&["10.20.0.1"], true);
+    f.b.prober.set_down(&["10.20.0.1"], true);
+    until(
+        "both gateways unhealthy for corp",
+        Duration::from_secs(10),
+        || {
+            let env = &f.env;
+            async move {
+                let a = unhealthy_networks(env, "gw-a").await;
+                let b = unhealthy_networks(env, "gw-b").await;
+                (a == ["corp"] && b == ["corp"]).then_some(())
+            }
+        },
+    )
+    .await;
+    let after = control.node_config(&laptop).await.unwrap();
+    assert_eq!(
+        after, before,
+        "nobody is stranded: the placement is the all-healthy one"
+    );
+    // One gateway recovers: it alone serves corp.
+    f.b.prober.set_down(&["10.20.0.1"], false);
+    let moved = until("corp on gw-b only", Duration::from_secs(10), || {
+        let control = control.clone();
+        let laptop = laptop.clone();
+        async move {
+            let c = control.node_config(&laptop).await.ok()?;
+            (first_gateway(&c, "corp") == "gw-b").then_some(c)
+        }
+    })
+    .await;
+    assert_eq!(moved.gateways["corp"].len(), 1);
+    assert_eq!(first_gateway(&moved, "lab"), "gw-a");
     f.a.stop().await;
     f.b.stop().await;
 }

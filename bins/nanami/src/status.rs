@@ -67,6 +67,19 @@ fn condition(c: Option<&Condition>) -> String {
     }
 }
 
+/// `online`, `OFFLINE`, or `online, PATH DOWN: <networks>` when the gateway still
+/// reports but its forwarding path to those networks fails.
+fn health(s: &GatewayStatus) -> String {
+    match s.health {
+        Liveness::Offline => "OFFLINE".into(),
+        Liveness::Online if s.unhealthy_networks.is_empty() => "online".into(),
+        Liveness::Online => {
+            let networks: Vec<&str> = s.unhealthy_networks.iter().map(|n| n.as_str()).collect();
+            format!("online, PATH DOWN: {}", networks.join(","))
+        }
+    }
+}
+
 /// The status table.
 pub fn table(status: &[GatewayStatus]) -> String {
     let mut rows = vec![[
@@ -90,10 +103,7 @@ pub fn table(status: &[GatewayStatus]) -> String {
                 }
             ),
             s.region.clone().unwrap_or_else(|| "-".into()),
-            match s.health {
-                Liveness::Online => "online".into(),
-                Liveness::Offline => "OFFLINE".into(),
-            },
+            health(s),
             condition(s.condition.as_ref()),
             format!(
                 "{}/{}",

@@ -330,7 +330,17 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn start(env: &Env, gateway: &str, state_dir: &Path, token: Option<String>) -> Self {
-        let prober = Arc::new(FakeProber::default());
+        Self::start_with(env, gateway, state_dir, token, Arc::default()).await
+    }
+
+    /// [`Daemon::start`] with the health-target probes of `prober`.
+    pub async fn start_with(
+        env: &Env,
+        gateway: &str,
+        state_dir: &Path,
+        token: Option<String>,
+        prober: Arc<FakeProber>,
+    ) -> Self {
         let key = nanami_gateway_daemon::ensure_key(&state_dir.join("private.key")).unwrap();
         let (status_tx, status) = watch::channel(Status::default());
         let config = DaemonConfig {
@@ -396,6 +406,19 @@ pub fn client_key() -> PublicKey {
     PrivateKey::generate(&mut rand_core::OsRng).public_key()
 }
 
+/// The start of every test topology: region `lab`, workspace `acme`, up to its
+/// networks.
+const PREAMBLE: &str = "version: 1
+regions:
+  - id: lab
+    state: active
+workspaces:
+  - id: acme
+    tenant: acme-corp
+    regions: [lab]
+    networks:
+";
+
 /// A topology: one workspace, network `corp` (100.80.0.0/22, route 10.20.0.0/16),
 /// gateways gw-a and gw-b (keys given), and `clients` client nodes.
 pub fn topology(gw_a: &PublicKey, gw_b: &PublicKey, clients: &[(&str, PublicKey)]) -> String {
@@ -423,16 +446,7 @@ pub fn topology_with_targets(
         ));
     }
     format!(
-        "version: 1
-regions:
-  - id: lab
-    state: active
-workspaces:
-  - id: acme
-    tenant: acme-corp
-    regions: [lab]
-    networks:
-      - id: corp
+        "{PREAMBLE}      - id: corp
         overlay: 100.80.0.0/22
         routes: [10.20.0.0/16]{targets}
     nodes:
@@ -455,6 +469,29 @@ workspaces:
     )
 }
 
+/// Networks `corp` (10.20.0.0/16, health target 10.20.0.1) and `lab` (10.30.0.0/16,
+/// health target 10.30.0.1), both served by gw-a and gw-b (auto, redundancy 2: gw-a
+/// primary, gw-b standby), and client laptop-1 in both.
+pub fn two_networks(gw_a: &PublicKey, gw_b: &PublicKey, laptop: PublicKey) -> String {
+    let gateway = |id: &str, n: u8| {
+        format!(
+            "      - {{ id: {id}, node: {id}, region: lab, networks: [corp, lab], roles: [ingress, egress], endpoint: \"192.0.2.{n}:51820\", listen_port: 51820 }}\n"
+        )
+    };
+    format!(
+        "{PREAMBLE}      - {{ id: corp, overlay: 100.80.0.0/22, routes: [10.20.0.0/16], health_targets: [10.20.0.1], gateways: {{ policy: auto, redundancy: 2 }} }}
+      - {{ id: lab, overlay: 100.81.0.0/22, routes: [10.30.0.0/16], health_targets: [10.30.0.1], gateways: {{ policy: auto, redundancy: 2 }} }}
+    nodes:
+      - {{ id: gw-a, public_key: \"{gw_a}\", status: active, memberships: [{{ network: corp, address: 100.80.0.1 }}, {{ network: lab, address: 100.81.0.1 }}] }}
+      - {{ id: gw-b, public_key: \"{gw_b}\", status: active, memberships: [{{ network: corp, address: 100.80.0.2 }}, {{ network: lab, address: 100.81.0.2 }}] }}
+      - {{ id: laptop-1, public_key: \"{laptop}\", status: active, memberships: [{{ network: corp }}, {{ network: lab }}] }}
+    gateways:
+{}{}",
+        gateway("gw-a", 1),
+        gateway("gw-b", 2)
+    )
+}
+
 /// Two enrolled, converged daemons gw-a and gw-b with one client.
 pub struct Fleet {
     pub env: Env,
@@ -464,15 +501,24 @@ pub struct Fleet {
 }
 
 pub async fn fleet(tag: &str) -> Fleet {
-    let tmp_keys = TempDir::new(&format!("{tag}-pre"));
-    drop(tmp_keys);
+    fleet_with(tag, |ka, kb, client| {
+        topology(ka, kb, &[("laptop-1", client)])
+    })
+    .await
+}
+
+/// [`fleet`] on the topology `document(gw-a's key, gw-b's key, laptop-1's key)`.
+pub async fn fleet_with(
+    tag: &str,
+    document: impl FnOnce(&PublicKey, &PublicKey, PublicKey) -> String,
+) -> Fleet {
     // Keys first (generated where the daemons will run), then the topology naming them.
     let staging = TempDir::new(&format!("{tag}-state"));
     let a_dir = staging.0.join("gw-a");
     let b_dir = staging.0.join("gw-b");
     let (ka, kb) = (gateway_key(&a_dir), gateway_key(&b_dir));
     let client = client_key();
-    let env = Env::start(tag, &topology(&ka, &kb, &[("laptop-1", client)])).await;
+    let env = Env::start(tag, &document(&ka, &kb, client)).await;
     // Move the state dirs under the env's temp dir so one guard removes all.
     let a_state = env.tmp.0.join("gw-a");
     let b_state = env.tmp.0.join("gw-b");
