@@ -196,3 +196,44 @@ fn print_plan(desired: &GatewayState, observed: &GatewayState, json: bool) -> an
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn gateway(id: &str, health: Liveness, unhealthy: &[&str]) -> GatewayStatus {
+        GatewayStatus {
+            id: GatewayId::new(id).unwrap(),
+            workspace: Some("acme".into()),
+            region: Some("lab".into()),
+            health,
+            unhealthy_networks: unhealthy.iter().map(|n| n.parse().unwrap()).collect(),
+            condition: Some(Condition::Ready),
+            desired_generation: 3,
+            observed_generation: Some(3),
+            peers: 2,
+            observed_peers: 2,
+            newest_handshake: None,
+            last_report_unix_ms: None,
+            key_mismatch: false,
+            facts: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_health_column_names_networks_whose_path_is_down() {
+        let text = table(&[
+            gateway("gw-a", Liveness::Online, &["corp", "lab"]),
+            gateway("gw-b", Liveness::Online, &[]),
+            gateway("gw-c", Liveness::Offline, &[]),
+        ]);
+        let line = |id: &str| text.lines().find(|l| l.starts_with(id)).unwrap().to_owned();
+        assert!(
+            line("gw-a").contains("online, PATH DOWN: corp,lab"),
+            "{text}"
+        );
+        assert!(line("gw-b").contains("online  "), "{text}");
+        assert!(line("gw-c").contains("OFFLINE"), "{text}");
+    }
+}
