@@ -3,21 +3,21 @@
 //! ```text
 //!            ctl (manager, 198.18.0.100)
 //!                 │
-//!   cli ── wan bridge ── gw-a (198.18.0.1) ──┐
-//!  (nanami     │                             lan bridge ── resource 10.20.0.10
-//!  connect)    └──────── gw-b (198.18.0.2) ──┘
+//!   cli ── wan bridge ── edge-a (198.18.0.1) ──┐
+//!  (nanami     │                               lan bridge ── resource 10.20.0.10
+//!  connect)    └──────── edge-b (198.18.0.2) ──┘
 //! ```
 //!
-//! Network `corp` has `redundancy: 2`: gw-a is the client's primary, gw-b its
+//! Network `corp` has `redundancy: 2`: edge-a is the client's primary, edge-b its
 //! standby, and both hold the client as a peer. The gateways run
 //! `nanami-gateway-daemon --platform linux`; the client runs `nanami connect`.
 //!
-//! - Failover: gw-a's link is cut; the client's pings to the resource resume through
-//!   gw-b (outage measured over 5 runs); the link returns; the client moves back
+//! - Failover: edge-a's link is cut; the client's pings to the resource resume through
+//!   edge-b (outage measured over 5 runs); the link returns; the client moves back
 //!   only after its hold-down.
-//! - Forwarding path: gw-a keeps heartbeating but its LAN is cut; its probes of the
+//! - Forwarding path: edge-a keeps heartbeating but its LAN is cut; its probes of the
 //!   network's health target fail, the manager marks it unhealthy for `corp`, and
-//!   the client moves to gw-b.
+//!   the client moves to edge-b.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -143,11 +143,11 @@ impl Rig {
         };
         let gw_a = key(
             &daemon,
-            &["--print-public-key", "--state-dir", &self.file("gw-a")],
+            &["--print-public-key", "--state-dir", &self.file("edge-a")],
         );
         let gw_b = key(
             &daemon,
-            &["--print-public-key", "--state-dir", &self.file("gw-b")],
+            &["--print-public-key", "--state-dir", &self.file("edge-b")],
         );
         let client = key(
             Path::new(NANAMI),
@@ -176,8 +176,8 @@ impl Rig {
             ],
         );
         for (subject, file) in [
-            (["--gateway", "gw-a"], "gw-a.token"),
-            (["--gateway", "gw-b"], "gw-b.token"),
+            (["--gateway", "edge-a"], "edge-a.token"),
+            (["--gateway", "edge-b"], "edge-b.token"),
             (["--node", "client"], "client.token"),
         ] {
             let token = key(&manager, &["token", subject[0], subject[1], "--dir", &mdir]);
@@ -201,7 +201,7 @@ impl Rig {
         ));
         let url = format!("https://{MANAGER}");
         let ca = self.file("manager/ca.pem");
-        for (gw, ns) in [("gw-a", "gwa"), ("gw-b", "gwb")] {
+        for (gw, ns) in [("edge-a", "gwa"), ("edge-b", "gwb")] {
             let args = strings(&[
                 "--manager",
                 &url,
@@ -232,6 +232,8 @@ impl Rig {
             &self.file("client.token"),
             "--hold-down-ms",
             &hold_down,
+            "--uapi-dir",
+            &self.file("client/uapi"),
         ]);
         self.pids.push(spawn(
             &self.dir,
@@ -241,9 +243,9 @@ impl Rig {
             &args,
         ));
         wait_until(
-            "the client to reach the resource through gw-a",
+            "the client to reach the resource through edge-a",
             Duration::from_secs(60),
-            || self.active().as_deref() == Some("gw-a") && self.ping_once(),
+            || self.active().as_deref() == Some("edge-a") && self.ping_once(),
         );
     }
 
@@ -303,18 +305,14 @@ impl Rig {
 
 impl Drop for Rig {
     fn drop(&mut self) {
-        for pid in self.pids.iter().rev() {
-            if common::alive(*pid) {
+        // `ip netns exec` execs the program: each pid is the program's own.
+        for (signal, pause) in [("-TERM", 1000), ("-KILL", 0)] {
+            for pid in self.pids.iter().rev().filter(|p| common::alive(**p)) {
                 let _ = Command::new("kill")
-                    .args(["-TERM", &format!("-{pid}")])
+                    .args([signal, &pid.to_string()])
                     .status();
             }
-        }
-        std::thread::sleep(Duration::from_millis(500));
-        for pid in &self.pids {
-            let _ = Command::new("kill")
-                .args(["-KILL", &format!("-{pid}")])
-                .status();
+            std::thread::sleep(Duration::from_millis(pause));
         }
         for ns in ["ctl", "gwa", "gwb", "cli", "wan", "lan"] {
             let _ = Command::new("ip")
@@ -344,12 +342,12 @@ workspaces:
         gateways: {{ policy: auto, redundancy: 2 }}
         health_targets: [{RESOURCE}]
     nodes:
-      - {{ id: gw-a, public_key: "{gw_a}", status: active, memberships: [{{ network: corp, address: 100.80.0.1 }}] }}
-      - {{ id: gw-b, public_key: "{gw_b}", status: active, memberships: [{{ network: corp, address: 100.80.0.2 }}] }}
+      - {{ id: edge-a, public_key: "{gw_a}", status: active, memberships: [{{ network: corp, address: 100.80.0.1 }}] }}
+      - {{ id: edge-b, public_key: "{gw_b}", status: active, memberships: [{{ network: corp, address: 100.80.0.2 }}] }}
       - {{ id: client, public_key: "{client}", status: active, memberships: [{{ network: corp, address: 100.80.0.11 }}] }}
     gateways:
-      - {{ id: gw-a, node: gw-a, region: lab, networks: [corp], roles: [ingress, egress], endpoint: "198.18.0.1:51820", listen_port: 51820 }}
-      - {{ id: gw-b, node: gw-b, region: lab, networks: [corp], roles: [ingress, egress], endpoint: "198.18.0.2:51820", listen_port: 51820 }}
+      - {{ id: edge-a, node: edge-a, region: lab, networks: [corp], roles: [ingress, egress], endpoint: "198.18.0.1:51820", listen_port: 51820 }}
+      - {{ id: edge-b, node: edge-b, region: lab, networks: [corp], roles: [ingress, egress], endpoint: "198.18.0.2:51820", listen_port: 51820 }}
 "#
     )
 }
@@ -428,33 +426,33 @@ fn a_dead_primary_fails_over_to_the_standby_and_back_after_the_hold_down() {
     let pinger = Pinger::start(&rig, "failover");
     let mut outages = Vec::new();
     for run in 0..5 {
-        wait_until("pings through gw-a", Duration::from_secs(10), || {
+        wait_until("pings through edge-a", Duration::from_secs(10), || {
             pinger.first_after(unix_now() - 0.2).is_some()
         });
-        // Cut gw-a's link: pings can only come back through gw-b.
+        // Cut edge-a's link: pings can only come back through edge-b.
         let cut = unix_now();
         rig.set_port("wan", "gwa", false);
         wait_until(
-            &format!("run {run}: pings to resume through gw-b"),
+            &format!("run {run}: pings to resume through edge-b"),
             Duration::from_secs(15),
             || pinger.first_after(cut).is_some(),
         );
         outages.push(pinger.first_after(cut).unwrap() - cut);
-        assert_eq!(rig.active().as_deref(), Some("gw-b"), "run {run}");
+        assert_eq!(rig.active().as_deref(), Some("edge-b"), "run {run}");
         assert!(
-            rig.log("client").contains("gateway=gw-b"),
+            rig.log("client").contains("gateway=edge-b"),
             "the agent logs the move"
         );
 
-        // gw-a returns: the client stays on gw-b for the hold-down, then moves back
+        // edge-a returns: the client stays on edge-b for the hold-down, then moves back
         // without losing the pings.
         std::thread::sleep(Duration::from_secs(1));
         let back = Instant::now();
         rig.set_port("wan", "gwa", true);
         wait_until(
-            &format!("run {run}: the client to move back to gw-a"),
+            &format!("run {run}: the client to move back to edge-a"),
             HOLD_DOWN + Duration::from_secs(10),
-            || rig.active().as_deref() == Some("gw-a"),
+            || rig.active().as_deref() == Some("edge-a"),
         );
         let waited = back.elapsed();
         assert!(
@@ -463,7 +461,7 @@ fn a_dead_primary_fails_over_to_the_standby_and_back_after_the_hold_down() {
         );
         let moved = unix_now();
         wait_until(
-            &format!("run {run}: pings through gw-a again"),
+            &format!("run {run}: pings through edge-a again"),
             Duration::from_secs(5),
             || pinger.first_after(moved).is_some(),
         );
@@ -487,45 +485,47 @@ fn a_gateway_whose_lan_is_cut_loses_its_clients_while_it_still_heartbeats() {
     let _one = ONE_RIG.lock().unwrap_or_else(|p| p.into_inner());
     let rig = Rig::up("h");
     let pinger = Pinger::start(&rig, "health");
-    wait_until("pings through gw-a", Duration::from_secs(10), || {
+    wait_until("pings through edge-a", Duration::from_secs(10), || {
         pinger.first_after(unix_now() - 0.2).is_some()
     });
     let cut = unix_now();
     rig.set_port("lan", "gwa", false);
     wait_until(
-        "the client to move to gw-b",
+        "the client to move to edge-b",
         Duration::from_secs(30),
-        || rig.active().as_deref() == Some("gw-b"),
+        || rig.active().as_deref() == Some("edge-b"),
     );
-    wait_until("pings through gw-b", Duration::from_secs(10), || {
+    wait_until("pings through edge-b", Duration::from_secs(10), || {
         pinger.first_after(cut).is_some()
     });
     let outage = pinger.first_after(cut).unwrap() - cut;
-    eprintln!("forwarding-path outage (LAN cut -> first reply via gw-b): {outage:.2}s");
+    eprintln!("forwarding-path outage (LAN cut -> first reply via edge-b): {outage:.2}s");
     let status = rig.status();
     let a = status
         .as_array()
         .unwrap()
         .iter()
-        .find(|g| g["id"] == "gw-a")
+        .find(|g| g["id"] == "edge-a")
         .unwrap();
-    assert_eq!(a["health"], "online", "gw-a still heartbeats: {status}");
+    assert_eq!(a["health"], "online", "edge-a still heartbeats: {status}");
     assert!(
         a.to_string().contains("corp"),
-        "gw-a is shown unhealthy for corp: {a}"
+        "edge-a is shown unhealthy for corp: {a}"
     );
 
-    // The LAN returns: gw-a is healthy again and the client goes back to it.
+    // The LAN returns: edge-a is healthy again and the client goes back to it.
     rig.set_port("lan", "gwa", true);
     wait_until(
-        "the client to return to gw-a",
+        "the client to return to edge-a",
         Duration::from_secs(60),
-        || rig.active().as_deref() == Some("gw-a"),
+        || rig.active().as_deref() == Some("edge-a"),
     );
     let moved = unix_now();
-    wait_until("pings through gw-a again", Duration::from_secs(10), || {
-        pinger.first_after(moved).is_some()
-    });
+    wait_until(
+        "pings through edge-a again",
+        Duration::from_secs(10),
+        || pinger.first_after(moved).is_some(),
+    );
 }
 
 #[test]

@@ -50,7 +50,10 @@ pub async fn run(
         let public_key = dir.ensure_key()?;
         let port = dir.listen_port(settings.listen_port)?;
         info!(%public_key, port, interface = %settings.interface, "starting");
-        let platform = LinuxPlatform::new(LinuxConfig::in_dir(&settings.state_dir))?;
+        let platform = LinuxPlatform::new(LinuxConfig {
+            uapi_dir: Some(settings.uapi_dir.clone()),
+            ..LinuxConfig::in_dir(&settings.state_dir)
+        })?;
 
         let (desired_tx, desired_rx) = watch::channel(None);
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -51,6 +51,9 @@ pub struct ConnectArgs {
     /// The WireGuard interface to create (must start with `nm-`).
     #[arg(long, default_value = "nm-client")]
     pub interface: String,
+    /// Where the tunnel's UAPI socket goes (`wg show` looks in /var/run/wireguard).
+    #[arg(long, default_value = nanami_wg::device::DEFAULT_UAPI_DIR)]
+    pub uapi_dir: PathBuf,
     /// UDP port of the tunnel; 0 picks a free one on first start and keeps it.
     #[arg(long, default_value_t = 0)]
     pub listen_port: u16,
@@ -91,6 +94,8 @@ pub struct Settings {
     pub interface: InterfaceName,
     /// Requested listen port (0: choose once).
     pub listen_port: u16,
+    /// The UAPI socket directory.
+    pub uapi_dir: PathBuf,
     /// Probing and hold-down.
     pub policy: ProbePolicy,
     /// How long one long-poll of the configuration may wait.
@@ -130,6 +135,7 @@ impl Settings {
             token,
             interface,
             listen_port: args.listen_port,
+            uapi_dir: args.uapi_dir,
             policy,
             poll_wait: Duration::from_secs(30),
         })
