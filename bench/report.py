@@ -148,16 +148,28 @@ def build(machine: dict[str, str], values: dict[str, list[float]]) -> tuple[Tabl
     t.row("5", f"memory: nanami-gateway-daemon RSS (`--platform linux`, in-process device) with "
           f"{int(statistics.median(peers)) if peers else 10000:,} peers, converged",
           "memory.daemon_rss_kib", "MiB", "apply.wggo_rss_kib", "wireguard-go with 10,000 peers (item 2)", "",
-          cmd5 + " (wireguard-go: " + cmd2 + ")", scale=1 / 1024)
+          cmd5 + " (wireguard-go: " + cmd2 + ")", scale=1 / 1024,
+          ratio=median_ratio(t, "memory.daemon_rss_kib", "apply.wggo_rss_kib"))
     hwm = [t.figure(k, "MiB", 1 / 1024)[0] for k in ("memory.manager_hwm_kib", "memory.daemon_hwm_kib")]
     load_s = t.figure("memory.manager_load_s", "s")[0]
     conv_s = t.figure("memory.daemon_converge_s", "s")[0]
-    harness = t.figure("apply.nanami_harness_rss_delta_kib", "MiB", 1 / 1024)[0]
+    # Only the first run's growth means anything: later runs reuse memory freed by earlier ones.
+    grew = t.get("apply.nanami_harness_rss_delta_kib")
+    harness = f"{num(grew[0] / 1024)} MiB" if grew else "not measured"
     notes.append(f"Item 5: peak RSS (VmHWM) manager {hwm[0]}, daemon {hwm[1]}. The manager with 100k nodes "
                  f"answered /healthz {load_s} after start (reads, validates and compiles the topology first); "
                  f"the daemon had every peer {conv_s} after start (enrolment, first poll, one pass). "
-                 f"Item 2's harness grew by {harness} RSS while its Nanami device took 10,000 peers.")
+                 f"Item 2's harness process grew by {harness} RSS while its Nanami device took 10,000 peers "
+                 "(first run, fresh process).")
     return t, notes
+
+
+def median_ratio(t: Table, key: str, base: str) -> str:
+    """For figures whose runs are not paired one to one: the ratio of the medians."""
+    a, b = t.get(key), t.get(base)
+    if not a or not b:
+        return ""
+    return f"{statistics.median(a) / statistics.median(b):.2f}× (of the medians)"
 
 
 def verdict(t: Table, key: str, base: str, limit: float) -> str:
@@ -222,7 +234,8 @@ def main() -> int:
     table, notes = build(machine, values)
     text = markdown(machine, table, notes)
     print(text)
-    raw = "\n".join(f"    {k}={','.join(num(v) for v in vs)}" for k, vs in sorted(values.items()))
+    plain = lambda v: f"{v:.3f}".rstrip("0").rstrip(".")  # noqa: E731
+    raw = "\n".join(f"    {k}={','.join(plain(v) for v in vs)}" for k, vs in sorted(values.items()))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text + "\n<details><summary>Every run's figures</summary>\n\n" + raw + "\n\n</details>\n")
