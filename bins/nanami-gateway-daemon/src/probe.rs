@@ -287,21 +287,24 @@ pub async fn probe_loop(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut targets_open = true;
     loop {
-        tokio::select! {
+        // New targets are taken in at once; rounds stay on the interval's beat, so a
+        // change cannot squeeze extra rounds into the hysteresis.
+        let round_due = tokio::select! {
             () = &mut shutdown => return,
-            _ = ticks.tick() => {}
+            _ = ticks.tick() => true,
             changed = targets.changed(), if targets_open => {
                 if changed.is_err() {
                     targets_open = false;
                 }
+                false
             }
-        }
+        };
         let networks_changed = tracker.set_targets(&targets.borrow_and_update());
         if networks_changed {
             health.send_replace(tracker.report());
         }
         let all = tracker.targets();
-        if all.is_empty() {
+        if !round_due || all.is_empty() {
             continue;
         }
         let mut round = JoinSet::new();
@@ -478,5 +481,74 @@ mod tests {
         all.insert(net(), [ip("10.0.0.1")].into());
         t.set_targets(&all);
         assert_eq!(script(&mut t, &[OK, LOST, OK, OK]), [H, U, U, H]);
+    }
+
+    /// Answers unless `down`; counts probes.
+    #[derive(Debug, Default)]
+    struct Switch {
+        down: std::sync::atomic::AtomicBool,
+        probes: std::sync::atomic::AtomicU32,
+    }
+
+    impl Prober for Switch {
+        fn probe(&self, _target: IpAddr, _timeout: Duration) -> ProbeFuture {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.probes.fetch_add(1, Relaxed);
+            let outcome = if self.down.load(Relaxed) { LOST } else { OK };
+            Box::pin(async move { outcome })
+        }
+    }
+
+    /// The verdict at the next notification.
+    async fn next(rx: &mut watch::Receiver<BTreeMap<NetworkId, NetworkHealth>>) -> PathHealth {
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        rx.borrow_and_update()[&net()].state
+    }
+
+    #[tokio::test]
+    async fn the_loop_publishes_each_verdict_change_once() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let config = ProbeConfig {
+            interval: Duration::from_millis(10),
+            timeout: Duration::from_millis(5),
+            ..ProbeConfig::default()
+        };
+        let switch = std::sync::Arc::new(Switch::default());
+        let mut all = HealthTargets::new();
+        all.insert(net(), [ip("10.0.0.1")].into());
+        let (_targets_tx, targets_rx) = watch::channel(all);
+        let (health_tx, mut health_rx) = watch::channel(BTreeMap::new());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(probe_loop(
+            config,
+            switch.clone(),
+            targets_rx,
+            health_tx,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        // The network appears (unknown), then its first round answers; a watch
+        // may fold the two together.
+        let mut state = next(&mut health_rx).await;
+        if state == N {
+            state = next(&mut health_rx).await;
+        }
+        assert_eq!(state, H);
+        // Rounds go on with no news: no notification until the verdict changes.
+        switch.down.store(true, Relaxed);
+        assert_eq!(next(&mut health_rx).await, U);
+        let probes = switch.probes.load(Relaxed);
+        switch.down.store(false, Relaxed);
+        assert_eq!(next(&mut health_rx).await, H);
+        assert!(
+            switch.probes.load(Relaxed) >= probes + 3,
+            "three good rounds to recover"
+        );
+        stop_tx.send(()).unwrap();
+        task.await.unwrap();
     }
 }
