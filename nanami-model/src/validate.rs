@@ -392,7 +392,12 @@ impl Validator {
                 IpNet::V4(_) => (net.prefix_len(), MAX_V4_OVERLAY_BITS),
                 IpNet::V6(_) => (net.prefix_len(), MAX_V6_OVERLAY_BITS),
             };
-            if bits > max {
+            if reserved_space(&net) {
+                self.err(
+                    &opath,
+                    format!("{net} is not usable as an overlay: loopback, link-local, multicast and unspecified space belong to the kernel"),
+                );
+            } else if bits > max {
                 self.err(
                     &opath,
                     format!("{net} is too small for an overlay (longest is /{max})"),
@@ -984,4 +989,24 @@ fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
             "{text:?} is not an endpoint (ip:port, or [ipv6]:port)"
         )),
     }
+}
+
+/// Whether `net` overlaps space the kernel manages itself (a link-local address on
+/// every link, loopback, multicast, the unspecified address): Nanami's addresses
+/// there could not be told from the kernel's.
+fn reserved_space(net: &IpNet) -> bool {
+    const RESERVED: [&str; 8] = [
+        "0.0.0.0/8",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "224.0.0.0/4",
+        "::/127",
+        "fe80::/10",
+        "ff00::/8",
+        "::ffff:0:0/96",
+    ];
+    RESERVED
+        .iter()
+        .filter_map(|r| r.parse::<IpNet>().ok())
+        .any(|r| r.contains(&net.network()) || net.contains(&r.network()))
 }

@@ -309,6 +309,28 @@ fn overlapping_networks_in_one_workspace_are_refused() {
 }
 
 #[test]
+fn overlays_in_the_kernels_own_space_are_refused() {
+    // A link-local, loopback or multicast overlay: the kernel puts its own addresses
+    // there, and the platform could not tell Nanami's from them.
+    for overlay in [
+        "fe80::/64",
+        "169.254.0.0/16",
+        "127.0.0.0/24",
+        "169.0.0.0/8",
+        "ff02::/64",
+    ] {
+        let mut doc = base();
+        doc.workspaces[0].networks[0].overlay = nanami_model::doc::OneOrMany::One(overlay.into());
+        let errs = rejected(&doc);
+        has_issue(
+            &errs,
+            "workspaces[acme].networks[corp].overlay",
+            "belong to the kernel",
+        );
+    }
+}
+
+#[test]
 fn another_workspaces_overlay_is_refused() {
     let mut doc = base();
     doc.workspaces

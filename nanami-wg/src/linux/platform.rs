@@ -191,6 +191,10 @@ pub struct LinuxPlatform {
     sysctls: sysctl::Record,
     /// The kernel backend once probed: `Some(None)` when the kernel has none.
     kernel: Option<Option<KernelWg>>,
+    /// Link indexes by name, as of the last `observe` or since: thousands of route
+    /// ops in one pass must not dump every link each (a link's index changes only if
+    /// it is recreated, which a failed op and the next pass's `observe` correct).
+    indexes: BTreeMap<String, u32>,
 }
 
 impl std::fmt::Debug for LinuxPlatform {
@@ -221,6 +225,7 @@ impl LinuxPlatform {
             events: Some((ev, Some(rx))),
             sysctls,
             kernel: None,
+            indexes: BTreeMap::new(),
         })
     }
 
@@ -238,11 +243,17 @@ impl LinuxPlatform {
             .find(|l| l.name == name.as_str()))
     }
 
-    async fn index(&self, name: &InterfaceName) -> Result<u32, PlatformError> {
-        self.link(name)
+    async fn index(&mut self, name: &InterfaceName) -> Result<u32, PlatformError> {
+        if let Some(index) = self.indexes.get(name.as_str()) {
+            return Ok(*index);
+        }
+        let index = self
+            .link(name)
             .await?
             .map(|l| l.index)
-            .ok_or_else(|| PlatformError::NoInterface(name.to_string()))
+            .ok_or_else(|| PlatformError::NoInterface(name.to_string()))?;
+        self.indexes.insert(name.to_string(), index);
+        Ok(index)
     }
 
     fn device(&mut self, name: &InterfaceName) -> Result<&mut Managed, PlatformError> {
@@ -411,9 +422,14 @@ impl Platform for LinuxPlatform {
         let links = self.netlink.links().await?;
         let names: BTreeMap<u32, String> =
             links.iter().map(|l| (l.index, l.name.clone())).collect();
+        self.indexes = links.iter().map(|l| (l.name.clone(), l.index)).collect();
         let mut addresses: BTreeMap<u32, BTreeSet<ipnet::IpNet>> = BTreeMap::new();
+        // IPv6 link-local addresses are the kernel's (it gives one to every link
+        // that comes up), never Nanami's: a pass must not remove them.
         for (index, net) in self.netlink.addresses().await? {
-            addresses.entry(index).or_default().insert(net);
+            if !is_ipv6_link_local(&net) {
+                addresses.entry(index).or_default().insert(net);
+            }
         }
         self.adopt_detached(&links);
         let mut state = GatewayState::default();
@@ -499,8 +515,12 @@ impl Platform for LinuxPlatform {
                 interface,
                 listen_port,
                 mtu,
-            } => self.create_interface(interface, *listen_port, *mtu).await,
+            } => {
+                self.indexes.remove(interface.as_str());
+                self.create_interface(interface, *listen_port, *mtu).await
+            }
             Op::DeleteInterface { interface } => {
+                self.indexes.remove(interface.as_str());
                 if let Some(managed) = self.devices.remove(interface) {
                     managed.device.shutdown();
                 }
@@ -555,7 +575,12 @@ impl Platform for LinuxPlatform {
             Op::DeleteFilter => nft::run_script(&nft::delete_script()).await,
             Op::AddRoute { route } => {
                 let index = self.index(&route.interface).await?;
-                self.netlink.add_route(route, index).await
+                let added = self.netlink.add_route(route, index).await;
+                if added.is_err() {
+                    // Perhaps a stale index: look it up afresh next time.
+                    self.indexes.remove(route.interface.as_str());
+                }
+                added
             }
             Op::RemoveRoute { route } => {
                 let index = self.link(&route.interface).await?.map(|l| l.index);
@@ -570,6 +595,13 @@ impl Platform for LinuxPlatform {
 
     fn events(&mut self) -> Option<mpsc::Receiver<PlatformEvent>> {
         self.events.as_mut().and_then(|(_, rx)| rx.take())
+    }
+}
+
+fn is_ipv6_link_local(net: &ipnet::IpNet) -> bool {
+    match net {
+        ipnet::IpNet::V6(v6) => v6.addr().is_unicast_link_local(),
+        ipnet::IpNet::V4(_) => false,
     }
 }
 
