@@ -274,3 +274,19 @@ pub fn dataplane(data: &[u8]) {
         }
     }
 }
+
+/// Target `probe_reply`: the first byte picks the family, the rest is a packet as
+/// the prober's raw ICMP or ICMPv6 socket would deliver it.
+pub fn probe_reply(data: &[u8]) {
+    let Some((&kind, packet)) = data.split_first() else {
+        return;
+    };
+    let family = if kind & 1 == 0 {
+        nanami_wg::probe::Family::V4
+    } else {
+        nanami_wg::probe::Family::V6
+    };
+    if let Some((_, _, payload)) = nanami_wg::probe::parse_echo_reply(family, packet) {
+        assert!(payload.len() < packet.len());
+    }
+}

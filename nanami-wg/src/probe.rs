@@ -388,6 +388,18 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// Parses one packet as the raw socket of `family` delivers it (IPv4: with its IP
+/// header; ICMPv6: the message alone): `Some((identifier, sequence, payload))` for a
+/// well-formed echo reply, `None` for anything else. Public for the fuzzers; the
+/// packet is untrusted and never makes it panic.
+pub fn parse_echo_reply(family: Family, packet: &[u8]) -> Option<(u16, u16, &[u8])> {
+    let echo = match family {
+        Family::V4 => parse_v4(packet),
+        Family::V6 => parse_v6(packet),
+    }?;
+    Some((echo.ident, echo.seq, echo.payload))
+}
+
 /// An IPv4 datagram as a raw ICMP socket delivers it: IP header, then ICMP. Only an
 /// echo reply with a valid checksum is returned.
 fn parse_v4(packet: &[u8]) -> Option<Echo<'_>> {
