@@ -317,6 +317,22 @@ impl Client {
         self.json(Method::POST, "/v1/enrol", request).await
     }
 
+    /// [`Client::enrol`], retried with backoff (200 ms doubling to 10 s) while the
+    /// manager cannot be reached; an answer, even a refusal, ends it.
+    pub async fn enrol_retrying(&self, request: &EnrolRequest) -> Result<EnrolResponse, ApiError> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.enrol(request).await {
+                Err(e) if e.status().is_none() => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "manager unreachable; retrying enrolment");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                answer => return answer,
+            }
+        }
+    }
+
     /// `POST /v1/enrolment-tokens` (control credential).
     pub async fn create_token(&self, request: &TokenRequest) -> Result<TokenResponse, ApiError> {
         self.json(Method::POST, "/v1/enrolment-tokens", request)

@@ -108,18 +108,10 @@ pub async fn credential(config: &DaemonConfig, key: PublicKey) -> anyhow::Result
         token,
         public_key: key,
     };
-    let mut delay = Duration::from_millis(200);
-    let response = loop {
-        match client.enrol(&request).await {
-            Ok(r) => break r,
-            Err(e) if e.status().is_some() => return Err(e).context("enrolment refused"),
-            Err(e) => {
-                warn!(error = %e, retry_in = ?delay, "manager unreachable; retrying enrolment");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    };
+    let response = client
+        .enrol_retrying(&request)
+        .await
+        .context("enrolment refused")?;
     if response.subject != Subject::Gateway(config.gateway.clone()) {
         bail!(
             "the token was for {}, not gateway {}",

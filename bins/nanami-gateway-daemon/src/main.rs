@@ -1,5 +1,6 @@
 //! `nanami-gateway-daemon`: run (the default) or `--teardown`.
 
+use nanami_api::service::shutdown_signal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -80,14 +81,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    nanami_api::service::init_logging();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -131,15 +125,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
     }
     let gateway =
         GatewayId::new(cli.gateway.context("--gateway is required")?).context("--gateway")?;
-    let token = match &cli.token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("reading {}", p.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => None,
-    };
+    let token = nanami_api::service::read_token_file(cli.token_file.as_deref())?;
     let config = DaemonConfig {
         manager: cli.manager,
         ca: cli.ca,
@@ -173,22 +159,4 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             run(config, public_key, platform, shutdown_signal()).await
         }
     }
-}
-
-/// SIGTERM or Ctrl-C. SIGTERM stops the loop; keeping the data plane forwarding
-/// after the process exits is the Linux platform's detached-device mode (to come).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    info!("signal received: stopping");
 }

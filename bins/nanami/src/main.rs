@@ -4,6 +4,7 @@ mod connect;
 mod lab;
 mod status;
 
+use nanami_api::service::shutdown_signal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -266,14 +267,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn connect_command(args: connect::ConnectArgs) -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    nanami_api::service::init_logging();
     if args.print_public_key {
         let dir = connect::StateDir(args.state_dir.clone());
         println!("{}", dir.ensure_key()?);
@@ -287,23 +281,6 @@ fn connect_command(args: connect::ConnectArgs) -> anyhow::Result<ExitCode> {
         .context("starting the runtime")?;
     runtime.block_on(connect::run(settings, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("signal received: stopping");
 }
 
 fn validate(path: &Path, format: Format) -> anyhow::Result<ExitCode> {

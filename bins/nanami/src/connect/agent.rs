@@ -322,22 +322,10 @@ async fn credential(
     };
     let client = Client::new(&settings.manager, settings.ca.as_deref())?;
     let request = EnrolRequest { token, public_key };
-    let mut delay = Duration::from_millis(200);
-    let response = loop {
-        match client.enrol(&request).await {
-            Ok(r) => break r,
-            Err(e) if e.status().is_some() => {
-                return Err(e).context(
-                    "enrolment refused (is this node's public key the one in the topology?)",
-                )
-            }
-            Err(e) => {
-                warn!(error = %e, retry_in = ?delay, "manager unreachable; retrying enrolment");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    };
+    let response = client
+        .enrol_retrying(&request)
+        .await
+        .context("enrolment refused (is this node's public key the one in the topology?)")?;
     if response.subject != Subject::Node(settings.node.clone()) {
         bail!(
             "the token was for {}, not node {}",

@@ -118,15 +118,7 @@ impl Settings {
         if policy.interval.is_zero() || policy.dead_after < policy.interval {
             bail!("--dead-after-ms must be at least --probe-interval-ms, which must not be 0");
         }
-        let token = match &args.token_file {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("reading {}", p.display()))?
-                    .trim()
-                    .to_owned(),
-            ),
-            None => None,
-        };
+        let token = nanami_api::service::read_token_file(args.token_file.as_deref())?;
         Ok(Self {
             manager: args.manager,
             ca: args.ca,

@@ -1,0 +1,45 @@
+//! What every Nanami program that runs as a service does the same way: logs, the
+//! signals that stop it, the one-time token file it enrols with.
+
+use std::path::Path;
+
+/// Logs to standard error, filtered by `RUST_LOG` (`info` without it), in colour
+/// only on a terminal.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("signal received: stopping");
+}
+
+/// The one-time enrolment token in `path`, if a path is given (surrounding
+/// whitespace removed).
+pub fn read_token_file(path: Option<&Path>) -> std::io::Result<Option<String>> {
+    path.map(|p| {
+        std::fs::read_to_string(p)
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| std::io::Error::new(e.kind(), format!("reading {}: {e}", p.display())))
+    })
+    .transpose()
+}
