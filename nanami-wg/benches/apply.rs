@@ -238,14 +238,6 @@ fn vm_kib(pid: &str, field: &str) -> f64 {
         .unwrap()
 }
 
-/// A fresh namespace whose new links get no IPv6 link-local address: the kernel
-/// adds one when a link comes up, which the platform does not tell from its own
-/// addresses (a second pass would remove it), so one pass could not converge.
-fn namespace(tag: &str) -> Netns {
-    let ns = Netns::new(tag);
-    ns.exec("sysctl", &["-qw", "net.ipv6.conf.default.addr_gen_mode=1"]);
-    ns
-}
 
 fn timed(cmd: &mut Command) -> Duration {
     let start = Instant::now();
@@ -258,7 +250,7 @@ fn peers_run(count: usize, nanami_first: bool) -> Vec<(&'static str, f64)> {
     let (after, changed) = churned(want.clone(), count);
     let mut out = Vec::new();
     let nanami = |out: &mut Vec<(&'static str, f64)>| {
-        let ns = namespace("nmb-apply");
+        let ns = Netns::new("nmb-apply");
         let dir = scratch("nanami");
         let (desired, churn) = (gateway(want.clone()), gateway(after.clone()));
         let figures = with_platform(&ns, &dir, |rt, mut platform| {
@@ -305,7 +297,7 @@ fn peers_run(count: usize, nanami_first: bool) -> Vec<(&'static str, f64)> {
         out.extend(figures);
     };
     let wggo = |out: &mut Vec<(&'static str, f64)>| {
-        let ns = namespace("nmb-wggo");
+        let ns = Netns::new("nmb-wggo");
         let dir = scratch("wggo");
         let wg = WgGo::start(&ns, &ifname("b"));
         let private = key(usize::MAX);
@@ -361,7 +353,7 @@ fn routes_run(count: usize, nanami_first: bool) -> Vec<(&'static str, f64)> {
     };
     let mut out = Vec::new();
     let nanami = |out: &mut Vec<(&'static str, f64)>| {
-        let ns = namespace("nmb-routes");
+        let ns = Netns::new("nmb-routes");
         link_up(&ns);
         let dir = scratch("routes");
         let desired = GatewayState {
@@ -380,7 +372,7 @@ fn routes_run(count: usize, nanami_first: bool) -> Vec<(&'static str, f64)> {
         out.push(("nanami_routes_ms", ms(time)));
     };
     let batch = |out: &mut Vec<(&'static str, f64)>| {
-        let ns = namespace("nmb-ipbatch");
+        let ns = Netns::new("nmb-ipbatch");
         link_up(&ns);
         let dir = scratch("ipbatch");
         let file = dir.join("routes.batch");
