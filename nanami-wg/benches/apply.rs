@@ -238,7 +238,6 @@ fn vm_kib(pid: &str, field: &str) -> f64 {
         .unwrap()
 }
 
-
 fn timed(cmd: &mut Command) -> Duration {
     let start = Instant::now();
     run(cmd);
