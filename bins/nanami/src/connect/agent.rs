@@ -126,11 +126,20 @@ impl Agent<'_> {
         self.start.elapsed()
     }
 
+    /// Watches the gateways that can be probed (a gateway without an overlay address
+    /// in any of the client's networks cannot be, and is never judged dead).
     fn watch_gateways(&mut self) {
         let gateways: BTreeSet<GatewayId> = self
             .current
             .as_ref()
-            .map(|s| s.config.probe_addresses().into_keys().collect())
+            .map(|s| {
+                s.config
+                    .probe_addresses()
+                    .into_iter()
+                    .filter(|(_, addresses)| !addresses.is_empty())
+                    .map(|(gateway, _)| gateway)
+                    .collect()
+            })
             .unwrap_or_default();
         let now = self.now();
         self.failover.watch(gateways, now);
