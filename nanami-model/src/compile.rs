@@ -26,7 +26,7 @@ use ipnet::IpNet;
 use crate::assign::{assign, Assignment};
 use crate::config::{peers_for, GatewayChoice, NodeConfig};
 use crate::health::Health;
-use crate::id::{GatewayId, NetworkId, NodeId};
+use crate::id::{GatewayId, NetworkId, NodeId, WorkspaceId};
 use crate::state::{
     Destination, FilterRule, FilterSet, GatewayState, InterfaceState, IpFamily, NatRule, PeerState,
     Route, Rule, DEFAULT_MTU,
@@ -195,18 +195,39 @@ pub fn compile_node(
 /// once: the bulk form of [`compile_node`] (which assigns the node's workspace at
 /// every call), for a manager or a tool that needs all of them.
 pub fn compile_nodes(topology: &Topology, health: &Health) -> BTreeMap<NodeId, NodeConfig> {
-    let mut out = BTreeMap::new();
-    for ws in topology.workspaces.values() {
-        let assignment = assign(topology, ws, health);
-        for rec in ws
-            .nodes
-            .values()
-            .filter(|n| n.is_active() && !ws.is_gateway_node(&n.id))
-        {
-            out.insert(rec.id.clone(), node_config(ws, rec, &assignment));
-        }
-    }
-    out
+    topology
+        .workspaces
+        .values()
+        .flat_map(|ws| workspace_nodes(topology, ws, health))
+        .collect()
+}
+
+/// The configuration of every active client of one workspace (one assignment):
+/// what a manager caches per workspace between changes. Empty for an unknown
+/// workspace.
+pub fn compile_workspace_nodes(
+    topology: &Topology,
+    health: &Health,
+    workspace: &WorkspaceId,
+) -> BTreeMap<NodeId, NodeConfig> {
+    topology
+        .workspaces
+        .get(workspace)
+        .map(|ws| workspace_nodes(topology, ws, health))
+        .unwrap_or_default()
+}
+
+fn workspace_nodes(
+    topology: &Topology,
+    ws: &Workspace,
+    health: &Health,
+) -> BTreeMap<NodeId, NodeConfig> {
+    let assignment = assign(topology, ws, health);
+    ws.nodes
+        .values()
+        .filter(|n| n.is_active() && !ws.is_gateway_node(&n.id))
+        .map(|rec| (rec.id.clone(), node_config(ws, rec, &assignment)))
+        .collect()
 }
 
 fn node_config(ws: &Workspace, rec: &Node, assignment: &Assignment) -> NodeConfig {

@@ -35,7 +35,9 @@ pub mod topology;
 pub mod validate;
 
 pub use assign::Assignment;
-pub use compile::{compile, compile_all, compile_node, compile_nodes, CompileError};
+pub use compile::{
+    compile, compile_all, compile_node, compile_nodes, compile_workspace_nodes, CompileError,
+};
 pub use config::{ClientPeer, GatewayChoice, NodeConfig};
 pub use doc::{Document, ParseError};
 pub use failover::{Failover, ProbePolicy};

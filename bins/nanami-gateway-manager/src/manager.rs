@@ -12,8 +12,9 @@ use nanami_api::wire::{
     TopologyResponse, WorkspaceView,
 };
 use nanami_model::{
-    compile_all, compile_node, health_targets, Document, GatewayId, GatewayState, Health,
-    HealthTargets, NetworkId, NodeConfig, NodeId, PublicKey, Topology,
+    compile_all, compile_node, compile_workspace_nodes, health_targets, Document, GatewayId,
+    GatewayState, Health, HealthTargets, NetworkId, NodeConfig, NodeId, PublicKey, Topology,
+    WorkspaceId,
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -123,6 +124,9 @@ struct Inner {
     last_seen: BTreeMap<GatewayId, Instant>,
     observed: BTreeMap<GatewayId, ObservedRecord>,
     keys: BTreeMap<GatewayId, PublicKey>,
+    /// Client configurations compiled since the last change, by workspace (one
+    /// assignment serves every client of a workspace; dropped by every publish).
+    clients: BTreeMap<WorkspaceId, Arc<BTreeMap<NodeId, NodeConfig>>>,
 }
 
 /// Counters for `/metrics`.
@@ -355,6 +359,7 @@ impl Manager {
     /// changed no gateway, since a client's configuration may change alone (the order
     /// of its gateways).
     fn publish(&self, inner: &mut Inner, changed: BTreeMap<GatewayId, GatewayRow>) {
+        inner.clients.clear();
         for (id, row) in changed {
             info!(gateway = %id, generation = row.generation, "new desired generation");
             inner.gateways.insert(id, Entry::new(row));
@@ -586,20 +591,34 @@ impl Manager {
     }
 
     /// A client's configuration under the current health.
+    ///
+    /// The clients of a workspace are compiled together, once per change, and
+    /// cached: a change wakes every long-polling client, and each would otherwise
+    /// assign its whole workspace again.
     pub fn node_config(&self, node: &NodeId) -> Result<NodeConfig, ManagerError> {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
         let topology = inner
             .topology
             .as_ref()
             .ok_or_else(|| ManagerError::Unknown(format!("node {node}")))?;
-        if topology.node(node).is_none() {
+        let Some((ws, _)) = topology.node(node) else {
             return Err(ManagerError::Unknown(format!("node {node}")));
-        }
+        };
         let health = Health {
             offline: inner.offline.clone(),
             unhealthy: inner.unhealthy.clone(),
         };
-        compile_node(topology, &health, node).map_err(|e| ManagerError::Compile(e.to_string()))
+        let clients = inner
+            .clients
+            .entry(ws.id.clone())
+            .or_insert_with(|| Arc::new(compile_workspace_nodes(topology, &health, &ws.id)));
+        match clients.get(node) {
+            Some(config) => Ok(config.clone()),
+            // Not a client (inactive, or a gateway's machine): say why.
+            None => compile_node(topology, &health, node)
+                .map_err(|e| ManagerError::Compile(e.to_string())),
+        }
     }
 
     /// A client's configuration with its version (see [`config_version`]), waiting
