@@ -121,8 +121,12 @@ def test_health_moves_clients_to_the_next_gateway(topology):
     assert as_object == as_dict
     assert [p.gateway for p in as_object.peers] == ["gw-nyc-1"]
     assert topology.compile_gateway("gw-fra-1", health=nanami.Health(offline=["gw-fra-1"])).peer_count == 0
-    # Every gateway of the lab network unhealthy: the client says so.
+    # Every gateway of the lab network unhealthy: the probe target is more likely down
+    # than every gateway, so the client keeps its gateway.
     h = nanami.Health(unhealthy=[("gw-fra-1", "lab"), ("gw-nyc-1", "lab")])
+    assert topology.client_config("ci-runner", h).unassigned == []
+    # Every gateway of the lab network offline: the client says so.
+    h = nanami.Health(offline=["gw-fra-1", "gw-nyc-1"])
     assert topology.client_config("ci-runner", h).unassigned == ["lab"]
     assert topology.client_config("laptop-ben", None) == topology.client_config("laptop-ben")
 
