@@ -605,18 +605,18 @@ impl Manager {
         let Some((ws, _)) = topology.node(node) else {
             return Err(ManagerError::Unknown(format!("node {node}")));
         };
-        let health = Health {
+        let health = || Health {
             offline: inner.offline.clone(),
             unhealthy: inner.unhealthy.clone(),
         };
         let clients = inner
             .clients
             .entry(ws.id.clone())
-            .or_insert_with(|| Arc::new(compile_workspace_nodes(topology, &health, &ws.id)));
+            .or_insert_with(|| Arc::new(compile_workspace_nodes(topology, &health(), &ws.id)));
         match clients.get(node) {
             Some(config) => Ok(config.clone()),
             // Not a client (inactive, or a gateway's machine): say why.
-            None => compile_node(topology, &health, node)
+            None => compile_node(topology, &health(), node)
                 .map_err(|e| ManagerError::Compile(e.to_string())),
         }
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{pid, root, sh, spawn, stop, wait_until, NANAMI};
+use common::{pid, root, sh, spawn, stop, strings, wait_until, NANAMI};
 
 const PREFIX: &str = "nmt-lab";
 
@@ -91,7 +91,7 @@ fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
         format!("{PREFIX}-c1"),
         format!("{PREFIX}-c2"),
     );
-    let bin = Path::new(NANAMI).parent().unwrap().to_owned();
+    let bin = common::bin_dir();
 
     // SIGTERM stops the daemon; the detached device keeps forwarding.
     stop(pid(&dir, "daemon"));
@@ -103,7 +103,7 @@ fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
     // The manager goes down; a restarted daemon adopts the device and serves its
     // last-known-good state without it.
     stop(pid(&dir, "manager"));
-    let daemon_args: Vec<String> = [
+    let daemon_args = strings(&[
         "--manager",
         "https://198.18.9.1:7443",
         "--ca",
@@ -116,10 +116,7 @@ fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
         &bin.join("nanami-device").to_string_lossy(),
         "--report-interval-ms",
         "1000",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     spawn(
         &dir,
         &gw,
@@ -143,7 +140,7 @@ fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
     );
 
     // The manager returns with its state; the daemon reports and they agree.
-    let manager_args: Vec<String> = [
+    let manager_args = strings(&[
         "serve",
         "--dir",
         &dir.join("manager").to_string_lossy(),
@@ -153,10 +150,7 @@ fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
         &dir.join("topology.yaml").to_string_lossy(),
         "--report-interval-ms",
         "1000",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     spawn(
         &dir,
         &ctl,
