@@ -11,9 +11,12 @@
 //!
 //! - A gateway is *down* once it has not answered for `dead_after` (counted from
 //!   its last reply, or from when it started being watched).
-//! - A down gateway is *up* again once it has answered without a gap of
-//!   `dead_after` for `hold_down`: a gateway that flaps never gets its clients back
-//!   until it has been steady that long.
+//! - A down gateway that had answered before it went down is *up* again once it
+//!   has answered without a gap of `dead_after` for `hold_down`: a gateway that
+//!   flaps never gets its clients back until it has been steady that long.
+//! - A gateway that had never answered (one that came up after the client, or that
+//!   was slow to add the client as a peer) has no history of flapping: its first
+//!   answer makes it *up*.
 //!
 //! The manager's view wins: the lists, their order and their members come from the
 //! manager; local knowledge only ever skips a gateway that does not answer this
@@ -77,7 +80,11 @@ impl Default for ProbePolicy {
 struct Watch {
     /// The last reply, or when watching began.
     heard: Duration,
+    /// It has answered at least once since watching began.
+    answered: bool,
     down: bool,
+    /// While down: it had answered before going down, so it serves a hold-down.
+    held: bool,
     /// While down: the start of the current run of steady replies.
     steady_since: Option<Duration>,
 }
@@ -114,7 +121,9 @@ impl Failover {
         for g in keep {
             self.watched.entry(g).or_insert(Watch {
                 heard: now,
+                answered: false,
                 down: false,
+                held: false,
                 steady_since: None,
             });
         }
@@ -129,6 +138,7 @@ impl Failover {
                 w.steady_since = Some(now);
             }
             w.heard = w.heard.max(now);
+            w.answered = true;
         }
     }
 
@@ -144,6 +154,7 @@ impl Failover {
             if !w.down {
                 if silent {
                     w.down = true;
+                    w.held = w.answered;
                     w.steady_since = None;
                     self.down.insert(id.clone());
                 }
@@ -151,9 +162,9 @@ impl Failover {
             }
             if silent {
                 w.steady_since = None;
-            } else if w
-                .steady_since
-                .is_some_and(|since| gap(since, now) >= hold_down)
+            } else if !w.held
+                || w.steady_since
+                    .is_some_and(|since| gap(since, now) >= hold_down)
             {
                 w.down = false;
                 w.steady_since = None;
@@ -169,23 +180,25 @@ impl Failover {
     }
 
     /// The gateways a client with failover lists `lists` treats as dead: the down
-    /// ones, except that when every gateway of a network is down, the ones answering
-    /// again are taken back at once, without waiting out the hold-down (a gateway
-    /// that may still flap beats none). Such a gateway is then taken back for all
-    /// its networks.
+    /// ones, except that when every gateway of a network is down, the one answering
+    /// steadily the longest is taken back at once, without waiting out the
+    /// hold-down (a gateway that may still flap beats none). Ties go to the earlier
+    /// in the list. Such a gateway is then taken back for all its networks.
+    ///
+    /// Taking back only the steadiest keeps a client where it is: another gateway
+    /// that starts answering later does not pull it away before its own hold-down.
     pub fn down_for(&self, lists: &BTreeMap<NetworkId, Vec<GatewayChoice>>) -> BTreeSet<GatewayId> {
         let mut down = self.down.clone();
         for list in lists.values() {
-            if list.iter().all(|c| self.down.contains(&c.gateway)) {
-                for c in list {
-                    let recovering = self
-                        .watched
-                        .get(&c.gateway)
-                        .is_some_and(|w| w.steady_since.is_some());
-                    if recovering {
-                        down.remove(&c.gateway);
-                    }
-                }
+            if !list.iter().all(|c| self.down.contains(&c.gateway)) {
+                continue;
+            }
+            let steadiest = list
+                .iter()
+                .filter_map(|c| Some((self.watched.get(&c.gateway)?.steady_since?, &c.gateway)))
+                .min_by_key(|(since, _)| *since);
+            if let Some((_, gateway)) = steadiest {
+                down.remove(gateway);
             }
         }
         down
@@ -245,6 +258,7 @@ mod tests {
     fn a_flapping_gateway_stays_down_until_steady_for_the_hold_down() {
         let mut f = Failover::new(policy());
         f.watch([gw("a")], ms(0));
+        f.reply(&gw("a"), ms(0));
         assert!(f.evaluate(ms(1500)).contains(&gw("a")));
         // Answers for 4 s, silent for 2 s, answers again: the hold-down restarts.
         for t in (2000..6000).step_by(500) {
@@ -281,6 +295,9 @@ mod tests {
         ]);
         let mut f = Failover::new(policy());
         f.watch([gw("a"), gw("b"), gw("c")], ms(0));
+        for g in ["a", "b", "c"] {
+            f.reply(&gw(g), ms(0));
+        }
         f.reply(&gw("b"), ms(1000));
         assert_eq!(f.evaluate(ms(2000)), &BTreeSet::from([gw("a"), gw("c")]));
         // `a` answers again while `b` is alive: the hold-down applies.
@@ -293,6 +310,74 @@ mod tests {
         f.evaluate(ms(2000));
         assert_eq!(f.down_for(&lists), BTreeSet::from([gw("a")]));
         assert!(f.down().contains(&gw("c")));
+    }
+
+    fn lists(networks: &[(&str, &[&str])]) -> BTreeMap<NetworkId, Vec<GatewayChoice>> {
+        let choice = |id: &str| GatewayChoice {
+            gateway: gw(id),
+            public_key: crate::PrivateKey::from_bytes([7; 32]).public_key(),
+            endpoint: "192.0.2.1:51820".parse().unwrap(),
+            allowed_ips: BTreeSet::new(),
+            exit_routes: BTreeSet::new(),
+            addresses: BTreeSet::new(),
+        };
+        networks
+            .iter()
+            .map(|(n, gws)| {
+                (
+                    NetworkId::new(*n).unwrap(),
+                    gws.iter().map(|g| choice(g)).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gateway_that_never_answered_is_up_at_its_first_answer() {
+        let mut f = Failover::new(policy());
+        f.watch([gw("a"), gw("b")], ms(0));
+        f.reply(&gw("a"), ms(0));
+        // `b` is slow to start: down, but with no history of flapping.
+        assert_eq!(f.evaluate(ms(1500)), &BTreeSet::from([gw("a"), gw("b")]));
+        f.reply(&gw("a"), ms(1600));
+        f.reply(&gw("b"), ms(1600));
+        assert_eq!(f.evaluate(ms(1600)), &BTreeSet::from([gw("a")]));
+    }
+
+    #[test]
+    fn with_every_gateway_down_the_client_stays_on_the_steadiest() {
+        // The primary `a` dies while the standby `b` is still serving its
+        // hold-down; the client takes `b` back at once. When `a` answers again,
+        // `b` has been steady longer: the client stays on `b`.
+        let lists = lists(&[("one", &["a", "b"])]);
+        let mut f = Failover::new(policy());
+        f.watch([gw("a"), gw("b")], ms(0));
+        for t in (0..=2000).step_by(500) {
+            f.reply(&gw("a"), ms(t));
+            f.reply(&gw("b"), ms(t.min(500)));
+            f.evaluate(ms(t));
+        }
+        assert_eq!(f.down(), &BTreeSet::from([gw("b")]));
+        for t in (2500..=4500).step_by(500) {
+            f.reply(&gw("b"), ms(t));
+            f.evaluate(ms(t));
+        }
+        assert_eq!(f.down(), &BTreeSet::from([gw("a"), gw("b")]));
+        assert_eq!(f.down_for(&lists), BTreeSet::from([gw("a")]));
+        for t in (5000..7500).step_by(500) {
+            f.reply(&gw("a"), ms(t));
+            f.reply(&gw("b"), ms(t));
+            f.evaluate(ms(t));
+            assert_eq!(f.down_for(&lists), BTreeSet::from([gw("a")]), "at {t} ms");
+        }
+        // `b`'s hold-down ends (steady since 2500 ms), then `a`'s (since 5000 ms).
+        f.reply(&gw("b"), ms(7500));
+        assert_eq!(f.evaluate(ms(7500)), &BTreeSet::from([gw("a")]));
+        for t in (7500..=10_000).step_by(500) {
+            f.reply(&gw("a"), ms(t));
+            f.reply(&gw("b"), ms(t));
+        }
+        assert!(f.evaluate(ms(10_000)).is_empty());
     }
 
     #[test]

@@ -243,18 +243,33 @@ impl Rig {
             Path::new(NANAMI),
             &args,
         ));
+        // Both gateways answer the client's probes before a test cuts one.
         wait_until(
-            "the client to reach the resource through edge-a",
+            "the client to reach the resource through edge-a, with edge-b up",
             Duration::from_secs(60),
-            || self.active().as_deref() == Some("edge-a") && self.ping_once(),
+            || {
+                self.active().as_deref() == Some("edge-a")
+                    && self.agent_status()["down"]
+                        .as_array()
+                        .is_some_and(Vec::is_empty)
+                    && self.ping_once()
+            },
         );
     }
 
-    /// The client agent's active gateway for `corp`, from its status file.
+    /// The client agent's status file (`Null` until it exists).
+    fn agent_status(&self) -> serde_json::Value {
+        std::fs::read_to_string(self.dir.join("client/status.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default()
+    }
+
+    /// The client agent's active gateway for `corp`.
     fn active(&self) -> Option<String> {
-        let text = std::fs::read_to_string(self.dir.join("client/status.json")).ok()?;
-        let status: serde_json::Value = serde_json::from_str(&text).ok()?;
-        status["active"]["corp"].as_str().map(str::to_owned)
+        self.agent_status()["active"]["corp"]
+            .as_str()
+            .map(str::to_owned)
     }
 
     fn ping_once(&self) -> bool {
