@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519;
 
 use super::peer::{Peer, PeerInner};
 use super::sys::{self, Ready, WakePipe};
@@ -121,6 +122,9 @@ fn encapsulate_one(
         return;
     };
     let mut inner = peer.lock();
+    if inner.endpoint.is_some() {
+        peer.ensure_tunn(&mut inner, state.secret());
+    }
     let PeerInner {
         tunn,
         endpoint,
@@ -296,6 +300,11 @@ fn handle_datagram(
         return;
     };
     let mut inner = peer.lock();
+    // An initiation naming this peer (see `peer_for`) may start its first session;
+    // anything else for a peer without one answers nothing it sent.
+    if datagram.first() == Some(&(MSG_HANDSHAKE_INIT as u8)) {
+        peer.ensure_tunn(&mut inner, state.secret());
+    }
     let Some(tunn) = inner.tunn.as_mut() else {
         bump(&c.handshake_rejected);
         return;
@@ -438,12 +447,18 @@ pub(super) fn timer_loop(shared: &Arc<Shared>) {
             last_reset = Instant::now();
         }
         for entry in state.peers.values() {
-            tick_peer(shared, &entry.peer, &sockets, &mut buf);
+            tick_peer(shared, &entry.peer, state.secret(), &sockets, &mut buf);
         }
     }
 }
 
-fn tick_peer(shared: &Shared, peer: &Peer, sockets: &UdpSockets, buf: &mut [u8]) {
+fn tick_peer(
+    shared: &Shared,
+    peer: &Peer,
+    secret: Option<&x25519::StaticSecret>,
+    sockets: &UdpSockets,
+    buf: &mut [u8],
+) {
     let mut inner = peer.lock();
     let endpoint = inner.endpoint;
     let keepalive = inner.keepalive;
@@ -452,6 +467,9 @@ fn tick_peer(shared: &Shared, peer: &Peer, sockets: &UdpSockets, buf: &mut [u8])
             None => true,
             Some(t) => t.elapsed() >= Duration::from_secs(u64::from(keepalive)),
         };
+    if due && endpoint.is_some() {
+        peer.ensure_tunn(&mut inner, secret);
+    }
     let Some(tunn) = inner.tunn.as_mut() else {
         return;
     };

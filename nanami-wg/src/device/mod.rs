@@ -219,6 +219,11 @@ struct State {
 const INDEX_MASK: u32 = 0x00ff_ffff;
 
 impl State {
+    /// The device's static secret, once it has a private key.
+    fn secret(&self) -> Option<&x25519::StaticSecret> {
+        self.identity.as_ref().map(|id| &id.secret)
+    }
+
     fn alloc_index(&mut self) -> u32 {
         loop {
             self.next_index = (self.next_index.wrapping_add(1)) & INDEX_MASK;
@@ -480,12 +485,10 @@ fn apply_private_key(st: &mut State, key: Option<PrivateKey>) {
                 return;
             }
             let id = Identity::new(key);
+            // Peers without a session yet make theirs at first use.
             for entry in st.peers.values() {
-                let mut inner = entry.peer.lock();
-                let psk = inner.preshared_key.clone();
-                match inner.tunn.as_mut() {
-                    Some(t) => t.set_static_private(id.secret.clone(), id.public, None),
-                    None => inner.tunn = Some(entry.peer.new_tunn(&id.secret, psk.as_ref())),
+                if let Some(t) = entry.peer.lock().tunn.as_mut() {
+                    t.set_static_private(id.secret.clone(), id.public, None);
                 }
             }
             st.identity = Some(id);
@@ -555,14 +558,11 @@ fn apply_peer(st: &mut State, reset: &mut HashSet<PublicKey>, u: PeerUpdate) {
         if let Some(new) = u.preshared_key {
             psk = new.filter(|k| !k.is_zero());
         }
-        let need_tunn = inner.tunn.is_none() || psk != inner.preshared_key;
-        inner.preshared_key = psk;
-        if need_tunn {
-            // Only a new preshared key (or a first private key) makes a new session.
-            inner.tunn = st
-                .identity
-                .as_ref()
-                .map(|id| peer.new_tunn(&id.secret, inner.preshared_key.as_ref()));
+        if psk != inner.preshared_key {
+            // Only a new preshared key ends the session; the next one is made at
+            // first use (`Peer::ensure_tunn`).
+            inner.tunn = None;
+            inner.preshared_key = psk;
         }
         if let Some(ep) = u.endpoint {
             inner.endpoint = Some(udp::canonical(ep));
@@ -803,5 +803,78 @@ pub mod fuzzing {
         while let Ok(Some(lines)) = super::uapi::read_request(&mut reader) {
             let _ = super::uapi::parse(&lines);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn state() -> State {
+        State {
+            identity: None,
+            fwmark: 0,
+            peers: BTreeMap::new(),
+            by_index: HashMap::new(),
+            routes: AllowedIps::new(),
+            next_index: 0,
+        }
+    }
+
+    fn key(b: u8) -> PublicKey {
+        PrivateKey::from_bytes([b; 32]).public_key()
+    }
+
+    fn has_session(st: &State, k: u8) -> bool {
+        st.peers[&key(k)].peer.lock().tunn.is_some()
+    }
+
+    /// Makes the peer's session as the data plane does at its first packet.
+    fn talk(st: &State, k: u8) {
+        let peer = &st.peers[&key(k)].peer;
+        peer.ensure_tunn(&mut peer.lock(), st.secret());
+    }
+
+    #[test]
+    fn sessions_are_made_at_first_use_and_kept_across_updates() {
+        let mut st = state();
+        apply_private_key(&mut st, Some(PrivateKey::from_bytes([1; 32])));
+        let peers = (2..5).map(|b| PeerUpdate::new(key(b))).collect();
+        apply_peers(&mut st, false, peers);
+        assert!(
+            (2..5).all(|b| !has_session(&st, b)),
+            "no session before use"
+        );
+
+        talk(&st, 2);
+        assert!(has_session(&st, 2) && !has_session(&st, 3));
+        // An update that leaves the preshared key keeps the session...
+        let endpoint = "192.0.2.1:51820".parse().unwrap();
+        apply_peers(
+            &mut st,
+            false,
+            vec![PeerUpdate::new(key(2)).endpoint(endpoint)],
+        );
+        assert!(has_session(&st, 2));
+        // ...so does a new private key (boringtun rekeys the `Tunn` in place)...
+        apply_private_key(&mut st, Some(PrivateKey::from_bytes([9; 32])));
+        assert!(has_session(&st, 2) && !has_session(&st, 3));
+        // ...a new preshared key ends it.
+        let psk = PresharedKey::from_bytes([5; 32]);
+        apply_peers(
+            &mut st,
+            false,
+            vec![PeerUpdate::new(key(2)).preshared_key(Some(psk))],
+        );
+        assert!(!has_session(&st, 2));
+        talk(&st, 2);
+        assert!(has_session(&st, 2));
+
+        // Without a private key there is no session, and none is made.
+        apply_private_key(&mut st, None);
+        assert!(!has_session(&st, 2));
+        talk(&st, 3);
+        assert!(!has_session(&st, 3));
     }
 }
