@@ -217,9 +217,10 @@ impl NodeConfig {
     /// more specific than the overlay the active gateway carries), so the agent can
     /// probe every gateway of its lists through the tunnel, standbys included.
     ///
-    /// Default routes (an exit) stay in the peer's AllowedIPs but get no route: a
-    /// default route into the tunnel needs the tunnel's own packets marked and
-    /// excluded (wg-quick's fwmark rule), which the agent does not do yet.
+    /// A default route (the active exit gateway's `0.0.0.0/0` or `::/0`) goes into
+    /// Nanami's table with the rules of [`Rule::exit`]: routes `main` holds more
+    /// specifically than its default route, and every gateway's endpoint, stay
+    /// outside the tunnel.
     ///
     /// ```
     /// # use std::collections::BTreeSet;
@@ -244,10 +245,18 @@ impl NodeConfig {
             peers: BTreeMap::new(),
         };
         let mut state = GatewayState::default();
-        for peer in self.failed_over(down).peers {
-            for net in peer.allowed_ips.iter().filter(|n| n.prefix_len() > 0) {
+        let peers = self.failed_over(down).peers;
+        let endpoints: Vec<IpNet> = peers.iter().map(|p| host_prefix(p.endpoint.ip())).collect();
+        for peer in peers {
+            for net in &peer.allowed_ips {
                 state.routes.insert(Route::nanami(*net, interface.clone()));
-                state.rules.insert(Rule::nanami(*net));
+                if net.prefix_len() == 0 {
+                    state
+                        .rules
+                        .extend(Rule::exit(*net, endpoints.iter().copied()));
+                } else {
+                    state.rules.insert(Rule::nanami(*net));
+                }
             }
             let mut allowed_ips = peer.allowed_ips;
             // Routed even when every network of the gateway is stranded, so a

@@ -27,6 +27,9 @@ pub const NANAMI_PROTO: u8 = 73;
 /// Priority of Nanami's policy rules: after `local` (0), before `main` (32766).
 pub const NANAMI_RULE_PRIORITY: u32 = 7373;
 
+/// The kernel's `main` routing table.
+pub const MAIN_TABLE: u32 = 254;
+
 /// Default tunnel MTU: 1500 minus the largest WireGuard overhead (IPv6 outer header,
 /// 80 bytes), as wg-quick chooses.
 pub const DEFAULT_MTU: u32 = 1420;
@@ -174,7 +177,7 @@ impl Route {
 }
 
 /// A policy rule: `ip rule add to <destination> lookup <table> priority <priority>
-/// proto <protocol>`.
+/// proto <protocol> [suppress_prefixlength <n>]`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
@@ -186,6 +189,10 @@ pub struct Rule {
     pub table: u32,
     /// Routing protocol number ([`NANAMI_PROTO`] for Nanami's).
     pub protocol: u8,
+    /// Ignore the table's routes with a prefix this short or shorter
+    /// (`suppress_prefixlength`; 0 ignores only its default route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppress_prefix_len: Option<u8>,
 }
 
 impl Rule {
@@ -196,7 +203,39 @@ impl Rule {
             destination,
             table: NANAMI_TABLE,
             protocol: NANAMI_PROTO,
+            suppress_prefix_len: None,
         }
+    }
+
+    /// The three rules that send `default` (`0.0.0.0/0` or `::/0`) into Nanami's
+    /// table (an exit), after every [`Rule::nanami`] rule, as `wg-quick` does with
+    /// its fwmark but without one:
+    ///
+    /// 1. `lookup main suppress_prefixlength 0`: whatever `main` routes more
+    ///    specifically than its default route (the LAN, the manager next door)
+    ///    stays outside the tunnel;
+    /// 2. `to <endpoint> lookup main` for each of `endpoints`: the tunnel's own
+    ///    packets to its gateways never enter the tunnel;
+    /// 3. `to <default> lookup 7373`: everything else goes through the exit.
+    ///
+    /// Endpoints of the other family are left out.
+    pub fn exit(default: IpNet, endpoints: impl IntoIterator<Item = IpNet>) -> Vec<Self> {
+        let rule = |priority, destination, table, suppress_prefix_len| Self {
+            priority,
+            destination,
+            table,
+            protocol: NANAMI_PROTO,
+            suppress_prefix_len,
+        };
+        let mut rules = vec![rule(NANAMI_RULE_PRIORITY + 1, default, MAIN_TABLE, Some(0))];
+        rules.extend(
+            endpoints
+                .into_iter()
+                .filter(|e| IpFamily::of(e) == IpFamily::of(&default))
+                .map(|e| rule(NANAMI_RULE_PRIORITY + 2, e, MAIN_TABLE, None)),
+        );
+        rules.push(rule(NANAMI_RULE_PRIORITY + 3, default, NANAMI_TABLE, None));
+        rules
     }
 
     /// Whether Nanami owns it (its protocol).

@@ -515,6 +515,10 @@ impl fmt::Display for RuleText<'_> {
             f,
             "to {} lookup {} priority {} proto {}",
             r.destination, r.table, r.priority, r.protocol
-        )
+        )?;
+        match r.suppress_prefix_len {
+            Some(len) => write!(f, " suppress_prefixlength {len}"),
+            None => Ok(()),
+        }
     }
 }

@@ -136,7 +136,9 @@ fn merge_join<D, O, K: Ord + ?Sized>(
 
 /// The ops of each phase, collected during one walk and concatenated in phase
 /// order (see [`Phase`](crate::Phase)). Within a phase, ops follow the ordered
-/// collections they come from, so a plan is deterministic.
+/// collections they come from, so a plan is deterministic; rules are removed in
+/// the reverse of that order (the reverse of how they are added), so a catch-all
+/// rule placed after its exceptions (an exit, see `Rule::exit`) goes before them.
 #[derive(Default)]
 struct Phases {
     remove_rules: Vec<Op>,
@@ -158,8 +160,10 @@ struct Phases {
 impl Phases {
     fn into_plan(self) -> Plan {
         let mut ops = Vec::new();
+        let mut remove_rules = self.remove_rules;
+        remove_rules.reverse();
         for phase in [
-            self.remove_rules,
+            remove_rules,
             self.remove_routes,
             self.delete_filter,
             self.remove_peers,

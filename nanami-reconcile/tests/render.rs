@@ -92,3 +92,30 @@ fn json_form_is_tagged_by_op() {
     );
     assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), p);
 }
+
+#[test]
+fn an_exit_is_added_exceptions_first_and_removed_catch_all_first() {
+    let mut exit = GatewayState::default();
+    exit.rules.extend(Rule::exit(
+        "0.0.0.0/0".parse().unwrap(),
+        ["192.0.2.1/32".parse().unwrap()],
+    ));
+    let up = plan(&exit, &Observed::default());
+    assert_eq!(
+        up.to_string(),
+        "\
++ rule to 0.0.0.0/0 lookup 254 priority 7374 proto 73 suppress_prefixlength 0
++ rule to 192.0.2.1/32 lookup 254 priority 7375 proto 73
++ rule to 0.0.0.0/0 lookup 7373 priority 7376 proto 73
+"
+    );
+    let down = plan(&GatewayState::default(), &Observed::from(exit));
+    assert_eq!(
+        down.to_string(),
+        "\
+- rule to 0.0.0.0/0 lookup 7373 priority 7376 proto 73
+- rule to 192.0.2.1/32 lookup 254 priority 7375 proto 73
+- rule to 0.0.0.0/0 lookup 254 priority 7374 proto 73 suppress_prefixlength 0
+"
+    );
+}

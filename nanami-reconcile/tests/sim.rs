@@ -106,6 +106,7 @@ fn foreign_objects() -> Foreign {
         destination: n("10.0.0.0/8"),
         table: 254,
         protocol: 0,
+        suppress_prefix_len: None,
     });
     f
 }

@@ -19,6 +19,10 @@
 //!   network's health target fail, the manager marks it unhealthy for `corp`, and
 //!   the client moves to edge-b, and back once the LAN returns; stopping the agent
 //!   then removes its tunnel.
+//! - Exit: `corp` also allows exit and the client wants it; an "internet" address
+//!   that the client reaches only through its tunnel answers through edge-a, then
+//!   through edge-b once edge-a's link is cut, while the manager next door stays
+//!   outside the tunnel.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -31,6 +35,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::{must, sh, spawn, stop, strings, wait_until, NANAMI};
 
 const RESOURCE: &str = "10.20.0.10";
+/// Behind both gateways (routed by them through their LAN), not routed by the client.
+const INTERNET: &str = "203.0.113.10";
 const MANAGER: &str = "198.18.0.100:7443";
 /// The client's hold-down in these tests (the default is 30 s).
 const HOLD_DOWN: Duration = Duration::from_secs(5);
@@ -54,7 +60,7 @@ impl Rig {
         self.dir.join(name).to_string_lossy().into_owned()
     }
 
-    fn up(tag: &str) -> Rig {
+    fn up(tag: &str, exit: bool) -> Rig {
         common::require_root_and(&["ip", "ping", "nft", "wg"]);
         common::build(&["nanami-gateway-manager", "nanami-gateway-daemon"]);
         let prefix = format!("nmf{}{tag}", std::process::id() % 10_000);
@@ -67,7 +73,7 @@ impl Rig {
             pids: Vec::new(),
         };
         rig.network();
-        rig.start();
+        rig.start(exit);
         rig
     }
 
@@ -90,6 +96,10 @@ impl Rig {
             &lan,
             &["ip", "addr", "add", &format!("{RESOURCE}/24"), "dev", "br0"],
         );
+        must(
+            &lan,
+            &["ip", "addr", "add", &format!("{INTERNET}/32"), "dev", "br0"],
+        );
         must(&lan, &["ip", "link", "set", "br0", "up"]);
         // Each machine's eth0 hangs off the "internet" bridge; a port named after it.
         for (ns, port, addr) in [
@@ -106,6 +116,13 @@ impl Rig {
             ("gwb", "port-gwb", "10.20.0.2"),
         ] {
             self.plug(&self.ns(ns), "lan0", &lan, port, &format!("{addr}/24"));
+            // The gateways' way to the "internet".
+            must(
+                &self.ns(ns),
+                &[
+                    "ip", "route", "add", INTERNET, "via", RESOURCE, "dev", "lan0",
+                ],
+            );
         }
     }
 
@@ -127,7 +144,7 @@ impl Rig {
         must(ns, &["ip", "link", "set", dev, "up"]);
     }
 
-    fn start(&mut self) {
+    fn start(&mut self, exit: bool) {
         let bin = common::bin_dir();
         let (manager, daemon) = (
             bin.join("nanami-gateway-manager"),
@@ -161,7 +178,7 @@ impl Rig {
         );
         std::fs::write(
             self.dir.join("topology.yaml"),
-            topology(&gw_a, &gw_b, &client),
+            topology(&gw_a, &gw_b, &client, exit),
         )
         .unwrap();
 
@@ -341,7 +358,14 @@ impl Drop for Rig {
     }
 }
 
-fn topology(gw_a: &str, gw_b: &str, client: &str) -> String {
+/// With `exit`, `corp` allows exit, both gateways have the role and the client
+/// wants it.
+fn topology(gw_a: &str, gw_b: &str, client: &str, exit: bool) -> String {
+    let roles = if exit {
+        "[ingress, egress, exit]"
+    } else {
+        "[ingress, egress]"
+    };
     format!(
         r#"version: 1
 regions:
@@ -355,31 +379,32 @@ workspaces:
         overlay: 100.80.0.0/24
         routes: [10.20.0.0/24]
         nat: true
+        exit: {exit}
         gateways: {{ policy: auto, redundancy: 2 }}
         health_targets: [{RESOURCE}]
     nodes:
       - {{ id: edge-a, public_key: "{gw_a}", status: active, memberships: [{{ network: corp, address: 100.80.0.1 }}] }}
       - {{ id: edge-b, public_key: "{gw_b}", status: active, memberships: [{{ network: corp, address: 100.80.0.2 }}] }}
-      - {{ id: client, public_key: "{client}", status: active, memberships: [{{ network: corp, address: 100.80.0.11 }}] }}
+      - {{ id: client, public_key: "{client}", status: active, exit: {exit}, memberships: [{{ network: corp, address: 100.80.0.11 }}] }}
     gateways:
-      - {{ id: edge-a, node: edge-a, region: lab, networks: [corp], roles: [ingress, egress], endpoint: "198.18.0.1:51820", listen_port: 51820 }}
-      - {{ id: edge-b, node: edge-b, region: lab, networks: [corp], roles: [ingress, egress], endpoint: "198.18.0.2:51820", listen_port: 51820 }}
+      - {{ id: edge-a, node: edge-a, region: lab, networks: [corp], roles: {roles}, endpoint: "198.18.0.1:51820", listen_port: 51820 }}
+      - {{ id: edge-b, node: edge-b, region: lab, networks: [corp], roles: {roles}, endpoint: "198.18.0.2:51820", listen_port: 51820 }}
 "#
     )
 }
 
-/// `ping -D` to the resource every 50 ms from the client, timestamps kept.
+/// `ping -D` to `target` every 50 ms from the client, timestamps kept.
 struct Pinger {
     child: Child,
     out: PathBuf,
 }
 
 impl Pinger {
-    fn start(rig: &Rig, name: &str) -> Pinger {
+    fn start(rig: &Rig, name: &str, target: &str) -> Pinger {
         let out = rig.dir.join(format!("{name}.ping"));
         let child = Command::new("ip")
             .args(["netns", "exec", &rig.ns("cli")])
-            .args(["ping", "-D", "-n", "-i", "0.05", "-W", "1", RESOURCE])
+            .args(["ping", "-D", "-n", "-i", "0.05", "-W", "1", target])
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(Stdio::null())
             .spawn()
@@ -438,8 +463,8 @@ fn summary(label: &str, samples: &[f64]) -> f64 {
 #[test]
 fn a_dead_primary_fails_over_to_the_standby_and_back_after_the_hold_down() {
     let _one = ONE_RIG.lock().unwrap_or_else(|p| p.into_inner());
-    let rig = Rig::up("f");
-    let pinger = Pinger::start(&rig, "failover");
+    let rig = Rig::up("f", false);
+    let pinger = Pinger::start(&rig, "failover", RESOURCE);
     let mut outages = Vec::new();
     for run in 0..5 {
         wait_until("pings through edge-a", Duration::from_secs(10), || {
@@ -502,8 +527,8 @@ fn a_dead_primary_fails_over_to_the_standby_and_back_after_the_hold_down() {
 #[test]
 fn a_gateway_whose_lan_is_cut_loses_its_clients_while_it_still_heartbeats() {
     let _one = ONE_RIG.lock().unwrap_or_else(|p| p.into_inner());
-    let rig = Rig::up("h");
-    let pinger = Pinger::start(&rig, "health");
+    let rig = Rig::up("h", false);
+    let pinger = Pinger::start(&rig, "health", RESOURCE);
     wait_until("pings through edge-a", Duration::from_secs(10), || {
         pinger.first_after(unix_now() - 0.2).is_some()
     });
@@ -559,6 +584,56 @@ fn a_gateway_whose_lan_is_cut_loses_its_clients_while_it_still_heartbeats() {
         .lines()
         .all(|l| !l.contains("proto 73")));
     assert!(!rig.ping_once());
+}
+
+#[test]
+fn exit_traffic_leaves_through_the_active_gateway_and_fails_over_with_it() {
+    let _one = ONE_RIG.lock().unwrap_or_else(|p| p.into_inner());
+    let rig = Rig::up("x", true);
+    let cli = rig.ns("cli");
+    let route = |dst: &str| must(&cli, &["ip", "route", "get", dst]);
+    // The client has no route of its own to the "internet": only the exit gives one.
+    assert!(
+        route(INTERNET).contains("dev nm-client"),
+        "{}",
+        route(INTERNET)
+    );
+    // What the client's main table routes more specifically (the manager next door,
+    // the gateways' endpoints) stays outside the tunnel.
+    for dst in ["198.18.0.100", "198.18.0.1", "198.18.0.2"] {
+        assert!(route(dst).contains("dev eth0"), "{dst}: {}", route(dst));
+    }
+    let pinger = Pinger::start(&rig, "exit", INTERNET);
+    wait_until(
+        "pings to the internet through edge-a",
+        Duration::from_secs(10),
+        || pinger.first_after(unix_now() - 0.2).is_some(),
+    );
+
+    // Exit high availability: edge-a's link is cut, the exit moves to edge-b.
+    let cut = unix_now();
+    rig.set_port("wan", "gwa", false);
+    let drained = unix_now() + 0.1;
+    wait_until(
+        "pings to the internet to resume through edge-b",
+        Duration::from_secs(15),
+        || pinger.first_after(drained).is_some(),
+    );
+    let outage = pinger.first_after(drained).unwrap() - cut;
+    eprintln!("exit failover outage (cut -> first reply via edge-b): {outage:.2}s");
+    assert_eq!(rig.active().as_deref(), Some("edge-b"));
+    assert!(route(INTERNET).contains("dev nm-client"));
+
+    // Stopping the agent takes the exit away with everything else it made.
+    stop(common::pid(&rig.dir, "client"));
+    let rules = must(&cli, &["ip", "rule", "show"]);
+    assert!(
+        rules.lines().all(|l| !["7373:", "7374:", "7375:", "7376:"]
+            .iter()
+            .any(|p| l.starts_with(p))),
+        "{rules}"
+    );
+    assert!(!sh(&cli, &["ip", "route", "get", INTERNET]).status.success());
 }
 
 #[test]

@@ -322,13 +322,24 @@ impl Rule {
     fn protocol(&self) -> u8 {
         self.0.protocol
     }
+    /// `suppress_prefixlength`: the table's routes this short or shorter are
+    /// ignored (`None`: no suppression).
+    #[getter]
+    fn suppress_prefix_len(&self) -> Option<u8> {
+        self.0.suppress_prefix_len
+    }
     /// The JSON form, as plain Python data.
     fn to_dict(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         to_py(py, &self.0)
     }
     fn __repr__(&self) -> String {
+        let suppress = self
+            .0
+            .suppress_prefix_len
+            .map(|l| format!(", suppress_prefix_len={l}"))
+            .unwrap_or_default();
         format!(
-            "Rule(destination='{}', table={}, priority={}, protocol={})",
+            "Rule(destination='{}', table={}, priority={}, protocol={}{suppress})",
             self.0.destination, self.0.table, self.0.priority, self.0.protocol
         )
     }

@@ -225,6 +225,7 @@ pub fn arb_foreign_rule() -> impl Strategy<Value = Rule> {
         destination,
         table: NANAMI_TABLE,
         protocol,
+        suppress_prefix_len: None,
     })
 }
 

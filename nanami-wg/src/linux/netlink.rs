@@ -11,7 +11,7 @@
 #![allow(clippy::wildcard_enum_match_arm)]
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt as _;
 use ipnet::IpNet;
@@ -112,12 +112,19 @@ pub fn rule_message(rule: &Rule) -> RuleMessage {
     msg.header.dst_len = rule.destination.prefix_len();
     msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
     msg.header.action = RuleAction::ToTable;
-    msg.attributes
-        .push(RuleAttribute::Destination(rule.destination.network()));
+    // `to 0.0.0.0/0` is "all": the kernel takes and reports it without a destination.
+    if rule.destination.prefix_len() > 0 {
+        msg.attributes
+            .push(RuleAttribute::Destination(rule.destination.network()));
+    }
     msg.attributes.push(RuleAttribute::Table(rule.table));
     msg.attributes.push(RuleAttribute::Priority(rule.priority));
     msg.attributes
         .push(RuleAttribute::Protocol(RouteProtocol::from(rule.protocol)));
+    if let Some(len) = rule.suppress_prefix_len {
+        msg.attributes
+            .push(RuleAttribute::SuppressPrefixLen(u32::from(len)));
+    }
     msg
 }
 
@@ -131,12 +138,17 @@ pub fn parse_rule(msg: &RuleMessage) -> Option<Rule> {
     let mut dst = None;
     let mut priority = 0;
     let mut protocol = 0u8;
+    let mut suppress_prefix_len = None;
     for attr in &msg.attributes {
         match attr {
             RuleAttribute::Destination(a) => dst = Some(*a),
             RuleAttribute::Table(t) => table = *t,
             RuleAttribute::Priority(p) => priority = *p,
             RuleAttribute::Protocol(p) => protocol = u8::from(*p),
+            // Older kernels report "none" as -1.
+            RuleAttribute::SuppressPrefixLen(len) => {
+                suppress_prefix_len = u8::try_from(*len).ok().filter(|l| *l <= 128);
+            }
             RuleAttribute::Iifname(_)
             | RuleAttribute::Oifname(_)
             | RuleAttribute::FwMark(_)
@@ -144,12 +156,19 @@ pub fn parse_rule(msg: &RuleMessage) -> Option<Rule> {
             _ => {}
         }
     }
-    let destination = IpNet::new(dst?, msg.header.dst_len).ok()?;
+    let dst = match (dst, msg.header.dst_len) {
+        (Some(a), _) => a,
+        (None, 0) if msg.header.family == AddressFamily::Inet => Ipv4Addr::UNSPECIFIED.into(),
+        (None, 0) if msg.header.family == AddressFamily::Inet6 => Ipv6Addr::UNSPECIFIED.into(),
+        (None, _) => return None,
+    };
+    let destination = IpNet::new(dst, msg.header.dst_len).ok()?;
     Some(Rule {
         priority,
         destination,
         table,
         protocol,
+        suppress_prefix_len,
     })
 }
 
@@ -430,5 +449,30 @@ mod tests {
         let mut foreign = msg.clone();
         foreign.attributes.push(RuleAttribute::FwMark(1));
         assert_eq!(parse_rule(&foreign), None);
+    }
+
+    #[test]
+    fn exit_rules_round_trip_without_a_destination() {
+        for default in ["0.0.0.0/0", "::/0"] {
+            let endpoint = if default == "::/0" {
+                "2001:db8::1/128"
+            } else {
+                "192.0.2.1/32"
+            };
+            for rule in Rule::exit(default.parse().unwrap(), [endpoint.parse().unwrap()]) {
+                let msg = rule_message(&rule);
+                let has_dst = msg
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, RuleAttribute::Destination(_)));
+                assert_eq!(has_dst, rule.destination.prefix_len() > 0, "{rule:?}");
+                assert_eq!(parse_rule(&msg), Some(rule));
+            }
+        }
+        // "No suppression" as an older kernel reports it.
+        let mut msg = rule_message(&Rule::nanami("10.0.0.0/8".parse().unwrap()));
+        msg.attributes
+            .push(RuleAttribute::SuppressPrefixLen(u32::MAX));
+        assert_eq!(parse_rule(&msg).unwrap().suppress_prefix_len, None);
     }
 }

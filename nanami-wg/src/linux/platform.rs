@@ -393,7 +393,8 @@ impl LinuxPlatform {
     pub async fn teardown(&mut self) -> Result<(), PlatformError> {
         let observed = self.observe().await?;
         let owned = observed.state.owned();
-        for rule in &owned.rules {
+        // Last added, first removed: an exit's catch-all before its exceptions.
+        for rule in owned.rules.iter().rev() {
             self.netlink.del_rule(rule).await?;
         }
         for route in &owned.routes {
