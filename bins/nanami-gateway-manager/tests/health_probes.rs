@@ -35,17 +35,20 @@ const TARGET: &str = "10.20.0.10";
 /// Twice that leaves room for a loaded machine.
 const BOUND: Duration = Duration::from_secs(16);
 
-/// The repository's target directory holds the daemon next to the manager.
+/// The repository's target directory holds the daemon next to the manager. Built
+/// as `cargo test --workspace` builds it (after which this is a no-op): `cargo
+/// build -p nanami-gateway-daemon` would unify features differently, use the dev
+/// profile, and recompile for minutes.
 fn daemon_binary() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let ok = Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "-q", "-p", "nanami-gateway-daemon"])
+        .args(["test", "-q", "--workspace", "--no-run"])
         .status()
         .unwrap()
         .success();
-    assert!(ok, "building nanami-gateway-daemon failed");
+    assert!(ok, "building the workspace's binaries failed");
     let path = Path::new(MANAGER).with_file_name("nanami-gateway-daemon");
     assert!(path.exists(), "{} is missing", path.display());
     path

@@ -62,7 +62,7 @@ impl Rig {
 
     fn up(tag: &str, exit: bool) -> Rig {
         common::require_root_and(&["ip", "ping", "nft", "wg"]);
-        common::build(&["nanami-gateway-manager", "nanami-gateway-daemon"]);
+        common::build_workspace_binaries();
         let prefix = format!("nmf{}{tag}", std::process::id() % 10_000);
         let dir = std::env::temp_dir().join(format!("{prefix}-rig"));
         let _ = std::fs::remove_dir_all(&dir);

@@ -47,11 +47,7 @@ fn ping_ok(ns: &str) -> bool {
 fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
     common::require_root_and(&["ip", "wireguard-go", "wg", "ping", "nft"]);
     // The lab runs the sibling binaries; make sure they are built and current.
-    common::build(&[
-        "nanami-gateway-manager",
-        "nanami-gateway-daemon",
-        "nanami-device",
-    ]);
+    common::build_workspace_binaries();
 
     let dir = std::env::temp_dir().join(format!("nmt-lab-{}", std::process::id()));
     let guard = LabGuard { dir: dir.clone() };

@@ -46,18 +46,23 @@ pub fn require_root_and(tools: &[&str]) {
     }
 }
 
-/// Builds the sibling binaries the suites run, so they are present and current.
-pub fn build(packages: &[&str]) {
+/// Builds the sibling binaries the suites run (manager, daemon, device), so they
+/// are present and current.
+///
+/// It asks for exactly what `cargo test --workspace` builds (which puts every
+/// binary of the workspace in the target directory), so after that command it is
+/// a no-op. `cargo build -p <binary>` would unify the dependencies' features
+/// differently (no dev-dependencies) and use the dev profile: minutes of
+/// recompiling in CI.
+pub fn build_workspace_binaries() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(root()).args(["build", "-q"]);
-    for p in packages {
-        cmd.args(["-p", p]);
-    }
-    assert!(
-        cmd.status().unwrap().success(),
-        "building {packages:?} failed"
-    );
+    let ok = Command::new(cargo)
+        .current_dir(root())
+        .args(["test", "-q", "--workspace", "--no-run"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "building the workspace's binaries failed");
 }
 
 /// Runs `args` inside namespace `ns`.
