@@ -278,21 +278,7 @@ mod tests {
 
     #[test]
     fn with_every_gateway_down_an_answering_one_is_taken_back_at_once() {
-        let choice = |id: &str| GatewayChoice {
-            gateway: gw(id),
-            public_key: crate::PrivateKey::from_bytes([7; 32]).public_key(),
-            endpoint: "192.0.2.1:51820".parse().unwrap(),
-            allowed_ips: BTreeSet::new(),
-            exit_routes: BTreeSet::new(),
-            addresses: BTreeSet::new(),
-        };
-        let lists = BTreeMap::from([
-            (
-                NetworkId::new("one").unwrap(),
-                vec![choice("a"), choice("b")],
-            ),
-            (NetworkId::new("two").unwrap(), vec![choice("c")]),
-        ]);
+        let lists = lists(&[("one", &["a", "b"]), ("two", &["c"])]);
         let mut f = Failover::new(policy());
         f.watch([gw("a"), gw("b"), gw("c")], ms(0));
         for g in ["a", "b", "c"] {
