@@ -211,8 +211,8 @@ def markdown(machine: dict[str, str], t: Table, notes: list[str]) -> str:
         "The harness checks that one pass converges. The Nanami device makes a peer's session state (boringtun's "
         "`Tunn`, whose construction computes the static-static Diffie-Hellman, about 70 µs) at the peer's first "
         "packet, not when it is configured; wireguard-go precomputes it while configuring. Most of the difference "
-        "is that work deferred: paid once, at its first handshake, by each peer that ever talks (before this "
-        "change the ratio was 1.06).",
+        "is that work deferred: paid once, at its first handshake, by each peer that ever talks (with sessions "
+        "made while configuring, as in commit a39ce0e, the ratio was 1.06).",
         "Item 3: both sides in fresh namespaces, each with one veth pair; the Nanami figure is one pass "
         "(observe + plan + 10,000 `AddRoute`, each waiting for the kernel's answer before the next; the link "
         "index is looked up once per pass), `ip -batch` sends one request per line.",
