@@ -312,6 +312,18 @@ impl Rig {
         );
     }
 
+    /// Takes `machine`'s port on `bridge_ns` down, now.
+    fn cut(&self, bridge_ns: &str, machine: &str) -> Cut {
+        let at = unix_now();
+        self.set_port(bridge_ns, machine, false);
+        // Replies already past the bridge when it went down (RTTs are well under a
+        // millisecond here) did not take the new path.
+        Cut {
+            at,
+            drained: unix_now() + 0.1,
+        }
+    }
+
     /// `nanami status --json` from the manager's namespace.
     fn status(&self) -> serde_json::Value {
         let out = must(
@@ -393,6 +405,12 @@ workspaces:
     )
 }
 
+/// A link taken down: when (Unix seconds), and from when replies are the new path's.
+struct Cut {
+    at: f64,
+    drained: f64,
+}
+
 /// `ping -D` to `target` every 50 ms from the client, timestamps kept.
 struct Pinger {
     child: Child,
@@ -425,6 +443,13 @@ impl Pinger {
     /// The first reply after `t`.
     fn first_after(&self, t: f64) -> Option<f64> {
         self.replies().into_iter().find(|r| *r > t)
+    }
+
+    /// Waits (up to `timeout`) for the first reply over the new path after `cut`;
+    /// returns the outage in seconds (cut to that reply).
+    fn resumed(&self, cut: &Cut, what: &str, timeout: Duration) -> f64 {
+        wait_until(what, timeout, || self.first_after(cut.drained).is_some());
+        self.first_after(cut.drained).unwrap() - cut.at
     }
 }
 
@@ -471,17 +496,12 @@ fn a_dead_primary_fails_over_to_the_standby_and_back_after_the_hold_down() {
             pinger.first_after(unix_now() - 0.2).is_some()
         });
         // Cut edge-a's link: pings can only come back through edge-b.
-        let cut = unix_now();
-        rig.set_port("wan", "gwa", false);
-        // Replies already past the bridge when it went down (RTTs are well under
-        // a millisecond here) are not the standby's.
-        let drained = unix_now() + 0.1;
-        wait_until(
+        let cut = rig.cut("wan", "gwa");
+        outages.push(pinger.resumed(
+            &cut,
             &format!("run {run}: pings to resume through edge-b"),
             Duration::from_secs(15),
-            || pinger.first_after(drained).is_some(),
-        );
-        outages.push(pinger.first_after(drained).unwrap() - cut);
+        ));
         assert_eq!(rig.active().as_deref(), Some("edge-b"), "run {run}");
         assert!(
             rig.log("client").contains("gateway=edge-b"),
@@ -532,18 +552,13 @@ fn a_gateway_whose_lan_is_cut_loses_its_clients_while_it_still_heartbeats() {
     wait_until("pings through edge-a", Duration::from_secs(10), || {
         pinger.first_after(unix_now() - 0.2).is_some()
     });
-    let cut = unix_now();
-    rig.set_port("lan", "gwa", false);
-    let drained = unix_now() + 0.1;
+    let cut = rig.cut("lan", "gwa");
     wait_until(
         "the client to move to edge-b",
         Duration::from_secs(30),
         || rig.active().as_deref() == Some("edge-b"),
     );
-    wait_until("pings through edge-b", Duration::from_secs(10), || {
-        pinger.first_after(drained).is_some()
-    });
-    let outage = pinger.first_after(drained).unwrap() - cut;
+    let outage = pinger.resumed(&cut, "pings through edge-b", Duration::from_secs(10));
     eprintln!("forwarding-path outage (LAN cut -> first reply via edge-b): {outage:.2}s");
     let status = rig.status();
     let a = status
@@ -611,15 +626,12 @@ fn exit_traffic_leaves_through_the_active_gateway_and_fails_over_with_it() {
     );
 
     // Exit high availability: edge-a's link is cut, the exit moves to edge-b.
-    let cut = unix_now();
-    rig.set_port("wan", "gwa", false);
-    let drained = unix_now() + 0.1;
-    wait_until(
+    let cut = rig.cut("wan", "gwa");
+    let outage = pinger.resumed(
+        &cut,
         "pings to the internet to resume through edge-b",
         Duration::from_secs(15),
-        || pinger.first_after(drained).is_some(),
     );
-    let outage = pinger.first_after(drained).unwrap() - cut;
     eprintln!("exit failover outage (cut -> first reply via edge-b): {outage:.2}s");
     assert_eq!(rig.active().as_deref(), Some("edge-b"));
     assert!(route(INTERNET).contains("dev nm-client"));
