@@ -110,7 +110,7 @@ async fn bench() {
     };
     tokio::spawn(server::serve(
         listener,
-        http::router(manager.clone()),
+        http::router(manager.clone(), http::HttpConfig::default()),
         Some(tls),
         stopped(stop_rx.clone()),
     ));

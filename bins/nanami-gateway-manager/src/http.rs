@@ -141,8 +141,24 @@ fn json_bytes(body: Vec<u8>) -> Response {
         .into_response()
 }
 
+/// Limits the HTTP layer applies to every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// How long a client may take to send a request body once its headers are in.
+    pub body_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// The router of the whole API.
-pub fn router(manager: Arc<Manager>) -> Router {
+pub fn router(manager: Arc<Manager>, config: HttpConfig) -> Router {
+    let _ = config;
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))

@@ -209,7 +209,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     info!(addr = %listener.local_addr()?, tls = !args.insecure_http, "serving");
     let serving = tokio::spawn(server::serve(
         listener,
-        http::router(manager),
+        http::router(manager, http::HttpConfig::default()),
         tls,
         stopped(stop_rx),
     ));
