@@ -112,6 +112,7 @@ async fn bench() {
         listener,
         http::router(manager.clone(), http::HttpConfig::default()),
         Some(tls),
+        server::ServerLimits::default(),
         stopped(stop_rx.clone()),
     ));
 

@@ -11,6 +11,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use nanami_api::wire::Subject;
 use nanami_gateway_manager::init::{init, Layout};
+use nanami_gateway_manager::server::ServerLimits;
 use nanami_gateway_manager::{http, server, HealthConfig, Manager, SqliteStore};
 use nanami_model::{GatewayId, NodeId};
 use tokio::sync::watch;
@@ -58,6 +59,24 @@ enum Command {
         /// Reports a gateway may miss before it is offline.
         #[arg(long, default_value_t = 3)]
         missed_reports: u32,
+        /// Connections open at once; more are closed as soon as they are accepted.
+        /// Lowered to the file descriptor limit less a reserve (logged at start).
+        #[arg(long, default_value_t = ServerLimits::default().max_connections)]
+        max_connections: usize,
+        /// How long a client may take for its TLS handshake, in milliseconds.
+        #[arg(long, default_value_t = millis(ServerLimits::default().tls_handshake_timeout))]
+        tls_handshake_timeout_ms: u64,
+        /// How long a client may take to send a request head, in milliseconds.
+        #[arg(long, default_value_t = millis(ServerLimits::default().header_read_timeout))]
+        header_read_timeout_ms: u64,
+        /// How long a connection may stay open with no request in flight, in
+        /// milliseconds (a long-poll in flight is never cut).
+        #[arg(long, default_value_t = millis(ServerLimits::default().idle_timeout))]
+        idle_timeout_ms: u64,
+        /// How long a client may take to send a request body once its head is in,
+        /// in milliseconds.
+        #[arg(long, default_value_t = millis(http::HttpConfig::default().body_timeout))]
+        body_timeout_ms: u64,
     },
     /// Mint a one-time enrolment token (printed on standard output).
     Token {
@@ -128,11 +147,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             insecure_http,
             report_interval_ms,
             missed_reports,
+            max_connections,
+            tls_handshake_timeout_ms,
+            header_read_timeout_ms,
+            idle_timeout_ms,
+            body_timeout_ms,
         } => {
+            let fd_limit = match raise_fd_limit() {
+                Ok(limit) => Some(limit),
+                Err(e) => {
+                    warn!(error = %e, "could not read or raise the file descriptor limit");
+                    None
+                }
+            };
+            let limits = ServerLimits {
+                max_connections: server::connection_cap(max_connections, fd_limit),
+                tls_handshake_timeout: Duration::from_millis(tls_handshake_timeout_ms),
+                header_read_timeout: Duration::from_millis(header_read_timeout_ms),
+                idle_timeout: Duration::from_millis(idle_timeout_ms),
+            };
+            info!(
+                max_connections = limits.max_connections,
+                requested = max_connections,
+                ?fd_limit,
+                "connection cap"
+            );
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(serve(ServeArgs {
+            let result = runtime.block_on(serve(ServeArgs {
                 dir,
                 listen,
                 topology,
@@ -141,7 +184,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     report_interval: Duration::from_millis(report_interval_ms),
                     missed_reports,
                 },
-            }))
+                limits,
+                http: http::HttpConfig {
+                    body_timeout: Duration::from_millis(body_timeout_ms),
+                },
+            }));
+            // Tasks still running (connections past the grace period, blocking store
+            // or compile work) must not hold the exit: the store commits atomically.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            result
         }
     }
 }
@@ -152,6 +203,8 @@ struct ServeArgs {
     topology: Option<PathBuf>,
     insecure_http: bool,
     health: HealthConfig,
+    limits: ServerLimits,
+    http: http::HttpConfig,
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -209,15 +262,58 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     info!(addr = %listener.local_addr()?, tls = !args.insecure_http, "serving");
     let serving = tokio::spawn(server::serve(
         listener,
-        http::router(manager, http::HttpConfig::default()),
+        http::router(manager, args.http),
         tls,
+        args.limits,
         stopped(stop_rx),
     ));
     shutdown_signal().await;
     info!("shutting down");
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
+    // `serve` returns within its grace period; the margin is for a busy runtime.
+    let _ = tokio::time::timeout(server::SHUTDOWN_GRACE + Duration::from_secs(1), serving).await;
     Ok(())
+}
+
+/// `Duration` as whole milliseconds, for flag defaults.
+const fn millis(d: Duration) -> u64 {
+    // Defaults are seconds to minutes: far inside u64.
+    d.as_millis() as u64
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit, as Go's runtime does at start:
+/// the soft limit (1,024 by default on Linux) exists for programs that use
+/// `select(2)`, which this one does not, and each connection costs a descriptor.
+/// Returns the soft limit in force afterwards.
+fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` through a pointer to a live, aligned
+    // local; it has no other effect.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads one `rlimit` from a live local; raising the soft
+        // limit up to the hard one needs no privilege and affects only descriptor
+        // numbering limits of this process (and children it spawns: none).
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(raised.rlim_cur);
+        }
+        warn!(
+            error = %std::io::Error::last_os_error(),
+            soft = limit.rlim_cur,
+            hard = limit.rlim_max,
+            "could not raise the file descriptor limit to the hard limit"
+        );
+    }
+    Ok(limit.rlim_cur)
 }
 
 /// Reloads the topology file when its contents change (polled once a second: a
@@ -241,7 +337,15 @@ async fn watch_file(
         if text == last {
             continue;
         }
-        match manager.put_topology_text(&text) {
+        let (m, t) = (manager.clone(), text.clone());
+        let applied = match tokio::task::spawn_blocking(move || m.put_topology_text(&t)).await {
+            Ok(result) => result,
+            Err(e) => {
+                error!(error = %e, "bug: the topology reload's task failed");
+                continue;
+            }
+        };
+        match applied {
             Ok(r) => {
                 info!(file = %path.display(), revision = r.revision, changed = r.changed.len(), "topology file reloaded")
             }
