@@ -369,8 +369,26 @@ impl Client {
         if let Some(after) = after {
             path.push_str(&format!("&after={after}"));
         }
-        self.call(Method::GET, &path, None, wait + self.timeout)
-            .await
+        let answer = self
+            .send_raw(Method::GET, &path, None, wait + self.timeout)
+            .await?;
+        if answer.status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        if !answer.status.is_success() {
+            return Err(answer.error());
+        }
+        let mut desired: GatewayDesired =
+            serde_json::from_slice(&answer.body).map_err(|e| ApiError::Decode(e.to_string()))?;
+        // The content's digest travels as the ETag (older daemons parse the body
+        // strictly).
+        desired.digest = answer
+            .headers
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim_matches('"').to_owned())
+            .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_hexdigit()));
+        Ok(Some(desired))
     }
 
     /// `PUT /v1/gateways/{id}/observed`.

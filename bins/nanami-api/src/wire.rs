@@ -26,6 +26,13 @@ pub struct GatewayDesired {
     /// Per network, the addresses behind the gateway it probes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub health_targets: HealthTargets,
+    /// The manager's digest of this generation's content, from the answer's `ETag`
+    /// (not in the body, which older daemons parse strictly). The daemon keeps it
+    /// with its last-known-good state and reports it back, so a manager whose
+    /// history forked (an older store restored) sees that the content the daemon
+    /// runs at a generation differs from its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 impl GatewayDesired {
@@ -129,6 +136,11 @@ pub struct EnrolRequest {
     pub token: String,
     /// The enrolling machine's WireGuard public key (the private key never leaves it).
     pub public_key: PublicKey,
+    /// Who the enrolling machine is (its `--gateway` or node id). When present, a
+    /// token for anyone else is refused before it is spent, so a token given to
+    /// the wrong machine neither burns nor revokes the right one's credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Subject>,
 }
 
 /// The credential an enrolment yields.
@@ -178,6 +190,10 @@ pub struct ObservedReport {
     /// probes nothing, or is an older daemon).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub health: BTreeMap<NetworkId, NetworkHealth>,
+    /// The manager's digest ([`GatewayDesired::digest`]) of the applied generation
+    /// (`status.applied_generation`), when the daemon knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_digest: Option<String>,
 }
 
 /// What a gateway's probes say about its forwarding path to one network.
@@ -236,6 +252,28 @@ pub enum Liveness {
     Online,
     /// Too many reports were missed; its clients fail over.
     Offline,
+    /// No longer in the topology: it is served the empty state (its daemon removes
+    /// everything Nanami owns) and carries no clients.
+    Removed,
+}
+
+/// A gateway whose daemon runs a generation this manager did not issue with that
+/// content: the manager's history forked (an older store was restored, or a change
+/// was served but could not be stored before a restart). The manager then issues
+/// its current state at a generation above the daemon's, so numbers never repeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationFork {
+    /// The generation the daemon reported applied.
+    pub reported_generation: u64,
+    /// The generation the manager held for the gateway when it noticed.
+    pub manager_generation: u64,
+    /// The generation the manager re-issued its state at.
+    pub reissued_generation: u64,
+    /// When it was noticed (Unix ms).
+    pub detected_unix_ms: u64,
+    /// Whether the daemon has since applied the re-issued generation.
+    pub resolved: bool,
 }
 
 /// One gateway as `nanami status` and the oversight API show it.
@@ -274,6 +312,15 @@ pub struct GatewayStatus {
     pub key_mismatch: bool,
     /// Machine facts from the last report.
     pub facts: Facts,
+    /// The newest generation fork noticed for this gateway since the manager
+    /// started (see [`GenerationFork`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation_fork: Option<GenerationFork>,
+    /// Set while this gateway's served state (its generation or liveness verdict)
+    /// is not in the store because the store cannot write: what is served is
+    /// right, but a restart now would lose it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
 }
 
 /// `PUT /v1/topology`'s answer.

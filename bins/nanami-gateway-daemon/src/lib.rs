@@ -107,6 +107,8 @@ pub async fn credential(config: &DaemonConfig, key: PublicKey) -> anyhow::Result
     let request = EnrolRequest {
         token,
         public_key: key,
+        // A token for another gateway is refused before it is spent.
+        subject: Some(Subject::Gateway(config.gateway.clone())),
     };
     let response = client
         .enrol_retrying(&request)
@@ -173,6 +175,7 @@ pub async fn run<P: Platform + 'static>(
         }
         let (desired_tx, desired_rx) = watch::channel(lkg.current());
         let (targets_tx, targets_rx) = watch::channel(lkg.targets().clone());
+        let (digest_tx, digest_rx) = watch::channel(applied_digest(&lkg));
         let (health_tx, health_rx) = watch::channel(BTreeMap::new());
         let prober = config
             .prober
@@ -236,9 +239,12 @@ pub async fn run<P: Platform + 'static>(
                 client.clone(),
                 config.clone(),
                 public_key,
-                status_rx,
-                observed_rx,
-                health_rx,
+                Sources {
+                    status: status_rx,
+                    observed: observed_rx,
+                    health: health_rx,
+                    digest: digest_rx,
+                },
                 stopped(stop_rx.clone()),
             );
             let poller = poll_loop(
@@ -247,6 +253,7 @@ pub async fn run<P: Platform + 'static>(
                 &mut lkg,
                 &desired_tx,
                 &targets_tx,
+                &digest_tx,
                 stopped(stop_rx.clone()),
             );
             tokio::join!(reporter, poller);
@@ -273,6 +280,7 @@ async fn poll_loop(
     lkg: &mut LastKnownGood,
     desired_tx: &watch::Sender<Option<Arc<nanami_reconcile::Desired>>>,
     targets_tx: &watch::Sender<HealthTargets>,
+    digest_tx: &watch::Sender<Option<(u64, String)>>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -296,6 +304,7 @@ async fn poll_loop(
                     Ok(Offer::Accepted) => {
                         info!(generation, "new desired state accepted and saved");
                         desired_tx.send_replace(lkg.current());
+                        digest_tx.send_replace(applied_digest(lkg));
                         targets_tx.send_if_modified(|t| {
                             let changed = t != lkg.targets();
                             if changed {
@@ -304,7 +313,14 @@ async fn poll_loop(
                             changed
                         });
                     }
-                    Ok(Offer::Same) => {}
+                    Ok(Offer::Same) => {
+                        digest_tx.send_if_modified(|d| {
+                            let now = applied_digest(lkg);
+                            let changed = *d != now;
+                            *d = now;
+                            changed
+                        });
+                    }
                     Err(e) => warn!(generation, error = %e, "desired state refused"),
                 }
                 continue;
@@ -326,15 +342,33 @@ async fn poll_loop(
     }
 }
 
+/// The generation in force with the manager's digest of it, if it gave one.
+fn applied_digest(lkg: &LastKnownGood) -> Option<(u64, String)> {
+    lkg.generation().zip(lkg.digest().map(str::to_owned))
+}
+
+/// What a report is made of.
+struct Sources {
+    status: watch::Receiver<nanami_reconcile::Status>,
+    observed: watch::Receiver<Option<Observed>>,
+    health: watch::Receiver<BTreeMap<NetworkId, NetworkHealth>>,
+    /// The generation in force and the manager's digest of it.
+    digest: watch::Receiver<Option<(u64, String)>>,
+}
+
 async fn report_loop(
     client: Client,
     config: DaemonConfig,
     public_key: PublicKey,
-    mut status_rx: watch::Receiver<nanami_reconcile::Status>,
-    observed_rx: watch::Receiver<Option<Observed>>,
-    mut health_rx: watch::Receiver<BTreeMap<NetworkId, NetworkHealth>>,
+    sources: Sources,
     shutdown: impl Future<Output = ()>,
 ) {
+    let Sources {
+        status: mut status_rx,
+        observed: observed_rx,
+        health: mut health_rx,
+        digest: digest_rx,
+    } = sources;
     tokio::pin!(shutdown);
     let mut failing = false;
     let mut status_open = true;
@@ -359,11 +393,17 @@ async fn report_loop(
         let observed = observed_rx.borrow().clone().unwrap_or_default();
         let report = ObservedReport {
             public_key,
-            status,
+            status: status.clone(),
             state: observed.state.owned(),
             telemetry: observed.telemetry,
             facts: config.facts.clone().unwrap_or_else(facts::read),
             health: health_rx.borrow_and_update().clone(),
+            // The digest of the generation in force, when that is the applied one.
+            applied_digest: digest_rx
+                .borrow()
+                .as_ref()
+                .filter(|(g, _)| Some(*g) == status.applied_generation)
+                .map(|(_, d)| d.clone()),
         };
         match client.report(&config.gateway, &report).await {
             Ok(()) => {

@@ -49,6 +49,9 @@ pub struct LastKnownGood {
     path: PathBuf,
     current: Option<Arc<Desired>>,
     targets: HealthTargets,
+    /// The manager's digest of the state in force (reported back with its
+    /// generation, so a manager whose history forked notices).
+    digest: Option<String>,
 }
 
 /// Why the saved state could not be loaded.
@@ -75,21 +78,25 @@ impl LastKnownGood {
             path: path.to_owned(),
             message,
         };
-        let (current, targets) = match std::fs::read(path) {
+        let (current, targets, digest) = match std::fs::read(path) {
             Ok(bytes) => {
                 let desired: GatewayDesired =
                     serde_json::from_slice(&bytes).map_err(|e| error(e.to_string()))?;
                 check(&desired.state).map_err(|e| error(e.to_string()))?;
+                let digest = desired.digest.clone();
                 let (desired, targets) = desired.into_parts();
-                (Some(desired), targets)
+                (Some(desired), targets, digest)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, HealthTargets::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (None, HealthTargets::new(), None)
+            }
             Err(e) => return Err(error(e.to_string())),
         };
         Ok(Self {
             path: path.to_owned(),
             current,
             targets,
+            digest,
         })
     }
 
@@ -108,6 +115,11 @@ impl LastKnownGood {
         self.current.as_ref().map(|d| d.generation)
     }
 
+    /// The manager's digest of the state in force, when the manager gave one.
+    pub fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
+    }
+
     /// Offers a state from the manager: refused if older than the one in force or
     /// failing the checks; saved before it is put in force.
     pub fn offer(&mut self, desired: GatewayDesired) -> Result<Offer, Refused> {
@@ -120,6 +132,9 @@ impl LastKnownGood {
             }
             if desired.generation == current.generation {
                 return if desired.state == current.state && desired.health_targets == self.targets {
+                    if self.digest.is_none() {
+                        self.digest = desired.digest;
+                    }
                     Ok(Offer::Same)
                 } else {
                     Err(Refused::Forked(desired.generation))
@@ -129,6 +144,7 @@ impl LastKnownGood {
         check(&desired.state)?;
         let bytes = serde_json::to_vec_pretty(&desired).map_err(|e| Refused::Save(e.into()))?;
         nanami_wg::linux::write_atomic(&self.path, &bytes).map_err(Refused::Save)?;
+        self.digest = desired.digest.clone();
         let (current, targets) = desired.into_parts();
         self.current = Some(current);
         self.targets = targets;
@@ -164,6 +180,7 @@ mod tests {
                 .insert(ip.parse().unwrap());
         }
         GatewayDesired {
+            digest: None,
             generation,
             state: GatewayState::default(),
             health_targets,

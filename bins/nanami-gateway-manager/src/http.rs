@@ -1,27 +1,34 @@
 //! The HTTP API (axum). Every error is `{"error": ...}` with a 4xx/5xx status;
 //! a refused body changes nothing.
+//!
+//! Every handler authenticates from the headers before it reads a body, reads at
+//! most its route's limit within the body timeout, and runs store and compile work
+//! on blocking threads: an unauthenticated client can make the manager hold no
+//! more than a small enrolment body, and no request stalls the async workers.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use http_body_util::BodyExt as _;
 use nanami_api::wire::{
-    CredentialKind, EnrolRequest, EnrolResponse, ErrorBody, Liveness, ObservedReport, Subject,
-    TokenRequest, TokenResponse,
+    CredentialKind, EnrolRequest, EnrolResponse, ErrorBody, ObservedReport, Subject, TokenRequest,
+    TokenResponse,
 };
-use nanami_model::{GatewayId, NodeId};
+use nanami_model::{Document, GatewayId, NodeId};
 use serde::de::DeserializeOwned;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::auth;
-use crate::manager::{now_ms, Manager, ManagerError};
-use crate::store::{Principal, Redeemed};
+use crate::manager::{now_ms, Manager, ManagerError, MAX_TOKEN_TTL};
+use crate::store::Principal;
 
 /// Longest long-poll a client may ask for; longer waits are cut to this (under
 /// common proxy idle timeouts of 60 s).
@@ -30,8 +37,19 @@ pub const MAX_WAIT: Duration = Duration::from_secs(55);
 /// Default enrolment token lifetime.
 pub const DEFAULT_TOKEN_TTL: u64 = 3600;
 
-/// The largest body accepted: a topology document's limit.
-const MAX_BODY: usize = nanami_model::doc::MAX_DOCUMENT_BYTES;
+/// The largest topology document accepted (the control credential only).
+const MAX_TOPOLOGY_BODY: usize = nanami_model::doc::MAX_DOCUMENT_BYTES;
+
+/// The largest observed report accepted (a gateway credential only): room for the
+/// state and telemetry of tens of thousands of peers.
+const MAX_REPORT_BODY: usize = 16 << 20;
+
+/// The largest small request body: enrolment (which needs no credential) and
+/// token requests.
+const MAX_SMALL_BODY: usize = 64 << 10;
+
+/// The longest request target accepted; a longer one gets a JSON 414.
+const MAX_URI_BYTES: usize = 8 << 10;
 
 static OPENAPI: &str = include_str!("openapi.json");
 
@@ -82,12 +100,65 @@ impl From<ManagerError> for ApiErr {
                 format!("{what} is not in the topology"),
             ),
             ManagerError::Compile(m) => Self::new(StatusCode::CONFLICT, m),
-            ManagerError::BadReport(m) => Self::new(StatusCode::BAD_REQUEST, m),
+            ManagerError::BadRequest(m) => Self::new(StatusCode::BAD_REQUEST, m),
+            e @ ManagerError::EnrolmentRefused => {
+                Self::new(StatusCode::UNAUTHORIZED, e.to_string())
+            }
+            e @ ManagerError::WrongSubject { .. } => {
+                Self::new(StatusCode::FORBIDDEN, e.to_string())
+            }
         }
     }
 }
 
-type App = Arc<Manager>;
+/// Limits the HTTP layer applies to every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// How long a client may take to send a request body once its headers are in.
+    pub body_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The handlers' state.
+#[derive(Debug, Clone)]
+struct App {
+    manager: Arc<Manager>,
+    config: HttpConfig,
+}
+
+impl std::ops::Deref for App {
+    type Target = Manager;
+    fn deref(&self) -> &Manager {
+        &self.manager
+    }
+}
+
+/// Runs `f` on a blocking thread (store and compile work never runs on the async
+/// workers).
+async fn blocking<T, F>(app: &App, f: F) -> Result<T, ApiErr>
+where
+    T: Send + 'static,
+    F: FnOnce(&Manager) -> Result<T, ManagerError> + Send + 'static,
+{
+    let manager = app.manager.clone();
+    match tokio::task::spawn_blocking(move || f(&manager)).await {
+        Ok(result) => result.map_err(ApiErr::from),
+        Err(e) => {
+            error!(error = %e, "bug: a request's task failed");
+            Err(ApiErr::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+            ))
+        }
+    }
+}
 
 fn unauthorized(app: &App) -> ApiErr {
     app.counters.auth_refused.fetch_add(1, Ordering::Relaxed);
@@ -99,23 +170,76 @@ fn forbidden(app: &App) -> ApiErr {
     ApiErr::new(StatusCode::FORBIDDEN, "this credential may not do that")
 }
 
-fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal, ApiErr> {
+async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal, ApiErr> {
     let credential = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(auth::bearer)
         .ok_or_else(|| unauthorized(app))?;
     let digest = auth::digest(credential);
-    match app.store().principal(&digest) {
-        Ok(Some((principal, stored))) if auth::same(&stored, &digest) => Ok(principal),
-        Ok(Some(_) | None) => Err(unauthorized(app)),
-        Err(e) => Err(ManagerError::Store(e).into()),
+    let found = blocking(app, move |m| Ok(m.store().principal(&digest)?)).await?;
+    match found {
+        Some((principal, stored)) if auth::same(&stored, &digest) => Ok(principal),
+        Some(_) | None => Err(unauthorized(app)),
     }
 }
 
 fn bad_request(app: &App, message: impl Into<String>) -> ApiErr {
     app.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
     ApiErr::new(StatusCode::BAD_REQUEST, message)
+}
+
+fn too_large(app: &App, limit: usize) -> ApiErr {
+    app.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+    ApiErr::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is larger than this request's limit of {limit} bytes"),
+    )
+}
+
+/// Reads a request body of at most `limit` bytes within the body timeout. Call it
+/// only after the request is authenticated (or, for enrolment, with a small
+/// limit): nothing is buffered before.
+async fn read_body(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiErr> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX)) {
+        return Err(too_large(app, limit));
+    }
+    let read = async {
+        let mut body = body;
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| bad_request(app, format!("reading the body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(too_large(app, limit));
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(Bytes::from(buf))
+    };
+    match tokio::time::timeout(app.config.body_timeout, read).await {
+        Ok(result) => result,
+        Err(_) => {
+            app.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            Err(ApiErr::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {} s",
+                    app.config.body_timeout.as_secs_f64()
+                ),
+            ))
+        }
+    }
 }
 
 fn parse_json<T: DeserializeOwned>(app: &App, body: &[u8]) -> Result<T, ApiErr> {
@@ -141,24 +265,24 @@ fn json_bytes(body: Vec<u8>) -> Response {
         .into_response()
 }
 
-/// Limits the HTTP layer applies to every request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpConfig {
-    /// How long a client may take to send a request body once its headers are in.
-    pub body_timeout: Duration,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            body_timeout: Duration::from_secs(30),
-        }
+/// Refuses request targets longer than [`MAX_URI_BYTES`] with the JSON error.
+async fn limit_uri(request: Request, next: Next) -> Response {
+    let len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if len > MAX_URI_BYTES {
+        return ApiErr::new(
+            StatusCode::URI_TOO_LONG,
+            format!("the request target is longer than {MAX_URI_BYTES} bytes"),
+        )
+        .into_response();
     }
+    next.run(request).await
 }
 
 /// The router of the whole API.
 pub fn router(manager: Arc<Manager>, config: HttpConfig) -> Router {
-    let _ = config;
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
@@ -191,61 +315,51 @@ pub fn router(manager: Arc<Manager>, config: HttpConfig) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiErr::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(manager)
+        // Handlers read their bodies themselves, after authentication.
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(limit_uri))
+        .with_state(App { manager, config })
 }
 
-async fn enrol(State(app): State<App>, body: Bytes) -> Result<Json<EnrolResponse>, ApiErr> {
+/// A router with `/metrics` alone and no credential, for a separate listen
+/// address that only the monitoring system reaches (`--metrics-listen`).
+pub fn metrics_router(manager: Arc<Manager>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(app): State<App>| async move { metrics_response(&app) }),
+        )
+        .fallback(|| async { ApiErr::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(App {
+            manager,
+            config: HttpConfig::default(),
+        })
+}
+
+async fn enrol(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<EnrolResponse>, ApiErr> {
+    let body = read_body(&app, &headers, body, MAX_SMALL_BODY).await?;
     let request: EnrolRequest = parse_json(&app, &body)?;
     let key = request.public_key;
-    let mut issued: Option<String> = None;
-    let redeemed = if request
-        .token
-        .starts_with(CredentialKind::Enrolment.prefix())
-    {
-        app.store()
-            .redeem_token(
-                &auth::digest(&request.token),
-                now_ms() / 1000,
-                &key,
-                &mut |subject| {
-                    if !app.may_enrol(subject, &key) {
-                        return None;
-                    }
-                    let credential = auth::generate(match subject {
-                        Subject::Gateway(_) => CredentialKind::Gateway,
-                        Subject::Node(_) => CredentialKind::Node,
-                    });
-                    let digest = auth::digest(&credential);
-                    issued = Some(credential);
-                    Some(digest)
-                },
-            )
-            .map_err(ManagerError::Store)?
-    } else {
-        Redeemed::Refused
-    };
-    match (redeemed, issued) {
-        (Redeemed::Enrolled(subject), Some(credential)) => {
-            if let Subject::Gateway(g) = &subject {
-                app.set_gateway_key(g, key);
-            }
+    let result = blocking(&app, move |m| {
+        m.enrol(&request.token, request.public_key, request.subject.as_ref())
+    })
+    .await;
+    match result {
+        Ok(response) => {
             app.counters.enrolments.fetch_add(1, Ordering::Relaxed);
-            info!(%subject, public_key = %key, "enrolled");
-            Ok(Json(EnrolResponse {
-                subject,
-                credential,
-            }))
+            info!(subject = %response.subject, public_key = %key, "enrolled");
+            Ok(Json(response))
         }
-        (Redeemed::Enrolled(_) | Redeemed::Refused, _) => {
+        Err(e) => {
             app.counters
                 .enrolments_refused
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(public_key = %key, "enrolment refused");
-            Err(ApiErr::new(
-                StatusCode::UNAUTHORIZED,
-                "enrolment refused: the token is unknown, expired or used, or the key is not the node's",
-            ))
+            warn!(public_key = %key, error = %e.body.error, "enrolment refused");
+            Err(e)
         }
     }
 }
@@ -253,29 +367,33 @@ async fn enrol(State(app): State<App>, body: Bytes) -> Result<Json<EnrolResponse
 async fn create_token(
     State(app): State<App>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<TokenResponse>, ApiErr> {
-    match authenticate(&app, &headers)? {
+    match authenticate(&app, &headers).await? {
         Principal::Control => {}
         Principal::Operator | Principal::Gateway(_) | Principal::Node(_) => {
             return Err(forbidden(&app))
         }
     }
+    let body = read_body(&app, &headers, body, MAX_SMALL_BODY).await?;
     let request: TokenRequest = parse_json(&app, &body)?;
-    let response = issue_token(
-        &app,
-        &request.subject,
-        request.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL),
-    )?;
+    let ttl = request.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL);
+    let response = blocking(&app, move |m| issue_token(m, &request.subject, ttl)).await?;
     Ok(Json(response))
 }
 
-/// Mints an enrolment token for `subject`, valid for `ttl` seconds.
+/// Mints an enrolment token for `subject`, valid for `ttl` seconds (1 s to
+/// [`MAX_TOKEN_TTL`]).
 pub fn issue_token(
     app: &Manager,
     subject: &Subject,
     ttl: u64,
 ) -> Result<TokenResponse, ManagerError> {
+    if !(1..=MAX_TOKEN_TTL).contains(&ttl) {
+        return Err(ManagerError::BadRequest(format!(
+            "ttl_seconds: {ttl} is outside 1..={MAX_TOKEN_TTL} (30 days)"
+        )));
+    }
     let token = auth::generate(CredentialKind::Enrolment);
     let expires_at = now_ms() / 1000 + ttl;
     app.store()
@@ -288,38 +406,79 @@ pub fn issue_token(
     })
 }
 
+/// The two document formats `PUT /v1/topology` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Yaml,
+}
+
+/// The format named by a `Content-Type` (parameters such as `charset` ignored).
+fn document_format(headers: &HeaderMap) -> Option<Format> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let mime = value.split(';').next()?.trim().to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => Some(Format::Json),
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" => {
+            Some(Format::Yaml)
+        }
+        _ => None,
+    }
+}
+
 async fn put_topology(
     State(app): State<App>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiErr> {
-    match authenticate(&app, &headers)? {
+    match authenticate(&app, &headers).await? {
         Principal::Control => {}
         Principal::Operator | Principal::Gateway(_) | Principal::Node(_) => {
             return Err(forbidden(&app))
         }
     }
+    let Some(format) = document_format(&headers) else {
+        app.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiErr::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json or application/yaml",
+        ));
+    };
+    let body = read_body(&app, &headers, body, MAX_TOPOLOGY_BODY).await?;
     let text =
-        std::str::from_utf8(&body).map_err(|_| bad_request(&app, "the body is not UTF-8"))?;
-    match app.put_topology_text(text) {
-        Ok(r) => Ok(Json(r).into_response()),
-        Err(e @ ManagerError::InvalidTopology { .. }) => {
-            app.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
-            Err(e.into())
+        String::from_utf8(body.to_vec()).map_err(|_| bad_request(&app, "the body is not UTF-8"))?;
+    let result = blocking(&app, move |m| {
+        let document = match format {
+            Format::Json => Document::from_json(&text),
+            Format::Yaml => Document::from_yaml(&text),
         }
-        Err(e) => Err(e.into()),
+        .map_err(|e| ManagerError::InvalidTopology {
+            message: e.to_string(),
+            issues: Vec::new(),
+        })?;
+        m.put_topology(document)
+    })
+    .await;
+    match result {
+        Ok(r) => Ok(Json(r).into_response()),
+        Err(e) => {
+            if e.status == StatusCode::UNPROCESSABLE_ENTITY {
+                app.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e)
+        }
     }
 }
 
 async fn get_topology(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
-    match authenticate(&app, &headers)? {
+    match authenticate(&app, &headers).await? {
         Principal::Control => {}
         Principal::Operator | Principal::Gateway(_) | Principal::Node(_) => {
             return Err(forbidden(&app))
         }
     }
-    match app.document() {
-        Some((_, doc)) => Ok(json_bytes(doc.to_json().into_bytes())),
+    match blocking(&app, |m| Ok(m.document().map(|(_, d)| d.to_json()))).await? {
+        Some(json) => Ok(json_bytes(json.into_bytes())),
         None => Err(ApiErr::new(StatusCode::NOT_FOUND, "no topology yet")),
     }
 }
@@ -332,7 +491,7 @@ fn may_read_all(principal: &Principal) -> bool {
 }
 
 async fn status(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
-    if !may_read_all(&authenticate(&app, &headers)?) {
+    if !may_read_all(&authenticate(&app, &headers).await?) {
         return Err(forbidden(&app));
     }
     Ok(Json(app.status()).into_response())
@@ -352,7 +511,7 @@ async fn desired(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
-    let principal = authenticate(&app, &headers)?;
+    let principal = authenticate(&app, &headers).await?;
     let id = gateway_id(&app, id)?;
     match &principal {
         Principal::Gateway(own) if *own == id => {}
@@ -370,7 +529,13 @@ async fn desired(
     };
     let wait = wait_param(&app, query.as_deref())?;
     match app.wait_desired(&id, after, wait).await {
-        Some((_, body)) => Ok(json_bytes(body.to_vec())),
+        Some(desired) => {
+            let mut response = json_bytes(desired.body.to_vec());
+            if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", desired.digest)) {
+                response.headers_mut().insert(header::ETAG, etag);
+            }
+            Ok(response)
+        }
         None if app.has_gateway(&id) || after.is_some() => {
             Ok(StatusCode::NO_CONTENT.into_response())
         }
@@ -385,9 +550,9 @@ async fn put_observed(
     State(app): State<App>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiErr> {
-    let principal = authenticate(&app, &headers)?;
+    let principal = authenticate(&app, &headers).await?;
     let id = gateway_id(&app, id)?;
     match &principal {
         Principal::Gateway(own) if *own == id => {}
@@ -395,8 +560,9 @@ async fn put_observed(
             return Err(forbidden(&app))
         }
     }
+    let body = read_body(&app, &headers, body, MAX_REPORT_BODY).await?;
     let report: ObservedReport = parse_json(&app, &body)?;
-    app.put_observed(&id, report)?;
+    blocking(&app, move |m| m.put_observed(&id, report)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -405,7 +571,7 @@ async fn get_observed(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
-    let principal = authenticate(&app, &headers)?;
+    let principal = authenticate(&app, &headers).await?;
     let id = gateway_id(&app, id)?;
     match &principal {
         Principal::Gateway(own) if *own == id => {}
@@ -439,7 +605,7 @@ async fn node_config(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
-    let principal = authenticate(&app, &headers)?;
+    let principal = authenticate(&app, &headers).await?;
     let id = node_id(&app, id)?;
     match &principal {
         Principal::Node(own) if *own == id => {}
@@ -460,7 +626,7 @@ async fn node_config(
         None => None,
     };
     let wait = wait_param(&app, query.as_deref())?;
-    let Some((version, config)) = app.wait_node_config(&id, after, wait).await? else {
+    let Some((version, config)) = app.manager.wait_node_config(&id, after, wait).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let etag = HeaderValue::from_str(&format!("\"{version}\""))
@@ -474,15 +640,15 @@ async fn node_config(
     Ok(response)
 }
 
-fn operator_only(app: &App, headers: &HeaderMap) -> Result<(), ApiErr> {
-    match authenticate(app, headers)? {
+async fn operator_only(app: &App, headers: &HeaderMap) -> Result<(), ApiErr> {
+    match authenticate(app, headers).await? {
         Principal::Operator => Ok(()),
         Principal::Control | Principal::Gateway(_) | Principal::Node(_) => Err(forbidden(app)),
     }
 }
 
 async fn oversight_regions(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
-    operator_only(&app, &headers)?;
+    operator_only(&app, &headers).await?;
     Ok(Json(app.regions()).into_response())
 }
 
@@ -490,7 +656,7 @@ async fn oversight_workspaces(
     State(app): State<App>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
-    operator_only(&app, &headers)?;
+    operator_only(&app, &headers).await?;
     Ok(Json(app.workspaces()).into_response())
 }
 
@@ -498,21 +664,25 @@ async fn oversight_gateways(
     State(app): State<App>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
-    operator_only(&app, &headers)?;
+    operator_only(&app, &headers).await?;
     Ok(Json(app.status()).into_response())
 }
 
-async fn metrics(State(app): State<App>) -> Response {
+/// `/metrics` on the API's address: the operator or control credential (give
+/// Prometheus the operator credential as its bearer token, or serve metrics on
+/// their own address with `--metrics-listen`).
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
+    if !may_read_all(&authenticate(&app, &headers).await?) {
+        return Err(forbidden(&app));
+    }
+    Ok(metrics_response(&app))
+}
+
+/// The Prometheus text exposition of the manager's gauges and counters; its cost
+/// does not grow with the number of gateways.
+fn metrics_response(app: &App) -> Response {
     use std::fmt::Write as _;
-    let status = app.status();
-    let online = status
-        .iter()
-        .filter(|s| s.health == Liveness::Online)
-        .count();
-    let converged = status
-        .iter()
-        .filter(|s| s.observed_generation == Some(s.desired_generation))
-        .count();
+    let s = app.summary();
     let c = &app.counters;
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
@@ -526,39 +696,63 @@ async fn metrics(State(app): State<App>) -> Response {
         "nanami_topology_revision",
         "gauge",
         "Topology revision in force.",
-        app.revision(),
+        s.revision,
     );
     metric(
         "nanami_gateways",
         "gauge",
-        "Gateways with a desired state.",
-        n(status.len()),
+        "Gateways with a desired state (removed ones included).",
+        n(s.gateways),
     );
     metric(
         "nanami_gateways_online",
         "gauge",
-        "Gateways reporting.",
-        n(online),
+        "Gateways of the topology that report.",
+        n(s.online),
     );
     metric(
         "nanami_gateways_offline",
         "gauge",
-        "Gateways that missed too many reports.",
-        n(status.len() - online),
+        "Gateways of the topology that missed too many reports.",
+        n(s.offline),
+    );
+    metric(
+        "nanami_gateways_removed",
+        "gauge",
+        "Gateways no longer in the topology (served the empty state).",
+        n(s.removed),
     );
     metric(
         "nanami_gateway_paths_unhealthy",
         "gauge",
         "(gateway, network) pairs whose forwarding path is down while the gateway reports.",
-        n(status.iter().map(|s| s.unhealthy_networks.len()).sum()),
+        n(s.paths_unhealthy),
     );
     metric(
         "nanami_gateways_converged",
         "gauge",
         "Gateways whose observed generation is the desired one.",
-        n(converged),
+        n(s.converged),
+    );
+    metric(
+        "nanami_store_ok",
+        "gauge",
+        "1 when everything served is stored; 0 while the store cannot write.",
+        u64::from(s.store_ok),
     );
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    metric(
+        "nanami_store_errors_total",
+        "counter",
+        "Store writes that failed.",
+        load(&c.store_errors),
+    );
+    metric(
+        "nanami_generation_forks_total",
+        "counter",
+        "Reports of a generation this manager did not issue with that content.",
+        load(&c.generation_forks),
+    );
     metric(
         "nanami_enrolments_total",
         "counter",

@@ -1,6 +1,23 @@
 //! The manager's state: the topology, every gateway's compiled state and
-//! generation, heartbeats and health, observed reports. Memory is a cache of the
-//! [`Store`]: every change is written to the store first, then published.
+//! generation, heartbeats and health, observed reports. Memory is what is served;
+//! the [`Store`] is written before a topology change is published, and liveness
+//! verdicts take effect even when the store cannot write (then they are stored as
+//! soon as it can, and status shows the error meanwhile).
+//!
+//! # Locks
+//!
+//! Two locks, one order, and no store I/O or compile under the in-memory lock:
+//! - `write` serializes every change (topology, health verdicts, generation
+//!   re-issues). Its holder snapshots what it needs, compiles and writes the store
+//!   with no other lock held, then installs the result. Callers run it on a
+//!   blocking thread, never on the async executor.
+//! - `inner` is the published state. It is held only to copy values out or to
+//!   install them; nothing that blocks (the store, a compile) runs under it, and
+//!   no other lock is taken while it is held.
+//!
+//! The store's own connection lock is therefore only ever taken after `write` or
+//! alone: the lock-order cycle of earlier versions (the store's lock, then the
+//! in-memory one, in `enrol`; the reverse in reports and health ticks) cannot form.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,8 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nanami_api::wire::{
-    GatewayStatus, Liveness, ObservedRecord, ObservedReport, PathHealth, RegionView, Subject,
-    TopologyResponse, WorkspaceView,
+    CredentialKind, EnrolResponse, GatewayStatus, GenerationFork, Liveness, ObservedRecord,
+    ObservedReport, PathHealth, RegionView, Subject, TopologyResponse, WorkspaceView,
 };
 use nanami_model::{
     compile_all, compile_node, compile_workspace_nodes, health_targets, Document, GatewayId,
@@ -17,9 +34,10 @@ use nanami_model::{
     WorkspaceId,
 };
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{info, info_span, warn};
 
-use crate::store::{GatewayRow, Store, StoreError, NO_TARGETS};
+use crate::auth;
+use crate::store::{GatewayRow, Redeemed, Store, StoreError, NO_TARGETS};
 
 /// Heartbeat settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +65,9 @@ impl HealthConfig {
     }
 }
 
+/// The longest enrolment token lifetime accepted (30 days).
+pub const MAX_TOKEN_TTL: u64 = 30 * 24 * 3600;
+
 /// Why a manager operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -59,7 +80,7 @@ pub enum ManagerError {
         /// Every problem with its path.
         issues: Vec<String>,
     },
-    /// The store failed; nothing changed in memory.
+    /// The store failed; nothing changed.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// No such gateway or node in the topology.
@@ -68,53 +89,80 @@ pub enum ManagerError {
     /// A node's configuration could not be compiled (not active, a gateway node).
     #[error("{0}")]
     Compile(String),
-    /// A report contradicts what the manager knows.
+    /// A request's content is wrong (a report that contradicts what the manager
+    /// knows, a token lifetime out of range); nothing changed.
     #[error("{0}")]
-    BadReport(String),
+    BadRequest(String),
+    /// The enrolment token is unknown, expired or used, or the key is not the
+    /// node's; nothing was spent.
+    #[error(
+        "enrolment refused: the token is unknown, expired or used, or the key is not the node's"
+    )]
+    EnrolmentRefused,
+    /// The token is for someone else than the enrolling machine says it is;
+    /// nothing was spent or revoked.
+    #[error("enrolment refused: this token is for {token}, not {expected}; nothing was spent")]
+    WrongSubject {
+        /// Who the token is for.
+        token: Subject,
+        /// Who the enrolling machine is.
+        expected: Subject,
+    },
 }
 
+/// One gateway's served generation.
 struct Entry {
-    generation: u64,
-    state_json: String,
-    targets_json: String,
+    row: GatewayRow,
+    /// [`content_digest`] of the row's state and targets.
+    digest: String,
     /// The `GatewayDesired` body, serialized once per generation.
     body: Arc<[u8]>,
     peers: usize,
 }
 
 impl Entry {
-    fn new(row: GatewayRow) -> Self {
-        let GatewayRow {
-            generation,
-            state_json,
-            targets_json,
-        } = row;
+    fn new(row: GatewayRow, peers: usize) -> Self {
         // Without targets the body is exactly a `Desired` (what daemons from before
         // health targets accept).
-        let body = if targets_json == NO_TARGETS {
-            format!("{{\"generation\":{generation},\"state\":{state_json}}}")
+        let body = if row.targets_json == NO_TARGETS {
+            format!(
+                "{{\"generation\":{},\"state\":{}}}",
+                row.generation, row.state_json
+            )
         } else {
             format!(
-                "{{\"generation\":{generation},\"state\":{state_json},\"health_targets\":{targets_json}}}"
+                "{{\"generation\":{},\"state\":{},\"health_targets\":{}}}",
+                row.generation, row.state_json, row.targets_json
             )
         };
-        let peers = serde_json::from_str::<GatewayState>(&state_json)
-            .map(|s| s.peer_count())
-            .unwrap_or(0);
         Self {
-            generation,
-            state_json,
-            targets_json,
+            digest: content_digest(&row.state_json, &row.targets_json),
             body: Arc::from(body.into_bytes()),
+            row,
             peers,
         }
     }
+
+    /// An entry for a stored row (the peer count parsed from its state).
+    fn from_stored(row: GatewayRow) -> Self {
+        let peers = serde_json::from_str::<GatewayState>(&row.state_json)
+            .map(|s| s.peer_count())
+            .unwrap_or(0);
+        Self::new(row, peers)
+    }
+
+    fn generation(&self) -> u64 {
+        self.row.generation
+    }
 }
+
+/// A compiled row and its peer count, before it is installed.
+type Compiled = BTreeMap<GatewayId, (GatewayRow, usize)>;
 
 #[derive(Default)]
 struct Inner {
-    topology: Option<Topology>,
-    document: Option<Document>,
+    topology: Option<Arc<Topology>>,
+    document: Option<Arc<Document>>,
     revision: u64,
     gateways: BTreeMap<GatewayId, Entry>,
     offline: BTreeSet<GatewayId>,
@@ -127,6 +175,51 @@ struct Inner {
     /// Client configurations compiled since the last change, by workspace (one
     /// assignment serves every client of a workspace; dropped by every publish).
     clients: BTreeMap<WorkspaceId, Arc<BTreeMap<NodeId, NodeConfig>>>,
+    /// Bumped by every publish: a client configuration compiled from an older
+    /// state is not cached.
+    version: u64,
+    /// Gateways whose last report applied the generation served now (kept as
+    /// reports and publishes arrive, so `/metrics` costs the same at any size).
+    converged: BTreeSet<GatewayId>,
+    /// Gateways of the topology (the others are served the empty state).
+    in_topology: usize,
+    /// The newest generation fork of each gateway that had one.
+    forks: BTreeMap<GatewayId, GenerationFork>,
+    /// Rows served but not stored yet (the store failed); written with the next
+    /// successful change or retried by the next health tick.
+    unpersisted: BTreeMap<GatewayId, GatewayRow>,
+    /// The offline set in force is not stored yet.
+    offline_unpersisted: bool,
+    /// The store's last error while anything above is unpersisted.
+    store_error: Option<String>,
+}
+
+impl Inner {
+    fn refresh_converged(&mut self, id: &GatewayId) {
+        let applied = self
+            .observed
+            .get(id)
+            .and_then(|o| o.report.status.applied_generation);
+        match self.gateways.get(id) {
+            Some(e) if applied == Some(e.generation()) => self.converged.insert(id.clone()),
+            Some(_) | None => self.converged.remove(id),
+        };
+    }
+
+    /// Each gateway's generation and digest: what the next compile compares with.
+    fn known(&self) -> BTreeMap<GatewayId, (u64, String)> {
+        self.gateways
+            .iter()
+            .map(|(id, e)| (id.clone(), (e.generation(), e.digest.clone())))
+            .collect()
+    }
+
+    fn health(&self) -> Health {
+        Health {
+            offline: self.offline.clone(),
+            unhealthy: self.unhealthy.clone(),
+        }
+    }
 }
 
 /// Counters for `/metrics`.
@@ -144,12 +237,39 @@ pub struct Counters {
     pub auth_refused: AtomicU64,
     /// Bodies refused as malformed.
     pub bad_requests: AtomicU64,
+    /// Store writes that failed.
+    pub store_errors: AtomicU64,
+    /// Generation forks noticed (see [`GenerationFork`]).
+    pub generation_forks: AtomicU64,
+}
+
+/// Gauges for `/metrics`, read in constant time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// The topology revision in force.
+    pub revision: u64,
+    /// Gateways with a desired state (including removed ones).
+    pub gateways: usize,
+    /// Gateways of the topology that report.
+    pub online: usize,
+    /// Gateways of the topology that missed too many reports.
+    pub offline: usize,
+    /// Gateways no longer in the topology.
+    pub removed: usize,
+    /// (gateway, network) pairs whose forwarding path is down.
+    pub paths_unhealthy: usize,
+    /// Gateways whose observed generation is the desired one.
+    pub converged: usize,
+    /// Whether everything served is stored.
+    pub store_ok: bool,
 }
 
 /// The manager.
 pub struct Manager {
     store: Arc<dyn Store>,
     health: HealthConfig,
+    /// Serializes changes (see the module's notes on locks).
+    write: Mutex<()>,
     inner: Mutex<Inner>,
     epoch: watch::Sender<u64>,
     /// Counters for `/metrics`.
@@ -172,17 +292,31 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+fn hex16(bytes: &[u8]) -> String {
+    bytes.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The digest of a generation's content: the first 16 bytes of the SHA-256 of its
+/// state and health targets (as served), in hex. Served as the desired answer's
+/// `ETag` and reported back by the daemon with its applied generation.
+pub fn content_digest(state_json: &str, targets_json: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(state_json.as_bytes());
+    h.update([0]);
+    h.update(targets_json.as_bytes());
+    hex16(&h.finalize())
+}
+
 /// The version of a client's configuration: the first 16 bytes of the SHA-256 of
 /// its JSON, in hex (the JSON is deterministic: ordered maps, no clock).
 pub fn config_version(config: &NodeConfig) -> String {
     use sha2::{Digest as _, Sha256};
-    // Serializing a NodeConfig (ordered maps, no floats) cannot fail.
-    let json = serde_json::to_vec(config).unwrap_or_default();
-    Sha256::digest(&json)
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    // A NodeConfig is ordered maps, strings and integers: serializing it cannot
+    // fail, and if it ever did the digest of its Debug form still tells versions
+    // apart (never an empty body shared by every config).
+    let json = serde_json::to_vec(config).unwrap_or_else(|_| format!("{config:?}").into_bytes());
+    hex16(&Sha256::digest(&json))
 }
 
 /// The networks whose forwarding path `gateway`'s `report` says is down, among
@@ -222,7 +356,7 @@ fn unhealthy_pairs(
 ) -> BTreeSet<(GatewayId, NetworkId)> {
     observed
         .iter()
-        .filter(|(gateway, _)| !offline.contains(*gateway))
+        .filter(|(gateway, _)| !offline.contains(*gateway) && topology.gateway(gateway).is_some())
         .flat_map(|(gateway, record)| {
             reported_unhealthy(topology, gateway, &record.report, before)
                 .into_iter()
@@ -231,17 +365,68 @@ fn unhealthy_pairs(
         .collect()
 }
 
-fn targets_json(targets: &HealthTargets) -> String {
-    if targets.is_empty() {
-        return NO_TARGETS.to_owned();
-    }
-    // Ordered maps of ids and addresses: serializing cannot fail.
-    serde_json::to_string(targets).unwrap_or_else(|_| NO_TARGETS.to_owned())
+/// Serializes a compiled value the manager serves. Its types are ordered maps,
+/// strings and integers, so this cannot fail; if it ever did, that is a bug to
+/// report, not an empty body to serve.
+fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<String, ManagerError> {
+    serde_json::to_string(value)
+        .map_err(|e| ManagerError::Compile(format!("bug: cannot serialize {what}: {e}")))
 }
 
-fn state_json(state: &GatewayState) -> String {
-    // Serializing a GatewayState (ordered maps, no floats) cannot fail.
-    serde_json::to_string(state).unwrap_or_default()
+fn targets_json(targets: &HealthTargets) -> Result<String, ManagerError> {
+    if targets.is_empty() {
+        return Ok(NO_TARGETS.to_owned());
+    }
+    to_json(targets, "health targets")
+}
+
+/// Compiles every gateway under `health` and returns those whose content differs
+/// from `known` (generation and digest), at their next generation. A gateway that
+/// left the topology gets the empty state: its daemon removes everything Nanami
+/// owns.
+fn compile_changed(
+    known: &BTreeMap<GatewayId, (u64, String)>,
+    topology: &Topology,
+    health: &Health,
+) -> Result<Compiled, ManagerError> {
+    let compiled = compile_all(topology, health);
+    let empty = GatewayState::default();
+    let ids: BTreeSet<&GatewayId> = compiled.keys().chain(known.keys()).collect();
+    let mut changed = BTreeMap::new();
+    for id in ids {
+        let state = compiled.get(id).unwrap_or(&empty);
+        let json = to_json(state, "a gateway state")?;
+        let targets = targets_json(&health_targets(topology, id))?;
+        let generation = match known.get(id) {
+            Some((_, digest)) if *digest == content_digest(&json, &targets) => continue,
+            Some((generation, _)) => generation + 1,
+            None => 1,
+        };
+        changed.insert(
+            id.clone(),
+            (
+                GatewayRow {
+                    generation,
+                    state_json: json,
+                    targets_json: targets,
+                },
+                state.peer_count(),
+            ),
+        );
+    }
+    Ok(changed)
+}
+
+/// What a change must store: the rows still unpersisted and the new ones.
+fn rows_to_store(
+    unpersisted: BTreeMap<GatewayId, GatewayRow>,
+    changed: &Compiled,
+) -> BTreeMap<GatewayId, GatewayRow> {
+    let mut rows = unpersisted;
+    for (id, (row, _)) in changed {
+        rows.insert(id.clone(), row.clone());
+    }
+    rows
 }
 
 impl Manager {
@@ -256,7 +441,7 @@ impl Manager {
             ..Inner::default()
         };
         for (id, row) in snap.gateways {
-            inner.gateways.insert(id, Entry::new(row));
+            inner.gateways.insert(id, Entry::from_stored(row));
         }
         for (id, (at, report)) in snap.observed {
             match serde_json::from_str::<ObservedReport>(&report) {
@@ -288,9 +473,14 @@ impl Manager {
             }
             inner.unhealthy =
                 unhealthy_pairs(&topology, &inner.observed, &inner.offline, &BTreeSet::new());
-            inner.topology = Some(topology);
-            inner.document = Some(document);
+            inner.in_topology = topology.gateway_ids().count();
+            inner.topology = Some(Arc::new(topology));
+            inner.document = Some(Arc::new(document));
             inner.revision = revision;
+        }
+        let ids: Vec<GatewayId> = inner.gateways.keys().cloned().collect();
+        for id in &ids {
+            inner.refresh_converged(id);
         }
         info!(
             revision = inner.revision,
@@ -301,6 +491,7 @@ impl Manager {
         Ok(Self {
             store,
             health,
+            write: Mutex::new(()),
             inner: Mutex::new(inner),
             epoch,
             counters: Counters::default(),
@@ -308,7 +499,13 @@ impl Manager {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every change to `Inner` is a set of plain assignments after all fallible
+        // work is done, so a panic elsewhere cannot leave it half-changed.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The store.
@@ -321,54 +518,61 @@ impl Manager {
         self.health
     }
 
-    /// Compiles every gateway under `health` and returns the rows whose state
-    /// changed, with their next generation (a gateway that left the topology gets
-    /// the empty state: its daemon removes everything Nanami owns).
-    fn recompile(
-        inner: &Inner,
-        topology: &Topology,
-        health: &Health,
-    ) -> BTreeMap<GatewayId, GatewayRow> {
-        let compiled = compile_all(topology, health);
-        let ids: BTreeSet<&GatewayId> = compiled.keys().chain(inner.gateways.keys()).collect();
-        let mut changed = BTreeMap::new();
-        for id in ids {
-            let json = compiled
-                .get(id)
-                .map_or_else(|| state_json(&GatewayState::default()), state_json);
-            let targets = targets_json(&health_targets(topology, id));
-            let generation = match inner.gateways.get(id) {
-                Some(e) if e.state_json == json && e.targets_json == targets => continue,
-                Some(e) => e.generation + 1,
-                None => 1,
-            };
-            changed.insert(
-                id.clone(),
-                GatewayRow {
-                    generation,
-                    state_json: json,
-                    targets_json: targets,
-                },
-            );
-        }
-        changed
-    }
-
-    /// Installs the changed rows and wakes every long-poll (desired states and node
+    /// Installs compiled rows and wakes every long-poll (desired states and node
     /// configurations): called after every topology or health change, even one that
     /// changed no gateway, since a client's configuration may change alone (the order
     /// of its gateways).
-    fn publish(&self, inner: &mut Inner, changed: BTreeMap<GatewayId, GatewayRow>) {
+    fn publish(&self, inner: &mut Inner, entries: Vec<(GatewayId, Entry)>) {
         inner.clients.clear();
-        for (id, row) in changed {
-            info!(gateway = %id, generation = row.generation, "new desired generation");
-            inner.gateways.insert(id, Entry::new(row));
+        inner.version += 1;
+        for (id, entry) in entries {
+            info!(gateway = %id, generation = entry.generation(), "new desired generation");
+            inner.gateways.insert(id.clone(), entry);
+            inner.refresh_converged(&id);
         }
         self.epoch.send_modify(|e| *e += 1);
     }
 
-    /// Parses and applies a topology document (YAML or JSON). Nothing changes
-    /// unless it is valid and stored.
+    /// Records the outcome of a store write of what is served.
+    fn stored(
+        &self,
+        inner: &mut Inner,
+        result: Result<(), StoreError>,
+        rows: BTreeMap<GatewayId, GatewayRow>,
+        offline_written: bool,
+    ) {
+        match result {
+            Ok(()) => {
+                for id in rows.keys() {
+                    inner.unpersisted.remove(id);
+                }
+                if offline_written {
+                    inner.offline_unpersisted = false;
+                }
+                if inner.store_error.is_some()
+                    && inner.unpersisted.is_empty()
+                    && !inner.offline_unpersisted
+                {
+                    info!("the store writes again: everything served is stored");
+                    inner.store_error = None;
+                }
+            }
+            Err(e) => {
+                self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                if inner.store_error.is_none() {
+                    warn!(error = %e, "the store cannot write: verdicts and generations take effect and are served, and are stored once it can");
+                }
+                inner.store_error = Some(e.to_string());
+                inner.unpersisted.extend(rows);
+                if offline_written {
+                    inner.offline_unpersisted = true;
+                }
+            }
+        }
+    }
+
+    /// Parses and applies a topology document (YAML or JSON, told apart by its
+    /// first character). Nothing changes unless it is valid and stored.
     pub fn put_topology_text(&self, text: &str) -> Result<TopologyResponse, ManagerError> {
         let document = if text.trim_start().starts_with('{') {
             Document::from_json(text)
@@ -384,8 +588,10 @@ impl Manager {
 
     /// Applies a topology document: validates, compiles every gateway, bumps the
     /// generation of those whose state changed, stores all of it in one
-    /// transaction, then publishes.
+    /// transaction, then publishes. Blocking (compile and store): call it from a
+    /// blocking thread.
     pub fn put_topology(&self, document: Document) -> Result<TopologyResponse, ManagerError> {
+        let _span = info_span!("put_topology").entered();
         let topology =
             Topology::from_document(&document).map_err(|e| ManagerError::InvalidTopology {
                 message: format!("{} problem(s)", e.0.len()),
@@ -395,106 +601,194 @@ impl Manager {
                     .map(|i| format!("{}: {}", i.path, i.message))
                     .collect(),
             })?;
-        let mut inner = self.lock();
-        let now = Instant::now();
-        // A gateway new to the topology gets one offline period of grace.
-        let ids: Vec<GatewayId> = topology.gateway_ids().cloned().collect();
-        let offline: BTreeSet<GatewayId> = inner
-            .offline
-            .iter()
-            .filter(|g| ids.contains(g))
-            .cloned()
-            .collect();
-        let unhealthy = unhealthy_pairs(&topology, &inner.observed, &offline, &inner.unhealthy);
-        let health = Health { offline, unhealthy };
-        let changed = Self::recompile(&inner, &topology, &health);
-        let revision = self
-            .store
-            .put_topology(&document.to_json(), now_ms(), &changed)?;
-        for id in ids {
-            inner.last_seen.entry(id).or_insert(now);
-        }
-        inner.offline = health.offline;
-        inner.unhealthy = health.unhealthy;
+        let document_json = document.to_json();
+        let _write = self.write_lock();
+        let (known, health, unpersisted) = {
+            let inner = self.lock();
+            // A gateway new to the topology gets one offline period of grace.
+            let offline: BTreeSet<GatewayId> = inner
+                .offline
+                .iter()
+                .filter(|g| topology.gateway(g).is_some())
+                .cloned()
+                .collect();
+            let unhealthy = unhealthy_pairs(&topology, &inner.observed, &offline, &inner.unhealthy);
+            (
+                inner.known(),
+                Health { offline, unhealthy },
+                inner.unpersisted.clone(),
+            )
+        };
+        let changed = compile_changed(&known, &topology, &health)?;
+        let rows = rows_to_store(unpersisted, &changed);
+        // A topology change that cannot be stored is refused whole: nothing changes.
+        let revision = self.store.put_topology(&document_json, now_ms(), &rows)?;
         let response = TopologyResponse {
             revision,
             changed: changed
                 .iter()
-                .map(|(id, r)| (id.clone(), r.generation))
+                .map(|(id, (r, _))| (id.clone(), r.generation))
                 .collect(),
         };
-        if revision != inner.revision {
-            info!(revision, changed = changed.len(), "topology applied");
+        let entries: Vec<(GatewayId, Entry)> = changed
+            .into_iter()
+            .map(|(id, (row, peers))| (id, Entry::new(row, peers)))
+            .collect();
+        let now = Instant::now();
+        let mut inner = self.lock();
+        // A gateway new to the topology gets one offline period of grace; one
+        // known offline stays offline until it reports (a restart does not bring
+        // it back for a period).
+        for id in topology.gateway_ids() {
+            if !health.offline.contains(id) {
+                inner.last_seen.entry(id.clone()).or_insert(now);
+            }
         }
-        inner.topology = Some(topology);
-        inner.document = Some(document);
+        if revision != inner.revision {
+            info!(revision, changed = entries.len(), "topology applied");
+        }
+        inner.offline = health.offline;
+        inner.unhealthy = health.unhealthy;
+        inner.in_topology = topology.gateway_ids().count();
+        inner.topology = Some(Arc::new(topology));
+        inner.document = Some(Arc::new(document));
         inner.revision = revision;
-        self.publish(&mut inner, changed);
+        self.stored(&mut inner, Ok(()), rows, false);
+        self.publish(&mut inner, entries);
         Ok(response)
     }
 
     /// Re-evaluates heartbeats and the latest reports' forwarding-path health; if
-    /// the offline or the unhealthy set changed, recompiles, stores and publishes.
-    /// Returns whether it changed.
-    pub fn health_tick(&self) -> Result<bool, ManagerError> {
-        let mut inner = self.lock();
-        let Some(topology) = inner.topology.clone() else {
-            return Ok(false);
+    /// the offline or the unhealthy set changed, recompiles and publishes. The new
+    /// verdicts take effect even when the store cannot write them (the error is
+    /// recorded and shown; the next tick retries). Returns whether the verdicts
+    /// changed. Blocking (compile and store): call it from a blocking thread.
+    pub fn health_tick(&self) -> bool {
+        let _write = self.write_lock();
+        let (topology, known, health, unpersisted, changed_verdicts) = {
+            let inner = self.lock();
+            let Some(topology) = inner.topology.clone() else {
+                return false;
+            };
+            let now = Instant::now();
+            let limit = self.health.offline_after();
+            let offline: BTreeSet<GatewayId> = topology
+                .gateway_ids()
+                .filter(|id| {
+                    inner
+                        .last_seen
+                        .get(*id)
+                        .is_none_or(|seen| now.saturating_duration_since(*seen) > limit)
+                })
+                .cloned()
+                .collect();
+            let unhealthy = unhealthy_pairs(&topology, &inner.observed, &offline, &inner.unhealthy);
+            let changed_verdicts = offline != inner.offline || unhealthy != inner.unhealthy;
+            if !changed_verdicts {
+                // Nothing new; retry storing what is served if the store failed.
+                if inner.unpersisted.is_empty() && !inner.offline_unpersisted {
+                    return false;
+                }
+            } else {
+                for id in offline.difference(&inner.offline) {
+                    warn!(gateway = %id, "gateway offline: its clients fail over");
+                }
+                for id in inner.offline.difference(&offline) {
+                    info!(gateway = %id, "gateway back online");
+                }
+                for (id, network) in unhealthy.difference(&inner.unhealthy) {
+                    warn!(gateway = %id, %network, "forwarding path down: the network's clients move to another gateway");
+                }
+                for (id, network) in inner.unhealthy.difference(&unhealthy) {
+                    info!(gateway = %id, %network, "forwarding path healthy again");
+                }
+            }
+            (
+                topology,
+                inner.known(),
+                Health { offline, unhealthy },
+                inner.unpersisted.clone(),
+                changed_verdicts,
+            )
         };
-        let now = Instant::now();
-        let limit = self.health.offline_after();
-        let offline: BTreeSet<GatewayId> = topology
-            .gateway_ids()
-            .filter(|id| {
-                inner
-                    .last_seen
-                    .get(*id)
-                    .is_none_or(|seen| now.saturating_duration_since(*seen) > limit)
-            })
-            .cloned()
+        let _span = info_span!("health_tick", changed = changed_verdicts).entered();
+        let changed = if changed_verdicts {
+            match compile_changed(&known, &topology, &health) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "health change not compiled");
+                    return false;
+                }
+            }
+        } else {
+            BTreeMap::new()
+        };
+        let rows = rows_to_store(unpersisted, &changed);
+        let result = self.store.put_health(&health.offline, &rows);
+        let entries: Vec<(GatewayId, Entry)> = changed
+            .into_iter()
+            .map(|(id, (row, peers))| (id, Entry::new(row, peers)))
             .collect();
-        let unhealthy = unhealthy_pairs(&topology, &inner.observed, &offline, &inner.unhealthy);
-        if offline == inner.offline && unhealthy == inner.unhealthy {
-            return Ok(false);
+        let mut inner = self.lock();
+        self.stored(&mut inner, result, rows, true);
+        if changed_verdicts {
+            inner.offline = health.offline;
+            inner.unhealthy = health.unhealthy;
+            self.publish(&mut inner, entries);
         }
-        for id in offline.difference(&inner.offline) {
-            warn!(gateway = %id, "gateway offline: its clients fail over");
-        }
-        for id in inner.offline.difference(&offline) {
-            info!(gateway = %id, "gateway back online");
-        }
-        for (id, network) in unhealthy.difference(&inner.unhealthy) {
-            warn!(gateway = %id, %network, "forwarding path down: the network's clients move to another gateway");
-        }
-        for (id, network) in inner.unhealthy.difference(&unhealthy) {
-            info!(gateway = %id, %network, "forwarding path healthy again");
-        }
-        let health = Health { offline, unhealthy };
-        let changed = Self::recompile(&inner, &topology, &health);
-        self.store.put_health(&health.offline, &changed)?;
-        inner.offline = health.offline;
-        inner.unhealthy = health.unhealthy;
-        self.publish(&mut inner, changed);
-        Ok(true)
+        changed_verdicts
     }
 
-    /// The current desired body of `gateway` if its generation is above `after`.
-    fn desired_now(&self, gateway: &GatewayId, after: Option<u64>) -> Option<(u64, Arc<[u8]>)> {
+    /// Serves `gateway`'s current content again at a generation above `above` (a
+    /// daemon runs a generation this manager did not issue with that content).
+    fn reissue(&self, gateway: &GatewayId, above: u64) {
+        let _write = self.write_lock();
+        let (row, peers, offline) = {
+            let inner = self.lock();
+            let Some(entry) = inner.gateways.get(gateway) else {
+                return;
+            };
+            if entry.generation() > above {
+                return;
+            }
+            let row = GatewayRow {
+                generation: above + 1,
+                ..entry.row.clone()
+            };
+            (row, entry.peers, inner.offline.clone())
+        };
+        let rows = BTreeMap::from([(gateway.clone(), row.clone())]);
+        let result = self.store.put_health(&offline, &rows);
+        let mut inner = self.lock();
+        self.stored(&mut inner, result, rows, true);
+        warn!(gateway = %gateway, generation = row.generation, "re-issued the current state above the daemon's generation");
+        if let Some(fork) = inner.forks.get_mut(gateway) {
+            fork.reissued_generation = row.generation;
+        }
+        self.publish(&mut inner, vec![(gateway.clone(), Entry::new(row, peers))]);
+    }
+
+    /// The current desired body of `gateway` with its digest, if its generation is
+    /// above `after`.
+    fn desired_now(&self, gateway: &GatewayId, after: Option<u64>) -> Option<Desired> {
         let inner = self.lock();
         let entry = inner.gateways.get(gateway)?;
         after
-            .is_none_or(|a| entry.generation > a)
-            .then(|| (entry.generation, entry.body.clone()))
+            .is_none_or(|a| entry.generation() > a)
+            .then(|| Desired {
+                generation: entry.generation(),
+                digest: entry.digest.clone(),
+                body: entry.body.clone(),
+            })
     }
 
-    /// Waits up to `wait` for a desired state of `gateway` newer than `after`;
-    /// returns its generation and JSON body (`{"generation":..,"state":..}`).
+    /// Waits up to `wait` for a desired state of `gateway` newer than `after`.
     pub async fn wait_desired(
         &self,
         gateway: &GatewayId,
         after: Option<u64>,
         wait: Duration,
-    ) -> Option<(u64, Arc<[u8]>)> {
+    ) -> Option<Desired> {
         let mut rx = self.epoch.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -510,24 +804,23 @@ impl Manager {
         }
     }
 
-    /// Records a gateway's report (its heartbeat).
+    /// Records a gateway's report (its heartbeat). The heartbeat takes effect even
+    /// when the store cannot write the report (the error is recorded and shown).
+    /// A report of a generation this manager did not issue with that content is a
+    /// fork: recorded, shown in status, and healed by re-issuing the current state
+    /// above it. Blocking (store, and a health change at once): call it from a
+    /// blocking thread.
     pub fn put_observed(
         &self,
         gateway: &GatewayId,
         report: ObservedReport,
     ) -> Result<(), ManagerError> {
         let json =
-            serde_json::to_string(&report).map_err(|e| ManagerError::BadReport(e.to_string()))?;
+            serde_json::to_string(&report).map_err(|e| ManagerError::BadRequest(e.to_string()))?;
         let at = now_ms();
-        let recheck = {
+        let (recheck, fork) = {
             let mut inner = self.lock();
-            if let Some(applied) = report.status.applied_generation {
-                let known = inner.gateways.get(gateway).map_or(0, |e| e.generation);
-                if applied > known {
-                    warn!(gateway = %gateway, applied, known, "gateway reports a generation this manager never issued (restored from a backup?)");
-                }
-            }
-            self.store.put_observed(gateway, at, &json)?;
+            let fork = self.check_fork(&mut inner, gateway, &report, at);
             inner.last_seen.insert(gateway.clone(), Instant::now());
             let path_down = inner
                 .topology
@@ -547,20 +840,130 @@ impl Manager {
                     report,
                 },
             );
+            inner.refresh_converged(gateway);
             // Back from offline, or a forwarding-path verdict changed: act now, not
             // at the next tick.
-            inner.offline.contains(gateway) || path_down != known_down
+            (
+                inner.offline.contains(gateway) || path_down != known_down,
+                fork,
+            )
         };
         self.counters.reports.fetch_add(1, Ordering::Relaxed);
+        let result = self.store.put_observed(gateway, at, &json);
+        if let Err(e) = result {
+            let mut inner = self.lock();
+            self.stored(&mut inner, Err(e), BTreeMap::new(), false);
+        }
+        if let Some(above) = fork {
+            self.reissue(gateway, above);
+        }
         if recheck {
-            self.health_tick()?;
+            self.health_tick();
         }
         Ok(())
     }
 
-    /// Records the key a gateway enrolled with.
-    pub fn set_gateway_key(&self, gateway: &GatewayId, key: PublicKey) {
-        self.lock().keys.insert(gateway.clone(), key);
+    /// Whether `report` shows a generation this manager did not issue with that
+    /// content; records it. Returns the generation to re-issue above.
+    fn check_fork(
+        &self,
+        inner: &mut Inner,
+        gateway: &GatewayId,
+        report: &ObservedReport,
+        at: u64,
+    ) -> Option<u64> {
+        let applied = report.status.applied_generation?;
+        let (known, digest) = inner
+            .gateways
+            .get(gateway)
+            .map_or((0, None), |e| (e.generation(), Some(e.digest.as_str())));
+        let forked = applied > known
+            || (applied == known
+                && report
+                    .applied_digest
+                    .as_deref()
+                    .is_some_and(|d| Some(d) != digest));
+        if !forked {
+            if let Some(fork) = inner.forks.get_mut(gateway) {
+                if !fork.resolved && applied >= fork.reissued_generation {
+                    info!(gateway = %gateway, generation = applied, "generation fork resolved: the daemon applied the re-issued state");
+                    fork.resolved = true;
+                }
+            }
+            return None;
+        }
+        self.counters
+            .generation_forks
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(
+            gateway = %gateway,
+            applied,
+            known,
+            "the gateway runs a generation this manager did not issue with that content (an older store restored?): re-issuing the current state above it"
+        );
+        inner.forks.insert(
+            gateway.clone(),
+            GenerationFork {
+                reported_generation: applied,
+                manager_generation: known,
+                reissued_generation: applied.max(known) + 1,
+                detected_unix_ms: at,
+                resolved: false,
+            },
+        );
+        Some(applied.max(known))
+    }
+
+    /// Enrols the holder of an enrolment token with `key`, returning its new
+    /// credential (shown once; only its digest is stored). The token is checked
+    /// first without spending it: a token for someone other than `expected`, or a
+    /// node token with a key that is not the node's, is refused and stays usable.
+    /// Blocking (store): call it from a blocking thread.
+    pub fn enrol(
+        &self,
+        token: &str,
+        key: PublicKey,
+        expected: Option<&Subject>,
+    ) -> Result<EnrolResponse, ManagerError> {
+        if !token.starts_with(CredentialKind::Enrolment.prefix()) {
+            return Err(ManagerError::EnrolmentRefused);
+        }
+        let digest = auth::digest(token);
+        let now = now_ms() / 1000;
+        let subject = self
+            .store
+            .token_subject(&digest, now)?
+            .ok_or(ManagerError::EnrolmentRefused)?;
+        if let Some(expected) = expected {
+            if *expected != subject {
+                return Err(ManagerError::WrongSubject {
+                    token: subject,
+                    expected: expected.clone(),
+                });
+            }
+        }
+        if !self.may_enrol(&subject, &key) {
+            return Err(ManagerError::EnrolmentRefused);
+        }
+        let credential = auth::generate(match subject {
+            Subject::Gateway(_) => CredentialKind::Gateway,
+            Subject::Node(_) => CredentialKind::Node,
+        });
+        match self
+            .store
+            .redeem_token(&digest, now, &subject, &key, &auth::digest(&credential))?
+        {
+            Redeemed::Enrolled(subject) => {
+                if let Subject::Gateway(g) = &subject {
+                    self.lock().keys.insert(g.clone(), key);
+                }
+                Ok(EnrolResponse {
+                    subject,
+                    credential,
+                })
+            }
+            Redeemed::Refused => Err(ManagerError::EnrolmentRefused),
+        }
     }
 
     /// Whether a subject may enrol with `key`: a node only with the key the topology
@@ -594,29 +997,32 @@ impl Manager {
     ///
     /// The clients of a workspace are compiled together, once per change, and
     /// cached: a change wakes every long-polling client, and each would otherwise
-    /// assign its whole workspace again.
+    /// assign its whole workspace again. The compile runs without the in-memory
+    /// lock. Blocking (compile): call it from a blocking thread.
     pub fn node_config(&self, node: &NodeId) -> Result<NodeConfig, ManagerError> {
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        let topology = inner
-            .topology
-            .as_ref()
-            .ok_or_else(|| ManagerError::Unknown(format!("node {node}")))?;
-        let Some((ws, _)) = topology.node(node) else {
-            return Err(ManagerError::Unknown(format!("node {node}")));
+        let unknown = || ManagerError::Unknown(format!("node {node}"));
+        let (topology, workspace, health, version, cached) = {
+            let inner = self.lock();
+            let topology = inner.topology.clone().ok_or_else(unknown)?;
+            let workspace = topology.node(node).ok_or_else(unknown)?.0.id.clone();
+            let cached = inner.clients.get(&workspace).cloned();
+            (topology, workspace, inner.health(), inner.version, cached)
         };
-        let health = || Health {
-            offline: inner.offline.clone(),
-            unhealthy: inner.unhealthy.clone(),
+        let clients = match cached {
+            Some(c) => c,
+            None => {
+                let compiled = Arc::new(compile_workspace_nodes(&topology, &health, &workspace));
+                let mut inner = self.lock();
+                if inner.version == version {
+                    inner.clients.insert(workspace, compiled.clone());
+                }
+                compiled
+            }
         };
-        let clients = inner
-            .clients
-            .entry(ws.id.clone())
-            .or_insert_with(|| Arc::new(compile_workspace_nodes(topology, &health(), &ws.id)));
         match clients.get(node) {
             Some(config) => Ok(config.clone()),
             // Not a client (inactive, or a gateway's machine): say why.
-            None => compile_node(topology, &health(), node)
+            None => compile_node(&topology, &health, node)
                 .map_err(|e| ManagerError::Compile(e.to_string())),
         }
     }
@@ -624,8 +1030,9 @@ impl Manager {
     /// A client's configuration with its version (see [`config_version`]), waiting
     /// up to `wait` for one whose version differs from `after`; `Ok(None)` when it
     /// did not change within `wait`. Wakes on every topology or health change.
+    /// Compiles run on blocking threads.
     pub async fn wait_node_config(
-        &self,
+        self: &Arc<Self>,
         node: &NodeId,
         after: Option<&str>,
         wait: Duration,
@@ -634,7 +1041,10 @@ impl Manager {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             rx.borrow_and_update();
-            let config = self.node_config(node)?;
+            let (manager, id) = (self.clone(), node.clone());
+            let config = tokio::task::spawn_blocking(move || manager.node_config(&id))
+                .await
+                .map_err(|e| ManagerError::Compile(format!("bug: compile task failed: {e}")))??;
             let version = config_version(&config);
             if after != Some(version.as_str()) {
                 return Ok(Some((version, config)));
@@ -657,7 +1067,7 @@ impl Manager {
     }
 
     /// The current topology document.
-    pub fn document(&self) -> Option<(u64, Document)> {
+    pub fn document(&self) -> Option<(u64, Arc<Document>)> {
         let inner = self.lock();
         inner.document.clone().map(|d| (inner.revision, d))
     }
@@ -680,7 +1090,9 @@ impl Manager {
                     id: id.clone(),
                     workspace: placed.map(|(ws, _)| ws.id.to_string()),
                     region: placed.map(|(_, gw)| gw.region.to_string()),
-                    health: if inner.offline.contains(id) {
+                    health: if placed.is_none() {
+                        Liveness::Removed
+                    } else if inner.offline.contains(id) {
                         Liveness::Offline
                     } else {
                         Liveness::Online
@@ -692,7 +1104,7 @@ impl Manager {
                         .map(|(_, n)| n.clone())
                         .collect(),
                     condition: report.map(|r| r.status.condition.clone()),
-                    desired_generation: entry.generation,
+                    desired_generation: entry.generation(),
                     observed_generation: report.and_then(|r| r.status.applied_generation),
                     peers: entry.peers,
                     observed_peers: report.map_or(0, |r| r.state.peer_count()),
@@ -706,15 +1118,32 @@ impl Manager {
                     last_report_unix_ms: observed.map(|o| o.received_unix_ms),
                     key_mismatch: matches!((topo_key, enrolled), (Some(t), Some(e)) if t != e),
                     facts: report.map(|r| r.facts.clone()).unwrap_or_default(),
+                    generation_fork: inner.forks.get(id).cloned(),
+                    store_error: inner.store_error.clone(),
                 }
             })
             .collect()
     }
 
+    /// The gauges of `/metrics`, in constant time.
+    pub fn summary(&self) -> Summary {
+        let inner = self.lock();
+        let removed = inner.gateways.len().saturating_sub(inner.in_topology);
+        Summary {
+            revision: inner.revision,
+            gateways: inner.gateways.len(),
+            online: inner.in_topology.saturating_sub(inner.offline.len()),
+            offline: inner.offline.len(),
+            removed,
+            paths_unhealthy: inner.unhealthy.len(),
+            converged: inner.converged.len(),
+            store_ok: inner.store_error.is_none(),
+        }
+    }
+
     /// Regions, with the workspaces allowed in each and the gateways placed there.
     pub fn regions(&self) -> Vec<RegionView> {
-        let inner = self.lock();
-        let Some(t) = inner.topology.as_ref() else {
+        let Some(t) = self.lock().topology.clone() else {
             return Vec::new();
         };
         t.regions
@@ -742,8 +1171,7 @@ impl Manager {
 
     /// Workspaces with their regions and gateways.
     pub fn workspaces(&self) -> Vec<WorkspaceView> {
-        let inner = self.lock();
-        let Some(t) = inner.topology.as_ref() else {
+        let Some(t) = self.lock().topology.clone() else {
             return Vec::new();
         };
         t.workspaces
@@ -770,7 +1198,7 @@ impl Manager {
                     .observed
                     .get(id)
                     .and_then(|o| o.report.status.applied_generation);
-                (id.clone(), e.generation, observed)
+                (id.clone(), e.generation(), observed)
             })
             .collect()
     }
@@ -779,4 +1207,15 @@ impl Manager {
     pub fn revision(&self) -> u64 {
         self.lock().revision
     }
+}
+
+/// A gateway's desired state as served.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// Its generation.
+    pub generation: u64,
+    /// [`content_digest`] of its content (the answer's `ETag`).
+    pub digest: String,
+    /// The `GatewayDesired` JSON body.
+    pub body: Arc<[u8]>,
 }

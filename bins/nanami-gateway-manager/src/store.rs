@@ -18,6 +18,9 @@ pub enum StoreError {
     /// The database failed (disk full, corrupt file, locked past the busy timeout).
     #[error("store: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The database file could not be created or protected.
+    #[error("store: {0}")]
+    Io(#[from] std::io::Error),
     /// A stored row does not parse (written by a newer or broken version).
     #[error("store: bad row in {table}: {message}")]
     Corrupt {
@@ -55,6 +58,10 @@ pub struct GatewayRow {
     /// generation, like the state.
     pub targets_json: String,
 }
+
+/// How many topology revisions the store keeps (older ones are pruned as new
+/// ones are written; the newest is what the manager serves).
+pub const KEPT_REVISIONS: i64 = 100;
 
 /// `targets_json` of a gateway that probes nothing (and of rows stored before
 /// health targets existed).
@@ -122,16 +129,21 @@ pub trait Store: Send + Sync {
         expires_at: u64,
     ) -> Result<(), StoreError>;
 
-    /// Atomically: marks the token used if it is unused and unexpired, asks `accept`
-    /// for the digest of the subject's new credential (`None` refuses and rolls
-    /// everything back: the token stays unused), then replaces the subject's
-    /// credential with it, recording `key`.
+    /// Who an unused, unexpired token is for, without spending it (`None`: unknown,
+    /// expired or used). Lets the caller check the subject and key before anything
+    /// is spent or revoked.
+    fn token_subject(&self, token: &Digest, now: u64) -> Result<Option<Subject>, StoreError>;
+
+    /// Atomically: marks the token used if it is unused, unexpired and for
+    /// `subject`, then replaces the subject's credential with `credential`,
+    /// recording `key`. Anything else changes nothing and is [`Redeemed::Refused`].
     fn redeem_token(
         &self,
         token: &Digest,
         now: u64,
+        subject: &Subject,
         key: &PublicKey,
-        accept: &mut dyn FnMut(&Subject) -> Option<Digest>,
+        credential: &Digest,
     ) -> Result<Redeemed, StoreError>;
 
     /// Replaces the control or operator credential.
@@ -147,7 +159,11 @@ pub trait Store: Send + Sync {
 /// process crash or restart (what "restart loses nothing" needs); only a power loss
 /// can drop the newest commits, never corrupt the file.
 pub struct SqliteStore {
+    /// The one writing connection (writes are serialized by SQLite anyway).
     conn: Mutex<Connection>,
+    /// A second connection for the reads on every request's path (credentials,
+    /// tokens): in WAL mode it is never blocked by a long write transaction.
+    reader: Mutex<Connection>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -200,6 +216,18 @@ fn subject_parts(subject: &Subject) -> (&'static str, &str) {
     }
 }
 
+fn parse_subject(kind: &str, id: String) -> Result<Subject, StoreError> {
+    match kind {
+        "gateway" => Ok(Subject::Gateway(
+            GatewayId::new(id).map_err(|e| corrupt("enrolment_tokens", e))?,
+        )),
+        "node" => Ok(Subject::Node(
+            NodeId::new(id).map_err(|e| corrupt("enrolment_tokens", e))?,
+        )),
+        other => Err(corrupt("enrolment_tokens", format!("kind {other:?}"))),
+    }
+}
+
 fn corrupt(table: &'static str, message: impl ToString) -> StoreError {
     StoreError::Corrupt {
         table,
@@ -216,8 +244,11 @@ fn to_u64(v: i64) -> u64 {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`. The database and its
+    /// WAL and shared-memory files are private to the manager's user (0600)
+    /// whatever the umask: they hold credential digests and every gateway's state.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        create_private(path)?;
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -235,8 +266,18 @@ impl SqliteStore {
                 "ALTER TABLE gateways ADD COLUMN health_targets TEXT NOT NULL DEFAULT '{}'",
             )?;
         }
+        let reader = Connection::open(path)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        // SQLite gives the WAL and shared-memory files the database file's mode;
+        // files left by an older version are tightened here.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            restrict(Path::new(&file))?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
         })
     }
 
@@ -244,6 +285,36 @@ impl SqliteStore {
         // A panic while holding the lock leaves SQLite consistent (transactions roll
         // back on drop), so a poisoned lock is safe to keep using.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Creates `path` as an empty 0600 file if it does not exist (SQLite would create
+/// it with the umask's mode).
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Io(e)),
+    }
+}
+
+/// Makes `path` 0600 if it exists.
+fn restrict(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::Io(e)),
     }
 }
 
@@ -355,7 +426,12 @@ impl Store for SqliteStore {
                     "INSERT INTO topology_revisions (document, created_unix_ms) VALUES (?1, ?2)",
                     params![document, to_i64(now_ms)],
                 )?;
-                to_u64(tx.last_insert_rowid())
+                let revision = tx.last_insert_rowid();
+                tx.execute(
+                    "DELETE FROM topology_revisions WHERE revision <= ?1",
+                    params![revision - KEPT_REVISIONS],
+                )?;
+                to_u64(revision)
             }
         };
         write_rows(&tx, changed)?;
@@ -412,40 +488,38 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn token_subject(&self, token: &Digest, now: u64) -> Result<Option<Subject>, StoreError> {
+        let row: Option<(String, String)> = self
+            .reader()
+            .query_row(
+                "SELECT kind, subject FROM enrolment_tokens
+                 WHERE digest = ?1 AND used_at IS NULL AND expires_at > ?2",
+                params![&token[..], to_i64(now)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(kind, id)| parse_subject(&kind, id)).transpose()
+    }
+
     fn redeem_token(
         &self,
         token: &Digest,
         now: u64,
+        subject: &Subject,
         key: &PublicKey,
-        accept: &mut dyn FnMut(&Subject) -> Option<Digest>,
+        credential: &Digest,
     ) -> Result<Redeemed, StoreError> {
+        let (kind, id) = subject_parts(subject);
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let row: Option<(String, String)> = tx
-            .query_row(
-                "UPDATE enrolment_tokens SET used_at = ?1
-                 WHERE digest = ?2 AND used_at IS NULL AND expires_at > ?1
-                 RETURNING kind, subject",
-                params![to_i64(now), &token[..]],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let Some((kind, id)) = row else {
+        let spent = tx.execute(
+            "UPDATE enrolment_tokens SET used_at = ?1
+             WHERE digest = ?2 AND used_at IS NULL AND expires_at > ?1 AND kind = ?3 AND subject = ?4",
+            params![to_i64(now), &token[..], kind, id],
+        )?;
+        if spent != 1 {
             return Ok(Redeemed::Refused);
-        };
-        let subject = match kind.as_str() {
-            "gateway" => Subject::Gateway(
-                GatewayId::new(id.clone()).map_err(|e| corrupt("enrolment_tokens", e))?,
-            ),
-            "node" => {
-                Subject::Node(NodeId::new(id.clone()).map_err(|e| corrupt("enrolment_tokens", e))?)
-            }
-            other => return Err(corrupt("enrolment_tokens", format!("kind {other:?}"))),
-        };
-        let Some(credential) = accept(&subject) else {
-            // Dropping the transaction rolls back: the token stays unused.
-            return Ok(Redeemed::Refused);
-        };
+        }
         tx.execute(
             "DELETE FROM credentials WHERE kind = ?1 AND subject = ?2",
             params![kind, id],
@@ -455,7 +529,7 @@ impl Store for SqliteStore {
             params![&credential[..], kind, id, key.to_base64()],
         )?;
         tx.commit()?;
-        Ok(Redeemed::Enrolled(subject))
+        Ok(Redeemed::Enrolled(subject.clone()))
     }
 
     fn set_api_credential(&self, principal: &Principal, digest: &Digest) -> Result<(), StoreError> {
@@ -482,7 +556,7 @@ impl Store for SqliteStore {
 
     fn principal(&self, digest: &Digest) -> Result<Option<(Principal, Digest)>, StoreError> {
         let row: Option<(Vec<u8>, String, String)> = self
-            .conn()
+            .reader()
             .query_row(
                 "SELECT digest, kind, subject FROM credentials WHERE digest = ?1",
                 params![&digest[..]],

@@ -178,10 +178,12 @@ async fn a_replayed_older_generation_is_refused() {
     // The daemon has already applied generation 50 (from a manager whose store was
     // since restored from an old backup): the manager's generation is lower.
     let file = f.a.state_dir.join("desired.json");
-    let mut saved: nanami_reconcile::Desired =
+    let mut saved: nanami_api::wire::GatewayDesired =
         serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     let offered = saved.generation;
     saved.generation = 50;
+    // A daemon from before digests (or one whose saved state lost it).
+    saved.digest = None;
     std::fs::write(&file, serde_json::to_vec(&saved).unwrap()).unwrap();
     let dir = f.a.state_dir.clone();
     f.a = Daemon::start(&f.env, "gw-a", &dir, None).await;
@@ -205,26 +207,31 @@ async fn a_replayed_older_generation_is_refused() {
         },
     )
     .await;
-    let kept: nanami_reconcile::Desired =
-        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    assert_eq!(kept.generation, 50);
+    // The manager notices a generation it never issued (a fork), shows it, and
+    // serves its own state again above it: numbers never repeat, and the daemon
+    // converges on the manager's truth at 51.
     let control = f.env.control();
-    until(
-        "the manager sees generation 50 reported",
+    let status = until(
+        "the fork noticed and healed at 51",
         Duration::from_secs(10),
         || {
             let control = control.clone();
             async move {
                 let s = control.status().await.ok()?;
-                (s.iter()
-                    .find(|g| g.id.as_str() == "gw-a")?
-                    .observed_generation
-                    == Some(50))
-                .then_some(())
+                let a = s.into_iter().find(|g| g.id.as_str() == "gw-a")?;
+                (a.desired_generation == 51 && a.observed_generation == Some(51)).then_some(a)
             }
         },
     )
     .await;
+    let fork = status.generation_fork.expect("the fork is shown");
+    assert_eq!(
+        (fork.reported_generation, fork.reissued_generation),
+        (50, 51)
+    );
+    let kept: nanami_api::wire::GatewayDesired =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(kept.generation, 51);
     f.a.stop().await;
     f.b.stop().await;
 }
@@ -387,7 +394,15 @@ async fn oversight_is_read_only() {
         }
     };
     assert_eq!(get("/healthz").await.status, StatusCode::OK);
-    let metrics = String::from_utf8(get("/metrics").await.body.to_vec()).unwrap();
+    // Metrics need the operator (or control) credential on the API's address.
+    assert_eq!(get("/metrics").await.status, StatusCode::UNAUTHORIZED);
+    let metrics = f
+        .env
+        .operator()
+        .send_raw(Method::GET, "/metrics", None, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let metrics = String::from_utf8(metrics.body.to_vec()).unwrap();
     assert!(
         metrics.contains("nanami_gateways 2\n")
             && metrics.contains("# TYPE nanami_reports_total counter"),
@@ -518,6 +533,7 @@ async fn an_enrolment_token_is_refused_on_second_use_even_concurrently() {
     let request = EnrolRequest {
         token: token.clone(),
         public_key: ka,
+        subject: None,
     };
     let first = env.client().enrol(&request).await.unwrap();
     assert_eq!(
@@ -534,6 +550,7 @@ async fn an_enrolment_token_is_refused_on_second_use_even_concurrently() {
         let request = EnrolRequest {
             token: token.clone(),
             public_key: kb,
+            subject: None,
         };
         tasks.push(tokio::spawn(
             async move { client.enrol(&request).await.is_ok() },
@@ -558,24 +575,41 @@ async fn an_enrolment_token_is_refused_on_second_use_even_concurrently() {
         .enrol(&EnrolRequest {
             token: t.token.clone(),
             public_key: kb,
+            subject: None,
         })
         .await
         .unwrap_err();
     assert_eq!(wrong.status(), Some(StatusCode::UNAUTHORIZED));
+    // Lifetimes outside 1 s ..= 30 days are refused (no overflow, no token that is
+    // born expired).
+    for ttl in [0, u64::MAX, 30 * 24 * 3600 + 1] {
+        let refused = env
+            .control()
+            .create_token(&TokenRequest {
+                subject: Subject::Gateway(GatewayId::new("gw-a").unwrap()),
+                ttl_seconds: Some(ttl),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.status(), Some(StatusCode::BAD_REQUEST), "ttl {ttl}");
+    }
     // An expired token is refused.
     let t = env
         .control()
         .create_token(&TokenRequest {
             subject: Subject::Gateway(GatewayId::new("gw-a").unwrap()),
-            ttl_seconds: Some(0),
+            ttl_seconds: Some(1),
         })
         .await
         .unwrap();
+    // The token's second of life must pass: time itself is the condition.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let expired = env
         .client()
         .enrol(&EnrolRequest {
             token: t.token,
             public_key: ka,
+            subject: None,
         })
         .await
         .unwrap_err();
@@ -706,6 +740,7 @@ async fn enrol_node(env: &Env, id: &str, key: nanami_model::PublicKey) -> nanami
         .enrol(&EnrolRequest {
             token: token.token,
             public_key: key,
+            subject: None,
         })
         .await
         .unwrap();
@@ -1024,4 +1059,396 @@ async fn when_every_gateway_of_a_network_is_unhealthy_clients_keep_theirs() {
     assert_eq!(first_gateway(&moved, "lab"), "gw-a");
     f.a.stop().await;
     f.b.stop().await;
+}
+
+/// The gateway credential saved by a daemon in `state_dir`.
+fn saved_credential(state_dir: &std::path::Path) -> String {
+    std::fs::read_to_string(state_dir.join("credential"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// Whether `credential` still reads `gateway`'s desired state.
+async fn reads_desired(env: &Env, credential: &str, gateway: &str) -> bool {
+    env.client()
+        .with_credential(credential.to_owned())
+        .send_raw(
+            Method::GET,
+            &format!("/v1/gateways/{gateway}/desired"),
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        .status
+        == StatusCode::OK
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_for_the_wrong_gateway_is_refused_before_it_is_spent() {
+    let mut f = fleet("wrongtoken").await;
+    let b_credential = saved_credential(&f.b.state_dir);
+    assert!(reads_desired(&f.env, &b_credential, "gw-b").await);
+    // gw-b's token given to the machine that means to be gw-a: refused, nothing
+    // spent, gw-b's working credential untouched.
+    let token = f.env.token("gw-b").await;
+    let key = gateway_key(&f.a.state_dir);
+    let refused = f
+        .env
+        .client()
+        .enrol(&EnrolRequest {
+            token: token.clone(),
+            public_key: key,
+            subject: Some(Subject::Gateway(GatewayId::new("gw-a").unwrap())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(StatusCode::FORBIDDEN));
+    assert!(
+        refused.to_string().contains("gateway gw-b"),
+        "the refusal says who the token is for: {refused}"
+    );
+    assert!(reads_desired(&f.env, &b_credential, "gw-b").await);
+    // The real daemon started as gw-a with gw-b's token stops with that error and
+    // leaves gw-b's credential working.
+    let stray = f.env.tmp.0.join("stray");
+    let mut daemon = Daemon::start(&f.env, "gw-a", &stray, Some(token.clone())).await;
+    let ended = daemon.ended().await.unwrap_err();
+    assert!(
+        format!("{ended:#}").contains("this token is for gateway gw-b, not gateway gw-a"),
+        "{ended:#}"
+    );
+    assert!(!stray.join("credential").exists());
+    assert!(reads_desired(&f.env, &b_credential, "gw-b").await);
+    // The token is unspent: gw-b itself can still use it (and that replaces the
+    // old credential, as re-enrolment does).
+    let enrolled = f
+        .env
+        .client()
+        .enrol(&EnrolRequest {
+            token,
+            public_key: gateway_key(&f.b.state_dir),
+            subject: Some(Subject::Gateway(GatewayId::new("gw-b").unwrap())),
+        })
+        .await
+        .unwrap();
+    assert!(reads_desired(&f.env, &enrolled.credential, "gw-b").await);
+    assert!(!reads_desired(&f.env, &b_credential, "gw-b").await);
+    f.a.stop().await;
+    f.b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_backup_cannot_fork_generations_silently() {
+    let mut f = fleet("fork").await;
+    let ka = gateway_key(&f.a.state_dir);
+    let kb = gateway_key(&f.b.state_dir);
+    let original = std::fs::read_to_string(f.env.topology_file()).unwrap();
+    // Back up the store with the manager stopped (a consistent copy).
+    f.env.manager.stop();
+    let backup = f.env.tmp.0.join("backup.db");
+    sqlite_copy(&f.env.db(), &backup);
+    f.env.restart_manager().await;
+    // Change A: gw-a (which serves the clients) moves to a new generation.
+    let change_a = topology(
+        &ka,
+        &kb,
+        &[("laptop-1", f.client), ("laptop-2", client_key())],
+    );
+    let a_gen = f
+        .env
+        .control()
+        .put_topology(&change_a)
+        .await
+        .unwrap()
+        .changed[&GatewayId::new("gw-a").unwrap()];
+    f.env.converged(&["gw-a", "gw-b"]).await;
+    let applied_a = desired_state(&f.a.state_dir);
+    // Restore the backup (the topology file still holds the original document, so
+    // the restarted manager serves the older history), then make change B.
+    f.env.manager.stop();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", f.env.db().display()));
+    }
+    sqlite_copy(&backup, &f.env.db());
+    std::fs::write(f.env.topology_file(), &original).unwrap();
+    f.env.restart_manager().await;
+    let change_b = topology(
+        &ka,
+        &kb,
+        &[("laptop-1", f.client), ("laptop-3", client_key())],
+    );
+    f.env.control().put_topology(&change_b).await.unwrap();
+    // The manager notices the daemon runs a generation it did not issue with that
+    // content, shows it, and serves change B above every number the daemon saw.
+    let control = f.env.control();
+    let status = until("the fork healed", Duration::from_secs(15), || {
+        let control = control.clone();
+        async move {
+            let s = control.status().await.ok()?;
+            let a = s.into_iter().find(|g| g.id.as_str() == "gw-a")?;
+            (a.generation_fork.as_ref()?.resolved
+                && a.observed_generation == Some(a.desired_generation))
+            .then_some(a)
+        }
+    })
+    .await;
+    let fork = status.generation_fork.clone().unwrap();
+    assert_eq!(fork.reported_generation, a_gen);
+    assert!(status.desired_generation > a_gen, "{status:?}");
+    // The daemon never ran change B under change A's number: what it runs now is
+    // the manager's change B at the new number, and A's number carried A.
+    let now = desired_state(&f.a.state_dir);
+    assert_ne!(now, applied_a);
+    let served = f
+        .env
+        .control()
+        .send_raw(
+            Method::GET,
+            "/v1/gateways/gw-a/desired",
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let served: nanami_api::wire::GatewayDesired = serde_json::from_slice(&served.body).unwrap();
+    assert_eq!(served.generation, status.desired_generation);
+    assert_eq!(now, serde_json::to_value(&served.state).unwrap());
+    let metrics = metrics_text(&f.env).await;
+    assert!(
+        !metrics.contains("nanami_generation_forks_total 0\n"),
+        "{metrics}"
+    );
+    f.a.stop().await;
+    f.b.stop().await;
+}
+
+/// Copies a SQLite database file (the manager is stopped: no WAL to merge).
+fn sqlite_copy(from: &std::path::Path, to: &std::path::Path) {
+    let src = rusqlite::Connection::open(from).unwrap();
+    let _ = std::fs::remove_file(to);
+    src.execute("VACUUM INTO ?1", [to.to_str().unwrap()])
+        .unwrap();
+}
+
+/// The state a daemon saved as its last-known-good, as JSON.
+fn desired_state(state_dir: &std::path::Path) -> serde_json::Value {
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("desired.json")).unwrap()).unwrap();
+    saved["state"].clone()
+}
+
+async fn metrics_text(env: &Env) -> String {
+    let answer = env
+        .operator()
+        .send_raw(Method::GET, "/metrics", None, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    String::from_utf8(answer.body.to_vec()).unwrap()
+}
+
+/// A small tmpfs mounted for one test, unmounted on drop.
+struct SmallFs(std::path::PathBuf);
+impl SmallFs {
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount(8) is needed (util-linux)");
+        assert!(ok.success(), "mounting a tmpfs needs root");
+        Self(dir.to_owned())
+    }
+    /// Writes a filler file until the filesystem is full.
+    fn fill(&self) {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(self.0.join("filler")).unwrap();
+        let chunk = vec![0u8; 16 << 10];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.flush();
+    }
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_write_still_fails_clients_over() {
+    let mut f = fleet("diskfull").await;
+    // Move the manager's directory onto a small filesystem.
+    f.env.manager.stop();
+    let small = f.env.tmp.0.join("small");
+    let fs = SmallFs::mount(&small, "8m");
+    let mdir = small.join("manager");
+    std::fs::create_dir_all(&mdir).unwrap();
+    for entry in std::fs::read_dir(f.env.mdir()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), mdir.join(entry.file_name())).unwrap();
+    }
+    let port = f.env.manager.port;
+    let log = f.env.tmp.0.join("manager-small.log");
+    f.env.manager = spawn_manager(&mdir, &f.env.topology_file(), port, &log).await;
+    f.env.converged(&["gw-a", "gw-b"]).await;
+    let laptop = NodeId::new("laptop-1").unwrap();
+    let before = f.env.control().node_config(&laptop).await.unwrap();
+    assert_eq!(before.peers[0].gateway.as_str(), "gw-a");
+    // The disk fills up, then gw-a falls silent.
+    fs.fill();
+    f.a.stop().await;
+    let control = f.env.control();
+    until("failover to gw-b", Duration::from_secs(15), || {
+        let control = control.clone();
+        let laptop = laptop.clone();
+        async move {
+            let c = control.node_config(&laptop).await.ok()?;
+            (c.peers.first()?.gateway.as_str() == "gw-b").then_some(())
+        }
+    })
+    .await;
+    // gw-b is served the client and applies it; status and metrics show that the
+    // store cannot write.
+    let status = f.env.converged(&["gw-b"]).await;
+    let a = status.iter().find(|g| g.id.as_str() == "gw-a").unwrap();
+    assert_eq!(a.health, nanami_api::wire::Liveness::Offline);
+    let b = status.iter().find(|g| g.id.as_str() == "gw-b").unwrap();
+    assert_eq!(
+        (b.peers, b.observed_peers),
+        (1, 1),
+        "gw-b took the client over"
+    );
+    assert!(
+        b.store_error.as_deref().is_some_and(|e| e.contains("full")),
+        "status shows the store error: {b:?}"
+    );
+    let metrics = metrics_text(&f.env).await;
+    assert!(metrics.contains("nanami_store_ok 0\n"), "{metrics}");
+    assert!(
+        !metrics.contains("nanami_store_errors_total 0\n"),
+        "{metrics}"
+    );
+    // Space comes back: what was served is stored, and the error clears.
+    fs.free();
+    until("the store writes again", Duration::from_secs(15), || {
+        let control = control.clone();
+        async move {
+            let s = control.status().await.ok()?;
+            s.iter().all(|g| g.store_error.is_none()).then_some(())
+        }
+    })
+    .await;
+    assert!(metrics_text(&f.env).await.contains("nanami_store_ok 1\n"));
+    let served = f.env.control().status().await.unwrap();
+    f.env.manager.stop();
+    f.env.manager = spawn_manager(&mdir, &f.env.topology_file(), port, &log).await;
+    let reloaded = f.env.control().status().await.unwrap();
+    for (s, r) in served.iter().zip(&reloaded) {
+        assert_eq!(
+            (&s.id, s.desired_generation),
+            (&r.id, r.desired_generation),
+            "what was served was stored: {served:#?} {reloaded:#?}"
+        );
+    }
+    f.env.manager.stop();
+    f.b.stop().await;
+    drop(fs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_requests_get_the_json_error_and_the_store_is_private() {
+    let env = Env::start("odd", &topology(&client_key(), &client_key(), &[])).await;
+    let control = env.control();
+    let error_of = |a: &nanami_api::client::Answer| {
+        serde_json::from_slice::<nanami_api::wire::ErrorBody>(&a.body)
+            .unwrap_or_else(|e| panic!("not the JSON error ({e}): {:?}", a.body))
+    };
+    // A topology whose content type is neither JSON nor YAML: 415.
+    let text = std::fs::read_to_string(env.topology_file()).unwrap();
+    let a = control
+        .send_raw(
+            Method::PUT,
+            "/v1/topology",
+            Some(("text/plain", text.into_bytes())),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    error_of(&a);
+    // An enrolment body declared over its small limit: 413 at once, nothing read
+    // (a raw request: headers only, so no unread bytes race the answer).
+    let (code, body) = raw_request(
+        &env,
+        "POST /v1/enrol HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: 33554432\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(code, 413, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice::<nanami_api::wire::ErrorBody>(&body).unwrap();
+    // A very long request target: 414.
+    let long = format!("/v1/status?{}", "x".repeat(10_000));
+    let a = control
+        .send_raw(Method::GET, &long, None, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(a.status, StatusCode::URI_TOO_LONG);
+    error_of(&a);
+    // Every one of these is documented.
+    let openapi = env
+        .client()
+        .send_raw(Method::GET, "/openapi.json", None, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let openapi: serde_json::Value = serde_json::from_slice(&openapi.body).unwrap();
+    let put = &openapi["paths"]["/v1/topology"]["put"]["responses"];
+    for code in ["413", "414", "415", "503"] {
+        assert!(put.get(code).is_some(), "PUT /v1/topology documents {code}");
+    }
+    assert!(openapi["paths"]["/v1/enrol"]["post"]["responses"]
+        .get("413")
+        .is_some());
+    // The store and its WAL files are private whatever the umask.
+    use std::os::unix::fs::PermissionsExt as _;
+    for suffix in ["", "-wal", "-shm"] {
+        let path = format!("{}{suffix}", env.db().display());
+        if let Ok(meta) = std::fs::metadata(&path) {
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{path}");
+        }
+    }
+    assert!(std::fs::metadata(env.db()).is_ok());
+}
+
+/// Sends `head` (a whole request without a body) over a fresh TLS connection and
+/// returns the answer's status and body (the request must ask `Connection: close`).
+async fn raw_request(env: &Env, head: &str) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let config = Arc::new(nanami_api::tls::client_config(&env.ca()).unwrap());
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", env.manager.port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer))
+        .await
+        .expect("the answer within 5 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, body.as_bytes().to_vec())
 }

@@ -561,6 +561,7 @@ fn enrol_and_fetch(
                 .enrol(&EnrolRequest {
                     token: token.token,
                     public_key: key,
+                    subject: Some(Subject::Node(node.clone())),
                 })
                 .await?;
             let config = client

@@ -72,6 +72,7 @@ fn condition(c: Option<&Condition>) -> String {
 fn health(s: &GatewayStatus) -> String {
     match s.health {
         Liveness::Offline => "OFFLINE".into(),
+        Liveness::Removed => "removed".into(),
         Liveness::Online if s.unhealthy_networks.is_empty() => "online".into(),
         Liveness::Online => {
             let networks: Vec<&str> = s.unhealthy_networks.iter().map(|n| n.as_str()).collect();
@@ -104,7 +105,13 @@ pub fn table(status: &[GatewayStatus]) -> String {
             ),
             s.region.clone().unwrap_or_else(|| "-".into()),
             health(s),
-            condition(s.condition.as_ref()),
+            match &s.generation_fork {
+                Some(f) if !f.resolved => format!(
+                    "FORKED: ran generation {} this manager did not issue; re-issued at {}",
+                    f.reported_generation, f.reissued_generation
+                ),
+                Some(_) | None => condition(s.condition.as_ref()),
+            },
             format!(
                 "{}/{}",
                 s.desired_generation,
@@ -118,6 +125,11 @@ pub fn table(status: &[GatewayStatus]) -> String {
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
+    if let Some(e) = status.iter().find_map(|s| s.store_error.as_deref()) {
+        out.push_str(&format!(
+            "STORE CANNOT WRITE: {e}\n(what is shown is served, but a restart now would lose it)\n"
+        ));
+    }
     for r in rows {
         let line: Vec<String> = r
             .iter()
@@ -218,6 +230,8 @@ mod tests {
             last_report_unix_ms: None,
             key_mismatch: false,
             facts: Default::default(),
+            generation_fork: None,
+            store_error: None,
         }
     }
 

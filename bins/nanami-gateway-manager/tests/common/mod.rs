@@ -375,6 +375,15 @@ impl Daemon {
         }
     }
 
+    /// Waits (up to 10 s) for the daemon to end by itself; its result.
+    pub async fn ended(&mut self) -> anyhow::Result<()> {
+        let join = self.join.take().expect("the daemon was already stopped");
+        tokio::time::timeout(Duration::from_secs(10), join)
+            .await
+            .expect("the daemon did not end within 10 s")
+            .unwrap()
+    }
+
     pub async fn stop(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());

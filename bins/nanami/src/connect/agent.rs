@@ -330,7 +330,12 @@ async fn credential(
         bail!("not enrolled yet: give an enrolment token (--token-file) for node {} and public key {public_key}", settings.node);
     };
     let client = Client::new(&settings.manager, settings.ca.as_deref())?;
-    let request = EnrolRequest { token, public_key };
+    let request = EnrolRequest {
+        token,
+        public_key,
+        // A token for another node is refused before it is spent.
+        subject: Some(Subject::Node(settings.node.clone())),
+    };
     let response = client
         .enrol_retrying(&request)
         .await
