@@ -196,9 +196,13 @@ async fn stalled_body(
     within: Duration,
     hold: tokio::sync::watch::Receiver<bool>,
 ) -> (Option<u16>, Duration) {
-    let stream = raw.connect().await.unwrap();
+    let stream = raw.connect().await.expect("TLS connection");
     let (mut rd, mut wr) = tokio::io::split(stream);
-    wr.write_all(head.as_bytes()).await.unwrap();
+    if let Err(e) = wr.write_all(head.as_bytes()).await {
+        // The server closed a fresh connection before its head: say what it said.
+        let status = response_status(&mut rd, Duration::from_secs(1)).await;
+        panic!("sending the head failed: {e} (the server answered {status:?})");
+    }
     let t = Instant::now();
     let writer = async move {
         let chunk = vec![b'x'; 64 * 1024];
