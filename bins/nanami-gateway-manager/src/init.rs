@@ -96,10 +96,18 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), InitError> {
 /// Creates the manager directory. `names` are the server certificate's subject
 /// alternative names (DNS names or IP addresses clients connect to).
 pub fn init(layout: &Layout, names: &[String]) -> Result<(), InitError> {
-    std::fs::create_dir_all(&layout.dir).map_err(|source| InitError::Io {
+    let io = |source| InitError::Io {
         path: layout.dir.clone(),
         source,
-    })?;
+    };
+    std::fs::create_dir_all(&layout.dir).map_err(io)?;
+    // Keys, credentials and the store live here: the manager's user only, whatever
+    // the umask.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&layout.dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io)?;
+    }
     for p in [
         layout.ca_cert(),
         layout.server_cert(),

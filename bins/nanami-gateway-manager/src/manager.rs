@@ -1219,3 +1219,331 @@ pub struct Desired {
     /// The `GatewayDesired` JSON body.
     pub body: Arc<[u8]>,
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use nanami_api::wire::Facts;
+    use nanami_model::PrivateKey;
+    use nanami_reconcile::Status;
+
+    use super::*;
+    use crate::store::{Digest, Principal, Snapshot, SqliteStore};
+
+    /// The SQLite store, whose writes fail while `full` is set (a full disk).
+    struct Flaky {
+        inner: SqliteStore,
+        full: AtomicBool,
+        _dir: TempDir,
+    }
+
+    struct TempDir(std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    impl Flaky {
+        fn new(tag: &str) -> Arc<Self> {
+            let dir = std::env::temp_dir().join(format!(
+                "nm-manager-{tag}-{}-{}",
+                std::process::id(),
+                now_ms()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            Arc::new(Self {
+                inner: SqliteStore::open(&dir.join("manager.db")).unwrap(),
+                full: AtomicBool::new(false),
+                _dir: TempDir(dir),
+            })
+        }
+        fn check(&self) -> Result<(), StoreError> {
+            if self.full.load(Ordering::Relaxed) {
+                Err(StoreError::Io(std::io::Error::other(
+                    "database or disk is full",
+                )))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl Store for Flaky {
+        fn load(&self) -> Result<Snapshot, StoreError> {
+            self.inner.load()
+        }
+        fn put_topology(
+            &self,
+            document: &str,
+            now_ms: u64,
+            changed: &BTreeMap<GatewayId, GatewayRow>,
+        ) -> Result<u64, StoreError> {
+            self.check()?;
+            self.inner.put_topology(document, now_ms, changed)
+        }
+        fn put_health(
+            &self,
+            offline: &BTreeSet<GatewayId>,
+            changed: &BTreeMap<GatewayId, GatewayRow>,
+        ) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.put_health(offline, changed)
+        }
+        fn put_observed(
+            &self,
+            gateway: &GatewayId,
+            now_ms: u64,
+            report: &str,
+        ) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.put_observed(gateway, now_ms, report)
+        }
+        fn add_token(
+            &self,
+            digest: &Digest,
+            subject: &Subject,
+            expires_at: u64,
+        ) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.add_token(digest, subject, expires_at)
+        }
+        fn token_subject(&self, token: &Digest, now: u64) -> Result<Option<Subject>, StoreError> {
+            self.inner.token_subject(token, now)
+        }
+        fn redeem_token(
+            &self,
+            token: &Digest,
+            now: u64,
+            subject: &Subject,
+            key: &PublicKey,
+            credential: &Digest,
+        ) -> Result<Redeemed, StoreError> {
+            self.check()?;
+            self.inner
+                .redeem_token(token, now, subject, key, credential)
+        }
+        fn set_api_credential(
+            &self,
+            principal: &Principal,
+            digest: &Digest,
+        ) -> Result<(), StoreError> {
+            self.inner.set_api_credential(principal, digest)
+        }
+        fn principal(&self, digest: &Digest) -> Result<Option<(Principal, Digest)>, StoreError> {
+            self.inner.principal(digest)
+        }
+    }
+
+    fn key() -> PublicKey {
+        PrivateKey::generate(&mut rand::rngs::OsRng).public_key()
+    }
+
+    /// Two gateways of one network (auto: gw-a carries the client) and a client.
+    fn document() -> Document {
+        let yaml = format!(
+            "version: 1
+regions: [{{id: lab, state: active}}]
+workspaces:
+  - id: acme
+    tenant: acme-corp
+    regions: [lab]
+    networks:
+      - {{id: corp, overlay: 100.80.0.0/24, routes: [10.20.0.0/16]}}
+    nodes:
+      - {{id: gw-a, public_key: \"{}\", status: active, memberships: [{{network: corp}}]}}
+      - {{id: gw-b, public_key: \"{}\", status: active, memberships: [{{network: corp}}]}}
+      - {{id: laptop, public_key: \"{}\", status: active, memberships: [{{network: corp}}]}}
+    gateways:
+      - {{id: gw-a, node: gw-a, region: lab, networks: [corp], roles: [ingress, egress], endpoint: \"192.0.2.1:51820\", listen_port: 51820}}
+      - {{id: gw-b, node: gw-b, region: lab, networks: [corp], roles: [ingress, egress], endpoint: \"192.0.2.2:51820\", listen_port: 51820}}
+",
+            key(),
+            key(),
+            key()
+        );
+        Document::from_yaml(&yaml).unwrap()
+    }
+
+    fn gw(id: &str) -> GatewayId {
+        GatewayId::new(id).unwrap()
+    }
+
+    fn report(applied: u64, digest: Option<&str>) -> ObservedReport {
+        ObservedReport {
+            public_key: key(),
+            status: Status {
+                applied_generation: Some(applied),
+                ..Status::default()
+            },
+            state: GatewayState::default(),
+            telemetry: BTreeMap::new(),
+            facts: Facts::default(),
+            health: BTreeMap::new(),
+            applied_digest: digest.map(str::to_owned),
+        }
+    }
+
+    fn status_of(m: &Manager, id: &str) -> GatewayStatus {
+        m.status()
+            .into_iter()
+            .find(|s| s.id.as_str() == id)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_same_generation_with_other_content_is_a_fork_healed_above_it() {
+        let m = Manager::load(Flaky::new("fork"), HealthConfig::default()).unwrap();
+        m.put_topology(document()).unwrap();
+        let served = m.desired_now(&gw("gw-a"), None).unwrap();
+        // The right content at the right generation: no fork.
+        m.put_observed(&gw("gw-a"), report(served.generation, Some(&served.digest)))
+            .unwrap();
+        assert_eq!(status_of(&m, "gw-a").generation_fork, None);
+        // The daemon runs this generation with other content (a restored store
+        // issued the number again): noticed, shown, re-issued above.
+        m.put_observed(&gw("gw-a"), report(served.generation, Some("00ff")))
+            .unwrap();
+        let s = status_of(&m, "gw-a");
+        let fork = s.generation_fork.unwrap();
+        assert_eq!(
+            (
+                fork.reported_generation,
+                fork.reissued_generation,
+                fork.resolved
+            ),
+            (served.generation, served.generation + 1, false)
+        );
+        let again = m.desired_now(&gw("gw-a"), Some(served.generation)).unwrap();
+        assert_eq!(again.generation, served.generation + 1);
+        assert_eq!(
+            again.digest, served.digest,
+            "the same content, a new number"
+        );
+        assert_eq!(m.counters.generation_forks.load(Ordering::Relaxed), 1);
+        // The daemon applies it: resolved, no new fork.
+        m.put_observed(&gw("gw-a"), report(again.generation, Some(&again.digest)))
+            .unwrap();
+        assert!(status_of(&m, "gw-a").generation_fork.unwrap().resolved);
+        assert_eq!(m.counters.generation_forks.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_generation_never_issued_is_a_fork() {
+        let m = Manager::load(Flaky::new("ahead"), HealthConfig::default()).unwrap();
+        m.put_topology(document()).unwrap();
+        m.put_observed(&gw("gw-b"), report(7, None)).unwrap();
+        let s = status_of(&m, "gw-b");
+        assert_eq!(s.desired_generation, 8);
+        assert_eq!(s.generation_fork.unwrap().reported_generation, 7);
+        // The next change counts on from there: numbers never repeat.
+        let mut doc = document();
+        doc.workspaces[0].gateways[1].capacity = Some(10);
+        m.put_topology(doc).unwrap();
+        assert!(status_of(&m, "gw-b").desired_generation >= 8);
+    }
+
+    #[test]
+    fn a_topology_that_cannot_be_stored_changes_nothing() {
+        let store = Flaky::new("nostore");
+        let m = Manager::load(store.clone(), HealthConfig::default()).unwrap();
+        m.put_topology(document()).unwrap();
+        let before = m.generations();
+        let revision = m.revision();
+        store.full.store(true, Ordering::Relaxed);
+        let err = m.put_topology(document()).unwrap_err();
+        assert!(matches!(err, ManagerError::Store(_)), "{err}");
+        assert_eq!(m.generations(), before);
+        assert_eq!(m.revision(), revision);
+    }
+
+    #[test]
+    fn liveness_takes_effect_when_the_store_cannot_write_and_is_stored_later() {
+        let store = Flaky::new("full");
+        let health = HealthConfig {
+            report_interval: Duration::ZERO,
+            missed_reports: 0,
+        };
+        let m = Manager::load(store.clone(), health).unwrap();
+        m.put_topology(document()).unwrap();
+        store.full.store(true, Ordering::Relaxed);
+        // Every gateway falls silent at once (no report within zero time).
+        let mut changed = false;
+        for _ in 0..1000 {
+            if m.health_tick() {
+                changed = true;
+                break;
+            }
+        }
+        assert!(changed, "the silence took effect");
+        let s = status_of(&m, "gw-a");
+        assert_eq!(s.health, Liveness::Offline);
+        assert!(s.store_error.unwrap().contains("full"));
+        assert!(!m.summary().store_ok);
+        assert!(m.counters.store_errors.load(Ordering::Relaxed) > 0);
+        let served = m.generations();
+        // The store writes again: the next tick stores what is served.
+        store.full.store(false, Ordering::Relaxed);
+        m.health_tick();
+        assert!(m.summary().store_ok);
+        assert_eq!(status_of(&m, "gw-a").store_error, None);
+        let reloaded = Manager::load(store, health).unwrap();
+        let generations: Vec<(GatewayId, u64)> = reloaded
+            .generations()
+            .into_iter()
+            .map(|(g, d, _)| (g, d))
+            .collect();
+        let expected: Vec<(GatewayId, u64)> = served.into_iter().map(|(g, d, _)| (g, d)).collect();
+        assert_eq!(generations, expected);
+    }
+
+    #[test]
+    fn enrolment_checks_the_subject_and_key_before_anything_is_spent() {
+        let store = Flaky::new("enrol");
+        let m = Manager::load(store.clone(), HealthConfig::default()).unwrap();
+        let doc = document();
+        m.put_topology(doc.clone()).unwrap();
+        let token = crate::http::issue_token(&m, &Subject::Gateway(gw("gw-b")), 60)
+            .unwrap()
+            .token;
+        let err = m
+            .enrol(&token, key(), Some(&Subject::Gateway(gw("gw-a"))))
+            .unwrap_err();
+        assert!(matches!(err, ManagerError::WrongSubject { .. }), "{err}");
+        let digest = auth::digest(&token);
+        assert!(store
+            .token_subject(&digest, now_ms() / 1000)
+            .unwrap()
+            .is_some());
+        // A node token with a key that is not the node's: refused, unspent.
+        let laptop = NodeId::new("laptop").unwrap();
+        let node_token = crate::http::issue_token(&m, &Subject::Node(laptop.clone()), 60)
+            .unwrap()
+            .token;
+        assert!(matches!(
+            m.enrol(&node_token, key(), None).unwrap_err(),
+            ManagerError::EnrolmentRefused
+        ));
+        let laptop_key = Topology::from_document(&doc)
+            .unwrap()
+            .node(&laptop)
+            .unwrap()
+            .1
+            .public_key;
+        m.enrol(&node_token, laptop_key, Some(&Subject::Node(laptop)))
+            .unwrap();
+        // The right gateway spends it once.
+        m.enrol(&token, key(), Some(&Subject::Gateway(gw("gw-b"))))
+            .unwrap();
+        assert!(matches!(
+            m.enrol(&token, key(), None).unwrap_err(),
+            ManagerError::EnrolmentRefused
+        ));
+        // Token lifetimes are bounded (no overflow, none born expired).
+        for ttl in [0, MAX_TOKEN_TTL + 1, u64::MAX] {
+            assert!(crate::http::issue_token(&m, &Subject::Gateway(gw("gw-a")), ttl).is_err());
+        }
+    }
+}
