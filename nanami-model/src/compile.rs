@@ -15,8 +15,12 @@
 //!   routes when `nat` and toward the internet always;
 //! - forwarding for the families it carries.
 //!
-//! Only objects of the gateway's own workspace are read, which is what keeps one
-//! workspace's addresses out of another's state.
+//! Only objects of the gateway's own workspace are read. That, not address
+//! disjointness, is what keeps workspaces apart: two workspaces may use the same
+//! overlays and routes (tenants choose their private ranges), so nothing here ever
+//! looks a node, key or peer up by address or across workspaces; a gateway's state
+//! and a client's configuration are built from one [`Workspace`] and its
+//! [`Assignment`] alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

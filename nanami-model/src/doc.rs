@@ -117,9 +117,12 @@ pub struct WorkspaceDoc {
 pub struct NetworkDoc {
     /// Network id, unique in its workspace.
     pub id: String,
-    /// Member tunnel prefixes: at most one IPv4 and one IPv6.
+    /// Member tunnel prefixes: at most one IPv4 and one IPv6. They must not overlap
+    /// another overlay or route of the same workspace; other workspaces may reuse
+    /// them.
     pub overlay: OneOrMany,
-    /// Private subnets reached through the network's egress gateways.
+    /// Private subnets reached through the network's egress gateways; like the
+    /// overlay, disjoint inside the workspace, free to repeat across workspaces.
     #[serde(default)]
     pub routes: Vec<String>,
     /// Whether gateways may serve as exit nodes.

@@ -3,6 +3,12 @@
 //! Each [`Issue`] carries the path of the offending value, written with ids where the
 //! id itself is valid (`workspaces[acme].nodes[laptop-1].public_key`) and with
 //! positions where it is not (`workspaces[acme].nodes[#3].id`).
+//!
+//! Uniqueness is checked where compiled state needs it: ids of nodes and gateways
+//! and public keys across the whole document (they name peers and interfaces
+//! everywhere), gateway endpoints across the document (they are sockets on the
+//! platform's machines), overlay addresses and overlapping prefixes inside one
+//! workspace only (a workspace is a tenant and picks its own private ranges).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -97,7 +103,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
             workspaces.entry(id).or_insert(built);
         }
     }
-    v.global_checks(doc);
+    v.overlap_checks(doc);
     if v.issues.is_empty() {
         Ok(Topology::from_parts(regions, workspaces))
     } else {
@@ -132,10 +138,9 @@ struct Validator {
     endpoints: BTreeMap<SocketAddr, String>,
 }
 
-/// A prefix with where it was declared, for overlap checks.
+/// A prefix with where it was declared, for overlap checks inside a workspace.
 struct Declared {
     net: IpNet,
-    workspace: String,
     path: String,
 }
 
@@ -897,37 +902,46 @@ impl Validator {
         }
     }
 
-    /// Overlaps between overlays and routes, inside a workspace and across them.
-    fn global_checks(&mut self, doc: &Document) {
-        let mut declared = Vec::new();
+    /// Overlaps between the overlays and routes of one workspace.
+    ///
+    /// Workspaces are not compared with each other: tenants choose their private
+    /// ranges, and two workspaces may use the same overlay or route. Isolation is
+    /// structural (a gateway serves one workspace, and compile reads only that
+    /// workspace), never by address disjointness. Inside one workspace a client's
+    /// AllowedIPs and a gateway's routes must be unambiguous, so prefixes may not
+    /// overlap there.
+    fn overlap_checks(&mut self, doc: &Document) {
         for (wi, ws) in doc.workspaces.iter().enumerate() {
             let wpath = seg("workspaces", &ws.id, wi);
-            for (ni, n) in ws.networks.iter().enumerate() {
-                let npath = format!("{wpath}.{}", seg("networks", &n.id, ni));
-                let overlays = n.overlay.as_slice();
-                for (i, t) in overlays.iter().enumerate() {
-                    if let Ok(net) = t.parse::<IpNet>() {
-                        let path = if overlays.len() == 1 {
-                            format!("{npath}.overlay")
-                        } else {
-                            format!("{npath}.overlay[{i}]")
-                        };
+            self.workspace_overlaps(&wpath, ws);
+        }
+    }
+
+    fn workspace_overlaps(&mut self, wpath: &str, ws: &WorkspaceDoc) {
+        let mut declared = Vec::new();
+        for (ni, n) in ws.networks.iter().enumerate() {
+            let npath = format!("{wpath}.{}", seg("networks", &n.id, ni));
+            let overlays = n.overlay.as_slice();
+            for (i, t) in overlays.iter().enumerate() {
+                if let Ok(net) = t.parse::<IpNet>() {
+                    let path = if overlays.len() == 1 {
+                        format!("{npath}.overlay")
+                    } else {
+                        format!("{npath}.overlay[{i}]")
+                    };
+                    declared.push(Declared {
+                        net: net.trunc(),
+                        path,
+                    });
+                }
+            }
+            for (i, t) in n.routes.iter().enumerate() {
+                if let Ok(net) = t.parse::<IpNet>() {
+                    if net.prefix_len() > 0 {
                         declared.push(Declared {
                             net: net.trunc(),
-                            workspace: wpath.clone(),
-                            path,
+                            path: format!("{npath}.routes[{i}]"),
                         });
-                    }
-                }
-                for (i, t) in n.routes.iter().enumerate() {
-                    if let Ok(net) = t.parse::<IpNet>() {
-                        if net.prefix_len() > 0 {
-                            declared.push(Declared {
-                                net: net.trunc(),
-                                workspace: wpath.clone(),
-                                path: format!("{npath}.routes[{i}]"),
-                            });
-                        }
                     }
                 }
             }
@@ -967,14 +981,7 @@ impl Validator {
         found.sort();
         for (i, top) in found {
             let (d, o) = (&declared[i], &declared[top]);
-            let message = if d.workspace == o.workspace {
-                format!("{} overlaps {} at {}", d.net, o.net, o.path)
-            } else {
-                format!(
-                    "{} overlaps {} of another workspace at {}: one workspace's traffic could reach another's addresses",
-                    d.net, o.net, o.path
-                )
-            };
+            let message = format!("{} overlaps {} at {}", d.net, o.net, o.path);
             self.err(d.path.clone(), message);
         }
     }

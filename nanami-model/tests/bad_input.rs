@@ -330,32 +330,67 @@ fn overlays_in_the_kernels_own_space_are_refused() {
     }
 }
 
+/// Workspaces are tenants and choose their private ranges: another workspace may
+/// use the same overlay and routes, or prefixes inside ours. Isolation is
+/// structural (each gateway's state comes from its own workspace only), not by
+/// disjoint addresses.
 #[test]
-fn another_workspaces_overlay_is_refused() {
-    let mut doc = base();
-    doc.workspaces
-        .push(globex("100.80.2.0/24", "172.20.0.0/16"));
-    let errs = rejected(&doc);
-    assert!(
-        errs.0
-            .iter()
-            .any(|i| i.message.contains("of another workspace")),
-        "{errs}"
-    );
+fn another_workspace_may_reuse_our_overlay_and_routes() {
+    for (overlay, route) in [
+        // The very same prefixes as acme's corp.
+        ("100.80.0.0/22", "10.20.0.0/16"),
+        // Inside acme's overlay, and a route inside acme's route.
+        ("100.80.2.0/24", "10.20.5.0/24"),
+        // Enclosing them.
+        ("100.64.0.0/10", "10.0.0.0/8"),
+    ] {
+        let mut doc = base();
+        doc.workspaces.push(globex(overlay, route));
+        let t = Topology::from_document(&doc)
+            .unwrap_or_else(|e| panic!("{overlay} / {route} must be accepted: {e}"));
+        let states = compile_all(&t, &Health::all_up());
+        let acme_keys: BTreeSet<PublicKey> =
+            [K_GW, K_1, "0f9iE4KjyCGVSj+comoVDFBsdl5b1eq/4kXMiJ1oKiU="]
+                .iter()
+                .map(|k| k.parse().unwrap())
+                .collect();
+        let gx_key: PublicKey = K_GX.parse().unwrap();
+        let acme = &states[&nanami_model::GatewayId::new("gw-a").unwrap()];
+        let peers: BTreeSet<PublicKey> = acme
+            .interfaces
+            .values()
+            .flat_map(|i| i.peers.keys().copied())
+            .collect();
+        assert!(
+            !peers.is_empty() && peers.is_subset(&acme_keys),
+            "{peers:?}"
+        );
+        assert!(!peers.contains(&gx_key));
+        let globex = &states[&nanami_model::GatewayId::new("gx-gw-1").unwrap()];
+        assert!(globex
+            .interfaces
+            .values()
+            .all(|i| i.peers.keys().all(|k| !acme_keys.contains(k))));
+    }
 }
 
+/// Inside one workspace the overlap rules stay, even when another workspace uses
+/// the same prefixes legitimately: only the workspace's own prefixes are compared.
 #[test]
-fn another_workspaces_routes_are_refused() {
+fn overlaps_inside_a_workspace_are_still_refused_next_to_a_reusing_one() {
     let mut doc = base();
-    // A narrower prefix inside acme's 10.20.0.0/16.
-    doc.workspaces.push(globex("100.90.0.0/24", "10.20.5.0/24"));
+    doc.workspaces.push(globex("100.80.0.0/22", "10.20.0.0/16"));
+    doc.workspaces[1].networks[0]
+        .routes
+        .push("100.80.1.0/24".into());
     let errs = rejected(&doc);
-    assert!(
-        errs.0
-            .iter()
-            .any(|i| i.message.contains("of another workspace")),
-        "{errs}"
+    assert_eq!(errs.0.len(), 1, "{errs}");
+    has_issue(
+        &errs,
+        "workspaces[globex].networks[prod].routes[1]",
+        "100.80.1.0/24 overlaps 100.80.0.0/22 at workspaces[globex].networks[prod].overlay",
     );
+    assert!(!errs.to_string().contains("acme"), "{errs}");
 }
 
 #[test]
