@@ -18,7 +18,9 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::alloc::{allocate, Allocation};
-use crate::doc::{Document, GatewayDoc, NetworkDoc, NodeDoc, WorkspaceDoc, VERSION};
+use crate::doc::{
+    Document, GatewayDoc, NetworkDoc, NodeDoc, PathPart, UnknownField, WorkspaceDoc, VERSION,
+};
 use crate::id::{
     GatewayId, IdError, InterfaceName, NetworkId, NodeId, RegionId, WorkspaceId, IFNAME_MAX,
     OWNED_PREFIX,
@@ -84,6 +86,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
             ),
         );
     }
+    v.unknown_fields(doc);
     let regions = v.regions(doc);
     let mut workspaces = BTreeMap::new();
     let mut seen_ws = BTreeSet::new();
@@ -121,6 +124,200 @@ fn seg(name: &str, id: &str, index: usize) -> String {
     }
 }
 
+/// The objects of a document that hold fields, for naming an unknown field's
+/// neighbours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Document,
+    Region,
+    Workspace,
+    Network,
+    Policy,
+    Node,
+    Membership,
+    Gateway,
+}
+
+impl Holder {
+    /// What the holder is called in a message, and the fields version 1 defines
+    /// for it (kept equal to the serde structs of [`crate::doc`] by a test).
+    fn fields(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            Self::Document => ("the document", &["version", "regions", "workspaces"]),
+            Self::Region => ("a region", &["id", "display_name", "state"]),
+            Self::Workspace => (
+                "a workspace",
+                &["id", "tenant", "regions", "networks", "nodes", "gateways"],
+            ),
+            Self::Network => (
+                "a network",
+                &[
+                    "id",
+                    "overlay",
+                    "routes",
+                    "exit",
+                    "nat",
+                    "gateways",
+                    "health_targets",
+                ],
+            ),
+            Self::Policy => (
+                "a network's `gateways`",
+                &["policy", "manual", "redundancy"],
+            ),
+            Self::Node => (
+                "a node",
+                &[
+                    "id",
+                    "public_key",
+                    "status",
+                    "endpoints",
+                    "memberships",
+                    "exit",
+                ],
+            ),
+            Self::Membership => ("a membership", &["network", "address"]),
+            Self::Gateway => (
+                "a gateway",
+                &[
+                    "id",
+                    "node",
+                    "region",
+                    "networks",
+                    "roles",
+                    "endpoint",
+                    "listen_port",
+                    "capacity",
+                    "drain",
+                ],
+            ),
+        }
+    }
+}
+
+/// A field name as it may appear in a path or message: as written when it is
+/// plain (letters, digits, `-`, `_`), quoted and escaped otherwise, so a hostile
+/// key can't forge a path or a log line.
+fn field_text(name: &str) -> String {
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        name.to_owned()
+    } else {
+        format!("{name:?}")
+    }
+}
+
+/// The path of the object `parts` lead to, written like every other issue's path
+/// (`workspaces[acme].gateways[gw-a]`), with the kind of object it is when known.
+fn object_path(doc: &Document, parts: &[PathPart]) -> (String, Option<Holder>) {
+    let mut out = String::new();
+    let mut holder = Some(Holder::Document);
+    let mut ws: Option<&WorkspaceDoc> = None;
+    let mut i = 0;
+    while let Some(part) = parts.get(i) {
+        let name = match part {
+            PathPart::Field(name) => name,
+            PathPart::Index(j) => {
+                out.push_str(&format!("[{j}]"));
+                holder = None;
+                i += 1;
+                continue;
+            }
+        };
+        if !out.is_empty() {
+            out.push('.');
+        }
+        let index = match parts.get(i + 1) {
+            Some(PathPart::Index(j)) => Some(*j),
+            Some(PathPart::Field(_)) | None => None,
+        };
+        // An index past the list can't come from the parser; `#j` is written then.
+        let id_of = |id: Option<&String>| id.cloned().unwrap_or_default();
+        let step = match (holder, name.as_str(), index) {
+            (Some(Holder::Document), "regions", Some(j)) => Some((
+                seg("regions", &id_of(doc.regions.get(j).map(|r| &r.id)), j),
+                Holder::Region,
+            )),
+            (Some(Holder::Document), "workspaces", Some(j)) => {
+                ws = doc.workspaces.get(j);
+                Some((
+                    seg("workspaces", &id_of(ws.map(|w| &w.id)), j),
+                    Holder::Workspace,
+                ))
+            }
+            (Some(Holder::Workspace), "networks", Some(j)) => Some((
+                seg(
+                    "networks",
+                    &id_of(ws.and_then(|w| w.networks.get(j)).map(|n| &n.id)),
+                    j,
+                ),
+                Holder::Network,
+            )),
+            (Some(Holder::Workspace), "nodes", Some(j)) => Some((
+                seg(
+                    "nodes",
+                    &id_of(ws.and_then(|w| w.nodes.get(j)).map(|n| &n.id)),
+                    j,
+                ),
+                Holder::Node,
+            )),
+            (Some(Holder::Workspace), "gateways", Some(j)) => Some((
+                seg(
+                    "gateways",
+                    &id_of(ws.and_then(|w| w.gateways.get(j)).map(|g| &g.id)),
+                    j,
+                ),
+                Holder::Gateway,
+            )),
+            (Some(Holder::Node), "memberships", Some(j)) => {
+                Some((format!("memberships[{j}]"), Holder::Membership))
+            }
+            _ => None,
+        };
+        match step {
+            Some((text, next)) => {
+                out.push_str(&text);
+                holder = Some(next);
+                i += 2;
+            }
+            None => {
+                holder = match (holder, name.as_str()) {
+                    (Some(Holder::Network), "gateways") => Some(Holder::Policy),
+                    _ => None,
+                };
+                out.push_str(&field_text(name));
+                i += 1;
+            }
+        }
+    }
+    (out, holder)
+}
+
+/// The issue for one unknown field: at its path, naming the fields its object has.
+fn unknown_field_issue(doc: &Document, field: &UnknownField) -> Issue {
+    let parent = field.path.len().saturating_sub(1);
+    let (mut path, holder) = object_path(doc, &field.path[..parent]);
+    let name = field_text(field.name());
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(&name);
+    let message = match holder {
+        Some(h) => {
+            let (what, fields) = h.fields();
+            format!(
+                "unknown field `{name}`; {what} has {} (topology version {VERSION})",
+                fields.join(", ")
+            )
+        }
+        None => "unknown field".to_owned(),
+    };
+    Issue { path, message }
+}
+
 fn describe_id_error(e: &IdError) -> String {
     format!("not a valid id: {e}")
 }
@@ -150,6 +347,14 @@ impl Validator {
             path: path.into(),
             message: message.into(),
         });
+    }
+
+    /// Every field the text had that version 1 does not define, at its path.
+    fn unknown_fields(&mut self, doc: &Document) {
+        for field in &doc.unknown_fields {
+            let issue = unknown_field_issue(doc, field);
+            self.issues.push(issue);
+        }
     }
 
     fn id<T: std::str::FromStr<Err = IdError>>(&mut self, path: &str, text: &str) -> Option<T> {
@@ -1016,4 +1221,79 @@ fn reserved_space(net: &IpNet) -> bool {
         .iter()
         .filter_map(|r| r.parse::<IpNet>().ok())
         .any(|r| r.contains(&net.network()) || net.contains(&r.network()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Every field set, so that serializing writes every one.
+    const FULL: &str = r#"
+version: 1
+regions: [{ id: r, display_name: R, state: active }]
+workspaces:
+  - id: w
+    tenant: t
+    regions: [r]
+    networks:
+      - id: n
+        overlay: 100.64.0.0/24
+        routes: [10.0.0.0/24]
+        exit: true
+        nat: true
+        gateways: { policy: manual, manual: [g], redundancy: 1 }
+        health_targets: [10.0.0.1]
+    nodes:
+      - id: g
+        public_key: "0TFxBlKHhHWPmIRcbXIDsPyOJg/xr68jHitQbAAIr3g="
+        status: active
+        endpoints: ["192.0.2.9:1"]
+        memberships: [{ network: n, address: 100.64.0.1 }]
+        exit: true
+    gateways:
+      - { id: g, node: g, region: r, networks: [n], roles: [ingress], endpoint: "192.0.2.1:51820", listen_port: 51820, capacity: 5, drain: true }
+"#;
+
+    fn keys(v: &serde_json::Value) -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    }
+
+    fn listed(h: Holder) -> Vec<String> {
+        let mut k: Vec<String> = h.fields().1.iter().map(|s| (*s).to_owned()).collect();
+        k.sort();
+        k
+    }
+
+    /// The field lists named in unknown-field messages are the serde structs' own.
+    #[test]
+    fn holder_fields_match_the_document_structs() {
+        let doc = Document::from_yaml(FULL).unwrap();
+        assert!(doc.unknown_fields.is_empty());
+        let v = serde_json::to_value(&doc).unwrap();
+        let ws = &v["workspaces"][0];
+        for (h, obj) in [
+            (Holder::Document, &v),
+            (Holder::Region, &v["regions"][0]),
+            (Holder::Workspace, ws),
+            (Holder::Network, &ws["networks"][0]),
+            (Holder::Policy, &ws["networks"][0]["gateways"]),
+            (Holder::Node, &ws["nodes"][0]),
+            (Holder::Membership, &ws["nodes"][0]["memberships"][0]),
+            (Holder::Gateway, &ws["gateways"][0]),
+        ] {
+            assert_eq!(keys(obj), listed(h), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn field_names_that_could_forge_a_path_are_quoted() {
+        assert_eq!(field_text("colour"), "colour");
+        assert_eq!(field_text("listen_port"), "listen_port");
+        assert_eq!(field_text("a]b"), "\"a]b\"");
+        assert_eq!(field_text("a\nb"), "\"a\\nb\"");
+        assert_eq!(field_text(""), "\"\"");
+    }
 }

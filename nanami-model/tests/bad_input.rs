@@ -815,11 +815,103 @@ fn duplicate_keys_in_a_mapping_are_refused() {
     ));
 }
 
+/// An unknown field is a validation issue at its path, reported with every other
+/// problem instead of hiding them behind a parse error.
 #[test]
-fn unknown_fields_are_refused() {
-    let yaml = BASE.replacen("status: active", "status: active\n        admin: true", 1);
-    let e = Topology::from_yaml(&yaml).unwrap_err();
-    assert!(e.to_string().contains("admin"), "{e}");
+fn unknown_fields_are_refused_with_their_paths_next_to_other_problems() {
+    let yaml = BASE
+        .replacen("status: active", "status: active\n        admin: true", 1)
+        .replacen(
+            "roles: [ingress, egress]",
+            "roles: [ingress, egress]\n        colour: blue",
+            1,
+        )
+        .replacen("version: 1", "version: 1\nextra: { nested: [1, 2] }", 1)
+        .replacen(
+            "overlay: 100.80.0.0/22",
+            "overlay: 100.80.0.0/22\n        gateways: { policy: auto, weight: 3 }",
+            1,
+        )
+        .replacen(
+            "{ network: corp, address: 100.80.0.10 }",
+            "{ network: corp, address: 100.80.0.10, primary: yes }",
+            1,
+        )
+        .replacen(
+            "- { id: eu, state: active }",
+            "- { id: eu, state: active, \"bad\\nkey]\": 1 }",
+            1,
+        )
+        // And one problem of another kind.
+        .replacen("10.20.0.0/16", "10.20.0.1/16", 1);
+    let Err(TopologyError::Invalid(errs)) = Topology::from_yaml(&yaml) else {
+        panic!("{yaml}\nnot refused by validation");
+    };
+    let issues: Vec<String> = errs.0.iter().map(ToString::to_string).collect();
+    let expected = [
+        "extra: unknown field `extra`; the document has version, regions, workspaces",
+        "regions[eu].\"bad\\nkey]\": unknown field `\"bad\\nkey]\"`; a region has id, display_name, state",
+        "workspaces[acme].networks[corp].gateways.weight: unknown field `weight`; a network's `gateways` has policy, manual, redundancy",
+        "workspaces[acme].nodes[gw-a].admin: unknown field `admin`; a node has",
+        "workspaces[acme].nodes[laptop-1].memberships[0].primary: unknown field `primary`; a membership has network, address",
+        "workspaces[acme].gateways[gw-a].colour: unknown field `colour`; a gateway has",
+        "workspaces[acme].networks[corp].routes[0]: 10.20.0.1/16 has host bits set",
+    ];
+    assert_eq!(issues.len(), expected.len(), "{errs}");
+    for want in expected {
+        assert!(
+            issues.iter().any(|i| i.starts_with(want)),
+            "missing {want:?} in {issues:#?}"
+        );
+    }
+    // No issue text carries the raw newline of the hostile key.
+    assert!(issues.iter().all(|i| !i.contains('\n')), "{issues:#?}");
+
+    // The same as JSON.
+    let json = r#"{"version": 1, "regions": [], "workspaces": [], "surprise": {"x": [1]}}"#;
+    let Err(TopologyError::Invalid(errs)) = Topology::from_json(json) else {
+        panic!("not refused by validation");
+    };
+    assert_eq!(errs.0.len(), 1, "{errs}");
+    assert_eq!(errs.0[0].path, "surprise");
+    assert!(errs.0[0].message.starts_with("unknown field `surprise`"));
+}
+
+/// Unknown fields are recorded on the document, in reading order, with their
+/// positions; nothing else about the document changes.
+#[test]
+fn the_document_records_its_unknown_fields() {
+    use nanami_model::doc::PathPart::{Field, Index};
+    let yaml = BASE.replacen(
+        "roles: [ingress, egress]",
+        "roles: [ingress, egress]\n        colour: blue",
+        1,
+    );
+    let doc = Document::from_yaml(&yaml).unwrap();
+    assert_eq!(doc.unknown_fields.len(), 1);
+    assert_eq!(
+        doc.unknown_fields[0].path,
+        [
+            Field("workspaces".into()),
+            Index(0),
+            Field("gateways".into()),
+            Index(0),
+            Field("colour".into()),
+        ]
+    );
+    assert_eq!(doc.unknown_fields[0].name(), "colour");
+    assert_eq!(
+        Document {
+            unknown_fields: vec![],
+            ..doc
+        },
+        base()
+    );
+    // Trailing text after a JSON document is still a parse error.
+    assert!(matches!(
+        Document::from_json(r#"{"version": 1, "regions": [], "workspaces": []} x"#),
+        Err(ParseError::Json(_))
+    ));
 }
 
 /// Problems are reported all at once, so a control plane can fix them in one go,

@@ -169,6 +169,7 @@ pub fn build(regions: usize, specs: &[WsSpec]) -> Document {
             })
             .collect(),
         workspaces: Vec::new(),
+        unknown_fields: Vec::new(),
     };
     for (w, spec) in specs.iter().enumerate() {
         let ws_regions: Vec<String> = spec.regions.iter().map(|r| format!("r{r}")).collect();
@@ -328,6 +329,25 @@ fn ws0(doc: &mut Document) -> Option<&mut WorkspaceDoc> {
 /// Every fault kind the validator must catch. Each returns the path its issue must
 /// start with, or `None` if the document has no place for it.
 pub const FAULTS: &[(&str, Fault)] = &[
+    ("unknown field", |d| {
+        use nanami_model::doc::{PathPart, UnknownField};
+        let ws = d.workspaces.first()?;
+        let path = format!(
+            "workspaces[{}].gateways[{}].colour",
+            ws.id,
+            ws.gateways.first()?.id
+        );
+        d.unknown_fields.push(UnknownField {
+            path: vec![
+                PathPart::Field("workspaces".into()),
+                PathPart::Index(0),
+                PathPart::Field("gateways".into()),
+                PathPart::Index(0),
+                PathPart::Field("colour".into()),
+            ],
+        });
+        Some(path)
+    }),
     ("malformed key", |d| {
         let ws = ws0(d)?;
         let n = ws.nodes.first_mut()?;
@@ -599,6 +619,7 @@ pub fn fleet(
             nodes,
             gateways: gws,
         }],
+        unknown_fields: Vec::new(),
     }
 }
 
