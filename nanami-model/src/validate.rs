@@ -519,6 +519,7 @@ impl Validator {
                 self.policy_refs(&npath, net, &ws.gateways);
             }
         }
+        self.exits(path, ws);
 
         // Exhaustion is judged on the document's memberships, so that it is reported
         // even when some members have problems of their own.
@@ -1086,6 +1087,86 @@ impl Validator {
                     if serving == 1 { "is" } else { "are" },
                 ),
             );
+        }
+    }
+
+    /// A client with `exit: true` needs a gateway that can be its exit: one of its
+    /// networks has `exit: true` and a gateway with the `exit` role serving it (for
+    /// `policy: manual`, one named in the list, since exits follow the network's
+    /// policy order). Judged on the document, like redundancy: health and drain only
+    /// take an exit away for a while. Gateway machines are not clients and are
+    /// skipped; memberships of unknown networks are reported elsewhere.
+    fn exits(&mut self, path: &str, ws: &WorkspaceDoc) {
+        let gateway_nodes: BTreeSet<&str> = ws.gateways.iter().map(|g| g.node.as_str()).collect();
+        for (i, n) in ws.nodes.iter().enumerate() {
+            if !n.exit || gateway_nodes.contains(n.id.as_str()) {
+                continue;
+            }
+            let xpath = format!("{path}.{}.exit", seg("nodes", &n.id, i));
+            if n.memberships.is_empty() {
+                self.err(
+                    xpath,
+                    "`exit: true`, but it is a member of no network, so no gateway can be its exit",
+                );
+                continue;
+            }
+            let nets: Vec<&NetworkDoc> = n
+                .memberships
+                .iter()
+                .filter_map(|m| ws.networks.iter().find(|d| d.id == m.network))
+                .collect();
+            if nets.is_empty() {
+                continue;
+            }
+            let exit_nets: Vec<&NetworkDoc> = nets.iter().copied().filter(|d| d.exit).collect();
+            if exit_nets.is_empty() {
+                let names: Vec<&str> = nets.iter().map(|d| d.id.as_str()).collect();
+                self.err(
+                    xpath,
+                    format!(
+                        "`exit: true`, but none of its networks ({}) has `exit: true`, so no gateway can be its exit",
+                        names.join(", ")
+                    ),
+                );
+                continue;
+            }
+            let can_exit = |d: &NetworkDoc, g: &GatewayDoc| {
+                g.networks.contains(&d.id) && g.roles.iter().any(|r| r == "exit")
+            };
+            let listed = |d: &NetworkDoc, g: &GatewayDoc| {
+                d.gateways.policy != "manual" || d.gateways.manual.contains(&g.id)
+            };
+            let served = exit_nets
+                .iter()
+                .any(|d| ws.gateways.iter().any(|g| can_exit(d, g) && listed(d, g)));
+            if served {
+                continue;
+            }
+            let names: Vec<&str> = exit_nets.iter().map(|d| d.id.as_str()).collect();
+            let unlisted: Vec<&str> = exit_nets
+                .iter()
+                .flat_map(|d| {
+                    ws.gateways
+                        .iter()
+                        .filter(move |g| can_exit(d, g) && !listed(d, g))
+                        .map(|g| g.id.as_str())
+                })
+                .collect();
+            let message = if unlisted.is_empty() {
+                format!(
+                    "`exit: true`, but no gateway serving its exit network{} ({}) has the exit role",
+                    if names.len() == 1 { "" } else { "s" },
+                    names.join(", ")
+                )
+            } else {
+                format!(
+                    "`exit: true`, but the gateways with the exit role serving its exit network{} ({}) are not in the network's manual list: {}",
+                    if names.len() == 1 { "" } else { "s" },
+                    names.join(", "),
+                    unlisted.join(", ")
+                )
+            };
+            self.err(xpath, message);
         }
     }
 

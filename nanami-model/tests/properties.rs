@@ -278,6 +278,42 @@ proptest! {
         prop_assert_eq!(compiled_bytes(&t, &h), compiled_bytes(&t2, &h));
     }
 
+    /// Every exit a client gets is a gateway of its workspace with the exit role,
+    /// serving the client's exit network (which has `exit: true`), holding the
+    /// client as a peer; exactly one peer carries the default route when any exit
+    /// gateway is compiled in.
+    #[test]
+    fn exits_are_exit_gateways_that_hold_the_client(doc in common::document(), mask: u64) {
+        let t = Topology::from_document(&doc).expect("generated documents are valid");
+        let h = health_from(&t, mask);
+        let states = compile_all(&t, &h);
+        for config in compile_nodes(&t, &h).values() {
+            let (ws, node) = t.node(&config.node).unwrap();
+            let Some(exit) = &config.exit else {
+                prop_assert!(config.peers.iter().all(|p| !p.exit));
+                continue;
+            };
+            prop_assert!(node.exit);
+            prop_assert!(node.memberships.contains_key(&exit.network));
+            prop_assert!(ws.networks[&exit.network].exit);
+            prop_assert!(!exit.gateways.is_empty());
+            for choice in &exit.gateways {
+                let gw = &ws.gateways[&choice.gateway];
+                prop_assert!(gw.has(nanami_model::topology::Role::Exit));
+                prop_assert!(gw.networks.contains(&exit.network));
+                prop_assert!(!h.offline.contains(&gw.id));
+                let holds = states[&gw.id]
+                    .interfaces
+                    .values()
+                    .any(|i| i.peers.contains_key(&node.public_key));
+                prop_assert!(holds, "{} does not hold {}", gw.id, node.id);
+            }
+            let carriers: Vec<&GatewayId> =
+                config.peers.iter().filter(|p| p.exit).map(|p| &p.gateway).collect();
+            prop_assert_eq!(carriers, vec![&exit.gateways[0].gateway]);
+        }
+    }
+
     #[test]
     fn only_active_nodes_appear(doc in common::document()) {
         let t = Topology::from_document(&doc).unwrap();

@@ -307,6 +307,17 @@ pub fn build(regions: usize, specs: &[WsSpec]) -> Document {
                 }
             }
         }
+        // A client wants an exit only where one of its networks can give it one
+        // (validation refuses the others).
+        for node in &mut nodes {
+            node.exit = node.exit
+                && node.memberships.iter().any(|m| {
+                    networks.iter().any(|n| n.id == m.network && n.exit)
+                        && gateways.iter().any(|g| {
+                            g.networks.contains(&m.network) && g.roles.iter().any(|r| r == "exit")
+                        })
+                });
+        }
         doc.workspaces.push(WorkspaceDoc {
             id: format!("ws{w}"),
             tenant: format!("tenant-{w}"),
