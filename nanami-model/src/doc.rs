@@ -337,66 +337,14 @@ impl Document {
 /// so 100,000 nested brackets would cost minutes of CPU.
 pub const MAX_YAML_NESTING: usize = 64;
 
-/// A linear pre-scan that refuses deep flow nesting. It skips quoted scalars and
-/// comments; brackets inside plain block scalars count too (a conservative error,
-/// never a missed one: they cannot hide nesting from the limit).
+/// Refuses flow nesting deeper than [`MAX_YAML_NESTING`] in one linear pass that
+/// tokenizes the text as libyaml does (see [`crate::yaml_depth`]), so quotes,
+/// comments and block scalars can't hide brackets from it.
 fn check_yaml_nesting(text: &str) -> Result<(), ParseError> {
-    let mut depth = 0usize;
-    let mut line = 1;
-    let mut chars = text.chars().peekable();
-    let mut prev = '\n';
-    while let Some(c) = chars.next() {
-        match c {
-            '\n' => line += 1,
-            '#' if prev.is_whitespace() => {
-                // A comment runs to the end of the line.
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        line += 1;
-                        break;
-                    }
-                }
-                prev = '\n';
-                continue;
-            }
-            '"' => {
-                while let Some(c) = chars.next() {
-                    match c {
-                        '\\' => {
-                            chars.next();
-                        }
-                        '"' => break,
-                        '\n' => line += 1,
-                        _ => {}
-                    }
-                }
-            }
-            '\'' if !prev.is_alphanumeric() => {
-                for c in chars.by_ref() {
-                    match c {
-                        // '' inside a single-quoted scalar is an escaped quote: the
-                        // scan resumes inside the scalar on the next quote anyway.
-                        '\'' => break,
-                        '\n' => line += 1,
-                        _ => {}
-                    }
-                }
-            }
-            '[' | '{' => {
-                depth += 1;
-                if depth > MAX_YAML_NESTING {
-                    return Err(ParseError::TooDeep {
-                        limit: MAX_YAML_NESTING,
-                        line,
-                    });
-                }
-            }
-            ']' | '}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        prev = c;
-    }
-    Ok(())
+    crate::yaml_depth::check(text, MAX_YAML_NESTING).map_err(|line| ParseError::TooDeep {
+        limit: MAX_YAML_NESTING,
+        line,
+    })
 }
 
 fn check_size(text: &str) -> Result<(), ParseError> {

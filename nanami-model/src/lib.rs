@@ -33,6 +33,7 @@ pub mod probes;
 pub mod state;
 pub mod topology;
 pub mod validate;
+mod yaml_depth;
 
 pub use assign::Assignment;
 pub use compile::{

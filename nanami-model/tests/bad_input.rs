@@ -595,6 +595,59 @@ fn yaml_flow_nesting_is_refused_in_linear_time() {
     }
 }
 
+/// #23: a quote inside a plain scalar (`k: 5"`, `k: -'`) is text, but the old
+/// pre-scan took it for an opening quote and skipped to the end of the text, so
+/// libyaml met 100,000 nested brackets after all (minutes of CPU). The scan now
+/// tokenizes as libyaml does. Measured in the test profile (opt-level 1, on a
+/// shared 2-core machine): the refusals take 2-30 µs (the scan stops at the 65th
+/// bracket), the same-line cases about 1.7 ms (libyaml reads one long plain
+/// scalar); the bound is 1 s.
+#[test]
+fn quotes_in_plain_scalars_do_not_hide_deep_nesting() {
+    let depth = 100_000;
+    let brackets = "[".repeat(depth);
+    for prefix in [
+        "k: 5\"\n",
+        "k: -'\n",
+        "version: 1\nk: 5\"\n",
+        "k: -'\n  x\"\n",
+    ] {
+        let text = format!("{prefix}{brackets}");
+        let start = std::time::Instant::now();
+        let r = Topology::from_yaml(&text);
+        let took = start.elapsed();
+        assert!(
+            matches!(
+                r,
+                Err(TopologyError::Parse(ParseError::TooDeep { limit: 64, .. }))
+            ),
+            "{prefix:?}: {r:?}"
+        );
+        assert!(
+            took < std::time::Duration::from_secs(1),
+            "{prefix:?} + {depth} brackets took {took:?}"
+        );
+    }
+    // On the same line the brackets are part of the plain scalar (`5"[[[…`): no
+    // nesting at all, and an ordinary parse error, as fast.
+    for prefix in ["k: 5\"", "k: -'"] {
+        let text = format!("{prefix}{brackets}");
+        let start = std::time::Instant::now();
+        let r = Topology::from_yaml(&text);
+        assert!(matches!(r, Err(TopologyError::Parse(_))), "{r:?}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    }
+}
+
+/// Quoted text may hold any brackets: only nesting counts.
+#[test]
+fn brackets_inside_quoted_names_are_not_nesting() {
+    let mut doc = base();
+    doc.workspaces[0].tenant = format!("acme {}", "[{".repeat(100));
+    let yaml = doc.to_yaml();
+    assert!(Topology::from_yaml(&yaml).is_ok(), "{yaml}");
+}
+
 /// "Billion laughs": aliases that expand exponentially must be refused, not
 /// expanded.
 #[test]
