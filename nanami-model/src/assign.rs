@@ -34,6 +34,19 @@
 //! eligible gateway has room for is left unassigned in that network, and its config
 //! says so; one that finds fewer than `redundancy` gets fewer standbys.
 //!
+//! ## Exits
+//!
+//! A client with `exit: true` gets its exit separately from its networks, so the
+//! exit does not depend on which gateway carries a network's routes. Its *exit
+//! network* is the first of its networks (by id) with `exit: true` that has an
+//! exit-eligible gateway with room; the exit gateways are that network's
+//! [`exit_candidates`] in the network's policy order (ranked for the client by the
+//! same rendezvous hashing when `balanced`), walked like the network's own list
+//! until `redundancy` are taken: the first is the client's exit, the others its
+//! exit standbys. Each holds the client as a peer in the exit network (counted
+//! against `capacity` like any other holder), so an exit gateway that is not the
+//! network's primary can still forward the client's default route.
+//!
 //! ## Balanced: weighted rendezvous (highest-random-weight) hashing
 //!
 //! For client `c` and gateway `g`:
@@ -82,6 +95,10 @@ pub struct Assignment {
     /// For each client and each of its assigned networks, its gateways in failover
     /// order: the primary first, then the standbys. Never empty, never repeats.
     pub ordered: BTreeMap<NodeId, BTreeMap<NetworkId, Vec<GatewayId>>>,
+    /// For each client with `exit: true` that could get one, its exit network and
+    /// its exit gateways in failover order (see "Exits" in the module docs). Never
+    /// empty, never repeats.
+    pub exits: BTreeMap<NodeId, (NetworkId, Vec<GatewayId>)>,
 }
 
 impl Assignment {
@@ -107,6 +124,54 @@ pub fn eligible(
         && health.is_up(&gateway.id, network)
 }
 
+/// Whether `gateway` may be the exit of clients of `network`: the network has
+/// `exit: true`, the gateway serves it with the `exit` role, its node is active, it
+/// is not draining, its region is active and it is not [`Health::offline`].
+/// [`Health::unhealthy`] is not consulted: it judges the path to the network's
+/// routes, not to the internet.
+pub fn exit_eligible(
+    topology: &Topology,
+    ws: &Workspace,
+    gateway: &Gateway,
+    network: &Network,
+    health: &Health,
+) -> bool {
+    network.exit
+        && gateway.has(Role::Exit)
+        && in_service(topology, ws, gateway, &network.id, health)
+}
+
+/// The gateways that may be the exit of clients of `network` ([`exit_eligible`]),
+/// in the policy's static order (as [`candidates`]).
+pub fn exit_candidates<'a>(
+    topology: &Topology,
+    ws: &'a Workspace,
+    network: &Network,
+    health: &Health,
+) -> Vec<&'a Gateway> {
+    policy_order(ws, network, |g: &&Gateway| {
+        exit_eligible(topology, ws, g, network, health)
+    })
+}
+
+/// Serves `network`, node active, not draining, region active, not offline.
+fn in_service(
+    topology: &Topology,
+    ws: &Workspace,
+    gateway: &Gateway,
+    network: &NetworkId,
+    health: &Health,
+) -> bool {
+    gateway.networks.contains(network)
+        && !gateway.drain
+        && ws.nodes.get(&gateway.node).is_some_and(|n| n.is_active())
+        && topology
+            .regions
+            .get(&gateway.region)
+            .is_some_and(|r| r.state == RegionState::Active)
+        && !health.offline.contains(&gateway.id)
+}
+
 /// Whether `gateway` would be [`eligible`] for `network` if its forwarding path to
 /// it were healthy: everything but [`Health::unhealthy`] is checked (it is online,
 /// not draining, …). These gateways serve a network none of whose gateways is
@@ -118,15 +183,7 @@ pub fn eligible_but_for_its_path(
     network: &NetworkId,
     health: &Health,
 ) -> bool {
-    gateway.networks.contains(network)
-        && gateway.has(Role::Ingress)
-        && !gateway.drain
-        && ws.nodes.get(&gateway.node).is_some_and(|n| n.is_active())
-        && topology
-            .regions
-            .get(&gateway.region)
-            .is_some_and(|r| r.state == RegionState::Active)
-        && !health.offline.contains(&gateway.id)
+    gateway.has(Role::Ingress) && in_service(topology, ws, gateway, network, health)
 }
 
 /// The gateways that take clients of `network`, in the policy's static order:
@@ -175,10 +232,16 @@ fn policy_order<'a>(
 /// none has one). It depends on the document only, not on health or drain, so a
 /// failure never re-weights the survivors.
 pub fn weights(ws: &Workspace, network: &NetworkId) -> BTreeMap<GatewayId, u32> {
+    role_weights(ws, network, Role::Ingress)
+}
+
+/// The balanced weights of the gateways serving `network` with `role`, as
+/// [`weights`] does for `ingress`.
+fn role_weights(ws: &Workspace, network: &NetworkId, role: Role) -> BTreeMap<GatewayId, u32> {
     let serving: Vec<&Gateway> = ws
         .gateways
         .values()
-        .filter(|g| g.networks.contains(network) && g.has(Role::Ingress))
+        .filter(|g| g.networks.contains(network) && g.has(role))
         .collect();
     let unbounded = serving.iter().filter_map(|g| g.capacity).max().unwrap_or(1);
     serving
@@ -254,26 +317,29 @@ pub fn assign(topology: &Topology, ws: &Workspace, health: &Health) -> Assignmen
         network: &'a Network,
         candidates: Vec<&'a Gateway>,
         weights: BTreeMap<GatewayId, u32>,
+        exit_candidates: Vec<&'a Gateway>,
+        exit_weights: BTreeMap<GatewayId, u32>,
     }
     let plans: BTreeMap<&NetworkId, Plan<'_>> = ws
         .networks
         .values()
         .map(|n| {
-            let weights = match n.policy {
-                Policy::Balanced => weights(ws, &n.id),
-                Policy::Auto | Policy::Manual(_) => BTreeMap::new(),
+            let (weights, exit_weights) = match n.policy {
+                Policy::Balanced => (weights(ws, &n.id), role_weights(ws, &n.id, Role::Exit)),
+                Policy::Auto | Policy::Manual(_) => (BTreeMap::new(), BTreeMap::new()),
             };
             let plan = Plan {
                 network: n,
                 candidates: candidates(topology, ws, n, health),
                 weights,
+                exit_candidates: exit_candidates(topology, ws, n, health),
+                exit_weights,
             };
             (&n.id, plan)
         })
         .collect();
     let gateway_nodes: BTreeSet<&NodeId> = ws.gateways.values().map(|g| &g.node).collect();
-    let mut out = Assignment::default();
-    let mut load: BTreeMap<&GatewayId, u64> = BTreeMap::new();
+    let mut placer = Placer::default();
     for node in ws.nodes.values() {
         if !node.is_active() || gateway_nodes.contains(&node.id) {
             continue;
@@ -286,45 +352,99 @@ pub fn assign(topology: &Topology, ws: &Workspace, health: &Health) -> Assignmen
                 Policy::Balanced => balanced_order(&node.id, &plan.candidates, &plan.weights),
                 Policy::Auto | Policy::Manual(_) => plan.candidates.clone(),
             };
-            let wanted = usize::try_from(plan.network.redundancy.max(1)).unwrap_or(usize::MAX);
-            let mut chosen: Vec<GatewayId> = Vec::new();
-            for g in order {
-                if chosen.len() >= wanted {
-                    break;
-                }
-                let holds = out
-                    .by_gateway
-                    .get(&g.id)
-                    .is_some_and(|c| c.contains_key(&node.id));
-                let used = load.get(&g.id).copied().unwrap_or(0);
-                if !holds && g.capacity.is_some_and(|cap| used >= u64::from(cap)) {
-                    continue;
-                }
-                if !holds {
-                    *load.entry(&g.id).or_insert(0) += 1;
-                }
-                out.by_gateway
-                    .entry(g.id.clone())
-                    .or_default()
-                    .entry(node.id.clone())
-                    .or_default()
-                    .push(net.clone());
-                chosen.push(g.id.clone());
-            }
+            let chosen = placer.take(&node.id, net, order, plan.network.redundancy);
             let Some(primary) = chosen.first() else {
                 continue;
             };
-            out.by_node
+            placer
+                .out
+                .by_node
                 .entry(node.id.clone())
                 .or_default()
                 .insert(net.clone(), primary.clone());
-            out.ordered
+            placer
+                .out
+                .ordered
                 .entry(node.id.clone())
                 .or_default()
                 .insert(net.clone(), chosen);
         }
+        if !node.exit {
+            continue;
+        }
+        // The first exit network (by id) where some exit gateway has room.
+        for net in node.memberships.keys() {
+            let Some(plan) = plans.get(net).filter(|p| p.network.exit) else {
+                continue;
+            };
+            let order = match plan.network.policy {
+                Policy::Balanced => {
+                    balanced_order(&node.id, &plan.exit_candidates, &plan.exit_weights)
+                }
+                Policy::Auto | Policy::Manual(_) => plan.exit_candidates.clone(),
+            };
+            let chosen = placer.take(&node.id, net, order, plan.network.redundancy);
+            if !chosen.is_empty() {
+                placer
+                    .out
+                    .exits
+                    .insert(node.id.clone(), (net.clone(), chosen));
+                break;
+            }
+        }
     }
-    out
+    placer.out
+}
+
+/// The assignment being built, with each gateway's load.
+#[derive(Default)]
+struct Placer<'a> {
+    out: Assignment,
+    load: BTreeMap<&'a GatewayId, u64>,
+}
+
+impl<'a> Placer<'a> {
+    /// Walks `order` and takes each gateway that already holds `node` or has room,
+    /// until `redundancy` are taken; each taken gateway holds `node` in `net`.
+    fn take(
+        &mut self,
+        node: &NodeId,
+        net: &NetworkId,
+        order: Vec<&'a Gateway>,
+        redundancy: u32,
+    ) -> Vec<GatewayId> {
+        let wanted = usize::try_from(redundancy.max(1)).unwrap_or(usize::MAX);
+        let mut chosen: Vec<GatewayId> = Vec::new();
+        for g in order {
+            if chosen.len() >= wanted {
+                break;
+            }
+            let holds = self
+                .out
+                .by_gateway
+                .get(&g.id)
+                .is_some_and(|c| c.contains_key(node));
+            let used = self.load.get(&g.id).copied().unwrap_or(0);
+            if !holds && g.capacity.is_some_and(|cap| used >= u64::from(cap)) {
+                continue;
+            }
+            if !holds {
+                *self.load.entry(&g.id).or_insert(0) += 1;
+            }
+            let nets = self
+                .out
+                .by_gateway
+                .entry(g.id.clone())
+                .or_default()
+                .entry(node.clone())
+                .or_default();
+            if !nets.contains(net) {
+                nets.push(net.clone());
+            }
+            chosen.push(g.id.clone());
+        }
+        chosen
+    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,12 @@
 //!   routes when `nat` and toward the internet always;
 //! - forwarding for the families it carries.
 //!
-//! Only objects of the gateway's own workspace are read, which is what keeps one
-//! workspace's addresses out of another's state.
+//! Only objects of the gateway's own workspace are read. That, not address
+//! disjointness, is what keeps workspaces apart: two workspaces may use the same
+//! overlays and routes (tenants choose their private ranges), so nothing here ever
+//! looks a node, key or peer up by address or across workspaces; a gateway's state
+//! and a client's configuration are built from one [`Workspace`] and its
+//! [`Assignment`] alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -24,7 +28,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::assign::{assign, Assignment};
-use crate::config::{peers_for, GatewayChoice, NodeConfig};
+use crate::config::{peers_for, ExitChoice, GatewayChoice, NodeConfig};
 use crate::health::Health;
 use crate::id::{GatewayId, NetworkId, NodeId, WorkspaceId};
 use crate::state::{
@@ -278,8 +282,37 @@ fn node_config(ws: &Workspace, rec: &Node, assignment: &Assignment) -> NodeConfi
             gateways.insert(net_id.clone(), list);
         }
     }
-    // The default route can belong to one peer only: the first exit network (by id).
-    let (peers, stranded) = peers_for(&gateways, &BTreeSet::new());
+    // The exit is its own list (the exit network's exit gateways), independent of
+    // which gateway carries the network's addresses.
+    let exit = assignment.exits.get(node).and_then(|(net_id, ids)| {
+        let net = ws.networks.get(net_id)?;
+        let list: Vec<GatewayChoice> = ids
+            .iter()
+            .filter_map(|g| ws.gateways.get(g))
+            .filter_map(|gw| {
+                let gw_node = ws.nodes.get(&gw.node)?;
+                Some(GatewayChoice {
+                    gateway: gw.id.clone(),
+                    public_key: gw_node.public_key,
+                    endpoint: gw.endpoint,
+                    allowed_ips: BTreeSet::new(),
+                    exit_routes: net.overlay.iter().map(default_route).collect(),
+                    addresses: gw_node
+                        .memberships
+                        .get(net_id)
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                        .collect(),
+                })
+            })
+            .collect();
+        (!list.is_empty()).then(|| ExitChoice {
+            network: net_id.clone(),
+            gateways: list,
+        })
+    });
+    let (peers, stranded) = peers_for(&gateways, exit.as_ref(), &BTreeSet::new());
     unassigned.extend(stranded);
     let addresses = rec
         .memberships
@@ -296,6 +329,7 @@ fn node_config(ws: &Workspace, rec: &Node, assignment: &Assignment) -> NodeConfi
         peers,
         unassigned,
         gateways,
+        exit,
     }
 }
 

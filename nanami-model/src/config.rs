@@ -14,6 +14,14 @@
 //! [`ClientPeer`] (so its handshake and keepalive are warm before it is needed);
 //! a gateway that is only a standby has no AllowedIPs, and its rendered `[Peer]`
 //! section has no `AllowedIPs` line, which `wg setconf` accepts.
+//!
+//! ## The exit
+//!
+//! A client that wants an exit has a separate failover list for it
+//! ([`NodeConfig::exit`]): exit-capable gateways of its exit network, in that
+//! network's policy order (see [`crate::assign`]). The default route sits on the
+//! first of them that is not down, whichever gateway carries the network's own
+//! addresses; each is a peer, warm like any standby.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -58,6 +66,28 @@ pub struct NodeConfig {
     /// its list that is not down (the primary, as compiled).
     #[serde(default)]
     pub gateways: BTreeMap<NetworkId, Vec<GatewayChoice>>,
+    /// The client's exit, when it wants one and an exit gateway could take it: the
+    /// exit network and its exit gateways in failover order. `peers` gives the
+    /// default route to the first of them that is not down. Absent in
+    /// configurations compiled before exits were chosen on their own; those give
+    /// the default route to the active gateway of the first network whose active
+    /// gateway has `exit_routes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitChoice>,
+}
+
+/// A client's exit: the network it leaves through and the gateways that can
+/// carry its default route, in failover order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitChoice {
+    /// The exit network: the first of the client's networks (by id) with
+    /// `exit: true` whose exit gateways could take the client.
+    pub network: NetworkId,
+    /// The exit gateways: the first is the exit, the others its standbys. Each has
+    /// the default routes in `exit_routes`, no `allowed_ips`, and its own addresses
+    /// in the exit network in `addresses`.
+    pub gateways: Vec<GatewayChoice>,
 }
 
 /// One gateway in a client's failover list for one network.
@@ -75,7 +105,9 @@ pub struct GatewayChoice {
     pub allowed_ips: BTreeSet<IpNet>,
     /// The default routes (one per overlay family) it carries when it is the
     /// client's exit; empty when it can't be (the node wants no exit, the network
-    /// has no `exit: true`, or the gateway lacks the exit role).
+    /// has no `exit: true`, or the gateway lacks the exit role). In a network's
+    /// list this says the gateway could be an exit; which gateway is the exit is
+    /// [`NodeConfig::exit`]'s to say.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub exit_routes: BTreeSet<IpNet>,
     /// The gateway's own overlay addresses in this network: what a client agent
@@ -113,12 +145,32 @@ pub struct ClientPeer {
 /// The peers a client has when each network is routed to the first of its
 /// `gateways` that is not `down`, and the networks left with none.
 ///
-/// The default route goes to one peer only: the active gateway of the first network
-/// (by id) whose active gateway has `exit_routes`.
+/// The default route goes to one peer only: with an `exit` list, the first of
+/// its gateways that is not down (none when all are); without one (a
+/// configuration compiled before exits had their own list), the active gateway of
+/// the first network (by id) whose active gateway has `exit_routes`.
 pub fn peers_for(
     gateways: &BTreeMap<NetworkId, Vec<GatewayChoice>>,
+    exit: Option<&ExitChoice>,
     down: &BTreeSet<GatewayId>,
 ) -> (Vec<ClientPeer>, BTreeSet<NetworkId>) {
+    fn peer<'a>(
+        peers: &'a mut BTreeMap<GatewayId, ClientPeer>,
+        choice: &GatewayChoice,
+    ) -> &'a mut ClientPeer {
+        peers
+            .entry(choice.gateway.clone())
+            .or_insert_with(|| ClientPeer {
+                gateway: choice.gateway.clone(),
+                public_key: choice.public_key,
+                endpoint: choice.endpoint,
+                allowed_ips: BTreeSet::new(),
+                persistent_keepalive: Some(CLIENT_KEEPALIVE),
+                networks: BTreeSet::new(),
+                exit: false,
+                standby_for: BTreeSet::new(),
+            })
+    }
     let mut peers: BTreeMap<GatewayId, ClientPeer> = BTreeMap::new();
     let mut stranded = BTreeSet::new();
     let mut exit_taken = false;
@@ -128,26 +180,28 @@ pub fn peers_for(
             stranded.insert(net.clone());
         }
         for (i, choice) in list.iter().enumerate() {
-            let peer = peers
-                .entry(choice.gateway.clone())
-                .or_insert_with(|| ClientPeer {
-                    gateway: choice.gateway.clone(),
-                    public_key: choice.public_key,
-                    endpoint: choice.endpoint,
-                    allowed_ips: BTreeSet::new(),
-                    persistent_keepalive: Some(CLIENT_KEEPALIVE),
-                    networks: BTreeSet::new(),
-                    exit: false,
-                    standby_for: BTreeSet::new(),
-                });
+            let peer = peer(&mut peers, choice);
             if Some(i) != active {
                 peer.standby_for.insert(net.clone());
                 continue;
             }
             peer.networks.insert(net.clone());
             peer.allowed_ips.extend(choice.allowed_ips.iter().copied());
-            if !exit_taken && !choice.exit_routes.is_empty() {
+            if exit.is_none() && !exit_taken && !choice.exit_routes.is_empty() {
                 exit_taken = true;
+                peer.exit = true;
+                peer.allowed_ips.extend(choice.exit_routes.iter().copied());
+            }
+        }
+    }
+    if let Some(exit) = exit {
+        let active = exit
+            .gateways
+            .iter()
+            .position(|c| !down.contains(&c.gateway));
+        for (i, choice) in exit.gateways.iter().enumerate() {
+            let peer = peer(&mut peers, choice);
+            if Some(i) == active {
                 peer.exit = true;
                 peer.allowed_ips.extend(choice.exit_routes.iter().copied());
             }
@@ -167,7 +221,7 @@ impl NodeConfig {
     /// result with `wg setconf` (or a minimal update), without the manager.
     #[must_use]
     pub fn failed_over(&self, down: &BTreeSet<GatewayId>) -> NodeConfig {
-        let (peers, stranded) = peers_for(&self.gateways, down);
+        let (peers, stranded) = peers_for(&self.gateways, self.exit.as_ref(), down);
         let mut unassigned: BTreeSet<NetworkId> = self
             .unassigned
             .iter()
@@ -195,11 +249,22 @@ impl NodeConfig {
             .find(|g| !down.contains(*g))
     }
 
-    /// Every gateway of the failover lists with its own overlay addresses (the
-    /// union over its networks), ordered by gateway id.
+    /// The client's exit gateway: the first of its exit list not in `down`.
+    pub fn active_exit(&self, down: &BTreeSet<GatewayId>) -> Option<&GatewayId> {
+        self.exit
+            .as_ref()?
+            .gateways
+            .iter()
+            .map(|c| &c.gateway)
+            .find(|g| !down.contains(*g))
+    }
+
+    /// Every gateway of the failover lists (the exit's included) with its own
+    /// overlay addresses (the union over its networks), ordered by gateway id.
     pub fn probe_addresses(&self) -> BTreeMap<GatewayId, BTreeSet<IpAddr>> {
         let mut out: BTreeMap<GatewayId, BTreeSet<IpAddr>> = BTreeMap::new();
-        for choice in self.gateways.values().flatten() {
+        let exit = self.exit.iter().flat_map(|e| e.gateways.iter());
+        for choice in self.gateways.values().flatten().chain(exit) {
             out.entry(choice.gateway.clone())
                 .or_default()
                 .extend(choice.addresses.iter().copied());
@@ -330,6 +395,15 @@ impl NodeConfig {
                 let _ = writeln!(out, "#   {net}: {}", ids.join(", "));
             }
         }
+        if let Some(exit) = self.exit.as_ref().filter(|e| e.gateways.len() > 1) {
+            let ids: Vec<&str> = exit.gateways.iter().map(|c| c.gateway.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "# exit order (through {}; only the active exit carries the default route): {}",
+                exit.network,
+                ids.join(", ")
+            );
+        }
         for peer in &self.peers {
             let nets: Vec<&str> = peer.networks.iter().map(|n| n.as_str()).collect();
             let standby: Vec<&str> = peer.standby_for.iter().map(|n| n.as_str()).collect();
@@ -339,6 +413,12 @@ impl NodeConfig {
             }
             if peer.exit {
                 about.push("exit".to_owned());
+            } else if self
+                .exit
+                .as_ref()
+                .is_some_and(|e| e.gateways.iter().any(|c| c.gateway == peer.gateway))
+            {
+                about.push("exit standby".to_owned());
             }
             if !standby.is_empty() {
                 about.push(format!("standby for: {}", standby.join(", ")));

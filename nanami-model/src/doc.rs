@@ -3,7 +3,10 @@
 //! Scalars that can be wrong in interesting ways (ids, keys, prefixes, addresses,
 //! enumerations) are read as text here and checked by [`crate::validate`], so one
 //! pass reports every problem with its path instead of stopping at the first.
-//! Unknown fields and wrong shapes are parse errors.
+//! Unknown fields are read past and recorded in [`Document::unknown_fields`], so
+//! that they too are reported by that pass, with their paths, next to every other
+//! problem; wrong shapes (a list where a mapping belongs, a word where a number
+//! does) are parse errors.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +30,8 @@ pub enum ParseError {
         /// The limit.
         limit: usize,
     },
-    /// The YAML is malformed, has an unknown field, or a value of the wrong shape.
+    /// The YAML is malformed or has a value of the wrong shape. (Unknown fields
+    /// are not parse errors: validation reports them with their paths.)
     #[error("YAML: {0}")]
     Yaml(String),
     /// The YAML nests flow collections (`[`, `{`) deeper than
@@ -40,7 +44,8 @@ pub enum ParseError {
         /// Where the limit was crossed (1-based).
         line: usize,
     },
-    /// The JSON is malformed, has an unknown field, or a value of the wrong shape.
+    /// The JSON is malformed or has a value of the wrong shape. (Unknown fields
+    /// are not parse errors: validation reports them with their paths.)
     #[error("JSON: {0}")]
     Json(String),
 }
@@ -67,7 +72,6 @@ impl OneOrMany {
 
 /// The whole document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Document {
     /// Must be 1.
     pub version: u32,
@@ -75,11 +79,66 @@ pub struct Document {
     pub regions: Vec<RegionDoc>,
     /// Tenants' workspaces.
     pub workspaces: Vec<WorkspaceDoc>,
+    /// Fields the text had that document version 1 does not define, in the order
+    /// they were read: [`crate::validate`] reports each as an issue at its path.
+    /// Filled by [`Document::from_yaml`] and [`Document::from_json`]; never written
+    /// back by [`Document::to_yaml`] or [`Document::to_json`].
+    #[serde(skip)]
+    pub unknown_fields: Vec<UnknownField>,
+}
+
+/// A field of the text that document version 1 does not define.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnknownField {
+    /// Where it is, from the document's root: `[Field("workspaces"), Index(0),
+    /// Field("gateways"), Index(1), Field("colour")]`. The last part is the field.
+    pub path: Vec<PathPart>,
+}
+
+/// One step of an [`UnknownField`]'s path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PathPart {
+    /// A field of a mapping.
+    Field(String),
+    /// A position in a list (0-based).
+    Index(usize),
+}
+
+impl UnknownField {
+    /// The unknown field's own name (the last part of its path).
+    pub fn name(&self) -> &str {
+        match self.path.last() {
+            Some(PathPart::Field(name)) => name,
+            Some(PathPart::Index(_)) | None => "",
+        }
+    }
+
+    fn from_ignored(path: &serde_ignored::Path<'_>) -> Self {
+        let mut parts = Vec::new();
+        let mut at = path;
+        loop {
+            match at {
+                serde_ignored::Path::Root => break,
+                serde_ignored::Path::Seq { parent, index } => {
+                    parts.push(PathPart::Index(*index));
+                    at = parent;
+                }
+                serde_ignored::Path::Map { parent, key } => {
+                    parts.push(PathPart::Field(key.clone()));
+                    at = parent;
+                }
+                serde_ignored::Path::Some { parent }
+                | serde_ignored::Path::NewtypeStruct { parent }
+                | serde_ignored::Path::NewtypeVariant { parent } => at = parent,
+            }
+        }
+        parts.reverse();
+        Self { path: parts }
+    }
 }
 
 /// A catalog region.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RegionDoc {
     /// Region id.
     pub id: String,
@@ -92,7 +151,6 @@ pub struct RegionDoc {
 
 /// A workspace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WorkspaceDoc {
     /// Workspace id.
     pub id: String,
@@ -113,13 +171,15 @@ pub struct WorkspaceDoc {
 
 /// A network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NetworkDoc {
     /// Network id, unique in its workspace.
     pub id: String,
-    /// Member tunnel prefixes: at most one IPv4 and one IPv6.
+    /// Member tunnel prefixes: at most one IPv4 and one IPv6. They must not overlap
+    /// another overlay or route of the same workspace; other workspaces may reuse
+    /// them.
     pub overlay: OneOrMany,
-    /// Private subnets reached through the network's egress gateways.
+    /// Private subnets reached through the network's egress gateways; like the
+    /// overlay, disjoint inside the workspace, free to repeat across workspaces.
     #[serde(default)]
     pub routes: Vec<String>,
     /// Whether gateways may serve as exit nodes.
@@ -152,7 +212,6 @@ fn default_policy() -> String {
 
 /// `gateways: { policy: auto | balanced | manual, manual: [ids], redundancy: k }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PolicyDoc {
     /// `auto`, `balanced` or `manual`.
     #[serde(default = "default_policy")]
@@ -178,7 +237,6 @@ impl Default for PolicyDoc {
 
 /// A node: a client or a gateway machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NodeDoc {
     /// Node id, unique in the document.
     pub id: String,
@@ -199,7 +257,6 @@ pub struct NodeDoc {
 
 /// Membership of a node in a network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MembershipDoc {
     /// The network id.
     pub network: String,
@@ -210,7 +267,6 @@ pub struct MembershipDoc {
 
 /// A gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GatewayDoc {
     /// Gateway id, unique in the document; its interface is `nm-<id>`.
     pub id: String,
@@ -240,13 +296,28 @@ impl Document {
     pub fn from_yaml(text: &str) -> Result<Self, ParseError> {
         check_size(text)?;
         check_yaml_nesting(text)?;
-        serde_yaml_ng::from_str(text).map_err(|e| ParseError::Yaml(e.to_string()))
+        let mut unknown = Vec::new();
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let mut doc: Self =
+            serde_ignored::deserialize(de, |path| unknown.push(UnknownField::from_ignored(&path)))
+                .map_err(|e| ParseError::Yaml(e.to_string()))?;
+        doc.unknown_fields = unknown;
+        Ok(doc)
     }
 
     /// Reads JSON.
     pub fn from_json(text: &str) -> Result<Self, ParseError> {
         check_size(text)?;
-        serde_json::from_str(text).map_err(|e| ParseError::Json(e.to_string()))
+        let mut unknown = Vec::new();
+        let mut de = serde_json::Deserializer::from_str(text);
+        let mut doc: Self = serde_ignored::deserialize(&mut de, |path| {
+            unknown.push(UnknownField::from_ignored(&path));
+        })
+        .map_err(|e| ParseError::Json(e.to_string()))?;
+        // Trailing text after the document is an error, as with `serde_json::from_str`.
+        de.end().map_err(|e| ParseError::Json(e.to_string()))?;
+        doc.unknown_fields = unknown;
+        Ok(doc)
     }
 
     /// Writes YAML.
@@ -266,66 +337,14 @@ impl Document {
 /// so 100,000 nested brackets would cost minutes of CPU.
 pub const MAX_YAML_NESTING: usize = 64;
 
-/// A linear pre-scan that refuses deep flow nesting. It skips quoted scalars and
-/// comments; brackets inside plain block scalars count too (a conservative error,
-/// never a missed one: they cannot hide nesting from the limit).
+/// Refuses flow nesting deeper than [`MAX_YAML_NESTING`] in one linear pass that
+/// tokenizes the text as libyaml does (see [`crate::yaml_depth`]), so quotes,
+/// comments and block scalars can't hide brackets from it.
 fn check_yaml_nesting(text: &str) -> Result<(), ParseError> {
-    let mut depth = 0usize;
-    let mut line = 1;
-    let mut chars = text.chars().peekable();
-    let mut prev = '\n';
-    while let Some(c) = chars.next() {
-        match c {
-            '\n' => line += 1,
-            '#' if prev.is_whitespace() => {
-                // A comment runs to the end of the line.
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        line += 1;
-                        break;
-                    }
-                }
-                prev = '\n';
-                continue;
-            }
-            '"' => {
-                while let Some(c) = chars.next() {
-                    match c {
-                        '\\' => {
-                            chars.next();
-                        }
-                        '"' => break,
-                        '\n' => line += 1,
-                        _ => {}
-                    }
-                }
-            }
-            '\'' if !prev.is_alphanumeric() => {
-                for c in chars.by_ref() {
-                    match c {
-                        // '' inside a single-quoted scalar is an escaped quote: the
-                        // scan resumes inside the scalar on the next quote anyway.
-                        '\'' => break,
-                        '\n' => line += 1,
-                        _ => {}
-                    }
-                }
-            }
-            '[' | '{' => {
-                depth += 1;
-                if depth > MAX_YAML_NESTING {
-                    return Err(ParseError::TooDeep {
-                        limit: MAX_YAML_NESTING,
-                        line,
-                    });
-                }
-            }
-            ']' | '}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        prev = c;
-    }
-    Ok(())
+    crate::yaml_depth::check(text, MAX_YAML_NESTING).map_err(|line| ParseError::TooDeep {
+        limit: MAX_YAML_NESTING,
+        line,
+    })
 }
 
 fn check_size(text: &str) -> Result<(), ParseError> {

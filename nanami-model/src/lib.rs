@@ -33,12 +33,13 @@ pub mod probes;
 pub mod state;
 pub mod topology;
 pub mod validate;
+mod yaml_depth;
 
 pub use assign::Assignment;
 pub use compile::{
     compile, compile_all, compile_node, compile_nodes, compile_workspace_nodes, CompileError,
 };
-pub use config::{ClientPeer, GatewayChoice, NodeConfig};
+pub use config::{ClientPeer, ExitChoice, GatewayChoice, NodeConfig};
 pub use doc::{Document, ParseError};
 pub use failover::{Failover, ProbePolicy};
 pub use health::Health;

@@ -3,6 +3,12 @@
 //! Each [`Issue`] carries the path of the offending value, written with ids where the
 //! id itself is valid (`workspaces[acme].nodes[laptop-1].public_key`) and with
 //! positions where it is not (`workspaces[acme].nodes[#3].id`).
+//!
+//! Uniqueness is checked where compiled state needs it: ids of nodes and gateways
+//! and public keys across the whole document (they name peers and interfaces
+//! everywhere), gateway endpoints across the document (they are sockets on the
+//! platform's machines), overlay addresses and overlapping prefixes inside one
+//! workspace only (a workspace is a tenant and picks its own private ranges).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -12,7 +18,9 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::alloc::{allocate, Allocation};
-use crate::doc::{Document, GatewayDoc, NetworkDoc, NodeDoc, WorkspaceDoc, VERSION};
+use crate::doc::{
+    Document, GatewayDoc, NetworkDoc, NodeDoc, PathPart, UnknownField, WorkspaceDoc, VERSION,
+};
 use crate::id::{
     GatewayId, IdError, InterfaceName, NetworkId, NodeId, RegionId, WorkspaceId, IFNAME_MAX,
     OWNED_PREFIX,
@@ -78,6 +86,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
             ),
         );
     }
+    v.unknown_fields(doc);
     let regions = v.regions(doc);
     let mut workspaces = BTreeMap::new();
     let mut seen_ws = BTreeSet::new();
@@ -97,7 +106,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
             workspaces.entry(id).or_insert(built);
         }
     }
-    v.global_checks(doc);
+    v.overlap_checks(doc);
     if v.issues.is_empty() {
         Ok(Topology::from_parts(regions, workspaces))
     } else {
@@ -113,6 +122,200 @@ fn seg(name: &str, id: &str, index: usize) -> String {
     } else {
         format!("{name}[#{index}]")
     }
+}
+
+/// The objects of a document that hold fields, for naming an unknown field's
+/// neighbours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Document,
+    Region,
+    Workspace,
+    Network,
+    Policy,
+    Node,
+    Membership,
+    Gateway,
+}
+
+impl Holder {
+    /// What the holder is called in a message, and the fields version 1 defines
+    /// for it (kept equal to the serde structs of [`crate::doc`] by a test).
+    fn fields(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            Self::Document => ("the document", &["version", "regions", "workspaces"]),
+            Self::Region => ("a region", &["id", "display_name", "state"]),
+            Self::Workspace => (
+                "a workspace",
+                &["id", "tenant", "regions", "networks", "nodes", "gateways"],
+            ),
+            Self::Network => (
+                "a network",
+                &[
+                    "id",
+                    "overlay",
+                    "routes",
+                    "exit",
+                    "nat",
+                    "gateways",
+                    "health_targets",
+                ],
+            ),
+            Self::Policy => (
+                "a network's `gateways`",
+                &["policy", "manual", "redundancy"],
+            ),
+            Self::Node => (
+                "a node",
+                &[
+                    "id",
+                    "public_key",
+                    "status",
+                    "endpoints",
+                    "memberships",
+                    "exit",
+                ],
+            ),
+            Self::Membership => ("a membership", &["network", "address"]),
+            Self::Gateway => (
+                "a gateway",
+                &[
+                    "id",
+                    "node",
+                    "region",
+                    "networks",
+                    "roles",
+                    "endpoint",
+                    "listen_port",
+                    "capacity",
+                    "drain",
+                ],
+            ),
+        }
+    }
+}
+
+/// A field name as it may appear in a path or message: as written when it is
+/// plain (letters, digits, `-`, `_`), quoted and escaped otherwise, so a hostile
+/// key can't forge a path or a log line.
+fn field_text(name: &str) -> String {
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        name.to_owned()
+    } else {
+        format!("{name:?}")
+    }
+}
+
+/// The path of the object `parts` lead to, written like every other issue's path
+/// (`workspaces[acme].gateways[gw-a]`), with the kind of object it is when known.
+fn object_path(doc: &Document, parts: &[PathPart]) -> (String, Option<Holder>) {
+    let mut out = String::new();
+    let mut holder = Some(Holder::Document);
+    let mut ws: Option<&WorkspaceDoc> = None;
+    let mut i = 0;
+    while let Some(part) = parts.get(i) {
+        let name = match part {
+            PathPart::Field(name) => name,
+            PathPart::Index(j) => {
+                out.push_str(&format!("[{j}]"));
+                holder = None;
+                i += 1;
+                continue;
+            }
+        };
+        if !out.is_empty() {
+            out.push('.');
+        }
+        let index = match parts.get(i + 1) {
+            Some(PathPart::Index(j)) => Some(*j),
+            Some(PathPart::Field(_)) | None => None,
+        };
+        // An index past the list can't come from the parser; `#j` is written then.
+        let id_of = |id: Option<&String>| id.cloned().unwrap_or_default();
+        let step = match (holder, name.as_str(), index) {
+            (Some(Holder::Document), "regions", Some(j)) => Some((
+                seg("regions", &id_of(doc.regions.get(j).map(|r| &r.id)), j),
+                Holder::Region,
+            )),
+            (Some(Holder::Document), "workspaces", Some(j)) => {
+                ws = doc.workspaces.get(j);
+                Some((
+                    seg("workspaces", &id_of(ws.map(|w| &w.id)), j),
+                    Holder::Workspace,
+                ))
+            }
+            (Some(Holder::Workspace), "networks", Some(j)) => Some((
+                seg(
+                    "networks",
+                    &id_of(ws.and_then(|w| w.networks.get(j)).map(|n| &n.id)),
+                    j,
+                ),
+                Holder::Network,
+            )),
+            (Some(Holder::Workspace), "nodes", Some(j)) => Some((
+                seg(
+                    "nodes",
+                    &id_of(ws.and_then(|w| w.nodes.get(j)).map(|n| &n.id)),
+                    j,
+                ),
+                Holder::Node,
+            )),
+            (Some(Holder::Workspace), "gateways", Some(j)) => Some((
+                seg(
+                    "gateways",
+                    &id_of(ws.and_then(|w| w.gateways.get(j)).map(|g| &g.id)),
+                    j,
+                ),
+                Holder::Gateway,
+            )),
+            (Some(Holder::Node), "memberships", Some(j)) => {
+                Some((format!("memberships[{j}]"), Holder::Membership))
+            }
+            _ => None,
+        };
+        match step {
+            Some((text, next)) => {
+                out.push_str(&text);
+                holder = Some(next);
+                i += 2;
+            }
+            None => {
+                holder = match (holder, name.as_str()) {
+                    (Some(Holder::Network), "gateways") => Some(Holder::Policy),
+                    _ => None,
+                };
+                out.push_str(&field_text(name));
+                i += 1;
+            }
+        }
+    }
+    (out, holder)
+}
+
+/// The issue for one unknown field: at its path, naming the fields its object has.
+fn unknown_field_issue(doc: &Document, field: &UnknownField) -> Issue {
+    let parent = field.path.len().saturating_sub(1);
+    let (mut path, holder) = object_path(doc, &field.path[..parent]);
+    let name = field_text(field.name());
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(&name);
+    let message = match holder {
+        Some(h) => {
+            let (what, fields) = h.fields();
+            format!(
+                "unknown field `{name}`; {what} has {} (topology version {VERSION})",
+                fields.join(", ")
+            )
+        }
+        None => "unknown field".to_owned(),
+    };
+    Issue { path, message }
 }
 
 fn describe_id_error(e: &IdError) -> String {
@@ -132,10 +335,9 @@ struct Validator {
     endpoints: BTreeMap<SocketAddr, String>,
 }
 
-/// A prefix with where it was declared, for overlap checks.
+/// A prefix with where it was declared, for overlap checks inside a workspace.
 struct Declared {
     net: IpNet,
-    workspace: String,
     path: String,
 }
 
@@ -145,6 +347,14 @@ impl Validator {
             path: path.into(),
             message: message.into(),
         });
+    }
+
+    /// Every field the text had that version 1 does not define, at its path.
+    fn unknown_fields(&mut self, doc: &Document) {
+        for field in &doc.unknown_fields {
+            let issue = unknown_field_issue(doc, field);
+            self.issues.push(issue);
+        }
     }
 
     fn id<T: std::str::FromStr<Err = IdError>>(&mut self, path: &str, text: &str) -> Option<T> {
@@ -309,6 +519,7 @@ impl Validator {
                 self.policy_refs(&npath, net, &ws.gateways);
             }
         }
+        self.exits(path, ws);
 
         // Exhaustion is judged on the document's memberships, so that it is reported
         // even when some members have problems of their own.
@@ -879,6 +1090,86 @@ impl Validator {
         }
     }
 
+    /// A client with `exit: true` needs a gateway that can be its exit: one of its
+    /// networks has `exit: true` and a gateway with the `exit` role serving it (for
+    /// `policy: manual`, one named in the list, since exits follow the network's
+    /// policy order). Judged on the document, like redundancy: health and drain only
+    /// take an exit away for a while. Gateway machines are not clients and are
+    /// skipped; memberships of unknown networks are reported elsewhere.
+    fn exits(&mut self, path: &str, ws: &WorkspaceDoc) {
+        let gateway_nodes: BTreeSet<&str> = ws.gateways.iter().map(|g| g.node.as_str()).collect();
+        for (i, n) in ws.nodes.iter().enumerate() {
+            if !n.exit || gateway_nodes.contains(n.id.as_str()) {
+                continue;
+            }
+            let xpath = format!("{path}.{}.exit", seg("nodes", &n.id, i));
+            if n.memberships.is_empty() {
+                self.err(
+                    xpath,
+                    "`exit: true`, but it is a member of no network, so no gateway can be its exit",
+                );
+                continue;
+            }
+            let nets: Vec<&NetworkDoc> = n
+                .memberships
+                .iter()
+                .filter_map(|m| ws.networks.iter().find(|d| d.id == m.network))
+                .collect();
+            if nets.is_empty() {
+                continue;
+            }
+            let exit_nets: Vec<&NetworkDoc> = nets.iter().copied().filter(|d| d.exit).collect();
+            if exit_nets.is_empty() {
+                let names: Vec<&str> = nets.iter().map(|d| d.id.as_str()).collect();
+                self.err(
+                    xpath,
+                    format!(
+                        "`exit: true`, but none of its networks ({}) has `exit: true`, so no gateway can be its exit",
+                        names.join(", ")
+                    ),
+                );
+                continue;
+            }
+            let can_exit = |d: &NetworkDoc, g: &GatewayDoc| {
+                g.networks.contains(&d.id) && g.roles.iter().any(|r| r == "exit")
+            };
+            let listed = |d: &NetworkDoc, g: &GatewayDoc| {
+                d.gateways.policy != "manual" || d.gateways.manual.contains(&g.id)
+            };
+            let served = exit_nets
+                .iter()
+                .any(|d| ws.gateways.iter().any(|g| can_exit(d, g) && listed(d, g)));
+            if served {
+                continue;
+            }
+            let names: Vec<&str> = exit_nets.iter().map(|d| d.id.as_str()).collect();
+            let unlisted: Vec<&str> = exit_nets
+                .iter()
+                .flat_map(|d| {
+                    ws.gateways
+                        .iter()
+                        .filter(move |g| can_exit(d, g) && !listed(d, g))
+                        .map(|g| g.id.as_str())
+                })
+                .collect();
+            let message = if unlisted.is_empty() {
+                format!(
+                    "`exit: true`, but no gateway serving its exit network{} ({}) has the exit role",
+                    if names.len() == 1 { "" } else { "s" },
+                    names.join(", ")
+                )
+            } else {
+                format!(
+                    "`exit: true`, but the gateways with the exit role serving its exit network{} ({}) are not in the network's manual list: {}",
+                    if names.len() == 1 { "" } else { "s" },
+                    names.join(", "),
+                    unlisted.join(", ")
+                )
+            };
+            self.err(xpath, message);
+        }
+    }
+
     fn policy_refs(&mut self, path: &str, net: &Network, gateways: &[GatewayDoc]) {
         self.redundancy(path, net, gateways);
         let Policy::Manual(ids) = &net.policy else {
@@ -897,37 +1188,46 @@ impl Validator {
         }
     }
 
-    /// Overlaps between overlays and routes, inside a workspace and across them.
-    fn global_checks(&mut self, doc: &Document) {
-        let mut declared = Vec::new();
+    /// Overlaps between the overlays and routes of one workspace.
+    ///
+    /// Workspaces are not compared with each other: tenants choose their private
+    /// ranges, and two workspaces may use the same overlay or route. Isolation is
+    /// structural (a gateway serves one workspace, and compile reads only that
+    /// workspace), never by address disjointness. Inside one workspace a client's
+    /// AllowedIPs and a gateway's routes must be unambiguous, so prefixes may not
+    /// overlap there.
+    fn overlap_checks(&mut self, doc: &Document) {
         for (wi, ws) in doc.workspaces.iter().enumerate() {
             let wpath = seg("workspaces", &ws.id, wi);
-            for (ni, n) in ws.networks.iter().enumerate() {
-                let npath = format!("{wpath}.{}", seg("networks", &n.id, ni));
-                let overlays = n.overlay.as_slice();
-                for (i, t) in overlays.iter().enumerate() {
-                    if let Ok(net) = t.parse::<IpNet>() {
-                        let path = if overlays.len() == 1 {
-                            format!("{npath}.overlay")
-                        } else {
-                            format!("{npath}.overlay[{i}]")
-                        };
+            self.workspace_overlaps(&wpath, ws);
+        }
+    }
+
+    fn workspace_overlaps(&mut self, wpath: &str, ws: &WorkspaceDoc) {
+        let mut declared = Vec::new();
+        for (ni, n) in ws.networks.iter().enumerate() {
+            let npath = format!("{wpath}.{}", seg("networks", &n.id, ni));
+            let overlays = n.overlay.as_slice();
+            for (i, t) in overlays.iter().enumerate() {
+                if let Ok(net) = t.parse::<IpNet>() {
+                    let path = if overlays.len() == 1 {
+                        format!("{npath}.overlay")
+                    } else {
+                        format!("{npath}.overlay[{i}]")
+                    };
+                    declared.push(Declared {
+                        net: net.trunc(),
+                        path,
+                    });
+                }
+            }
+            for (i, t) in n.routes.iter().enumerate() {
+                if let Ok(net) = t.parse::<IpNet>() {
+                    if net.prefix_len() > 0 {
                         declared.push(Declared {
                             net: net.trunc(),
-                            workspace: wpath.clone(),
-                            path,
+                            path: format!("{npath}.routes[{i}]"),
                         });
-                    }
-                }
-                for (i, t) in n.routes.iter().enumerate() {
-                    if let Ok(net) = t.parse::<IpNet>() {
-                        if net.prefix_len() > 0 {
-                            declared.push(Declared {
-                                net: net.trunc(),
-                                workspace: wpath.clone(),
-                                path: format!("{npath}.routes[{i}]"),
-                            });
-                        }
                     }
                 }
             }
@@ -967,14 +1267,7 @@ impl Validator {
         found.sort();
         for (i, top) in found {
             let (d, o) = (&declared[i], &declared[top]);
-            let message = if d.workspace == o.workspace {
-                format!("{} overlaps {} at {}", d.net, o.net, o.path)
-            } else {
-                format!(
-                    "{} overlaps {} of another workspace at {}: one workspace's traffic could reach another's addresses",
-                    d.net, o.net, o.path
-                )
-            };
+            let message = format!("{} overlaps {} at {}", d.net, o.net, o.path);
             self.err(d.path.clone(), message);
         }
     }
@@ -1009,4 +1302,79 @@ fn reserved_space(net: &IpNet) -> bool {
         .iter()
         .filter_map(|r| r.parse::<IpNet>().ok())
         .any(|r| r.contains(&net.network()) || net.contains(&r.network()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Every field set, so that serializing writes every one.
+    const FULL: &str = r#"
+version: 1
+regions: [{ id: r, display_name: R, state: active }]
+workspaces:
+  - id: w
+    tenant: t
+    regions: [r]
+    networks:
+      - id: n
+        overlay: 100.64.0.0/24
+        routes: [10.0.0.0/24]
+        exit: true
+        nat: true
+        gateways: { policy: manual, manual: [g], redundancy: 1 }
+        health_targets: [10.0.0.1]
+    nodes:
+      - id: g
+        public_key: "0TFxBlKHhHWPmIRcbXIDsPyOJg/xr68jHitQbAAIr3g="
+        status: active
+        endpoints: ["192.0.2.9:1"]
+        memberships: [{ network: n, address: 100.64.0.1 }]
+        exit: true
+    gateways:
+      - { id: g, node: g, region: r, networks: [n], roles: [ingress], endpoint: "192.0.2.1:51820", listen_port: 51820, capacity: 5, drain: true }
+"#;
+
+    fn keys(v: &serde_json::Value) -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    }
+
+    fn listed(h: Holder) -> Vec<String> {
+        let mut k: Vec<String> = h.fields().1.iter().map(|s| (*s).to_owned()).collect();
+        k.sort();
+        k
+    }
+
+    /// The field lists named in unknown-field messages are the serde structs' own.
+    #[test]
+    fn holder_fields_match_the_document_structs() {
+        let doc = Document::from_yaml(FULL).unwrap();
+        assert!(doc.unknown_fields.is_empty());
+        let v = serde_json::to_value(&doc).unwrap();
+        let ws = &v["workspaces"][0];
+        for (h, obj) in [
+            (Holder::Document, &v),
+            (Holder::Region, &v["regions"][0]),
+            (Holder::Workspace, ws),
+            (Holder::Network, &ws["networks"][0]),
+            (Holder::Policy, &ws["networks"][0]["gateways"]),
+            (Holder::Node, &ws["nodes"][0]),
+            (Holder::Membership, &ws["nodes"][0]["memberships"][0]),
+            (Holder::Gateway, &ws["gateways"][0]),
+        ] {
+            assert_eq!(keys(obj), listed(h), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn field_names_that_could_forge_a_path_are_quoted() {
+        assert_eq!(field_text("colour"), "colour");
+        assert_eq!(field_text("listen_port"), "listen_port");
+        assert_eq!(field_text("a]b"), "\"a]b\"");
+        assert_eq!(field_text("a\nb"), "\"a\\nb\"");
+        assert_eq!(field_text(""), "\"\"");
+    }
 }

@@ -109,9 +109,20 @@ def test_unreadable_documents_raise_parse_error(small_doc):
         nanami.Topology.from_yaml("version: [1\n")
     with pytest.raises(nanami.ParseError, match="JSON"):
         nanami.Topology.from_json("{")
+
+
+def test_unknown_fields_are_issues_with_their_paths(small_doc):
+    # Reported by validation next to every other problem, not as a parse error.
     small_doc["surprise"] = True
-    with pytest.raises(nanami.ParseError, match="surprise"):
+    small_doc["workspaces"][0]["gateways"][0]["colour"] = "blue"
+    paths = [i.path for i in nanami.validate(small_doc)]
+    assert "surprise" in paths
+    assert "workspaces[acme].gateways[gw-a].colour" in paths
+    with pytest.raises(nanami.ValidationError, match="unknown field `surprise`"):
         nanami.Topology.from_dict(small_doc)
+
+
+def test_unreadable_values_raise_parse_error():
     with pytest.raises(nanami.ParseError):
         nanami.validate({"version": 1, "regions": [], "workspaces": [], "x": object()})
     with pytest.raises(nanami.ParseError):

@@ -38,7 +38,7 @@ fn validate_lists_all_ten_faults_with_paths() {
     let text = String::from_utf8_lossy(&out.stdout);
     let expected = [
         "workspaces[acme].networks[lab].overlay: 100.80.2.0/24 overlaps 100.80.0.0/22",
-        "workspaces[acme].networks[lab].gateways.manual[0]: unknown gateway \"gw-ghost\"",
+        "workspaces[acme].gateways[gw-a].colour: unknown field `colour`",
         "workspaces[acme].nodes[laptop-1].public_key: not a valid WireGuard key",
         "workspaces[acme].nodes[laptop-1].memberships[0].address: 10.99.0.1 is outside the overlay",
         "workspaces[acme].nodes[laptop-2].public_key: public key already used by workspaces[acme].nodes[gw-a]",

@@ -34,7 +34,7 @@ pyo3::create_exception!(
     nanami,
     ParseError,
     NanamiError,
-    "The document (YAML, JSON or mapping) could not be read: bad syntax, an unknown field, a value of the wrong shape, or too large."
+    "The document (YAML, JSON or mapping) could not be read: bad syntax, a value of the wrong shape, or too large. (An unknown field is a validation issue.)"
 );
 pyo3::create_exception!(
     nanami,

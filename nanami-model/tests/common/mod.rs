@@ -169,6 +169,7 @@ pub fn build(regions: usize, specs: &[WsSpec]) -> Document {
             })
             .collect(),
         workspaces: Vec::new(),
+        unknown_fields: Vec::new(),
     };
     for (w, spec) in specs.iter().enumerate() {
         let ws_regions: Vec<String> = spec.regions.iter().map(|r| format!("r{r}")).collect();
@@ -306,6 +307,17 @@ pub fn build(regions: usize, specs: &[WsSpec]) -> Document {
                 }
             }
         }
+        // A client wants an exit only where one of its networks can give it one
+        // (validation refuses the others).
+        for node in &mut nodes {
+            node.exit = node.exit
+                && node.memberships.iter().any(|m| {
+                    networks.iter().any(|n| n.id == m.network && n.exit)
+                        && gateways.iter().any(|g| {
+                            g.networks.contains(&m.network) && g.roles.iter().any(|r| r == "exit")
+                        })
+                });
+        }
         doc.workspaces.push(WorkspaceDoc {
             id: format!("ws{w}"),
             tenant: format!("tenant-{w}"),
@@ -328,6 +340,25 @@ fn ws0(doc: &mut Document) -> Option<&mut WorkspaceDoc> {
 /// Every fault kind the validator must catch. Each returns the path its issue must
 /// start with, or `None` if the document has no place for it.
 pub const FAULTS: &[(&str, Fault)] = &[
+    ("unknown field", |d| {
+        use nanami_model::doc::{PathPart, UnknownField};
+        let ws = d.workspaces.first()?;
+        let path = format!(
+            "workspaces[{}].gateways[{}].colour",
+            ws.id,
+            ws.gateways.first()?.id
+        );
+        d.unknown_fields.push(UnknownField {
+            path: vec![
+                PathPart::Field("workspaces".into()),
+                PathPart::Index(0),
+                PathPart::Field("gateways".into()),
+                PathPart::Index(0),
+                PathPart::Field("colour".into()),
+            ],
+        });
+        Some(path)
+    }),
     ("malformed key", |d| {
         let ws = ws0(d)?;
         let n = ws.nodes.first_mut()?;
@@ -599,5 +630,117 @@ pub fn fleet(
             nodes,
             gateways: gws,
         }],
+        unknown_fields: Vec::new(),
     }
+}
+
+/// IPv4 prefixes every workspace of [`shared_pool_document`] draws its overlays and
+/// routes from: some equal across workspaces, some nested (the /23 holds two /24s,
+/// the /16 two more), so collisions between workspaces are the rule. Any greedy
+/// pick of three overlays blocks at most nine of the twelve, so one is always left.
+pub const SHARED_V4: [&str; 12] = [
+    "100.64.0.0/24",
+    "100.64.1.0/24",
+    "100.64.0.0/23",
+    "100.64.2.0/24",
+    "100.64.3.0/24",
+    "10.0.0.0/24",
+    "10.0.1.0/24",
+    "10.0.0.0/16",
+    "10.1.0.0/24",
+    "10.2.0.0/24",
+    "192.168.0.0/24",
+    "192.168.1.0/24",
+];
+
+/// The IPv6 counterpart of [`SHARED_V4`].
+pub const SHARED_V6: [&str; 8] = [
+    "fd00::/64",
+    "fd00:0:0:1::/64",
+    "fd00::/48",
+    "fd10::/64",
+    "fd10:0:0:1::/64",
+    "fd20::/64",
+    "fd20:0:0:1::/64",
+    "fd30::/64",
+];
+
+/// Picks, in `order`, the first prefix of `pool` that overlaps none of `taken`.
+fn pick(pool: &[&str], order: &[usize], taken: &mut Vec<ipnet::IpNet>) -> Option<String> {
+    for &i in order {
+        let net: ipnet::IpNet = pool[i].parse().unwrap();
+        if taken.iter().all(|t| !t.contains(&net) && !net.contains(t)) {
+            taken.push(net);
+            return Some(pool[i].to_owned());
+        }
+    }
+    None
+}
+
+/// A random valid document whose workspaces all draw their overlays and routes from
+/// one small shared pool ([`SHARED_V4`], [`SHARED_V6`]), so that they reuse and nest
+/// each other's prefixes often, while the prefixes of each workspace stay disjoint
+/// (the rule inside a workspace). Explicit addresses and health targets follow the
+/// prefixes drawn.
+pub fn shared_pool_document() -> impl Strategy<Value = Document> {
+    (document(), any::<u64>()).prop_map(|(mut doc, seed)| {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+        for ws in &mut doc.workspaces {
+            let mut order4: Vec<usize> = (0..SHARED_V4.len()).collect();
+            let mut order6: Vec<usize> = (0..SHARED_V6.len()).collect();
+            order4.shuffle(&mut rng);
+            order6.shuffle(&mut rng);
+            let mut taken = Vec::new();
+            // Overlays first, so every network finds one; routes take what is left.
+            let mut v4_overlays = Vec::new();
+            for n in &mut ws.networks {
+                let wants_v6 = n.overlay.as_slice().len() > 1;
+                let v4 = pick(&SHARED_V4, &order4, &mut taken).unwrap();
+                let mut overlay = vec![v4.clone()];
+                if wants_v6 {
+                    overlay.extend(pick(&SHARED_V6, &order6, &mut taken));
+                }
+                v4_overlays.push(v4);
+                n.overlay = OneOrMany::Many(overlay);
+            }
+            for n in &mut ws.networks {
+                let (v4_routes, v6_routes) = n
+                    .routes
+                    .iter()
+                    .partition::<Vec<&String>, _>(|r| !r.contains(':'));
+                let (want4, want6) = (v4_routes.len(), v6_routes.len());
+                let mut routes = Vec::new();
+                for _ in 0..want4 {
+                    routes.extend(pick(&SHARED_V4, &order4, &mut taken));
+                }
+                for _ in 0..want6 {
+                    routes.extend(pick(&SHARED_V6, &order6, &mut taken));
+                }
+                let first_v4 = routes.iter().find(|r| !r.contains(':')).cloned();
+                n.health_targets = match first_v4 {
+                    Some(r) if !n.health_targets.is_empty() => {
+                        let net: ipnet::Ipv4Net = r.parse().unwrap();
+                        vec![std::net::Ipv4Addr::from(u32::from(net.network()) + 1).to_string()]
+                    }
+                    _ => vec![],
+                };
+                n.routes = routes;
+            }
+            let net_index = |id: &str| id.strip_prefix("net").and_then(|i| i.parse::<usize>().ok());
+            for (i, node) in ws.nodes.iter_mut().enumerate() {
+                for m in &mut node.memberships {
+                    if m.address.is_none() {
+                        continue;
+                    }
+                    let n = net_index(&m.network).unwrap();
+                    let net: ipnet::Ipv4Net = v4_overlays[n].parse().unwrap();
+                    let host = u32::from(net.network()) + 100 + i as u32;
+                    m.address = Some(OneOrMany::One(std::net::Ipv4Addr::from(host).to_string()));
+                }
+            }
+        }
+        doc
+    })
 }
