@@ -77,6 +77,11 @@ enum Command {
         /// in milliseconds.
         #[arg(long, default_value_t = millis(http::HttpConfig::default().body_timeout))]
         body_timeout_ms: u64,
+        /// Also serve `/metrics` without a credential, over plain HTTP, on this
+        /// address (for a Prometheus that only the monitoring network reaches). On
+        /// the API's address `/metrics` needs the operator or control credential.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Mint a one-time enrolment token (printed on standard output).
     Token {
@@ -152,6 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             header_read_timeout_ms,
             idle_timeout_ms,
             body_timeout_ms,
+            metrics_listen,
         } => {
             let fd_limit = match raise_fd_limit() {
                 Ok(limit) => Some(limit),
@@ -188,6 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 http: http::HttpConfig {
                     body_timeout: Duration::from_millis(body_timeout_ms),
                 },
+                metrics_listen,
             }));
             // Tasks still running (connections past the grace period, blocking store
             // or compile work) must not hold the exit: the store commits atomically.
@@ -205,6 +212,7 @@ struct ServeArgs {
     health: HealthConfig,
     limits: ServerLimits,
     http: http::HttpConfig,
+    metrics_listen: Option<SocketAddr>,
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -260,6 +268,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     info!(addr = %listener.local_addr()?, tls = !args.insecure_http, "serving");
+    if let Some(addr) = args.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} for metrics"))?;
+        info!(addr = %metrics.local_addr()?, "serving /metrics without a credential");
+        tokio::spawn(server::serve(
+            metrics,
+            http::metrics_router(manager.clone()),
+            None,
+            args.limits,
+            stopped(stop_rx.clone()),
+        ));
+    }
     let serving = tokio::spawn(server::serve(
         listener,
         http::router(manager, args.http),

@@ -1298,7 +1298,7 @@ async fn a_store_that_cannot_write_still_fails_clients_over() {
     }
     let port = f.env.manager.port;
     let log = f.env.tmp.0.join("manager-small.log");
-    f.env.manager = spawn_manager(&mdir, &f.env.topology_file(), port, &log).await;
+    f.env.manager = spawn_manager(&mdir, &f.env.topology_file(), port, &log, &[]).await;
     f.env.converged(&["gw-a", "gw-b"]).await;
     let laptop = NodeId::new("laptop-1").unwrap();
     let before = f.env.control().node_config(&laptop).await.unwrap();
@@ -1350,7 +1350,7 @@ async fn a_store_that_cannot_write_still_fails_clients_over() {
     assert!(metrics_text(&f.env).await.contains("nanami_store_ok 1\n"));
     let served = f.env.control().status().await.unwrap();
     f.env.manager.stop();
-    f.env.manager = spawn_manager(&mdir, &f.env.topology_file(), port, &log).await;
+    f.env.manager = spawn_manager(&mdir, &f.env.topology_file(), port, &log, &[]).await;
     let reloaded = f.env.control().status().await.unwrap();
     for (s, r) in served.iter().zip(&reloaded) {
         assert_eq!(
@@ -1366,7 +1366,27 @@ async fn a_store_that_cannot_write_still_fails_clients_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_requests_get_the_json_error_and_the_store_is_private() {
-    let env = Env::start("odd", &topology(&client_key(), &client_key(), &[])).await;
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let env = Env::start_with_flags(
+        "odd",
+        &topology(&client_key(), &client_key(), &[]),
+        &["--metrics-listen", &metrics_addr],
+    )
+    .await;
+    // Metrics on their own address need no credential (plain HTTP).
+    let plain = nanami_api::Client::new(&format!("http://{metrics_addr}"), None).unwrap();
+    let m = plain
+        .send_raw(Method::GET, "/metrics", None, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(m.status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&m.body).contains("nanami_gateways 2\n"));
+    let other = plain
+        .send_raw(Method::GET, "/v1/status", None, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(other.status, StatusCode::NOT_FOUND, "only /metrics there");
     let control = env.control();
     let error_of = |a: &nanami_api::client::Answer| {
         serde_json::from_slice::<nanami_api::wire::ErrorBody>(&a.body)
@@ -1432,15 +1452,7 @@ async fn odd_requests_get_the_json_error_and_the_store_is_private() {
 /// returns the answer's status and body (the request must ask `Connection: close`).
 async fn raw_request(env: &Env, head: &str) -> (u16, Vec<u8>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let config = Arc::new(nanami_api::tls::client_config(&env.ca()).unwrap());
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", env.manager.port))
-        .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut tls = Raw::new(env).connect().await.unwrap();
     tls.write_all(head.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer))

@@ -67,7 +67,7 @@ async fn idle_and_slow_header_connections_are_cut_and_do_not_starve_others() {
     }
     // Connections that did their handshake and then nothing.
     let opening = Instant::now();
-    let mut idle = raw.connect_many(IDLE_CONNS, 64).await;
+    let mut idle = connect_many(&raw, IDLE_CONNS, 64).await;
     let opened = opening.elapsed();
     // Connections that made one request and kept the connection.
     let mut kept = Vec::new();
@@ -446,7 +446,7 @@ async fn racing_enrolments_reports_topology_changes_and_health_ticks_never_hang(
 
     // Shutdown is bounded even with many open connections and a long-poll in
     // flight (the daemon's).
-    let _idle = Raw::new(&env).connect_many(1000, 64).await;
+    let _idle = connect_many(&Raw::new(&env), 1000, 64).await;
     let took = terminate(&mut env, Duration::from_secs(5));
     println!("the manager exited {took:?} after SIGTERM");
     drop(daemon);

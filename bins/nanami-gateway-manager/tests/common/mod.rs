@@ -16,7 +16,10 @@ use nanami_gateway_daemon::{DaemonConfig, Outcome, ProbeConfig, ProbeFuture, Pro
 use nanami_model::{GatewayId, GatewayState, PrivateKey, PublicKey};
 use nanami_reconcile::sim::SimPlatform;
 use nanami_reconcile::Status;
+use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 pub const MANAGER: &str = env!("CARGO_BIN_EXE_nanami-gateway-manager");
 
@@ -156,6 +159,11 @@ impl Env {
 
     /// Initialises a manager dir and starts the manager on `topology`.
     pub async fn start(tag: &str, topology: &str) -> Self {
+        Self::start_with_flags(tag, topology, &[]).await
+    }
+
+    /// [`Env::start`] with `extra` flags on `serve`.
+    pub async fn start_with_flags(tag: &str, topology: &str, extra: &[&str]) -> Self {
         log_buffer();
         let tmp = TempDir::new(tag);
         let mdir = tmp.0.join("manager");
@@ -180,6 +188,7 @@ impl Env {
             &tmp.0.join("topology.yaml"),
             free_port(),
             &tmp.0.join("manager.log"),
+            extra,
         )
         .await;
         Self {
@@ -194,7 +203,7 @@ impl Env {
         self.manager.stop();
         let port = self.manager.port;
         let log = self.tmp.0.join("manager.log");
-        self.manager = spawn_manager(&self.mdir(), &self.topology_file(), port, &log).await;
+        self.manager = spawn_manager(&self.mdir(), &self.topology_file(), port, &log, &[]).await;
     }
 
     pub async fn token(&self, gateway: &str) -> String {
@@ -229,7 +238,15 @@ impl Env {
     }
 }
 
-pub async fn spawn_manager(dir: &Path, topology: &Path, port: u16, log: &Path) -> ManagerProc {
+/// Starts the manager on `dir` with `extra` flags on `serve` and waits for its
+/// `/healthz`.
+pub async fn spawn_manager(
+    dir: &Path,
+    topology: &Path,
+    port: u16,
+    log: &Path,
+    extra: &[&str],
+) -> ManagerProc {
     let logfile = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -246,7 +263,8 @@ pub async fn spawn_manager(dir: &Path, topology: &Path, port: u16, log: &Path) -
             "--missed-reports",
             "5",
         ])
-        .env("RUST_LOG", "debug")
+        .args(extra)
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(logfile)
         .spawn()
@@ -583,4 +601,29 @@ pub fn db_dump(db: &Path) -> (Vec<(String, i64)>, String) {
     }
     let _ = std::io::stdout().flush();
     (counts, text)
+}
+
+/// Raw TLS connections to the manager, trusting its CA.
+#[derive(Clone)]
+pub struct Raw {
+    connector: TlsConnector,
+    port: u16,
+}
+
+impl Raw {
+    /// Connections to `env`'s manager.
+    pub fn new(env: &Env) -> Self {
+        let config = nanami_api::tls::client_config(&env.ca()).unwrap();
+        Self {
+            connector: TlsConnector::from(Arc::new(config)),
+            port: env.manager.port,
+        }
+    }
+
+    /// A TCP connection with its TLS handshake done, nothing sent.
+    pub async fn connect(&self) -> std::io::Result<TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).await?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        self.connector.connect(name, tcp).await
+    }
 }

@@ -4,8 +4,6 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -14,70 +12,12 @@ use sha2::Digest as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
-use crate::common::{free_port, log_buffer, until, Env, ManagerProc, TempDir, MANAGER, REPORT_MS};
+use crate::common::{Env, Raw};
 
-/// [`Env::start`] with `extra` flags on `serve` (the harness's own spawn takes none).
+/// [`Env::start`] with `extra` flags on `serve`.
 pub async fn start_with(tag: &str, topology: &str, extra: &[&str]) -> Env {
-    log_buffer();
-    let tmp = TempDir::new(tag);
-    let mdir = tmp.0.join("manager");
-    let status = Command::new(MANAGER)
-        .args(["init", "--dir"])
-        .arg(&mdir)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "manager init failed");
-    std::fs::write(tmp.0.join("topology.yaml"), topology).unwrap();
-    let read = |name: &str| {
-        std::fs::read_to_string(mdir.join(name))
-            .unwrap()
-            .trim()
-            .to_owned()
-    };
-    let (control, operator) = (read("control.token"), read("operator.token"));
-    let port = free_port();
-    let log = tmp.0.join("manager.log");
-    let logfile = std::fs::File::create(&log).unwrap();
-    let child = Command::new(MANAGER)
-        .args(["serve", "--dir"])
-        .arg(&mdir)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--topology"])
-        .arg(tmp.0.join("topology.yaml"))
-        .args(["--report-interval-ms", &REPORT_MS.to_string()])
-        .args(["--missed-reports", "5"])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(logfile)
-        .spawn()
-        .unwrap();
-    let manager = ManagerProc {
-        child,
-        dir: mdir.clone(),
-        port,
-        log,
-    };
-    let client = Client::new(&manager.url(), Some(&mdir.join("ca.pem"))).unwrap();
-    until("the manager's /healthz", Duration::from_secs(15), || {
-        let client = client.clone();
-        async move {
-            let a = client
-                .send_raw(http::Method::GET, "/healthz", None, Duration::from_secs(2))
-                .await
-                .ok()?;
-            a.status.is_success().then_some(())
-        }
-    })
-    .await;
-    Env {
-        tmp,
-        manager,
-        control,
-        operator,
-    }
+    Env::start_with_flags(tag, topology, extra).await
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to at least `want` (the manager, its
@@ -130,45 +70,21 @@ pub fn log_lines(env: &Env, needle: &str) -> usize {
         .count()
 }
 
-/// Raw TLS connections to the manager, trusting its CA.
-#[derive(Clone)]
-pub struct Raw {
-    connector: TlsConnector,
-    port: u16,
-}
-
-impl Raw {
-    pub fn new(env: &Env) -> Self {
-        let config = nanami_api::tls::client_config(&env.ca()).unwrap();
-        Self {
-            connector: TlsConnector::from(Arc::new(config)),
-            port: env.manager.port,
+/// `n` idle connections, `parallel` handshakes at a time.
+pub async fn connect_many(raw: &Raw, n: usize, parallel: usize) -> Vec<TlsStream<TcpStream>> {
+    let mut out = Vec::with_capacity(n);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut started = 0;
+    while out.len() < n {
+        while started < n && tasks.len() < parallel {
+            let raw = raw.clone();
+            tasks.spawn(async move { raw.connect().await });
+            started += 1;
         }
+        let conn = tasks.join_next().await.unwrap().unwrap();
+        out.push(conn.unwrap_or_else(|e| panic!("connection {}: {e}", out.len())));
     }
-
-    /// A TCP connection with its TLS handshake done, nothing sent.
-    pub async fn connect(&self) -> std::io::Result<TlsStream<TcpStream>> {
-        let tcp = TcpStream::connect(("127.0.0.1", self.port)).await?;
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        self.connector.connect(name, tcp).await
-    }
-
-    /// `n` idle connections, `parallel` handshakes at a time.
-    pub async fn connect_many(&self, n: usize, parallel: usize) -> Vec<TlsStream<TcpStream>> {
-        let mut out = Vec::with_capacity(n);
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut started = 0;
-        while out.len() < n {
-            while started < n && tasks.len() < parallel {
-                let raw = self.clone();
-                tasks.spawn(async move { raw.connect().await });
-                started += 1;
-            }
-            let conn = tasks.join_next().await.unwrap().unwrap();
-            out.push(conn.unwrap_or_else(|e| panic!("connection {}: {e}", out.len())));
-        }
-        out
-    }
+    out
 }
 
 /// Whether the server closes `stream` within `within` (EOF or an error; a response
