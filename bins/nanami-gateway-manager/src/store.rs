@@ -581,3 +581,38 @@ impl Store for SqliteStore {
         Ok(Some((principal, stored)))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_topology_revisions_are_pruned() {
+        let dir = std::env::temp_dir().join(format!("nm-store-prune-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir.join("manager.db")).unwrap();
+        let mut newest = 0;
+        for n in 0..150 {
+            newest = store
+                .put_topology(&format!("{{\"n\":{n}}}"), 0, &BTreeMap::new())
+                .unwrap();
+        }
+        let count: i64 = store
+            .conn()
+            .query_row("SELECT count(*) FROM topology_revisions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, KEPT_REVISIONS);
+        assert_eq!(newest, 150);
+        let (revision, document) = store.load().unwrap().topology.unwrap();
+        assert_eq!((revision, document.as_str()), (150, "{\"n\":149}"));
+        // The same document again is no new revision.
+        assert_eq!(
+            store
+                .put_topology("{\"n\":149}", 0, &BTreeMap::new())
+                .unwrap(),
+            150
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
