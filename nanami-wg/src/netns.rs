@@ -236,7 +236,7 @@ impl Netns {
             .read(true)
             .write(true)
             .create_new(true)
-            .mode(0)
+            .mode(0o000)
             .open(&path)
             .map_err(io_error(name, "creating the mount point"))?;
         let mounted = run_in(None, || {
