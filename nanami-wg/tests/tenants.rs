@@ -719,3 +719,29 @@ fn a_hosted_detached_device_outlives_its_loop_and_is_adopted() {
     assert_torn_down(&host, &t);
     assert_eq!(owned_leftovers(&host), Vec::<String>::new());
 }
+
+#[test]
+fn namespaces_are_created_adopted_and_deleted_like_ip_netns() {
+    require(&[]);
+    use nanami_wg::netns::Netns as NanamiNetns;
+    let name = format!("nmt-{}-netns", std::process::id());
+    // A placeholder a crash left between creating and mounting is not a namespace.
+    let path = NanamiNetns::path(&name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, b"").unwrap();
+    assert!(NanamiNetns::open(&name).unwrap().is_none());
+    let ns = NanamiNetns::open_or_create(&name).unwrap();
+    // `ip` sees it, and a second open adopts the same namespace.
+    run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+    let again = NanamiNetns::open_or_create(&name).unwrap();
+    assert!(ns.same_as(&again).unwrap());
+    assert!(!ns.same_as(&NanamiNetns::current().unwrap()).unwrap());
+    let inside = ns.run(|| NanamiNetns::current().unwrap()).unwrap();
+    assert!(inside.same_as(&ns).unwrap(), "run() executes inside");
+    assert!(NanamiNetns::delete(&name).unwrap());
+    assert!(!path.exists());
+    assert!(
+        !NanamiNetns::delete(&name).unwrap(),
+        "deleting twice is fine"
+    );
+}
