@@ -302,6 +302,8 @@ impl Drop for Tenant {
         // A failed test may leave the gateway's namespace behind: it is named
         // machine-wide, so remove it (its interfaces go with it).
         let _ = nanami_wg::netns::Netns::delete(&self.namespace());
+        // A detached device still running stops when its socket goes.
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/nm-{}.sock", self.gateway));
         let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
