@@ -7,10 +7,13 @@
 //!   `inet nanami` nftables table, forwarding sysctls, change events, teardown.
 //! - [`uapi_client`]: drives a device in another process (a detached
 //!   `nanami-device`, or `wireguard-go`) over its UAPI socket.
+//! - [`netns`]: network namespaces (create like `ip netns add`, open, run a closure
+//!   inside, delete): hosted gateways live in their own.
 //! - [`probe`]: [`probe::Pinger`], ICMP echo probes over raw sockets (forwarding-path
 //!   health).
 
 pub mod device;
 pub mod linux;
+pub mod netns;
 pub mod probe;
 pub mod uapi_client;

@@ -1,12 +1,17 @@
-//! `nanami-device [-f|--foreground] <ifname>`: Nanami's userspace WireGuard device
-//! with the command line of the cross-platform userspace interface (like
-//! `wireguard-go`). It creates the TUN `<ifname>` and the UAPI socket
+//! `nanami-device [-f|--foreground] [--netns <name>] <ifname>`: Nanami's userspace
+//! WireGuard device with the command line of the cross-platform userspace interface
+//! (like `wireguard-go`). It creates the TUN `<ifname>` and the UAPI socket
 //! `/var/run/wireguard/<ifname>.sock`, is configured with `wg(8)`, and runs until
 //! SIGTERM or SIGINT, the removal of the TUN, or the deletion of the socket; then it
 //! stops every thread and exits.
 //!
 //! Without `--foreground` it starts itself in the background (a new session) and
-//! exits once the socket exists. Logs go to stderr; `RUST_LOG` sets the level.
+//! exits once the socket exists.
+//!
+//! `--netns <name>` (Nanami's addition, for a gateway hosted in its own namespace)
+//! creates the TUN inside the named network namespace `/run/netns/<name>`, which
+//! must exist, while the UDP sockets stay in the namespace the program was started
+//! in. Logs go to stderr; `RUST_LOG` sets the level.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
@@ -14,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use nanami_model::InterfaceName;
-use nanami_wg::device::{Device, DeviceOptions, TunSource, DEFAULT_UAPI_DIR};
+use nanami_wg::device::{create_tun, Device, DeviceOptions, TunSource, DEFAULT_UAPI_DIR};
+use nanami_wg::netns::Netns;
 
-const USAGE: &str = "usage: nanami-device [-f|--foreground] <ifname>";
+const USAGE: &str = "usage: nanami-device [-f|--foreground] [--netns <name>] <ifname>";
 
 /// How long the background launcher waits for the device to come up.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,9 +33,18 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 fn main() -> ExitCode {
     let mut foreground = false;
     let mut name = None;
-    for arg in std::env::args().skip(1) {
+    let mut netns = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "-f" | "--foreground" => foreground = true,
+            "--netns" if netns.is_none() => match args.next() {
+                Some(ns) => netns = Some(ns),
+                None => {
+                    eprintln!("{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -50,9 +65,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let result = if foreground {
-        run(&name)
+        run(&name, netns.as_deref())
     } else {
-        launch_background(&name)
+        launch_background(&name, netns.as_deref())
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,14 +82,17 @@ fn socket_path(name: &str) -> std::path::PathBuf {
     std::path::Path::new(DEFAULT_UAPI_DIR).join(format!("{name}.sock"))
 }
 
-/// Starts `nanami-device --foreground <name>` in a new session and waits until its
-/// socket exists (or it fails).
-fn launch_background(name: &str) -> anyhow::Result<()> {
+/// Starts `nanami-device --foreground [--netns <ns>] <name>` in a new session and
+/// waits until its socket exists (or it fails).
+fn launch_background(name: &str, netns: Option<&str>) -> anyhow::Result<()> {
     InterfaceName::new(name).context("invalid interface name")?;
     let exe = std::env::current_exe().context("locating this program")?;
     let mut cmd = Command::new(exe);
-    cmd.arg("--foreground")
-        .arg(name)
+    cmd.arg("--foreground");
+    if let Some(ns) = netns {
+        cmd.args(["--netns", ns]);
+    }
+    cmd.arg(name)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -115,7 +133,22 @@ fn stop_signals() -> libc::sigset_t {
     set
 }
 
-fn run(name: &str) -> anyhow::Result<()> {
+/// The TUN source: by name here, or created inside the namespace `netns`.
+fn tun_source(ifname: InterfaceName, netns: Option<&str>) -> anyhow::Result<TunSource> {
+    let Some(ns) = netns else {
+        return Ok(TunSource::Name(ifname));
+    };
+    let ns = Netns::open(ns)?.with_context(|| format!("no network namespace {ns}"))?;
+    let fd = ns
+        .run(|| create_tun(&ifname))
+        .context("entering the namespace")??;
+    Ok(TunSource::Fd {
+        fd,
+        name: Some(ifname),
+    })
+}
+
+fn run(name: &str, netns: Option<&str>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -137,8 +170,8 @@ fn run(name: &str) -> anyhow::Result<()> {
         );
     }
 
-    let device = Device::open(TunSource::Name(ifname), DeviceOptions::default())
-        .context("starting the device")?;
+    let tun = tun_source(ifname, netns)?;
+    let device = Device::open(tun, DeviceOptions::default()).context("starting the device")?;
     let socket = device
         .uapi_path()
         .map(std::path::Path::to_path_buf)

@@ -113,3 +113,71 @@ fn stops_cleanly_when_its_interface_is_deleted() {
     assert!(status.success(), "exit status {status}");
     assert!(!sock.exists(), "socket left behind");
 }
+
+#[test]
+fn with_netns_the_tun_is_inside_and_udp_stays_outside() {
+    common::require(&["wg", "ss"]);
+    let host = Netns::new("binh");
+    let inner = Netns::new("bini");
+    let name = ifname("n");
+    let sock = std::path::PathBuf::from(format!("/var/run/wireguard/{name}.sock"));
+    let child = host
+        .command(env!("CARGO_BIN_EXE_nanami-device"))
+        .args(["--foreground", "--netns", inner.name(), &name])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start nanami-device");
+    let mut guard = Guard(Some(child));
+    wait_for("the UAPI socket", || sock.exists());
+    let (key, _) = common::keypair();
+    host.exec_stdin(
+        "wg",
+        &[
+            "set",
+            &name,
+            "private-key",
+            "/dev/stdin",
+            "listen-port",
+            "51830",
+        ],
+        key.to_base64_secret().as_str(),
+    );
+    assert!(inner.try_exec("ip", &["link", "show", &name]), "TUN inside");
+    assert!(
+        !host.try_exec("ip", &["link", "show", &name]),
+        "no TUN outside"
+    );
+    let port = "sport = :51830";
+    assert!(!host.exec("ss", &["-Huan", port]).is_empty(), "UDP outside");
+    assert!(
+        inner.exec("ss", &["-Huan", port]).is_empty(),
+        "no UDP inside"
+    );
+
+    let mut child = guard.0.take().expect("child");
+    // SAFETY: signalling the child we started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    assert!(!inner.try_exec("ip", &["link", "show", &name]));
+}
+
+#[test]
+fn a_missing_netns_is_a_clear_error() {
+    common::require(&[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nanami-device"))
+        .args([
+            "--foreground",
+            "--netns",
+            "nmt-does-not-exist",
+            &ifname("x"),
+        ])
+        .output()
+        .expect("run nanami-device");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no network namespace nmt-does-not-exist"),
+        "{err}"
+    );
+}

@@ -35,8 +35,7 @@ mod uapi;
 mod udp;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -59,6 +58,8 @@ use sys::WakePipe;
 use tun::Tun;
 use udp::UdpSockets;
 
+use crate::netns::Netns;
+
 /// The directory `wg(8)` looks in for userspace devices' sockets.
 pub const DEFAULT_UAPI_DIR: &str = "/var/run/wireguard";
 
@@ -78,6 +79,19 @@ pub enum TunSource {
         /// The interface name, if the caller knows it.
         name: Option<InterfaceName>,
     },
+}
+
+/// Creates (or attaches to) the TUN interface `name` in the calling thread's network
+/// namespace and returns its fd, for [`TunSource::Fd`]: a caller that runs this on a
+/// thread inside another namespace ([`crate::netns::Netns::run`]) and then opens the
+/// device from its own thread gets a TUN there and UDP sockets here.
+pub fn create_tun(name: &InterfaceName) -> Result<OwnedFd, DeviceError> {
+    Tun::open(name.as_str())
+        .map(Tun::into_fd)
+        .map_err(|source| DeviceError::Tun {
+            name: name.as_str().to_owned(),
+            source,
+        })
 }
 
 /// How to start a device.
@@ -311,7 +325,7 @@ struct Shared {
     /// Set when a data-plane thread stopped on a fatal error (e.g. the TUN vanished).
     failed: AtomicBool,
     counters: Counters,
-    netns: Option<File>,
+    netns: Option<Netns>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -340,8 +354,11 @@ impl Shared {
 
     /// Binds new sockets (in the device's namespace) and starts their receivers.
     fn bind(self: &Arc<Self>, port: u16, fwmark: u32) -> Result<SocketGen, DeviceError> {
-        let sockets = sys::in_netns(self.netns.as_ref(), || UdpSockets::bind(port, fwmark))
-            .map_err(|source| DeviceError::Bind { port, source })?;
+        let sockets = crate::netns::run_in(self.netns.as_ref().map(AsFd::as_fd), || {
+            UdpSockets::bind(port, fwmark)
+        })
+        .and_then(|r| r)
+        .map_err(|source| DeviceError::Bind { port, source })?;
         let sockets = Arc::new(sockets);
         let wake = Arc::new(WakePipe::new().map_err(|source| DeviceError::Io {
             op: "creating a pipe",
@@ -656,7 +673,7 @@ impl Device {
             wake,
             failed: AtomicBool::new(false),
             counters: Counters::default(),
-            netns: sys::current_netns(),
+            netns: Netns::current().ok(),
         });
         let mut device = Device {
             shared: shared.clone(),

@@ -1,7 +1,6 @@
-//! Small system helpers: a wake pipe for stopping blocked threads, `poll`, and the
-//! network namespace the device belongs to.
+//! Small system helpers: a wake pipe for stopping blocked threads and `poll`
+//! (namespaces are [`crate::netns`]'s).
 
-use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -107,36 +106,4 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The network namespace of the calling thread, kept so that sockets rebound later
-/// (a `listen_port` change from any thread) are created in the device's namespace.
-pub(crate) fn current_netns() -> Option<File> {
-    File::open("/proc/thread-self/ns/net").ok()
-}
-
-/// Runs `f` on a fresh thread that has entered `netns` (or on a fresh thread in the
-/// caller's namespace when `netns` is `None`).
-pub(crate) fn in_netns<R: Send>(
-    netns: Option<&File>,
-    f: impl FnOnce() -> io::Result<R> + Send,
-) -> io::Result<R> {
-    let fd = netns.map(AsRawFd::as_raw_fd);
-    std::thread::scope(|s| {
-        let handle = std::thread::Builder::new()
-            .name("nanami-netns".into())
-            .spawn_scoped(s, move || {
-                if let Some(fd) = fd {
-                    // SAFETY: setns on a valid namespace fd; it affects only this
-                    // short-lived thread.
-                    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                f()
-            })?;
-        handle
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("namespace helper thread panicked")))
-    })
 }

@@ -78,6 +78,11 @@ impl Tun {
         Ok(Self { fd, name })
     }
 
+    /// Gives the fd up (for [`super::TunSource::Fd`] elsewhere).
+    pub(crate) fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     pub(crate) fn set_name(&mut self, name: String) {
         self.name = Some(name);
     }

@@ -58,6 +58,19 @@ fn kind_of(msg: &RouteNetlinkMessage) -> Option<ObjectKind> {
     }
 }
 
+/// Starts both subscriptions in `netns` (the current namespace when `None`): events
+/// are those of the namespace the sockets were opened in.
+pub fn subscribe_in(
+    netns: Option<&crate::netns::Netns>,
+) -> Result<(Events, mpsc::Receiver<PlatformEvent>), super::PlatformError> {
+    super::in_netns(netns, || {
+        subscribe().map_err(|source| super::PlatformError::Io {
+            context: "subscribing to netlink events".into(),
+            source,
+        })
+    })
+}
+
 /// Starts both subscriptions in the current network namespace.
 pub fn subscribe() -> io::Result<(Events, mpsc::Receiver<PlatformEvent>)> {
     let (tx, rx) = mpsc::channel(CHANNEL);

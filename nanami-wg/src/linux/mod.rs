@@ -10,6 +10,14 @@
 //! - forwarding sysctls are switched on and restored on [`LinuxPlatform::teardown`]
 //!   ([`sysctl`]);
 //! - out-of-band changes arrive as events ([`events`]).
+//!
+//! A gateway without [`LinuxConfig::namespace`] does all of this in the network
+//! namespace of the thread that created the platform (a dedicated machine). With a
+//! [`Hosting`] it does all of it inside the gateway's own namespace `nm-<gateway
+//! id>`, which the platform creates (or adopts after a restart) and deletes on
+//! teardown: its rtnetlink and event sockets are opened there, `nft` runs there,
+//! forwarding sysctls are those of the namespace, the TUN is created there, and only
+//! the WireGuard UDP socket stays in the host namespace. See [`Hosting`].
 
 pub mod events;
 pub mod kernel;
@@ -22,7 +30,9 @@ pub mod sysctl;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-pub use platform::{DeviceMode, LinuxConfig, LinuxPlatform};
+pub use platform::{DeviceMode, Hosting, LinuxConfig, LinuxPlatform};
+
+use crate::netns::{Netns, NetnsError};
 
 /// What went wrong on the machine. Each variant keeps what the kernel or tool said.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +94,18 @@ pub enum PlatformError {
     /// `nanami-reconcile` than this `nanami-wg`).
     #[error("unsupported op: {0}")]
     Unsupported(String),
+    /// A network namespace could not be created, opened or deleted.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// The hosting set-up cannot be done: the uplink is missing or cannot move, or
+    /// the backend cannot run in a namespace. `message` says what to change.
+    #[error("hosting in network namespace {namespace}: {message}")]
+    Hosting {
+        /// The gateway's namespace.
+        namespace: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Another I/O failure.
     #[error("{context}: {source}")]
     Io {
@@ -93,6 +115,31 @@ pub enum PlatformError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Runs `f` inside `netns` (on a helper thread that entered it and the caller's
+/// tokio runtime, so sockets `f` registers are driven by that runtime), or right here
+/// when `netns` is `None`.
+pub(crate) fn in_netns<R: Send>(
+    netns: Option<&Netns>,
+    f: impl FnOnce() -> Result<R, PlatformError> + Send,
+) -> Result<R, PlatformError> {
+    let Some(ns) = netns else { return f() };
+    let runtime = tokio::runtime::Handle::try_current().map_err(|e| PlatformError::Io {
+        context: "the Linux platform needs a tokio runtime".into(),
+        source: std::io::Error::other(e),
+    })?;
+    ns.run(move || {
+        let _entered = runtime.enter();
+        f()
+    })
+    .map_err(|source| PlatformError::Io {
+        context: format!(
+            "entering network namespace {}",
+            ns.name().unwrap_or("(unnamed)")
+        ),
+        source,
+    })?
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory,

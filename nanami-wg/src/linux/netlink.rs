@@ -26,6 +26,7 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 
 use super::PlatformError;
+use crate::netns::Netns;
 
 const EEXIST: i32 = libc::EEXIST;
 
@@ -270,6 +271,12 @@ impl Netlink {
         Ok(Self { handle })
     }
 
+    /// Opens a connection in `netns` (the current namespace when `None`): a netlink
+    /// socket belongs to the namespace it was created in.
+    pub fn connect_in(netns: Option<&Netns>) -> Result<Self, PlatformError> {
+        super::in_netns(netns, Self::connect)
+    }
+
     /// `ip link show`.
     pub async fn links(&self) -> Result<Vec<Link>, PlatformError> {
         let msgs: Vec<LinkMessage> = self
@@ -286,6 +293,22 @@ impl Netlink {
     /// `ip link set dev <index> mtu <mtu> up`.
     pub async fn set_link(&self, index: u32, mtu: u32) -> Result<(), PlatformError> {
         let msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
+        ok_if_errno(self.handle.link().set(msg).execute().await, &[])
+    }
+
+    /// `ip link set dev <index> up`.
+    pub async fn set_up(&self, index: u32) -> Result<(), PlatformError> {
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        ok_if_errno(self.handle.link().set(msg).execute().await, &[])
+    }
+
+    /// `ip link set dev <index> netns <fd>`: moves the link into the namespace
+    /// `netns` (the kernel takes it down and drops its addresses on the way).
+    pub async fn set_link_netns(&self, index: u32, netns: &Netns) -> Result<(), PlatformError> {
+        use std::os::fd::AsRawFd as _;
+        let msg = LinkUnspec::new_with_index(index)
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
         ok_if_errno(self.handle.link().set(msg).execute().await, &[])
     }
 

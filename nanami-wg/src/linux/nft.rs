@@ -24,6 +24,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use super::PlatformError;
+use crate::netns::Netns;
 
 /// Largest `nft -j` output read back; a table of a gateway with thousands of rules is
 /// well under it.
@@ -242,7 +243,14 @@ pub fn parse_list(json: &str) -> Result<Option<FilterSet>, PlatformError> {
 
 /// Runs `nft`, feeding `script` on standard input.
 pub async fn run_script(script: &str) -> Result<(), PlatformError> {
-    let mut child = tokio::process::Command::new("nft")
+    run_script_in(None, script).await
+}
+
+/// [`run_script`] in `netns` (the current namespace when `None`).
+pub async fn run_script_in(netns: Option<&Netns>, script: &str) -> Result<(), PlatformError> {
+    let mut cmd = tokio::process::Command::new("nft");
+    crate::netns::enter_before_exec(&mut cmd, netns);
+    let mut child = cmd
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -271,7 +279,14 @@ pub async fn run_script(script: &str) -> Result<(), PlatformError> {
 
 /// Reads the table back; `None` when it is absent or not intact.
 pub async fn observe() -> Result<Option<FilterSet>, PlatformError> {
-    let out = tokio::process::Command::new("nft")
+    observe_in(None).await
+}
+
+/// [`observe`] in `netns` (the current namespace when `None`).
+pub async fn observe_in(netns: Option<&Netns>) -> Result<Option<FilterSet>, PlatformError> {
+    let mut cmd = tokio::process::Command::new("nft");
+    crate::netns::enter_before_exec(&mut cmd, netns);
+    let out = cmd
         .args(["-j", "list", "table", "inet", NFT_TABLE])
         .stdin(Stdio::null())
         .output()

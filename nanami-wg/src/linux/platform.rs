@@ -1,8 +1,9 @@
 //! [`LinuxPlatform`]: observe and apply ops on this machine's current network
-//! namespace.
+//! namespace, or in a hosted gateway's own one ([`Hosting`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use nanami_model::state::{NANAMI_PROTO, NANAMI_TABLE};
@@ -17,7 +18,10 @@ use super::events::{self, Events};
 use super::kernel::{self, KernelWg};
 use super::netlink::{Link, Netlink};
 use super::{nft, sysctl, PlatformError};
-use crate::device::{Device, DeviceInfo, DeviceOptions, PeerConfig, TunSource, DEFAULT_UAPI_DIR};
+use crate::device::{
+    create_tun, Device, DeviceInfo, DeviceOptions, PeerConfig, TunSource, DEFAULT_UAPI_DIR,
+};
+use crate::netns::Netns;
 use crate::uapi_client::{UapiClient, UapiClientError};
 
 /// Where the WireGuard devices run.
@@ -37,6 +41,43 @@ pub enum DeviceMode {
     },
 }
 
+/// A gateway hosted in its own network namespace, so that gateways of several
+/// workspaces (tenants) can share one machine while reusing the same overlays,
+/// routes and client addresses: each sees only its own namespace.
+///
+/// The platform creates the namespace `name` (or adopts it after a restart), and
+/// everything it manages lives there: the TUN, its addresses, routes, rules, the
+/// `inet nanami` table (so NAT and conntrack), forwarding sysctls. The WireGuard UDP
+/// socket stays in the *host* namespace (the one the platform was created in): the
+/// endpoint and port the world sees. Gateways on one host therefore need distinct
+/// listen ports.
+///
+/// The `uplink` is the gateway's way to its LAN (a VLAN, veth or NIC the operator
+/// made for this workspace). The platform moves it from the host into the namespace
+/// at start (one already inside is fine) and back on teardown. Its IP addresses and
+/// up/down state travel with it both ways (the kernel would otherwise drop them), so
+/// the operator configures the LAN address on the uplink in the host namespace as
+/// usual; routes through it other than its connected prefixes (a LAN router behind
+/// it) are the operator's to add inside the namespace (`ip -n <name> route add …`),
+/// and are gone with the namespace on teardown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hosting {
+    /// The namespace's name: `nm-<gateway id>` ([`Hosting::for_gateway`]).
+    pub name: String,
+    /// The LAN interface to move into the namespace, if any.
+    pub uplink: Option<String>,
+}
+
+impl Hosting {
+    /// The namespace `nm-<gateway>` with `uplink`.
+    pub fn for_gateway(gateway: &nanami_model::GatewayId, uplink: Option<String>) -> Self {
+        Self {
+            name: format!("nm-{gateway}"),
+            uplink,
+        }
+    }
+}
+
 /// How a [`LinuxPlatform`] is set up.
 #[derive(Debug, Clone)]
 pub struct LinuxConfig {
@@ -53,6 +94,13 @@ pub struct LinuxConfig {
     /// Use the kernel's WireGuard when it has one (probed once, through its generic
     /// netlink family); the userspace `device` mode otherwise.
     pub prefer_kernel: bool,
+    /// `None` (the default): the gateway owns the machine and everything happens in
+    /// the namespace the platform is created in, as on a dedicated gateway.
+    /// `Some`: the gateway is hosted in its own namespace (see [`Hosting`]); the
+    /// platform must then be created in the host namespace. Kernel WireGuard is not
+    /// supported in this mode yet: creating an interface fails with
+    /// [`PlatformError::Hosting`] when the kernel has it and `prefer_kernel` is set.
+    pub namespace: Option<Hosting>,
 }
 
 impl LinuxConfig {
@@ -65,6 +113,7 @@ impl LinuxConfig {
             uapi_dir: Some(PathBuf::from(DEFAULT_UAPI_DIR)),
             device: DeviceMode::InProcess,
             prefer_kernel: true,
+            namespace: None,
         }
     }
 }
@@ -180,8 +229,9 @@ struct Managed {
     endpoints: BTreeMap<PublicKey, Option<std::net::SocketAddr>>,
 }
 
-/// The Linux platform. Create it inside the network namespace it manages, from a
-/// tokio runtime.
+/// The Linux platform. Create it from a tokio runtime, inside the network namespace
+/// it manages, or, for a hosted gateway ([`LinuxConfig::namespace`]), in the host
+/// namespace.
 pub struct LinuxPlatform {
     config: LinuxConfig,
     key: PrivateKey,
@@ -195,6 +245,149 @@ pub struct LinuxPlatform {
     /// ops in one pass must not dump every link each (a link's index changes only if
     /// it is recreated, which a failed op and the next pass's `observe` correct).
     indexes: BTreeMap<String, u32>,
+    /// The gateway's own namespace and the host's, when hosted.
+    hosted: Option<Hosted>,
+}
+
+/// A hosted gateway's namespaces.
+struct Hosted {
+    name: String,
+    /// The gateway's namespace: everything but the UDP socket.
+    ns: Arc<Netns>,
+    /// The namespace the platform was created in: UDP sockets, and where the uplink
+    /// comes from and returns to.
+    host: Arc<Netns>,
+    uplink: Option<String>,
+}
+
+impl Hosted {
+    fn open(hosting: &Hosting) -> Result<Self, PlatformError> {
+        let host = Netns::current().map_err(|source| PlatformError::Io {
+            context: "opening the host network namespace".into(),
+            source,
+        })?;
+        if Netns::open(&hosting.name)?
+            .map(|ns| ns.same_as(&host))
+            .transpose()
+            .map_err(|source| PlatformError::Io {
+                context: "comparing network namespaces".into(),
+                source,
+            })?
+            == Some(true)
+        {
+            return Err(PlatformError::Hosting {
+                namespace: hosting.name.clone(),
+                message: "the platform must be created in the host namespace, not inside \
+                          the gateway's"
+                    .into(),
+            });
+        }
+        let ns = Netns::open_or_create(&hosting.name)?;
+        info!(namespace = %hosting.name, uplink = ?hosting.uplink, "hosting the gateway in its own network namespace");
+        Ok(Self {
+            name: hosting.name.clone(),
+            ns: Arc::new(ns),
+            host: Arc::new(host),
+            uplink: hosting.uplink.clone(),
+        })
+    }
+
+    fn error(&self, message: impl Into<String>) -> PlatformError {
+        PlatformError::Hosting {
+            namespace: self.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Moves the uplink into the namespace unless it is there already. Runs on a
+    /// helper thread with its own runtime, so that the synchronous
+    /// [`LinuxPlatform::new`] can do it without blocking on its caller's runtime.
+    fn bring_uplink_in(&self) -> Result<(), PlatformError> {
+        let Some(uplink) = &self.uplink else {
+            return Ok(());
+        };
+        let work = || -> Result<(), PlatformError> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| PlatformError::Io {
+                    context: "starting a runtime to move the uplink".into(),
+                    source,
+                })?;
+            rt.block_on(async {
+                let inside = Netlink::connect_in(Some(&self.ns))?;
+                if inside.links().await?.iter().any(|l| &l.name == uplink) {
+                    debug!(%uplink, namespace = %self.name, "the uplink is already inside");
+                    return Ok(());
+                }
+                let host = Netlink::connect_in(Some(&self.host))?;
+                if move_link(&host, &inside, &self.ns, uplink).await? {
+                    info!(%uplink, namespace = %self.name, "moved the uplink into the namespace");
+                    Ok(())
+                } else {
+                    Err(self.error(format!(
+                        "the uplink {uplink} is neither in the host namespace nor inside"
+                    )))
+                }
+            })
+        };
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("nanami-uplink".into())
+                .spawn_scoped(s, work)
+                .map_err(|source| PlatformError::Io {
+                    context: "starting a thread to move the uplink".into(),
+                    source,
+                })?
+                .join()
+                .unwrap_or_else(|_| Err(self.error("the uplink thread panicked")))
+        })
+    }
+
+    /// Gives the uplink back to the host namespace (if it is inside).
+    async fn return_uplink(&self, inside: &Netlink) -> Result<(), PlatformError> {
+        let Some(uplink) = &self.uplink else {
+            return Ok(());
+        };
+        let host = Netlink::connect_in(Some(&self.host))?;
+        if move_link(inside, &host, &self.host, uplink).await? {
+            info!(%uplink, namespace = %self.name, "gave the uplink back to the host namespace");
+        }
+        Ok(())
+    }
+}
+
+/// Moves the link `name` from the namespace `from` speaks for to `to_ns` (which `to`
+/// speaks for), carrying its IP addresses and up state, which the kernel drops on a
+/// move (IPv6 link-local ones excepted: the kernel makes new ones). Returns `false`
+/// when `from` has no such link.
+async fn move_link(
+    from: &Netlink,
+    to: &Netlink,
+    to_ns: &Netns,
+    name: &str,
+) -> Result<bool, PlatformError> {
+    let Some(link) = from.links().await?.into_iter().find(|l| l.name == name) else {
+        return Ok(false);
+    };
+    let addresses: Vec<ipnet::IpNet> = from
+        .addresses()
+        .await?
+        .into_iter()
+        .filter(|(index, net)| *index == link.index && !is_ipv6_link_local(net))
+        .map(|(_, net)| net)
+        .collect();
+    from.set_link_netns(link.index, to_ns).await?;
+    let Some(moved) = to.links().await?.into_iter().find(|l| l.name == name) else {
+        return Err(PlatformError::NoInterface(name.to_owned()));
+    };
+    for net in addresses {
+        to.add_address(moved.index, net).await?;
+    }
+    if link.up {
+        to.set_up(moved.index).await?;
+    }
+    Ok(true)
 }
 
 impl std::fmt::Debug for LinuxPlatform {
@@ -207,16 +400,21 @@ impl std::fmt::Debug for LinuxPlatform {
 }
 
 impl LinuxPlatform {
-    /// Loads the key, connects to rtnetlink and subscribes to change events.
+    /// Loads the key, connects to rtnetlink and subscribes to change events; with
+    /// [`LinuxConfig::namespace`], first creates (or adopts) the gateway's namespace
+    /// and moves its uplink in, and does all of that inside it.
     pub fn new(config: LinuxConfig) -> Result<Self, PlatformError> {
         let key = super::keyfile::load(&config.key_file)?;
-        let netlink = Netlink::connect()?;
-        let (ev, rx) = events::subscribe().map_err(|e| PlatformError::Io {
-            context: "subscribing to netlink events".into(),
-            source: e,
-        })?;
-        let sysctls = sysctl::Record::new(&config.state_dir);
-        info!(public_key = %key.public_key(), "linux platform ready");
+        let hosted = config.namespace.as_ref().map(Hosted::open).transpose()?;
+        if let Some(h) = &hosted {
+            h.bring_uplink_in()?;
+        }
+        let ns = hosted.as_ref().map(|h| &*h.ns);
+        let netlink = Netlink::connect_in(ns)?;
+        let (ev, rx) = events::subscribe_in(ns)?;
+        let sysctls =
+            sysctl::Record::in_netns(&config.state_dir, hosted.as_ref().map(|h| h.ns.clone()));
+        info!(public_key = %key.public_key(), namespace = ?hosted.as_ref().map(|h| &h.name), "linux platform ready");
         Ok(Self {
             config,
             key,
@@ -226,7 +424,18 @@ impl LinuxPlatform {
             sysctls,
             kernel: None,
             indexes: BTreeMap::new(),
+            hosted,
         })
+    }
+
+    /// The gateway's own network namespace, when hosted.
+    pub fn namespace(&self) -> Option<&str> {
+        self.hosted.as_ref().map(|h| h.name.as_str())
+    }
+
+    /// Where everything but the UDP sockets lives: `None` for the current namespace.
+    fn ns(&self) -> Option<&Netns> {
+        self.hosted.as_ref().map(|h| &*h.ns)
     }
 
     /// The node's public key.
@@ -278,6 +487,12 @@ impl LinuxPlatform {
             self.netlink.del_link(stale.index).await?;
         }
         let device = match (self.kernel_backend().await, &self.config.device) {
+            (Some(_), _) if self.hosted.is_some() => {
+                return Err(self.hosted_error(
+                    "kernel WireGuard cannot serve a hosted gateway yet; set prefer_kernel \
+                     to false to use Nanami's userspace device",
+                ));
+            }
             (Some(kernel), _) => {
                 self.netlink.add_wireguard_link(name.as_str()).await?;
                 kernel
@@ -294,15 +509,38 @@ impl LinuxPlatform {
                     uapi_dir: self.config.uapi_dir.clone(),
                     listen_port: listen_port.unwrap_or(0),
                 };
-                let device = Device::open(TunSource::Name(name.clone()), options)
-                    .map_err(device_error(name))?;
+                let device = match &self.hosted {
+                    None => Device::open(TunSource::Name(name.clone()), options),
+                    // The TUN in the gateway's namespace, the device (and so its UDP
+                    // sockets, now and after a port change) opened in the host's.
+                    Some(h) => {
+                        let fd =
+                            h.ns.run(|| create_tun(name))
+                                .map_err(|source| PlatformError::Io {
+                                    context: format!("creating {name} in {}", h.name),
+                                    source,
+                                })?;
+                        let fd = fd.map_err(device_error(name))?;
+                        let tun = TunSource::Fd {
+                            fd,
+                            name: Some(name.clone()),
+                        };
+                        h.host
+                            .run(|| Device::open(tun, options))
+                            .map_err(|source| PlatformError::Io {
+                                context: format!("opening {name} in the host namespace"),
+                                source,
+                            })?
+                    }
+                }
+                .map_err(device_error(name))?;
                 Wg::InProcess(device)
             }
             (None, DeviceMode::Detached { program }) => {
                 // A predecessor whose link was just deleted removes its socket
                 // when it exits; wait for that, or it would remove the new one.
                 wait_for_socket_release(Path::new(DEFAULT_UAPI_DIR), name).await?;
-                spawn_detached(program, name).await?;
+                spawn_detached(program, name, self.hosted.as_ref()).await?;
                 let client = UapiClient::new(Path::new(DEFAULT_UAPI_DIR), name.as_str());
                 client
                     .set_listen_port(listen_port.unwrap_or(0))
@@ -336,6 +574,13 @@ impl LinuxPlatform {
         managed.device.upsert_peer(name, &config).await?;
         managed.endpoints.insert(*key, peer.endpoint);
         Ok(())
+    }
+
+    fn hosted_error(&self, message: &str) -> PlatformError {
+        match &self.hosted {
+            Some(h) => h.error(message),
+            None => PlatformError::Unsupported(message.to_owned()),
+        }
     }
 
     /// The kernel backend, probed on first use; `None` when the kernel has no
@@ -390,6 +635,8 @@ impl LinuxPlatform {
 
     /// Removes everything Nanami owns here: its devices and `nm-` links, its routes
     /// and rules, the `inet nanami` table; then restores the forwarding sysctls.
+    /// A hosted gateway then gives its uplink back to the host namespace (with its
+    /// addresses and state) and deletes its namespace.
     pub async fn teardown(&mut self) -> Result<(), PlatformError> {
         let observed = self.observe().await?;
         let owned = observed.state.owned();
@@ -400,7 +647,7 @@ impl LinuxPlatform {
         for route in &owned.routes {
             self.netlink.del_route(route, None).await?;
         }
-        nft::run_script(&nft::delete_script()).await?;
+        nft::run_script_in(self.ns(), &nft::delete_script()).await?;
         for (_, managed) in std::mem::take(&mut self.devices) {
             managed.device.shutdown();
         }
@@ -410,6 +657,11 @@ impl LinuxPlatform {
             }
         }
         self.sysctls.restore()?;
+        if let Some(h) = &self.hosted {
+            h.return_uplink(&self.netlink).await?;
+            Netns::delete(&h.name)?;
+            info!(namespace = %h.name, "deleted the gateway's network namespace");
+        }
         info!("teardown complete: nothing of Nanami's is left");
         Ok(())
     }
@@ -499,9 +751,9 @@ impl Platform for LinuxPlatform {
             .into_iter()
             .filter(|r| r.table == NANAMI_TABLE || r.protocol == NANAMI_PROTO)
             .collect();
-        state.filter = nft::observe().await?;
+        state.filter = nft::observe_in(self.ns()).await?;
         for family in [IpFamily::V4, IpFamily::V6] {
-            if sysctl::read(family)? {
+            if sysctl::read_in(self.ns(), family)? {
                 state.forwarding.insert(family);
             }
         }
@@ -572,8 +824,10 @@ impl Platform for LinuxPlatform {
                 }
                 Ok(())
             }
-            Op::ReplaceFilter { filter } => nft::run_script(&nft::replace_script(filter)).await,
-            Op::DeleteFilter => nft::run_script(&nft::delete_script()).await,
+            Op::ReplaceFilter { filter } => {
+                nft::run_script_in(self.ns(), &nft::replace_script(filter)).await
+            }
+            Op::DeleteFilter => nft::run_script_in(self.ns(), &nft::delete_script()).await,
             Op::AddRoute { route } => {
                 let index = self.index(&route.interface).await?;
                 let added = self.netlink.add_route(route, index).await;
@@ -607,9 +861,20 @@ fn is_ipv6_link_local(net: &ipnet::IpNet) -> bool {
 }
 
 /// Starts `program <name>` (which daemonizes itself and returns once its UAPI socket
-/// exists) in this thread's network namespace.
-async fn spawn_detached(program: &Path, name: &InterfaceName) -> Result<(), PlatformError> {
-    let out = tokio::process::Command::new(program)
+/// exists) in this thread's network namespace; for a hosted gateway,
+/// `program --netns <namespace> <name>` in the host namespace, so its TUN is in the
+/// gateway's namespace and its UDP sockets in the host's.
+async fn spawn_detached(
+    program: &Path,
+    name: &InterfaceName,
+    hosted: Option<&Hosted>,
+) -> Result<(), PlatformError> {
+    let mut cmd = tokio::process::Command::new(program);
+    if let Some(h) = hosted {
+        crate::netns::enter_before_exec(&mut cmd, Some(&h.host));
+        cmd.args(["--netns", h.name.as_str()]);
+    }
+    let out = cmd
         .arg(name.as_str())
         .stdin(std::process::Stdio::null())
         .output()

@@ -1,18 +1,47 @@
 //! Forwarding sysctls: read, switched on, and restored on teardown from a record of
 //! what the machine had before Nanami touched it.
+//!
+//! `/proc/sys/net` files belong to the network namespace of the thread that opens
+//! them, so the `*_in` forms open them on a thread inside the given namespace.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nanami_model::IpFamily;
 
 use super::PlatformError;
+use crate::netns::Netns;
 
 /// The file that switches forwarding for `family` in the current network namespace.
 pub fn path(family: IpFamily) -> &'static str {
     match family {
         IpFamily::V4 => "/proc/sys/net/ipv4/ip_forward",
         IpFamily::V6 => "/proc/sys/net/ipv6/conf/all/forwarding",
+    }
+}
+
+/// Whether forwarding is on for `family` in `netns` (the current namespace when
+/// `None`).
+pub fn read_in(netns: Option<&Netns>, family: IpFamily) -> Result<bool, PlatformError> {
+    match netns {
+        None => read(family),
+        Some(ns) => ns.run(|| read(family)).map_err(|e| PlatformError::Sysctl {
+            path: path(family).into(),
+            message: format!("entering the namespace: {e}"),
+        })?,
+    }
+}
+
+fn write_in(netns: Option<&Netns>, family: IpFamily, on: bool) -> Result<(), PlatformError> {
+    match netns {
+        None => write(family, on),
+        Some(ns) => ns
+            .run(|| write(family, on))
+            .map_err(|e| PlatformError::Sysctl {
+                path: path(family).into(),
+                message: format!("entering the namespace: {e}"),
+            })?,
     }
 }
 
@@ -38,13 +67,21 @@ fn write(family: IpFamily, on: bool) -> Result<(), PlatformError> {
 /// restores what the machine had before Nanami.
 pub struct Record {
     file: PathBuf,
+    netns: Option<Arc<Netns>>,
 }
 
 impl Record {
-    /// The record in `state_dir`.
+    /// The record in `state_dir`, for the current network namespace.
     pub fn new(state_dir: &Path) -> Self {
+        Self::in_netns(state_dir, None)
+    }
+
+    /// The record in `state_dir`, for the sysctls of `netns` (the current namespace
+    /// when `None`).
+    pub fn in_netns(state_dir: &Path, netns: Option<Arc<Netns>>) -> Self {
         Self {
             file: state_dir.join("sysctl-originals.json"),
+            netns,
         }
     }
 
@@ -59,7 +96,7 @@ impl Record {
     pub fn enable(&self, family: IpFamily) -> Result<(), PlatformError> {
         let mut originals = self.load();
         if let std::collections::btree_map::Entry::Vacant(e) = originals.entry(family) {
-            e.insert(read(family)?);
+            e.insert(read_in(self.netns.as_deref(), family)?);
             let text = serde_json::to_string(&originals).unwrap_or_default();
             super::write_atomic(&self.file, text.as_bytes()).map_err(|e| {
                 PlatformError::Sysctl {
@@ -68,13 +105,13 @@ impl Record {
                 }
             })?;
         }
-        write(family, true)
+        write_in(self.netns.as_deref(), family, true)
     }
 
     /// Puts every recorded value back and forgets the record.
     pub fn restore(&self) -> Result<(), PlatformError> {
         for (family, on) in self.load() {
-            write(family, on)?;
+            write_in(self.netns.as_deref(), family, on)?;
         }
         match std::fs::remove_file(&self.file) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(PlatformError::Sysctl {
