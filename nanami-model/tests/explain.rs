@@ -7,7 +7,9 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use nanami_model::assign::{assign, eligible, exit_eligible, Duty, Verdict};
+use nanami_model::assign::{
+    assign, eligible, exit_eligible, neg_log2_fixed, rendezvous_hash, Duty, Verdict,
+};
 use nanami_model::explain::{GatewayVerdict, NetworkExplanation, Outcome, PolicyName};
 use nanami_model::topology::{NodeStatus, RegionState, Role};
 use nanami_model::{
@@ -457,6 +459,53 @@ fn the_json_names_verdict_and_outcome_side_by_side() {
     assert!(!json.contains(&common::keys(3)[2]));
 }
 
+/// A `balanced` list is ranked by its scores (highest `weight / neg_log2` first,
+/// ties by id), each score is the rendezvous hash of (client, gateway), and each
+/// weight is the gateway's capacity for the duty's role (for one without a
+/// capacity, the largest among the gateways serving the network with that role, or
+/// 1; for one without the role, 1). Other policies have no scores.
+fn check_scores(
+    ws: &nanami_model::topology::Workspace,
+    client: &NodeId,
+    n: &NetworkExplanation,
+) -> Result<(), TestCaseError> {
+    if n.policy != PolicyName::Balanced {
+        prop_assert!(n.gateways.iter().all(|v| v.score.is_none()));
+        return Ok(());
+    }
+    let role = match n.duty {
+        Duty::Network => Role::Ingress,
+        Duty::Exit => Role::Exit,
+    };
+    let serving: Vec<_> = ws
+        .gateways
+        .values()
+        .filter(|g| g.networks.contains(&n.network) && g.roles.contains(&role))
+        .collect();
+    let unbounded = serving.iter().filter_map(|g| g.capacity).max().unwrap_or(1);
+    let mut previous: Option<(u128, u128, &GatewayId)> = None;
+    for v in &n.gateways {
+        let score = v.score.unwrap();
+        let g = &ws.gateways[&v.gateway];
+        let weight = if serving.iter().any(|s| s.id == g.id) {
+            g.capacity.unwrap_or(unbounded)
+        } else {
+            1
+        };
+        prop_assert_eq!(score.weight, weight, "{:?}", v);
+        prop_assert_eq!(score.hash, rendezvous_hash(client, &v.gateway));
+        prop_assert_eq!(score.neg_log2, neg_log2_fixed(score.hash));
+        let (w, l) = (u128::from(score.weight), u128::from(score.neg_log2));
+        if let Some((pw, pl, pid)) = previous {
+            // previous before this one: pw / pl > w / l, or equal and a smaller id.
+            let ordered = pw * l > w * pl || (pw * l == w * pl && pid < &v.gateway);
+            prop_assert!(ordered, "{:?} after {}", v, pid);
+        }
+        previous = Some((w, l, &v.gateway));
+    }
+    Ok(())
+}
+
 /// Every explanation of `t` under `h`, as bytes.
 fn explained_bytes(t: &Topology, h: &Health) -> String {
     let mut out = String::new();
@@ -534,6 +583,7 @@ proptest! {
                 for n in e.networks.iter().chain(e.exit.iter().flat_map(|x| x.tried.iter())) {
                     let positions: Vec<usize> = n.gateways.iter().filter_map(|v| v.outcome.position()).collect();
                     prop_assert_eq!(positions, (0..n.chosen().len()).collect::<Vec<_>>());
+                    check_scores(ws, &rec.id, n)?;
                     for v in &n.gateways {
                         let walked = matches!(v.outcome, Outcome::Primary | Outcome::Standby { .. } | Outcome::CapacityFull { .. } | Outcome::NotNeeded);
                         if walked {

@@ -7,7 +7,6 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
-use nanami_model::doc::Document;
 use nanami_model::{
     compile_all, compile_node, compile_nodes, Destination, GatewayId, GatewayState, Health,
     InterfaceName, NodeConfig, NodeId, PublicKey, Topology, WorkspaceId,
