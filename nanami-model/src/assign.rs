@@ -9,7 +9,8 @@
 //! its node is active, it is not draining (`drain: true`), its region is `active`
 //! (a `draining` region drains all its gateways), and [`Health`] says it is up for
 //! that network (neither [`Health::offline`] nor [`Health::unhealthy`] for the
-//! pair).
+//! pair). These checks are made in one place, [`verdict`], which says which one a
+//! gateway fails; [`crate::explain`] reports it.
 //!
 //! **Safety rule.** When no gateway is eligible for a network but some are only
 //! [`Health::unhealthy`] for it (online, not draining: eligible in every other

@@ -25,6 +25,26 @@
 //! Like everything in this crate, an explanation is a pure function of the
 //! topology and the [`Health`]: ordered collections only, ids only (no keys), so
 //! the same input serializes to the same bytes.
+//!
+//! ```
+//! use nanami_model::assign::Verdict;
+//! use nanami_model::explain::Outcome;
+//! use nanami_model::{explain_gateway, explain_node, GatewayId, Health, NetworkId, NodeId, Topology};
+//! let topology = Topology::from_yaml(include_str!("../../examples/topology.yaml")).unwrap();
+//! let mut health = Health::all_up();
+//! health.offline.insert(GatewayId::new("gw-fra-1").unwrap());
+//! let why = explain_node(&topology, &health, &NodeId::new("laptop-ana").unwrap()).unwrap();
+//! let corp = why.network(&NetworkId::new("corp").unwrap()).unwrap();
+//! // In region order gw-fra-1 comes first, but it is offline.
+//! assert_eq!(corp.gateways[0].verdict, Verdict::Offline);
+//! assert_eq!(corp.gateways[0].outcome, Outcome::Ineligible);
+//! assert_eq!(corp.primary, Some(GatewayId::new("gw-nyc-1").unwrap()));
+//! // The only exit gateway is offline: no exit.
+//! assert_eq!(why.exit.as_ref().unwrap().network, None);
+//! let nyc = explain_gateway(&topology, &health, &GatewayId::new("gw-nyc-1").unwrap()).unwrap();
+//! assert!(nyc.carried().iter().any(|(node, _)| node.as_str() == "laptop-ana"));
+//! println!("{}", serde_json::to_string_pretty(&why).unwrap());
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 
