@@ -9,7 +9,8 @@
 //! its node is active, it is not draining (`drain: true`), its region is `active`
 //! (a `draining` region drains all its gateways), and [`Health`] says it is up for
 //! that network (neither [`Health::offline`] nor [`Health::unhealthy`] for the
-//! pair).
+//! pair). These checks are made in one place, [`verdict`], which says which one a
+//! gateway fails; [`crate::explain`] reports it.
 //!
 //! **Safety rule.** When no gateway is eligible for a network but some are only
 //! [`Health::unhealthy`] for it (online, not draining: eligible in every other
@@ -75,10 +76,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::Serialize;
+
 use crate::alloc::fnv1a;
 use crate::health::Health;
 use crate::id::{GatewayId, NetworkId, NodeId};
-use crate::topology::{Gateway, Network, Policy, RegionState, Role, Topology, Workspace};
+use crate::topology::{
+    Gateway, Network, NodeStatus, Policy, RegionState, Role, Topology, Workspace,
+};
 
 /// Fractional bits of the fixed-point logarithm in the balanced score: 2^-32 is far
 /// below the spacing of scores that matter, and the products stay well inside `u128`.
@@ -112,7 +117,112 @@ impl Assignment {
     }
 }
 
-/// Whether `gateway` may take clients of `network`.
+/// What a gateway is judged for by [`verdict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Duty {
+    /// Holding clients of a network (primary or standby): needs the `ingress` role
+    /// and a healthy forwarding path to the network.
+    Network,
+    /// Being clients' exit in a network: needs the `exit` role; the forwarding path
+    /// to the network's routes is not consulted (it says nothing of the internet).
+    Exit,
+}
+
+/// Whether a gateway may serve a duty in a network and, when not, the first check
+/// it fails, in the order [`verdict`] makes them. Capacity and the manual list are
+/// not here: they depend on the client and on placement order, see
+/// [`crate::explain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case", tag = "verdict")]
+#[non_exhaustive]
+pub enum Verdict {
+    /// Every check passes.
+    Eligible,
+    /// The gateway does not list the network in its `networks`.
+    NotServed,
+    /// The gateway lacks the role the duty needs (`ingress` or `exit`).
+    MissingRole {
+        /// The role it lacks.
+        role: Role,
+    },
+    /// The gateway's own node is not `active`.
+    NodeNotActive {
+        /// Its node's status.
+        status: NodeStatus,
+    },
+    /// The gateway's node is not in the workspace (never so in a validated topology).
+    NodeUnknown,
+    /// The gateway is in maintenance mode (`drain: true`).
+    Drained,
+    /// The gateway's region is `draining`.
+    RegionDraining,
+    /// The gateway's region is `retired` (validation refuses this; a topology
+    /// edited after validation may still hold it).
+    RegionRetired,
+    /// The gateway's region is not in the catalog (never so in a validated topology).
+    RegionUnknown,
+    /// [`Health::offline`] names the gateway.
+    Offline,
+    /// [`Health::unhealthy`] names the gateway with this network ([`Duty::Network`]
+    /// only). The safety rule may still make it a candidate, see [`candidates`].
+    Unhealthy,
+}
+
+impl Verdict {
+    /// Whether every check passed.
+    pub fn is_eligible(&self) -> bool {
+        *self == Verdict::Eligible
+    }
+}
+
+/// The one place the checks of eligibility are made: whether `gateway` may serve
+/// `duty` in `network`, or the first check it fails. [`eligible`],
+/// [`eligible_but_for_its_path`] and [`exit_eligible`] are thin wrappers over it,
+/// and [`crate::explain`] reports it.
+pub fn verdict(
+    topology: &Topology,
+    ws: &Workspace,
+    gateway: &Gateway,
+    network: &NetworkId,
+    duty: Duty,
+    health: &Health,
+) -> Verdict {
+    let role = match duty {
+        Duty::Network => Role::Ingress,
+        Duty::Exit => Role::Exit,
+    };
+    if !gateway.has(role) {
+        return Verdict::MissingRole { role };
+    }
+    if !gateway.networks.contains(network) {
+        return Verdict::NotServed;
+    }
+    if gateway.drain {
+        return Verdict::Drained;
+    }
+    match ws.nodes.get(&gateway.node) {
+        None => return Verdict::NodeUnknown,
+        Some(n) if !n.is_active() => return Verdict::NodeNotActive { status: n.status },
+        Some(_) => {}
+    }
+    match topology.regions.get(&gateway.region).map(|r| r.state) {
+        None => return Verdict::RegionUnknown,
+        Some(RegionState::Draining) => return Verdict::RegionDraining,
+        Some(RegionState::Retired) => return Verdict::RegionRetired,
+        Some(RegionState::Active) => {}
+    }
+    if health.offline.contains(&gateway.id) {
+        return Verdict::Offline;
+    }
+    if duty == Duty::Network && !health.is_up(&gateway.id, network) {
+        return Verdict::Unhealthy;
+    }
+    Verdict::Eligible
+}
+
+/// Whether `gateway` may take clients of `network`: its [`verdict`] for
+/// [`Duty::Network`] is [`Verdict::Eligible`].
 pub fn eligible(
     topology: &Topology,
     ws: &Workspace,
@@ -120,15 +230,14 @@ pub fn eligible(
     network: &NetworkId,
     health: &Health,
 ) -> bool {
-    eligible_but_for_its_path(topology, ws, gateway, network, health)
-        && health.is_up(&gateway.id, network)
+    verdict(topology, ws, gateway, network, Duty::Network, health).is_eligible()
 }
 
 /// Whether `gateway` may be the exit of clients of `network`: the network has
 /// `exit: true`, the gateway serves it with the `exit` role, its node is active, it
-/// is not draining, its region is active and it is not [`Health::offline`].
-/// [`Health::unhealthy`] is not consulted: it judges the path to the network's
-/// routes, not to the internet.
+/// is not draining, its region is active and it is not [`Health::offline`]
+/// ([`verdict`] for [`Duty::Exit`]). [`Health::unhealthy`] is not consulted: it
+/// judges the path to the network's routes, not to the internet.
 pub fn exit_eligible(
     topology: &Topology,
     ws: &Workspace,
@@ -136,9 +245,7 @@ pub fn exit_eligible(
     network: &Network,
     health: &Health,
 ) -> bool {
-    network.exit
-        && gateway.has(Role::Exit)
-        && in_service(topology, ws, gateway, &network.id, health)
+    network.exit && verdict(topology, ws, gateway, &network.id, Duty::Exit, health).is_eligible()
 }
 
 /// The gateways that may be the exit of clients of `network` ([`exit_eligible`]),
@@ -154,24 +261,6 @@ pub fn exit_candidates<'a>(
     })
 }
 
-/// Serves `network`, node active, not draining, region active, not offline.
-fn in_service(
-    topology: &Topology,
-    ws: &Workspace,
-    gateway: &Gateway,
-    network: &NetworkId,
-    health: &Health,
-) -> bool {
-    gateway.networks.contains(network)
-        && !gateway.drain
-        && ws.nodes.get(&gateway.node).is_some_and(|n| n.is_active())
-        && topology
-            .regions
-            .get(&gateway.region)
-            .is_some_and(|r| r.state == RegionState::Active)
-        && !health.offline.contains(&gateway.id)
-}
-
 /// Whether `gateway` would be [`eligible`] for `network` if its forwarding path to
 /// it were healthy: everything but [`Health::unhealthy`] is checked (it is online,
 /// not draining, …). These gateways serve a network none of whose gateways is
@@ -183,7 +272,10 @@ pub fn eligible_but_for_its_path(
     network: &NetworkId,
     health: &Health,
 ) -> bool {
-    gateway.has(Role::Ingress) && in_service(topology, ws, gateway, network, health)
+    matches!(
+        verdict(topology, ws, gateway, network, Duty::Network, health),
+        Verdict::Eligible | Verdict::Unhealthy
+    )
 }
 
 /// The gateways that take clients of `network`, in the policy's static order:
@@ -197,13 +289,26 @@ pub fn candidates<'a>(
     network: &Network,
     health: &Health,
 ) -> Vec<&'a Gateway> {
+    candidates_and_rule(topology, ws, network, health).0
+}
+
+/// [`candidates`], and whether the safety rule chose them (no gateway was
+/// [`eligible`], so those only unhealthy for the network were taken).
+pub(crate) fn candidates_and_rule<'a>(
+    topology: &Topology,
+    ws: &'a Workspace,
+    network: &Network,
+    health: &Health,
+) -> (Vec<&'a Gateway>, bool) {
     let strict = |g: &&Gateway| eligible(topology, ws, g, &network.id, health);
     let found = policy_order(ws, network, strict);
     if !found.is_empty() {
-        return found;
+        return (found, false);
     }
     let lenient = |g: &&Gateway| eligible_but_for_its_path(topology, ws, g, &network.id, health);
-    policy_order(ws, network, lenient)
+    let found = policy_order(ws, network, lenient);
+    let rule = !found.is_empty();
+    (found, rule)
 }
 
 /// The gateways of `ws` that pass `ok`, in `network`'s policy's static order.
@@ -219,12 +324,17 @@ fn policy_order<'a>(
             .filter(ok)
             .collect(),
         Policy::Auto | Policy::Balanced => {
-            let mut gws: Vec<&Gateway> = ws.gateways.values().filter(ok).collect();
-            let rank = |g: &Gateway| ws.regions.iter().position(|r| *r == g.region);
-            gws.sort_by(|a, b| (rank(a), &a.id).cmp(&(rank(b), &b.id)));
-            gws
+            region_order(ws, ws.gateways.values().filter(ok).collect())
         }
     }
+}
+
+/// `gateways` in the workspace's region order, then by id: the static order of
+/// `auto` and `balanced`.
+pub(crate) fn region_order<'a>(ws: &Workspace, mut gateways: Vec<&'a Gateway>) -> Vec<&'a Gateway> {
+    let rank = |g: &Gateway| ws.regions.iter().position(|r| *r == g.region);
+    gateways.sort_by(|a, b| (rank(a), &a.id).cmp(&(rank(b), &b.id)));
+    gateways
 }
 
 /// The balanced weight of each gateway serving `network` with `ingress`: its
@@ -236,8 +346,12 @@ pub fn weights(ws: &Workspace, network: &NetworkId) -> BTreeMap<GatewayId, u32> 
 }
 
 /// The balanced weights of the gateways serving `network` with `role`, as
-/// [`weights`] does for `ingress`.
-fn role_weights(ws: &Workspace, network: &NetworkId, role: Role) -> BTreeMap<GatewayId, u32> {
+/// [`weights`] does for `ingress` (exits are ranked with the `exit` role's).
+pub(crate) fn role_weights(
+    ws: &Workspace,
+    network: &NetworkId,
+    role: Role,
+) -> BTreeMap<GatewayId, u32> {
     let serving: Vec<&Gateway> = ws
         .gateways
         .values()
@@ -291,6 +405,39 @@ pub fn neg_log2_fixed(x: u64) -> u64 {
     u64::try_from(full - log).unwrap_or(u64::MAX)
 }
 
+/// What weighted rendezvous hashing ranks a gateway by, for one client: the score
+/// is `weight / neg_log2`, highest first (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct BalancedScore {
+    /// The gateway's weight ([`weights`]; 1 for a gateway missing from them).
+    pub weight: u32,
+    /// [`rendezvous_hash`] of (client, gateway).
+    pub hash: u64,
+    /// [`neg_log2_fixed`] of the hash: `-log2(u)` with [`LOG_FRACTION_BITS`]
+    /// fractional bits.
+    pub neg_log2: u64,
+}
+
+impl BalancedScore {
+    /// The score of `gateway` for `node`, with `weights` as in [`balanced_order`].
+    pub fn of(node: &NodeId, gateway: &GatewayId, weights: &BTreeMap<GatewayId, u32>) -> Self {
+        let hash = rendezvous_hash(node, gateway);
+        Self {
+            weight: weights.get(gateway).copied().unwrap_or(1),
+            hash,
+            neg_log2: neg_log2_fixed(hash),
+        }
+    }
+
+    /// Whether `self` ranks before `other` (ties are broken by gateway id, not
+    /// here): `w_a * L_b` against `w_b * L_a`, exactly.
+    fn cmp_rank(&self, other: &Self) -> std::cmp::Ordering {
+        let (wa, la) = (u128::from(self.weight), u128::from(self.neg_log2));
+        let (wb, lb) = (u128::from(other.weight), u128::from(other.neg_log2));
+        (wb * la).cmp(&(wa * lb))
+    }
+}
+
 /// `gateways` ranked for `node` by weighted rendezvous hashing, best first. A
 /// gateway missing from `weights` weighs 1.
 pub fn balanced_order<'a>(
@@ -298,21 +445,83 @@ pub fn balanced_order<'a>(
     gateways: &[&'a Gateway],
     weights: &BTreeMap<GatewayId, u32>,
 ) -> Vec<&'a Gateway> {
-    let mut scored: Vec<(u128, u128, &'a Gateway)> = gateways
+    let mut scored: Vec<(BalancedScore, &'a Gateway)> = gateways
         .iter()
-        .map(|g| {
-            let w = u128::from(weights.get(&g.id).copied().unwrap_or(1));
-            let l = u128::from(neg_log2_fixed(rendezvous_hash(node, &g.id)));
-            (w, l, *g)
-        })
+        .map(|g| (BalancedScore::of(node, &g.id, weights), *g))
         .collect();
     // score = w / L, highest first: a before b when w_a * L_b > w_b * L_a.
-    scored.sort_by(|(wa, la, a), (wb, lb, b)| (wb * la).cmp(&(wa * lb)).then(a.id.cmp(&b.id)));
-    scored.into_iter().map(|(_, _, g)| g).collect()
+    scored.sort_by(|(sa, a), (sb, b)| sa.cmp_rank(sb).then(a.id.cmp(&b.id)));
+    scored.into_iter().map(|(_, g)| g).collect()
 }
 
 /// Assigns every active client of `ws`.
 pub fn assign(topology: &Topology, ws: &Workspace, health: &Health) -> Assignment {
+    place(topology, ws, health, None)
+}
+
+/// What happened to one gateway of a client's preference order when assignment
+/// walked it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Taken: it holds the client (it already did, or had room).
+    Taken,
+    /// Skipped: it was at its capacity and did not hold the client yet.
+    Full {
+        /// Its capacity.
+        capacity: u32,
+        /// The clients it held when the client came.
+        load: u64,
+    },
+    /// Not reached: `redundancy` gateways were taken before it.
+    NotReached,
+}
+
+/// One walk of a preference order: each gateway walked, in order, with its step.
+pub(crate) type Walk = Vec<(GatewayId, Step)>;
+
+/// A record of every walk [`assign`] made, for [`crate::explain`]: the same run,
+/// so an explanation cannot disagree with the assignment.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Trace {
+    /// For each client and network, the walk of its preference order.
+    pub(crate) networks: BTreeMap<(NodeId, NetworkId), Walk>,
+    /// For each client wanting an exit, the exit networks tried, in order, with
+    /// the walk of each one's exit gateways; the last is the chosen one when the
+    /// client got an exit.
+    pub(crate) exits: BTreeMap<NodeId, Vec<(NetworkId, Walk)>>,
+}
+
+/// [`assign`], also recording every walk.
+pub(crate) fn assign_traced(
+    topology: &Topology,
+    ws: &Workspace,
+    health: &Health,
+) -> (Assignment, Trace) {
+    let mut trace = Trace::default();
+    let out = place(topology, ws, health, Some(&mut trace));
+    (out, trace)
+}
+
+/// The preference order of `node` over `gateways` (the network's candidates or exit
+/// candidates, in static order): ranked by [`balanced_order`] when `balanced`.
+pub(crate) fn preference<'a>(
+    node: &NodeId,
+    network: &Network,
+    gateways: &[&'a Gateway],
+    weights: &BTreeMap<GatewayId, u32>,
+) -> Vec<&'a Gateway> {
+    match network.policy {
+        Policy::Balanced => balanced_order(node, gateways, weights),
+        Policy::Auto | Policy::Manual(_) => gateways.to_vec(),
+    }
+}
+
+fn place(
+    topology: &Topology,
+    ws: &Workspace,
+    health: &Health,
+    mut trace: Option<&mut Trace>,
+) -> Assignment {
     struct Plan<'a> {
         network: &'a Network,
         candidates: Vec<&'a Gateway>,
@@ -348,11 +557,12 @@ pub fn assign(topology: &Topology, ws: &Workspace, health: &Health) -> Assignmen
             let Some(plan) = plans.get(net) else {
                 continue;
             };
-            let order = match plan.network.policy {
-                Policy::Balanced => balanced_order(&node.id, &plan.candidates, &plan.weights),
-                Policy::Auto | Policy::Manual(_) => plan.candidates.clone(),
-            };
-            let chosen = placer.take(&node.id, net, order, plan.network.redundancy);
+            let order = preference(&node.id, plan.network, &plan.candidates, &plan.weights);
+            let mut walk = trace.as_ref().map(|_| Walk::new());
+            let chosen = placer.take(&node.id, net, order, plan.network.redundancy, walk.as_mut());
+            if let (Some(t), Some(w)) = (trace.as_deref_mut(), walk) {
+                t.networks.insert((node.id.clone(), net.clone()), w);
+            }
             let Some(primary) = chosen.first() else {
                 continue;
             };
@@ -377,13 +587,20 @@ pub fn assign(topology: &Topology, ws: &Workspace, health: &Health) -> Assignmen
             let Some(plan) = plans.get(net).filter(|p| p.network.exit) else {
                 continue;
             };
-            let order = match plan.network.policy {
-                Policy::Balanced => {
-                    balanced_order(&node.id, &plan.exit_candidates, &plan.exit_weights)
-                }
-                Policy::Auto | Policy::Manual(_) => plan.exit_candidates.clone(),
-            };
-            let chosen = placer.take(&node.id, net, order, plan.network.redundancy);
+            let order = preference(
+                &node.id,
+                plan.network,
+                &plan.exit_candidates,
+                &plan.exit_weights,
+            );
+            let mut walk = trace.as_ref().map(|_| Walk::new());
+            let chosen = placer.take(&node.id, net, order, plan.network.redundancy, walk.as_mut());
+            if let (Some(t), Some(w)) = (trace.as_deref_mut(), walk) {
+                t.exits
+                    .entry(node.id.clone())
+                    .or_default()
+                    .push((net.clone(), w));
+            }
             if !chosen.is_empty() {
                 placer
                     .out
@@ -405,19 +622,27 @@ struct Placer<'a> {
 
 impl<'a> Placer<'a> {
     /// Walks `order` and takes each gateway that already holds `node` or has room,
-    /// until `redundancy` are taken; each taken gateway holds `node` in `net`.
+    /// until `redundancy` are taken; each taken gateway holds `node` in `net`. When
+    /// `walk` is given, every gateway of `order` is recorded in it with its step.
     fn take(
         &mut self,
         node: &NodeId,
         net: &NetworkId,
         order: Vec<&'a Gateway>,
         redundancy: u32,
+        mut walk: Option<&mut Walk>,
     ) -> Vec<GatewayId> {
         let wanted = usize::try_from(redundancy.max(1)).unwrap_or(usize::MAX);
         let mut chosen: Vec<GatewayId> = Vec::new();
         for g in order {
             if chosen.len() >= wanted {
-                break;
+                match walk.as_deref_mut() {
+                    Some(w) => {
+                        w.push((g.id.clone(), Step::NotReached));
+                        continue;
+                    }
+                    None => break,
+                }
             }
             let holds = self
                 .out
@@ -425,10 +650,19 @@ impl<'a> Placer<'a> {
                 .get(&g.id)
                 .is_some_and(|c| c.contains_key(node));
             let used = self.load.get(&g.id).copied().unwrap_or(0);
-            if !holds && g.capacity.is_some_and(|cap| used >= u64::from(cap)) {
-                continue;
-            }
             if !holds {
+                if let Some(capacity) = g.capacity.filter(|cap| used >= u64::from(*cap)) {
+                    if let Some(w) = walk.as_deref_mut() {
+                        w.push((
+                            g.id.clone(),
+                            Step::Full {
+                                capacity,
+                                load: used,
+                            },
+                        ));
+                    }
+                    continue;
+                }
                 *self.load.entry(&g.id).or_insert(0) += 1;
             }
             let nets = self
@@ -440,6 +674,9 @@ impl<'a> Placer<'a> {
                 .or_default();
             if !nets.contains(net) {
                 nets.push(net.clone());
+            }
+            if let Some(w) = walk.as_deref_mut() {
+                w.push((g.id.clone(), Step::Taken));
             }
             chosen.push(g.id.clone());
         }

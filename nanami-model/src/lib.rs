@@ -2,7 +2,7 @@
 //!
 //! Nanami's pure core. It reads the topology document (version 1), validates it
 //! reporting every problem with its path, allocates overlay addresses, assigns
-//! clients to gateways, and compiles each gateway's [`GatewayState`] and each
+//! clients to gateways, explains that assignment, and compiles each gateway's [`GatewayState`] and each
 //! client's [`NodeConfig`].
 //!
 //! Nothing here performs I/O, reads a clock, draws randomness or depends on
@@ -25,6 +25,7 @@ pub mod assign;
 pub mod compile;
 pub mod config;
 pub mod doc;
+pub mod explain;
 pub mod failover;
 pub mod health;
 pub mod id;
@@ -41,6 +42,9 @@ pub use compile::{
 };
 pub use config::{ClientPeer, ExitChoice, GatewayChoice, NodeConfig};
 pub use doc::{Document, ParseError};
+pub use explain::{
+    explain_gateway, explain_node, ExplainError, GatewayExplanation, NodeExplanation,
+};
 pub use failover::{Failover, ProbePolicy};
 pub use health::Health;
 pub use id::{GatewayId, IdError, InterfaceName, NetworkId, NodeId, RegionId, WorkspaceId};

@@ -16,27 +16,6 @@ use proptest::prelude::*;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-/// Offline gateways from `offline`'s bits, and (gateway, network) pairs whose
-/// forwarding path fails from `unhealthy`'s bits.
-fn health_from(t: &Topology, offline: u64, unhealthy: u64) -> Health {
-    let mut h = Health::default();
-    let mut bit = 0u32;
-    for ws in t.workspaces.values() {
-        for (i, g) in ws.gateways.values().enumerate() {
-            if offline & (1 << (i % 64)) != 0 {
-                h.offline.insert(g.id.clone());
-            }
-            for n in &g.networks {
-                if unhealthy & (1 << (bit % 64)) != 0 {
-                    h.unhealthy.insert((g.id.clone(), n.clone()));
-                }
-                bit += 1;
-            }
-        }
-    }
-    h
-}
-
 fn assignments(t: &Topology, h: &Health) -> BTreeMap<String, Assignment> {
     t.workspaces
         .values()
@@ -293,7 +272,7 @@ proptest! {
     #[test]
     fn capacity_is_never_exceeded(doc in common::document(), offline: u64, unhealthy: u64, salt in 0u32..1000, cap in 1u32..20, k in 1u32..4) {
         let t = Topology::from_document(&doc).unwrap();
-        let h = health_from(&t, offline, unhealthy);
+        let h = common::health_from(&t, offline, unhealthy);
         for (ws, a) in assignments(&t, &h) {
             let ws = &t.workspaces[&nanami_model::WorkspaceId::new(&ws).unwrap()];
             for (g, clients) in &a.by_gateway {
@@ -320,7 +299,7 @@ proptest! {
     #[test]
     fn chosen_gateways_are_eligible(doc in common::document(), offline: u64, unhealthy: u64) {
         let t = Topology::from_document(&doc).unwrap();
-        let h = health_from(&t, offline, unhealthy);
+        let h = common::health_from(&t, offline, unhealthy);
         for ws in t.workspaces.values() {
             let a = assign(&t, ws, &h);
             for node in ws.nodes.values().filter(|n| n.is_active() && !ws.is_gateway_node(&n.id)) {
@@ -381,7 +360,7 @@ proptest! {
             }
         }
         let t = Topology::from_document(&doc).unwrap();
-        let base = health_from(&t, offline, 0);
+        let base = common::health_from(&t, offline, 0);
         let mut all_sick = base.clone();
         for ws in t.workspaces.values() {
             for g in ws.gateways.values() {
@@ -391,7 +370,7 @@ proptest! {
             }
         }
         prop_assert_eq!(assignments(&t, &all_sick), assignments(&t, &base));
-        let some_sick = health_from(&t, offline, unhealthy);
+        let some_sick = common::health_from(&t, offline, unhealthy);
         let (with, without) = (assignments(&t, &some_sick), assignments(&t, &base));
         for (ws, a) in &without {
             for (node, nets) in &a.ordered {
@@ -412,7 +391,7 @@ proptest! {
     #[test]
     fn standbys_hold_the_clients_peer(doc in common::document(), offline: u64, unhealthy: u64) {
         let t = Topology::from_document(&doc).unwrap();
-        let h = health_from(&t, offline, unhealthy);
+        let h = common::health_from(&t, offline, unhealthy);
         let states = compile_all(&t, &h);
         for ws in t.workspaces.values() {
             let a = assign(&t, ws, &h);
@@ -456,7 +435,7 @@ proptest! {
             }
         }
         let t = Topology::from_document(&doc).unwrap();
-        let h = health_from(&t, 0, unhealthy);
+        let h = common::health_from(&t, 0, unhealthy);
         for ws in t.workspaces.values() {
             let a = assign(&t, ws, &h);
             for (node_id, nets) in &a.ordered {

@@ -7,36 +7,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
-use nanami_model::doc::Document;
 use nanami_model::{
     compile_all, compile_node, compile_nodes, Destination, GatewayId, GatewayState, Health,
     InterfaceName, NodeConfig, NodeId, PublicKey, Topology, WorkspaceId,
 };
 use proptest::prelude::*;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-
-fn shuffle(doc: &mut Document, seed: u64) {
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-    doc.regions.shuffle(&mut rng);
-    doc.workspaces.shuffle(&mut rng);
-    for ws in &mut doc.workspaces {
-        ws.networks.shuffle(&mut rng);
-        ws.nodes.shuffle(&mut rng);
-        ws.gateways.shuffle(&mut rng);
-        for n in &mut ws.networks {
-            n.routes.shuffle(&mut rng);
-            n.health_targets.shuffle(&mut rng);
-        }
-        for n in &mut ws.nodes {
-            n.memberships.shuffle(&mut rng);
-        }
-        for g in &mut ws.gateways {
-            g.networks.shuffle(&mut rng);
-            g.roles.shuffle(&mut rng);
-        }
-    }
-}
 
 /// Everything compiled from a topology, as bytes.
 fn compiled_bytes(t: &Topology, health: &Health) -> String {
@@ -246,7 +221,7 @@ proptest! {
     fn compile_is_independent_of_list_order(doc in common::document(), seed: u64, mask: u64) {
         let t = Topology::from_document(&doc).expect("generated documents are valid");
         let mut shuffled = doc.clone();
-        shuffle(&mut shuffled, seed);
+        common::shuffle(&mut shuffled, seed);
         let t2 = Topology::from_document(&shuffled).expect("shuffled stays valid");
         prop_assert_eq!(&t, &t2);
         let h = health_from(&t, mask);
@@ -272,7 +247,7 @@ proptest! {
         check_isolation(&t, &Health::all_up())?;
         // Shuffled lists compile to the same bytes here too.
         let mut shuffled = doc.clone();
-        shuffle(&mut shuffled, mask);
+        common::shuffle(&mut shuffled, mask);
         let t2 = Topology::from_document(&shuffled).expect("shuffled stays valid");
         let h = health_from(&t, mask);
         prop_assert_eq!(compiled_bytes(&t, &h), compiled_bytes(&t2, &h));

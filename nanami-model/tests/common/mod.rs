@@ -5,7 +5,7 @@ use nanami_model::doc::{
     Document, GatewayDoc, MembershipDoc, NetworkDoc, NodeDoc, OneOrMany, PolicyDoc, RegionDoc,
     WorkspaceDoc,
 };
-use nanami_model::PrivateKey;
+use nanami_model::{Health, PrivateKey, Topology};
 use proptest::prelude::*;
 
 /// A distinct, valid public key for each `n`.
@@ -743,4 +743,51 @@ pub fn shared_pool_document() -> impl Strategy<Value = Document> {
         }
         doc
     })
+}
+
+/// Shuffles every list of `doc` (a valid document stays valid, and its topology
+/// must not change).
+pub fn shuffle(doc: &mut Document, seed: u64) {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    doc.regions.shuffle(&mut rng);
+    doc.workspaces.shuffle(&mut rng);
+    for ws in &mut doc.workspaces {
+        ws.networks.shuffle(&mut rng);
+        ws.nodes.shuffle(&mut rng);
+        ws.gateways.shuffle(&mut rng);
+        for n in &mut ws.networks {
+            n.routes.shuffle(&mut rng);
+            n.health_targets.shuffle(&mut rng);
+        }
+        for n in &mut ws.nodes {
+            n.memberships.shuffle(&mut rng);
+        }
+        for g in &mut ws.gateways {
+            g.networks.shuffle(&mut rng);
+            g.roles.shuffle(&mut rng);
+        }
+    }
+}
+
+/// Offline gateways from `offline`'s bits, and (gateway, network) pairs whose
+/// forwarding path fails from `unhealthy`'s bits.
+pub fn health_from(t: &Topology, offline: u64, unhealthy: u64) -> Health {
+    let mut h = Health::default();
+    let mut bit = 0u32;
+    for ws in t.workspaces.values() {
+        for (i, g) in ws.gateways.values().enumerate() {
+            if offline & (1 << (i % 64)) != 0 {
+                h.offline.insert(g.id.clone());
+            }
+            for n in &g.networks {
+                if unhealthy & (1 << (bit % 64)) != 0 {
+                    h.unhealthy.insert((g.id.clone(), n.clone()));
+                }
+                bit += 1;
+            }
+        }
+    }
+    h
 }
