@@ -131,12 +131,11 @@ fn document(workspaces: &[&WorkspaceDoc]) -> Topology {
     Topology::from_yaml(&yaml).unwrap()
 }
 
-/// The document each workspace's gateway and client are compiled from. Today one
-/// single-workspace document each, because the model still refuses overlapping
-/// workspaces in one document; once it accepts them, this becomes
-/// `document(&all.iter().collect::<Vec<_>>())`.
-fn topology_for(this: &WorkspaceDoc, _all: &[WorkspaceDoc]) -> Topology {
-    document(&[this])
+/// The document every gateway and client is compiled from: both workspaces in ONE
+/// document, with the same overlay, route and client addresses (the model keeps
+/// them apart structurally, not by address).
+fn topology_for(_this: &WorkspaceDoc, all: &[WorkspaceDoc]) -> Topology {
+    document(&all.iter().collect::<Vec<_>>())
 }
 
 /// A workspace's client, LAN and gateway configuration.
