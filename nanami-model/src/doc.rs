@@ -289,6 +289,13 @@ pub struct GatewayDoc {
     /// the ones it holds move at the next generation.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drain: bool,
+    /// Hosting: the interface (a VLAN, veth or NIC) that leads to the gateway's LAN
+    /// on a machine that hosts gateways of several workspaces. With it, the gateway
+    /// runs in its own network namespace `nm-<id>` that its daemon creates, and the
+    /// uplink is moved into it; without it, the gateway uses the machine's own
+    /// namespace (a dedicated machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
 }
 
 impl Document {

@@ -146,12 +146,22 @@ pub struct Gateway {
     pub drain: bool,
     /// Its WireGuard interface, `nm-<id>`.
     pub interface: InterfaceName,
+    /// Hosting: the interface to its LAN on a machine shared by several workspaces'
+    /// gateways; the gateway then runs in the network namespace `nm-<id>` (see
+    /// [`Gateway::namespace`]). `None`: the machine's own namespace.
+    pub uplink: Option<InterfaceName>,
 }
 
 impl Gateway {
     /// Whether it has `role`.
     pub fn has(&self, role: Role) -> bool {
         self.roles.contains(&role)
+    }
+
+    /// The network namespace a hosted gateway runs in (`nm-<id>`, the same name
+    /// as its interface), or `None` when it is not hosted (no uplink).
+    pub fn namespace(&self) -> Option<&str> {
+        self.uplink.as_ref().map(|_| self.interface.as_str())
     }
 }
 

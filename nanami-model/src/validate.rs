@@ -189,6 +189,7 @@ impl Holder {
                     "listen_port",
                     "capacity",
                     "drain",
+                    "uplink",
                 ],
             ),
         }
@@ -1042,6 +1043,26 @@ impl Validator {
             self.err(format!("{path}.capacity"), "must be at least 1");
             ok = false;
         }
+        let uplink = match g.uplink.as_deref().map(InterfaceName::new) {
+            None => None,
+            Some(Ok(name)) if name.is_owned() => {
+                self.err(
+                    format!("{path}.uplink"),
+                    format!("{name} is a name Nanami owns (nm-*); the uplink is the operator's interface to the LAN"),
+                );
+                ok = false;
+                None
+            }
+            Some(Ok(name)) => Some(name),
+            Some(Err(e)) => {
+                self.err(
+                    format!("{path}.uplink"),
+                    format!("not an interface name: {e}"),
+                );
+                ok = false;
+                None
+            }
+        };
         if !ok {
             return None;
         }
@@ -1056,6 +1077,7 @@ impl Validator {
             capacity: g.capacity,
             drain: g.drain,
             interface: interface?,
+            uplink,
         })
     }
 
@@ -1333,7 +1355,7 @@ workspaces:
         memberships: [{ network: n, address: 100.64.0.1 }]
         exit: true
     gateways:
-      - { id: g, node: g, region: r, networks: [n], roles: [ingress], endpoint: "192.0.2.1:51820", listen_port: 51820, capacity: 5, drain: true }
+      - { id: g, node: g, region: r, networks: [n], roles: [ingress], endpoint: "192.0.2.1:51820", listen_port: 51820, capacity: 5, drain: true, uplink: vlan101 }
 "#;
 
     fn keys(v: &serde_json::Value) -> Vec<String> {
@@ -1367,6 +1389,42 @@ workspaces:
         ] {
             assert_eq!(keys(obj), listed(h), "{h:?}");
         }
+    }
+
+    #[test]
+    fn a_hosted_gateway_runs_in_its_own_namespace_and_its_uplink_is_checked() {
+        let t = Topology::from_yaml(FULL).unwrap();
+        let (_, g) = t.gateway(&crate::GatewayId::new("g").unwrap()).unwrap();
+        assert_eq!(
+            g.uplink.as_ref().map(InterfaceName::as_str),
+            Some("vlan101")
+        );
+        assert_eq!(g.namespace(), Some("nm-g"));
+        for (uplink, message) in [
+            ("nm-other", "a name Nanami owns"),
+            ("a-name-longer-than-15", "not an interface name"),
+            ("\"eth 0\"", "not an interface name"),
+        ] {
+            let text = FULL.replace("uplink: vlan101", &format!("uplink: {uplink}"));
+            let doc = Document::from_yaml(&text).unwrap();
+            let issues = Topology::from_document(&doc).unwrap_err().0;
+            assert!(
+                issues
+                    .iter()
+                    .any(|i| i.path == "workspaces[w].gateways[g].uplink"
+                        && i.message.contains(message)),
+                "{uplink}: {issues:?}"
+            );
+        }
+        let plain = FULL.replace(", uplink: vlan101", "");
+        let t = Topology::from_yaml(&plain).unwrap();
+        assert_eq!(
+            t.gateway(&crate::GatewayId::new("g").unwrap())
+                .unwrap()
+                .1
+                .namespace(),
+            None
+        );
     }
 
     #[test]

@@ -26,6 +26,12 @@ pub struct GatewayDesired {
     /// Per network, the addresses behind the gateway it probes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub health_targets: HealthTargets,
+    /// Hosting: the interface to the gateway's LAN on a machine shared by several
+    /// workspaces' gateways. With it the daemon runs the gateway in its own network
+    /// namespace `nm-<gateway>` and moves the uplink there (left out when the
+    /// gateway is not hosted, so the body is then what older daemons accept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<InterfaceName>,
     /// The manager's digest of this generation's content, from the answer's `ETag`
     /// (not in the body, which older daemons parse strictly). The daemon keeps it
     /// with its last-known-good state and reports it back, so a manager whose

@@ -24,7 +24,7 @@ use anyhow::{bail, Context as _};
 use async_trait::async_trait;
 use nanami_api::wire::{EnrolRequest, Facts, NetworkHealth, ObservedReport, Subject};
 use nanami_api::Client;
-use nanami_model::{GatewayId, HealthTargets, NetworkId, PublicKey};
+use nanami_model::{GatewayId, HealthTargets, InterfaceName, NetworkId, PublicKey};
 use nanami_reconcile::{Observed, Op, Platform, PlatformEvent, Reconciler};
 use rand::SeedableRng as _;
 use tokio::sync::{mpsc, watch};
@@ -62,6 +62,64 @@ pub struct DaemonConfig {
     /// `None`: [`IcmpProber`] (needs `CAP_NET_RAW`; without it the networks are
     /// reported unknown).
     pub prober: Option<Arc<dyn Prober>>,
+    /// The hosting this run serves (see [`hosting`]): the gateway's uplink when it
+    /// runs in its own network namespace. A desired state with another one ends
+    /// the run with [`HostingChanged`].
+    pub uplink: Option<InterfaceName>,
+}
+
+/// The manager moved the gateway between hosted (its own network namespace, with
+/// an uplink) and not, or to another uplink: the platform is set up for one
+/// placement, so the daemon must tear down and start again (the binary exits with
+/// status 75 for its supervisor to restart it).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the gateway's hosting changed (uplink {from:?} -> {to:?}): tear down and restart to move it"
+)]
+pub struct HostingChanged {
+    /// The uplink this run serves.
+    pub from: Option<InterfaceName>,
+    /// The uplink the manager now gives.
+    pub to: Option<InterfaceName>,
+}
+
+/// The gateway's hosting, from its last-known-good state; without one (a first
+/// start), enrols if needed and fetches the first desired state (retrying while the
+/// manager is unreachable) and saves it, so the platform can be built for the right
+/// placement before anything runs: `Some(uplink)` means the gateway runs in its
+/// own network namespace `nm-<gateway>`.
+pub async fn hosting(
+    config: &DaemonConfig,
+    key: PublicKey,
+) -> anyhow::Result<Option<InterfaceName>> {
+    let mut lkg = LastKnownGood::load(&config.desired_file())?;
+    if lkg.current().is_some() {
+        return Ok(lkg.uplink().cloned());
+    }
+    let credential = credential(config, key).await?;
+    let client = client(config)?.with_credential(credential);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match client
+            .desired(&config.gateway, None, config.poll_wait)
+            .await
+        {
+            Ok(Some(desired)) => {
+                lkg.offer(desired)
+                    .context("the first desired state was refused")?;
+                return Ok(lkg.uplink().cloned());
+            }
+            Ok(None) => {}
+            Err(e) => {
+                if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)) {
+                    bail!("the manager refuses this gateway's credential: {e}");
+                }
+                warn!(error = %e, retry_in = ?delay, "waiting for the first desired state");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
 }
 
 impl DaemonConfig {
@@ -256,8 +314,12 @@ pub async fn run<P: Platform + 'static>(
                 &digest_tx,
                 stopped(stop_rx.clone()),
             );
-            tokio::join!(reporter, poller);
-            anyhow::Ok(())
+            // The reporter runs until shutdown; the poller also ends when the
+            // gateway's hosting changes.
+            tokio::select! {
+                () = reporter => anyhow::Ok(()),
+                r = poller => r.map_err(anyhow::Error::from),
+            }
         };
         tokio::pin!(shutdown);
         let result = tokio::select! {
@@ -282,7 +344,7 @@ async fn poll_loop(
     targets_tx: &watch::Sender<HealthTargets>,
     digest_tx: &watch::Sender<Option<(u64, String)>>,
     shutdown: impl Future<Output = ()>,
-) {
+) -> Result<(), HostingChanged> {
     tokio::pin!(shutdown);
     // The first request asks for whatever the manager has, so that a manager that
     // went back in time (restored from an old backup) is noticed and refused.
@@ -291,7 +353,7 @@ async fn poll_loop(
     loop {
         let after = if first { None } else { lkg.generation() };
         let answer = tokio::select! {
-            () = &mut shutdown => return,
+            () = &mut shutdown => return Ok(()),
             a = client.desired(&config.gateway, after, config.poll_wait) => a,
         };
         match answer {
@@ -299,6 +361,12 @@ async fn poll_loop(
                 first = false;
                 delay = Duration::from_millis(200);
                 let Some(desired) = answer else { continue };
+                if desired.uplink != config.uplink {
+                    return Err(HostingChanged {
+                        from: config.uplink.clone(),
+                        to: desired.uplink,
+                    });
+                }
                 let generation = desired.generation;
                 match lkg.offer(desired) {
                     Ok(Offer::Accepted) => {
@@ -335,7 +403,7 @@ async fn poll_loop(
             },
         }
         tokio::select! {
-            () = &mut shutdown => return,
+            () = &mut shutdown => return Ok(()),
             () = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(10));

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nanami_api::wire::GatewayDesired;
-use nanami_model::{GatewayState, HealthTargets};
+use nanami_model::{GatewayState, HealthTargets, InterfaceName};
 use nanami_reconcile::Desired;
 
 /// Why a desired state was refused.
@@ -52,6 +52,8 @@ pub struct LastKnownGood {
     /// The manager's digest of the state in force (reported back with its
     /// generation, so a manager whose history forked notices).
     digest: Option<String>,
+    /// The uplink of the state in force, when the gateway is hosted.
+    uplink: Option<InterfaceName>,
 }
 
 /// Why the saved state could not be loaded.
@@ -78,17 +80,18 @@ impl LastKnownGood {
             path: path.to_owned(),
             message,
         };
-        let (current, targets, digest) = match std::fs::read(path) {
+        let (current, targets, digest, uplink) = match std::fs::read(path) {
             Ok(bytes) => {
                 let desired: GatewayDesired =
                     serde_json::from_slice(&bytes).map_err(|e| error(e.to_string()))?;
                 check(&desired.state).map_err(|e| error(e.to_string()))?;
                 let digest = desired.digest.clone();
+                let uplink = desired.uplink.clone();
                 let (desired, targets) = desired.into_parts();
-                (Some(desired), targets, digest)
+                (Some(desired), targets, digest, uplink)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                (None, HealthTargets::new(), None)
+                (None, HealthTargets::new(), None, None)
             }
             Err(e) => return Err(error(e.to_string())),
         };
@@ -97,6 +100,7 @@ impl LastKnownGood {
             current,
             targets,
             digest,
+            uplink,
         })
     }
 
@@ -120,6 +124,12 @@ impl LastKnownGood {
         self.digest.as_deref()
     }
 
+    /// The uplink of the state in force: `Some` when the gateway is hosted in its
+    /// own network namespace.
+    pub fn uplink(&self) -> Option<&InterfaceName> {
+        self.uplink.as_ref()
+    }
+
     /// Offers a state from the manager: refused if older than the one in force or
     /// failing the checks; saved before it is put in force.
     pub fn offer(&mut self, desired: GatewayDesired) -> Result<Offer, Refused> {
@@ -131,7 +141,10 @@ impl LastKnownGood {
                 });
             }
             if desired.generation == current.generation {
-                return if desired.state == current.state && desired.health_targets == self.targets {
+                return if desired.state == current.state
+                    && desired.health_targets == self.targets
+                    && desired.uplink == self.uplink
+                {
                     if self.digest.is_none() {
                         self.digest = desired.digest;
                     }
@@ -145,6 +158,7 @@ impl LastKnownGood {
         let bytes = serde_json::to_vec_pretty(&desired).map_err(|e| Refused::Save(e.into()))?;
         nanami_wg::linux::write_atomic(&self.path, &bytes).map_err(Refused::Save)?;
         self.digest = desired.digest.clone();
+        self.uplink = desired.uplink.clone();
         let (current, targets) = desired.into_parts();
         self.current = Some(current);
         self.targets = targets;
@@ -181,6 +195,7 @@ mod tests {
         }
         GatewayDesired {
             digest: None,
+            uplink: None,
             generation,
             state: GatewayState::default(),
             health_targets,

@@ -3,14 +3,17 @@
 use nanami_api::service::shutdown_signal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use nanami_gateway_daemon::{ensure_key, run, DaemonConfig, LastKnownGood, ProbeConfig};
+use nanami_gateway_daemon::{
+    ensure_key, hosting, run, DaemonConfig, HostingChanged, IcmpProber, LastKnownGood, ProbeConfig,
+};
 use nanami_model::{GatewayId, GatewayState};
 use nanami_reconcile::sim::SimPlatform;
-use nanami_wg::linux::{DeviceMode, LinuxConfig, LinuxPlatform};
+use nanami_wg::linux::{DeviceMode, Hosting, LinuxConfig, LinuxPlatform};
 use tracing::{error, info};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -96,6 +99,12 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(main_async(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<HostingChanged>() => {
+            info!("{e:#}; exiting for the supervisor to restart the daemon");
+            // EX_TEMPFAIL: the unit restarts it, and the next start builds the
+            // platform for the new placement.
+            ExitCode::from(75)
+        }
         Err(e) => {
             error!("{e:#}");
             ExitCode::FAILURE
@@ -117,6 +126,14 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
         };
     }
     if cli.teardown {
+        // A hosted gateway's namespace is named after it, and its uplink is in the
+        // saved state: teardown gives the uplink back and deletes the namespace.
+        let saved = LastKnownGood::load(&cli.state_dir.join("desired.json"))?;
+        if let (Some(uplink), Some(gateway)) = (saved.uplink(), &cli.gateway) {
+            let gateway = GatewayId::new(gateway.clone()).context("--gateway")?;
+            linux.namespace = Some(Hosting::for_gateway(&gateway, Some(uplink.to_string())));
+            linux.prefer_kernel = false;
+        }
         let mut platform = LinuxPlatform::new(linux)?;
         platform.teardown().await?;
         LastKnownGood::remove(&cli.state_dir.join("desired.json"))?;
@@ -147,12 +164,42 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             recover_after: cli.probe_recover_after,
         },
         prober: None,
+        uplink: None,
     };
     info!(gateway = %config.gateway, %public_key, "starting");
     match cli.platform {
         PlatformKind::Linux => {
-            let platform = LinuxPlatform::new(linux)?;
-            run(config, public_key, platform, shutdown_signal()).await
+            // Hosted or not is the manager's word (the topology's `uplink`), known
+            // before the platform is built: from the saved state, or the first one.
+            let mut config = config;
+            config.uplink = tokio::select! {
+                h = hosting(&config, public_key) => h?,
+                () = shutdown_signal() => return Ok(()),
+            };
+            if let Some(uplink) = &config.uplink {
+                let hosted = Hosting::for_gateway(&config.gateway, Some(uplink.to_string()));
+                info!(namespace = %hosted.name, %uplink, "hosted: the gateway runs in its own network namespace");
+                config.prober = Some(Arc::new(IcmpProber::in_namespace(hosted.name.clone())));
+                linux.namespace = Some(hosted);
+                linux.prefer_kernel = false;
+            }
+            let result = run(
+                config.clone(),
+                public_key,
+                LinuxPlatform::new(linux.clone())?,
+                shutdown_signal(),
+            )
+            .await;
+            if let Err(e) = &result {
+                if e.is::<HostingChanged>() {
+                    // Leave nothing in the old placement; the next start fetches the
+                    // new state and builds the platform for it.
+                    let mut old = LinuxPlatform::new(linux)?;
+                    old.teardown().await?;
+                    LastKnownGood::remove(&config.desired_file())?;
+                }
+            }
+            result
         }
         PlatformKind::Sim => {
             let platform = SimPlatform::new(GatewayState::default());

@@ -86,13 +86,42 @@ pub trait Prober: Send + Sync + std::fmt::Debug {
 pub struct IcmpProber {
     pinger: Mutex<Option<Pinger>>,
     failed_once: std::sync::atomic::AtomicBool,
+    /// The network namespace to probe from (a hosted gateway's LAN is there).
+    namespace: Option<String>,
 }
 
 impl IcmpProber {
+    /// A prober whose sockets live in the network namespace `name` (a hosted
+    /// gateway's `nm-<gateway>`, which holds its uplink to the LAN).
+    pub fn in_namespace(name: impl Into<String>) -> Self {
+        Self {
+            namespace: Some(name.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Opens the sockets, inside the namespace when there is one (raw sockets
+    /// belong to the namespace of the thread that creates them).
+    fn open(&self) -> Result<Pinger, String> {
+        let Some(name) = &self.namespace else {
+            return Pinger::new().map_err(|e| e.to_string());
+        };
+        let ns = nanami_wg::netns::Netns::open(name)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("network namespace {name} does not exist (yet)"))?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
+        ns.run(move || {
+            let _runtime = handle.enter();
+            Pinger::new()
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+
     fn pinger(&self) -> Option<Pinger> {
         let mut slot = self.pinger.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            match Pinger::new() {
+            match self.open() {
                 Ok(p) => {
                     info!("ICMP prober ready");
                     *slot = Some(p);

@@ -134,6 +134,7 @@ async fn bench() {
             status_out: None,
             probe: nanami_gateway_daemon::ProbeConfig::default(),
             prober: None,
+            uplink: None,
         };
         tokio::spawn(nanami_gateway_daemon::run(
             config,

@@ -122,21 +122,23 @@ struct Entry {
 
 impl Entry {
     fn new(row: GatewayRow, peers: usize) -> Self {
-        // Without targets the body is exactly a `Desired` (what daemons from before
-        // health targets accept).
-        let body = if row.targets_json == NO_TARGETS {
-            format!(
-                "{{\"generation\":{},\"state\":{}}}",
-                row.generation, row.state_json
-            )
-        } else {
-            format!(
-                "{{\"generation\":{},\"state\":{},\"health_targets\":{}}}",
-                row.generation, row.state_json, row.targets_json
-            )
-        };
+        // Without targets or an uplink the body is exactly a `Desired` (what daemons
+        // from before health targets accept); each is added only when present.
+        let mut body = format!(
+            "{{\"generation\":{},\"state\":{}",
+            row.generation, row.state_json
+        );
+        if row.targets_json != NO_TARGETS {
+            body.push_str(&format!(",\"health_targets\":{}", row.targets_json));
+        }
+        if let Some(uplink) = &row.uplink {
+            // A JSON string always serializes.
+            let quoted = serde_json::to_string(uplink).unwrap_or_else(|_| "null".to_owned());
+            body.push_str(&format!(",\"uplink\":{quoted}"));
+        }
+        body.push('}');
         Self {
-            digest: content_digest(&row.state_json, &row.targets_json),
+            digest: content_digest(&row.state_json, &row.targets_json, row.uplink.as_deref()),
             body: Arc::from(body.into_bytes()),
             row,
             peers,
@@ -299,12 +301,16 @@ fn hex16(bytes: &[u8]) -> String {
 /// The digest of a generation's content: the first 16 bytes of the SHA-256 of its
 /// state and health targets (as served), in hex. Served as the desired answer's
 /// `ETag` and reported back by the daemon with its applied generation.
-pub fn content_digest(state_json: &str, targets_json: &str) -> String {
+pub fn content_digest(state_json: &str, targets_json: &str, uplink: Option<&str>) -> String {
     use sha2::{Digest as _, Sha256};
     let mut h = Sha256::new();
     h.update(state_json.as_bytes());
     h.update([0]);
     h.update(targets_json.as_bytes());
+    if let Some(uplink) = uplink {
+        h.update([0]);
+        h.update(uplink.as_bytes());
+    }
     hex16(&h.finalize())
 }
 
@@ -397,8 +403,14 @@ fn compile_changed(
         let state = compiled.get(id).unwrap_or(&empty);
         let json = to_json(state, "a gateway state")?;
         let targets = targets_json(&health_targets(topology, id))?;
+        let uplink = topology
+            .gateway(id)
+            .and_then(|(_, g)| g.uplink.as_ref())
+            .map(|u| u.as_str().to_owned());
         let generation = match known.get(id) {
-            Some((_, digest)) if *digest == content_digest(&json, &targets) => continue,
+            Some((_, digest)) if *digest == content_digest(&json, &targets, uplink.as_deref()) => {
+                continue
+            }
             Some((generation, _)) => generation + 1,
             None => 1,
         };
@@ -409,6 +421,7 @@ fn compile_changed(
                     generation,
                     state_json: json,
                     targets_json: targets,
+                    uplink,
                 },
                 state.peer_count(),
             ),

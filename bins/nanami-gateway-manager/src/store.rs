@@ -57,6 +57,9 @@ pub struct GatewayRow {
     /// Its [`nanami_model::HealthTargets`] (what it probes), as JSON: part of the
     /// generation, like the state.
     pub targets_json: String,
+    /// Its uplink when it is hosted (see `GatewayDesired::uplink`): part of the
+    /// generation too.
+    pub uplink: Option<String>,
 }
 
 /// How many topology revisions the store keeps (older ones are pruned as new
@@ -182,7 +185,8 @@ CREATE TABLE IF NOT EXISTS gateways (
     id TEXT PRIMARY KEY,
     generation INTEGER NOT NULL,
     state TEXT NOT NULL,
-    health_targets TEXT NOT NULL DEFAULT '{}'
+    health_targets TEXT NOT NULL DEFAULT '{}',
+    uplink TEXT
 );
 CREATE TABLE IF NOT EXISTS health (
     gateway TEXT PRIMARY KEY,
@@ -266,6 +270,15 @@ impl SqliteStore {
                 "ALTER TABLE gateways ADD COLUMN health_targets TEXT NOT NULL DEFAULT '{}'",
             )?;
         }
+        // Databases from before hosting: gateways were not hosted.
+        let has_uplink: bool = conn.query_row(
+            "SELECT count(*) FROM pragma_table_info('gateways') WHERE name = 'uplink'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_uplink {
+            conn.execute_batch("ALTER TABLE gateways ADD COLUMN uplink TEXT")?;
+        }
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         // SQLite gives the WAL and shared-memory files the database file's mode;
@@ -323,16 +336,17 @@ fn write_rows(
     changed: &BTreeMap<GatewayId, GatewayRow>,
 ) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO gateways (id, generation, state, health_targets) VALUES (?1, ?2, ?3, ?4)
+        "INSERT INTO gateways (id, generation, state, health_targets, uplink) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (id) DO UPDATE SET generation = excluded.generation, state = excluded.state,
-         health_targets = excluded.health_targets",
+         health_targets = excluded.health_targets, uplink = excluded.uplink",
     )?;
     for (id, row) in changed {
         stmt.execute(params![
             id.as_str(),
             to_i64(row.generation),
             row.state_json,
-            row.targets_json
+            row.targets_json,
+            row.uplink
         ])?;
     }
     Ok(())
@@ -352,17 +366,18 @@ impl Store for SqliteStore {
             ..Snapshot::default()
         };
         let mut stmt =
-            conn.prepare("SELECT id, generation, state, health_targets FROM gateways")?;
+            conn.prepare("SELECT id, generation, state, health_targets, uplink FROM gateways")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 to_u64(r.get(1)?),
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
             ))
         })?;
         for row in rows {
-            let (id, generation, state_json, targets_json) = row?;
+            let (id, generation, state_json, targets_json, uplink) = row?;
             let id = GatewayId::new(id).map_err(|e| corrupt("gateways", e))?;
             snap.gateways.insert(
                 id,
@@ -370,6 +385,7 @@ impl Store for SqliteStore {
                     generation,
                     state_json,
                     targets_json,
+                    uplink,
                 },
             );
         }

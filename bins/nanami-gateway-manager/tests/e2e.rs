@@ -1464,3 +1464,72 @@ async fn raw_request(env: &Env, head: &str) -> (u16, Vec<u8>) {
     let code = head.split(' ').nth(1).unwrap().parse().unwrap();
     (code, body.as_bytes().to_vec())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosted_gateway_is_served_its_uplink_and_a_change_of_hosting_ends_the_run() {
+    let mut f = fleet("hosting").await;
+    let ka = gateway_key(&f.a.state_dir);
+    let kb = gateway_key(&f.b.state_dir);
+    let plain = topology(&ka, &kb, &[("laptop-1", f.client)]);
+    let hosted = plain.replacen(
+        "endpoint: \"192.0.2.1:51820\"",
+        "endpoint: \"192.0.2.1:51820\"\n        uplink: up-a",
+        1,
+    );
+    assert_ne!(plain, hosted);
+    let answer = f.env.control().put_topology(&hosted).await.unwrap();
+    let gw_a = GatewayId::new("gw-a").unwrap();
+    assert!(
+        answer.changed.contains_key(&gw_a) && answer.changed.len() == 1,
+        "hosting is part of gw-a's content, and only gw-a's: {answer:?}"
+    );
+    let served = f
+        .env
+        .control()
+        .send_raw(
+            Method::GET,
+            "/v1/gateways/gw-a/desired",
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let served: nanami_api::wire::GatewayDesired = serde_json::from_slice(&served.body).unwrap();
+    assert_eq!(served.uplink.as_ref().map(|u| u.as_str()), Some("up-a"));
+    // gw-a's daemon was started for the unhosted placement: its run ends with
+    // HostingChanged (the binary then tears down and exits for a restart), and
+    // it never applied the hosted state in the old placement.
+    let ended = f.a.ended().await.unwrap_err();
+    let changed = ended
+        .downcast_ref::<nanami_gateway_daemon::HostingChanged>()
+        .unwrap_or_else(|| panic!("{ended:#}"));
+    assert_eq!(changed.to.as_ref().map(|u| u.as_str()), Some("up-a"));
+    let saved: nanami_api::wire::GatewayDesired =
+        serde_json::from_slice(&std::fs::read(f.a.state_dir.join("desired.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved.uplink, None);
+    // A fresh start learns the placement before building its platform.
+    std::fs::remove_file(f.a.state_dir.join("desired.json")).unwrap();
+    let config = nanami_gateway_daemon::DaemonConfig {
+        manager: f.env.manager.url(),
+        ca: Some(f.env.ca()),
+        gateway: gw_a.clone(),
+        state_dir: f.a.state_dir.clone(),
+        token: None,
+        report_every: Duration::from_millis(REPORT_MS),
+        poll_wait: Duration::from_secs(1),
+        reconcile: nanami_reconcile::Config::default(),
+        facts: None,
+        status_out: None,
+        probe: PROBE,
+        prober: None,
+        uplink: None,
+    };
+    let uplink = nanami_gateway_daemon::hosting(&config, ka).await.unwrap();
+    assert_eq!(uplink.as_ref().map(|u| u.as_str()), Some("up-a"));
+    let lkg = nanami_gateway_daemon::LastKnownGood::load(&config.desired_file()).unwrap();
+    assert_eq!(lkg.uplink().map(|u| u.as_str()), Some("up-a"));
+    // The unhosted gateway is untouched and still converged.
+    f.env.converged(&["gw-b"]).await;
+    f.b.stop().await;
+}

@@ -275,6 +275,7 @@ pub fn build(regions: usize, specs: &[WsSpec]) -> Document {
                 listen_port: 51820,
                 capacity: gs.capacity,
                 drain: gs.drain,
+                uplink: None,
             });
         }
         for (n, ns) in spec.nets.iter().enumerate() {
@@ -588,6 +589,7 @@ pub fn fleet(
             listen_port: 51820,
             capacity,
             drain: false,
+            uplink: None,
         });
     }
     for (c, key) in keys.iter().take(clients).enumerate() {

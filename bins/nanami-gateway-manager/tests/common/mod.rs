@@ -374,6 +374,7 @@ impl Daemon {
             status_out: Some(Arc::new(status_tx)),
             probe: PROBE,
             prober: Some(prober.clone()),
+            uplink: None,
         };
         let (stop_tx, stop_rx) = oneshot::channel();
         let join = tokio::spawn(nanami_gateway_daemon::run(
