@@ -1,14 +1,29 @@
 //! `nanami lab up` / `nanami lab down`: the whole product on one Linux machine.
 //!
-//! Namespaces (all named `<prefix>-*`): `ctl` runs the manager, `gw` the gateway
-//! daemon (detached WireGuard devices), `lan` a resource behind the gateway, `c1`
-//! and `c2` two wireguard-go clients. Links: ctl↔gw (198.18.9.0/30, management),
-//! gw↔lan (10.20.0.0/24), and a bridge in `gw` (198.18.0.0/24, the "internet") that
-//! both clients hang off. Every address is inside these namespaces.
+//! The lab builds what its topology document declares, in network namespaces named
+//! `<prefix>-*`:
+//!
+//! - `ctl` runs the manager; a link ctl↔gw (198.18.9.0/30) is the management network;
+//! - `gw` is the gateway host: one gateway daemon per gateway of the document (each
+//!   with its own state directory, token and log; detached WireGuard devices), and a
+//!   bridge `wan0` (198.18.0.1/24), the "internet" the clients hang off;
+//! - a gateway without `uplink` is a dedicated machine: its LAN is the veth `lan0`
+//!   in `gw` toward `lan`. A gateway with `uplink: X` is hosted: `X` is a veth in
+//!   `gw` toward its own LAN namespace `lan-<n>`, configured with the gateway's LAN
+//!   address; the daemon moves it into the gateway's namespace `nm-<gateway id>`,
+//!   which it creates, so gateways of several workspaces can reuse one LAN prefix;
+//! - each LAN holds a host at `<route>.10` (the first IPv4 route of the gateway's
+//!   first network, gateway at `.1`) that answers [`NAME_PORT`] with its
+//!   workspace's id;
+//! - `c1`, `c2`, … hold one wireguard-go per active client node of the document, at
+//!   198.18.0.11, .12, … on the bridge.
 //!
 //! Everything the lab creates is listed in its state directory, so `lab down`
-//! removes exactly that: processes by pid, namespaces by name, files.
+//! removes exactly that: processes by pid, namespaces by name (the daemons' `nm-*`
+//! ones too), files.
 
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,13 +34,17 @@ use nanami_api::wire::{EnrolRequest, Subject, TokenRequest};
 use nanami_api::Client;
 use nanami_model::{Document, NodeId, PublicKey};
 
-const GATEWAY: &str = "gw-lab";
-const CLIENTS: [&str; 2] = ["client-1", "client-2"];
-const LAN_HOST: &str = "10.20.0.10";
 const MANAGER_ADDR: &str = "198.18.9.1";
 const MANAGER_PORT: u16 = 7443;
+/// The gateway host's address on the lab's "internet": gateway endpoints in a lab
+/// document are `198.18.0.1:<listen_port>`.
+const INTERNET_HOST: &str = "198.18.0.1";
 /// Reports every second so the lab converges and shows handshakes quickly.
 const REPORT_MS: &str = "1000";
+/// The TCP port on which each LAN host answers with its workspace's id.
+pub const NAME_PORT: u16 = 8080;
+/// Linux's limit on interface names (IFNAMSIZ - 1).
+const IFNAME_MAX: usize = 15;
 
 /// Where a lab lives.
 #[derive(Debug, Clone)]
@@ -39,15 +58,6 @@ pub struct Lab {
 impl Lab {
     fn ns(&self, name: &str) -> String {
         format!("{}-{name}", self.prefix)
-    }
-    fn namespaces(&self) -> Vec<String> {
-        ["ctl", "gw", "lan", "c1", "c2"]
-            .iter()
-            .map(|n| self.ns(n))
-            .collect()
-    }
-    fn client_if(&self, i: usize) -> String {
-        format!("{}-c{}", self.prefix, i + 1)
     }
     fn manager_dir(&self) -> PathBuf {
         self.dir.join("manager")
@@ -63,6 +73,232 @@ impl Lab {
     pub fn ca_file(&self) -> PathBuf {
         self.manager_dir().join("ca.pem")
     }
+    /// Appends `line` to the list `name` in the state directory (what `down` removes).
+    fn record(&self, name: &str, line: &str) -> anyhow::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir.join(name))?;
+        f.write_all(format!("{line}\n").as_bytes())?;
+        Ok(())
+    }
+    fn recorded(&self, name: &str) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join(name))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+    /// The lab's namespaces: the ones it recorded (the daemons' `nm-*` ones among
+    /// them), and any of its own shapes (`ctl`, `gw`, `lan`, `lan-<n>`, `c<n>`) that
+    /// a crash left without a record.
+    fn namespaces(&self) -> Vec<String> {
+        let mut all = self.recorded("namespaces");
+        let own = |rest: &str| {
+            let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            matches!(rest, "ctl" | "gw" | "lan")
+                || rest.strip_prefix("lan-").is_some_and(digits)
+                || rest.strip_prefix('c').is_some_and(digits)
+        };
+        if let Ok(entries) = std::fs::read_dir("/run/netns") {
+            let mut found: Vec<String> = entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| {
+                    n.strip_prefix(&self.prefix)
+                        .and_then(|r| r.strip_prefix('-'))
+                        .is_some_and(own)
+                })
+                .collect();
+            found.sort();
+            for n in found {
+                if !all.contains(&n) {
+                    all.push(n);
+                }
+            }
+        }
+        all
+    }
+}
+
+/// A gateway of the document, as the lab hosts it.
+struct GatewayLab {
+    id: String,
+    node: String,
+    workspace: String,
+    /// The interface toward its LAN when hosted (`gateways[].uplink`).
+    uplink: Option<String>,
+    lan: Option<Lan>,
+}
+
+impl GatewayLab {
+    /// Files in the state directory: `gateway-<id>/`, `<id>.token`, `daemon-<id>.log`.
+    fn state_dir(&self, lab: &Lab) -> PathBuf {
+        lab.dir.join(format!("gateway-{}", self.id))
+    }
+    fn daemon(&self) -> String {
+        format!("daemon-{}", self.id)
+    }
+    /// The namespace its daemon creates when it is hosted.
+    fn hosted_ns(&self) -> Option<String> {
+        self.uplink.as_ref().map(|_| format!("nm-{}", self.id))
+    }
+}
+
+/// The LAN behind a gateway: an IPv4 prefix, the gateway at `.1`, a host at `.10`.
+struct Lan {
+    ns: String,
+    net: Ipv4Addr,
+    len: u8,
+}
+
+impl Lan {
+    fn at(&self, host: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.net) + host)
+    }
+    fn gateway(&self) -> Ipv4Addr {
+        self.at(1)
+    }
+    fn host(&self) -> Ipv4Addr {
+        self.at(10)
+    }
+}
+
+/// A client node of the document and the namespace the lab gives it.
+struct ClientLab {
+    node: String,
+    workspace: String,
+    /// `c<n>`: the namespace suffix, and the name of its key, config and process.
+    tag: String,
+    ns: String,
+    /// Its WireGuard interface (the namespace's name, so it is unique on the machine).
+    ifname: String,
+    /// Its address on the "internet" bridge.
+    under: Ipv4Addr,
+}
+
+/// What the lab builds for a document.
+struct Layout {
+    gateways: Vec<GatewayLab>,
+    clients: Vec<ClientLab>,
+}
+
+impl Layout {
+    fn new(lab: &Lab, doc: &Document) -> anyhow::Result<Self> {
+        let mut gateways = Vec::new();
+        let mut clients = Vec::new();
+        let mut dedicated = Vec::new();
+        let mut hosted_lans = 0;
+        for ws in &doc.workspaces {
+            for g in &ws.gateways {
+                let route = g
+                    .networks
+                    .iter()
+                    .filter_map(|n| ws.networks.iter().find(|net| net.id == *n))
+                    .flat_map(|net| net.routes.iter())
+                    .find_map(|r| parse_v4(r));
+                let lan = match route {
+                    Some((net, len)) if len <= 28 => {
+                        let ns = if g.uplink.is_some() {
+                            hosted_lans += 1;
+                            lab.ns(&format!("lan-{hosted_lans}"))
+                        } else {
+                            lab.ns("lan")
+                        };
+                        Some(Lan { ns, net, len })
+                    }
+                    Some((net, len)) => bail!(
+                        "gateway {}: the lab needs room for .1 and .10 in its route {net}/{len} (at most /28)",
+                        g.id
+                    ),
+                    None => None,
+                };
+                if g.uplink.is_none() {
+                    dedicated.push(g.id.clone());
+                }
+                if let Some(uplink) = &g.uplink {
+                    if uplink.len() > IFNAME_MAX {
+                        bail!(
+                            "gateway {}: uplink {uplink} is longer than {IFNAME_MAX} bytes",
+                            g.id
+                        );
+                    }
+                }
+                gateways.push(GatewayLab {
+                    id: g.id.clone(),
+                    node: g.node.clone(),
+                    workspace: ws.id.clone(),
+                    uplink: g.uplink.clone(),
+                    lan,
+                });
+            }
+            for node in &ws.nodes {
+                let is_gateway = ws.gateways.iter().any(|g| g.node == node.id);
+                if is_gateway || node.status != "active" {
+                    continue;
+                }
+                let n = clients.len() + 1;
+                if n > 200 {
+                    bail!("the lab's bridge has room for 200 clients");
+                }
+                let tag = format!("c{n}");
+                let ns = lab.ns(&tag);
+                if ns.len() > IFNAME_MAX {
+                    bail!(
+                        "prefix {} is too long: interface {ns} would exceed {IFNAME_MAX} bytes",
+                        lab.prefix
+                    );
+                }
+                clients.push(ClientLab {
+                    node: node.id.clone(),
+                    workspace: ws.id.clone(),
+                    ifname: ns.clone(),
+                    ns,
+                    tag,
+                    under: Ipv4Addr::new(198, 18, 0, 10 + n as u8),
+                });
+            }
+        }
+        if dedicated.len() > 1 {
+            bail!(
+                "gateways {} have no uplink: only one gateway can use the host namespace itself; give the others `uplink: <interface>` so they are hosted in their own",
+                dedicated.join(", ")
+            );
+        }
+        if gateways.is_empty() {
+            bail!("the document declares no gateway");
+        }
+        Ok(Self { gateways, clients })
+    }
+
+    /// The namespaces the lab creates itself, in creation order.
+    fn namespaces(&self, lab: &Lab) -> Vec<String> {
+        let mut all = vec![lab.ns("ctl"), lab.ns("gw")];
+        all.extend(
+            self.gateways
+                .iter()
+                .filter_map(|g| g.lan.as_ref().map(|l| l.ns.clone())),
+        );
+        all.extend(self.clients.iter().map(|c| c.ns.clone()));
+        all
+    }
+
+    fn lans_of<'a>(&'a self, client: &'a ClientLab) -> impl Iterator<Item = &'a Lan> + 'a {
+        self.gateways
+            .iter()
+            .filter(move |g| g.workspace == client.workspace)
+            .filter_map(|g| g.lan.as_ref())
+    }
+}
+
+/// `10.50.0.0/24` as its network address and length; `None` for IPv6 or nonsense
+/// (the manager's validation reports the latter).
+fn parse_v4(cidr: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, len) = cidr.split_once('/')?;
+    let addr: Ipv4Addr = addr.parse().ok()?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    Some((Ipv4Addr::from(u32::from(addr) & mask), len))
 }
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
@@ -116,8 +352,8 @@ fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     run(Command::new("ip").args(["netns", "exec", ns]).args(args))
 }
 
-/// Starts `program` inside `ns` in its own session (so it outlives nothing by
-/// accident and can be killed by pid), logging to `log`; records the pid.
+/// Starts `program` inside `ns` (`ip netns exec`) in its own process group (so it
+/// can be stopped with what it starts), logging to `<name>.log`; records the pid.
 fn spawn_in_ns(
     lab: &Lab,
     ns: &str,
@@ -125,17 +361,54 @@ fn spawn_in_ns(
     program: &Path,
     args: &[&str],
 ) -> anyhow::Result<u32> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(program).args(args);
+    spawn_logged(lab, name, cmd)
+}
+
+/// Like [`spawn_in_ns`], but entering only the network namespace: the program
+/// stays in the machine's mount namespace, as a gateway daemon runs on a real host.
+/// `ip netns exec` would give it a private one (to remount /sys), where the
+/// namespaces a hosted gateway's daemon creates (`/run/netns/nm-<id>` bind mounts)
+/// would be invisible to `ip` and to `lab down`.
+fn spawn_in_netns_only(
+    lab: &Lab,
+    ns: &str,
+    name: &str,
+    program: &Path,
+    args: &[&str],
+) -> anyhow::Result<u32> {
+    use std::os::fd::AsRawFd as _;
+    let path = format!("/run/netns/{ns}");
+    // Close-on-exec: the program does not inherit it.
+    let netns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    let fd = netns.as_raw_fd();
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    // SAFETY: setns(2) is async-signal-safe and touches no memory of the parent;
+    // `netns` outlives the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let pid = spawn_logged(lab, name, cmd)?;
+    drop(netns);
+    Ok(pid)
+}
+
+fn spawn_logged(lab: &Lab, name: &str, mut cmd: Command) -> anyhow::Result<u32> {
     let log = std::fs::File::create(lab.dir.join(format!("{name}.log")))?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(program)
-        .args(args)
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .process_group(0)
         .spawn()
-        .with_context(|| format!("starting {}", program.display()))?;
+        .with_context(|| format!("starting {cmd:?}"))?;
     let pid = child.id();
     std::fs::write(lab.dir.join(format!("{name}.pid")), pid.to_string())?;
     Ok(pid)
@@ -188,20 +461,31 @@ pub fn up(lab: &Lab, topology: &Path) -> anyhow::Result<()> {
             lab.dir.display()
         );
     }
-    for ns in lab.namespaces() {
+    let text = std::fs::read_to_string(topology)
+        .with_context(|| format!("reading {}", topology.display()))?;
+    let doc = Document::from_yaml(&text)?;
+    let layout = Layout::new(lab, &doc)?;
+    for ns in layout.namespaces(lab) {
         if Path::new("/run/netns").join(&ns).exists() {
             bail!("namespace {ns} exists: run `nanami lab down` first");
         }
     }
+    for ns in layout.gateways.iter().filter_map(GatewayLab::hosted_ns) {
+        if Path::new("/run/netns").join(&ns).exists() {
+            bail!("namespace {ns} exists: another lab or gateway hosts that gateway id (`nanami lab down --prefix …` removes a lab's)");
+        }
+    }
     std::fs::create_dir_all(&lab.dir)?;
-    match build(lab, topology, &manager, &daemon, &device) {
+    match build(lab, topology, doc, &layout, &manager, &daemon, &device) {
         Ok(()) => Ok(()),
         Err(e) => {
             eprintln!(
                 "lab up failed: {e:#}\nlogs kept until cleanup in {}",
                 lab.dir.display()
             );
-            for name in ["manager", "daemon"] {
+            let logs = std::iter::once("manager".to_owned())
+                .chain(layout.gateways.iter().map(GatewayLab::daemon));
+            for name in logs {
                 if let Ok(text) = std::fs::read_to_string(lab.dir.join(format!("{name}.log"))) {
                     let tail: Vec<&str> = text.lines().rev().take(15).collect();
                     eprintln!("--- {name}.log (last lines) ---");
@@ -216,139 +500,179 @@ pub fn up(lab: &Lab, topology: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// `ip link add <a> netns <ns_a> type veth peer name <b> netns <ns_b>`, with an
+/// address on each end, both up.
+fn veth(
+    ns_a: &str,
+    a: &str,
+    addr_a: &str,
+    ns_b: &str,
+    b: &str,
+    addr_b: &str,
+) -> anyhow::Result<()> {
+    ip(&[
+        "link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b,
+    ])?;
+    for (ns, dev, addr) in [(ns_a, a, addr_a), (ns_b, b, addr_b)] {
+        in_ns(ns, &["ip", "addr", "add", addr, "dev", dev])?;
+        in_ns(ns, &["ip", "link", "set", dev, "up"])?;
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
 fn build(
     lab: &Lab,
     topology: &Path,
+    mut doc: Document,
+    layout: &Layout,
     manager: &Path,
     daemon: &Path,
     device: &Path,
 ) -> anyhow::Result<()> {
-    let (ctl, gw, lan) = (lab.ns("ctl"), lab.ns("gw"), lab.ns("lan"));
+    let (ctl, gw) = (lab.ns("ctl"), lab.ns("gw"));
     println!("== namespaces");
-    for ns in lab.namespaces() {
+    for ns in layout.namespaces(lab) {
         ip(&["netns", "add", &ns])?;
-        std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(lab.dir.join("namespaces"))
-            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{ns}\n").as_bytes()))?;
+        lab.record("namespaces", &ns)?;
         in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
     }
     // management: ctl <-> gw
-    ip(&[
-        "link", "add", "mgmt0", "netns", &ctl, "type", "veth", "peer", "name", "mgmt0", "netns",
-        &gw,
-    ])?;
-    in_ns(
+    veth(
         &ctl,
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("{MANAGER_ADDR}/30"),
-            "dev",
-            "mgmt0",
-        ],
+        "mgmt0",
+        &format!("{MANAGER_ADDR}/30"),
+        &gw,
+        "mgmt0",
+        "198.18.9.2/30",
     )?;
-    in_ns(&gw, &["ip", "addr", "add", "198.18.9.2/30", "dev", "mgmt0"])?;
-    // LAN: gw <-> lan
-    ip(&[
-        "link", "add", "lan0", "netns", &gw, "type", "veth", "peer", "name", "eth0", "netns", &lan,
-    ])?;
-    in_ns(&gw, &["ip", "addr", "add", "10.20.0.1/24", "dev", "lan0"])?;
-    in_ns(
-        &lan,
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("{LAN_HOST}/24"),
-            "dev",
+    // LANs: a dedicated gateway's `lan0`, or a hosted gateway's uplink, toward the
+    // LAN namespace; the gateway's LAN address goes on the gateway side (a hosted
+    // gateway's daemon carries it into `nm-<id>` with the uplink).
+    for g in &layout.gateways {
+        let Some(l) = &g.lan else { continue };
+        let side = g.uplink.as_deref().unwrap_or("lan0");
+        veth(
+            &gw,
+            side,
+            &format!("{}/{}", l.gateway(), l.len),
+            &l.ns,
             "eth0",
-        ],
-    )?;
+            &format!("{}/{}", l.host(), l.len),
+        )?;
+        // Also the way back to the overlay when the network does not masquerade.
+        in_ns(
+            &l.ns,
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &l.gateway().to_string(),
+            ],
+        )?;
+        println!(
+            "{}: LAN {}/{} behind {side}{}, host {} in {}",
+            g.id,
+            l.net,
+            l.len,
+            g.hosted_ns()
+                .map(|ns| format!(" (moved into {ns} by the daemon)"))
+                .unwrap_or_default(),
+            l.host(),
+            l.ns
+        );
+    }
     // "internet": a bridge in gw, the clients hang off it
     in_ns(&gw, &["ip", "link", "add", "wan0", "type", "bridge"])?;
-    in_ns(&gw, &["ip", "addr", "add", "198.18.0.1/24", "dev", "wan0"])?;
-    for (i, c) in ["c1", "c2"].iter().enumerate() {
-        let ns = lab.ns(c);
-        let port = format!("wan-{c}");
+    in_ns(
+        &gw,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{INTERNET_HOST}/24"),
+            "dev",
+            "wan0",
+        ],
+    )?;
+    in_ns(&gw, &["ip", "link", "set", "wan0", "up"])?;
+    for c in &layout.clients {
+        let port = format!("wan-{}", c.tag);
         ip(&[
             "link", "add", &port, "netns", &gw, "type", "veth", "peer", "name", "eth0", "netns",
-            &ns,
+            &c.ns,
         ])?;
         in_ns(&gw, &["ip", "link", "set", &port, "master", "wan0", "up"])?;
         in_ns(
-            &ns,
+            &c.ns,
             &[
                 "ip",
                 "addr",
                 "add",
-                &format!("198.18.0.{}/24", 11 + i),
+                &format!("{}/24", c.under),
                 "dev",
                 "eth0",
             ],
         )?;
-        in_ns(&ns, &["ip", "link", "set", "eth0", "up"])?;
+        in_ns(&c.ns, &["ip", "link", "set", "eth0", "up"])?;
     }
-    for (ns, dev) in [
-        (&ctl, "mgmt0"),
-        (&gw, "mgmt0"),
-        (&gw, "lan0"),
-        (&gw, "wan0"),
-        (&lan, "eth0"),
-    ] {
-        in_ns(ns, &["ip", "link", "set", dev, "up"])?;
+
+    println!("== LAN hosts answer TCP {NAME_PORT} with their workspace's id");
+    // Before any thread or runtime exists: the services are forked from this process.
+    for (n, g) in layout.gateways.iter().enumerate() {
+        if let Some(l) = &g.lan {
+            start_name_service(lab, &l.ns, &g.workspace, &format!("name-service-{}", n + 1))?;
+        }
     }
-    in_ns(&lan, &["ip", "route", "add", "default", "via", "10.20.0.1"])?;
 
     println!("== keys (generated where they are used; only public keys travel)");
-    let gw_state = lab.dir.join("gateway");
-    let gw_key: PublicKey = run(Command::new(daemon)
-        .args(["--print-public-key", "--state-dir"])
-        .arg(&gw_state))?
-    .trim()
-    .parse()
-    .context("the daemon's public key")?;
-    let mut client_keys = Vec::new();
-    for c in CLIENTS {
+    let mut keys = std::collections::BTreeMap::new();
+    for g in &layout.gateways {
+        let key: PublicKey = run(Command::new(daemon)
+            .args(["--print-public-key", "--state-dir"])
+            .arg(g.state_dir(lab)))?
+        .trim()
+        .parse()
+        .context("the daemon's public key")?;
+        keys.insert((g.workspace.clone(), g.node.clone()), key);
+    }
+    for c in &layout.clients {
         let private = run(Command::new("wg").arg("genkey"))?;
-        let key_file = lab.dir.join(format!("{c}.key"));
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&key_file)?;
-            std::io::Write::write_all(&mut f, private.as_bytes())?;
-        }
+        write_private(&lab.dir.join(format!("{}.key", c.tag)), &private)?;
         let mut child = Command::new("wg")
             .arg("pubkey")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
         if let Some(mut stdin) = child.stdin.take() {
-            std::io::Write::write_all(&mut stdin, private.as_bytes())?;
+            stdin.write_all(private.as_bytes())?;
         }
         let out = child.wait_with_output()?;
         let public: PublicKey = String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
             .context("wg pubkey")?;
-        client_keys.push(public);
+        keys.insert((c.workspace.clone(), c.node.clone()), public);
     }
 
     println!("== topology {}", topology.display());
-    let text = std::fs::read_to_string(topology)
-        .with_context(|| format!("reading {}", topology.display()))?;
-    let mut doc = Document::from_yaml(&text)?;
     for ws in &mut doc.workspaces {
         for node in &mut ws.nodes {
-            if node.id == GATEWAY {
-                node.public_key = gw_key.to_base64();
-            } else if let Some(i) = CLIENTS.iter().position(|c| *c == node.id) {
-                node.public_key = client_keys[i].to_base64();
+            if let Some(key) = keys.get(&(ws.id.clone(), node.id.clone())) {
+                node.public_key = key.to_base64();
             }
         }
     }
@@ -361,11 +685,6 @@ fn build(
         .args(["init", "--dir"])
         .arg(&mdir)
         .args(["--san", MANAGER_ADDR]))?;
-    let token = run(Command::new(manager)
-        .args(["token", "--gateway", GATEWAY, "--dir"])
-        .arg(&mdir))?;
-    let token_file = lab.dir.join("gateway.token");
-    std::fs::write(&token_file, token.trim())?;
     let listen = format!("{MANAGER_ADDR}:{MANAGER_PORT}");
     spawn_in_ns(
         lab,
@@ -385,116 +704,171 @@ fn build(
         ],
     )?;
 
-    println!("== gateway daemon (namespace {gw}, detached WireGuard devices)");
-    spawn_in_ns(
-        lab,
-        &gw,
-        "daemon",
-        daemon,
-        &[
-            "--manager",
-            &lab.url(),
-            "--ca",
-            &lab.ca_file().to_string_lossy(),
-            "--gateway",
-            GATEWAY,
-            "--state-dir",
-            &gw_state.to_string_lossy(),
-            "--token-file",
-            &token_file.to_string_lossy(),
-            "--detached-devices",
-            &device.to_string_lossy(),
-            "--report-interval-ms",
-            REPORT_MS,
-        ],
-    )?;
+    for g in &layout.gateways {
+        let where_ = match g.hosted_ns() {
+            Some(ns) => format!(
+                "hosted in {ns}, uplink {}",
+                g.uplink.as_deref().unwrap_or("")
+            ),
+            None => format!("namespace {gw}"),
+        };
+        println!(
+            "== gateway daemon {} ({where_}; detached WireGuard devices)",
+            g.id
+        );
+        let token = run(Command::new(manager)
+            .args(["token", "--gateway", &g.id, "--dir"])
+            .arg(&mdir))?;
+        let token_file = lab.dir.join(format!("{}.token", g.id));
+        std::fs::write(&token_file, token.trim())?;
+        // Recorded before the daemon can make them, so `down` removes them whatever
+        // happens next.
+        if let Some(ns) = g.hosted_ns() {
+            lab.record("namespaces", &ns)?;
+        }
+        lab.record("sockets", &format!("nm-{}", g.id))?;
+        spawn_in_netns_only(
+            lab,
+            &gw,
+            &g.daemon(),
+            daemon,
+            &[
+                "--manager",
+                &lab.url(),
+                "--ca",
+                &lab.ca_file().to_string_lossy(),
+                "--gateway",
+                &g.id,
+                "--state-dir",
+                &g.state_dir(lab).to_string_lossy(),
+                "--token-file",
+                &token_file.to_string_lossy(),
+                "--detached-devices",
+                &device.to_string_lossy(),
+                "--report-interval-ms",
+                REPORT_MS,
+            ],
+        )?;
+    }
 
     println!("== waiting for convergence");
     let control = std::fs::read_to_string(lab.control_file())?
         .trim()
         .to_owned();
     let (url, ca) = (lab.url(), lab.ca_file());
-    let status = with_netns(&ctl, move || {
+    let ids: Vec<String> = layout.gateways.iter().map(|g| g.id.clone()).collect();
+    with_netns(&ctl, move || {
         let client = Client::new(&url, Some(&ca))?.with_credential(control);
-        until("the gateway to converge", Duration::from_secs(60), || {
+        until("every gateway to converge", Duration::from_secs(60), || {
             let s = crate::status::block_on(client.status()).ok()?.ok()?;
-            let g = s.iter().find(|g| g.id.as_str() == GATEWAY)?;
-            (g.observed_generation == Some(g.desired_generation)
-                && g.condition == Some(nanami_reconcile::Condition::Ready)
-                && g.observed_peers == CLIENTS.len())
-            .then_some(())
+            ids.iter()
+                .all(|id| {
+                    s.iter().any(|g| {
+                        g.id.as_str() == id
+                            && g.observed_generation == Some(g.desired_generation)
+                            && g.condition == Some(nanami_reconcile::Condition::Ready)
+                            && g.observed_peers == g.peers
+                    })
+                })
+                .then_some(())
         })
-    });
-    status?;
+    })?;
 
     println!("== clients (wireguard-go, configured from the manager's client configs)");
     let wggo = which("wireguard-go")?;
-    for (i, c) in CLIENTS.iter().enumerate() {
-        let ns = lab.ns(&format!("c{}", i + 1));
-        let ifname = lab.client_if(i);
-        let config = enrol_and_fetch(lab, c, client_keys[i])?;
-        let private = std::fs::read_to_string(lab.dir.join(format!("{c}.key")))?;
+    let mut configs = Vec::new();
+    for c in &layout.clients {
+        let key = keys[&(c.workspace.clone(), c.node.clone())];
+        let config = enrol_and_fetch(lab, &c.node, key)?;
+        let private = std::fs::read_to_string(lab.dir.join(format!("{}.key", c.tag)))?;
         let text = config.to_wg(None).replace(
             nanami_model::config::PRIVATE_KEY_PLACEHOLDER,
             private.trim(),
         );
-        let conf = lab.dir.join(format!("{c}.conf"));
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&conf)?;
-            std::io::Write::write_all(&mut f, text.as_bytes())?;
-        }
-        std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(lab.dir.join("sockets"))
-            .and_then(|mut f| {
-                std::io::Write::write_all(&mut f, format!("{ifname}\n").as_bytes())
-            })?;
+        let conf = lab.dir.join(format!("{}.conf", c.tag));
+        write_private(&conf, &text)?;
+        lab.record("sockets", &c.ifname)?;
         spawn_in_ns(
             lab,
-            &ns,
-            &format!("wireguard-go-{c}"),
+            &c.ns,
+            &format!("wireguard-go-{}", c.tag),
             &wggo,
-            &["--foreground", &ifname],
+            &["--foreground", &c.ifname],
         )?;
-        let sock = format!("/var/run/wireguard/{ifname}.sock");
+        let sock = format!("/var/run/wireguard/{}.sock", c.ifname);
         until(&sock, Duration::from_secs(10), || {
             Path::new(&sock).exists().then_some(())
         })?;
-        in_ns(&ns, &["wg", "setconf", &ifname, &conf.to_string_lossy()])?;
+        in_ns(
+            &c.ns,
+            &["wg", "setconf", &c.ifname, &conf.to_string_lossy()],
+        )?;
         for a in &config.addresses {
-            in_ns(&ns, &["ip", "addr", "add", &a.to_string(), "dev", &ifname])?;
+            in_ns(
+                &c.ns,
+                &["ip", "addr", "add", &a.to_string(), "dev", &c.ifname],
+            )?;
         }
-        in_ns(&ns, &["ip", "link", "set", &ifname, "up"])?;
+        in_ns(&c.ns, &["ip", "link", "set", &c.ifname, "up"])?;
         for peer in &config.peers {
             for net in &peer.allowed_ips {
                 in_ns(
-                    &ns,
-                    &["ip", "route", "replace", &net.to_string(), "dev", &ifname],
+                    &c.ns,
+                    &["ip", "route", "replace", &net.to_string(), "dev", &c.ifname],
                 )?;
             }
         }
+        println!("{} ({}): {} in {}", c.node, c.workspace, c.ifname, c.ns);
+        configs.push(config);
     }
 
-    println!("== reachability: each client pings {LAN_HOST} (on the LAN) through the gateway");
-    for (i, name) in CLIENTS.iter().enumerate() {
-        let ns = lab.ns(&format!("c{}", i + 1));
-        until(
-            &format!("a ping from {ns}"),
-            Duration::from_secs(20),
-            || in_ns(&ns, &["ping", "-c", "1", "-W", "1", LAN_HOST]).ok(),
-        )?;
-        let out = in_ns(&ns, &["ping", "-c", "3", "-i", "0.2", "-W", "1", LAN_HOST])?;
-        let summary = out
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .unwrap_or("");
-        println!("{name} -> {LAN_HOST}: {summary}");
+    println!(
+        "== reachability: each client pings its workspace's LAN hosts through its gateway and reads their answer on TCP {NAME_PORT}"
+    );
+    let mut tried = None;
+    for (c, config) in layout.clients.iter().zip(&configs) {
+        let routed = |ip: Ipv4Addr| {
+            config
+                .peers
+                .iter()
+                .flat_map(|p| p.allowed_ips.iter())
+                .any(|net| net.contains(&std::net::IpAddr::V4(ip)))
+        };
+        let mut hosts: Vec<Ipv4Addr> = layout
+            .lans_of(c)
+            .map(Lan::host)
+            .filter(|h| routed(*h))
+            .collect();
+        hosts.dedup();
+        for host in hosts {
+            let target = host.to_string();
+            until(
+                &format!("a ping from {} to {target}", c.ns),
+                Duration::from_secs(20),
+                || in_ns(&c.ns, &["ping", "-c", "1", "-W", "1", &target]).ok(),
+            )?;
+            let out = in_ns(&c.ns, &["ping", "-c", "3", "-i", "0.2", "-W", "1", &target])?;
+            let summary = out
+                .lines()
+                .find(|l| l.contains("packets transmitted"))
+                .unwrap_or("");
+            println!("{} -> {target}: {summary}", c.node);
+            let addr = SocketAddr::from((host, NAME_PORT));
+            let answer = until(
+                &format!("an answer on {addr} from {}", c.ns),
+                Duration::from_secs(10),
+                || read_name(&c.ns, addr).ok(),
+            )?;
+            println!("{} -> {addr}: {answer:?}", c.node);
+            if answer != c.workspace {
+                bail!(
+                    "{} of workspace {} reached {addr} of workspace {answer:?}: the workspaces are not isolated",
+                    c.node,
+                    c.workspace
+                );
+            }
+            tried.get_or_insert((c.ns.clone(), target));
+        }
     }
 
     println!("== status");
@@ -502,25 +876,101 @@ fn build(
         .trim()
         .to_owned();
     let (url, ca) = (lab.url(), lab.ca_file());
-    // Wait for a report that carries the handshakes.
+    // Wait for reports that carry the handshakes.
     let table = with_netns(&ctl, move || {
         let client = Client::new(&url, Some(&ca))?.with_credential(control);
-        let status = until("a report with handshakes", Duration::from_secs(10), || {
+        let status = until("reports with handshakes", Duration::from_secs(10), || {
             let s = crate::status::block_on(client.status()).ok()?.ok()?;
-            s.iter().any(|g| g.newest_handshake.is_some()).then_some(s)
+            s.iter()
+                .filter(|g| g.peers > 0)
+                .all(|g| g.newest_handshake.is_some())
+                .then_some(s)
         })?;
         Ok(crate::status::table(&status))
     })?;
     print!("{table}");
     println!(
-        "\nthe lab is up. Try:\n  ip netns exec {ctl} {} status --manager {} --ca {} --credential-file {}\n  ip netns exec {} ping {LAN_HOST}\nthen: nanami lab down",
+        "\nthe lab is up. Try:\n  ip netns exec {ctl} {} status --manager {} --ca {} --credential-file {}",
         std::env::current_exe()?.display(),
         lab.url(),
         lab.ca_file().display(),
         lab.control_file().display(),
-        lab.ns("c1"),
     );
+    if let Some((ns, host)) = tried {
+        println!(
+            "  ip netns exec {ns} ping {host}\n  ip netns exec {ns} bash -c 'cat < /dev/tcp/{host}/{NAME_PORT}'"
+        );
+    }
+    println!("then: nanami lab down");
     Ok(())
+}
+
+/// Connects from inside `ns` to `addr` and returns what it says, trimmed.
+fn read_name(ns: &str, addr: SocketAddr) -> anyhow::Result<String> {
+    with_netns(ns, move || {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer.trim().to_owned())
+    })
+}
+
+/// Starts a LAN host's name service: a process in `ns`, forked from this one, that
+/// answers every TCP connection on [`NAME_PORT`] with `name` and a newline until
+/// `lab down` stops it by its recorded pid (`<tag>.pid`).
+///
+/// A fork rather than a program: the lab may not rely on socat, nc or python, and
+/// it outlives `lab up`, so it cannot be a thread of it.
+fn start_name_service(lab: &Lab, ns: &str, name: &str, tag: &str) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let listener = with_netns(ns, || {
+        TcpListener::bind((Ipv4Addr::UNSPECIFIED, NAME_PORT)).context("binding the name service")
+    })?;
+    // fork(2) copies only the calling thread: with another thread alive, the child
+    // could inherit a lock (the allocator's) that nobody will ever release.
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        bail!("the name service is forked from a single-threaded lab, found {threads} threads (a bug)");
+    }
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let answer = format!("{name}\n");
+    // SAFETY: the process has one thread (checked above), so the child's copy of
+    // the memory is consistent; the child never returns from `serve_name`.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: plain syscalls on descriptors this process owns. A session of its
+        // own, so `down` can stop it like the other processes (by process group);
+        // standard streams away from whoever reads `lab up`'s output.
+        unsafe {
+            libc::setsid();
+            for fd in 0..3 {
+                libc::dup2(devnull.as_raw_fd(), fd);
+            }
+        }
+        serve_name(&listener, answer.as_bytes());
+    }
+    if pid < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    std::fs::write(lab.dir.join(format!("{tag}.pid")), pid.to_string())?;
+    Ok(())
+}
+
+fn serve_name(listener: &TcpListener, answer: &[u8]) -> ! {
+    loop {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = stream.write_all(answer);
+            }
+            // Out of descriptors or memory: back off rather than spin.
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
 }
 
 fn which(tool: &str) -> anyhow::Result<PathBuf> {
@@ -578,15 +1028,21 @@ fn kill(pid: i32, signal: i32) -> bool {
     unsafe { libc::kill(pid, signal) == 0 }
 }
 
+/// Whether `pid` still runs; reaps it when it is our own child (`lab up` stopping
+/// the name services it forked after a failure).
+fn running(pid: i32) -> bool {
+    // SAFETY: waitpid(2) without a status pointer; ECHILD for others' processes.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+    kill(pid, 0)
+}
+
 /// `nanami lab down`: stops the lab's processes (by recorded pid), deletes its
-/// namespaces (their links and detached devices with them) and files.
+/// namespaces (their links and detached devices with them, and the `nm-*`
+/// namespaces its gateway daemons made) and files.
 pub fn down(lab: &Lab) -> anyhow::Result<()> {
-    if !lab.dir.exists()
-        && lab
-            .namespaces()
-            .iter()
-            .all(|ns| !Path::new("/run/netns").join(ns).exists())
-    {
+    let namespaces = lab.namespaces();
+    let exists = |ns: &String| Path::new("/run/netns").join(ns).exists();
+    if !lab.dir.exists() && !namespaces.iter().any(exists) {
         println!("no lab is up");
         return Ok(());
     }
@@ -598,6 +1054,7 @@ pub fn down(lab: &Lab) -> anyhow::Result<()> {
                 if let Some(pid) = std::fs::read_to_string(&path)
                     .ok()
                     .and_then(|t| t.trim().parse::<i32>().ok())
+                    .filter(|p| *p > 1)
                 {
                     pids.push(pid);
                 }
@@ -609,30 +1066,37 @@ pub fn down(lab: &Lab) -> anyhow::Result<()> {
         kill(-pid, libc::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|&p| kill(p, 0)) && Instant::now() < deadline {
+    while pids.iter().any(|&p| running(p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     for &pid in &pids {
         kill(-pid, libc::SIGKILL);
     }
     // Detached devices run in their own sessions inside the gateway namespace:
-    // stop whatever still runs there.
-    for ns in lab.namespaces() {
-        if let Ok(out) = ip(&["netns", "pids", &ns]) {
+    // stop whatever still runs in the lab's namespaces.
+    for ns in namespaces.iter().filter(|ns| exists(ns)) {
+        if let Ok(out) = ip(&["netns", "pids", ns]) {
             for pid in out.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
                 kill(pid, libc::SIGKILL);
             }
         }
     }
-    for ns in lab.namespaces() {
-        if Path::new("/run/netns").join(&ns).exists() {
-            if let Err(e) = ip(&["netns", "del", &ns]) {
-                eprintln!("warning: {e:#}");
-            }
+    for ns in namespaces.iter().filter(|ns| exists(ns)) {
+        if let Err(e) = ip(&["netns", "del", ns]) {
+            eprintln!("warning: {e:#}");
         }
     }
-    let mut sockets: Vec<String> = (0..CLIENTS.len()).map(|i| lab.client_if(i)).collect();
-    sockets.push(format!("nm-{GATEWAY}"));
+    let mut sockets = lab.recorded("sockets");
+    // Clients' interfaces are named like their namespaces.
+    sockets.extend(
+        namespaces
+            .iter()
+            .filter(|ns| {
+                ns.strip_prefix(&lab.prefix)
+                    .is_some_and(|r| r.starts_with("-c"))
+            })
+            .cloned(),
+    );
     for name in sockets {
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{name}.sock"));
     }

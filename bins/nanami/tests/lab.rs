@@ -1,30 +1,128 @@
-//! `nanami lab up` / `down` for real, as root, in network namespaces: convergence,
-//! pings through the gateway, the data plane surviving a daemon stop (detached
-//! devices), a daemon restart while the manager is down, re-convergence after the
-//! manager returns, and nothing left behind.
+//! `nanami lab up` / `down` for real, as root, in network namespaces.
+//!
+//! `examples/lab.yaml`: convergence, pings through the gateway, the data plane
+//! surviving a daemon stop (detached devices), a daemon restart while the manager is
+//! down, re-convergence after the manager returns, and nothing left behind.
+//!
+//! `examples/tenants.yaml`: two workspaces with the same overlay, LAN and client
+//! addresses, their gateways hosted on one machine in `nm-<gateway id>` namespaces
+//! through the manager and the daemons; each client reads its own workspace's name
+//! from the same LAN address, and `down` removes the daemons' namespaces too.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
 use common::{pid, root, sh, spawn, stop, strings, wait_until, NANAMI};
 
 const PREFIX: &str = "nmt-lab";
 
 struct LabGuard {
+    prefix: &'static str,
     dir: PathBuf,
 }
 
 impl LabGuard {
+    /// A lab state directory of this test process, after removing what a previous
+    /// run may have left under the same prefix.
+    fn new(prefix: &'static str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        let guard = Self { prefix, dir };
+        let _ = guard.down();
+        guard
+    }
+
+    fn up(&self, topology: &str) -> String {
+        let up = Command::new(NANAMI)
+            .current_dir(root())
+            .args(["lab", "up", topology, "--prefix", self.prefix, "--dir"])
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&up.stdout).into_owned();
+        assert!(
+            up.status.success(),
+            "lab up failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+        stdout
+    }
+
     fn down(&self) -> std::process::Output {
         Command::new(NANAMI)
-            .args(["lab", "down", "--prefix", PREFIX, "--dir"])
+            .args(["lab", "down", "--prefix", self.prefix, "--dir"])
             .arg(&self.dir)
             .output()
             .unwrap()
+    }
+
+    fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    /// Down succeeds and leaves nothing: namespaces (the lab's and `extra`),
+    /// processes, files, sockets.
+    fn down_leaves_nothing(&self, extra: &[&str]) {
+        let down = self.down();
+        assert!(
+            down.status.success(),
+            "{}",
+            String::from_utf8_lossy(&down.stderr)
+        );
+        let namespaces = String::from_utf8_lossy(
+            &Command::new("ip")
+                .args(["netns", "list"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned();
+        let left: Vec<&str> = namespaces
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&format!("{}-", self.prefix)) || extra.contains(n))
+            .collect();
+        assert!(left.is_empty(), "namespaces left: {left:?}");
+        for ns in extra {
+            assert!(!Path::new("/run/netns").join(ns).exists(), "{ns} left");
+        }
+        assert!(!self.dir.exists(), "{} left", self.dir.display());
+        let sockets: Vec<String> = std::fs::read_dir("/var/run/wireguard")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| {
+                        n.starts_with(&format!("{}-", self.prefix))
+                            || extra.iter().any(|x| n.starts_with(&format!("{x}.")))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(sockets.is_empty(), "UAPI sockets left: {sockets:?}");
+        let ps = String::from_utf8_lossy(
+            &Command::new("ps")
+                .args(["-eo", "stat,args"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned();
+        let left: Vec<&str> = ps
+            .lines()
+            .filter(|l| {
+                !l.starts_with('Z')
+                    && (l.contains(&*self.dir.to_string_lossy())
+                        || l.contains(&format!("{}-c", self.prefix)))
+            })
+            .collect();
+        assert!(left.is_empty(), "processes left: {left:?}");
     }
 }
 
@@ -49,28 +147,9 @@ fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
     // The lab runs the sibling binaries; make sure they are built and current.
     common::build_workspace_binaries();
 
-    let dir = std::env::temp_dir().join(format!("nmt-lab-{}", std::process::id()));
-    let guard = LabGuard { dir: dir.clone() };
-    let _ = guard.down();
-    let up = Command::new(NANAMI)
-        .current_dir(root())
-        .args([
-            "lab",
-            "up",
-            "examples/lab.yaml",
-            "--prefix",
-            PREFIX,
-            "--dir",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&up.stdout);
-    assert!(
-        up.status.success(),
-        "lab up failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    let guard = LabGuard::new(PREFIX);
+    let dir = guard.dir.clone();
+    let stdout = guard.up("examples/lab.yaml");
     assert_eq!(
         stdout.matches(" 0% packet loss").count(),
         2,
@@ -82,15 +161,15 @@ fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
     );
 
     let (ctl, gw, c1, c2) = (
-        format!("{PREFIX}-ctl"),
-        format!("{PREFIX}-gw"),
-        format!("{PREFIX}-c1"),
-        format!("{PREFIX}-c2"),
+        guard.ns("ctl"),
+        guard.ns("gw"),
+        guard.ns("c1"),
+        guard.ns("c2"),
     );
     let bin = common::bin_dir();
 
     // SIGTERM stops the daemon; the detached device keeps forwarding.
-    stop(pid(&dir, "daemon"));
+    stop(pid(&dir, "daemon-gw-lab"));
     assert!(
         ping_ok(&c1) && ping_ok(&c2),
         "forwarding stopped with the daemon"
@@ -99,6 +178,7 @@ fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
     // The manager goes down; a restarted daemon adopts the device and serves its
     // last-known-good state without it.
     stop(pid(&dir, "manager"));
+    std::fs::remove_file(dir.join("daemon-gw-lab.log")).unwrap();
     let daemon_args = strings(&[
         "--manager",
         "https://198.18.9.1:7443",
@@ -107,7 +187,7 @@ fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
         "--gateway",
         "gw-lab",
         "--state-dir",
-        &dir.join("gateway").to_string_lossy(),
+        &dir.join("gateway-gw-lab").to_string_lossy(),
         "--detached-devices",
         &bin.join("nanami-device").to_string_lossy(),
         "--report-interval-ms",
@@ -116,7 +196,7 @@ fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
     spawn(
         &dir,
         &gw,
-        "daemon",
+        "daemon-gw-lab",
         &bin.join("nanami-gateway-daemon"),
         &daemon_args,
     );
@@ -124,7 +204,7 @@ fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
         "the restarted daemon to serve its last-known-good state",
         Duration::from_secs(15),
         || {
-            std::fs::read_to_string(dir.join("daemon.log"))
+            std::fs::read_to_string(dir.join("daemon-gw-lab.log"))
                 .unwrap_or_default()
                 .contains("serving the last-known-good")
         },
@@ -194,43 +274,117 @@ fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
     assert_eq!(status_cmd(false).status.code(), Some(0));
     assert!(ping_ok(&c1) && ping_ok(&c2));
 
-    // Down leaves nothing: namespaces, processes, files, sockets.
-    let down = guard.down();
-    assert!(
-        down.status.success(),
-        "{}",
-        String::from_utf8_lossy(&down.stderr)
+    guard.down_leaves_nothing(&["nm-gw-lab"]);
+}
+
+/// The lab's LAN hosts answer this port with their workspace's id.
+const NAME_PORT: u16 = 8080;
+
+/// Connects from inside network namespace `ns` to `addr` and returns what it says.
+fn read_name(ns: &str, addr: SocketAddr) -> Option<String> {
+    let netns = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: setns on a valid namespace fd changes only this thread's network
+        // namespace; the thread ends here.
+        let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        Some(answer.trim().to_owned())
+    })
+    .join()
+    .unwrap()
+}
+
+/// `ip -n <ns> link show <dev>` succeeds.
+fn has_link(ns: &str, dev: &str) -> bool {
+    Command::new("ip")
+        .args(["-n", ns, "link", "show", dev])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn tenants_lab_isolates_two_workspaces_with_the_same_addresses() {
+    common::require_root_and(&["ip", "wireguard-go", "wg", "ping", "nft"]);
+    common::build_workspace_binaries();
+    let started = Instant::now();
+
+    let guard = LabGuard::new("nmt-ten");
+    let stdout = guard.up("examples/tenants.yaml");
+    assert_eq!(
+        stdout.matches(" 0% packet loss").count(),
+        2,
+        "each client pings its own LAN host:\n{stdout}"
     );
-    let namespaces = String::from_utf8_lossy(
-        &Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .into_owned();
-    assert!(
-        !namespaces.contains(PREFIX),
-        "namespaces left: {namespaces}"
-    );
-    assert!(!dir.exists(), "{} left", dir.display());
-    for name in [format!("{PREFIX}-c1"), format!("{PREFIX}-c2")] {
-        assert!(!Path::new(&format!("/var/run/wireguard/{name}.sock")).exists());
+    assert!(stdout.contains("Ready"), "{stdout}");
+
+    // The daemons made the gateways' namespaces and moved the uplinks into them.
+    let gw = guard.ns("gw");
+    for (hosted, uplink) in [
+        ("nm-gw-initech", "up-initech"),
+        ("nm-gw-globex", "up-globex"),
+    ] {
+        assert!(
+            Path::new("/run/netns").join(hosted).exists(),
+            "{hosted} missing"
+        );
+        assert!(
+            has_link(hosted, uplink),
+            "{uplink} is not in {hosted}:\n{stdout}"
+        );
+        assert!(has_link(hosted, hosted), "the TUN {hosted} is not inside");
+        assert!(
+            !has_link(&gw, uplink),
+            "{uplink} is still in the host namespace"
+        );
     }
-    let ps = String::from_utf8_lossy(
-        &Command::new("ps")
-            .args(["-eo", "stat,args"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .into_owned();
-    let left: Vec<&str> = ps
-        .lines()
-        .filter(|l| {
-            !l.starts_with('Z')
-                && (l.contains(&*dir.to_string_lossy()) || l.contains(&format!("{PREFIX}-c")))
+
+    // Both clients at once, to the same address: each reads its own workspace.
+    let lan_host: SocketAddr = format!("10.50.0.10:{NAME_PORT}").parse().unwrap();
+    let barrier = Arc::new(Barrier::new(2));
+    let readers: Vec<_> = [("c1", "initech"), ("c2", "globex")]
+        .into_iter()
+        .map(|(client, workspace)| {
+            let ns = guard.ns(client);
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut answers = Vec::new();
+                // Several rounds, so the two flows overlap in time.
+                while answers.len() < 5 {
+                    match read_name(&ns, lan_host) {
+                        Some(answer) => answers.push(answer),
+                        None => {
+                            assert!(Instant::now() < deadline, "{ns}: no answer from {lan_host}")
+                        }
+                    }
+                }
+                (ns, workspace, answers)
+            })
         })
         .collect();
-    assert!(left.is_empty(), "processes left: {left:?}");
+    for reader in readers {
+        let (ns, workspace, answers) = reader.join().unwrap();
+        assert!(
+            answers.iter().all(|a| a == workspace),
+            "{ns} ({workspace}) read {answers:?} from {lan_host}"
+        );
+    }
+
+    guard.down_leaves_nothing(&["nm-gw-initech", "nm-gw-globex"]);
+    assert!(
+        !has_link(&gw, "up-initech") && !has_link(&gw, "up-globex"),
+        "uplinks left"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the tenants lab took {:?}",
+        started.elapsed()
+    );
 }
