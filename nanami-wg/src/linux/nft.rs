@@ -241,6 +241,16 @@ pub fn parse_list(json: &str) -> Result<Option<FilterSet>, PlatformError> {
     Ok(Some(set))
 }
 
+/// `nft`, run in `netns` (the current namespace when `None`) with the C locale:
+/// its error text is matched ("No such file or directory"), and a translated
+/// message must not turn a missing table into a failure.
+fn nft(netns: Option<&Netns>) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("nft");
+    crate::netns::enter_before_exec(&mut cmd, netns);
+    cmd.env("LC_ALL", "C");
+    cmd
+}
+
 /// Runs `nft`, feeding `script` on standard input.
 pub async fn run_script(script: &str) -> Result<(), PlatformError> {
     run_script_in(None, script).await
@@ -248,9 +258,7 @@ pub async fn run_script(script: &str) -> Result<(), PlatformError> {
 
 /// [`run_script`] in `netns` (the current namespace when `None`).
 pub async fn run_script_in(netns: Option<&Netns>, script: &str) -> Result<(), PlatformError> {
-    let mut cmd = tokio::process::Command::new("nft");
-    crate::netns::enter_before_exec(&mut cmd, netns);
-    let mut child = cmd
+    let mut child = nft(netns)
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -284,9 +292,7 @@ pub async fn observe() -> Result<Option<FilterSet>, PlatformError> {
 
 /// [`observe`] in `netns` (the current namespace when `None`).
 pub async fn observe_in(netns: Option<&Netns>) -> Result<Option<FilterSet>, PlatformError> {
-    let mut cmd = tokio::process::Command::new("nft");
-    crate::netns::enter_before_exec(&mut cmd, netns);
-    let out = cmd
+    let out = nft(netns)
         .args(["-j", "list", "table", "inet", NFT_TABLE])
         .stdin(Stdio::null())
         .output()

@@ -85,19 +85,35 @@ impl Record {
         }
     }
 
-    fn load(&self) -> BTreeMap<IpFamily, bool> {
-        std::fs::read_to_string(&self.file)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default()
+    /// The recorded originals: none when there is no record; an error when the
+    /// record cannot be read or parsed (it is then kept as it is: reading it as
+    /// empty would record Nanami's own values as the originals and lose the
+    /// machine's).
+    fn load(&self) -> Result<BTreeMap<IpFamily, bool>, PlatformError> {
+        let error = |message: String| PlatformError::Sysctl {
+            path: self.file.clone(),
+            message,
+        };
+        match std::fs::read_to_string(&self.file) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                error(format!(
+                    "the record of original values is damaged ({e}); fix or remove it by hand"
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(error(e.to_string())),
+        }
     }
 
     /// Switches forwarding on for `family`, recording the original value first.
     pub fn enable(&self, family: IpFamily) -> Result<(), PlatformError> {
-        let mut originals = self.load();
+        let mut originals = self.load()?;
         if let std::collections::btree_map::Entry::Vacant(e) = originals.entry(family) {
             e.insert(read_in(self.netns.as_deref(), family)?);
-            let text = serde_json::to_string(&originals).unwrap_or_default();
+            let text = serde_json::to_string(&originals).map_err(|e| PlatformError::Sysctl {
+                path: self.file.clone(),
+                message: format!("bug: cannot serialize the record: {e}"),
+            })?;
             super::write_atomic(&self.file, text.as_bytes()).map_err(|e| {
                 PlatformError::Sysctl {
                     path: self.file.clone(),
@@ -110,7 +126,7 @@ impl Record {
 
     /// Puts every recorded value back and forgets the record.
     pub fn restore(&self) -> Result<(), PlatformError> {
-        for (family, on) in self.load() {
+        for (family, on) in self.load()? {
             write_in(self.netns.as_deref(), family, on)?;
         }
         match std::fs::remove_file(&self.file) {
