@@ -491,4 +491,27 @@ impl Client {
     pub async fn oversight_gateways(&self) -> Result<Vec<GatewayStatus>, ApiError> {
         self.get("/v1/oversight/gateways").await
     }
+
+    /// Why client `node` is on the gateways it is on, under the manager's current
+    /// topology and health: the model's `NodeExplanation` as JSON.
+    ///
+    /// `GET /v1/oversight/nodes/{id}/explain` (operator credential); 404 for an
+    /// unknown node, 409 for one that is not active or is a gateway's machine.
+    pub async fn explain_node(&self, node: &NodeId) -> Result<serde_json::Value, ApiError> {
+        self.get(&format!("/v1/oversight/nodes/{node}/explain"))
+            .await
+    }
+
+    /// Which clients `gateway` carries and why, under the manager's current
+    /// topology and health: the model's `GatewayExplanation` as JSON.
+    ///
+    /// `GET /v1/oversight/gateways/{id}/explain` (operator credential); 404 for an
+    /// unknown gateway.
+    pub async fn explain_gateway(
+        &self,
+        gateway: &GatewayId,
+    ) -> Result<serde_json::Value, ApiError> {
+        self.get(&format!("/v1/oversight/gateways/{gateway}/explain"))
+            .await
+    }
 }

@@ -311,6 +311,8 @@ pub fn router(manager: Arc<Manager>, config: HttpConfig) -> Router {
         .route("/v1/oversight/regions", get(oversight_regions))
         .route("/v1/oversight/workspaces", get(oversight_workspaces))
         .route("/v1/oversight/gateways", get(oversight_gateways))
+        .route("/v1/oversight/nodes/{id}/explain", get(explain_node))
+        .route("/v1/oversight/gateways/{id}/explain", get(explain_gateway))
         .fallback(|| async { ApiErr::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiErr::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
@@ -666,6 +668,32 @@ async fn oversight_gateways(
 ) -> Result<Response, ApiErr> {
     operator_only(&app, &headers).await?;
     Ok(Json(app.status()).into_response())
+}
+
+/// Why a client is on its gateways (operator credential): the model's
+/// `NodeExplanation` under the current topology and health.
+async fn explain_node(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiErr> {
+    operator_only(&app, &headers).await?;
+    let id = node_id(&app, id)?;
+    let explanation = blocking(&app, move |m| m.explain_node(&id)).await?;
+    Ok(Json(explanation).into_response())
+}
+
+/// Which clients a gateway carries and why (operator credential): the model's
+/// `GatewayExplanation` under the current topology and health.
+async fn explain_gateway(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiErr> {
+    operator_only(&app, &headers).await?;
+    let id = gateway_id(&app, id)?;
+    let explanation = blocking(&app, move |m| m.explain_gateway(&id)).await?;
+    Ok(Json(explanation).into_response())
 }
 
 /// `/metrics` on the API's address: the operator or control credential (give

@@ -29,8 +29,9 @@ use nanami_api::wire::{
     ObservedReport, PathHealth, RegionView, Subject, TopologyResponse, WorkspaceView,
 };
 use nanami_model::{
-    compile_all, compile_node, compile_workspace_nodes, health_targets, Document, GatewayId,
-    GatewayState, Health, HealthTargets, NetworkId, NodeConfig, NodeId, PublicKey, Topology,
+    compile_all, compile_node, compile_workspace_nodes, explain_gateway, explain_node,
+    health_targets, Document, ExplainError, GatewayExplanation, GatewayId, GatewayState, Health,
+    HealthTargets, NetworkId, NodeConfig, NodeExplanation, NodeId, PublicKey, Topology,
     WorkspaceId,
 };
 use tokio::sync::watch;
@@ -221,6 +222,21 @@ impl Inner {
             offline: self.offline.clone(),
             unhealthy: self.unhealthy.clone(),
         }
+    }
+}
+
+/// An explanation's error as the manager's: unknown ids are [`ManagerError::Unknown`]
+/// (404), a node that is not a placed client is [`ManagerError::Compile`] (409).
+#[allow(clippy::wildcard_enum_match_arm)] // `ExplainError` is non_exhaustive: see the last arm
+fn explain_error(e: ExplainError) -> ManagerError {
+    match e {
+        ExplainError::UnknownNode(node) => ManagerError::Unknown(format!("node {node}")),
+        ExplainError::UnknownGateway(gateway) => {
+            ManagerError::Unknown(format!("gateway {gateway}"))
+        }
+        // Not active, a gateway's machine, or a reason the model adds later
+        // (`ExplainError` is non_exhaustive): still a conflict, never a 500.
+        e => ManagerError::Compile(e.to_string()),
     }
 }
 
@@ -1067,6 +1083,41 @@ impl Manager {
                 Ok(Err(_)) | Err(_) => return Ok(None),
             }
         }
+    }
+
+    /// The topology and health in force, copied out under the in-memory lock;
+    /// [`ManagerError::Unknown`] (naming `what`) when there is no topology yet.
+    fn snapshot(
+        &self,
+        what: impl FnOnce() -> String,
+    ) -> Result<(Arc<Topology>, Health), ManagerError> {
+        let inner = self.lock();
+        let topology = inner
+            .topology
+            .clone()
+            .ok_or_else(|| ManagerError::Unknown(what()))?;
+        Ok((topology, inner.health()))
+    }
+
+    /// Why client `node` is on the gateways it is on, under the current topology
+    /// and health: [`nanami_model::explain_node`]. [`ManagerError::Unknown`] for a
+    /// node not in the topology (or no topology yet), [`ManagerError::Compile`] for
+    /// a node that is not active or is a gateway's machine. Runs the workspace's
+    /// assignment without the in-memory lock. Blocking (assignment): call it from
+    /// a blocking thread.
+    pub fn explain_node(&self, node: &NodeId) -> Result<NodeExplanation, ManagerError> {
+        let (topology, health) = self.snapshot(|| format!("node {node}"))?;
+        explain_node(&topology, &health, node).map_err(explain_error)
+    }
+
+    /// Which clients `gateway` carries and why, under the current topology and
+    /// health: [`nanami_model::explain_gateway`]. [`ManagerError::Unknown`] for a
+    /// gateway not in the topology (or no topology yet). Runs the workspace's
+    /// assignment without the in-memory lock. Blocking (assignment): call it from
+    /// a blocking thread.
+    pub fn explain_gateway(&self, gateway: &GatewayId) -> Result<GatewayExplanation, ManagerError> {
+        let (topology, health) = self.snapshot(|| format!("gateway {gateway}"))?;
+        explain_gateway(&topology, &health, gateway).map_err(explain_error)
     }
 
     /// The last report of `gateway`.

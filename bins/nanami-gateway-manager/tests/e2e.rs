@@ -1533,3 +1533,144 @@ async fn a_hosted_gateway_is_served_its_uplink_and_a_change_of_hosting_ends_the_
     f.env.converged(&["gw-b"]).await;
     f.b.stop().await;
 }
+
+/// The entry of `gateway` in the explanation of network `network` of a node.
+fn explained<'a>(
+    why: &'a serde_json::Value,
+    network: &str,
+    gateway: &str,
+) -> &'a serde_json::Value {
+    why["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["network"] == network)
+        .and_then(|n| n["gateways"].as_array())
+        .and_then(|g| g.iter().find(|g| g["gateway"] == gateway))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_says_why_a_client_is_on_its_gateway_and_follows_a_failover() {
+    let mut f = fleet("explain").await;
+    let op = f.env.operator();
+    let laptop = NodeId::new("laptop-1").unwrap();
+    let gw_a = GatewayId::new("gw-a").unwrap();
+
+    let why = op.explain_node(&laptop).await.unwrap();
+    assert_eq!(why["node"], "laptop-1", "{why:#}");
+    let corp = &why["networks"][0];
+    assert_eq!(corp["network"], "corp", "{why:#}");
+    assert_eq!(corp["policy"], "auto", "{why:#}");
+    assert_eq!(corp["primary"], "gw-a", "{why:#}");
+    let (a, b) = (
+        explained(&why, "corp", "gw-a"),
+        explained(&why, "corp", "gw-b"),
+    );
+    assert_eq!(
+        (&a["verdict"], &a["outcome"]),
+        (&"eligible".into(), &"primary".into()),
+        "{why:#}"
+    );
+    assert_eq!(
+        (&b["verdict"], &b["outcome"]),
+        (&"eligible".into(), &"not_needed".into()),
+        "redundancy 1: gw-b is eligible but not needed: {why:#}"
+    );
+    let carried = op.explain_gateway(&gw_a).await.unwrap();
+    assert_eq!(carried["gateway"], "gw-a", "{carried:#}");
+    assert_eq!(carried["load"], 1, "{carried:#}");
+    let clients = &carried["networks"][0]["clients"];
+    assert_eq!(clients[0]["node"], "laptop-1", "{carried:#}");
+    assert_eq!(
+        clients[0]["position"], 0,
+        "gw-a is laptop-1's primary: {carried:#}"
+    );
+
+    // gw-a falls silent: the explanation follows the health verdict.
+    f.a.stop().await;
+    let why = until(
+        "gw-a offline in the explanation",
+        Duration::from_secs(10),
+        || {
+            let op = op.clone();
+            let laptop = laptop.clone();
+            async move {
+                let why = op.explain_node(&laptop).await.ok()?;
+                (why["networks"][0]["primary"] == "gw-b").then_some(why)
+            }
+        },
+    )
+    .await;
+    let (a, b) = (
+        explained(&why, "corp", "gw-a"),
+        explained(&why, "corp", "gw-b"),
+    );
+    assert_eq!(
+        (&a["verdict"], &a["outcome"]),
+        (&"offline".into(), &"ineligible".into()),
+        "{why:#}"
+    );
+    assert_eq!(
+        (&b["verdict"], &b["outcome"]),
+        (&"eligible".into(), &"primary".into()),
+        "{why:#}"
+    );
+    let carried = op.explain_gateway(&gw_a).await.unwrap();
+    assert_eq!(
+        carried["networks"][0]["verdict"]["verdict"], "offline",
+        "{carried:#}"
+    );
+    assert_eq!(carried["load"], 0, "{carried:#}");
+
+    // Operator only; unknown ids are 404; a gateway's machine is not a client (409).
+    let control = f.env.control();
+    assert_eq!(
+        control.explain_node(&laptop).await.unwrap_err().status(),
+        Some(StatusCode::FORBIDDEN)
+    );
+    assert_eq!(
+        control.explain_gateway(&gw_a).await.unwrap_err().status(),
+        Some(StatusCode::FORBIDDEN)
+    );
+    for path in [
+        "/v1/oversight/nodes/laptop-1/explain",
+        "/v1/oversight/gateways/gw-a/explain",
+    ] {
+        let anon = f
+            .env
+            .client()
+            .send_raw(Method::GET, path, None, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(anon.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let unknown = op
+        .explain_node(&NodeId::new("laptop-9").unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.status(), Some(StatusCode::NOT_FOUND), "{unknown}");
+    assert_eq!(
+        op.explain_gateway(&GatewayId::new("gw-z").unwrap())
+            .await
+            .unwrap_err()
+            .status(),
+        Some(StatusCode::NOT_FOUND)
+    );
+    let machine = op
+        .explain_node(&NodeId::new("gw-a").unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(machine.status(), Some(StatusCode::CONFLICT), "{machine}");
+    let bad = op
+        .send_raw(
+            Method::GET,
+            "/v1/oversight/nodes/NOT_AN_ID/explain",
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    f.b.stop().await;
+}
