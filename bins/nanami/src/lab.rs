@@ -839,6 +839,7 @@ fn build(
             .map(Lan::host)
             .filter(|h| routed(*h))
             .collect();
+        hosts.sort();
         hosts.dedup();
         for host in hosts {
             let target = host.to_string();
