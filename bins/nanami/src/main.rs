@@ -1,6 +1,7 @@
 //! `nanami`: the command-line tool.
 
 mod connect;
+mod explain;
 mod lab;
 mod status;
 
@@ -69,6 +70,13 @@ enum Command {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Why a client is on the gateways it is on, or which clients a gateway
+    /// carries: the manager's explanation under its current topology and health
+    /// (operator credential).
+    Explain {
+        #[command(subcommand)]
+        command: explain::ExplainCommand,
     },
     /// The `+ / ~ / -` diff a gateway needs: from the manager (desired vs last
     /// reported), or from a local topology and an observed-state JSON file.
@@ -219,6 +227,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { manager, json } => {
             status::status(&manager, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain { command } => {
+            explain::explain(&command)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Plan {
