@@ -484,6 +484,11 @@ fn two_workspaces_with_identical_addresses_are_isolated() {
             .contains(&format!("{GATEWAY_LAN}/16")));
         assert!(!host.try_exec("ip", &["link", "show", &ifname]));
         assert!(!host.try_exec("ip", &["link", "show", &t.uplink]));
+        assert!(
+            t.in_gateway("ip", &["-o", "link", "show", "lo"])
+                .contains("UP"),
+            "the namespace's loopback is up"
+        );
         let port = format!("sport = :{}", t.spec.listen_port);
         assert!(
             !host.exec("ss", &["-Huan", &port]).is_empty(),

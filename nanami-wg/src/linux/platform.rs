@@ -302,10 +302,9 @@ impl Hosted {
     /// Moves the uplink into the namespace unless it is there already. Runs on a
     /// helper thread with its own runtime, so that the synchronous
     /// [`LinuxPlatform::new`] can do it without blocking on its caller's runtime.
+    /// Also brings the namespace's loopback up (a fresh namespace has it down, and
+    /// local services and probes of the gateway's own addresses need it).
     fn bring_uplink_in(&self) -> Result<(), PlatformError> {
-        let Some(uplink) = &self.uplink else {
-            return Ok(());
-        };
         let work = || -> Result<(), PlatformError> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -316,7 +315,14 @@ impl Hosted {
                 })?;
             rt.block_on(async {
                 let inside = Netlink::connect_in(Some(&self.ns))?;
-                if inside.links().await?.iter().any(|l| &l.name == uplink) {
+                let links = inside.links().await?;
+                if let Some(lo) = links.iter().find(|l| l.name == "lo" && !l.up) {
+                    inside.set_up(lo.index).await?;
+                }
+                let Some(uplink) = &self.uplink else {
+                    return Ok(());
+                };
+                if links.iter().any(|l| &l.name == uplink) {
                     debug!(%uplink, namespace = %self.name, "the uplink is already inside");
                     return Ok(());
                 }
