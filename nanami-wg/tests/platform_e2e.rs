@@ -12,131 +12,36 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/gateway.rs"]
+mod gateway;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use common::{require, veth, Netns, WgGo};
+use gateway::Gateway;
 use nanami_model::{compile, compile_node, GatewayId, Health, NodeId, PrivateKey, Topology};
-use nanami_reconcile::{Condition, Config, Desired, Reconciler, Status};
-use nanami_wg::linux::{keyfile, DeviceMode, LinuxConfig, LinuxPlatform};
-use tokio::sync::{oneshot, watch};
+use nanami_reconcile::Desired;
+use nanami_wg::linux::{keyfile, DeviceMode, LinuxConfig};
 
-/// The gateway's control loop, running in its namespace.
-struct Gateway {
-    /// Kept open: a closed channel would end the loop's desired-state watch.
-    _desired: watch::Sender<Option<Arc<Desired>>>,
-    status: watch::Receiver<Status>,
-    stop: Option<oneshot::Sender<bool>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Gateway {
-    fn start(ns: &Netns, state_dir: PathBuf, resync: Duration, first: Desired) -> Self {
-        Self::start_with(ns, state_dir, resync, first, DeviceMode::InProcess)
-    }
-
-    fn start_with(
-        ns: &Netns,
-        state_dir: PathBuf,
-        resync: Duration,
-        first: Desired,
-        device: DeviceMode,
-    ) -> Self {
-        let netns = std::fs::File::open(format!("/var/run/netns/{}", ns.name())).unwrap();
-        let (desired_tx, desired_rx) = watch::channel(Some(Arc::new(first)));
-        let (status_tx, status_rx) = std_mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<bool>();
-        let thread = std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns with a namespace fd; affects only this thread (and the
-            // threads it spawns afterwards).
-            let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let config = LinuxConfig {
-                    uapi_dir: Some(PathBuf::from("/var/run/wireguard")),
-                    device,
-                    ..LinuxConfig::in_dir(&state_dir)
-                };
-                let platform = LinuxPlatform::new(config).unwrap();
-                let rec = Reconciler::new(
-                    platform,
-                    desired_rx,
-                    Box::new(rand::rngs::OsRng),
-                    Config {
-                        resync,
-                        ..Config::default()
-                    },
-                    Instant::now(),
-                );
-                status_tx.send(rec.subscribe_status()).unwrap();
-                let (teardown_tx, teardown_rx) = oneshot::channel();
-                let mut rec = rec
-                    .run(async move {
-                        let teardown = stop_rx.await.unwrap_or(true);
-                        let _ = teardown_tx.send(teardown);
-                    })
-                    .await;
-                if teardown_rx.await.unwrap_or(true) {
-                    rec.platform_mut().teardown().await.unwrap();
-                }
-            });
-        });
-        let status = status_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Self {
-            _desired: desired_tx,
-            status,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
-    }
-
-    /// Waits until the machine matches `generation`.
-    fn wait_ready(&mut self, generation: u64) -> Duration {
-        let start = Instant::now();
-        loop {
-            {
-                let s = self.status.borrow_and_update();
-                if s.condition == Condition::Ready && s.applied_generation == Some(generation) {
-                    return start.elapsed();
-                }
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "gateway did not converge to generation {generation}: {s:?}"
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Stops the loop; with `teardown`, removes everything Nanami owns.
-    fn stop(mut self, teardown: bool) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(teardown);
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().expect("gateway thread");
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(true);
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// The gateway's control loop in `ns` (the one test harness runner), with its
+/// state in `state_dir` and its devices driven in `device` mode.
+fn start_gateway(
+    ns: &Netns,
+    state_dir: PathBuf,
+    resync: Duration,
+    first: Desired,
+    device: DeviceMode,
+) -> Gateway {
+    let config = LinuxConfig {
+        uapi_dir: Some(PathBuf::from("/var/run/wireguard")),
+        device,
+        ..LinuxConfig::in_dir(&state_dir)
+    };
+    Gateway::start(ns, config, resync, first)
 }
 
 struct Lab {
@@ -398,11 +303,12 @@ fn gateway_forwards_masquerades_filters_and_tears_down() {
     g.exec("nft", &["add", "chain", "inet", "foreign", "keep"]);
     let forwarding_before = g.exec("sysctl", &["-n", "net.ipv4.ip_forward"]);
 
-    let mut gw = Gateway::start(
+    let mut gw = start_gateway(
         g,
         lab.state_dir.clone(),
         Duration::from_secs(30),
         lab.desired(1),
+        DeviceMode::InProcess,
     );
     let took = gw.wait_ready(1);
     eprintln!("converged in {took:?}");
@@ -504,11 +410,12 @@ fn gateway_forwards_masquerades_filters_and_tears_down() {
 #[test]
 fn without_nat_the_resource_sees_the_client() {
     let lab = Lab::new("gw-nonat", false);
-    let mut gw = Gateway::start(
+    let mut gw = start_gateway(
         &lab.gateway,
         lab.state_dir.clone(),
         Duration::from_secs(30),
         lab.desired(1),
+        DeviceMode::InProcess,
     );
     gw.wait_ready(1);
     lab.configure_client();
@@ -543,11 +450,12 @@ fn drift_is_repaired_through_events() {
     let gw_if = lab.interface();
     let gw_if = gw_if.as_str();
     // A resync of an hour: any repair within 2 s came from an event.
-    let mut gw = Gateway::start(
+    let mut gw = start_gateway(
         g,
         lab.state_dir.clone(),
         Duration::from_secs(3600),
         lab.desired(1),
+        DeviceMode::InProcess,
     );
     gw.wait_ready(1);
     lab.configure_client();
@@ -616,7 +524,7 @@ fn detached_devices_keep_forwarding_across_a_restart_and_are_adopted() {
     let mode = DeviceMode::Detached {
         program: nanami_device(),
     };
-    let mut gw = Gateway::start_with(
+    let mut gw = start_gateway(
         &lab.gateway,
         lab.state_dir.clone(),
         Duration::from_secs(30),
@@ -636,7 +544,7 @@ fn detached_devices_keep_forwarding_across_a_restart_and_are_adopted() {
     );
 
     // A new loop adopts the running device: converged without recreating it.
-    let mut gw = Gateway::start_with(
+    let mut gw = start_gateway(
         &lab.gateway,
         lab.state_dir.clone(),
         Duration::from_secs(30),

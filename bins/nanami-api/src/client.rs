@@ -356,6 +356,21 @@ impl Client {
         .ok_or_else(|| ApiError::Decode("empty answer".into()))
     }
 
+    /// A long-poll `GET path` that may wait `wait`: `None` when nothing changed in
+    /// that time (204), the answer when it succeeded, the manager's error otherwise.
+    async fn long_poll(&self, path: &str, wait: Duration) -> Result<Option<Answer>, ApiError> {
+        let answer = self
+            .send_raw(Method::GET, path, None, wait + self.timeout)
+            .await?;
+        if answer.status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        if !answer.status.is_success() {
+            return Err(answer.error());
+        }
+        Ok(Some(answer))
+    }
+
     /// `GET /v1/gateways/{id}/desired?after=G&wait=S`: the desired state if its
     /// generation is above `after`, waiting up to `wait` for one; `None` if none
     /// came.
@@ -369,15 +384,9 @@ impl Client {
         if let Some(after) = after {
             path.push_str(&format!("&after={after}"));
         }
-        let answer = self
-            .send_raw(Method::GET, &path, None, wait + self.timeout)
-            .await?;
-        if answer.status == StatusCode::NO_CONTENT {
+        let Some(answer) = self.long_poll(&path, wait).await? else {
             return Ok(None);
-        }
-        if !answer.status.is_success() {
-            return Err(answer.error());
-        }
+        };
         let mut desired: GatewayDesired =
             serde_json::from_slice(&answer.body).map_err(|e| ApiError::Decode(e.to_string()))?;
         // The content's digest travels as the ETag (older daemons parse the body
@@ -456,15 +465,9 @@ impl Client {
             path.push_str("&after=");
             path.push_str(after);
         }
-        let answer = self
-            .send_raw(Method::GET, &path, None, wait + self.timeout)
-            .await?;
-        if answer.status == StatusCode::NO_CONTENT {
+        let Some(answer) = self.long_poll(&path, wait).await? else {
             return Ok(None);
-        }
-        if !answer.status.is_success() {
-            return Err(answer.error());
-        }
+        };
         let version = answer
             .headers
             .get(http::header::ETAG)

@@ -902,16 +902,16 @@ impl Manager {
         at: u64,
     ) -> Option<u64> {
         let applied = report.status.applied_generation?;
-        let (known, digest) = inner
-            .gateways
-            .get(gateway)
-            .map_or((0, None), |e| (e.generation(), Some(e.digest.as_str())));
+        // A gateway this manager serves nothing (never in any topology it knows)
+        // has no history to fork from: its daemon is answered 404.
+        let entry = inner.gateways.get(gateway)?;
+        let known = entry.generation();
         let forked = applied > known
             || (applied == known
                 && report
                     .applied_digest
                     .as_deref()
-                    .is_some_and(|d| Some(d) != digest));
+                    .is_some_and(|d| d != entry.digest));
         if !forked {
             if let Some(fork) = inner.forks.get_mut(gateway) {
                 if !fork.resolved && applied >= fork.reissued_generation {
