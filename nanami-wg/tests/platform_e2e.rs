@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use common::{require, veth, Netns, WgGo};
+use common::{device_pids, require, veth, Netns, WgGo};
 use gateway::Gateway;
 use nanami_model::{compile, compile_node, GatewayId, Health, NodeId, PrivateKey, Topology};
 use nanami_reconcile::Desired;
@@ -543,7 +543,15 @@ fn detached_devices_keep_forwarding_across_a_restart_and_are_adopted() {
         "traffic must keep flowing while no control loop runs"
     );
 
-    // A new loop adopts the running device: converged without recreating it.
+    // A new loop adopts the running device: converged without recreating it (the
+    // same process serves the interface; how many passes that takes depends on
+    // the kernel's late events, such as IPv6 address notifications).
+    let serving = device_pids("nm-gw-detach");
+    assert_eq!(
+        serving.len(),
+        1,
+        "one device serves the interface: {serving:?}"
+    );
     let mut gw = start_gateway(
         &lab.gateway,
         lab.state_dir.clone(),
@@ -554,10 +562,24 @@ fn detached_devices_keep_forwarding_across_a_restart_and_are_adopted() {
     gw.wait_ready(1);
     let status = gw.status.borrow().clone();
     assert_eq!(
-        status.passes, 1,
-        "adopted and converged in one pass: {status:?}"
+        device_pids("nm-gw-detach"),
+        serving,
+        "adopted, not recreated: {status:?}"
     );
+    assert!(status.op_errors.is_empty(), "{status:?}");
     assert!(lab.client.ping_all("10.20.0.2", 3, &[]));
     gw.stop(true);
     assert_eq!(owned_leftovers(&lab.gateway), Vec::<String>::new());
+    // Teardown ends the detached device too (its link is gone): its UAPI socket
+    // goes with it, before the test's namespaces do.
+    let socket = std::path::Path::new("/var/run/wireguard").join("nm-gw-detach.sock");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} outlived teardown by 5 s",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

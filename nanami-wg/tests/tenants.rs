@@ -710,7 +710,14 @@ fn a_hosted_detached_device_outlives_its_loop_and_is_adopted() {
         "forwarding without a loop"
     );
 
-    // A new loop adopts the namespace, the uplink inside it and the device.
+    // A new loop adopts the namespace, the uplink inside it and the device (the
+    // same process keeps serving it).
+    let serving = common::device_pids(&format!("nm-{}", t.gateway));
+    assert_eq!(
+        serving.len(),
+        1,
+        "one device serves the gateway: {serving:?}"
+    );
     let mut gw = Gateway::start(
         &host,
         t.config(mode),
@@ -719,7 +726,12 @@ fn a_hosted_detached_device_outlives_its_loop_and_is_adopted() {
     );
     gw.wait_ready(1);
     let status = gw.status.borrow().clone();
-    assert_eq!(status.passes, 1, "adopted in one pass: {status:?}");
+    assert_eq!(
+        common::device_pids(&format!("nm-{}", t.gateway)),
+        serving,
+        "adopted, not recreated: {status:?}"
+    );
+    assert!(status.op_errors.is_empty(), "{status:?}");
     assert!(t.client.ping_all(LAN_HOST, 3, &[]));
     gw.stop(true);
     assert_torn_down(&host, &t);

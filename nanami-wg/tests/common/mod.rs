@@ -346,3 +346,24 @@ impl WgGo {
 }
 
 pub mod pair;
+
+/// The pids of the `nanami-device` processes serving `ifname`.
+pub fn device_pids(ifname: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let proc = std::fs::read_dir("/proc").expect("reading /proc");
+    for entry in proc.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_device = args.first().is_some_and(|a| a.ends_with(b"nanami-device"));
+        if is_device && args.contains(&ifname.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
