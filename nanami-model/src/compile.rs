@@ -234,6 +234,31 @@ fn workspace_nodes(
         .collect()
 }
 
+/// Gateway `gw` (its machine `gw_node`) as a client's choice in `network`: its
+/// key, endpoint and overlay addresses there, with what the client routes to it.
+fn choice(
+    gw: &Gateway,
+    gw_node: &Node,
+    network: &NetworkId,
+    allowed_ips: BTreeSet<IpNet>,
+    exit_routes: BTreeSet<IpNet>,
+) -> GatewayChoice {
+    GatewayChoice {
+        gateway: gw.id.clone(),
+        public_key: gw_node.public_key,
+        endpoint: gw.endpoint,
+        allowed_ips,
+        exit_routes,
+        addresses: gw_node
+            .memberships
+            .get(network)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect(),
+    }
+}
+
 fn node_config(ws: &Workspace, rec: &Node, assignment: &Assignment) -> NodeConfig {
     let node = &rec.id;
     let mut gateways: BTreeMap<NetworkId, Vec<GatewayChoice>> = BTreeMap::new();
@@ -260,20 +285,7 @@ fn node_config(ws: &Workspace, rec: &Node, assignment: &Assignment) -> NodeConfi
                 } else {
                     BTreeSet::new()
                 };
-                Some(GatewayChoice {
-                    gateway: gw.id.clone(),
-                    public_key: gw_node.public_key,
-                    endpoint: gw.endpoint,
-                    allowed_ips,
-                    exit_routes,
-                    addresses: gw_node
-                        .memberships
-                        .get(net_id)
-                        .into_iter()
-                        .flatten()
-                        .copied()
-                        .collect(),
-                })
+                Some(choice(gw, gw_node, net_id, allowed_ips, exit_routes))
             })
             .collect();
         if list.is_empty() {
@@ -291,20 +303,13 @@ fn node_config(ws: &Workspace, rec: &Node, assignment: &Assignment) -> NodeConfi
             .filter_map(|g| ws.gateways.get(g))
             .filter_map(|gw| {
                 let gw_node = ws.nodes.get(&gw.node)?;
-                Some(GatewayChoice {
-                    gateway: gw.id.clone(),
-                    public_key: gw_node.public_key,
-                    endpoint: gw.endpoint,
-                    allowed_ips: BTreeSet::new(),
-                    exit_routes: net.overlay.iter().map(default_route).collect(),
-                    addresses: gw_node
-                        .memberships
-                        .get(net_id)
-                        .into_iter()
-                        .flatten()
-                        .copied()
-                        .collect(),
-                })
+                Some(choice(
+                    gw,
+                    gw_node,
+                    net_id,
+                    BTreeSet::new(),
+                    net.overlay.iter().map(default_route).collect(),
+                ))
             })
             .collect();
         (!list.is_empty()).then(|| ExitChoice {

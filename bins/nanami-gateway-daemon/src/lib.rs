@@ -98,7 +98,7 @@ pub async fn hosting(
     }
     let credential = credential(config, key).await?;
     let client = client(config)?.with_credential(credential);
-    let mut delay = Duration::from_millis(200);
+    let mut delay = RETRY_FIRST;
     loop {
         match client
             .desired(&config.gateway, None, config.poll_wait)
@@ -118,7 +118,7 @@ pub async fn hosting(
             }
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(10));
+        delay = next_retry(delay);
     }
 }
 
@@ -349,7 +349,7 @@ async fn poll_loop(
     // The first request asks for whatever the manager has, so that a manager that
     // went back in time (restored from an old backup) is noticed and refused.
     let mut first = true;
-    let mut delay = Duration::from_millis(200);
+    let mut delay = RETRY_FIRST;
     loop {
         let after = if first { None } else { lkg.generation() };
         let answer = tokio::select! {
@@ -359,7 +359,7 @@ async fn poll_loop(
         match answer {
             Ok(answer) => {
                 first = false;
-                delay = Duration::from_millis(200);
+                delay = RETRY_FIRST;
                 let Some(desired) = answer else { continue };
                 if desired.uplink != config.uplink {
                     return Err(HostingChanged {
@@ -406,8 +406,16 @@ async fn poll_loop(
             () = &mut shutdown => return Ok(()),
             () = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
+        delay = next_retry(delay);
     }
+}
+
+/// The first wait before asking the manager again after a failure.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+
+/// The wait after `delay`: doubled, up to 10 s.
+fn next_retry(delay: Duration) -> Duration {
+    (delay * 2).min(Duration::from_secs(10))
 }
 
 /// The generation in force with the manager's digest of it, if it gave one.

@@ -602,8 +602,16 @@ async fn an_enrolment_token_is_refused_on_second_use_even_concurrently() {
         })
         .await
         .unwrap();
-    // The token's second of life must pass: time itself is the condition.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Wait until the clock is past the token's expiry (the manager refuses it once
+    // `expires_at` is no longer in the future): the condition itself.
+    until("the token's expiry", Duration::from_secs(5), || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        async move { (now >= t.expires_at).then_some(()) }
+    })
+    .await;
     let expired = env
         .client()
         .enrol(&EnrolRequest {
@@ -1439,13 +1447,12 @@ async fn odd_requests_get_the_json_error_and_the_store_is_private() {
         .is_some());
     // The store and its WAL files are private whatever the umask.
     use std::os::unix::fs::PermissionsExt as _;
+    // (The manager is running in WAL mode: all three files exist.)
     for suffix in ["", "-wal", "-shm"] {
         let path = format!("{}{suffix}", env.db().display());
-        if let Ok(meta) = std::fs::metadata(&path) {
-            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{path}");
-        }
+        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{path}");
     }
-    assert!(std::fs::metadata(env.db()).is_ok());
 }
 
 /// Sends `head` (a whole request without a body) over a fresh TLS connection and

@@ -161,32 +161,6 @@ fn ordinal(place: u64) -> String {
     format!("{n}{suffix}")
 }
 
-/// Rows as columns two spaces apart, each line indented by `indent`.
-fn columns(rows: &[Vec<String>], indent: &str) -> String {
-    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..n)
-        .map(|i| {
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(indent);
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 fn list(v: &Value) -> Vec<&str> {
     v.as_array()
         .map(|a| a.iter().map(text).collect())
@@ -231,7 +205,7 @@ fn network_section(n: &Value, exit: bool) -> String {
     if gateways.is_empty() {
         out.push_str("  no gateway serves the network\n");
     } else {
-        out.push_str(&columns(&rows, "  "));
+        out.push_str(&crate::table::columns(&rows, "  "));
     }
     let standbys = list(&n["standbys"]);
     out.push_str(&format!(
@@ -343,7 +317,7 @@ pub fn gateway_table(why: &Value) -> String {
         if rows.len() == 1 {
             out.push_str("  no clients\n");
         } else {
-            out.push_str(&columns(&rows, "  "));
+            out.push_str(&crate::table::columns(&rows, "  "));
         }
     }
     out

@@ -4,6 +4,7 @@ mod connect;
 mod explain;
 mod lab;
 mod status;
+mod table;
 
 use nanami_api::service::shutdown_signal;
 use std::path::{Path, PathBuf};

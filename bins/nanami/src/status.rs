@@ -83,7 +83,7 @@ fn health(s: &GatewayStatus) -> String {
 
 /// The status table.
 pub fn table(status: &[GatewayStatus]) -> String {
-    let mut rows = vec![[
+    let mut rows: Vec<Vec<String>> = vec![vec![
         "GATEWAY".to_string(),
         "REGION".into(),
         "HEALTH".into(),
@@ -93,7 +93,7 @@ pub fn table(status: &[GatewayStatus]) -> String {
         "NEWEST HANDSHAKE".into(),
     ]];
     for s in status {
-        rows.push([
+        rows.push(vec![
             format!(
                 "{}{}",
                 s.id,
@@ -121,24 +121,13 @@ pub fn table(status: &[GatewayStatus]) -> String {
             s.newest_handshake.map_or("never".into(), ago),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
     let mut out = String::new();
     if let Some(e) = status.iter().find_map(|s| s.store_error.as_deref()) {
         out.push_str(&format!(
             "STORE CANNOT WRITE: {e}\n(what is shown is served, but a restart now would lose it)\n"
         ));
     }
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    out.push_str(&crate::table::columns(&rows, ""));
     out
 }
 
