@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use common::{device_pids, require, veth, Netns, WgGo};
+use common::{device_pids, owned_leftovers, require, veth, Netns, WgGo};
 use gateway::Gateway;
 use nanami_model::{compile, compile_node, GatewayId, Health, NodeId, PrivateKey, Topology};
 use nanami_reconcile::Desired;
@@ -241,30 +241,6 @@ fn tcp_transfer(from: &Netns, to: &Netns, bind: &str, len: usize) -> SocketAddr 
     let (peer, got) = seen.recv_timeout(Duration::from_secs(30)).unwrap();
     assert_eq!(got, len);
     peer
-}
-
-fn owned_leftovers(ns: &Netns) -> Vec<String> {
-    let mut left = Vec::new();
-    let links = ns.exec("ip", &["-o", "link", "show"]);
-    left.extend(
-        links
-            .lines()
-            .filter(|l| l.contains(" nm-"))
-            .map(str::to_owned),
-    );
-    let routes = ns.exec("ip", &["route", "show", "table", "all", "proto", "73"]);
-    left.extend(routes.lines().map(str::to_owned));
-    let rules = ns.exec("ip", &["rule", "show"]);
-    left.extend(
-        rules
-            .lines()
-            .filter(|l| l.contains("7373"))
-            .map(str::to_owned),
-    );
-    if ns.try_exec("nft", &["list", "table", "inet", "nanami"]) {
-        left.push("table inet nanami".into());
-    }
-    left
 }
 
 #[test]

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{require, run, veth, Netns, WgGo};
+use common::{owned_leftovers, require, run, veth, Netns, WgGo};
 use gateway::Gateway;
 use nanami_model::{compile, compile_node, GatewayId, Health, NodeId, PrivateKey, Topology};
 use nanami_reconcile::Desired;
@@ -399,31 +399,6 @@ fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Durat
         std::thread::sleep(Duration::from_millis(25));
     }
     start.elapsed()
-}
-
-/// Nanami's objects left in the host namespace (links, routes, rules, table).
-fn owned_leftovers(ns: &Netns) -> Vec<String> {
-    let mut left = Vec::new();
-    let links = ns.exec("ip", &["-o", "link", "show"]);
-    left.extend(
-        links
-            .lines()
-            .filter(|l| l.contains(" nm-"))
-            .map(str::to_owned),
-    );
-    let routes = ns.exec("ip", &["route", "show", "table", "all", "proto", "73"]);
-    left.extend(routes.lines().map(str::to_owned));
-    let rules = ns.exec("ip", &["rule", "show"]);
-    left.extend(
-        rules
-            .lines()
-            .filter(|l| l.contains("7373"))
-            .map(str::to_owned),
-    );
-    if ns.try_exec("nft", &["list", "table", "inet", "nanami"]) {
-        left.push("table inet nanami".into());
-    }
-    left
 }
 
 /// After teardown: no namespace, no UAPI socket, and the uplink back in the host

@@ -367,3 +367,29 @@ pub fn device_pids(ifname: &str) -> Vec<u32> {
     pids.sort_unstable();
     pids
 }
+
+/// Nanami's objects in `ns`: `nm-*` links, protocol-73 routes, table-7373 rules,
+/// the `inet nanami` table.
+pub fn owned_leftovers(ns: &Netns) -> Vec<String> {
+    let mut left = Vec::new();
+    let links = ns.exec("ip", &["-o", "link", "show"]);
+    left.extend(
+        links
+            .lines()
+            .filter(|l| l.contains(" nm-"))
+            .map(str::to_owned),
+    );
+    let routes = ns.exec("ip", &["route", "show", "table", "all", "proto", "73"]);
+    left.extend(routes.lines().map(str::to_owned));
+    let rules = ns.exec("ip", &["rule", "show"]);
+    left.extend(
+        rules
+            .lines()
+            .filter(|l| l.contains("7373"))
+            .map(str::to_owned),
+    );
+    if ns.try_exec("nft", &["list", "table", "inet", "nanami"]) {
+        left.push("table inet nanami".into());
+    }
+    left
+}
