@@ -94,6 +94,23 @@ pub fn compile_all(topology: &Topology, health: &Health) -> BTreeMap<GatewayId, 
     out
 }
 
+/// Compiles the gateways of one workspace (one assignment): what a change confined
+/// to that workspace must recompile. Empty for an unknown workspace.
+pub fn compile_workspace(
+    topology: &Topology,
+    health: &Health,
+    workspace: &WorkspaceId,
+) -> BTreeMap<GatewayId, GatewayState> {
+    let Some(ws) = topology.workspaces.get(workspace) else {
+        return BTreeMap::new();
+    };
+    let assignment = assign(topology, ws, health);
+    ws.gateways
+        .values()
+        .map(|gw| (gw.id.clone(), gateway_state(ws, gw, &assignment)))
+        .collect()
+}
+
 fn gateway_state(ws: &Workspace, gw: &Gateway, assignment: &Assignment) -> GatewayState {
     let mut state = GatewayState::default();
     let Some(own) = ws.nodes.get(&gw.node).filter(|n| n.is_active()) else {

@@ -169,6 +169,31 @@ pub struct WorkspaceDoc {
     pub gateways: Vec<GatewayDoc>,
 }
 
+/// A workspace without its contents: what the platform decides about it (its
+/// tenant and the regions it may use, its region access grants). The object API
+/// reads and writes workspaces in this form; their networks, nodes and gateways
+/// are objects of their own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceSpec {
+    /// Workspace id.
+    pub id: String,
+    /// The tenant that owns it.
+    pub tenant: String,
+    /// Regions it may use, in order of preference.
+    pub regions: Vec<String>,
+}
+
+impl WorkspaceDoc {
+    /// Its [`WorkspaceSpec`] (everything but its contents).
+    pub fn spec(&self) -> WorkspaceSpec {
+        WorkspaceSpec {
+            id: self.id.clone(),
+            tenant: self.tenant.clone(),
+            regions: self.regions.clone(),
+        }
+    }
+}
+
 /// A network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkDoc {
@@ -296,6 +321,29 @@ pub struct GatewayDoc {
     /// namespace (a dedicated machine).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<String>,
+}
+
+/// Reads one part of a document (a region, a workspace spec, a network, a node,
+/// a gateway) from JSON, as the object API receives it: the fields its type does
+/// not define are returned with their paths (from the part's root), for the caller
+/// to report like [`Document::unknown_fields`].
+pub fn part_from_json<T: serde::de::DeserializeOwned>(
+    text: &[u8],
+) -> Result<(T, Vec<UnknownField>), ParseError> {
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return Err(ParseError::TooLarge {
+            size: text.len(),
+            limit: MAX_DOCUMENT_BYTES,
+        });
+    }
+    let mut unknown = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let part: T = serde_ignored::deserialize(&mut de, |path| {
+        unknown.push(UnknownField::from_ignored(&path));
+    })
+    .map_err(|e| ParseError::Json(e.to_string()))?;
+    de.end().map_err(|e| ParseError::Json(e.to_string()))?;
+    Ok((part, unknown))
 }
 
 impl Document {

@@ -38,7 +38,8 @@ mod yaml_depth;
 
 pub use assign::Assignment;
 pub use compile::{
-    compile, compile_all, compile_node, compile_nodes, compile_workspace_nodes, CompileError,
+    compile, compile_all, compile_node, compile_nodes, compile_workspace, compile_workspace_nodes,
+    CompileError,
 };
 pub use config::{ClientPeer, ExitChoice, GatewayChoice, NodeConfig};
 pub use doc::{Document, ParseError};

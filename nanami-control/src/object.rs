@@ -1,0 +1,614 @@
+//! The object API's edits: one object of the topology document (a region, a
+//! workspace's spec, a network, a node, a gateway) created, replaced or deleted,
+//! or the whole document imported, under a revision precondition.
+//!
+//! An object's revision is the digest of its canonical JSON ([`revision`]): it
+//! changes exactly when the object does, needs no counter to store, and is the same
+//! on every manager that holds the same document. [`apply`] makes the new document
+//! and says what it changed; whether that document is valid is the caller's next
+//! step (the whole result is validated, so a write either commits whole or changes
+//! nothing).
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use nanami_model::doc::{
+    Document, GatewayDoc, NetworkDoc, NodeDoc, RegionDoc, WorkspaceDoc, WorkspaceSpec,
+};
+use serde::Serialize;
+
+use crate::audit;
+
+/// Kinds of object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectKind {
+    /// A catalog region (platform scope).
+    Region,
+    /// A workspace's spec: tenant and region access grants (platform scope).
+    Workspace,
+    /// A network of a workspace.
+    Network,
+    /// A node of a workspace.
+    Node,
+    /// A gateway of a workspace.
+    Gateway,
+    /// The whole document (import and export).
+    Topology,
+}
+
+impl ObjectKind {
+    /// Its name in paths and the audit trail.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Region => "region",
+            Self::Workspace => "workspace",
+            Self::Network => "network",
+            Self::Node => "node",
+            Self::Gateway => "gateway",
+            Self::Topology => "topology",
+        }
+    }
+}
+
+/// One object: its kind, its workspace (for a workspace's contents) and its id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ObjectRef {
+    /// Its kind.
+    pub kind: ObjectKind,
+    /// The workspace it belongs to (its own id for a workspace; `None` for regions
+    /// and the topology).
+    pub workspace: Option<String>,
+    /// Its id (empty for the topology).
+    pub id: String,
+}
+
+impl ObjectRef {
+    fn new(kind: ObjectKind, workspace: Option<&str>, id: &str) -> Self {
+        Self {
+            kind,
+            workspace: workspace.map(str::to_owned),
+            id: id.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.kind, &self.workspace) {
+            (ObjectKind::Topology, _) => f.write_str("the topology"),
+            (ObjectKind::Region | ObjectKind::Workspace, _) | (_, None) => {
+                write!(f, "{} {:?}", self.kind.name(), self.id)
+            }
+            (_, Some(ws)) => write!(f, "{} {:?} of workspace {ws:?}", self.kind.name(), self.id),
+        }
+    }
+}
+
+/// What the writer believes about the object's current revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// Nothing: the write applies to whatever is there (no `If-Match`).
+    Any,
+    /// The object exists at this revision (`If-Match: "<revision>"`).
+    Match(String),
+    /// The object exists (`If-Match: *`).
+    Exists,
+    /// The object does not exist (`If-None-Match: *`): create only.
+    Absent,
+}
+
+impl Precondition {
+    fn holds(&self, current: Option<&str>) -> bool {
+        match (self, current) {
+            (Self::Any, _) | (Self::Exists, Some(_)) | (Self::Absent, None) => true,
+            (Self::Match(want), Some(have)) => want == have,
+            (Self::Exists | Self::Match(_), None) | (Self::Absent, Some(_)) => false,
+        }
+    }
+}
+
+/// One change to the document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    /// Creates or replaces a catalog region.
+    PutRegion(RegionDoc),
+    /// Deletes a catalog region (refused by validation while a workspace or a
+    /// gateway uses it).
+    DeleteRegion(String),
+    /// Creates a workspace (empty) or replaces its spec (its contents stay).
+    PutWorkspace(WorkspaceSpec),
+    /// Deletes a workspace with everything in it.
+    DeleteWorkspace(String),
+    /// Creates or replaces a network of a workspace.
+    PutNetwork(String, NetworkDoc),
+    /// Deletes a network of a workspace.
+    DeleteNetwork(String, String),
+    /// Creates or replaces a node of a workspace.
+    PutNode(String, NodeDoc),
+    /// Deletes a node of a workspace.
+    DeleteNode(String, String),
+    /// Creates or replaces a gateway of a workspace.
+    PutGateway(String, GatewayDoc),
+    /// Deletes a gateway of a workspace.
+    DeleteGateway(String, String),
+    /// Sets a node's lifecycle status (`active`, `disabled`, `revoked`, ...).
+    SetNodeStatus {
+        /// Its workspace.
+        workspace: String,
+        /// The node.
+        node: String,
+        /// The new status.
+        status: String,
+    },
+    /// Replaces a node's public key.
+    RotateKey {
+        /// Its workspace.
+        workspace: String,
+        /// The node.
+        node: String,
+        /// The new public key, base64.
+        public_key: String,
+    },
+    /// Replaces the whole document.
+    Import(Document),
+}
+
+impl Edit {
+    /// The object it changes.
+    pub fn object(&self) -> ObjectRef {
+        use ObjectKind as K;
+        match self {
+            Self::PutRegion(r) => ObjectRef::new(K::Region, None, &r.id),
+            Self::DeleteRegion(id) => ObjectRef::new(K::Region, None, id),
+            Self::PutWorkspace(w) => ObjectRef::new(K::Workspace, Some(&w.id), &w.id),
+            Self::DeleteWorkspace(id) => ObjectRef::new(K::Workspace, Some(id), id),
+            Self::PutNetwork(ws, n) => ObjectRef::new(K::Network, Some(ws), &n.id),
+            Self::DeleteNetwork(ws, id) => ObjectRef::new(K::Network, Some(ws), id),
+            Self::PutNode(ws, n) => ObjectRef::new(K::Node, Some(ws), &n.id),
+            Self::DeleteNode(ws, id) => ObjectRef::new(K::Node, Some(ws), id),
+            Self::SetNodeStatus {
+                workspace, node, ..
+            }
+            | Self::RotateKey {
+                workspace, node, ..
+            } => ObjectRef::new(K::Node, Some(workspace), node),
+            Self::PutGateway(ws, g) => ObjectRef::new(K::Gateway, Some(ws), &g.id),
+            Self::DeleteGateway(ws, id) => ObjectRef::new(K::Gateway, Some(ws), id),
+            Self::Import(_) => ObjectRef::new(K::Topology, None, ""),
+        }
+    }
+}
+
+/// Why an edit was refused; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EditError {
+    /// The object (or the workspace it would go in) does not exist.
+    #[error("{0} does not exist")]
+    NotFound(ObjectRef),
+    /// The object's revision is not the one the writer named.
+    #[error("{object} is at revision {}, not the one this write expects; read it again and retry", current.as_deref().unwrap_or("(absent)"))]
+    PreconditionFailed {
+        /// The object.
+        object: ObjectRef,
+        /// Its current revision (`None`: it does not exist).
+        current: Option<String>,
+    },
+}
+
+/// Which workspaces an edit may change the compiled state of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    /// Any (a region changed: every workspace that may use it).
+    All,
+    /// These workspace ids only.
+    Workspaces(BTreeSet<String>),
+}
+
+/// An accepted edit's result, before validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The whole new document.
+    pub document: Document,
+    /// The object changed.
+    pub object: ObjectRef,
+    /// Its revision before (`None`: created).
+    pub old_revision: Option<String>,
+    /// Its revision after (`None`: deleted).
+    pub new_revision: Option<String>,
+    /// A short, human description of the change (see [`audit::diff`]).
+    pub diff: String,
+    /// What a compile must cover.
+    pub touched: Touched,
+}
+
+impl Applied {
+    /// Whether the edit changed nothing (the object was already so).
+    pub fn is_noop(&self) -> bool {
+        self.old_revision == self.new_revision
+    }
+}
+
+/// An object's revision: the first 8 bytes of the SHA-256 of its JSON, in hex.
+pub fn revision<T: Serialize + ?Sized>(object: &T) -> String {
+    use sha2::{Digest as _, Sha256};
+    // The document's types are strings, numbers, booleans and lists: serializing
+    // them cannot fail. If it ever did, the Debug-free fallback still changes with
+    // nothing, so it would only ever cause a 412, never a lost write.
+    let json = serde_json::to_vec(object).unwrap_or_default();
+    Sha256::digest(&json)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The revision of a workspace's spec.
+pub fn workspace_revision(ws: &WorkspaceDoc) -> String {
+    revision(&ws.spec())
+}
+
+/// Finds a workspace.
+pub fn workspace<'a>(doc: &'a Document, id: &str) -> Option<&'a WorkspaceDoc> {
+    doc.workspaces.iter().find(|w| w.id == id)
+}
+
+/// The current revision of `object` in `doc` (`None`: absent).
+pub fn current_revision(doc: &Document, object: &ObjectRef) -> Option<String> {
+    let ws = || workspace(doc, object.workspace.as_deref().unwrap_or_default());
+    match object.kind {
+        ObjectKind::Topology => Some(revision(doc)),
+        ObjectKind::Region => doc
+            .regions
+            .iter()
+            .find(|r| r.id == object.id)
+            .map(revision),
+        ObjectKind::Workspace => workspace(doc, &object.id).map(workspace_revision),
+        ObjectKind::Network => ws()?
+            .networks
+            .iter()
+            .find(|n| n.id == object.id)
+            .map(revision),
+        ObjectKind::Node => ws()?.nodes.iter().find(|n| n.id == object.id).map(revision),
+        ObjectKind::Gateway => ws()?
+            .gateways
+            .iter()
+            .find(|g| g.id == object.id)
+            .map(revision),
+    }
+}
+
+/// Replaces (or appends) the item with `id` in `list`; `None` removes it.
+fn put<T: Clone>(list: &mut Vec<T>, id: &str, key: impl Fn(&T) -> &str, new: Option<T>) {
+    let at = list.iter().position(|x| key(x) == id);
+    match (at, new) {
+        (Some(i), Some(new)) => list[i] = new,
+        (Some(i), None) => {
+            list.remove(i);
+        }
+        (None, Some(new)) => list.push(new),
+        (None, None) => {}
+    }
+}
+
+/// The workspace `id` of `doc`, mutably, or [`EditError::NotFound`] naming it.
+fn workspace_mut<'a>(doc: &'a mut Document, id: &str) -> Result<&'a mut WorkspaceDoc, EditError> {
+    doc.workspaces
+        .iter_mut()
+        .find(|w| w.id == id)
+        .ok_or_else(|| EditError::NotFound(ObjectRef::new(ObjectKind::Workspace, Some(id), id)))
+}
+
+/// The JSON of `object` in `doc`, for the audit diff.
+fn json_of(doc: &Document, object: &ObjectRef) -> Option<serde_json::Value> {
+    fn value<T: Serialize>(v: &T) -> serde_json::Value {
+        serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+    }
+    let ws = || workspace(doc, object.workspace.as_deref().unwrap_or_default());
+    match object.kind {
+        ObjectKind::Topology => None,
+        ObjectKind::Region => doc.regions.iter().find(|r| r.id == object.id).map(value),
+        ObjectKind::Workspace => workspace(doc, &object.id).map(|w| value(&w.spec())),
+        ObjectKind::Network => ws()?
+            .networks
+            .iter()
+            .find(|n| n.id == object.id)
+            .map(value),
+        ObjectKind::Node => ws()?.nodes.iter().find(|n| n.id == object.id).map(value),
+        ObjectKind::Gateway => ws()?
+            .gateways
+            .iter()
+            .find(|g| g.id == object.id)
+            .map(value),
+    }
+}
+
+/// Applies `edit` to `doc` if `precondition` holds for the object it changes.
+/// The result is not validated yet.
+pub fn apply(doc: &Document, edit: Edit, precondition: &Precondition) -> Result<Applied, EditError> {
+    let object = edit.object();
+    let old_revision = current_revision(doc, &object);
+    if !precondition.holds(old_revision.as_deref()) {
+        return Err(EditError::PreconditionFailed {
+            object,
+            current: old_revision,
+        });
+    }
+    let must_exist = matches!(
+        edit,
+        Edit::DeleteRegion(_)
+            | Edit::DeleteWorkspace(_)
+            | Edit::DeleteNetwork(..)
+            | Edit::DeleteNode(..)
+            | Edit::DeleteGateway(..)
+            | Edit::SetNodeStatus { .. }
+            | Edit::RotateKey { .. }
+    );
+    if must_exist && old_revision.is_none() {
+        // The workspace itself missing is the clearer answer.
+        if let Some(ws) = object.workspace.as_deref() {
+            if workspace(doc, ws).is_none() {
+                return Err(EditError::NotFound(ObjectRef::new(
+                    ObjectKind::Workspace,
+                    Some(ws),
+                    ws,
+                )));
+            }
+        }
+        return Err(EditError::NotFound(object));
+    }
+    let old_json = json_of(doc, &object);
+    let mut new = doc.clone();
+    let touched = match edit {
+        Edit::PutRegion(r) => {
+            let id = r.id.clone();
+            put(&mut new.regions, &id, |r| &r.id, Some(r));
+            Touched::All
+        }
+        Edit::DeleteRegion(id) => {
+            put(&mut new.regions, &id, |r| &r.id, None);
+            Touched::All
+        }
+        Edit::PutWorkspace(spec) => {
+            let id = spec.id.clone();
+            match new.workspaces.iter_mut().find(|w| w.id == id) {
+                Some(ws) => {
+                    ws.tenant = spec.tenant;
+                    ws.regions = spec.regions;
+                }
+                None => new.workspaces.push(WorkspaceDoc {
+                    id: spec.id,
+                    tenant: spec.tenant,
+                    regions: spec.regions,
+                    networks: Vec::new(),
+                    nodes: Vec::new(),
+                    gateways: Vec::new(),
+                }),
+            }
+            Touched::Workspaces(BTreeSet::from([id]))
+        }
+        Edit::DeleteWorkspace(id) => {
+            put(&mut new.workspaces, &id, |w| &w.id, None);
+            Touched::Workspaces(BTreeSet::from([id]))
+        }
+        Edit::PutNetwork(ws, n) => {
+            let id = n.id.clone();
+            put(&mut workspace_mut(&mut new, &ws)?.networks, &id, |n| &n.id, Some(n));
+            Touched::Workspaces(BTreeSet::from([ws]))
+        }
+        Edit::DeleteNetwork(ws, id) => {
+            put(&mut workspace_mut(&mut new, &ws)?.networks, &id, |n| &n.id, None);
+            Touched::Workspaces(BTreeSet::from([ws]))
+        }
+        Edit::PutNode(ws, n) => {
+            let id = n.id.clone();
+            put(&mut workspace_mut(&mut new, &ws)?.nodes, &id, |n| &n.id, Some(n));
+            Touched::Workspaces(BTreeSet::from([ws]))
+        }
+        Edit::DeleteNode(ws, id) => {
+            put(&mut workspace_mut(&mut new, &ws)?.nodes, &id, |n| &n.id, None);
+            Touched::Workspaces(BTreeSet::from([ws]))
+        }
+        Edit::SetNodeStatus {
+            workspace,
+            node,
+            status,
+        } => {
+            if let Some(n) = workspace_mut(&mut new, &workspace)?
+                .nodes
+                .iter_mut()
+                .find(|n| n.id == node)
+            {
+                n.status = status;
+            }
+            Touched::Workspaces(BTreeSet::from([workspace]))
+        }
+        Edit::RotateKey {
+            workspace,
+            node,
+            public_key,
+        } => {
+            if let Some(n) = workspace_mut(&mut new, &workspace)?
+                .nodes
+                .iter_mut()
+                .find(|n| n.id == node)
+            {
+                n.public_key = public_key;
+            }
+            Touched::Workspaces(BTreeSet::from([workspace]))
+        }
+        Edit::PutGateway(ws, g) => {
+            let id = g.id.clone();
+            put(&mut workspace_mut(&mut new, &ws)?.gateways, &id, |g| &g.id, Some(g));
+            Touched::Workspaces(BTreeSet::from([ws]))
+        }
+        Edit::DeleteGateway(ws, id) => {
+            put(&mut workspace_mut(&mut new, &ws)?.gateways, &id, |g| &g.id, None);
+            Touched::Workspaces(BTreeSet::from([ws]))
+        }
+        Edit::Import(document) => {
+            let touched = changed_workspaces(doc, &document);
+            new = document;
+            touched
+        }
+    };
+    let new_revision = current_revision(&new, &object);
+    let diff = match object.kind {
+        ObjectKind::Topology => audit::document_diff(doc, &new),
+        ObjectKind::Region
+        | ObjectKind::Workspace
+        | ObjectKind::Network
+        | ObjectKind::Node
+        | ObjectKind::Gateway => audit::diff(old_json.as_ref(), json_of(&new, &object).as_ref()),
+    };
+    Ok(Applied {
+        document: new,
+        object,
+        old_revision,
+        new_revision,
+        diff,
+        touched,
+    })
+}
+
+/// The workspaces whose documents differ between `old` and `new` (all of them
+/// when the catalog changed).
+fn changed_workspaces(old: &Document, new: &Document) -> Touched {
+    if old.regions != new.regions {
+        return Touched::All;
+    }
+    let ids: BTreeSet<&str> = old
+        .workspaces
+        .iter()
+        .chain(&new.workspaces)
+        .map(|w| w.id.as_str())
+        .collect();
+    Touched::Workspaces(
+        ids.into_iter()
+            .filter(|id| workspace(old, id) != workspace(new, id))
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> Document {
+        Document::from_yaml(
+            "version: 1
+regions: [{id: eu, state: active}]
+workspaces:
+  - id: acme
+    tenant: Acme
+    regions: [eu]
+    networks: [{id: corp, overlay: 10.0.0.0/24}]
+    nodes:
+      - id: n1
+        public_key: 'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA='
+        status: active
+        memberships: [{network: corp}]
+",
+        )
+        .expect("valid yaml")
+    }
+
+    fn disable() -> Edit {
+        Edit::SetNodeStatus {
+            workspace: "acme".into(),
+            node: "n1".into(),
+            status: "disabled".into(),
+        }
+    }
+
+    #[test]
+    fn a_stale_revision_is_refused_and_the_current_one_named() {
+        let d = doc();
+        let node = disable().object();
+        let before = current_revision(&d, &node).expect("exists");
+        let applied = apply(&d, disable(), &Precondition::Match(before.clone())).expect("applies");
+        assert_ne!(applied.new_revision.as_deref(), Some(before.as_str()));
+        assert_eq!(applied.diff, "status: \"active\" → \"disabled\"");
+        let again = apply(
+            &applied.document,
+            Edit::SetNodeStatus {
+                workspace: "acme".into(),
+                node: "n1".into(),
+                status: "revoked".into(),
+            },
+            &Precondition::Match(before),
+        );
+        assert_eq!(
+            again,
+            Err(EditError::PreconditionFailed {
+                object: node,
+                current: applied.new_revision
+            })
+        );
+    }
+
+    #[test]
+    fn create_only_and_must_exist() {
+        let d = doc();
+        assert!(matches!(
+            apply(&d, disable(), &Precondition::Absent),
+            Err(EditError::PreconditionFailed { .. })
+        ));
+        let missing = Edit::DeleteNode("acme".into(), "n9".into());
+        assert!(matches!(
+            apply(&d, missing, &Precondition::Any),
+            Err(EditError::NotFound(ObjectRef {
+                kind: ObjectKind::Node,
+                ..
+            }))
+        ));
+        let elsewhere = Edit::DeleteNode("globex".into(), "n1".into());
+        assert!(matches!(
+            apply(&d, elsewhere, &Precondition::Any),
+            Err(EditError::NotFound(ObjectRef {
+                kind: ObjectKind::Workspace,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn a_workspace_spec_change_keeps_its_contents() {
+        let d = doc();
+        let spec = WorkspaceSpec {
+            id: "acme".into(),
+            tenant: "Acme Corp".into(),
+            regions: vec!["eu".into()],
+        };
+        let applied = apply(&d, Edit::PutWorkspace(spec), &Precondition::Exists).expect("applies");
+        let ws = workspace(&applied.document, "acme").expect("still there");
+        assert_eq!(ws.tenant, "Acme Corp");
+        assert_eq!(ws.nodes.len(), 1);
+        assert_eq!(
+            applied.touched,
+            Touched::Workspaces(BTreeSet::from(["acme".to_owned()]))
+        );
+    }
+
+    #[test]
+    fn an_import_touches_only_the_workspaces_it_changes() {
+        let d = doc();
+        let mut other = d.clone();
+        other.workspaces.push(WorkspaceDoc {
+            id: "globex".into(),
+            tenant: "Globex".into(),
+            regions: vec!["eu".into()],
+            networks: Vec::new(),
+            nodes: Vec::new(),
+            gateways: Vec::new(),
+        });
+        let applied = apply(&d, Edit::Import(other), &Precondition::Any).expect("applies");
+        assert_eq!(
+            applied.touched,
+            Touched::Workspaces(BTreeSet::from(["globex".to_owned()]))
+        );
+        assert_eq!(applied.diff, "workspaces created: globex");
+    }
+}
