@@ -64,7 +64,9 @@ pub struct ObjectRef {
 }
 
 impl ObjectRef {
-    fn new(kind: ObjectKind, workspace: Option<&str>, id: &str) -> Self {
+    /// The object `id` of `kind` (in `workspace`, for a workspace's contents and
+    /// for a workspace itself).
+    pub fn new(kind: ObjectKind, workspace: Option<&str>, id: &str) -> Self {
         Self {
             kind,
             workspace: workspace.map(str::to_owned),
@@ -276,6 +278,58 @@ pub fn current_revision(doc: &Document, object: &ObjectRef) -> Option<String> {
             .iter()
             .find(|g| g.id == object.id)
             .map(revision),
+    }
+}
+
+/// One object of `doc` as JSON, with its revision (`None`: absent).
+pub fn get(doc: &Document, object: &ObjectRef) -> Option<(String, serde_json::Value)> {
+    Some((current_revision(doc, object)?, json_of(doc, object)?))
+}
+
+/// Every object of `kind` (in `workspace`, for a workspace's contents) as JSON
+/// with its revision, in document order. Empty when the workspace does not exist.
+pub fn list(
+    doc: &Document,
+    kind: ObjectKind,
+    workspace: Option<&str>,
+) -> Vec<(String, serde_json::Value)> {
+    fn entry<T: Serialize>(v: &T) -> (String, serde_json::Value) {
+        (
+            revision(v),
+            serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
+        )
+    }
+    let ws = || self::workspace(doc, workspace.unwrap_or_default());
+    match kind {
+        ObjectKind::Topology => Vec::new(),
+        ObjectKind::Region => doc.regions.iter().map(entry).collect(),
+        ObjectKind::Workspace => doc.workspaces.iter().map(|w| entry(&w.spec())).collect(),
+        ObjectKind::Network => ws()
+            .map(|w| w.networks.iter().map(entry).collect())
+            .unwrap_or_default(),
+        ObjectKind::Node => ws()
+            .map(|w| w.nodes.iter().map(entry).collect())
+            .unwrap_or_default(),
+        ObjectKind::Gateway => ws()
+            .map(|w| w.gateways.iter().map(entry).collect())
+            .unwrap_or_default(),
+    }
+}
+
+impl Edit {
+    /// The edit that deletes `object` (`None` for the topology, which is only
+    /// replaced).
+    pub fn delete(object: &ObjectRef) -> Option<Self> {
+        let ws = object.workspace.clone().unwrap_or_default();
+        let id = object.id.clone();
+        Some(match object.kind {
+            ObjectKind::Region => Self::DeleteRegion(id),
+            ObjectKind::Workspace => Self::DeleteWorkspace(id),
+            ObjectKind::Network => Self::DeleteNetwork(ws, id),
+            ObjectKind::Node => Self::DeleteNode(ws, id),
+            ObjectKind::Gateway => Self::DeleteGateway(ws, id),
+            ObjectKind::Topology => return None,
+        })
     }
 }
 

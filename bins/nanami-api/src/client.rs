@@ -48,6 +48,11 @@ pub enum ApiError {
         status: StatusCode,
         /// The manager's error message (and issues).
         message: String,
+        /// Each validation problem with its path (422), as `nanami validate`
+        /// prints them.
+        issues: Vec<String>,
+        /// With 412: the object's current revision (`None`: it does not exist).
+        current_revision: Option<String>,
     },
     /// The answer was not the expected JSON.
     #[error("unexpected answer: {0}")]
@@ -118,15 +123,24 @@ pub struct Answer {
 
 impl Answer {
     /// The manager's error, for an answer whose status is not a success.
-    fn error(&self) -> ApiError {
-        let message = match serde_json::from_slice::<ErrorBody>(&self.body) {
-            Ok(e) if e.issues.is_empty() => e.error,
-            Ok(e) => format!("{}\n  {}", e.error, e.issues.join("\n  ")),
-            Err(_) => String::from_utf8_lossy(&self.body).into_owned(),
-        };
-        ApiError::Status {
-            status: self.status,
-            message,
+    pub fn error(&self) -> ApiError {
+        match serde_json::from_slice::<ErrorBody>(&self.body) {
+            Ok(e) => ApiError::Status {
+                status: self.status,
+                message: if e.issues.is_empty() {
+                    e.error
+                } else {
+                    format!("{}\n  {}", e.error, e.issues.join("\n  "))
+                },
+                issues: e.issues,
+                current_revision: e.current_revision,
+            },
+            Err(_) => ApiError::Status {
+                status: self.status,
+                message: String::from_utf8_lossy(&self.body).into_owned(),
+                issues: Vec::new(),
+                current_revision: None,
+            },
         }
     }
 }
@@ -178,6 +192,11 @@ impl Client {
         self
     }
 
+    /// The timeout of calls other than long-polls.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ApiError> {
         let t = &self.target;
         let tcp = TcpStream::connect((t.host.as_str(), t.port))
@@ -223,6 +242,18 @@ impl Client {
         body: Option<(&str, Vec<u8>)>,
         timeout: Duration,
     ) -> Result<Answer, ApiError> {
+        self.send_with(method, path, &[], body, timeout).await
+    }
+
+    /// [`Client::send_raw`] with extra request headers.
+    pub async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(http::HeaderName, String)],
+        body: Option<(&str, Vec<u8>)>,
+        timeout: Duration,
+    ) -> Result<Answer, ApiError> {
         let fut = async {
             let idle = self.idle.lock().await.take();
             let mut send = match idle {
@@ -235,6 +266,9 @@ impl Client {
                 .header(http::header::HOST, self.target.host.as_str());
             if let Some(c) = &self.credential {
                 builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {c}"));
+            }
+            for (name, value) in headers {
+                builder = builder.header(name, value.as_str());
             }
             let request = match body {
                 Some((content_type, bytes)) => builder
@@ -418,10 +452,7 @@ impl Client {
         if answer.status.is_success() {
             Ok(())
         } else {
-            Err(ApiError::Status {
-                status: answer.status,
-                message: String::from_utf8_lossy(&answer.body).into_owned(),
-            })
+            Err(answer.error())
         }
     }
 

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod objects;
 pub mod service;
 pub mod tls;
 pub mod wire;

@@ -10,6 +10,9 @@ use nanami_model::{
 use nanami_reconcile::{PeerTelemetry, Status};
 use serde::{Deserialize, Serialize};
 
+pub use nanami_control::audit::{AuditEntry, AuditObject};
+pub use nanami_control::object::{ObjectKind, Precondition};
+pub use nanami_model::doc::{GatewayDoc, NetworkDoc, NodeDoc, RegionDoc, WorkspaceSpec};
 pub use nanami_reconcile::Desired;
 
 /// `GET /v1/gateways/{id}/desired`: a gateway's desired state and, at the same
@@ -62,6 +65,10 @@ pub struct ErrorBody {
     /// Individual problems (topology validation issues, with their paths).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub issues: Vec<String>,
+    /// With 412 (a stale `If-Match`): the object's current revision (absent when
+    /// the object does not exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<String>,
 }
 
 /// Who a credential or enrolment token belongs to.
@@ -86,8 +93,14 @@ impl std::fmt::Display for Subject {
 /// The kinds of bearer credential, told apart by their prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CredentialKind {
-    /// The control plane: writes the topology, mints enrolment tokens, reads all.
+    /// The platform (control plane): the catalog, workspaces and their access
+    /// grants, every workspace's contents; mints enrolment tokens and workspace
+    /// credentials; reads all.
     Control,
+    /// One workspace's administrator: reads and writes that workspace's networks,
+    /// nodes and gateways and mints enrolment tokens for them; cannot see other
+    /// workspaces.
+    Workspace,
     /// Platform operators: read-only oversight.
     Operator,
     /// One gateway's daemon: reads its own desired state, reports its own observed.
@@ -103,6 +116,7 @@ impl CredentialKind {
     pub fn prefix(self) -> &'static str {
         match self {
             Self::Control => "nmc_",
+            Self::Workspace => "nmw_",
             Self::Operator => "nmo_",
             Self::Gateway => "nmg_",
             Self::Node => "nmn_",
@@ -369,4 +383,70 @@ pub struct WorkspaceView {
     pub gateways: Vec<GatewayId>,
     /// Active nodes (clients and gateways).
     pub active_nodes: usize,
+}
+
+/// An object of the object API with its revision (served as its `ETag` too; send
+/// it back in `If-Match` to change the object only if nobody else did).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Versioned<T> {
+    /// The object's revision: a digest of its content.
+    pub revision: String,
+    /// The object, in its topology-document form.
+    pub object: T,
+}
+
+/// A list of objects, each with its revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listed<T> {
+    /// The objects, by id.
+    pub items: Vec<Versioned<T>>,
+}
+
+/// The answer to an accepted write of the object API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteResponse {
+    /// The object written.
+    pub object: AuditObject,
+    /// Its new revision (`None`: deleted).
+    pub revision: Option<String>,
+    /// The topology's revision after the write (unchanged when the write changed
+    /// nothing).
+    pub topology_revision: u64,
+    /// Gateways whose compiled state changed, with their new generation.
+    pub changed: BTreeMap<GatewayId, u64>,
+}
+
+/// `POST /v1/workspaces/{ws}/nodes/{id}/rotate-key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeyRequest {
+    /// The node's new public key (base64); the node made the private key itself.
+    pub public_key: String,
+}
+
+/// `POST /v1/workspaces/{ws}/credentials` (platform credential): a new
+/// workspace credential, shown once (only its digest is stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialResponse {
+    /// The credential (`nmw_...`).
+    pub credential: String,
+    /// The workspace it administers.
+    pub workspace: String,
+    /// Its id in the audit trail (a digest prefix, not the secret).
+    pub credential_id: String,
+}
+
+/// `GET /v1/oversight/audit?after=N&limit=M`: a page of the audit trail, oldest
+/// first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditPage {
+    /// Entries after `after`, at most `limit`.
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `after` for the next page; `None` when this page is the last.
+    pub next_after: Option<u64>,
 }

@@ -36,3 +36,9 @@ pub fn bearer(header: &str) -> Option<&str> {
     let (scheme, token) = header.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
+
+/// A credential's id for logs and the audit trail: the first 6 bytes of its
+/// digest in hex (it identifies the credential and reveals nothing of it).
+pub fn credential_id(digest: &Digest) -> String {
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}

@@ -20,15 +20,15 @@ use axum::{Json, Router};
 use http_body_util::BodyExt as _;
 use nanami_api::wire::{
     CredentialKind, EnrolRequest, EnrolResponse, ErrorBody, ObservedReport, Subject, TokenRequest,
-    TokenResponse,
+    TokenResponse, TopologyResponse,
 };
+use nanami_control::{authorize, Action, Decision, Target};
 use nanami_model::{Document, GatewayId, NodeId};
 use serde::de::DeserializeOwned;
 use tracing::{error, info, warn};
 
 use crate::auth;
-use crate::manager::{now_ms, Manager, ManagerError, MAX_TOKEN_TTL};
-use crate::store::Principal;
+use crate::manager::{now_ms, Manager, ManagerError, Writer, MAX_TOKEN_TTL};
 
 /// Longest long-poll a client may ask for; longer waits are cut to this (under
 /// common proxy idle timeouts of 60 s).
@@ -56,17 +56,18 @@ static OPENAPI: &str = include_str!("openapi.json");
 /// An error answer.
 #[derive(Debug)]
 pub struct ApiErr {
-    status: StatusCode,
-    body: ErrorBody,
+    pub(crate) status: StatusCode,
+    pub(crate) body: ErrorBody,
 }
 
 impl ApiErr {
-    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, error: impl Into<String>) -> Self {
         Self {
             status,
             body: ErrorBody {
                 error: error.into(),
                 issues: Vec::new(),
+                current_revision: None,
             },
         }
     }
@@ -86,6 +87,16 @@ impl From<ManagerError> for ApiErr {
                 body: ErrorBody {
                     error: format!("invalid topology: {message}"),
                     issues,
+                    current_revision: None,
+                },
+            },
+            ManagerError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, m),
+            ManagerError::PreconditionFailed { message, current } => Self {
+                status: StatusCode::PRECONDITION_FAILED,
+                body: ErrorBody {
+                    error: message,
+                    issues: Vec::new(),
+                    current_revision: current,
                 },
             },
             ManagerError::Store(e) => {
@@ -128,7 +139,7 @@ impl Default for HttpConfig {
 
 /// The handlers' state.
 #[derive(Debug, Clone)]
-struct App {
+pub(crate) struct App {
     manager: Arc<Manager>,
     config: HttpConfig,
 }
@@ -142,7 +153,7 @@ impl std::ops::Deref for App {
 
 /// Runs `f` on a blocking thread (store and compile work never runs on the async
 /// workers).
-async fn blocking<T, F>(app: &App, f: F) -> Result<T, ApiErr>
+pub(crate) async fn blocking<T, F>(app: &App, f: F) -> Result<T, ApiErr>
 where
     T: Send + 'static,
     F: FnOnce(&Manager) -> Result<T, ManagerError> + Send + 'static,
@@ -160,17 +171,18 @@ where
     }
 }
 
-fn unauthorized(app: &App) -> ApiErr {
+pub(crate) fn unauthorized(app: &App) -> ApiErr {
     app.counters.auth_refused.fetch_add(1, Ordering::Relaxed);
     ApiErr::new(StatusCode::UNAUTHORIZED, "missing or unknown credential")
 }
 
-fn forbidden(app: &App) -> ApiErr {
+pub(crate) fn forbidden(app: &App) -> ApiErr {
     app.counters.auth_refused.fetch_add(1, Ordering::Relaxed);
     ApiErr::new(StatusCode::FORBIDDEN, "this credential may not do that")
 }
 
-async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal, ApiErr> {
+/// Who the request's bearer credential is, with the credential's id.
+pub(crate) async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Writer, ApiErr> {
     let credential = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -179,12 +191,43 @@ async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal, ApiEr
     let digest = auth::digest(credential);
     let found = blocking(app, move |m| Ok(m.store().principal(&digest)?)).await?;
     match found {
-        Some((principal, stored)) if auth::same(&stored, &digest) => Ok(principal),
+        Some((principal, stored)) if auth::same(&stored, &digest) => Ok(Writer {
+            principal,
+            credential_id: auth::credential_id(&digest),
+        }),
         Some(_) | None => Err(unauthorized(app)),
     }
 }
 
-fn bad_request(app: &App, message: impl Into<String>) -> ApiErr {
+/// The answer a hidden or missing target gets: the same words either way.
+pub(crate) fn not_found(what: impl std::fmt::Display) -> ApiErr {
+    ApiErr::new(StatusCode::NOT_FOUND, format!("{what} does not exist"))
+}
+
+/// Applies the authorization table (see `nanami_control::authz`): `Ok` to go
+/// ahead, 403, or for a hidden target the 404 `what` would get if it were missing.
+pub(crate) fn authorized(
+    app: &App,
+    caller: &Writer,
+    action: Action,
+    target: Target<'_>,
+    what: impl std::fmt::Display,
+) -> Result<(), ApiErr> {
+    match authorize(&caller.principal, action, target) {
+        Decision::Allow => Ok(()),
+        Decision::Forbidden => Err(forbidden(app)),
+        Decision::NotFound => Err(not_found(what)),
+    }
+}
+
+/// Authenticates and authorizes an action on the platform target.
+async fn platform(app: &App, headers: &HeaderMap, action: Action) -> Result<Writer, ApiErr> {
+    let caller = authenticate(app, headers).await?;
+    authorized(app, &caller, action, Target::Platform, "this")?;
+    Ok(caller)
+}
+
+pub(crate) fn bad_request(app: &App, message: impl Into<String>) -> ApiErr {
     app.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
     ApiErr::new(StatusCode::BAD_REQUEST, message)
 }
@@ -200,7 +243,7 @@ fn too_large(app: &App, limit: usize) -> ApiErr {
 /// Reads a request body of at most `limit` bytes within the body timeout. Call it
 /// only after the request is authenticated (or, for enrolment, with a small
 /// limit): nothing is buffered before.
-async fn read_body(
+pub(crate) async fn read_body(
     app: &App,
     headers: &HeaderMap,
     body: Body,
@@ -254,7 +297,7 @@ fn node_id(app: &App, text: String) -> Result<NodeId, ApiErr> {
     NodeId::new(text).map_err(|e| bad_request(app, format!("bad node id: {e}")))
 }
 
-fn json_bytes(body: Vec<u8>) -> Response {
+pub(crate) fn json_bytes(body: Vec<u8>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -313,6 +356,7 @@ pub fn router(manager: Arc<Manager>, config: HttpConfig) -> Router {
         .route("/v1/oversight/gateways", get(oversight_gateways))
         .route("/v1/oversight/nodes/{id}/explain", get(explain_node))
         .route("/v1/oversight/gateways/{id}/explain", get(explain_gateway))
+        .merge(crate::objects::routes())
         .fallback(|| async { ApiErr::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiErr::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
@@ -371,14 +415,31 @@ async fn create_token(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<TokenResponse>, ApiErr> {
-    match authenticate(&app, &headers).await? {
-        Principal::Control => {}
-        Principal::Operator | Principal::Gateway(_) | Principal::Node(_) => {
-            return Err(forbidden(&app))
-        }
-    }
+    let caller = authenticate(&app, &headers).await?;
     let body = read_body(&app, &headers, body, MAX_SMALL_BODY).await?;
     let request: TokenRequest = parse_json(&app, &body)?;
+    match &request.subject {
+        Subject::Gateway(id) => {
+            let ws = app.gateway_workspace(id);
+            authorized(
+                &app,
+                &caller,
+                Action::MintToken,
+                Target::Gateway(id, ws.as_ref()),
+                format_args!("gateway {id}"),
+            )?;
+        }
+        Subject::Node(id) => {
+            let ws = app.node_workspace(id);
+            authorized(
+                &app,
+                &caller,
+                Action::MintToken,
+                Target::Node(id, ws.as_ref()),
+                format_args!("node {id}"),
+            )?;
+        }
+    }
     let ttl = request.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL);
     let response = blocking(&app, move |m| issue_token(m, &request.subject, ttl)).await?;
     Ok(Json(response))
@@ -433,12 +494,7 @@ async fn put_topology(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiErr> {
-    match authenticate(&app, &headers).await? {
-        Principal::Control => {}
-        Principal::Operator | Principal::Gateway(_) | Principal::Node(_) => {
-            return Err(forbidden(&app))
-        }
-    }
+    let caller = platform(&app, &headers, Action::ImportTopology).await?;
     let Some(format) = document_format(&headers) else {
         app.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
         return Err(ApiErr::new(
@@ -458,7 +514,15 @@ async fn put_topology(
             message: e.to_string(),
             issues: Vec::new(),
         })?;
-        m.put_topology(document)
+        let w = m.write(
+            &caller,
+            nanami_control::Edit::Import(document),
+            &nanami_control::Precondition::Any,
+        )?;
+        Ok(TopologyResponse {
+            revision: w.topology_revision,
+            changed: w.changed,
+        })
     })
     .await;
     match result {
@@ -473,29 +537,15 @@ async fn put_topology(
 }
 
 async fn get_topology(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
-    match authenticate(&app, &headers).await? {
-        Principal::Control => {}
-        Principal::Operator | Principal::Gateway(_) | Principal::Node(_) => {
-            return Err(forbidden(&app))
-        }
-    }
+    platform(&app, &headers, Action::ExportTopology).await?;
     match blocking(&app, |m| Ok(m.document().map(|(_, d)| d.to_json()))).await? {
         Some(json) => Ok(json_bytes(json.into_bytes())),
         None => Err(ApiErr::new(StatusCode::NOT_FOUND, "no topology yet")),
     }
 }
 
-fn may_read_all(principal: &Principal) -> bool {
-    match principal {
-        Principal::Control | Principal::Operator => true,
-        Principal::Gateway(_) | Principal::Node(_) => false,
-    }
-}
-
 async fn status(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
-    if !may_read_all(&authenticate(&app, &headers).await?) {
-        return Err(forbidden(&app));
-    }
+    platform(&app, &headers, Action::ReadOversight).await?;
     Ok(Json(app.status()).into_response())
 }
 
@@ -513,15 +563,8 @@ async fn desired(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
-    let principal = authenticate(&app, &headers).await?;
     let id = gateway_id(&app, id)?;
-    match &principal {
-        Principal::Gateway(own) if *own == id => {}
-        Principal::Control => {}
-        Principal::Gateway(_) | Principal::Operator | Principal::Node(_) => {
-            return Err(forbidden(&app))
-        }
-    }
+    gateway_access(&app, &headers, &id, Action::ReadDesired).await?;
     let after = match query_param(query.as_deref(), "after") {
         Some(v) => Some(
             v.parse::<u64>()
@@ -554,14 +597,8 @@ async fn put_observed(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiErr> {
-    let principal = authenticate(&app, &headers).await?;
     let id = gateway_id(&app, id)?;
-    match &principal {
-        Principal::Gateway(own) if *own == id => {}
-        Principal::Gateway(_) | Principal::Control | Principal::Operator | Principal::Node(_) => {
-            return Err(forbidden(&app))
-        }
-    }
+    gateway_access(&app, &headers, &id, Action::ReportObserved).await?;
     let body = read_body(&app, &headers, body, MAX_REPORT_BODY).await?;
     let report: ObservedReport = parse_json(&app, &body)?;
     blocking(&app, move |m| m.put_observed(&id, report)).await?;
@@ -573,13 +610,8 @@ async fn get_observed(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
-    let principal = authenticate(&app, &headers).await?;
     let id = gateway_id(&app, id)?;
-    match &principal {
-        Principal::Gateway(own) if *own == id => {}
-        Principal::Control | Principal::Operator => {}
-        Principal::Gateway(_) | Principal::Node(_) => return Err(forbidden(&app)),
-    }
+    gateway_access(&app, &headers, &id, Action::ReadDesired).await?;
     match app.observed(&id) {
         Some(record) => Ok(Json(record).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -607,15 +639,8 @@ async fn node_config(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
-    let principal = authenticate(&app, &headers).await?;
     let id = node_id(&app, id)?;
-    match &principal {
-        Principal::Node(own) if *own == id => {}
-        Principal::Control => {}
-        Principal::Node(_) | Principal::Gateway(_) | Principal::Operator => {
-            return Err(forbidden(&app))
-        }
-    }
+    node_access(&app, &headers, &id, Action::ReadNodeConfig).await?;
     let format = query_param(query.as_deref(), "format");
     if !matches!(format, None | Some("json" | "wg-quick" | "wg")) {
         return Err(bad_request(&app, "format: json, wg-quick or wg"));
@@ -642,11 +667,46 @@ async fn node_config(
     Ok(response)
 }
 
+/// Authenticates and authorizes `action` on gateway `id` (in its workspace).
+async fn gateway_access(
+    app: &App,
+    headers: &HeaderMap,
+    id: &GatewayId,
+    action: Action,
+) -> Result<Writer, ApiErr> {
+    let caller = authenticate(app, headers).await?;
+    let ws = app.gateway_workspace(id);
+    authorized(
+        app,
+        &caller,
+        action,
+        Target::Gateway(id, ws.as_ref()),
+        format_args!("gateway {id}"),
+    )?;
+    Ok(caller)
+}
+
+/// Authenticates and authorizes `action` on node `id` (in its workspace).
+async fn node_access(
+    app: &App,
+    headers: &HeaderMap,
+    id: &NodeId,
+    action: Action,
+) -> Result<Writer, ApiErr> {
+    let caller = authenticate(app, headers).await?;
+    let ws = app.node_workspace(id);
+    authorized(
+        app,
+        &caller,
+        action,
+        Target::Node(id, ws.as_ref()),
+        format_args!("node {id}"),
+    )?;
+    Ok(caller)
+}
+
 async fn operator_only(app: &App, headers: &HeaderMap) -> Result<(), ApiErr> {
-    match authenticate(app, headers).await? {
-        Principal::Operator => Ok(()),
-        Principal::Control | Principal::Gateway(_) | Principal::Node(_) => Err(forbidden(app)),
-    }
+    platform(app, headers, Action::ReadOversight).await.map(drop)
 }
 
 async fn oversight_regions(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
@@ -677,8 +737,8 @@ async fn explain_node(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
-    operator_only(&app, &headers).await?;
     let id = node_id(&app, id)?;
+    node_access(&app, &headers, &id, Action::ReadContents).await?;
     let explanation = blocking(&app, move |m| m.explain_node(&id)).await?;
     Ok(Json(explanation).into_response())
 }
@@ -690,8 +750,8 @@ async fn explain_gateway(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
-    operator_only(&app, &headers).await?;
     let id = gateway_id(&app, id)?;
+    gateway_access(&app, &headers, &id, Action::ReadContents).await?;
     let explanation = blocking(&app, move |m| m.explain_gateway(&id)).await?;
     Ok(Json(explanation).into_response())
 }
@@ -700,9 +760,7 @@ async fn explain_gateway(
 /// Prometheus the operator credential as its bearer token, or serve metrics on
 /// their own address with `--metrics-listen`).
 async fn metrics(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
-    if !may_read_all(&authenticate(&app, &headers).await?) {
-        return Err(forbidden(&app));
-    }
+    platform(&app, &headers, Action::ReadOversight).await?;
     Ok(metrics_response(&app))
 }
 

@@ -142,7 +142,7 @@ pub fn init(layout: &Layout, names: &[String]) -> Result<(), InitError> {
     let store = SqliteStore::open(&layout.store())?;
     let control = auth::generate(CredentialKind::Control);
     let operator = auth::generate(CredentialKind::Operator);
-    store.set_api_credential(&Principal::Control, &auth::digest(&control))?;
+    store.set_api_credential(&Principal::Platform, &auth::digest(&control))?;
     store.set_api_credential(&Principal::Operator, &auth::digest(&operator))?;
     write_secret(&layout.control_token(), format!("{control}\n").as_bytes())?;
     write_secret(&layout.operator_token(), format!("{operator}\n").as_bytes())?;

@@ -25,20 +25,26 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nanami_api::wire::{
-    CredentialKind, EnrolResponse, GatewayStatus, GenerationFork, Liveness, ObservedRecord,
-    ObservedReport, PathHealth, RegionView, Subject, TopologyResponse, WorkspaceView,
+    AuditEntry, AuditObject, CredentialKind, CredentialResponse, EnrolResponse, GatewayStatus,
+    GenerationFork, Liveness, ObservedRecord, ObservedReport, PathHealth, RegionView, Subject,
+    TopologyResponse, WorkspaceView, WriteResponse,
+};
+use nanami_control::{
+    compile_changed, gateways_in_scope, Compiled, Edit, EditError, Precondition, Principal, Scope,
+    Touched,
 };
 use nanami_model::{
-    compile_all, compile_node, compile_workspace_nodes, explain_gateway, explain_node,
-    health_targets, Document, ExplainError, GatewayExplanation, GatewayId, GatewayState, Health,
-    HealthTargets, NetworkId, NodeConfig, NodeExplanation, NodeId, PublicKey, Topology,
-    WorkspaceId,
+    compile_node, compile_workspace_nodes, explain_gateway, explain_node, health_targets,
+    Document, ExplainError, GatewayExplanation, GatewayId, GatewayState, Health, NetworkId,
+    NodeConfig, NodeExplanation, NodeId, PublicKey, Topology, WorkspaceId,
 };
 use tokio::sync::watch;
 use tracing::{info, info_span, warn};
 
 use crate::auth;
-use crate::store::{GatewayRow, Redeemed, Store, StoreError, NO_TARGETS};
+use crate::store::{GatewayRow, Redeemed, Store, StoreError, TopologyWrite, NO_TARGETS};
+
+pub use nanami_control::content_digest;
 
 /// Heartbeat settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +106,19 @@ pub enum ManagerError {
         "enrolment refused: the token is unknown, expired or used, or the key is not the node's"
     )]
     EnrolmentRefused,
+    /// The object (or its workspace) does not exist, or is hidden from this
+    /// credential; nothing changed.
+    #[error("{0}")]
+    NotFound(String),
+    /// The object's revision is not the one the write expected (`If-Match`);
+    /// nothing changed.
+    #[error("{message}")]
+    PreconditionFailed {
+        /// What happened, for people.
+        message: String,
+        /// The object's current revision (`None`: it does not exist).
+        current: Option<String>,
+    },
     /// The token is for someone else than the enrolling machine says it is;
     /// nothing was spent or revoked.
     #[error("enrolment refused: this token is for {token}, not {expected}; nothing was spent")]
@@ -159,8 +178,6 @@ impl Entry {
     }
 }
 
-/// A compiled row and its peer count, before it is installed.
-type Compiled = BTreeMap<GatewayId, (GatewayRow, usize)>;
 
 #[derive(Default)]
 struct Inner {
@@ -314,22 +331,6 @@ fn hex16(bytes: &[u8]) -> String {
     bytes.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
-/// The digest of a generation's content: the first 16 bytes of the SHA-256 of its
-/// state and health targets (as served), in hex. Served as the desired answer's
-/// `ETag` and reported back by the daemon with its applied generation.
-pub fn content_digest(state_json: &str, targets_json: &str, uplink: Option<&str>) -> String {
-    use sha2::{Digest as _, Sha256};
-    let mut h = Sha256::new();
-    h.update(state_json.as_bytes());
-    h.update([0]);
-    h.update(targets_json.as_bytes());
-    if let Some(uplink) = uplink {
-        h.update([0]);
-        h.update(uplink.as_bytes());
-    }
-    hex16(&h.finalize())
-}
-
 /// The version of a client's configuration: the first 16 bytes of the SHA-256 of
 /// its JSON, in hex (the JSON is deterministic: ordered maps, no clock).
 pub fn config_version(config: &NodeConfig) -> String {
@@ -387,63 +388,60 @@ fn unhealthy_pairs(
         .collect()
 }
 
-/// Serializes a compiled value the manager serves. Its types are ordered maps,
-/// strings and integers, so this cannot fail; if it ever did, that is a bug to
-/// report, not an empty body to serve.
-fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<String, ManagerError> {
-    serde_json::to_string(value)
-        .map_err(|e| ManagerError::Compile(format!("bug: cannot serialize {what}: {e}")))
+/// Who made a write, for the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Writer {
+    /// Who the credential authenticates as.
+    pub principal: Principal,
+    /// The credential's id: a prefix of its digest, never the secret.
+    pub credential_id: String,
 }
 
-fn targets_json(targets: &HealthTargets) -> Result<String, ManagerError> {
-    if targets.is_empty() {
-        return Ok(NO_TARGETS.to_owned());
+impl Writer {
+    /// The manager itself, as the platform: its `--topology` file.
+    pub fn local() -> Self {
+        Self {
+            principal: Principal::Platform,
+            credential_id: "local".to_owned(),
+        }
     }
-    to_json(targets, "health targets")
 }
 
-/// Compiles every gateway under `health` and returns those whose content differs
-/// from `known` (generation and digest), at their next generation. A gateway that
-/// left the topology gets the empty state: its daemon removes everything Nanami
-/// owns.
-fn compile_changed(
-    known: &BTreeMap<GatewayId, (u64, String)>,
-    topology: &Topology,
-    health: &Health,
-) -> Result<Compiled, ManagerError> {
-    let compiled = compile_all(topology, health);
-    let empty = GatewayState::default();
-    let ids: BTreeSet<&GatewayId> = compiled.keys().chain(known.keys()).collect();
-    let mut changed = BTreeMap::new();
-    for id in ids {
-        let state = compiled.get(id).unwrap_or(&empty);
-        let json = to_json(state, "a gateway state")?;
-        let targets = targets_json(&health_targets(topology, id))?;
-        let uplink = topology
-            .gateway(id)
-            .and_then(|(_, g)| g.uplink.as_ref())
-            .map(|u| u.as_str().to_owned());
-        let generation = match known.get(id) {
-            Some((_, digest)) if *digest == content_digest(&json, &targets, uplink.as_deref()) => {
-                continue
-            }
-            Some((generation, _)) => generation + 1,
-            None => 1,
-        };
-        changed.insert(
-            id.clone(),
-            (
-                GatewayRow {
-                    generation,
-                    state_json: json,
-                    targets_json: targets,
-                    uplink,
-                },
-                state.peer_count(),
-            ),
-        );
+/// Credentials an edit ends: a revoked or deleted node's, a deleted workspace's.
+fn revoked_by(edit: &Edit) -> Vec<Principal> {
+    match edit {
+        Edit::SetNodeStatus { node, status, .. } if status == "revoked" => {
+            NodeId::new(node).map(Principal::Node).into_iter().collect()
+        }
+        Edit::DeleteNode(_, node) => NodeId::new(node).map(Principal::Node).into_iter().collect(),
+        Edit::DeleteWorkspace(ws) => WorkspaceId::new(ws)
+            .map(Principal::Workspace)
+            .into_iter()
+            .collect(),
+        Edit::PutRegion(_)
+        | Edit::DeleteRegion(_)
+        | Edit::PutWorkspace(_)
+        | Edit::PutNetwork(..)
+        | Edit::DeleteNetwork(..)
+        | Edit::PutNode(..)
+        | Edit::SetNodeStatus { .. }
+        | Edit::RotateKey { .. }
+        | Edit::PutGateway(..)
+        | Edit::DeleteGateway(..)
+        | Edit::Import(_) => Vec::new(),
     }
-    Ok(changed)
+}
+
+/// A validation failure as the manager's error, every issue with its path.
+fn invalid(e: nanami_model::ValidationErrors) -> ManagerError {
+    ManagerError::InvalidTopology {
+        message: format!("{} problem(s)", e.0.len()),
+        issues: e
+            .0
+            .iter()
+            .map(|i| format!("{}: {}", i.path, i.message))
+            .collect(),
+    }
 }
 
 /// What a change must store: the rows still unpersisted and the new ones.
@@ -615,25 +613,78 @@ impl Manager {
         self.put_topology(document)
     }
 
-    /// Applies a topology document: validates, compiles every gateway, bumps the
-    /// generation of those whose state changed, stores all of it in one
-    /// transaction, then publishes. Blocking (compile and store): call it from a
-    /// blocking thread.
+    /// Applies a topology document (an import) as the local platform: what the
+    /// `--topology` file and tests use. See [`Manager::write`].
     pub fn put_topology(&self, document: Document) -> Result<TopologyResponse, ManagerError> {
-        let _span = info_span!("put_topology").entered();
-        let topology =
-            Topology::from_document(&document).map_err(|e| ManagerError::InvalidTopology {
-                message: format!("{} problem(s)", e.0.len()),
-                issues: e
-                    .0
-                    .iter()
-                    .map(|i| format!("{}: {}", i.path, i.message))
-                    .collect(),
-            })?;
-        let document_json = document.to_json();
+        let written = self.write(&Writer::local(), Edit::Import(document), &Precondition::Any)?;
+        Ok(TopologyResponse {
+            revision: written.topology_revision,
+            changed: written.changed,
+        })
+    }
+
+    /// Applies one edit of the topology: checks its precondition, validates the
+    /// whole resulting document, compiles the gateways it can affect (those of the
+    /// workspaces it touches), bumps the generation of those whose state changed,
+    /// stores all of it with its audit entry in one transaction, then publishes.
+    /// Anything refused (a stale revision, an invalid result, a store failure)
+    /// changes nothing: no row, no generation, no audit entry. Blocking (compile and
+    /// store): call it from a blocking thread.
+    pub fn write(
+        &self,
+        writer: &Writer,
+        edit: Edit,
+        precondition: &Precondition,
+    ) -> Result<WriteResponse, ManagerError> {
+        let object = edit.object();
+        let _span = info_span!("write", %object, by = writer.principal.kind()).entered();
+        let revoke = revoked_by(&edit);
         let _write = self.write_lock();
-        let (known, health, unpersisted) = {
+        let (before_doc, before) = {
             let inner = self.lock();
+            (inner.document.clone(), inner.topology.clone())
+        };
+        let empty = Document {
+            version: nanami_model::doc::VERSION,
+            regions: Vec::new(),
+            workspaces: Vec::new(),
+            unknown_fields: Vec::new(),
+        };
+        let applied = nanami_control::apply(before_doc.as_deref().unwrap_or(&empty), edit, precondition)
+            .map_err(|e| match e {
+                EditError::PreconditionFailed { ref current, .. } => {
+                    ManagerError::PreconditionFailed {
+                        message: e.to_string(),
+                        current: current.clone(),
+                    }
+                }
+                e @ EditError::NotFound(_) => ManagerError::NotFound(e.to_string()),
+                // `EditError` is non_exhaustive: a new reason is still a refusal.
+                #[allow(clippy::wildcard_enum_match_arm)]
+                e => ManagerError::BadRequest(e.to_string()),
+            })?;
+        let topology = Topology::from_document(&applied.document).map_err(invalid)?;
+        let touched: BTreeSet<WorkspaceId> = match &applied.touched {
+            Touched::All => BTreeSet::new(),
+            Touched::Workspaces(ids) => ids
+                .iter()
+                .filter_map(|id| WorkspaceId::new(id).ok())
+                .collect(),
+        };
+        let scope = match applied.touched {
+            Touched::All => Scope::All,
+            Touched::Workspaces(_) => Scope::Workspaces(&touched),
+        };
+        let (ids, known, health, unpersisted) = {
+            let inner = self.lock();
+            let ids = gateways_in_scope(scope, before.as_deref(), &topology, inner.gateways.keys());
+            let known: BTreeMap<GatewayId, (u64, String)> = ids
+                .iter()
+                .filter_map(|id| {
+                    let e = inner.gateways.get(id)?;
+                    Some((id.clone(), (e.generation(), e.digest.clone())))
+                })
+                .collect();
             // A gateway new to the topology gets one offline period of grace.
             let offline: BTreeSet<GatewayId> = inner
                 .offline
@@ -643,17 +694,30 @@ impl Manager {
                 .collect();
             let unhealthy = unhealthy_pairs(&topology, &inner.observed, &offline, &inner.unhealthy);
             (
-                inner.known(),
+                ids,
+                known,
                 Health { offline, unhealthy },
                 inner.unpersisted.clone(),
             )
         };
-        let changed = compile_changed(&known, &topology, &health)?;
+        let changed = compile_changed(&known, &ids, &topology, &health)
+            .map_err(|e| ManagerError::Compile(e.to_string()))?;
         let rows = rows_to_store(unpersisted, &changed);
-        // A topology change that cannot be stored is refused whole: nothing changes.
-        let revision = self.store.put_topology(&document_json, now_ms(), &rows)?;
-        let response = TopologyResponse {
-            revision,
+        let document_json = applied.document.to_json();
+        let audit = AuditEntry::new(&applied, &writer.principal, &writer.credential_id, now_ms());
+        // A change that cannot be stored is refused whole: nothing changes.
+        let revision = self.store.put_topology(&TopologyWrite {
+            document: &document_json,
+            now_ms: audit.at_unix_ms,
+            changed: &rows,
+            audit: (!applied.is_noop() || matches!(object.kind, nanami_control::ObjectKind::Topology))
+                .then_some(&audit),
+            revoke: &revoke,
+        })?;
+        let response = WriteResponse {
+            object: AuditObject::from(&object),
+            revision: applied.new_revision.clone(),
+            topology_revision: revision,
             changed: changed
                 .iter()
                 .map(|(id, (r, _))| (id.clone(), r.generation))
@@ -674,13 +738,13 @@ impl Manager {
             }
         }
         if revision != inner.revision {
-            info!(revision, changed = entries.len(), "topology applied");
+            info!(revision, changed = entries.len(), diff = %applied.diff, "topology changed");
         }
         inner.offline = health.offline;
         inner.unhealthy = health.unhealthy;
         inner.in_topology = topology.gateway_ids().count();
         inner.topology = Some(Arc::new(topology));
-        inner.document = Some(Arc::new(document));
+        inner.document = Some(Arc::new(applied.document));
         inner.revision = revision;
         self.stored(&mut inner, Ok(()), rows, false);
         self.publish(&mut inner, entries);
@@ -742,7 +806,8 @@ impl Manager {
         };
         let _span = info_span!("health_tick", changed = changed_verdicts).entered();
         let changed = if changed_verdicts {
-            match compile_changed(&known, &topology, &health) {
+            let ids = gateways_in_scope(Scope::All, None, &topology, known.keys());
+            match compile_changed(&known, &ids, &topology, &health) {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(error = %e, "health change not compiled");
@@ -1267,6 +1332,78 @@ impl Manager {
             .collect()
     }
 
+    /// The workspace gateway `id` is in, if the topology has it.
+    pub fn gateway_workspace(&self, id: &GatewayId) -> Option<WorkspaceId> {
+        let inner = self.lock();
+        inner
+            .topology
+            .as_ref()?
+            .gateway(id)
+            .map(|(ws, _)| ws.id.clone())
+    }
+
+    /// The workspace node `id` is in, if the topology has it.
+    pub fn node_workspace(&self, id: &NodeId) -> Option<WorkspaceId> {
+        let inner = self.lock();
+        inner.topology.as_ref()?.node(id).map(|(ws, _)| ws.id.clone())
+    }
+
+    /// Mints a credential for `workspace` (shown once; only its digest is stored),
+    /// recorded in the audit trail. Blocking (store).
+    pub fn mint_workspace_credential(
+        &self,
+        writer: &Writer,
+        workspace: &WorkspaceId,
+    ) -> Result<CredentialResponse, ManagerError> {
+        let exists = self
+            .lock()
+            .topology
+            .as_ref()
+            .is_some_and(|t| t.workspaces.contains_key(workspace));
+        if !exists {
+            return Err(ManagerError::NotFound(format!(
+                "workspace {workspace:?} does not exist"
+            )));
+        }
+        let credential = auth::generate(CredentialKind::Workspace);
+        let digest = auth::digest(&credential);
+        let credential_id = auth::credential_id(&digest);
+        let entry = AuditEntry {
+            seq: 0,
+            at_unix_ms: now_ms(),
+            credential_id: writer.credential_id.clone(),
+            credential_kind: writer.principal.kind().to_owned(),
+            object: AuditObject {
+                kind: "credential".to_owned(),
+                workspace: Some(workspace.to_string()),
+                id: credential_id.clone(),
+            },
+            old_revision: None,
+            new_revision: None,
+            diff: "workspace credential minted".to_owned(),
+        };
+        self.store
+            .add_workspace_credential(workspace, &digest, &entry)?;
+        info!(%workspace, credential_id, "workspace credential minted");
+        Ok(CredentialResponse {
+            credential,
+            workspace: workspace.to_string(),
+            credential_id,
+        })
+    }
+
+    /// A page of the audit trail: entries after `after`, at most `limit`, only
+    /// `workspace`'s when given. Blocking (store).
+    pub fn audit(
+        &self,
+        after: u64,
+        limit: u32,
+        workspace: Option<&WorkspaceId>,
+    ) -> Result<Vec<AuditEntry>, ManagerError> {
+        Ok(self.store.audit(after, limit, workspace)?)
+    }
+
+
     /// The topology revision in force.
     pub fn revision(&self) -> u64 {
         self.lock().revision
@@ -1339,14 +1476,26 @@ mod tests {
         fn load(&self) -> Result<Snapshot, StoreError> {
             self.inner.load()
         }
-        fn put_topology(
-            &self,
-            document: &str,
-            now_ms: u64,
-            changed: &BTreeMap<GatewayId, GatewayRow>,
-        ) -> Result<u64, StoreError> {
+        fn put_topology(&self, write: &TopologyWrite<'_>) -> Result<u64, StoreError> {
             self.check()?;
-            self.inner.put_topology(document, now_ms, changed)
+            self.inner.put_topology(write)
+        }
+        fn add_workspace_credential(
+            &self,
+            workspace: &WorkspaceId,
+            digest: &Digest,
+            audit: &AuditEntry,
+        ) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.add_workspace_credential(workspace, digest, audit)
+        }
+        fn audit(
+            &self,
+            after: u64,
+            limit: u32,
+            workspace: Option<&WorkspaceId>,
+        ) -> Result<Vec<AuditEntry>, StoreError> {
+            self.inner.audit(after, limit, workspace)
         }
         fn put_health(
             &self,

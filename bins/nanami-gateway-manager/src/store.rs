@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use nanami_api::wire::Subject;
-use nanami_model::{GatewayId, NodeId, PublicKey};
+use nanami_model::{GatewayId, NodeId, PublicKey, WorkspaceId};
 use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 
 /// Why the store failed.
@@ -34,41 +34,11 @@ pub enum StoreError {
 /// A SHA-256 digest of a credential or token.
 pub type Digest = [u8; 32];
 
-/// What a credential authenticates as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    /// The control plane.
-    Control,
-    /// A platform operator (read-only oversight).
-    Operator,
-    /// One gateway's daemon.
-    Gateway(GatewayId),
-    /// One client node.
-    Node(NodeId),
-}
-
-/// One gateway's compiled state as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GatewayRow {
-    /// Its generation.
-    pub generation: u64,
-    /// The compiled [`nanami_model::GatewayState`], as JSON.
-    pub state_json: String,
-    /// Its [`nanami_model::HealthTargets`] (what it probes), as JSON: part of the
-    /// generation, like the state.
-    pub targets_json: String,
-    /// Its uplink when it is hosted (see `GatewayDesired::uplink`): part of the
-    /// generation too.
-    pub uplink: Option<String>,
-}
+pub use nanami_control::{AuditEntry, GatewayRow, Principal, NO_TARGETS};
 
 /// How many topology revisions the store keeps (older ones are pruned as new
 /// ones are written; the newest is what the manager serves).
 pub const KEPT_REVISIONS: i64 = 100;
-
-/// `targets_json` of a gateway that probes nothing (and of rows stored before
-/// health targets existed).
-pub const NO_TARGETS: &str = "{}";
 
 /// Everything the manager loads at start.
 #[derive(Debug, Clone, Default)]
@@ -99,15 +69,29 @@ pub trait Store: Send + Sync {
     /// Loads everything the manager keeps in memory.
     fn load(&self) -> Result<Snapshot, StoreError>;
 
-    /// Stores a topology revision (if `document` differs from the newest) together
-    /// with the gateways whose generation changed, in one transaction. Returns the
-    /// newest revision.
-    fn put_topology(
+    /// Stores a topology revision (if `write.document` differs from the newest)
+    /// together with the gateways whose generation changed, the write's audit
+    /// entry (only when the document changed) and the credentials it revokes, in
+    /// one transaction. Returns the newest revision.
+    fn put_topology(&self, write: &TopologyWrite<'_>) -> Result<u64, StoreError>;
+
+    /// Stores a workspace credential's digest (several may exist per workspace)
+    /// and its audit entry, in one transaction.
+    fn add_workspace_credential(
         &self,
-        document: &str,
-        now_ms: u64,
-        changed: &BTreeMap<GatewayId, GatewayRow>,
-    ) -> Result<u64, StoreError>;
+        workspace: &WorkspaceId,
+        digest: &Digest,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
+
+    /// The audit trail after entry `after`, oldest first, at most `limit`
+    /// entries; only those of `workspace` when it is given.
+    fn audit(
+        &self,
+        after: u64,
+        limit: u32,
+        workspace: Option<&WorkspaceId>,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// Stores new generations and the offline set (a health change), atomically.
     fn put_health(
@@ -154,6 +138,22 @@ pub trait Store: Send + Sync {
 
     /// Who `digest` belongs to (the caller compares in constant time too).
     fn principal(&self, digest: &Digest) -> Result<Option<(Principal, Digest)>, StoreError>;
+}
+
+/// One accepted topology change, as [`Store::put_topology`] writes it.
+#[derive(Debug, Clone, Copy)]
+pub struct TopologyWrite<'a> {
+    /// The whole new document (JSON).
+    pub document: &'a str,
+    /// When (Unix milliseconds).
+    pub now_ms: u64,
+    /// Gateways whose generation changed (and rows not stored yet).
+    pub changed: &'a BTreeMap<GatewayId, GatewayRow>,
+    /// Its audit entry, stored when the document changed (its `seq` is assigned).
+    pub audit: Option<&'a AuditEntry>,
+    /// Credentials that stop working with this change (a revoked node's, a deleted
+    /// workspace's).
+    pub revoke: &'a [Principal],
 }
 
 /// The embedded store: one SQLite file in WAL mode.
@@ -211,6 +211,19 @@ CREATE TABLE IF NOT EXISTS credentials (
     public_key TEXT
 );
 CREATE INDEX IF NOT EXISTS credentials_subject ON credentials (kind, subject);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_unix_ms INTEGER NOT NULL,
+    credential_id TEXT NOT NULL,
+    credential_kind TEXT NOT NULL,
+    object_kind TEXT NOT NULL,
+    workspace TEXT,
+    object_id TEXT NOT NULL,
+    old_revision TEXT,
+    new_revision TEXT,
+    diff TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_workspace ON audit (workspace, seq);
 ";
 
 fn subject_parts(subject: &Subject) -> (&'static str, &str) {
@@ -331,6 +344,26 @@ fn restrict(path: &Path) -> Result<(), StoreError> {
     }
 }
 
+fn insert_audit(tx: &rusqlite::Transaction<'_>, entry: &AuditEntry) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO audit (at_unix_ms, credential_id, credential_kind, object_kind,
+         workspace, object_id, old_revision, new_revision, diff)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            to_i64(entry.at_unix_ms),
+            entry.credential_id,
+            entry.credential_kind,
+            entry.object.kind,
+            entry.object.workspace,
+            entry.object.id,
+            entry.old_revision,
+            entry.new_revision,
+            entry.diff
+        ],
+    )?;
+    Ok(())
+}
+
 fn write_rows(
     tx: &rusqlite::Transaction<'_>,
     changed: &BTreeMap<GatewayId, GatewayRow>,
@@ -420,12 +453,7 @@ impl Store for SqliteStore {
         Ok(snap)
     }
 
-    fn put_topology(
-        &self,
-        document: &str,
-        now_ms: u64,
-        changed: &BTreeMap<GatewayId, GatewayRow>,
-    ) -> Result<u64, StoreError> {
+    fn put_topology(&self, write: &TopologyWrite<'_>) -> Result<u64, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let newest: Option<(i64, String)> = tx
@@ -436,23 +464,89 @@ impl Store for SqliteStore {
             )
             .optional()?;
         let revision = match newest {
-            Some((rev, doc)) if doc == document => to_u64(rev),
+            Some((rev, doc)) if doc == write.document => to_u64(rev),
             Some(_) | None => {
                 tx.execute(
                     "INSERT INTO topology_revisions (document, created_unix_ms) VALUES (?1, ?2)",
-                    params![document, to_i64(now_ms)],
+                    params![write.document, to_i64(write.now_ms)],
                 )?;
                 let revision = tx.last_insert_rowid();
                 tx.execute(
                     "DELETE FROM topology_revisions WHERE revision <= ?1",
                     params![revision - KEPT_REVISIONS],
                 )?;
+                if let Some(entry) = write.audit {
+                    insert_audit(&tx, entry)?;
+                }
                 to_u64(revision)
             }
         };
-        write_rows(&tx, changed)?;
+        for principal in write.revoke {
+            let (kind, subject) = match principal {
+                Principal::Workspace(ws) => ("workspace", ws.as_str()),
+                Principal::Node(n) => ("node", n.as_str()),
+                Principal::Gateway(g) => ("gateway", g.as_str()),
+                Principal::Platform | Principal::Operator => continue,
+            };
+            tx.execute(
+                "DELETE FROM credentials WHERE kind = ?1 AND subject = ?2",
+                params![kind, subject],
+            )?;
+        }
+        write_rows(&tx, write.changed)?;
         tx.commit()?;
         Ok(revision)
+    }
+
+    fn add_workspace_credential(
+        &self,
+        workspace: &WorkspaceId,
+        digest: &Digest,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO credentials (digest, kind, subject) VALUES (?1, 'workspace', ?2)",
+            params![&digest[..], workspace.as_str()],
+        )?;
+        insert_audit(&tx, audit)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn audit(
+        &self,
+        after: u64,
+        limit: u32,
+        workspace: Option<&WorkspaceId>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, at_unix_ms, credential_id, credential_kind, object_kind, workspace,
+             object_id, old_revision, new_revision, diff FROM audit
+             WHERE seq > ?1 AND (?2 IS NULL OR workspace = ?2) ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![to_i64(after), workspace.map(|w| w.as_str()), i64::from(limit)],
+            |r| {
+                Ok(AuditEntry {
+                    seq: to_u64(r.get(0)?),
+                    at_unix_ms: to_u64(r.get(1)?),
+                    credential_id: r.get(2)?,
+                    credential_kind: r.get(3)?,
+                    object: nanami_control::AuditObject {
+                        kind: r.get(4)?,
+                        workspace: r.get(5)?,
+                        id: r.get(6)?,
+                    },
+                    old_revision: r.get(7)?,
+                    new_revision: r.get(8)?,
+                    diff: r.get(9)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn put_health(
@@ -550,9 +644,9 @@ impl Store for SqliteStore {
 
     fn set_api_credential(&self, principal: &Principal, digest: &Digest) -> Result<(), StoreError> {
         let kind = match principal {
-            Principal::Control => "control",
+            Principal::Platform => "control",
             Principal::Operator => "operator",
-            Principal::Gateway(_) | Principal::Node(_) => {
+            Principal::Workspace(_) | Principal::Gateway(_) | Principal::Node(_) => {
                 return Err(corrupt(
                     "credentials",
                     "only control/operator are set directly",
@@ -586,8 +680,11 @@ impl Store for SqliteStore {
             .try_into()
             .map_err(|_| corrupt("credentials", "digest is not 32 bytes"))?;
         let principal = match kind.as_str() {
-            "control" => Principal::Control,
+            "control" => Principal::Platform,
             "operator" => Principal::Operator,
+            "workspace" => Principal::Workspace(
+                WorkspaceId::new(subject).map_err(|e| corrupt("credentials", e))?,
+            ),
             "gateway" => {
                 Principal::Gateway(GatewayId::new(subject).map_err(|e| corrupt("credentials", e))?)
             }
@@ -611,7 +708,13 @@ mod tests {
         let mut newest = 0;
         for n in 0..150 {
             newest = store
-                .put_topology(&format!("{{\"n\":{n}}}"), 0, &BTreeMap::new())
+                .put_topology(&TopologyWrite {
+                    document: &format!("{{\"n\":{n}}}"),
+                    now_ms: 0,
+                    changed: &BTreeMap::new(),
+                    audit: None,
+                    revoke: &[],
+                })
                 .unwrap();
         }
         let count: i64 = store
@@ -625,7 +728,13 @@ mod tests {
         // The same document again is no new revision.
         assert_eq!(
             store
-                .put_topology("{\"n\":149}", 0, &BTreeMap::new())
+                .put_topology(&TopologyWrite {
+                    document: "{\"n\":149}",
+                    now_ms: 0,
+                    changed: &BTreeMap::new(),
+                    audit: None,
+                    revoke: &[],
+                })
                 .unwrap(),
             150
         );
