@@ -41,6 +41,9 @@ def generate(nodes: int, per_workspace: int = 200, gateways: int = 2, gateway_ke
         raise SystemExit("--per-workspace too large for the address plan")
     workspaces = []
     for w in range(math.ceil(nodes / per_workspace)):
+        # Tenants pick their own private ranges: past 256 workspaces the address
+        # plan repeats (allowed across workspaces); endpoints stay unique.
+        o = w % 256
         ws = f"ws-{w}"
         size = min(per_workspace, nodes - w * per_workspace)
         gws = [f"g{w}-{g}" for g in range(min(gateways, size - 1))]
@@ -75,14 +78,14 @@ def generate(nodes: int, per_workspace: int = 200, gateways: int = 2, gateway_ke
                 "networks": [
                     {
                         "id": "corp",
-                        "overlay": f"10.{w}.0.0/{corp}",
-                        "routes": [f"172.16.{w}.0/24"],
+                        "overlay": f"10.{o}.0.0/{corp}",
+                        "routes": [f"172.16.{o}.0/24"],
                         "exit": True,
                     },
                     {
                         "id": "lab",
-                        "overlay": [f"10.{w}.64.0/{lab}", f"fd00:{w:x}::/64"],
-                        "routes": [f"192.168.{w}.0/24"],
+                        "overlay": [f"10.{o}.64.0/{lab}", f"fd00:{o:x}::/64"],
+                        "routes": [f"192.168.{o}.0/24"],
                         "nat": False,
                         "gateways": {"policy": "manual", "manual": list(reversed(gws))},
                     },
@@ -95,7 +98,7 @@ def generate(nodes: int, per_workspace: int = 200, gateways: int = 2, gateway_ke
                         "region": ["eu", "us"][g % 2],
                         "networks": ["corp", "lab"],
                         "roles": ["ingress", "egress", "exit"],
-                        "endpoint": f"198.18.{w}.{g + 1}:51820",
+                        "endpoint": f"198.{18 + (w >> 16)}.{(w >> 8) & 255}.{w & 255}:{51820 + g}",
                         "listen_port": 51820,
                     }
                     for g in range(len(gws))

@@ -17,6 +17,8 @@ pub mod authz;
 pub mod docs;
 pub mod incremental;
 pub mod object;
+pub mod verdict;
+pub mod write;
 
 pub use audit::{AuditEntry, AuditObject};
 pub use authz::{authorize, Action, Decision, Principal, Target};
@@ -29,3 +31,4 @@ pub use object::{
     apply, current_revision, revision, Applied, Edit, EditError, ObjectKind, ObjectRef,
     Precondition, Touched,
 };
+pub use write::{handle_write, Prepared, StoredDocuments, WriteError};

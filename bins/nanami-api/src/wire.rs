@@ -227,20 +227,7 @@ pub struct NetworkHealth {
     pub targets: BTreeMap<std::net::IpAddr, TargetHealth>,
 }
 
-/// A network's forwarding-path verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PathHealth {
-    /// Probes succeed (or have not failed long enough to say otherwise).
-    Healthy,
-    /// Every target failed for several rounds in a row: clients should use
-    /// another gateway for this network.
-    Unhealthy,
-    /// Nothing certain yet (the daemon just started) or the daemon cannot probe
-    /// (no `CAP_NET_RAW`, no socket for the family): the manager keeps its previous
-    /// verdict, healthy when it has none.
-    Unknown,
-}
+pub use nanami_control::verdict::PathHealth;
 
 /// One probe target's latest result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,16 +29,16 @@ use nanami_api::wire::{
     GenerationFork, Liveness, ObservedRecord, ObservedReport, PathHealth, RegionView, Subject,
     TopologyResponse, WorkspaceView, WriteResponse,
 };
-use nanami_control::incremental::to_json;
+use nanami_control::verdict::{handle_tick, reported_unhealthy, unhealthy_pairs};
 use nanami_control::{
-    compile_changed, gateways_in_scope, Applied, Compiled, Docs, Edit, EditError, ObjectKind,
-    Precondition, Principal, Scope, Touched,
+    compile_changed, gateways_in_scope, Compiled, Docs, Edit, EditError, Precondition, Principal,
+    Scope, WriteError,
 };
 use nanami_model::doc::{RegionDoc, WorkspaceDoc};
 use nanami_model::{
-    compile_node, compile_workspace_nodes, explain_gateway, explain_node, health_targets, Document,
-    ExplainError, GatewayExplanation, GatewayId, GatewayState, Health, NetworkId, NodeConfig,
-    NodeExplanation, NodeId, PublicKey, Topology, WorkspaceId,
+    compile_node, compile_workspace_nodes, explain_gateway, explain_node, Document, ExplainError,
+    GatewayExplanation, GatewayId, GatewayState, Health, NetworkId, NodeConfig, NodeExplanation,
+    NodeId, PublicKey, Topology, WorkspaceId,
 };
 use tokio::sync::watch;
 use tracing::{info, info_span, warn};
@@ -193,7 +193,10 @@ struct Inner {
     /// (gateway, network) pairs whose forwarding path the gateway's latest report
     /// says is down, for online gateways only (see [`unhealthy_pairs`]).
     unhealthy: BTreeSet<(GatewayId, NetworkId)>,
-    last_seen: BTreeMap<GatewayId, Instant>,
+    /// When each gateway was last heard from, in [`Manager::clock_ms`].
+    last_seen: BTreeMap<GatewayId, u64>,
+    /// Each gateway's latest forwarding-path verdicts (from its latest report).
+    paths: BTreeMap<GatewayId, BTreeMap<NetworkId, PathHealth>>,
     observed: BTreeMap<GatewayId, ObservedRecord>,
     keys: BTreeMap<GatewayId, PublicKey>,
     /// Client configurations compiled since the last change, by workspace (one
@@ -311,6 +314,8 @@ pub struct Manager {
     write: Mutex<()>,
     inner: Mutex<Inner>,
     epoch: watch::Sender<u64>,
+    /// The origin of [`Manager::clock_ms`].
+    started: Instant,
     /// Counters for `/metrics`.
     pub counters: Counters,
 }
@@ -346,49 +351,12 @@ pub fn config_version(config: &NodeConfig) -> String {
     hex16(&Sha256::digest(&json))
 }
 
-/// The networks whose forwarding path `gateway`'s `report` says is down, among
-/// those it probes now (a stale verdict about a network it no longer probes does
-/// not count). A network the report says nothing certain about (`unknown`, or
-/// absent: a daemon that just started has not finished a round) keeps its verdict
-/// in `before`, so a daemon restart does not bounce clients back to a gateway whose
-/// path is still down.
-fn reported_unhealthy(
-    topology: &Topology,
-    gateway: &GatewayId,
-    report: &ObservedReport,
-    before: &BTreeSet<(GatewayId, NetworkId)>,
-) -> BTreeSet<NetworkId> {
-    health_targets(topology, gateway)
-        .into_keys()
-        .filter(
-            |network| match report.health.get(network).map(|h| h.state) {
-                Some(PathHealth::Unhealthy) => true,
-                Some(PathHealth::Healthy) => false,
-                Some(PathHealth::Unknown) | None => {
-                    before.contains(&(gateway.clone(), network.clone()))
-                }
-            },
-        )
-        .collect()
-}
-
-/// [`Health::unhealthy`] from the latest reports (see [`reported_unhealthy`]; the
-/// verdicts in force are `before`), for gateways that are online: an offline
-/// gateway's last report is stale, and it is out anyway.
-fn unhealthy_pairs(
-    topology: &Topology,
-    observed: &BTreeMap<GatewayId, ObservedRecord>,
-    offline: &BTreeSet<GatewayId>,
-    before: &BTreeSet<(GatewayId, NetworkId)>,
-) -> BTreeSet<(GatewayId, NetworkId)> {
-    observed
+/// A report's forwarding-path verdicts.
+fn path_verdicts(report: &ObservedReport) -> BTreeMap<NetworkId, PathHealth> {
+    report
+        .health
         .iter()
-        .filter(|(gateway, _)| !offline.contains(*gateway) && topology.gateway(gateway).is_some())
-        .flat_map(|(gateway, record)| {
-            reported_unhealthy(topology, gateway, &record.report, before)
-                .into_iter()
-                .map(move |network| (gateway.clone(), network))
-        })
+        .map(|(network, h)| (network.clone(), h.state))
         .collect()
 }
 
@@ -465,59 +433,6 @@ fn docs_of(stored: &StoredTopology) -> Result<Docs, StoreError> {
     Ok(Docs::new(regions, workspaces))
 }
 
-/// What of the documents a write stores.
-struct StoredDocuments {
-    catalog: Option<String>,
-    workspaces: Vec<(String, Option<String>)>,
-    replace_all: bool,
-}
-
-/// The catalog and workspace rows `applied` changes: all of them for an import,
-/// the catalog for a region, the touched workspaces otherwise.
-fn stored_documents(applied: &Applied) -> Result<StoredDocuments, ManagerError> {
-    let json = |w: &WorkspaceDoc| {
-        to_json(w, "a workspace document").map_err(|e| ManagerError::Compile(e.to_string()))
-    };
-    let catalog = || {
-        to_json(applied.docs.regions.as_ref(), "the region catalog")
-            .map_err(|e| ManagerError::Compile(e.to_string()))
-    };
-    Ok(match applied.object.kind {
-        ObjectKind::Topology => StoredDocuments {
-            catalog: Some(catalog()?),
-            workspaces: applied
-                .docs
-                .workspaces
-                .iter()
-                .map(|(id, w)| Ok((id.clone(), Some(json(w)?))))
-                .collect::<Result<_, ManagerError>>()?,
-            replace_all: true,
-        },
-        ObjectKind::Region => StoredDocuments {
-            catalog: Some(catalog()?),
-            workspaces: Vec::new(),
-            replace_all: false,
-        },
-        ObjectKind::Workspace | ObjectKind::Network | ObjectKind::Node | ObjectKind::Gateway => {
-            let ids = match &applied.touched {
-                Touched::Workspaces(ids) => ids.iter().cloned().collect(),
-                Touched::All => Vec::new(),
-            };
-            StoredDocuments {
-                catalog: None,
-                workspaces: ids
-                    .into_iter()
-                    .map(|id| {
-                        let doc = applied.docs.workspace(&id).map(json).transpose()?;
-                        Ok((id, doc))
-                    })
-                    .collect::<Result<_, ManagerError>>()?,
-                replace_all: false,
-            }
-        }
-    })
-}
-
 /// What a change must store: the rows still unpersisted and the new ones.
 fn rows_to_store(
     unpersisted: BTreeMap<GatewayId, GatewayRow>,
@@ -535,7 +450,8 @@ impl Manager {
     /// period of grace from now (the manager, not they, was away).
     pub fn load(store: Arc<dyn Store>, health: HealthConfig) -> Result<Self, ManagerError> {
         let snap = store.load()?;
-        let now = Instant::now();
+        let started = Instant::now();
+        let now = 0;
         let mut inner = Inner {
             offline: snap.offline,
             keys: snap.gateway_keys,
@@ -547,6 +463,7 @@ impl Manager {
         for (id, (at, report)) in snap.observed {
             match serde_json::from_str::<ObservedReport>(&report) {
                 Ok(report) => {
+                    inner.paths.insert(id.clone(), path_verdicts(&report));
                     inner.observed.insert(
                         id,
                         ObservedRecord {
@@ -571,7 +488,7 @@ impl Manager {
                 }
             }
             inner.unhealthy =
-                unhealthy_pairs(&topology, &inner.observed, &inner.offline, &BTreeSet::new());
+                unhealthy_pairs(&topology, &inner.paths, &inner.offline, &BTreeSet::new());
             inner.in_topology = topology.gateway_count();
             inner.topology = Some(Arc::new(topology));
             inner.docs = docs;
@@ -593,8 +510,15 @@ impl Manager {
             write: Mutex::new(()),
             inner: Mutex::new(inner),
             epoch,
+            started,
             counters: Counters::default(),
         })
+    }
+
+    /// Milliseconds since the manager loaded, on the monotonic clock: the time
+    /// heartbeats are judged in.
+    fn clock_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -712,65 +636,27 @@ impl Manager {
         let _span = info_span!("write", %object, by = writer.principal.kind()).entered();
         let revoke = revoked_by(&edit);
         let _write = self.write_lock();
-        // An import is validated whole (its text may hold what the documents
-        // cannot: duplicate ids, unknown fields, another version).
-        let imported = if let Edit::Import(document) = &edit {
-            Some(Topology::from_document(document).map_err(invalid)?)
-        } else {
-            None
-        };
         let (before_docs, before) = {
             let inner = self.lock();
             (inner.docs.clone(), inner.topology.clone())
         };
-        let applied =
-            nanami_control::apply(&before_docs, edit, precondition).map_err(|e| match e {
-                EditError::PreconditionFailed { ref current, .. } => {
-                    ManagerError::PreconditionFailed {
-                        message: e.to_string(),
-                        current: current.clone(),
+        let prepared =
+            nanami_control::handle_write(&before_docs, before.as_deref(), edit, precondition)
+                .map_err(|e| {
+                    let message = e.to_string();
+                    match e {
+                        WriteError::Edit(EditError::PreconditionFailed { current, .. }) => {
+                            ManagerError::PreconditionFailed { message, current }
+                        }
+                        WriteError::Edit(EditError::NotFound(_)) => ManagerError::NotFound(message),
+                        WriteError::Invalid(e) => invalid(e),
                     }
-                }
-                e @ EditError::NotFound(_) => ManagerError::NotFound(e.to_string()),
-            })?;
-        let touched: BTreeSet<WorkspaceId> = match &applied.touched {
-            Touched::All => BTreeSet::new(),
-            Touched::Workspaces(ids) => ids
-                .iter()
-                .filter_map(|id| WorkspaceId::new(id).ok())
-                .collect(),
-        };
-        let topology = match (imported, &applied.touched) {
-            (Some(topology), _) => topology,
-            (None, Touched::All) => {
-                Topology::from_document(&applied.docs.to_document()).map_err(invalid)?
-            }
-            // A change inside workspaces: those are validated against the rest,
-            // which is not looked at again.
-            (None, Touched::Workspaces(ids)) => {
-                let mut t = match before.as_deref() {
-                    Some(t) => t.clone(),
-                    None => {
-                        Topology::from_document(&Docs::default().to_document()).map_err(invalid)?
-                    }
-                };
-                for id in ids {
-                    t = match (applied.docs.workspace(id), WorkspaceId::new(id)) {
-                        (Some(ws), _) => t.with_workspace(ws).map_err(invalid)?,
-                        (None, Ok(id)) => t.without_workspace(&id),
-                        (None, Err(_)) => t,
-                    };
-                }
-                t
-            }
-        };
-        let scope = match applied.touched {
-            Touched::All => Scope::All,
-            Touched::Workspaces(_) => Scope::Workspaces(&touched),
-        };
+                })?;
+        let topology = &prepared.topology;
+        let scope = prepared.scope();
         let (ids, known, health, unpersisted) = {
             let inner = self.lock();
-            let ids = gateways_in_scope(scope, before.as_deref(), &topology, inner.gateways.keys());
+            let ids = prepared.gateways(before.as_deref(), inner.gateways.keys());
             let known: BTreeMap<GatewayId, (u64, String)> = ids
                 .iter()
                 .filter_map(|id| {
@@ -786,23 +672,18 @@ impl Manager {
                 .cloned()
                 .collect();
             let unhealthy = match scope {
-                Scope::All => {
-                    unhealthy_pairs(&topology, &inner.observed, &offline, &inner.unhealthy)
-                }
+                Scope::All => unhealthy_pairs(topology, &inner.paths, &offline, &inner.unhealthy),
                 // Only the gateways in scope can have changed what they probe.
                 Scope::Workspaces(_) => {
-                    let observed: BTreeMap<GatewayId, ObservedRecord> = ids
-                        .iter()
-                        .filter_map(|g| Some((g.clone(), inner.observed.get(g)?.clone())))
-                        .collect();
+                    let in_scope = ids.iter().filter_map(|g| Some((g, inner.paths.get(g)?)));
                     inner
                         .unhealthy
                         .iter()
                         .filter(|(g, _)| !ids.contains(g))
                         .cloned()
                         .chain(unhealthy_pairs(
-                            &topology,
-                            &observed,
+                            topology,
+                            in_scope,
                             &offline,
                             &inner.unhealthy,
                         ))
@@ -816,11 +697,14 @@ impl Manager {
                 inner.unpersisted.clone(),
             )
         };
-        let changed = compile_changed(&known, &ids, &topology, &health)
+        let changed = compile_changed(&known, &ids, topology, &health)
             .map_err(|e| ManagerError::Compile(e.to_string()))?;
         let rows = rows_to_store(unpersisted, &changed);
-        let stored = stored_documents(&applied)?;
-        let audit = AuditEntry::new(&applied, &writer.principal, &writer.credential_id, now_ms());
+        let applied = &prepared.applied;
+        let stored = prepared
+            .stored()
+            .map_err(|e| ManagerError::Compile(e.to_string()))?;
+        let audit = AuditEntry::new(applied, &writer.principal, &writer.credential_id, now_ms());
         // A change that cannot be stored is refused whole: nothing changes.
         let revision = self.store.put_topology(&TopologyWrite {
             topology_changed: !applied.is_noop(),
@@ -845,7 +729,13 @@ impl Manager {
             .into_iter()
             .map(|(id, (row, peers))| (id, Entry::new(row, peers)))
             .collect();
-        let now = Instant::now();
+        let now = self.clock_ms();
+        if revision != self.lock().revision {
+            info!(revision, changed = entries.len(), diff = %applied.diff, "topology changed");
+        }
+        let nanami_control::Prepared {
+            applied, topology, ..
+        } = prepared;
         let mut inner = self.lock();
         // A gateway new to the topology gets one offline period of grace; one
         // known offline stays offline until it reports (a restart does not bring
@@ -854,9 +744,6 @@ impl Manager {
             if !health.offline.contains(id) {
                 inner.last_seen.entry(id.clone()).or_insert(now);
             }
-        }
-        if revision != inner.revision {
-            info!(revision, changed = entries.len(), diff = %applied.diff, "topology changed");
         }
         inner.offline = health.offline;
         inner.unhealthy = health.unhealthy;
@@ -881,20 +768,16 @@ impl Manager {
             let Some(topology) = inner.topology.clone() else {
                 return false;
             };
-            let now = Instant::now();
-            let limit = self.health.offline_after();
-            let offline: BTreeSet<GatewayId> = topology
-                .gateway_ids()
-                .filter(|id| {
-                    inner
-                        .last_seen
-                        .get(*id)
-                        .is_none_or(|seen| now.saturating_duration_since(*seen) > limit)
-                })
-                .cloned()
-                .collect();
-            let unhealthy = unhealthy_pairs(&topology, &inner.observed, &offline, &inner.unhealthy);
-            let changed_verdicts = offline != inner.offline || unhealthy != inner.unhealthy;
+            let limit = u64::try_from(self.health.offline_after().as_millis()).unwrap_or(u64::MAX);
+            let before = inner.health();
+            let (Health { offline, unhealthy }, changed_verdicts) = handle_tick(
+                &topology,
+                &inner.last_seen,
+                &inner.paths,
+                &before,
+                self.clock_ms(),
+                limit,
+            );
             if !changed_verdicts {
                 // Nothing new; retry storing what is served if the store failed.
                 if inner.unpersisted.is_empty() && !inner.offline_unpersisted {
@@ -1033,12 +916,15 @@ impl Manager {
         let (recheck, fork) = {
             let mut inner = self.lock();
             let fork = self.check_fork(&mut inner, gateway, &report, at);
-            inner.last_seen.insert(gateway.clone(), Instant::now());
+            let now = self.clock_ms();
+            inner.last_seen.insert(gateway.clone(), now);
+            let paths = path_verdicts(&report);
             let path_down = inner
                 .topology
                 .as_ref()
-                .map(|t| reported_unhealthy(t, gateway, &report, &inner.unhealthy))
+                .map(|t| reported_unhealthy(t, gateway, &paths, &inner.unhealthy))
                 .unwrap_or_default();
+            inner.paths.insert(gateway.clone(), paths);
             let known_down: BTreeSet<NetworkId> = inner
                 .unhealthy
                 .iter()
@@ -1806,15 +1692,13 @@ workspaces:
         let m = Manager::load(store.clone(), health).unwrap();
         m.put_topology(document()).unwrap();
         store.full.store(true, Ordering::Relaxed);
-        // Every gateway falls silent at once (no report within zero time).
-        let mut changed = false;
-        for _ in 0..1000 {
-            if m.health_tick() {
-                changed = true;
-                break;
-            }
+        // Every gateway falls silent at once (no report within zero time: the
+        // next millisecond of the manager's clock).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !m.health_tick() {
+            assert!(Instant::now() < deadline, "the silence took effect");
+            std::thread::sleep(Duration::from_millis(1));
         }
-        assert!(changed, "the silence took effect");
         let s = status_of(&m, "gw-a");
         assert_eq!(s.health, Liveness::Offline);
         assert!(s.store_error.unwrap().contains("full"));
