@@ -176,6 +176,9 @@ def build(machine: dict[str, str], values: dict[str, list[float]]) -> tuple[Tabl
           "answer, sent once the new generations are served; store write included), gateways whose generation "
           f"moved: {int(statistics.median(changed)) if changed else '?'} of {cn['gateways']:,}",
           "control.api_ms", "ms", "control.full_ms", "the whole recompile alone", "", cmd6)
+    t.row("6", "control: the same change's work in the manager alone (`Manager::write`, no HTTP: validate, "
+          "compile, one SQLite transaction, publish)", "control.manager_ms", "ms", "control.full_ms",
+          "the whole recompile alone", "", cmd6)
     load = t.get("control.load_ms")
     if load:
         notes.append(f"Item 6: loading the {cn['nodes']:,}-node topology into the manager (one import: whole "

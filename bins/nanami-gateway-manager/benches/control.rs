@@ -9,6 +9,9 @@
 //!   in-process manager (SQLite store on disk), from the request to its answer,
 //!   which comes once the new generations are served; `api_changed`: the gateways
 //!   whose generation it bumped.
+//! - `manager_ms`: the same request's work in the manager alone (`Manager::write`
+//!   for another client of the same workspace, no HTTP): validation, compile,
+//!   the SQLite transaction, publishing.
 //! - `incremental_ms`: the compile work of that change: validating the one
 //!   workspace against the rest and compiling its gateways (what the manager does).
 //! - `full_ms`: the same change as a whole-topology recompile: validating the
@@ -135,18 +138,19 @@ async fn bench(runs: usize, file: &str) {
     let ids: Vec<String> = docs.workspaces.keys().cloned().collect();
     let (mut api, mut api_changed, mut incremental, mut full, mut full_changed) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let mut in_manager = vec![];
     for run in 0..runs {
         // A different workspace each run, its first active client.
         let ws = &ids[(run * 7919 + 17) % ids.len()];
-        let node = docs
+        let mut clients = docs
             .workspace(ws)
             .unwrap()
             .nodes
             .iter()
-            .find(|n| n.status == "active" && !n.id.contains("-gw-"))
-            .unwrap()
-            .id
-            .clone();
+            .filter(|n| n.status == "active" && !n.id.contains("-gw-"))
+            .map(|n| n.id.clone());
+        let node = clients.next().unwrap();
+        let other = clients.next().unwrap();
 
         // 1. Through the API.
         let t0 = Instant::now();
@@ -156,6 +160,23 @@ async fn bench(runs: usize, file: &str) {
             .unwrap();
         api.push(ms(t0.elapsed()));
         api_changed.push(written.changed.len().to_string());
+
+        // The manager's own share, without HTTP, on another client (it is
+        // enabled again below, so the in-process figures see one change).
+        let platform = nanami_gateway_manager::manager::Writer::local();
+        let status = |status: &str| nanami_control::Edit::SetNodeStatus {
+            workspace: ws.clone(),
+            node: other.clone(),
+            status: status.to_owned(),
+        };
+        let t0 = Instant::now();
+        manager
+            .write(&platform, status("disabled"), &Precondition::Any)
+            .unwrap();
+        in_manager.push(ms(t0.elapsed()));
+        manager
+            .write(&platform, status("active"), &Precondition::Any)
+            .unwrap();
 
         // The same change, in process.
         docs.workspace_mut(ws)
@@ -203,6 +224,7 @@ async fn bench(runs: usize, file: &str) {
     }
     println!("api_ms={}", join(&api));
     println!("api_changed={}", join(&api_changed));
+    println!("manager_ms={}", join(&in_manager));
     println!("incremental_ms={}", join(&incremental));
     println!("full_ms={}", join(&full));
     println!("full_changed={}", join(&full_changed));
