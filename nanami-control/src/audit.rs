@@ -128,9 +128,8 @@ pub fn diff(old: Option<&serde_json::Value>, new: Option<&serde_json::Value>) ->
 /// A short description of a whole-document change: whether the catalog changed,
 /// and which workspaces were created, changed or deleted.
 pub fn document_diff(old: &Document, new: &Document) -> String {
-    let ids = |d: &Document| -> BTreeSet<String> {
-        d.workspaces.iter().map(|w| w.id.clone()).collect()
-    };
+    let ids =
+        |d: &Document| -> BTreeSet<String> { d.workspaces.iter().map(|w| w.id.clone()).collect() };
     let (before, after) = (ids(old), ids(new));
     let find = |d: &Document, id: &str| d.workspaces.iter().find(|w| w.id == id).cloned();
     let created: Vec<&String> = after.difference(&before).collect();

@@ -301,7 +301,11 @@ mod tests {
             assert_eq!(authorize(&me, action, own), Decision::Allow, "{action:?}");
         }
         for action in [A::WriteWorkspace, A::MintCredential, A::ImportTopology] {
-            assert_eq!(authorize(&me, action, own), Decision::Forbidden, "{action:?}");
+            assert_eq!(
+                authorize(&me, action, own),
+                Decision::Forbidden,
+                "{action:?}"
+            );
         }
         for action in ALL {
             assert_eq!(
@@ -351,7 +355,11 @@ mod tests {
                 Decision::Allow
             };
             assert_eq!(
-                authorize(&Principal::Platform, action, Target::Gateway(&gw, Some(&acme))),
+                authorize(
+                    &Principal::Platform,
+                    action,
+                    Target::Gateway(&gw, Some(&acme))
+                ),
                 expected,
                 "{action:?}"
             );
@@ -365,7 +373,11 @@ mod tests {
         let other = GatewayId::new("gw-2").expect("valid id");
         let gateway = Principal::Gateway(me.clone());
         assert_eq!(
-            authorize(&gateway, A::ReportObserved, Target::Gateway(&me, Some(&acme))),
+            authorize(
+                &gateway,
+                A::ReportObserved,
+                Target::Gateway(&me, Some(&acme))
+            ),
             Decision::Allow
         );
         assert_eq!(
@@ -374,7 +386,11 @@ mod tests {
             "a gateway removed from the topology still reads its (empty) state"
         );
         assert_eq!(
-            authorize(&gateway, A::ReadDesired, Target::Gateway(&other, Some(&acme))),
+            authorize(
+                &gateway,
+                A::ReadDesired,
+                Target::Gateway(&other, Some(&acme))
+            ),
             Decision::Forbidden
         );
         let n1 = NodeId::new("n-1").expect("valid id");

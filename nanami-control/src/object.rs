@@ -261,11 +261,7 @@ pub fn current_revision(doc: &Document, object: &ObjectRef) -> Option<String> {
     let ws = || workspace(doc, object.workspace.as_deref().unwrap_or_default());
     match object.kind {
         ObjectKind::Topology => Some(revision(doc)),
-        ObjectKind::Region => doc
-            .regions
-            .iter()
-            .find(|r| r.id == object.id)
-            .map(revision),
+        ObjectKind::Region => doc.regions.iter().find(|r| r.id == object.id).map(revision),
         ObjectKind::Workspace => workspace(doc, &object.id).map(workspace_revision),
         ObjectKind::Network => ws()?
             .networks
@@ -364,23 +360,19 @@ fn json_of(doc: &Document, object: &ObjectRef) -> Option<serde_json::Value> {
         ObjectKind::Topology => None,
         ObjectKind::Region => doc.regions.iter().find(|r| r.id == object.id).map(value),
         ObjectKind::Workspace => workspace(doc, &object.id).map(|w| value(&w.spec())),
-        ObjectKind::Network => ws()?
-            .networks
-            .iter()
-            .find(|n| n.id == object.id)
-            .map(value),
+        ObjectKind::Network => ws()?.networks.iter().find(|n| n.id == object.id).map(value),
         ObjectKind::Node => ws()?.nodes.iter().find(|n| n.id == object.id).map(value),
-        ObjectKind::Gateway => ws()?
-            .gateways
-            .iter()
-            .find(|g| g.id == object.id)
-            .map(value),
+        ObjectKind::Gateway => ws()?.gateways.iter().find(|g| g.id == object.id).map(value),
     }
 }
 
 /// Applies `edit` to `doc` if `precondition` holds for the object it changes.
 /// The result is not validated yet.
-pub fn apply(doc: &Document, edit: Edit, precondition: &Precondition) -> Result<Applied, EditError> {
+pub fn apply(
+    doc: &Document,
+    edit: Edit,
+    precondition: &Precondition,
+) -> Result<Applied, EditError> {
     let object = edit.object();
     let old_revision = current_revision(doc, &object);
     if !precondition.holds(old_revision.as_deref()) {
@@ -448,20 +440,40 @@ pub fn apply(doc: &Document, edit: Edit, precondition: &Precondition) -> Result<
         }
         Edit::PutNetwork(ws, n) => {
             let id = n.id.clone();
-            put(&mut workspace_mut(&mut new, &ws)?.networks, &id, |n| &n.id, Some(n));
+            put(
+                &mut workspace_mut(&mut new, &ws)?.networks,
+                &id,
+                |n| &n.id,
+                Some(n),
+            );
             Touched::Workspaces(BTreeSet::from([ws]))
         }
         Edit::DeleteNetwork(ws, id) => {
-            put(&mut workspace_mut(&mut new, &ws)?.networks, &id, |n| &n.id, None);
+            put(
+                &mut workspace_mut(&mut new, &ws)?.networks,
+                &id,
+                |n| &n.id,
+                None,
+            );
             Touched::Workspaces(BTreeSet::from([ws]))
         }
         Edit::PutNode(ws, n) => {
             let id = n.id.clone();
-            put(&mut workspace_mut(&mut new, &ws)?.nodes, &id, |n| &n.id, Some(n));
+            put(
+                &mut workspace_mut(&mut new, &ws)?.nodes,
+                &id,
+                |n| &n.id,
+                Some(n),
+            );
             Touched::Workspaces(BTreeSet::from([ws]))
         }
         Edit::DeleteNode(ws, id) => {
-            put(&mut workspace_mut(&mut new, &ws)?.nodes, &id, |n| &n.id, None);
+            put(
+                &mut workspace_mut(&mut new, &ws)?.nodes,
+                &id,
+                |n| &n.id,
+                None,
+            );
             Touched::Workspaces(BTreeSet::from([ws]))
         }
         Edit::SetNodeStatus {
@@ -494,11 +506,21 @@ pub fn apply(doc: &Document, edit: Edit, precondition: &Precondition) -> Result<
         }
         Edit::PutGateway(ws, g) => {
             let id = g.id.clone();
-            put(&mut workspace_mut(&mut new, &ws)?.gateways, &id, |g| &g.id, Some(g));
+            put(
+                &mut workspace_mut(&mut new, &ws)?.gateways,
+                &id,
+                |g| &g.id,
+                Some(g),
+            );
             Touched::Workspaces(BTreeSet::from([ws]))
         }
         Edit::DeleteGateway(ws, id) => {
-            put(&mut workspace_mut(&mut new, &ws)?.gateways, &id, |g| &g.id, None);
+            put(
+                &mut workspace_mut(&mut new, &ws)?.gateways,
+                &id,
+                |g| &g.id,
+                None,
+            );
             Touched::Workspaces(BTreeSet::from([ws]))
         }
         Edit::Import(document) => {

@@ -219,7 +219,11 @@ impl Client {
 
     /// A page of the audit trail this credential may read: entries after `after`
     /// (from the start when `None`), at most `limit` (the manager caps it).
-    pub async fn audit(&self, after: Option<u64>, limit: Option<u32>) -> Result<AuditPage, ApiError> {
+    pub async fn audit(
+        &self,
+        after: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<AuditPage, ApiError> {
         let mut path = "/v1/oversight/audit".to_owned();
         let mut sep = '?';
         if let Some(after) = after {

@@ -706,7 +706,9 @@ async fn node_access(
 }
 
 async fn operator_only(app: &App, headers: &HeaderMap) -> Result<(), ApiErr> {
-    platform(app, headers, Action::ReadOversight).await.map(drop)
+    platform(app, headers, Action::ReadOversight)
+        .await
+        .map(drop)
 }
 
 async fn oversight_regions(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {

@@ -34,9 +34,9 @@ use nanami_control::{
     Touched,
 };
 use nanami_model::{
-    compile_node, compile_workspace_nodes, explain_gateway, explain_node, health_targets,
-    Document, ExplainError, GatewayExplanation, GatewayId, GatewayState, Health, NetworkId,
-    NodeConfig, NodeExplanation, NodeId, PublicKey, Topology, WorkspaceId,
+    compile_node, compile_workspace_nodes, explain_gateway, explain_node, health_targets, Document,
+    ExplainError, GatewayExplanation, GatewayId, GatewayState, Health, NetworkId, NodeConfig,
+    NodeExplanation, NodeId, PublicKey, Topology, WorkspaceId,
 };
 use tokio::sync::watch;
 use tracing::{info, info_span, warn};
@@ -177,7 +177,6 @@ impl Entry {
         self.row.generation
     }
 }
-
 
 #[derive(Default)]
 struct Inner {
@@ -650,19 +649,20 @@ impl Manager {
             workspaces: Vec::new(),
             unknown_fields: Vec::new(),
         };
-        let applied = nanami_control::apply(before_doc.as_deref().unwrap_or(&empty), edit, precondition)
-            .map_err(|e| match e {
-                EditError::PreconditionFailed { ref current, .. } => {
-                    ManagerError::PreconditionFailed {
-                        message: e.to_string(),
-                        current: current.clone(),
+        let applied =
+            nanami_control::apply(before_doc.as_deref().unwrap_or(&empty), edit, precondition)
+                .map_err(|e| match e {
+                    EditError::PreconditionFailed { ref current, .. } => {
+                        ManagerError::PreconditionFailed {
+                            message: e.to_string(),
+                            current: current.clone(),
+                        }
                     }
-                }
-                e @ EditError::NotFound(_) => ManagerError::NotFound(e.to_string()),
-                // `EditError` is non_exhaustive: a new reason is still a refusal.
-                #[allow(clippy::wildcard_enum_match_arm)]
-                e => ManagerError::BadRequest(e.to_string()),
-            })?;
+                    e @ EditError::NotFound(_) => ManagerError::NotFound(e.to_string()),
+                    // `EditError` is non_exhaustive: a new reason is still a refusal.
+                    #[allow(clippy::wildcard_enum_match_arm)]
+                    e => ManagerError::BadRequest(e.to_string()),
+                })?;
         let topology = Topology::from_document(&applied.document).map_err(invalid)?;
         let touched: BTreeSet<WorkspaceId> = match &applied.touched {
             Touched::All => BTreeSet::new(),
@@ -710,8 +710,9 @@ impl Manager {
             document: &document_json,
             now_ms: audit.at_unix_ms,
             changed: &rows,
-            audit: (!applied.is_noop() || matches!(object.kind, nanami_control::ObjectKind::Topology))
-                .then_some(&audit),
+            audit: (!applied.is_noop()
+                || matches!(object.kind, nanami_control::ObjectKind::Topology))
+            .then_some(&audit),
             revoke: &revoke,
         })?;
         let response = WriteResponse {
@@ -1345,7 +1346,11 @@ impl Manager {
     /// The workspace node `id` is in, if the topology has it.
     pub fn node_workspace(&self, id: &NodeId) -> Option<WorkspaceId> {
         let inner = self.lock();
-        inner.topology.as_ref()?.node(id).map(|(ws, _)| ws.id.clone())
+        inner
+            .topology
+            .as_ref()?
+            .node(id)
+            .map(|(ws, _)| ws.id.clone())
     }
 
     /// Mints a credential for `workspace` (shown once; only its digest is stored),
@@ -1402,7 +1407,6 @@ impl Manager {
     ) -> Result<Vec<AuditEntry>, ManagerError> {
         Ok(self.store.audit(after, limit, workspace)?)
     }
-
 
     /// The topology revision in force.
     pub fn revision(&self) -> u64 {
@@ -1487,7 +1491,8 @@ mod tests {
             audit: &AuditEntry,
         ) -> Result<(), StoreError> {
             self.check()?;
-            self.inner.add_workspace_credential(workspace, digest, audit)
+            self.inner
+                .add_workspace_credential(workspace, digest, audit)
         }
         fn audit(
             &self,

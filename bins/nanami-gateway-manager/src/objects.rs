@@ -56,7 +56,9 @@ pub(crate) fn routes() -> Router<App> {
                 move |s: State<App>,
                       Path((ws, id)): Path<(String, String)>,
                       h: HeaderMap,
-                      b: Body| { put_one(s, h, ObjectRef::new(kind, Some(&ws), &id), b) },
+                      b: Body| {
+                    put_one(s, h, ObjectRef::new(kind, Some(&ws), &id), b)
+                },
             )
             .delete(
                 move |s: State<App>, Path((ws, id)): Path<(String, String)>, h: HeaderMap| {
@@ -78,9 +80,11 @@ pub(crate) fn routes() -> Router<App> {
             get(|s: State<App>, Path(id): Path<String>, h: HeaderMap| {
                 get_one(s, h, ObjectRef::new(K::Region, None, &id))
             })
-            .put(|s: State<App>, Path(id): Path<String>, h: HeaderMap, b: Body| {
-                put_one(s, h, ObjectRef::new(K::Region, None, &id), b)
-            })
+            .put(
+                |s: State<App>, Path(id): Path<String>, h: HeaderMap, b: Body| {
+                    put_one(s, h, ObjectRef::new(K::Region, None, &id), b)
+                },
+            )
             .delete(|s: State<App>, Path(id): Path<String>, h: HeaderMap| {
                 delete_one(s, h, ObjectRef::new(K::Region, None, &id))
             }),
@@ -94,9 +98,11 @@ pub(crate) fn routes() -> Router<App> {
             get(|s: State<App>, Path(ws): Path<String>, h: HeaderMap| {
                 get_one(s, h, ObjectRef::new(K::Workspace, Some(&ws), &ws))
             })
-            .put(|s: State<App>, Path(ws): Path<String>, h: HeaderMap, b: Body| {
-                put_one(s, h, ObjectRef::new(K::Workspace, Some(&ws), &ws), b)
-            })
+            .put(
+                |s: State<App>, Path(ws): Path<String>, h: HeaderMap, b: Body| {
+                    put_one(s, h, ObjectRef::new(K::Workspace, Some(&ws), &ws), b)
+                },
+            )
             .delete(|s: State<App>, Path(ws): Path<String>, h: HeaderMap| {
                 delete_one(s, h, ObjectRef::new(K::Workspace, Some(&ws), &ws))
             }),
@@ -159,10 +165,7 @@ fn authorize_object(
         ObjectKind::Region | ObjectKind::Topology => {
             authorized(app, caller, action, Target::Platform, object)
         }
-        ObjectKind::Workspace
-        | ObjectKind::Network
-        | ObjectKind::Node
-        | ObjectKind::Gateway => {
+        ObjectKind::Workspace | ObjectKind::Network | ObjectKind::Node | ObjectKind::Gateway => {
             let ws = existing(doc, object.workspace.as_deref());
             let name = object.workspace.clone().unwrap_or_default();
             authorized(
@@ -246,7 +249,11 @@ async fn list(
 /// Whether the authorization table lets `caller` read no workspace at all.
 fn caller_reads_no_workspace(caller: &Writer) -> bool {
     matches!(
-        nanami_control::authorize(&caller.principal, Action::ReadWorkspace, Target::Workspace(None)),
+        nanami_control::authorize(
+            &caller.principal,
+            Action::ReadWorkspace,
+            Target::Workspace(None)
+        ),
         nanami_control::Decision::Forbidden
     )
 }
@@ -366,7 +373,9 @@ fn parse_part<T: DeserializeOwned>(
 fn put_edit(app: &App, object: &ObjectRef, body: &[u8]) -> Result<Edit, ApiErr> {
     let ws = object.workspace.clone().unwrap_or_default();
     Ok(match object.kind {
-        ObjectKind::Region => Edit::PutRegion(parse_part::<RegionDoc>(app, object, body, |r| &r.id)?),
+        ObjectKind::Region => {
+            Edit::PutRegion(parse_part::<RegionDoc>(app, object, body, |r| &r.id)?)
+        }
         ObjectKind::Workspace => {
             Edit::PutWorkspace(parse_part::<WorkspaceSpec>(app, object, body, |w| &w.id)?)
         }
@@ -393,7 +402,10 @@ async fn commit(
     let written: WriteResponse =
         blocking(app, move |m| m.write(&caller, edit, &precondition)).await?;
     let revision = written.revision.clone();
-    Ok(with_etag(Json(written).into_response(), revision.as_deref()))
+    Ok(with_etag(
+        Json(written).into_response(),
+        revision.as_deref(),
+    ))
 }
 
 async fn put_one(
@@ -479,7 +491,10 @@ async fn mint_credential(
         ObjectRef::new(ObjectKind::Workspace, Some(&ws), &ws),
     )?;
     let Some(target) = target else {
-        return Err(missing(&doc, &ObjectRef::new(ObjectKind::Workspace, Some(&ws), &ws)));
+        return Err(missing(
+            &doc,
+            &ObjectRef::new(ObjectKind::Workspace, Some(&ws), &ws),
+        ));
     };
     let minted = blocking(&app, move |m| m.mint_workspace_credential(&caller, &target)).await?;
     Ok((StatusCode::CREATED, Json(minted)).into_response())

@@ -528,7 +528,11 @@ impl Store for SqliteStore {
              WHERE seq > ?1 AND (?2 IS NULL OR workspace = ?2) ORDER BY seq LIMIT ?3",
         )?;
         let rows = stmt.query_map(
-            params![to_i64(after), workspace.map(|w| w.as_str()), i64::from(limit)],
+            params![
+                to_i64(after),
+                workspace.map(|w| w.as_str()),
+                i64::from(limit)
+            ],
             |r| {
                 Ok(AuditEntry {
                     seq: to_u64(r.get(0)?),
