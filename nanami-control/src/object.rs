@@ -184,7 +184,6 @@ impl Edit {
 
 /// Why an edit was refused; nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum EditError {
     /// The object (or the workspace it would go in) does not exist.
     #[error("{0} does not exist")]

@@ -659,9 +659,6 @@ impl Manager {
                         }
                     }
                     e @ EditError::NotFound(_) => ManagerError::NotFound(e.to_string()),
-                    // `EditError` is non_exhaustive: a new reason is still a refusal.
-                    #[allow(clippy::wildcard_enum_match_arm)]
-                    e => ManagerError::BadRequest(e.to_string()),
                 })?;
         let topology = Topology::from_document(&applied.document).map_err(invalid)?;
         let touched: BTreeSet<WorkspaceId> = match &applied.touched {
