@@ -162,7 +162,14 @@ impl Env {
         Self::start_with_flags(tag, topology, &[]).await
     }
 
-    /// [`Env::start`] with `extra` flags on `serve`.
+    /// A manager with no topology file: driven through the API alone (a file
+    /// would be applied again at every start).
+    pub async fn start_api(tag: &str) -> Self {
+        Self::start_with_flags(tag, "", &[]).await
+    }
+
+    /// [`Env::start`] with `extra` flags on `serve` (no topology file when
+    /// `topology` is empty).
     pub async fn start_with_flags(tag: &str, topology: &str, extra: &[&str]) -> Self {
         log_buffer();
         let tmp = TempDir::new(tag);
@@ -174,7 +181,9 @@ impl Env {
             .status()
             .unwrap();
         assert!(status.success(), "manager init failed");
-        std::fs::write(tmp.0.join("topology.yaml"), topology).unwrap();
+        if !topology.is_empty() {
+            std::fs::write(tmp.0.join("topology.yaml"), topology).unwrap();
+        }
         let control = std::fs::read_to_string(mdir.join("control.token"))
             .unwrap()
             .trim()
@@ -252,11 +261,16 @@ pub async fn spawn_manager(
         .append(true)
         .open(log)
         .unwrap();
-    let child = Command::new(MANAGER)
+    let mut command = Command::new(MANAGER);
+    command
         .args(["serve", "--dir"])
         .arg(dir)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--topology"])
-        .arg(topology)
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    // Without a topology file the manager is driven through the API alone.
+    if topology.exists() {
+        command.arg("--topology").arg(topology);
+    }
+    let child = command
         .args([
             "--report-interval-ms",
             &REPORT_MS.to_string(),
