@@ -109,7 +109,8 @@ def test_two_writers_with_one_revision_exactly_one_wins_and_nothing_is_lost(mana
     start = manager.client().node("acme", "laptop-acme")
     writers = {
         "a": (manager.client(), {**start.object, "endpoints": ["198.51.100.1:51820"]}),
-        "b": (manager.client(), {**start.object, "exit": True}),
+        "b": (manager.client(),
+              {**start.object, "memberships": [{"network": "corp", "address": "100.80.0.50"}]}),
     }
     barrier = threading.Barrier(len(writers))
     outcomes = {}
@@ -152,7 +153,8 @@ def test_two_writers_with_one_revision_exactly_one_wins_and_nothing_is_lost(mana
             merged[k] = v
     client.put_node("acme", merged, if_match=now.revision)
     final = manager.client().node("acme", "laptop-acme").object
-    assert final["endpoints"] == ["198.51.100.1:51820"] and final["exit"] is True
+    assert final["endpoints"] == ["198.51.100.1:51820"]
+    assert final["memberships"] == [{"network": "corp", "address": "100.80.0.50"}]
 
 
 def test_an_invalid_write_raises_validation_error_with_the_local_issues(manager):
@@ -206,22 +208,29 @@ def globex_attempts(m: nanami.Manager, platform: nanami.Manager):
         "token for gateway": lambda: m.create_token(gateway="gw-globex"),
         "token for node": lambda: m.create_token(node="laptop-globex"),
         "mint credential": lambda: m.mint_workspace_credential("globex"),
-        # A workspace that does not exist reads the same as one that is hidden.
+        "change workspace": lambda: m.put_workspace(
+            {"id": "globex", "tenant": "globex-inc", "regions": ["eu", "us"]}),
+        "delete workspace": lambda: m.delete_workspace("globex"),
+        # A workspace that does not exist reads the same as one that is hidden, so
+        # creating one cannot tell whether its id is taken.
+        "create workspace": lambda: m.put_workspace(
+            {"id": "initech", "tenant": "initech", "regions": ["eu"]}),
         "get missing workspace": lambda: m.workspace("nowhere"),
         "list missing workspace": lambda: m.nodes("nowhere"),
     }
 
 
 def platform_attempts(m: nanami.Manager):
-    """Platform-scope writes: the region catalog and region access grants."""
+    """Platform scope: the region catalog, its own workspace's region access
+    grants, credentials, the whole document."""
     return {
+        "list regions": lambda: m.regions(),
+        "get region": lambda: m.region("eu"),
         "put region": lambda: m.put_region({"id": "eu", "state": "draining"}),
         "create region": lambda: m.put_region({"id": "ap", "state": "active"}),
         "delete region": lambda: m.delete_region("us"),
         "grant own workspace a region": lambda: m.put_workspace(
             {"id": "acme", "tenant": "acme-corp", "regions": ["eu", "us"]}),
-        "create workspace": lambda: m.put_workspace(
-            {"id": "initech", "tenant": "initech", "regions": ["eu"]}),
         "delete own workspace": lambda: m.delete_workspace("acme"),
         "mint own credential": lambda: m.mint_workspace_credential("acme"),
         "import topology": lambda: m.import_topology(documents.two_workspaces()),
@@ -257,6 +266,12 @@ def test_a_workspace_credential_cannot_see_or_touch_another_workspace(manager):
         except Exception as e:  # noqa: BLE001
             failures.append(f"{name}: {type(e).__name__}: {e}")
     assert failures == [], "\n".join(failures)
+    # Hidden reads exactly like missing.
+    with pytest.raises(nanami.ObjectNotFoundError) as hidden:
+        acme.node("globex", "x")
+    with pytest.raises(nanami.ObjectNotFoundError) as missing:
+        acme.node("nowhere", "x")
+    assert str(hidden.value).replace("globex", "X") == str(missing.value).replace("nowhere", "X")
 
     # It sees that only its own workspace exists, and works in it.
     assert [w.id for w in acme.workspaces()] == ["acme"]
@@ -351,7 +366,7 @@ def test_audit_pages(manager):
 def test_repr_never_shows_the_credential(manager):
     m = manager.client()
     assert manager.platform_credential not in repr(m)
-    assert repr(m) == f"Manager({manager.url!r}, credential=<platform>)".replace("'", '"')
+    assert repr(m) == f"Manager({manager.url!r}, credential=<platform>)"
     w = manager.client(m.mint_workspace_credential("acme"))
     assert "<workspace>" in repr(w)
 

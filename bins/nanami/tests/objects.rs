@@ -118,6 +118,11 @@ impl Manager {
         self.nanami_as(&self.dir.join("manager/control.token"), args)
     }
 
+    /// [`Manager::nanami`] with `command`'s words as the arguments.
+    fn run(&self, command: &str) -> Output {
+        self.nanami(&command.split_whitespace().collect::<Vec<_>>())
+    }
+
     fn file(&self, name: &str, text: &str) -> String {
         let path = self.dir.join(name);
         std::fs::write(&path, text).unwrap();
@@ -150,6 +155,18 @@ fn json(out: &Output) -> Value {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts `out` is a failed precondition (exit 3) naming `current` as the
+/// object's revision now; its message.
+fn conflict(out: &Output, current: &str) -> String {
+    let message = stderr(out);
+    assert_eq!(out.status.code(), Some(3), "{message}");
+    assert!(
+        message.contains(&format!("its revision is now {current}")),
+        "{message}"
+    );
+    message
 }
 
 fn key() -> String {
@@ -204,7 +221,7 @@ fn get_apply_delete_and_node_requests_with_revisions() {
     setup(&m);
 
     // get: a table, or JSON with revisions.
-    let table = ok(&m.nanami(&["get", "nodes", "--workspace", "acme"]));
+    let table = ok(&m.run("get nodes --workspace acme"));
     let header = table.lines().next().unwrap();
     for column in ["ID", "STATUS", "NETWORKS", "PUBLIC KEY", "REVISION"] {
         assert!(header.contains(column), "{table}");
@@ -215,7 +232,7 @@ fn get_apply_delete_and_node_requests_with_revisions() {
             .any(|l| l.starts_with("laptop-1") && l.contains("active") && l.contains("corp")),
         "{table}"
     );
-    let list = json(&m.nanami(&["get", "node", "--workspace", "acme", "--json"]));
+    let list = json(&m.run("get node --workspace acme --json"));
     let ids: Vec<&str> = list["items"]
         .as_array()
         .unwrap()
@@ -223,16 +240,16 @@ fn get_apply_delete_and_node_requests_with_revisions() {
         .map(|i| i["object"]["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["gw-a", "laptop-1"]);
-    let regions = ok(&m.nanami(&["get", "regions"]));
+    let regions = ok(&m.run("get regions"));
     assert!(
         regions.lines().nth(1).unwrap().starts_with("lab"),
         "{regions}"
     );
-    let one = json(&m.nanami(&["get", "workspace", "acme", "--json"]));
+    let one = json(&m.run("get workspace acme --json"));
     assert_eq!(one["object"]["tenant"], "acme-corp");
 
     // apply with --if-match: the current revision wins, a stale one exits 3.
-    let start = json(&m.nanami(&["get", "node", "laptop-1", "--workspace", "acme", "--json"]));
+    let start = json(&m.run("get node laptop-1 --workspace acme --json"));
     let r0 = start["revision"].as_str().unwrap().to_owned();
     let mut object = start["object"].clone();
     object["endpoints"] = serde_json::json!(["198.51.100.7:51820"]);
@@ -240,110 +257,68 @@ fn get_apply_delete_and_node_requests_with_revisions() {
         "change.json",
         &serde_json::json!({"kind": "node", "workspace": "acme", "object": object}).to_string(),
     );
-    let out = json(&m.nanami(&["apply", "-f", &change, "--if-match", &r0, "--json"]));
+    let out = json(&m.run(&format!("apply -f {change} --if-match {r0} --json")));
     let r1 = out[0]["revision"].as_str().unwrap().to_owned();
     assert_ne!(r0, r1);
     assert_eq!(revision(&m, "node", "laptop-1"), r1);
 
-    let stale = m.nanami(&["apply", "-f", &change, "--if-match", &r0]);
-    assert_eq!(stale.status.code(), Some(3), "{}", stderr(&stale));
-    let message = stderr(&stale);
+    let message = conflict(&m.run(&format!("apply -f {change} --if-match {r0}")), &r1);
     assert!(
         message.starts_with("conflict: applying node laptop-1 of workspace acme"),
         "{message}"
     );
-    assert!(
-        message.contains(&format!("its revision is now {r1}")),
-        "{message}"
-    );
     // --create-only on an existing object is the same conflict.
-    let exists = m.nanami(&["apply", "-f", &change, "--create-only"]);
-    assert_eq!(exists.status.code(), Some(3), "{}", stderr(&exists));
+    conflict(&m.run(&format!("apply -f {change} --create-only")), &r1);
 
     // Node requests.
-    let stale = m.nanami(&[
-        "node",
-        "disable",
-        "laptop-1",
-        "--workspace",
-        "acme",
-        "--if-match",
-        &r0,
-    ]);
-    assert_eq!(stale.status.code(), Some(3), "{}", stderr(&stale));
-    assert!(stderr(&stale).contains(&format!("its revision is now {r1}")));
-    let text = ok(&m.nanami(&[
-        "node",
-        "disable",
-        "laptop-1",
-        "--workspace",
-        "acme",
-        "--if-match",
+    conflict(
+        &m.run(&format!(
+            "node disable laptop-1 --workspace acme --if-match {r0}"
+        )),
         &r1,
-    ]));
+    );
+    let text = ok(&m.run(&format!(
+        "node disable laptop-1 --workspace acme --if-match {r1}"
+    )));
     assert!(
         text.starts_with("node laptop-1 of workspace acme: revision"),
         "{text}"
     );
     assert!(text.contains("changed: gw-a (generation"), "{text}");
-    let table = ok(&m.nanami(&["get", "node", "laptop-1", "--workspace", "acme"]));
+    let table = ok(&m.run("get node laptop-1 --workspace acme"));
     assert!(
         table.lines().nth(1).unwrap().contains("disabled"),
         "{table}"
     );
-    let enabled = json(&m.nanami(&[
-        "node",
-        "enable",
-        "laptop-1",
-        "--workspace",
-        "acme",
-        "--json",
-    ]));
+    let enabled = json(&m.run("node enable laptop-1 --workspace acme --json"));
     assert_eq!(enabled["object"]["id"], "laptop-1");
     let new_key = key();
-    ok(&m.nanami(&[
-        "node",
-        "rotate-key",
-        "laptop-1",
-        "--workspace",
-        "acme",
-        "--public-key",
-        &new_key,
-    ]));
-    let now = json(&m.nanami(&["get", "node", "laptop-1", "--workspace", "acme", "--json"]));
+    ok(&m.run(&format!(
+        "node rotate-key laptop-1 --workspace acme --public-key {new_key}"
+    )));
+    let now = json(&m.run("get node laptop-1 --workspace acme --json"));
     assert_eq!(now["object"]["public_key"], new_key.as_str());
     assert_eq!(now["object"]["status"], "active");
 
     // delete: a stale revision exits 3 and deletes nothing.
     let r2 = now["revision"].as_str().unwrap().to_owned();
-    let stale = m.nanami(&[
-        "delete",
-        "node",
-        "laptop-1",
-        "--workspace",
-        "acme",
-        "--if-match",
-        &r1,
-    ]);
-    assert_eq!(stale.status.code(), Some(3), "{}", stderr(&stale));
-    assert_eq!(revision(&m, "node", "laptop-1"), r2);
-    let gone = json(&m.nanami(&[
-        "delete",
-        "node",
-        "laptop-1",
-        "--workspace",
-        "acme",
-        "--if-match",
+    conflict(
+        &m.run(&format!(
+            "delete node laptop-1 --workspace acme --if-match {r1}"
+        )),
         &r2,
-        "--json",
-    ]));
+    );
+    assert_eq!(revision(&m, "node", "laptop-1"), r2);
+    let gone = json(&m.run(&format!(
+        "delete node laptop-1 --workspace acme --if-match {r2} --json"
+    )));
     assert_eq!(gone["revision"], Value::Null);
-    let missing = m.nanami(&["get", "node", "laptop-1", "--workspace", "acme"]);
+    let missing = m.run("get node laptop-1 --workspace acme");
     assert_eq!(missing.status.code(), Some(2));
     assert!(stderr(&missing).contains("404"), "{}", stderr(&missing));
 
     // A workspace's contents need --workspace.
-    let out = m.nanami(&["get", "nodes"]);
+    let out = m.run("get nodes");
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("give --workspace WS"),
@@ -352,15 +327,15 @@ fn get_apply_delete_and_node_requests_with_revisions() {
     );
 
     // The audit trail: every accepted write, none of the refused ones.
-    let audit = json(&m.nanami(&["audit", "--json"]));
+    let audit = json(&m.run("audit --json"));
     let entries = audit["entries"].as_array().unwrap();
     // 6 set-up objects, apply, disable, enable, rotate-key, delete.
     assert_eq!(entries.len(), 11, "{audit:#}");
     assert_eq!(entries[10]["new_revision"], Value::Null);
-    let page = json(&m.nanami(&["audit", "--after", "9", "--limit", "1", "--json"]));
+    let page = json(&m.run("audit --after 9 --limit 1 --json"));
     assert_eq!(page["entries"][0]["seq"], 10);
     assert_eq!(page["next_after"], 10);
-    let table = ok(&m.nanami(&["audit"]));
+    let table = ok(&m.run("audit"));
     assert!(table.starts_with("SEQ"), "{table}");
     assert_eq!(table.lines().count(), 12, "{table}");
 }

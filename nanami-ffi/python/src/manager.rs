@@ -607,8 +607,8 @@ impl Manager {
 
     fn __repr__(&self) -> String {
         match self.kind {
-            Some(kind) => format!("Manager({:?}, credential=<{kind}>)", self.url),
-            None => format!("Manager({:?}, credential=None)", self.url),
+            Some(kind) => format!("Manager('{}', credential=<{kind}>)", self.url),
+            None => format!("Manager('{}', credential=None)", self.url),
         }
     }
 }
