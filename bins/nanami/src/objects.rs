@@ -540,3 +540,50 @@ pub struct ApplyFile {
     #[arg(short = 'f', long = "file")]
     pub file: PathBuf,
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_node_table_shows_memberships_by_network_and_the_revision() {
+        let items = vec![Versioned {
+            revision: "abc123".to_owned(),
+            object: serde_json::json!({
+                "id": "laptop-1", "public_key": "K", "status": "active",
+                "memberships": [{"network": "corp", "address": "100.80.0.9"}, {"network": "lab"}]
+            }),
+        }];
+        let text = table(Kind::Node, &items);
+        let mut lines = text.lines();
+        assert!(lines.next().unwrap().starts_with("ID"));
+        let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert_eq!(row, ["laptop-1", "active", "corp,lab", "K", "abc123"]);
+    }
+
+    #[test]
+    fn write_flags_name_their_precondition() {
+        let args = |if_match: Option<&str>, create_only| WriteArgs {
+            if_match: if_match.map(str::to_owned),
+            create_only,
+        };
+        assert_eq!(args(None, false).precondition(), Precondition::Any);
+        assert_eq!(args(None, true).precondition(), Precondition::Absent);
+        assert_eq!(args(Some("*"), false).precondition(), Precondition::Exists);
+        assert_eq!(
+            args(Some("ab12"), false).precondition(),
+            Precondition::Match("ab12".to_owned())
+        );
+    }
+
+    #[test]
+    fn contents_need_their_workspace() {
+        assert_eq!(
+            Kind::Node.path(Some("acme"), Some("n1")).unwrap(),
+            "/v1/workspaces/acme/nodes/n1"
+        );
+        assert_eq!(Kind::Region.path(None, None).unwrap(), "/v1/regions");
+        assert!(Kind::Gateway.path(None, Some("g")).is_err());
+    }
+}
