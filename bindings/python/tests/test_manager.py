@@ -105,12 +105,14 @@ def test_preconditions(manager):
     assert m.node("acme", "laptop-acme").object["status"] == "disabled"
 
 
-def test_two_writers_with_one_revision_exactly_one_wins_and_nothing_is_lost(manager):
+@pytest.mark.parametrize("round", range(5))
+def test_two_writers_with_one_revision_exactly_one_wins_and_nothing_is_lost(manager, round):
     start = manager.client().node("acme", "laptop-acme")
-    writers = {
-        "a": (manager.client(), {**start.object, "endpoints": ["198.51.100.1:51820"]}),
-        "b": (manager.client(),
-              {**start.object, "memberships": [{"network": "corp", "address": "100.80.0.50"}]}),
+    endpoint = [f"198.51.100.{round + 1}:51820"]
+    membership = [{"network": "corp", "address": f"100.80.0.{50 + round}"}]
+    writers = {  # each its own Manager, as two programs would be
+        "a": (manager.client(), {**start.object, "endpoints": endpoint}),
+        "b": (manager.client(), {**start.object, "memberships": membership}),
     }
     barrier = threading.Barrier(len(writers))
     outcomes = {}
@@ -153,8 +155,8 @@ def test_two_writers_with_one_revision_exactly_one_wins_and_nothing_is_lost(mana
             merged[k] = v
     client.put_node("acme", merged, if_match=now.revision)
     final = manager.client().node("acme", "laptop-acme").object
-    assert final["endpoints"] == ["198.51.100.1:51820"]
-    assert final["memberships"] == [{"network": "corp", "address": "100.80.0.50"}]
+    assert final["endpoints"] == endpoint
+    assert final["memberships"] == membership
 
 
 def test_an_invalid_write_raises_validation_error_with_the_local_issues(manager):
