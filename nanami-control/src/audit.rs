@@ -8,10 +8,10 @@
 
 use std::collections::BTreeSet;
 
-use nanami_model::doc::Document;
 use serde::{Deserialize, Serialize};
 
 use crate::authz::Principal;
+use crate::docs::Docs;
 use crate::object::{Applied, ObjectKind, ObjectRef};
 
 /// The longest diff kept; longer ones are cut with `…`.
@@ -127,17 +127,20 @@ pub fn diff(old: Option<&serde_json::Value>, new: Option<&serde_json::Value>) ->
 
 /// A short description of a whole-document change: whether the catalog changed,
 /// and which workspaces were created, changed or deleted.
-pub fn document_diff(old: &Document, new: &Document) -> String {
-    let ids =
-        |d: &Document| -> BTreeSet<String> { d.workspaces.iter().map(|w| w.id.clone()).collect() };
-    let (before, after) = (ids(old), ids(new));
-    let find = |d: &Document, id: &str| d.workspaces.iter().find(|w| w.id == id).cloned();
-    let created: Vec<&String> = after.difference(&before).collect();
-    let deleted: Vec<&String> = before.difference(&after).collect();
-    let changed: Vec<&String> = before
-        .intersection(&after)
-        .filter(|id| find(old, id) != find(new, id))
-        .collect();
+pub fn document_diff(old: &Docs, new: &Docs) -> String {
+    let ids: BTreeSet<&String> = old.workspaces.keys().chain(new.workspaces.keys()).collect();
+    let (mut created, mut changed, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+    for id in ids {
+        match (
+            old.workspaces.contains_key(id),
+            new.workspaces.contains_key(id),
+        ) {
+            (false, true) => created.push(id),
+            (true, false) => deleted.push(id),
+            (true, true) if old.workspace_differs(new, id) => changed.push(id),
+            (true, true) | (false, false) => {}
+        }
+    }
     let list = |v: &[&String]| {
         let shown: Vec<&str> = v.iter().take(10).map(|s| s.as_str()).collect();
         let more = v.len().saturating_sub(10);

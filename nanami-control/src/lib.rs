@@ -14,11 +14,13 @@
 
 pub mod audit;
 pub mod authz;
+pub mod docs;
 pub mod incremental;
 pub mod object;
 
 pub use audit::{AuditEntry, AuditObject};
 pub use authz::{authorize, Action, Decision, Principal, Target};
+pub use docs::Docs;
 pub use incremental::{
     compile_changed, content_digest, gateways_in_scope, Compiled, GatewayRow, Scope, SerializeBug,
     NO_TARGETS,

@@ -12,12 +12,15 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use std::sync::Arc;
+
 use nanami_model::doc::{
     Document, GatewayDoc, NetworkDoc, NodeDoc, RegionDoc, WorkspaceDoc, WorkspaceSpec,
 };
 use serde::Serialize;
 
 use crate::audit;
+use crate::docs::Docs;
 
 /// Kinds of object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -211,7 +214,7 @@ pub enum Touched {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// The whole new document.
-    pub document: Document,
+    pub docs: Docs,
     /// The object changed.
     pub object: ObjectRef,
     /// Its revision before (`None`: created).
@@ -251,15 +254,15 @@ pub fn workspace_revision(ws: &WorkspaceDoc) -> String {
 }
 
 /// Finds a workspace.
-pub fn workspace<'a>(doc: &'a Document, id: &str) -> Option<&'a WorkspaceDoc> {
-    doc.workspaces.iter().find(|w| w.id == id)
+pub fn workspace<'a>(doc: &'a Docs, id: &str) -> Option<&'a WorkspaceDoc> {
+    doc.workspace(id)
 }
 
 /// The current revision of `object` in `doc` (`None`: absent).
-pub fn current_revision(doc: &Document, object: &ObjectRef) -> Option<String> {
+pub fn current_revision(doc: &Docs, object: &ObjectRef) -> Option<String> {
     let ws = || workspace(doc, object.workspace.as_deref().unwrap_or_default());
     match object.kind {
-        ObjectKind::Topology => Some(revision(doc)),
+        ObjectKind::Topology => Some(revision(&doc.to_document())),
         ObjectKind::Region => doc.regions.iter().find(|r| r.id == object.id).map(revision),
         ObjectKind::Workspace => workspace(doc, &object.id).map(workspace_revision),
         ObjectKind::Network => ws()?
@@ -277,14 +280,14 @@ pub fn current_revision(doc: &Document, object: &ObjectRef) -> Option<String> {
 }
 
 /// One object of `doc` as JSON, with its revision (`None`: absent).
-pub fn get(doc: &Document, object: &ObjectRef) -> Option<(String, serde_json::Value)> {
+pub fn get(doc: &Docs, object: &ObjectRef) -> Option<(String, serde_json::Value)> {
     Some((current_revision(doc, object)?, json_of(doc, object)?))
 }
 
 /// Every object of `kind` (in `workspace`, for a workspace's contents) as JSON
 /// with its revision, in document order. Empty when the workspace does not exist.
 pub fn list(
-    doc: &Document,
+    doc: &Docs,
     kind: ObjectKind,
     workspace: Option<&str>,
 ) -> Vec<(String, serde_json::Value)> {
@@ -298,7 +301,7 @@ pub fn list(
     match kind {
         ObjectKind::Topology => Vec::new(),
         ObjectKind::Region => doc.regions.iter().map(entry).collect(),
-        ObjectKind::Workspace => doc.workspaces.iter().map(|w| entry(&w.spec())).collect(),
+        ObjectKind::Workspace => doc.workspaces.values().map(|w| entry(&w.spec())).collect(),
         ObjectKind::Network => ws()
             .map(|w| w.networks.iter().map(entry).collect())
             .unwrap_or_default(),
@@ -342,15 +345,13 @@ fn put<T: Clone>(list: &mut Vec<T>, id: &str, key: impl Fn(&T) -> &str, new: Opt
 }
 
 /// The workspace `id` of `doc`, mutably, or [`EditError::NotFound`] naming it.
-fn workspace_mut<'a>(doc: &'a mut Document, id: &str) -> Result<&'a mut WorkspaceDoc, EditError> {
-    doc.workspaces
-        .iter_mut()
-        .find(|w| w.id == id)
+fn workspace_mut<'a>(doc: &'a mut Docs, id: &str) -> Result<&'a mut WorkspaceDoc, EditError> {
+    doc.workspace_mut(id)
         .ok_or_else(|| EditError::NotFound(ObjectRef::new(ObjectKind::Workspace, Some(id), id)))
 }
 
 /// The JSON of `object` in `doc`, for the audit diff.
-fn json_of(doc: &Document, object: &ObjectRef) -> Option<serde_json::Value> {
+fn json_of(doc: &Docs, object: &ObjectRef) -> Option<serde_json::Value> {
     fn value<T: Serialize>(v: &T) -> serde_json::Value {
         serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
     }
@@ -367,11 +368,7 @@ fn json_of(doc: &Document, object: &ObjectRef) -> Option<serde_json::Value> {
 
 /// Applies `edit` to `doc` if `precondition` holds for the object it changes.
 /// The result is not validated yet.
-pub fn apply(
-    doc: &Document,
-    edit: Edit,
-    precondition: &Precondition,
-) -> Result<Applied, EditError> {
+pub fn apply(doc: &Docs, edit: Edit, precondition: &Precondition) -> Result<Applied, EditError> {
     let object = edit.object();
     let old_revision = current_revision(doc, &object);
     if !precondition.holds(old_revision.as_deref()) {
@@ -408,33 +405,38 @@ pub fn apply(
     let touched = match edit {
         Edit::PutRegion(r) => {
             let id = r.id.clone();
-            put(&mut new.regions, &id, |r| &r.id, Some(r));
+            put(new.regions_mut(), &id, |r| &r.id, Some(r));
             Touched::All
         }
         Edit::DeleteRegion(id) => {
-            put(&mut new.regions, &id, |r| &r.id, None);
+            put(new.regions_mut(), &id, |r| &r.id, None);
             Touched::All
         }
         Edit::PutWorkspace(spec) => {
             let id = spec.id.clone();
-            match new.workspaces.iter_mut().find(|w| w.id == id) {
+            match new.workspace_mut(&id) {
                 Some(ws) => {
                     ws.tenant = spec.tenant;
                     ws.regions = spec.regions;
                 }
-                None => new.workspaces.push(WorkspaceDoc {
-                    id: spec.id,
-                    tenant: spec.tenant,
-                    regions: spec.regions,
-                    networks: Vec::new(),
-                    nodes: Vec::new(),
-                    gateways: Vec::new(),
-                }),
+                None => {
+                    new.workspaces.insert(
+                        id.clone(),
+                        Arc::new(WorkspaceDoc {
+                            id: spec.id,
+                            tenant: spec.tenant,
+                            regions: spec.regions,
+                            networks: Vec::new(),
+                            nodes: Vec::new(),
+                            gateways: Vec::new(),
+                        }),
+                    );
+                }
             }
             Touched::Workspaces(BTreeSet::from([id]))
         }
         Edit::DeleteWorkspace(id) => {
-            put(&mut new.workspaces, &id, |w| &w.id, None);
+            new.workspaces.remove(&id);
             Touched::Workspaces(BTreeSet::from([id]))
         }
         Edit::PutNetwork(ws, n) => {
@@ -523,8 +525,9 @@ pub fn apply(
             Touched::Workspaces(BTreeSet::from([ws]))
         }
         Edit::Import(document) => {
-            let touched = changed_workspaces(doc, &document);
-            new = document;
+            let imported = Docs::from_document(&document);
+            let touched = changed_workspaces(doc, &imported);
+            new = imported;
             touched
         }
     };
@@ -538,7 +541,7 @@ pub fn apply(
         | ObjectKind::Gateway => audit::diff(old_json.as_ref(), json_of(&new, &object).as_ref()),
     };
     Ok(Applied {
-        document: new,
+        docs: new,
         object,
         old_revision,
         new_revision,
@@ -549,20 +552,15 @@ pub fn apply(
 
 /// The workspaces whose documents differ between `old` and `new` (all of them
 /// when the catalog changed).
-fn changed_workspaces(old: &Document, new: &Document) -> Touched {
+fn changed_workspaces(old: &Docs, new: &Docs) -> Touched {
     if old.regions != new.regions {
         return Touched::All;
     }
-    let ids: BTreeSet<&str> = old
-        .workspaces
-        .iter()
-        .chain(&new.workspaces)
-        .map(|w| w.id.as_str())
-        .collect();
+    let ids: BTreeSet<&String> = old.workspaces.keys().chain(new.workspaces.keys()).collect();
     Touched::Workspaces(
         ids.into_iter()
-            .filter(|id| workspace(old, id) != workspace(new, id))
-            .map(str::to_owned)
+            .filter(|id| old.workspace_differs(new, id))
+            .cloned()
             .collect(),
     )
 }
@@ -571,9 +569,10 @@ fn changed_workspaces(old: &Document, new: &Document) -> Touched {
 mod tests {
     use super::*;
 
-    fn doc() -> Document {
-        Document::from_yaml(
-            "version: 1
+    fn doc() -> Docs {
+        Docs::from_document(
+            &Document::from_yaml(
+                "version: 1
 regions: [{id: eu, state: active}]
 workspaces:
   - id: acme
@@ -586,8 +585,9 @@ workspaces:
         status: active
         memberships: [{network: corp}]
 ",
+            )
+            .expect("valid yaml"),
         )
-        .expect("valid yaml")
     }
 
     fn disable() -> Edit {
@@ -607,7 +607,7 @@ workspaces:
         assert_ne!(applied.new_revision.as_deref(), Some(before.as_str()));
         assert_eq!(applied.diff, "status: \"active\" → \"disabled\"");
         let again = apply(
-            &applied.document,
+            &applied.docs,
             Edit::SetNodeStatus {
                 workspace: "acme".into(),
                 node: "n1".into(),
@@ -658,7 +658,7 @@ workspaces:
             regions: vec!["eu".into()],
         };
         let applied = apply(&d, Edit::PutWorkspace(spec), &Precondition::Exists).expect("applies");
-        let ws = workspace(&applied.document, "acme").expect("still there");
+        let ws = workspace(&applied.docs, "acme").expect("still there");
         assert_eq!(ws.tenant, "Acme Corp");
         assert_eq!(ws.nodes.len(), 1);
         assert_eq!(
@@ -670,7 +670,7 @@ workspaces:
     #[test]
     fn an_import_touches_only_the_workspaces_it_changes() {
         let d = doc();
-        let mut other = d.clone();
+        let mut other = d.to_document();
         other.workspaces.push(WorkspaceDoc {
             id: "globex".into(),
             tenant: "Globex".into(),

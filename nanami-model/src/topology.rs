@@ -6,14 +6,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
+use imbl::OrdMap;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::doc::{Document, ParseError};
+use crate::doc::{Document, ParseError, WorkspaceDoc};
 use crate::id::{GatewayId, InterfaceName, NetworkId, NodeId, RegionId, WorkspaceId};
 use crate::key::PublicKey;
-use crate::validate::{validate, ValidationErrors};
+use crate::validate::{validate, validate_workspace, ValidationErrors};
 
 /// State of a catalog region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -203,6 +205,12 @@ pub enum TopologyError {
 
 /// A validated topology.
 ///
+/// Its maps are persistent ([`imbl::OrdMap`], workspaces behind [`Arc`]): a clone
+/// costs nothing, and a topology with one workspace replaced
+/// ([`Topology::with_workspace`]) shares everything else with the one before, so a
+/// change to one workspace of a platform with a million nodes costs what that
+/// workspace costs.
+///
 /// ```
 /// use nanami_model::Topology;
 /// let t = Topology::from_yaml("version: 1\nregions: []\nworkspaces: []\n").unwrap();
@@ -213,11 +221,20 @@ pub struct Topology {
     /// The region catalog.
     pub regions: BTreeMap<RegionId, Region>,
     /// The workspaces.
-    pub workspaces: BTreeMap<WorkspaceId, Workspace>,
+    pub workspaces: OrdMap<WorkspaceId, Arc<Workspace>>,
     /// Which workspace each node id belongs to.
-    pub(crate) node_index: BTreeMap<NodeId, WorkspaceId>,
+    #[serde(skip)]
+    pub(crate) node_index: OrdMap<NodeId, WorkspaceId>,
     /// Which workspace each gateway id belongs to.
-    pub(crate) gateway_index: BTreeMap<GatewayId, WorkspaceId>,
+    #[serde(skip)]
+    pub(crate) gateway_index: OrdMap<GatewayId, WorkspaceId>,
+    /// Which node holds each public key (keys are unique across workspaces).
+    #[serde(skip)]
+    pub(crate) key_index: OrdMap<PublicKey, NodeId>,
+    /// Which gateway each endpoint belongs to (endpoints are sockets of the
+    /// platform's machines: unique across workspaces).
+    #[serde(skip)]
+    pub(crate) endpoint_index: OrdMap<SocketAddr, GatewayId>,
 }
 
 impl Topology {
@@ -240,22 +257,105 @@ impl Topology {
         regions: BTreeMap<RegionId, Region>,
         workspaces: BTreeMap<WorkspaceId, Workspace>,
     ) -> Self {
-        let mut node_index = BTreeMap::new();
-        let mut gateway_index = BTreeMap::new();
-        for ws in workspaces.values() {
-            for id in ws.nodes.keys() {
-                node_index.insert(id.clone(), ws.id.clone());
-            }
-            for id in ws.gateways.keys() {
-                gateway_index.insert(id.clone(), ws.id.clone());
-            }
-        }
-        Self {
+        let mut t = Self {
             regions,
-            workspaces,
-            node_index,
-            gateway_index,
+            workspaces: OrdMap::new(),
+            node_index: OrdMap::new(),
+            gateway_index: OrdMap::new(),
+            key_index: OrdMap::new(),
+            endpoint_index: OrdMap::new(),
+        };
+        for (_, ws) in workspaces {
+            t.index(&ws);
+            t.workspaces.insert(ws.id.clone(), Arc::new(ws));
         }
+        t
+    }
+
+    /// Adds `ws`'s ids, keys and endpoints to the indexes.
+    fn index(&mut self, ws: &Workspace) {
+        for node in ws.nodes.values() {
+            self.node_index.insert(node.id.clone(), ws.id.clone());
+            self.key_index.insert(node.public_key, node.id.clone());
+        }
+        for gw in ws.gateways.values() {
+            self.gateway_index.insert(gw.id.clone(), ws.id.clone());
+            self.endpoint_index.insert(gw.endpoint, gw.id.clone());
+        }
+    }
+
+    /// Removes `ws`'s ids, keys and endpoints from the indexes.
+    fn unindex(&mut self, ws: &Workspace) {
+        for node in ws.nodes.values() {
+            self.node_index.remove(&node.id);
+            self.key_index.remove(&node.public_key);
+        }
+        for gw in ws.gateways.values() {
+            self.gateway_index.remove(&gw.id);
+            self.endpoint_index.remove(&gw.endpoint);
+        }
+    }
+
+    /// This topology with the workspace `doc` added or replaced, validated against
+    /// the rest: the workspace's own rules, the region catalog, and the ids, keys
+    /// and endpoints of every other workspace (which must stay unique). It costs
+    /// what the one workspace costs, not what the platform does. A change to the
+    /// region catalog is not a workspace change: validate the whole document then.
+    ///
+    /// The result equals `Topology::from_document` of the document with that
+    /// workspace replaced; on a refusal, a clash with another workspace is reported
+    /// at the replaced workspace's path (whatever the two workspaces' order in a
+    /// document).
+    pub fn with_workspace(&self, doc: &WorkspaceDoc) -> Result<Self, ValidationErrors> {
+        let ws = validate_workspace(self, doc)?;
+        let mut next = self.clone();
+        if let Some(old) = next.workspaces.get(&ws.id).cloned() {
+            next.unindex(&old);
+        }
+        next.index(&ws);
+        next.workspaces.insert(ws.id.clone(), Arc::new(ws));
+        Ok(next)
+    }
+
+    /// This topology without workspace `id` (unchanged when it has none).
+    pub fn without_workspace(&self, id: &WorkspaceId) -> Self {
+        let mut next = self.clone();
+        if let Some(old) = next.workspaces.remove(id) {
+            next.unindex(&old);
+        }
+        next
+    }
+
+    /// The workspace that holds `key` and the node, if any holds it.
+    pub fn key_holder(&self, key: &PublicKey) -> Option<(&WorkspaceId, &NodeId)> {
+        let node = self.key_index.get(key)?;
+        Some((self.node_index.get(node)?, node))
+    }
+
+    /// The gateway whose endpoint is `addr`, with its workspace.
+    pub fn endpoint_holder(&self, addr: &SocketAddr) -> Option<(&WorkspaceId, &GatewayId)> {
+        let gw = self.endpoint_index.get(addr)?;
+        Some((self.gateway_index.get(gw)?, gw))
+    }
+
+    /// How many gateways there are (constant time).
+    pub fn gateway_count(&self) -> usize {
+        self.gateway_index.len()
+    }
+
+    /// How many nodes there are (constant time).
+    pub fn node_count(&self) -> usize {
+        self.node_index.len()
+    }
+
+    /// The workspace node `id` belongs to.
+    pub fn node_workspace(&self, id: &NodeId) -> Option<&WorkspaceId> {
+        self.node_index.get(id)
+    }
+
+    /// The workspace gateway `id` belongs to.
+    pub fn gateway_workspace(&self, id: &GatewayId) -> Option<&WorkspaceId> {
+        self.gateway_index.get(id)
     }
 
     /// The workspace a node belongs to, with the node.

@@ -114,6 +114,27 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
     }
 }
 
+/// Validates one workspace of `topology` (new or replacing the one with its id)
+/// against the topology's region catalog and its other workspaces: what
+/// [`Topology::with_workspace`] builds on. The catalog is taken as valid.
+pub(crate) fn validate_workspace(
+    topology: &Topology,
+    ws: &WorkspaceDoc,
+) -> Result<Workspace, ValidationErrors> {
+    let mut v = Validator::default();
+    let path = seg("workspaces", &ws.id, 0);
+    let id = v.id::<WorkspaceId>(&format!("{path}.id"), &ws.id);
+    let built = v.workspace(&path, ws, &topology.regions);
+    v.workspace_overlaps(&path, ws);
+    if let Some(id) = &id {
+        v.across(&path, ws, topology, id);
+    }
+    match built {
+        Some(built) if v.issues.is_empty() => Ok(built),
+        Some(_) | None => Err(ValidationErrors(v.issues)),
+    }
+}
+
 /// `name[id]` when `id` is a valid id, `name[#index]` otherwise, so a hostile id
 /// can't forge a path or a log line.
 fn seg(name: &str, id: &str, index: usize) -> String {
@@ -1218,6 +1239,56 @@ impl Validator {
     /// workspace), never by address disjointness. Inside one workspace a client's
     /// AllowedIPs and a gateway's routes must be unambiguous, so prefixes may not
     /// overlap there.
+    /// What must stay unique across workspaces (node and gateway ids, public
+    /// keys, gateway endpoints), for workspace `own` at `path` against the other
+    /// workspaces of `topology`.
+    fn across(&mut self, path: &str, ws: &WorkspaceDoc, topology: &Topology, own: &WorkspaceId) {
+        for (i, n) in ws.nodes.iter().enumerate() {
+            let npath = format!("{path}.{}", seg("nodes", &n.id, i));
+            if let Ok(id) = NodeId::new(&n.id) {
+                if let Some(w) = topology.node_workspace(&id).filter(|w| *w != own) {
+                    self.err(
+                        format!("{npath}.id"),
+                        format!("duplicate node id {id:?} (first at workspaces[{w}].nodes[{id}])"),
+                    );
+                }
+            }
+            if let Ok(k) = n.public_key.parse::<PublicKey>() {
+                if let Some((w, holder)) = topology.key_holder(&k).filter(|(w, _)| *w != own) {
+                    self.err(
+                        format!("{npath}.public_key"),
+                        format!("public key already used by workspaces[{w}].nodes[{holder}]"),
+                    );
+                }
+            }
+        }
+        for (i, g) in ws.gateways.iter().enumerate() {
+            let gpath = format!("{path}.{}", seg("gateways", &g.id, i));
+            if let Ok(id) = GatewayId::new(&g.id) {
+                if let Some(w) = topology.gateway_workspace(&id).filter(|w| *w != own) {
+                    self.err(
+                        format!("{gpath}.id"),
+                        format!(
+                            "duplicate gateway id {id:?} (first at workspaces[{w}].gateways[{id}])"
+                        ),
+                    );
+                }
+            }
+            if let Ok(addr) = parse_endpoint(&g.endpoint) {
+                if let Some((w, holder)) =
+                    topology.endpoint_holder(&addr).filter(|(w, _)| *w != own)
+                {
+                    self.err(
+                        format!("{gpath}.endpoint"),
+                        format!(
+                            "endpoint {addr} is already used by workspaces[{w}].gateways[{holder}]"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     fn overlap_checks(&mut self, doc: &Document) {
         for (wi, ws) in doc.workspaces.iter().enumerate() {
             let wpath = seg("workspaces", &ws.id, wi);

@@ -198,7 +198,8 @@ fn reason_not_served() {
         &[g("gw-a")],
         &[""],
     );
-    let ws = t.workspaces.values_mut().next().unwrap();
+    let id = t.workspaces.keys().next().unwrap().clone();
+    let ws = std::sync::Arc::make_mut(t.workspaces.get_mut(&id).unwrap());
     ws.gateways.get_mut(&gw("gw-a")).unwrap().networks.clear();
     assert_ineligible(&t, &Health::all_up(), Verdict::NotServed);
 }
@@ -221,7 +222,8 @@ fn reason_gateway_node_not_active() {
 #[test]
 fn reason_gateway_node_unknown() {
     let mut t = auto(&[g("gw-a")]);
-    let ws = t.workspaces.values_mut().next().unwrap();
+    let id = t.workspaces.keys().next().unwrap().clone();
+    let ws = std::sync::Arc::make_mut(t.workspaces.get_mut(&id).unwrap());
     ws.nodes.remove(&node("gw-a"));
     assert_ineligible(&t, &Health::all_up(), Verdict::NodeUnknown);
 }

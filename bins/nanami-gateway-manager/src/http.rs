@@ -538,7 +538,11 @@ async fn put_topology(
 
 async fn get_topology(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
     platform(&app, &headers, Action::ExportTopology).await?;
-    match blocking(&app, |m| Ok(m.document().map(|(_, d)| d.to_json()))).await? {
+    match blocking(&app, |m| {
+        Ok(m.docs().map(|(_, d)| d.to_document().to_json()))
+    })
+    .await?
+    {
         Some(json) => Ok(json_bytes(json.into_bytes())),
         None => Err(ApiErr::new(StatusCode::NOT_FOUND, "no topology yet")),
     }

@@ -29,10 +29,12 @@ use nanami_api::wire::{
     GenerationFork, Liveness, ObservedRecord, ObservedReport, PathHealth, RegionView, Subject,
     TopologyResponse, WorkspaceView, WriteResponse,
 };
+use nanami_control::incremental::to_json;
 use nanami_control::{
-    compile_changed, gateways_in_scope, Compiled, Edit, EditError, Precondition, Principal, Scope,
-    Touched,
+    compile_changed, gateways_in_scope, Applied, Compiled, Docs, Edit, EditError, ObjectKind,
+    Precondition, Principal, Scope, Touched,
 };
+use nanami_model::doc::{RegionDoc, WorkspaceDoc};
 use nanami_model::{
     compile_node, compile_workspace_nodes, explain_gateway, explain_node, health_targets, Document,
     ExplainError, GatewayExplanation, GatewayId, GatewayState, Health, NetworkId, NodeConfig,
@@ -42,7 +44,9 @@ use tokio::sync::watch;
 use tracing::{info, info_span, warn};
 
 use crate::auth;
-use crate::store::{GatewayRow, Redeemed, Store, StoreError, TopologyWrite, NO_TARGETS};
+use crate::store::{
+    GatewayRow, Redeemed, Store, StoreError, StoredTopology, TopologyWrite, NO_TARGETS,
+};
 
 pub use nanami_control::content_digest;
 
@@ -181,7 +185,8 @@ impl Entry {
 #[derive(Default)]
 struct Inner {
     topology: Option<Arc<Topology>>,
-    document: Option<Arc<Document>>,
+    /// The documents behind `topology` (what the object API reads and edits).
+    docs: Docs,
     revision: u64,
     gateways: BTreeMap<GatewayId, Entry>,
     offline: BTreeSet<GatewayId>,
@@ -443,6 +448,76 @@ fn invalid(e: nanami_model::ValidationErrors) -> ManagerError {
     }
 }
 
+/// The documents of a stored topology.
+fn docs_of(stored: &StoredTopology) -> Result<Docs, StoreError> {
+    let corrupt = |table: &'static str, e: serde_json::Error| StoreError::Corrupt {
+        table,
+        message: e.to_string(),
+    };
+    let regions: Vec<RegionDoc> =
+        serde_json::from_str(&stored.catalog).map_err(|e| corrupt("topology_meta", e))?;
+    let workspaces = stored
+        .workspaces
+        .iter()
+        .map(|(_, json)| serde_json::from_str::<WorkspaceDoc>(json))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| corrupt("workspace_docs", e))?;
+    Ok(Docs::new(regions, workspaces))
+}
+
+/// What of the documents a write stores.
+struct StoredDocuments {
+    catalog: Option<String>,
+    workspaces: Vec<(String, Option<String>)>,
+    replace_all: bool,
+}
+
+/// The catalog and workspace rows `applied` changes: all of them for an import,
+/// the catalog for a region, the touched workspaces otherwise.
+fn stored_documents(applied: &Applied) -> Result<StoredDocuments, ManagerError> {
+    let json = |w: &WorkspaceDoc| {
+        to_json(w, "a workspace document").map_err(|e| ManagerError::Compile(e.to_string()))
+    };
+    let catalog = || {
+        to_json(applied.docs.regions.as_ref(), "the region catalog")
+            .map_err(|e| ManagerError::Compile(e.to_string()))
+    };
+    Ok(match applied.object.kind {
+        ObjectKind::Topology => StoredDocuments {
+            catalog: Some(catalog()?),
+            workspaces: applied
+                .docs
+                .workspaces
+                .iter()
+                .map(|(id, w)| Ok((id.clone(), Some(json(w)?))))
+                .collect::<Result<_, ManagerError>>()?,
+            replace_all: true,
+        },
+        ObjectKind::Region => StoredDocuments {
+            catalog: Some(catalog()?),
+            workspaces: Vec::new(),
+            replace_all: false,
+        },
+        ObjectKind::Workspace | ObjectKind::Network | ObjectKind::Node | ObjectKind::Gateway => {
+            let ids = match &applied.touched {
+                Touched::Workspaces(ids) => ids.iter().cloned().collect(),
+                Touched::All => Vec::new(),
+            };
+            StoredDocuments {
+                catalog: None,
+                workspaces: ids
+                    .into_iter()
+                    .map(|id| {
+                        let doc = applied.docs.workspace(&id).map(json).transpose()?;
+                        Ok((id, doc))
+                    })
+                    .collect::<Result<_, ManagerError>>()?,
+                replace_all: false,
+            }
+        }
+    })
+}
+
 /// What a change must store: the rows still unpersisted and the new ones.
 fn rows_to_store(
     unpersisted: BTreeMap<GatewayId, GatewayRow>,
@@ -483,15 +558,13 @@ impl Manager {
                 Err(e) => warn!(gateway = %id, error = %e, "ignoring an unreadable stored report"),
             }
         }
-        if let Some((revision, doc)) = snap.topology {
-            let document = Document::from_json(&doc).map_err(|e| StoreError::Corrupt {
-                table: "topology_revisions",
-                message: e.to_string(),
-            })?;
-            let topology = Topology::from_document(&document).map_err(|e| StoreError::Corrupt {
-                table: "topology_revisions",
-                message: e.to_string(),
-            })?;
+        if let Some(stored) = snap.topology {
+            let docs = docs_of(&stored)?;
+            let topology =
+                Topology::from_document(&docs.to_document()).map_err(|e| StoreError::Corrupt {
+                    table: "workspace_docs",
+                    message: e.to_string(),
+                })?;
             for id in topology.gateway_ids() {
                 if !inner.offline.contains(id) {
                     inner.last_seen.insert(id.clone(), now);
@@ -499,10 +572,10 @@ impl Manager {
             }
             inner.unhealthy =
                 unhealthy_pairs(&topology, &inner.observed, &inner.offline, &BTreeSet::new());
-            inner.in_topology = topology.gateway_ids().count();
+            inner.in_topology = topology.gateway_count();
             inner.topology = Some(Arc::new(topology));
-            inner.document = Some(Arc::new(document));
-            inner.revision = revision;
+            inner.docs = docs;
+            inner.revision = stored.revision;
         }
         let ids: Vec<GatewayId> = inner.gateways.keys().cloned().collect();
         for id in &ids {
@@ -639,34 +712,57 @@ impl Manager {
         let _span = info_span!("write", %object, by = writer.principal.kind()).entered();
         let revoke = revoked_by(&edit);
         let _write = self.write_lock();
-        let (before_doc, before) = {
-            let inner = self.lock();
-            (inner.document.clone(), inner.topology.clone())
+        // An import is validated whole (its text may hold what the documents
+        // cannot: duplicate ids, unknown fields, another version).
+        let imported = if let Edit::Import(document) = &edit {
+            Some(Topology::from_document(document).map_err(invalid)?)
+        } else {
+            None
         };
-        let empty = Document {
-            version: nanami_model::doc::VERSION,
-            regions: Vec::new(),
-            workspaces: Vec::new(),
-            unknown_fields: Vec::new(),
+        let (before_docs, before) = {
+            let inner = self.lock();
+            (inner.docs.clone(), inner.topology.clone())
         };
         let applied =
-            nanami_control::apply(before_doc.as_deref().unwrap_or(&empty), edit, precondition)
-                .map_err(|e| match e {
-                    EditError::PreconditionFailed { ref current, .. } => {
-                        ManagerError::PreconditionFailed {
-                            message: e.to_string(),
-                            current: current.clone(),
-                        }
+            nanami_control::apply(&before_docs, edit, precondition).map_err(|e| match e {
+                EditError::PreconditionFailed { ref current, .. } => {
+                    ManagerError::PreconditionFailed {
+                        message: e.to_string(),
+                        current: current.clone(),
                     }
-                    e @ EditError::NotFound(_) => ManagerError::NotFound(e.to_string()),
-                })?;
-        let topology = Topology::from_document(&applied.document).map_err(invalid)?;
+                }
+                e @ EditError::NotFound(_) => ManagerError::NotFound(e.to_string()),
+            })?;
         let touched: BTreeSet<WorkspaceId> = match &applied.touched {
             Touched::All => BTreeSet::new(),
             Touched::Workspaces(ids) => ids
                 .iter()
                 .filter_map(|id| WorkspaceId::new(id).ok())
                 .collect(),
+        };
+        let topology = match (imported, &applied.touched) {
+            (Some(topology), _) => topology,
+            (None, Touched::All) => {
+                Topology::from_document(&applied.docs.to_document()).map_err(invalid)?
+            }
+            // A change inside workspaces: those are validated against the rest,
+            // which is not looked at again.
+            (None, Touched::Workspaces(ids)) => {
+                let mut t = match before.as_deref() {
+                    Some(t) => t.clone(),
+                    None => {
+                        Topology::from_document(&Docs::default().to_document()).map_err(invalid)?
+                    }
+                };
+                for id in ids {
+                    t = match (applied.docs.workspace(id), WorkspaceId::new(id)) {
+                        (Some(ws), _) => t.with_workspace(ws).map_err(invalid)?,
+                        (None, Ok(id)) => t.without_workspace(&id),
+                        (None, Err(_)) => t,
+                    };
+                }
+                t
+            }
         };
         let scope = match applied.touched {
             Touched::All => Scope::All,
@@ -689,7 +785,30 @@ impl Manager {
                 .filter(|g| topology.gateway(g).is_some())
                 .cloned()
                 .collect();
-            let unhealthy = unhealthy_pairs(&topology, &inner.observed, &offline, &inner.unhealthy);
+            let unhealthy = match scope {
+                Scope::All => {
+                    unhealthy_pairs(&topology, &inner.observed, &offline, &inner.unhealthy)
+                }
+                // Only the gateways in scope can have changed what they probe.
+                Scope::Workspaces(_) => {
+                    let observed: BTreeMap<GatewayId, ObservedRecord> = ids
+                        .iter()
+                        .filter_map(|g| Some((g.clone(), inner.observed.get(g)?.clone())))
+                        .collect();
+                    inner
+                        .unhealthy
+                        .iter()
+                        .filter(|(g, _)| !ids.contains(g))
+                        .cloned()
+                        .chain(unhealthy_pairs(
+                            &topology,
+                            &observed,
+                            &offline,
+                            &inner.unhealthy,
+                        ))
+                        .collect()
+                }
+            };
             (
                 ids,
                 known,
@@ -700,16 +819,17 @@ impl Manager {
         let changed = compile_changed(&known, &ids, &topology, &health)
             .map_err(|e| ManagerError::Compile(e.to_string()))?;
         let rows = rows_to_store(unpersisted, &changed);
-        let document_json = applied.document.to_json();
+        let stored = stored_documents(&applied)?;
         let audit = AuditEntry::new(&applied, &writer.principal, &writer.credential_id, now_ms());
         // A change that cannot be stored is refused whole: nothing changes.
         let revision = self.store.put_topology(&TopologyWrite {
-            document: &document_json,
+            topology_changed: !applied.is_noop(),
+            catalog: stored.catalog.as_deref(),
+            workspaces: &stored.workspaces,
+            replace_all: stored.replace_all,
             now_ms: audit.at_unix_ms,
             changed: &rows,
-            audit: (!applied.is_noop()
-                || matches!(object.kind, nanami_control::ObjectKind::Topology))
-            .then_some(&audit),
+            audit: Some(&audit),
             revoke: &revoke,
         })?;
         let response = WriteResponse {
@@ -730,7 +850,7 @@ impl Manager {
         // A gateway new to the topology gets one offline period of grace; one
         // known offline stays offline until it reports (a restart does not bring
         // it back for a period).
-        for id in topology.gateway_ids() {
+        for id in ids.iter().filter(|id| topology.gateway(id).is_some()) {
             if !health.offline.contains(id) {
                 inner.last_seen.entry(id.clone()).or_insert(now);
             }
@@ -740,9 +860,9 @@ impl Manager {
         }
         inner.offline = health.offline;
         inner.unhealthy = health.unhealthy;
-        inner.in_topology = topology.gateway_ids().count();
+        inner.in_topology = topology.gateway_count();
         inner.topology = Some(Arc::new(topology));
-        inner.document = Some(Arc::new(applied.document));
+        inner.docs = applied.docs;
         inner.revision = revision;
         self.stored(&mut inner, Ok(()), rows, false);
         self.publish(&mut inner, entries);
@@ -1193,10 +1313,12 @@ impl Manager {
         self.lock().gateways.contains_key(gateway)
     }
 
-    /// The current topology document.
-    pub fn document(&self) -> Option<(u64, Arc<Document>)> {
+    /// The current topology's documents (a clone costs nothing), with the
+    /// revision; `None` before the first topology.
+    pub fn docs(&self) -> Option<(u64, Docs)> {
         let inner = self.lock();
-        inner.document.clone().map(|d| (inner.revision, d))
+        (inner.revision > 0 || inner.topology.is_some())
+            .then(|| (inner.revision, inner.docs.clone()))
     }
 
     /// The status of every gateway, ordered by id.

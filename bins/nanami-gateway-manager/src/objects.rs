@@ -8,8 +8,6 @@
 //! `nanami_control::authz`; the edits, revisions and audit entries are
 //! `nanami_control`'s; the write itself is [`crate::manager::Manager::write`].
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -21,8 +19,8 @@ use nanami_api::wire::{
     WriteResponse,
 };
 use nanami_control::object::{self as obj, ObjectKind, ObjectRef};
-use nanami_control::{Action, Edit, Precondition, Principal, Target};
-use nanami_model::doc::{part_from_json, Document, PathPart};
+use nanami_control::{Action, Docs, Edit, Precondition, Principal, Target};
+use nanami_model::doc::{part_from_json, PathPart};
 use nanami_model::WorkspaceId;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -121,20 +119,13 @@ pub(crate) fn routes() -> Router<App> {
         .route("/v1/oversight/audit", get(audit))
 }
 
-/// The document served now (an empty one before the first topology).
-fn document(app: &App) -> Arc<Document> {
-    app.document().map(|(_, d)| d).unwrap_or_else(|| {
-        Arc::new(Document {
-            version: nanami_model::doc::VERSION,
-            regions: Vec::new(),
-            workspaces: Vec::new(),
-            unknown_fields: Vec::new(),
-        })
-    })
+/// The documents served now (empty before the first topology).
+fn document(app: &App) -> Docs {
+    app.docs().map(|(_, d)| d).unwrap_or_default()
 }
 
 /// A workspace id of the path, if it names an existing workspace.
-fn existing(doc: &Document, ws: Option<&str>) -> Option<WorkspaceId> {
+fn existing(doc: &Docs, ws: Option<&str>) -> Option<WorkspaceId> {
     let ws = ws?;
     obj::workspace(doc, ws)?;
     WorkspaceId::new(ws).ok()
@@ -145,7 +136,7 @@ fn existing(doc: &Document, ws: Option<&str>) -> Option<WorkspaceId> {
 fn authorize_object(
     app: &App,
     caller: &Writer,
-    doc: &Document,
+    doc: &Docs,
     object: &ObjectRef,
     write: bool,
 ) -> Result<(), ApiErr> {
@@ -180,7 +171,7 @@ fn authorize_object(
 }
 
 /// The 404 of an object that is not there: its workspace's when that is missing.
-fn missing(doc: &Document, object: &ObjectRef) -> ApiErr {
+fn missing(doc: &Docs, object: &ObjectRef) -> ApiErr {
     match object.workspace.as_deref() {
         Some(ws) if obj::workspace(doc, ws).is_none() => {
             not_found(ObjectRef::new(ObjectKind::Workspace, Some(ws), ws))

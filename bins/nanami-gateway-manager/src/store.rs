@@ -36,15 +36,23 @@ pub type Digest = [u8; 32];
 
 pub use nanami_control::{AuditEntry, GatewayRow, Principal, NO_TARGETS};
 
-/// How many topology revisions the store keeps (older ones are pruned as new
-/// ones are written; the newest is what the manager serves).
-pub const KEPT_REVISIONS: i64 = 100;
+/// The topology as stored: one row per workspace, so that a change to one
+/// workspace writes that workspace alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredTopology {
+    /// Bumped by every change.
+    pub revision: u64,
+    /// The region catalog (JSON list of regions).
+    pub catalog: String,
+    /// Each workspace's document (JSON), by id.
+    pub workspaces: Vec<(String, String)>,
+}
 
 /// Everything the manager loads at start.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// The newest topology revision and its document (JSON).
-    pub topology: Option<(u64, String)>,
+    /// The topology in force: its revision, catalog and workspace documents.
+    pub topology: Option<StoredTopology>,
     /// Gateways' generations and states.
     pub gateways: BTreeMap<GatewayId, GatewayRow>,
     /// Gateways last known offline.
@@ -69,10 +77,10 @@ pub trait Store: Send + Sync {
     /// Loads everything the manager keeps in memory.
     fn load(&self) -> Result<Snapshot, StoreError>;
 
-    /// Stores a topology revision (if `write.document` differs from the newest)
-    /// together with the gateways whose generation changed, the write's audit
-    /// entry (only when the document changed) and the credentials it revokes, in
-    /// one transaction. Returns the newest revision.
+    /// Stores a topology change (its catalog and workspace rows, a new revision
+    /// when it changed anything) together with the gateways whose generation
+    /// changed, the write's audit entry (only when the topology changed) and the
+    /// credentials it revokes, in one transaction. Returns the revision in force.
     fn put_topology(&self, write: &TopologyWrite<'_>) -> Result<u64, StoreError>;
 
     /// Stores a workspace credential's digest (several may exist per workspace)
@@ -143,8 +151,15 @@ pub trait Store: Send + Sync {
 /// One accepted topology change, as [`Store::put_topology`] writes it.
 #[derive(Debug, Clone, Copy)]
 pub struct TopologyWrite<'a> {
-    /// The whole new document (JSON).
-    pub document: &'a str,
+    /// Whether the topology changed (its revision is bumped, the audit entry
+    /// stored); a write that changed nothing still stores `changed` rows.
+    pub topology_changed: bool,
+    /// The region catalog (JSON), when it changed.
+    pub catalog: Option<&'a str>,
+    /// Workspace documents written (JSON) or deleted (`None`), by id.
+    pub workspaces: &'a [(String, Option<String>)],
+    /// Every workspace row not in `workspaces` is deleted (an import).
+    pub replace_all: bool,
     /// When (Unix milliseconds).
     pub now_ms: u64,
     /// Gateways whose generation changed (and rows not stored yet).
@@ -180,6 +195,16 @@ CREATE TABLE IF NOT EXISTS topology_revisions (
     revision INTEGER PRIMARY KEY AUTOINCREMENT,
     document TEXT NOT NULL,
     created_unix_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS topology_meta (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    revision INTEGER NOT NULL,
+    catalog TEXT NOT NULL,
+    updated_unix_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workspace_docs (
+    id TEXT PRIMARY KEY,
+    doc TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS gateways (
     id TEXT PRIMARY KEY,
@@ -266,7 +291,7 @@ impl SqliteStore {
     /// whatever the umask: they hold credential digests and every gateway's state.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         create_private(path)?;
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -292,6 +317,7 @@ impl SqliteStore {
         if !has_uplink {
             conn.execute_batch("ALTER TABLE gateways ADD COLUMN uplink TEXT")?;
         }
+        migrate_whole_documents(&mut conn)?;
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         // SQLite gives the WAL and shared-memory files the database file's mode;
@@ -320,6 +346,43 @@ impl SqliteStore {
 
 /// Creates `path` as an empty 0600 file if it does not exist (SQLite would create
 /// it with the umask's mode).
+/// Databases from before per-workspace rows kept whole documents in
+/// `topology_revisions`: the newest becomes the catalog and workspace rows (at its
+/// revision), once, and the old rows are removed.
+fn migrate_whole_documents(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let migrated: bool = tx.query_row("SELECT count(*) FROM topology_meta", [], |r| {
+        r.get::<_, i64>(0).map(|n| n > 0)
+    })?;
+    let newest: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT revision, document FROM topology_revisions ORDER BY revision DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let (false, Some((revision, document))) = (migrated, newest) {
+        let doc: nanami_model::Document =
+            serde_json::from_str(&document).map_err(|e| corrupt("topology_revisions", e))?;
+        let catalog =
+            serde_json::to_string(&doc.regions).map_err(|e| corrupt("topology_revisions", e))?;
+        tx.execute(
+            "INSERT INTO topology_meta (id, revision, catalog, updated_unix_ms) VALUES (1, ?1, ?2, 0)",
+            params![revision, catalog],
+        )?;
+        for ws in &doc.workspaces {
+            let json = serde_json::to_string(ws).map_err(|e| corrupt("topology_revisions", e))?;
+            tx.execute(
+                "INSERT OR REPLACE INTO workspace_docs (id, doc) VALUES (?1, ?2)",
+                params![ws.id, json],
+            )?;
+        }
+    }
+    tx.execute("DELETE FROM topology_revisions", [])?;
+    tx.commit()?;
+    Ok(())
+}
+
 fn create_private(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     match std::fs::OpenOptions::new()
@@ -388,16 +451,25 @@ fn write_rows(
 impl Store for SqliteStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
         let conn = self.conn();
-        let mut snap = Snapshot {
-            topology: conn
-                .query_row(
-                    "SELECT revision, document FROM topology_revisions ORDER BY revision DESC LIMIT 1",
-                    [],
-                    |r| Ok((to_u64(r.get(0)?), r.get::<_, String>(1)?)),
-                )
-                .optional()?,
-            ..Snapshot::default()
-        };
+        let meta: Option<(u64, String)> = conn
+            .query_row(
+                "SELECT revision, catalog FROM topology_meta WHERE id = 1",
+                [],
+                |r| Ok((to_u64(r.get(0)?), r.get::<_, String>(1)?)),
+            )
+            .optional()?;
+        let mut snap = Snapshot::default();
+        if let Some((revision, catalog)) = meta {
+            let mut stmt = conn.prepare("SELECT id, doc FROM workspace_docs ORDER BY id")?;
+            let workspaces = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<Result<_, _>>()?;
+            snap.topology = Some(StoredTopology {
+                revision,
+                catalog,
+                workspaces,
+            });
+        }
         let mut stmt =
             conn.prepare("SELECT id, generation, state, health_targets, uplink FROM gateways")?;
         let rows = stmt.query_map([], |r| {
@@ -456,31 +528,52 @@ impl Store for SqliteStore {
     fn put_topology(&self, write: &TopologyWrite<'_>) -> Result<u64, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let newest: Option<(i64, String)> = tx
-            .query_row(
-                "SELECT revision, document FROM topology_revisions ORDER BY revision DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+        let current: Option<i64> = tx
+            .query_row("SELECT revision FROM topology_meta WHERE id = 1", [], |r| {
+                r.get(0)
+            })
             .optional()?;
-        let revision = match newest {
-            Some((rev, doc)) if doc == write.document => to_u64(rev),
-            Some(_) | None => {
+        let revision = match (current, write.topology_changed) {
+            (Some(rev), false) => rev,
+            (current, true) | (current @ None, false) => {
+                let revision = current.unwrap_or(0) + 1;
                 tx.execute(
-                    "INSERT INTO topology_revisions (document, created_unix_ms) VALUES (?1, ?2)",
-                    params![write.document, to_i64(write.now_ms)],
+                    "INSERT INTO topology_meta (id, revision, catalog, updated_unix_ms)
+                     VALUES (1, ?1, ?2, ?3)
+                     ON CONFLICT (id) DO UPDATE SET revision = excluded.revision,
+                     catalog = CASE WHEN ?4 THEN excluded.catalog ELSE catalog END,
+                     updated_unix_ms = excluded.updated_unix_ms",
+                    params![
+                        revision,
+                        write.catalog.unwrap_or("[]"),
+                        to_i64(write.now_ms),
+                        write.catalog.is_some()
+                    ],
                 )?;
-                let revision = tx.last_insert_rowid();
-                tx.execute(
-                    "DELETE FROM topology_revisions WHERE revision <= ?1",
-                    params![revision - KEPT_REVISIONS],
-                )?;
+                if write.replace_all {
+                    tx.execute("DELETE FROM workspace_docs", [])?;
+                }
+                {
+                    let mut upsert = tx.prepare_cached(
+                        "INSERT INTO workspace_docs (id, doc) VALUES (?1, ?2)
+                         ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+                    )?;
+                    let mut delete =
+                        tx.prepare_cached("DELETE FROM workspace_docs WHERE id = ?1")?;
+                    for (id, doc) in write.workspaces {
+                        match doc {
+                            Some(doc) => upsert.execute(params![id, doc])?,
+                            None => delete.execute(params![id])?,
+                        };
+                    }
+                }
                 if let Some(entry) = write.audit {
                     insert_audit(&tx, entry)?;
                 }
-                to_u64(revision)
+                revision
             }
         };
+        let revision = to_u64(revision);
         for principal in write.revoke {
             let (kind, subject) = match principal {
                 Principal::Workspace(ws) => ("workspace", ws.as_str()),
@@ -705,43 +798,82 @@ mod tests {
     use super::*;
 
     #[test]
-    fn old_topology_revisions_are_pruned() {
-        let dir = std::env::temp_dir().join(format!("nm-store-prune-{}", std::process::id()));
+    fn a_change_writes_its_workspaces_and_a_revision_only_when_it_changed() {
+        let dir = std::env::temp_dir().join(format!("nm-store-rows-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let store = SqliteStore::open(&dir.join("manager.db")).unwrap();
-        let mut newest = 0;
-        for n in 0..150 {
-            newest = store
-                .put_topology(&TopologyWrite {
-                    document: &format!("{{\"n\":{n}}}"),
-                    now_ms: 0,
-                    changed: &BTreeMap::new(),
-                    audit: None,
-                    revoke: &[],
-                })
-                .unwrap();
-        }
-        let count: i64 = store
-            .conn()
-            .query_row("SELECT count(*) FROM topology_revisions", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(count, KEPT_REVISIONS);
-        assert_eq!(newest, 150);
-        let (revision, document) = store.load().unwrap().topology.unwrap();
-        assert_eq!((revision, document.as_str()), (150, "{\"n\":149}"));
-        // The same document again is no new revision.
-        assert_eq!(
+        let write = |changed: bool, catalog: Option<&str>, ws: &[(String, Option<String>)], all| {
             store
                 .put_topology(&TopologyWrite {
-                    document: "{\"n\":149}",
+                    topology_changed: changed,
+                    catalog,
+                    workspaces: ws,
+                    replace_all: all,
                     now_ms: 0,
                     changed: &BTreeMap::new(),
                     audit: None,
                     revoke: &[],
                 })
-                .unwrap(),
-            150
+                .unwrap()
+        };
+        let a = ("a".to_owned(), Some("{\"id\":\"a\"}".to_owned()));
+        let b = ("b".to_owned(), Some("{\"id\":\"b\"}".to_owned()));
+        assert_eq!(write(true, Some("[1]"), &[a.clone(), b.clone()], true), 1);
+        assert_eq!(write(false, None, &[], false), 1, "no change, no revision");
+        let a2 = ("a".to_owned(), Some("{\"id\":\"a\",\"x\":1}".to_owned()));
+        assert_eq!(write(true, None, std::slice::from_ref(&a2), false), 2);
+        let stored = store.load().unwrap().topology.unwrap();
+        assert_eq!(stored.revision, 2);
+        assert_eq!(
+            stored.catalog, "[1]",
+            "a workspace change keeps the catalog"
         );
+        assert_eq!(
+            stored.workspaces,
+            [
+                ("a".to_owned(), a2.1.clone().unwrap()),
+                ("b".to_owned(), b.1.clone().unwrap())
+            ]
+        );
+        assert_eq!(write(true, None, &[("b".to_owned(), None)], false), 3);
+        assert_eq!(store.load().unwrap().topology.unwrap().workspaces.len(), 1);
+        // An import replaces every row.
+        assert_eq!(write(true, Some("[]"), std::slice::from_ref(&b), true), 4);
+        let stored = store.load().unwrap().topology.unwrap();
+        assert_eq!(stored.workspaces, [("b".to_owned(), b.1.unwrap())]);
+        assert_eq!(stored.catalog, "[]");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_database_of_whole_documents_is_migrated_to_workspace_rows() {
+        let dir = std::env::temp_dir().join(format!("nm-store-migrate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("manager.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            for doc in [
+                "{\"version\":1,\"regions\":[],\"workspaces\":[]}",
+                "{\"version\":1,\"regions\":[{\"id\":\"lab\",\"state\":\"active\"}],\"workspaces\":[{\"id\":\"acme\",\"tenant\":\"t\",\"regions\":[\"lab\"]}]}",
+            ] {
+                conn.execute(
+                    "INSERT INTO topology_revisions (document, created_unix_ms) VALUES (?1, 0)",
+                    params![doc],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let stored = store.load().unwrap().topology.unwrap();
+        assert_eq!(stored.revision, 2, "the newest document's revision");
+        assert_eq!(stored.workspaces.len(), 1);
+        assert_eq!(stored.workspaces[0].0, "acme");
+        assert!(stored.catalog.contains("lab"));
+        drop(store);
+        // Opening again changes nothing.
+        let again = SqliteStore::open(&path).unwrap().load().unwrap().topology;
+        assert_eq!(again, Some(stored));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -642,3 +642,13 @@ impl Raw {
         self.connector.connect(name, tcp).await
     }
 }
+
+/// The topology revision stored in the database.
+pub fn stored_revision(db: &Path) -> i64 {
+    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap()
+        .query_row("SELECT revision FROM topology_meta WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap()
+}
