@@ -1,22 +1,33 @@
 """Nanami from Python: validate a topology document, compile each gateway's desired
-state and each client's WireGuard configuration, and plan the changes that take a
-gateway from what it has to what it must have.
+state and each client's WireGuard configuration, plan the changes that take a
+gateway from what it has to what it must have, and drive a gateway manager's
+object API (:class:`Manager`).
 
 >>> import nanami
 >>> topology = nanami.Topology.load("examples/topology.yaml")   # doctest: +SKIP
 >>> state = topology.compile_gateway("gw-fra-1")                 # doctest: +SKIP
 >>> print(topology.client_config("laptop-ben").to_wg_quick())    # doctest: +SKIP
+>>> manager = nanami.Manager("https://127.0.0.1:7443", "ca.pem", token)  # doctest: +SKIP
+>>> node = manager.node("acme", "laptop-1")                      # doctest: +SKIP
+>>> manager.put_node("acme", {**node.object, "status": "disabled"},
+...                  if_match=node.revision)                     # doctest: +SKIP
 
 Everything here is implemented in Rust (``nanami._nanami``); this module only
 re-exports it. Errors derive from :class:`NanamiError`.
 """
 
 from nanami._nanami import (
+    ApiError,
+    AuditEntry,
+    AuditPage,
     ClientConfig,
     ClientPeer,
     CompileError,
+    ConflictError,
+    EnrolmentToken,
     FilterRule,
     FilterSet,
+    ForbiddenError,
     GatewayChoice,
     GatewayState,
     Health,
@@ -24,11 +35,14 @@ from nanami._nanami import (
     InvalidIdError,
     InvalidKeyError,
     Issue,
+    Manager,
+    ManagerUnreachableError,
     NanamiError,
     NatRule,
     NodeIsGatewayError,
     NodeNotActiveError,
     NotFoundError,
+    ObjectNotFoundError,
     Op,
     ParseError,
     Peer,
@@ -38,7 +52,11 @@ from nanami._nanami import (
     Route,
     Rule,
     Topology,
+    UnauthorizedError,
     ValidationError,
+    Versioned,
+    WorkspaceCredential,
+    Written,
     __version__,
     generate_keypair,
     plan,
@@ -46,11 +64,17 @@ from nanami._nanami import (
 )
 
 __all__ = [
+    "ApiError",
+    "AuditEntry",
+    "AuditPage",
     "ClientConfig",
     "ClientPeer",
     "CompileError",
+    "ConflictError",
+    "EnrolmentToken",
     "FilterRule",
     "FilterSet",
+    "ForbiddenError",
     "GatewayChoice",
     "GatewayState",
     "Health",
@@ -58,11 +82,14 @@ __all__ = [
     "InvalidIdError",
     "InvalidKeyError",
     "Issue",
+    "Manager",
+    "ManagerUnreachableError",
     "NanamiError",
     "NatRule",
     "NodeIsGatewayError",
     "NodeNotActiveError",
     "NotFoundError",
+    "ObjectNotFoundError",
     "Op",
     "ParseError",
     "Peer",
@@ -72,7 +99,11 @@ __all__ = [
     "Route",
     "Rule",
     "Topology",
+    "UnauthorizedError",
     "ValidationError",
+    "Versioned",
+    "WorkspaceCredential",
+    "Written",
     "__version__",
     "generate_keypair",
     "plan",

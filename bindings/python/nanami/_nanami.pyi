@@ -3,7 +3,19 @@
 property here exists at run time and that nothing at run time is missing here."""
 
 import os
-from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple, Union, final
+from typing import (
+    Any,
+    Generic,
+    Iterator,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+    TypedDict,
+    Union,
+    final,
+)
 
 __version__: str
 
@@ -48,6 +60,29 @@ class NodeIsGatewayError(CompileError):
     """The node is a gateway's machine: compile its gateway instead."""
 
     id: str
+
+class ApiError(NanamiError):
+    """The manager refused the request."""
+
+    status: int
+    message: str
+
+class ConflictError(ApiError):
+    """412: the object changed since its revision was read."""
+
+    current_revision: Optional[str]
+
+class ObjectNotFoundError(ApiError):
+    """404: no such object, or one this credential may not see."""
+
+class ForbiddenError(ApiError):
+    """403: this credential may not do that."""
+
+class UnauthorizedError(ApiError):
+    """401: the credential is missing, unknown or revoked."""
+
+class ManagerUnreachableError(NanamiError):
+    """The manager could not be reached or did not answer in time."""
 
 # Topology -----------------------------------------------------------------------
 
@@ -381,3 +416,236 @@ class Plan:
 
 def plan(desired: _StateArg, observed: Union[_StateArg, Mapping[str, Any]]) -> Plan:
     """The ordered ops that take ``observed`` to ``desired``."""
+
+# The manager's object API -------------------------------------------------------
+
+# Objects in their topology-document form (see DESIGN.md, "Topology document").
+class _RegionRequired(TypedDict):
+    id: str
+    state: str  # active | draining | retired
+
+class _RegionDoc(_RegionRequired, total=False):
+    display_name: str
+
+class _WorkspaceSpec(TypedDict):
+    id: str
+    tenant: str
+    regions: list[str]
+
+class _NetworkRequired(TypedDict):
+    id: str
+    overlay: Union[str, list[str]]
+
+class _NetworkDoc(_NetworkRequired, total=False):
+    routes: list[str]
+    exit: bool
+    nat: bool
+    gateways: dict[str, Any]
+    health_targets: list[str]
+
+class _MembershipRequired(TypedDict):
+    network: str
+
+class _MembershipDoc(_MembershipRequired, total=False):
+    address: str
+
+class _NodeRequired(TypedDict):
+    id: str
+    public_key: str
+    status: str  # pending | active | disabled | revoked
+
+class _NodeDoc(_NodeRequired, total=False):
+    endpoints: list[str]
+    memberships: list[_MembershipDoc]
+    exit: bool
+
+class _GatewayRequired(TypedDict):
+    id: str
+    node: str
+    region: str
+    networks: list[str]
+    roles: list[str]
+    endpoint: str
+    listen_port: int
+
+class _GatewayDoc(_GatewayRequired, total=False):
+    capacity: int
+
+_O = TypeVar("_O")
+
+@final
+class Versioned(Generic[_O]):
+    """An object of the manager and its revision."""
+
+    @property
+    def revision(self) -> str: ...
+    @property
+    def object(self) -> _O: ...
+    @property
+    def id(self) -> str: ...
+    def to_dict(self) -> dict[str, Any]: ...
+    def __eq__(self, other: object) -> bool: ...
+
+@final
+class Written:
+    """The result of an accepted write."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def workspace(self) -> Optional[str]: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def revision(self) -> Optional[str]:
+        """The new revision; ``None`` when the object was deleted."""
+    @property
+    def object(self) -> Optional[dict[str, Any]]:
+        """The object as written by ``put_*``; ``None`` for deletes and node requests."""
+    @property
+    def topology_revision(self) -> int: ...
+    @property
+    def changed(self) -> dict[str, int]:
+        """Gateways whose compiled state changed, with their new generation."""
+
+@final
+class AuditEntry:
+    """One accepted write of the audit trail."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def at_unix_ms(self) -> int: ...
+    @property
+    def credential_id(self) -> str: ...
+    @property
+    def credential_kind(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def workspace(self) -> Optional[str]: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def old_revision(self) -> Optional[str]: ...
+    @property
+    def new_revision(self) -> Optional[str]: ...
+    @property
+    def diff(self) -> str: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+@final
+class AuditPage:
+    """A page of the audit trail, oldest first."""
+
+    @property
+    def entries(self) -> list[AuditEntry]: ...
+    @property
+    def next_after(self) -> Optional[int]:
+        """Pass as ``after=`` for the next page; ``None`` on the last page."""
+    def __len__(self) -> int: ...
+
+@final
+class WorkspaceCredential:
+    """A credential that administers one workspace; ``repr`` never shows the secret."""
+
+    @property
+    def workspace(self) -> str: ...
+    @property
+    def credential_id(self) -> str: ...
+    def expose_secret(self) -> str: ...
+
+@final
+class EnrolmentToken:
+    """A one-time enrolment token; ``repr`` never shows the secret."""
+
+    @property
+    def subject_kind(self) -> str: ...
+    @property
+    def subject_id(self) -> str: ...
+    @property
+    def expires_at(self) -> int: ...
+    def expose_secret(self) -> str: ...
+
+@final
+class Manager:
+    """A client of one gateway manager presenting one credential. Every call
+    releases the GIL while it waits; writes take ``if_match=`` (a revision, or
+    ``"*"``: the object exists) or ``create_only=True``."""
+
+    def __init__(
+        self,
+        url: str,
+        ca: Union[None, str, "os.PathLike[str]"] = None,
+        credential: Union[None, str, WorkspaceCredential] = None,
+        timeout: float = 30.0,
+    ) -> None: ...
+    @property
+    def url(self) -> str: ...
+    def regions(self) -> list[Versioned[_RegionDoc]]: ...
+    def region(self, id: str) -> Versioned[_RegionDoc]: ...
+    def put_region(
+        self, region: _RegionDoc, *, if_match: Optional[str] = None, create_only: bool = False
+    ) -> Written: ...
+    def delete_region(self, id: str, *, if_match: Optional[str] = None) -> Written: ...
+    def workspaces(self) -> list[Versioned[_WorkspaceSpec]]: ...
+    def workspace(self, id: str) -> Versioned[_WorkspaceSpec]: ...
+    def put_workspace(
+        self, workspace: _WorkspaceSpec, *, if_match: Optional[str] = None, create_only: bool = False
+    ) -> Written: ...
+    def delete_workspace(self, id: str, *, if_match: Optional[str] = None) -> Written: ...
+    def mint_workspace_credential(self, workspace: str) -> WorkspaceCredential: ...
+    def networks(self, workspace: str) -> list[Versioned[_NetworkDoc]]: ...
+    def network(self, workspace: str, id: str) -> Versioned[_NetworkDoc]: ...
+    def put_network(
+        self,
+        workspace: str,
+        network: _NetworkDoc,
+        *,
+        if_match: Optional[str] = None,
+        create_only: bool = False,
+    ) -> Written: ...
+    def delete_network(self, workspace: str, id: str, *, if_match: Optional[str] = None) -> Written: ...
+    def nodes(self, workspace: str) -> list[Versioned[_NodeDoc]]: ...
+    def node(self, workspace: str, id: str) -> Versioned[_NodeDoc]: ...
+    def put_node(
+        self,
+        workspace: str,
+        node: _NodeDoc,
+        *,
+        if_match: Optional[str] = None,
+        create_only: bool = False,
+    ) -> Written: ...
+    def delete_node(self, workspace: str, id: str, *, if_match: Optional[str] = None) -> Written: ...
+    def gateways(self, workspace: str) -> list[Versioned[_GatewayDoc]]: ...
+    def gateway(self, workspace: str, id: str) -> Versioned[_GatewayDoc]: ...
+    def put_gateway(
+        self,
+        workspace: str,
+        gateway: _GatewayDoc,
+        *,
+        if_match: Optional[str] = None,
+        create_only: bool = False,
+    ) -> Written: ...
+    def delete_gateway(self, workspace: str, id: str, *, if_match: Optional[str] = None) -> Written: ...
+    def enable_node(self, workspace: str, node: str, *, if_match: Optional[str] = None) -> Written: ...
+    def disable_node(self, workspace: str, node: str, *, if_match: Optional[str] = None) -> Written: ...
+    def revoke_node(self, workspace: str, node: str, *, if_match: Optional[str] = None) -> Written: ...
+    def rotate_key(
+        self,
+        workspace: str,
+        node: str,
+        public_key: Union[str, PublicKey],
+        *,
+        if_match: Optional[str] = None,
+    ) -> Written: ...
+    def create_token(
+        self,
+        *,
+        gateway: Optional[str] = None,
+        node: Optional[str] = None,
+        ttl_seconds: Optional[int] = None,
+    ) -> EnrolmentToken: ...
+    def export_topology(self) -> dict[str, Any]: ...
+    def import_topology(self, document: Union[str, Mapping[str, Any]]) -> int: ...
+    def audit(self, after: Optional[int] = None, limit: Optional[int] = None) -> AuditPage: ...

@@ -111,3 +111,63 @@ def big_doc(workspaces: int, nodes_per_workspace: int) -> dict:
             }
         )
     return {"version": 1, "regions": [{"id": "eu", "state": "active"}], "workspaces": wss}
+
+
+def key(seed: str) -> str:
+    """A valid public key derived from `seed` (the same every run)."""
+    import nanami
+
+    return nanami.PrivateKey.from_base64(_seed_key(seed)).public_key.to_base64()
+
+
+def _seed_key(seed: str) -> str:
+    import base64
+    import hashlib
+
+    return base64.b64encode(hashlib.sha256(seed.encode()).digest()).decode()
+
+
+def workspace_contents(ws: str, n: int) -> dict:
+    """Workspace `ws`: network `corp`, gateway `gw-<ws>` and client `laptop-<ws>`
+    (node ids are unique across the document). `n` picks the public endpoint."""
+    return {
+        "networks": [{"id": "corp", "overlay": "100.80.0.0/22", "routes": ["10.20.0.0/16"]}],
+        "nodes": [
+            {
+                "id": f"gw-{ws}",
+                "public_key": key(f"gw-{ws}"),
+                "status": "active",
+                "memberships": [{"network": "corp", "address": "100.80.0.1"}],
+            },
+            {
+                "id": f"laptop-{ws}",
+                "public_key": key(f"laptop-{ws}"),
+                "status": "active",
+                "memberships": [{"network": "corp"}],
+            },
+        ],
+        "gateways": [
+            {
+                "id": f"gw-{ws}",
+                "node": f"gw-{ws}",
+                "region": "eu",
+                "networks": ["corp"],
+                "roles": ["ingress", "egress"],
+                "endpoint": f"203.0.113.{n}:51820",
+                "listen_port": 51820,
+            }
+        ],
+    }
+
+
+def two_workspaces() -> dict:
+    """Regions `eu` and `us`; workspaces `acme` and `globex` (tenants reuse the same
+    overlay and routes), each with network, gateway and client."""
+    return {
+        "version": 1,
+        "regions": [{"id": "eu", "state": "active"}, {"id": "us", "state": "active"}],
+        "workspaces": [
+            {"id": "acme", "tenant": "acme-corp", "regions": ["eu"], **workspace_contents("acme", 10)},
+            {"id": "globex", "tenant": "globex-inc", "regions": ["eu"], **workspace_contents("globex", 20)},
+        ],
+    }

@@ -3,6 +3,7 @@
 mod connect;
 mod explain;
 mod lab;
+mod objects;
 mod status;
 mod table;
 
@@ -96,6 +97,74 @@ enum Command {
         #[command(flatten)]
         manager: status::ManagerArgs,
         /// The plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Objects of the manager with their revisions: a table, or `--json`.
+    Get {
+        /// region, workspace, network, node or gateway (or their plurals).
+        #[arg(value_enum)]
+        kind: objects::Kind,
+        /// One object's id; all of them without it.
+        id: Option<String>,
+        /// The workspace (networks, nodes and gateways).
+        #[arg(long)]
+        workspace: Option<String>,
+        #[command(flatten)]
+        manager: status::ManagerArgs,
+        /// JSON (`{revision, object}`, or `{items: [...]}`) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create or replace objects from a file, in order, each under its
+    /// precondition. Exit 3 when a precondition fails (412), 1 when the result
+    /// would be invalid (422).
+    Apply {
+        #[command(flatten)]
+        file: objects::ApplyFile,
+        #[command(flatten)]
+        write: objects::WriteArgs,
+        #[command(flatten)]
+        manager: status::ManagerArgs,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an object. Exit 3 when `--if-match` fails (412).
+    Delete {
+        /// region, workspace, network, node or gateway.
+        #[arg(value_enum)]
+        kind: objects::Kind,
+        /// The object's id.
+        id: String,
+        /// The workspace (networks, nodes and gateways).
+        #[arg(long)]
+        workspace: Option<String>,
+        /// Only if the object is at this revision (`*`: only if it exists).
+        #[arg(long, value_name = "REV")]
+        if_match: Option<String>,
+        #[command(flatten)]
+        manager: status::ManagerArgs,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A node's lifecycle: enable, disable, revoke, rotate-key.
+    Node {
+        #[command(subcommand)]
+        command: objects::NodeCommand,
+    },
+    /// The audit trail this credential may read, oldest first.
+    Audit {
+        /// Entries after this sequence number.
+        #[arg(long)]
+        after: Option<u64>,
+        /// At most this many entries (the manager caps it).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[command(flatten)]
+        manager: status::ManagerArgs,
+        /// JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -263,6 +332,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Get {
+            kind,
+            id,
+            workspace,
+            manager,
+            json,
+        } => objects::get(&manager, kind, id.as_deref(), workspace.as_deref(), json),
+        Command::Apply {
+            file,
+            write,
+            manager,
+            json,
+        } => objects::apply(&manager, &file.file, &write, json),
+        Command::Delete {
+            kind,
+            id,
+            workspace,
+            if_match,
+            manager,
+            json,
+        } => objects::delete(
+            &manager,
+            kind,
+            &id,
+            workspace.as_deref(),
+            if_match.as_deref(),
+            json,
+        ),
+        Command::Node { command } => objects::node(&command),
+        Command::Audit {
+            after,
+            limit,
+            manager,
+            json,
+        } => objects::audit(&manager, after, limit, json),
         Command::Connect(args) => connect_command(args),
         Command::Lab {
             command,

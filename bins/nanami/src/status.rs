@@ -19,7 +19,8 @@ pub struct ManagerArgs {
     /// The manager's CA certificate.
     #[arg(long)]
     pub ca: Option<PathBuf>,
-    /// A file with the control-plane or operator credential.
+    /// A file with the credential: platform (`nmc_`), workspace (`nmw_`) or
+    /// operator (`nmo_`).
     #[arg(long)]
     pub credential_file: Option<PathBuf>,
 }

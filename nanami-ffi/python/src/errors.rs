@@ -6,21 +6,33 @@
 //! ├── ValidationError     the document was read but is invalid; `.issues` lists all
 //! ├── InvalidIdError      an id passed by the caller is malformed
 //! ├── InvalidKeyError     a WireGuard key is malformed or unusable
-//! └── CompileError        nothing could be compiled for the id asked for
-//!     ├── NotFoundError       no gateway/node with this id; `.id`
-//!     ├── NodeNotActiveError  the node is not active; `.id`, `.status`
-//!     └── NodeIsGatewayError  the node is a gateway's machine; `.id`
+//! ├── CompileError        nothing could be compiled for the id asked for
+//! │   ├── NotFoundError       no gateway/node with this id; `.id`
+//! │   ├── NodeNotActiveError  the node is not active; `.id`, `.status`
+//! │   └── NodeIsGatewayError  the node is a gateway's machine; `.id`
+//! ├── ApiError            the manager refused a request; `.status`, `.message`
+//! │   ├── ConflictError       412: the object changed since its revision was read;
+//! │   │                       `.current_revision`
+//! │   ├── ObjectNotFoundError 404: no such object (or not this credential's to see)
+//! │   ├── ForbiddenError      403: this credential may not do that
+//! │   └── UnauthorizedError   401: no valid credential
+//! └── ManagerUnreachableError the manager could not be reached or did not answer
 //! ```
+//!
+//! A write the manager refuses as invalid (422) raises `ValidationError`, with
+//! `.issues` as local validation gives them (each `path: message` line of the
+//! answer is one `Issue`).
 
 use std::fmt::Display;
 
+use nanami_api::ApiError as CoreApiError;
 use nanami_model::{
-    CompileError as CoreCompileError, IdError, KeyError, ParseError as CoreParseError,
-    TopologyError, ValidationErrors,
+    CompileError as CoreCompileError, IdError, Issue as CoreIssue, KeyError,
+    ParseError as CoreParseError, TopologyError, ValidationErrors,
 };
-use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError};
+use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyList;
+use pyo3::types::{PyList, PyString};
 
 use crate::topology::Issue;
 
@@ -79,6 +91,43 @@ pyo3::create_exception!(
     "The node is a gateway's machine: compile its gateway instead. `.id`."
 );
 
+pyo3::create_exception!(
+    nanami,
+    ApiError,
+    NanamiError,
+    "The manager refused the request. `.status` is the HTTP status, `.message` its reason."
+);
+pyo3::create_exception!(
+    nanami,
+    ConflictError,
+    ApiError,
+    "412: the object changed (or was created or deleted) since its revision was read. `.current_revision` is its revision now (None: it does not exist); read it again, merge, retry."
+);
+pyo3::create_exception!(
+    nanami,
+    ObjectNotFoundError,
+    ApiError,
+    "404: no such object, or one this credential may not see (another workspace's)."
+);
+pyo3::create_exception!(
+    nanami,
+    ForbiddenError,
+    ApiError,
+    "403: this credential may not do that (a workspace credential on regions or access grants, an operator writing)."
+);
+pyo3::create_exception!(
+    nanami,
+    UnauthorizedError,
+    ApiError,
+    "401: the credential is missing, unknown or revoked."
+);
+pyo3::create_exception!(
+    nanami,
+    ManagerUnreachableError,
+    NanamiError,
+    "The manager could not be reached (connection refused, TLS handshake failed, connection dropped) or did not answer in time. Nothing is known about whether a write took effect; read the object again."
+);
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("NanamiError", py.get_type::<NanamiError>())?;
@@ -90,6 +139,15 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("NotFoundError", py.get_type::<NotFoundError>())?;
     m.add("NodeNotActiveError", py.get_type::<NodeNotActiveError>())?;
     m.add("NodeIsGatewayError", py.get_type::<NodeIsGatewayError>())?;
+    m.add("ApiError", py.get_type::<ApiError>())?;
+    m.add("ConflictError", py.get_type::<ConflictError>())?;
+    m.add("ObjectNotFoundError", py.get_type::<ObjectNotFoundError>())?;
+    m.add("ForbiddenError", py.get_type::<ForbiddenError>())?;
+    m.add("UnauthorizedError", py.get_type::<UnauthorizedError>())?;
+    m.add(
+        "ManagerUnreachableError",
+        py.get_type::<ManagerUnreachableError>(),
+    )?;
     Ok(())
 }
 
@@ -214,6 +272,87 @@ pub(crate) fn io_error(e: std::io::Error, path: &std::path::Path) -> PyErr {
         e.to_string(),
         path.display().to_string(),
     ))
+}
+
+/// One `path: message` line of a manager's 422 answer as the core's issue (the
+/// manager prints issues as `nanami validate` does).
+fn issue_of_line(line: &str) -> CoreIssue {
+    match line.split_once(": ") {
+        Some((path, message)) => CoreIssue {
+            path: path.to_owned(),
+            message: message.to_owned(),
+        },
+        None => CoreIssue {
+            path: String::new(),
+            message: line.to_owned(),
+        },
+    }
+}
+
+fn text(py: Python<'_>, s: &str) -> Py<PyAny> {
+    PyString::new(py, s).into_any().unbind()
+}
+
+/// [`nanami_api::ApiError`] → the exception for its status (or cause).
+pub(crate) fn api_error(py: Python<'_>, e: CoreApiError) -> PyErr {
+    match e {
+        CoreApiError::Status {
+            status,
+            message,
+            issues,
+            current_revision,
+        } => {
+            let code = status.as_u16();
+            if code == 422 {
+                let err = validation_error(
+                    py,
+                    ValidationErrors(issues.iter().map(|l| issue_of_line(l)).collect()),
+                );
+                return with_attrs(
+                    py,
+                    err,
+                    &[
+                        ("status", code_obj(py, code)),
+                        ("message", text(py, &message)),
+                    ],
+                );
+            }
+            let shown = format!("{status}: {message}");
+            let err = match code {
+                412 => ConflictError::new_err(shown),
+                404 => ObjectNotFoundError::new_err(shown),
+                403 => ForbiddenError::new_err(shown),
+                401 => UnauthorizedError::new_err(shown),
+                _ => ApiError::new_err(shown),
+            };
+            let revision = current_revision.map_or_else(|| py.None(), |r| text(py, &r));
+            let mut attrs = vec![
+                ("status", code_obj(py, code)),
+                ("message", text(py, &message)),
+            ];
+            if code == 412 {
+                attrs.push(("current_revision", revision));
+            }
+            with_attrs(py, err, &attrs)
+        }
+        CoreApiError::Connect(_) | CoreApiError::Timeout(_) => {
+            ManagerUnreachableError::new_err(e.to_string())
+        }
+        CoreApiError::Url(_) | CoreApiError::Tls(_) => PyValueError::new_err(e.to_string()),
+        CoreApiError::Decode(_) => NanamiError::new_err(format!(
+            "the manager's answer is not what this client expects (a different version?): {e}"
+        )),
+        // A cause added to the client later is still an error of this call.
+        #[allow(clippy::wildcard_enum_match_arm)]
+        other => NanamiError::new_err(other.to_string()),
+    }
+}
+
+fn code_obj(py: Python<'_>, code: u16) -> Py<PyAny> {
+    match code.into_pyobject(py) {
+        Ok(n) => n.into_any().unbind(),
+        Err(never) => match never {},
+    }
 }
 
 /// A failure that is a bug in nanami, not in the caller's input.

@@ -26,6 +26,12 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 #[derive(PartialEq, Hash)]
 pub(crate) struct PublicKey(CorePublicKey);
 
+impl PublicKey {
+    pub(crate) fn inner(&self) -> &CorePublicKey {
+        &self.0
+    }
+}
+
 #[pymethods]
 impl PublicKey {
     /// Parses base64; a malformed or low-order key raises `InvalidKeyError`.

@@ -1,8 +1,9 @@
 //! # nanami-python
 //!
 //! The native module (`nanami._nanami`) of the `nanami` Python package: a thin
-//! binding over [`nanami_model`] and [`nanami_reconcile`], built by maturin from
-//! `bindings/python/`.
+//! binding over [`nanami_model`] and [`nanami_reconcile`], and a client of the
+//! gateway manager's object API over [`nanami_api`] ([`manager`]), built by
+//! maturin from `bindings/python/`.
 //!
 //! Habits, after mozilla/application-services and pydantic/jiter:
 //! - the core crates know nothing of Python; this crate owns every Python type;
@@ -10,7 +11,8 @@
 //!   (ids, prefixes and keys as `str`), never the core types themselves;
 //! - each core error enum is mapped to a Python exception by one explicit function
 //!   in [`errors`], never through a blanket `From`;
-//! - calls that parse, validate or compile release the GIL.
+//! - calls that parse, validate or compile, and every request to a manager,
+//!   release the GIL.
 //!
 //! The Python-facing contract is `bindings/python/nanami/_nanami.pyi`; the tests
 //! in `bindings/python/tests` check that it matches this module exactly.
@@ -19,6 +21,7 @@ mod config;
 mod convert;
 mod errors;
 mod keys;
+mod manager;
 mod plan;
 mod state;
 mod topology;
@@ -35,5 +38,6 @@ fn _nanami(m: &Bound<'_, PyModule>) -> PyResult<()> {
     config::register(m)?;
     keys::register(m)?;
     plan::register(m)?;
+    manager::register(m)?;
     Ok(())
 }
