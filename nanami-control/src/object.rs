@@ -15,7 +15,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use nanami_model::doc::{
-    Document, GatewayDoc, NetworkDoc, NodeDoc, RegionDoc, WorkspaceDoc, WorkspaceSpec,
+    Document, GatewayDoc, NetworkDoc, NodeDoc, PathPart, RegionDoc, UnknownField, WorkspaceDoc,
+    WorkspaceSpec,
 };
 use serde::Serialize;
 
@@ -329,6 +330,87 @@ impl Edit {
             ObjectKind::Topology => return None,
         })
     }
+}
+
+/// The issues of the unknown fields of a PUT's body (paths from the body's root),
+/// exactly as validating a whole document holding it reports them
+/// (`workspaces[acme].nodes[n1].colour: unknown field ...; a node has ...`).
+pub fn unknown_field_issues(edit: &Edit, unknown: &[UnknownField]) -> Vec<String> {
+    let empty_ws = |id: &str| WorkspaceDoc {
+        id: id.to_owned(),
+        tenant: String::new(),
+        regions: Vec::new(),
+        networks: Vec::new(),
+        nodes: Vec::new(),
+        gateways: Vec::new(),
+    };
+    let mut doc = Document {
+        version: nanami_model::doc::VERSION,
+        regions: Vec::new(),
+        workspaces: Vec::new(),
+        unknown_fields: Vec::new(),
+    };
+    let (prefix, list): (Vec<PathPart>, &str) = match edit {
+        Edit::PutRegion(r) => {
+            doc.regions.push(r.clone());
+            (vec![PathPart::Field("regions".into())], "")
+        }
+        Edit::PutWorkspace(w) => {
+            let mut ws = empty_ws(&w.id);
+            ws.tenant.clone_from(&w.tenant);
+            ws.regions.clone_from(&w.regions);
+            doc.workspaces.push(ws);
+            (vec![PathPart::Field("workspaces".into())], "")
+        }
+        Edit::PutNetwork(id, n) => {
+            let mut ws = empty_ws(id);
+            ws.networks.push(n.clone());
+            doc.workspaces.push(ws);
+            (Vec::new(), "networks")
+        }
+        Edit::PutNode(id, n) => {
+            let mut ws = empty_ws(id);
+            ws.nodes.push(n.clone());
+            doc.workspaces.push(ws);
+            (Vec::new(), "nodes")
+        }
+        Edit::PutGateway(id, g) => {
+            let mut ws = empty_ws(id);
+            ws.gateways.push(g.clone());
+            doc.workspaces.push(ws);
+            (Vec::new(), "gateways")
+        }
+        Edit::DeleteRegion(_)
+        | Edit::DeleteWorkspace(_)
+        | Edit::DeleteNetwork(..)
+        | Edit::DeleteNode(..)
+        | Edit::DeleteGateway(..)
+        | Edit::SetNodeStatus { .. }
+        | Edit::RotateKey { .. }
+        | Edit::Import(_) => return Vec::new(),
+    };
+    let prefix = if list.is_empty() {
+        let mut p = prefix;
+        p.push(PathPart::Index(0));
+        p
+    } else {
+        vec![
+            PathPart::Field("workspaces".into()),
+            PathPart::Index(0),
+            PathPart::Field(list.into()),
+            PathPart::Index(0),
+        ]
+    };
+    doc.unknown_fields = unknown
+        .iter()
+        .map(|f| UnknownField {
+            path: prefix.iter().chain(&f.path).cloned().collect(),
+        })
+        .collect();
+    nanami_model::validate::unknown_field_issues(&doc)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 /// Replaces (or appends) the item with `id` in `list`; `None` removes it.

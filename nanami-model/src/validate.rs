@@ -318,6 +318,15 @@ fn object_path(doc: &Document, parts: &[PathPart]) -> (String, Option<Holder>) {
     (out, holder)
 }
 
+/// The issue of each of `doc`'s unknown fields ([`Document::unknown_fields`]),
+/// as [`validate`] reports them: at its path, naming the fields its object has.
+pub fn unknown_field_issues(doc: &Document) -> Vec<Issue> {
+    doc.unknown_fields
+        .iter()
+        .map(|f| unknown_field_issue(doc, f))
+        .collect()
+}
+
 /// The issue for one unknown field: at its path, naming the fields its object has.
 fn unknown_field_issue(doc: &Document, field: &UnknownField) -> Issue {
     let parent = field.path.len().saturating_sub(1);

@@ -20,7 +20,7 @@ use nanami_api::wire::{
 };
 use nanami_control::object::{self as obj, ObjectKind, ObjectRef};
 use nanami_control::{Action, Docs, Edit, Precondition, Principal, Target};
-use nanami_model::doc::{part_from_json, PathPart};
+use nanami_model::doc::{part_from_json, UnknownField};
 use nanami_model::WorkspaceId;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -303,50 +303,16 @@ fn precondition(app: &App, headers: &HeaderMap) -> Result<Precondition, ApiErr> 
     }
 }
 
-/// Parses an object body of type `T`; unknown fields are reported like the
-/// document's (422, with their paths), the id must be the path's.
+/// Parses an object body of type `T` (the id must be the path's), with its
+/// unknown fields.
 fn parse_part<T: DeserializeOwned>(
     app: &App,
     object: &ObjectRef,
     body: &[u8],
     id_of: impl Fn(&T) -> &str,
-) -> Result<T, ApiErr> {
+) -> Result<(T, Vec<UnknownField>), ApiErr> {
     let (part, unknown) = part_from_json::<T>(body)
         .map_err(|e| bad_request(app, format!("bad {} body: {e}", object.kind.name())))?;
-    if !unknown.is_empty() {
-        let base = match (&object.kind, &object.workspace) {
-            (ObjectKind::Region, _) => format!("regions[{}]", object.id),
-            (ObjectKind::Workspace, _) => format!("workspaces[{}]", object.id),
-            (kind, ws) => format!(
-                "workspaces[{}].{}s[{}]",
-                ws.as_deref().unwrap_or_default(),
-                kind.name(),
-                object.id
-            ),
-        };
-        let issues = unknown
-            .iter()
-            .map(|f| {
-                let path: String = f
-                    .path
-                    .iter()
-                    .map(|p| match p {
-                        PathPart::Field(name) => format!(".{name}"),
-                        PathPart::Index(i) => format!("[{i}]"),
-                    })
-                    .collect();
-                format!("{base}{path}: unknown field")
-            })
-            .collect();
-        return Err(ApiErr {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            body: nanami_api::wire::ErrorBody {
-                error: format!("invalid {}: unknown fields", object.kind.name()),
-                issues,
-                current_revision: None,
-            },
-        });
-    }
     if id_of(&part) != object.id {
         return Err(bad_request(
             app,
@@ -357,29 +323,51 @@ fn parse_part<T: DeserializeOwned>(
             ),
         ));
     }
-    Ok(part)
+    Ok((part, unknown))
 }
 
-/// The edit a PUT body makes.
+/// The edit a PUT body makes. Unknown fields are reported as a whole document's
+/// validation reports them (422, each at its path).
 fn put_edit(app: &App, object: &ObjectRef, body: &[u8]) -> Result<Edit, ApiErr> {
     let ws = object.workspace.clone().unwrap_or_default();
-    Ok(match object.kind {
+    let (edit, unknown) = match object.kind {
         ObjectKind::Region => {
-            Edit::PutRegion(parse_part::<RegionDoc>(app, object, body, |r| &r.id)?)
+            let (r, u) = parse_part::<RegionDoc>(app, object, body, |r| &r.id)?;
+            (Edit::PutRegion(r), u)
         }
         ObjectKind::Workspace => {
-            Edit::PutWorkspace(parse_part::<WorkspaceSpec>(app, object, body, |w| &w.id)?)
+            let (w, u) = parse_part::<WorkspaceSpec>(app, object, body, |w| &w.id)?;
+            (Edit::PutWorkspace(w), u)
         }
         ObjectKind::Network => {
-            Edit::PutNetwork(ws, parse_part::<NetworkDoc>(app, object, body, |n| &n.id)?)
+            let (n, u) = parse_part::<NetworkDoc>(app, object, body, |n| &n.id)?;
+            (Edit::PutNetwork(ws, n), u)
         }
-        ObjectKind::Node => Edit::PutNode(ws, parse_part::<NodeDoc>(app, object, body, |n| &n.id)?),
+        ObjectKind::Node => {
+            let (n, u) = parse_part::<NodeDoc>(app, object, body, |n| &n.id)?;
+            (Edit::PutNode(ws, n), u)
+        }
         ObjectKind::Gateway => {
-            Edit::PutGateway(ws, parse_part::<GatewayDoc>(app, object, body, |g| &g.id)?)
+            let (g, u) = parse_part::<GatewayDoc>(app, object, body, |g| &g.id)?;
+            (Edit::PutGateway(ws, g), u)
         }
         ObjectKind::Topology => {
             return Err(bad_request(app, "the topology is replaced at /v1/topology"))
         }
+    };
+    if unknown.is_empty() {
+        return Ok(edit);
+    }
+    app.counters
+        .bad_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Err(ApiErr {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        body: nanami_api::wire::ErrorBody {
+            error: format!("invalid {}: unknown fields", object.kind.name()),
+            issues: obj::unknown_field_issues(&edit, &unknown),
+            current_revision: None,
+        },
     })
 }
 

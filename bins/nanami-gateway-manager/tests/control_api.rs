@@ -412,6 +412,17 @@ async fn a_refused_write_changes_no_row_no_generation_and_no_audit_entry() {
             "{body}: {}",
             String::from_utf8_lossy(&a.body)
         );
+        if body.contains("colour") {
+            // Word for word what validating a whole document says.
+            let answer: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+            let issue = answer["issues"][0].as_str().unwrap();
+            assert!(
+                issue.starts_with(
+                    "workspaces[acme].nodes[acme-n1].colour: unknown field `colour`; a node has id, public_key"
+                ),
+                "{issue}"
+            );
+        }
     }
     // A node that does not exist; a workspace that does not.
     let e = acme
