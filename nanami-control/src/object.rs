@@ -413,17 +413,28 @@ pub fn unknown_field_issues(edit: &Edit, unknown: &[UnknownField]) -> Vec<String
         .collect()
 }
 
-/// Replaces (or appends) the item with `id` in `list`; `None` removes it.
-fn put<T: Clone>(list: &mut Vec<T>, id: &str, key: impl Fn(&T) -> &str, new: Option<T>) {
-    let at = list.iter().position(|x| key(x) == id);
-    match (at, new) {
-        (Some(i), Some(new)) => list[i] = new,
-        (Some(i), None) => {
-            list.remove(i);
-        }
-        (None, Some(new)) => list.push(new),
-        (None, None) => {}
+/// Replaces the item of `list` with `new`'s id, or appends `new`.
+fn upsert<T>(list: &mut Vec<T>, new: T, key: impl Fn(&T) -> &str) {
+    match list.iter().position(|x| key(x) == key(&new)) {
+        Some(i) => list[i] = new,
+        None => list.push(new),
     }
+}
+
+/// Removes the item with `id` from `list`, if it is there.
+fn remove<T>(list: &mut Vec<T>, id: &str, key: impl Fn(&T) -> &str) {
+    list.retain(|x| key(x) != id);
+}
+
+/// Changes workspace `ws`'s contents with `change`: the workspace is then the
+/// one touched.
+fn contents(
+    doc: &mut Docs,
+    ws: String,
+    change: impl FnOnce(&mut WorkspaceDoc),
+) -> Result<Touched, EditError> {
+    change(workspace_mut(doc, &ws)?);
+    Ok(Touched::Workspaces(BTreeSet::from([ws])))
 }
 
 /// The workspace `id` of `doc`, mutably, or [`EditError::NotFound`] naming it.
@@ -486,12 +497,11 @@ pub fn apply(doc: &Docs, edit: Edit, precondition: &Precondition) -> Result<Appl
     let mut new = doc.clone();
     let touched = match edit {
         Edit::PutRegion(r) => {
-            let id = r.id.clone();
-            put(new.regions_mut(), &id, |r| &r.id, Some(r));
+            upsert(new.regions_mut(), r, |r| &r.id);
             Touched::All
         }
         Edit::DeleteRegion(id) => {
-            put(new.regions_mut(), &id, |r| &r.id, None);
+            remove(new.regions_mut(), &id, |r| &r.id);
             Touched::All
         }
         Edit::PutWorkspace(spec) => {
@@ -522,89 +532,40 @@ pub fn apply(doc: &Docs, edit: Edit, precondition: &Precondition) -> Result<Appl
             Touched::Workspaces(BTreeSet::from([id]))
         }
         Edit::PutNetwork(ws, n) => {
-            let id = n.id.clone();
-            put(
-                &mut workspace_mut(&mut new, &ws)?.networks,
-                &id,
-                |n| &n.id,
-                Some(n),
-            );
-            Touched::Workspaces(BTreeSet::from([ws]))
+            contents(&mut new, ws, |w| upsert(&mut w.networks, n, |n| &n.id))?
         }
         Edit::DeleteNetwork(ws, id) => {
-            put(
-                &mut workspace_mut(&mut new, &ws)?.networks,
-                &id,
-                |n| &n.id,
-                None,
-            );
-            Touched::Workspaces(BTreeSet::from([ws]))
+            contents(&mut new, ws, |w| remove(&mut w.networks, &id, |n| &n.id))?
         }
-        Edit::PutNode(ws, n) => {
-            let id = n.id.clone();
-            put(
-                &mut workspace_mut(&mut new, &ws)?.nodes,
-                &id,
-                |n| &n.id,
-                Some(n),
-            );
-            Touched::Workspaces(BTreeSet::from([ws]))
-        }
+        Edit::PutNode(ws, n) => contents(&mut new, ws, |w| upsert(&mut w.nodes, n, |n| &n.id))?,
         Edit::DeleteNode(ws, id) => {
-            put(
-                &mut workspace_mut(&mut new, &ws)?.nodes,
-                &id,
-                |n| &n.id,
-                None,
-            );
-            Touched::Workspaces(BTreeSet::from([ws]))
+            contents(&mut new, ws, |w| remove(&mut w.nodes, &id, |n| &n.id))?
         }
         Edit::SetNodeStatus {
             workspace,
             node,
             status,
-        } => {
-            if let Some(n) = workspace_mut(&mut new, &workspace)?
-                .nodes
+        } => contents(&mut new, workspace, |w| {
+            w.nodes
                 .iter_mut()
-                .find(|n| n.id == node)
-            {
-                n.status = status;
-            }
-            Touched::Workspaces(BTreeSet::from([workspace]))
-        }
+                .filter(|n| n.id == node)
+                .for_each(|n| n.status.clone_from(&status));
+        })?,
         Edit::RotateKey {
             workspace,
             node,
             public_key,
-        } => {
-            if let Some(n) = workspace_mut(&mut new, &workspace)?
-                .nodes
+        } => contents(&mut new, workspace, |w| {
+            w.nodes
                 .iter_mut()
-                .find(|n| n.id == node)
-            {
-                n.public_key = public_key;
-            }
-            Touched::Workspaces(BTreeSet::from([workspace]))
-        }
+                .filter(|n| n.id == node)
+                .for_each(|n| n.public_key.clone_from(&public_key));
+        })?,
         Edit::PutGateway(ws, g) => {
-            let id = g.id.clone();
-            put(
-                &mut workspace_mut(&mut new, &ws)?.gateways,
-                &id,
-                |g| &g.id,
-                Some(g),
-            );
-            Touched::Workspaces(BTreeSet::from([ws]))
+            contents(&mut new, ws, |w| upsert(&mut w.gateways, g, |g| &g.id))?
         }
         Edit::DeleteGateway(ws, id) => {
-            put(
-                &mut workspace_mut(&mut new, &ws)?.gateways,
-                &id,
-                |g| &g.id,
-                None,
-            );
-            Touched::Workspaces(BTreeSet::from([ws]))
+            contents(&mut new, ws, |w| remove(&mut w.gateways, &id, |g| &g.id))?
         }
         Edit::Import(document) => {
             let imported = Docs::from_document(&document);
