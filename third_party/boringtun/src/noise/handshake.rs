@@ -470,6 +470,23 @@ impl Handshake {
         self.next_index
     }
 
+    /// The TAI64N timestamp of the last initiation accepted from the peer.
+    pub(crate) fn last_handshake_timestamp(&self) -> [u8; TIMESTAMP_LEN] {
+        let mut out = [0u8; TIMESTAMP_LEN];
+        out[..8].copy_from_slice(&self.last_handshake_timestamp.secs.to_be_bytes());
+        out[8..].copy_from_slice(&self.last_handshake_timestamp.nano.to_be_bytes());
+        out
+    }
+
+    /// Raises the replay floor for initiations to `timestamp` (never lowers it).
+    pub(crate) fn raise_handshake_timestamp(&mut self, timestamp: [u8; TIMESTAMP_LEN]) {
+        if let Ok(t) = Tai64N::parse(&timestamp) {
+            if t.after(&self.last_handshake_timestamp) {
+                self.last_handshake_timestamp = t;
+            }
+        }
+    }
+
     pub(crate) fn set_static_private(
         &mut self,
         private_key: x25519::StaticSecret,
@@ -675,6 +692,11 @@ impl Handshake {
             .try_into()
             .map_err(|_| WireGuardError::InvalidPacket)?;
         self.cookies.write_cookie = Some(cookie);
+        // Nanami patch (one cookie per MAC1): as the Linux module does, a MAC1 answers one
+        // cookie reply. Anyone who saw our handshake message can forge a cookie reply for
+        // it (the key is derived from the peer's public key), so accepting more only
+        // helps an observer.
+        self.cookies.last_mac1 = None;
         Ok(())
     }
 

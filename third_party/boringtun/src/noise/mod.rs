@@ -166,6 +166,23 @@ impl Tunn {
         self.handshake.is_expired()
     }
 
+    /// The TAI64N timestamp of the last handshake initiation accepted from the peer:
+    /// initiations that are not newer are refused as replays.
+    ///
+    /// Nanami patch: a caller that replaces this `Tunn` (a new preshared key, a private
+    /// key removed and set again) carries it over with
+    /// [`Tunn::raise_handshake_timestamp`]; otherwise a captured initiation would be
+    /// accepted again by the new `Tunn`.
+    pub fn last_handshake_timestamp(&self) -> [u8; 12] {
+        self.handshake.last_handshake_timestamp()
+    }
+
+    /// Refuses, from now on, initiations whose timestamp is not newer than
+    /// `timestamp` (one from [`Tunn::last_handshake_timestamp`]); never lowers the floor.
+    pub fn raise_handshake_timestamp(&mut self, timestamp: [u8; 12]) {
+        self.handshake.raise_handshake_timestamp(timestamp)
+    }
+
     pub fn dst_address(packet: &[u8]) -> Option<IpAddr> {
         if packet.is_empty() {
             return None;
@@ -301,7 +318,13 @@ impl Tunn {
         self.handle_verified_packet(packet, dst)
     }
 
-    pub(crate) fn handle_verified_packet<'a>(
+    /// Handles a packet whose MACs (and, under load, cookie) the caller has already
+    /// verified, e.g. with a device-wide [`RateLimiter::verify_packet_under_load`]:
+    /// nothing is checked or counted twice.
+    ///
+    /// Nanami patch: public (it was `pub(crate)`), so that a device can verify and
+    /// rate-limit handshakes once, on its own handshake thread, for every peer.
+    pub fn handle_verified_packet<'a>(
         &mut self,
         packet: Packet,
         dst: &'a mut [u8],
@@ -378,7 +401,9 @@ impl Tunn {
         );
 
         self.handshake.receive_cookie_reply(p)?;
-        self.timer_tick(TimerName::TimeLastPacketReceived);
+        // Nanami patch (cookies are not traffic): a cookie reply is not authenticated by
+        // the peer, so it must not count as a packet received (which would defer the
+        // keepalive and "no reply" timers), as in the Linux module.
         self.timer_tick(TimerName::TimeCookieReceived);
 
         tracing::debug!("Did set cookie");
@@ -790,5 +815,79 @@ mod tests {
             unreachable!();
         };
         assert_eq!(sent_packet_buf, recv_packet_buf);
+    }
+
+    // ---- Nanami patches ----
+
+    fn cookie_reply_for(init: &[u8], responder_public: &x25519::PublicKey) -> Vec<u8> {
+        // A limiter that is always under load answers every initiation with a cookie.
+        let limiter = RateLimiter::new(responder_public, 0);
+        let mut dst = [0u8; 64];
+        match limiter.verify_packet_under_load(Some([192, 0, 2, 1].into()), init, &mut dst, true) {
+            Err(TunnResult::WriteToNetwork(cookie)) => cookie.to_vec(),
+            other => panic!("expected a cookie reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_cookie_reply_per_mac1() {
+        let their_secret = x25519_dalek::StaticSecret::random_from_rng(OsRng);
+        let their_public = x25519_dalek::PublicKey::from(&their_secret);
+        let my_secret = x25519_dalek::StaticSecret::random_from_rng(OsRng);
+        let mut my_tun = Tunn::new(my_secret, their_public, None, None, 1, None);
+        let init = create_handshake_init(&mut my_tun);
+        let cookie = cookie_reply_for(&init, &their_public);
+        let mut dst = [0u8; 256];
+        assert!(matches!(
+            my_tun.decapsulate(None, &cookie, &mut dst),
+            TunnResult::Done
+        ));
+        assert!(my_tun.handshake.has_cookie());
+        // The same (or a forged) cookie reply for that MAC1 again: refused.
+        let again = cookie_reply_for(&init, &their_public);
+        assert!(matches!(
+            my_tun.decapsulate(None, &again, &mut dst),
+            TunnResult::Err(WireGuardError::UnexpectedPacket)
+        ));
+    }
+
+    #[test]
+    fn handshake_timestamp_carries_over_to_a_new_tunn() {
+        let my_secret = x25519_dalek::StaticSecret::random_from_rng(OsRng);
+        let my_public = x25519_dalek::PublicKey::from(&my_secret);
+        let their_secret = x25519_dalek::StaticSecret::random_from_rng(OsRng);
+        let their_public = x25519_dalek::PublicKey::from(&their_secret);
+        let mut my_tun = Tunn::new(my_secret, their_public, None, None, 1, None);
+        let mut their_tun = Tunn::new(their_secret.clone(), my_public, None, None, 2, None);
+        let init = create_handshake_init(&mut my_tun);
+        create_handshake_response(&mut their_tun, &init);
+        let floor = their_tun.last_handshake_timestamp();
+        assert_ne!(floor, [0u8; 12]);
+
+        // The responder is rebuilt (same keys, as after a preshared-key change).
+        let mut rebuilt = Tunn::new(their_secret.clone(), my_public, None, None, 7, None);
+        let mut dst = [0u8; 256];
+        // Without the floor the captured initiation is accepted again...
+        assert!(matches!(
+            rebuilt.decapsulate(None, &init, &mut dst),
+            TunnResult::WriteToNetwork(_)
+        ));
+        // ...with it, it is a replay.
+        let mut rebuilt = Tunn::new(their_secret, my_public, None, None, 8, None);
+        rebuilt.raise_handshake_timestamp(floor);
+        rebuilt.raise_handshake_timestamp([0u8; 12]);
+        assert!(matches!(
+            rebuilt.decapsulate(None, &init, &mut dst),
+            TunnResult::Err(WireGuardError::WrongTai64nTimestamp)
+        ));
+        let mut fresh = [0u8; 256];
+        let fresh = match my_tun.format_handshake_initiation(&mut fresh, true) {
+            TunnResult::WriteToNetwork(p) => p.to_vec(),
+            other => panic!("no initiation: {other:?}"),
+        };
+        assert!(matches!(
+            rebuilt.decapsulate(None, &fresh, &mut dst),
+            TunnResult::WriteToNetwork(_)
+        ));
     }
 }

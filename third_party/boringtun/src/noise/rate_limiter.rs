@@ -156,6 +156,32 @@ impl RateLimiter {
         src: &'a [u8],
         dst: &'b mut [u8],
     ) -> Result<Packet<'a>, TunnResult<'b>> {
+        self.verify(src_addr, src, dst, || self.is_under_load())
+    }
+
+    /// Like [`RateLimiter::verify_packet`], but the caller says whether it is under
+    /// load (e.g. from the depth of its handshake queue, as wireguard-go and the Linux
+    /// module do) instead of this limiter counting handshakes per second. Under load, a
+    /// handshake message without a valid MAC2 gets a cookie reply in `dst`.
+    ///
+    /// Nanami patch: added; `verify_packet` is unchanged.
+    pub fn verify_packet_under_load<'a, 'b>(
+        &self,
+        src_addr: Option<IpAddr>,
+        src: &'a [u8],
+        dst: &'b mut [u8],
+        under_load: bool,
+    ) -> Result<Packet<'a>, TunnResult<'b>> {
+        self.verify(src_addr, src, dst, || under_load)
+    }
+
+    fn verify<'a, 'b>(
+        &self,
+        src_addr: Option<IpAddr>,
+        src: &'a [u8],
+        dst: &'b mut [u8],
+        under_load: impl FnOnce() -> bool,
+    ) -> Result<Packet<'a>, TunnResult<'b>> {
         let packet = Tunn::parse_incoming_packet(src)?;
 
         // Verify and rate limit handshake messages only
@@ -169,7 +195,7 @@ impl RateLimiter {
             verify_slices_are_equal(&computed_mac1[..16], mac1)
                 .map_err(|_| TunnResult::Err(WireGuardError::InvalidMac))?;
 
-            if self.is_under_load() {
+            if under_load() {
                 let addr = match src_addr {
                     None => return Err(TunnResult::Err(WireGuardError::UnderLoad)),
                     Some(addr) => addr,

@@ -33,10 +33,20 @@ const AEAD_SIZE: usize = 16;
 
 // Receiving buffer constants
 const WORD_SIZE: u64 = 64;
-const N_WORDS: u64 = 16; // Suffice to reorder 64*16 = 1024 packets; can be increased at will
+// Nanami patch (window): 128 words, 8,192 bits, as the Linux module and wireguard-go. At
+// multi-gigabit rates with packets decrypted on several cores, 1,024 packets of reordering
+// is not enough and legitimate packets were dropped as replays.
+const N_WORDS: u64 = 128;
 const N_BITS: u64 = WORD_SIZE * N_WORDS;
+/// How far behind the highest counter a packet may be and still be accepted: the bitmap
+/// less the word that is being recycled for counters ahead (8,128, the Linux module's
+/// `COUNTER_WINDOW_SIZE`).
+const WINDOW: u64 = N_BITS - WORD_SIZE;
+/// Counters from here on are refused (`REJECT_AFTER_MESSAGES` = 2^64 - 2^13 - 1 in the
+/// paper); it also keeps `counter + 1` from overflowing on a hostile counter.
+const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct ReceivingKeyCounterValidator {
     /// In order to avoid replays while allowing for some reordering of the packets, we keep a
     /// bitmap of received packets, and the value of the highest counter
@@ -44,6 +54,17 @@ struct ReceivingKeyCounterValidator {
     /// Used to estimate packet loss
     receive_cnt: u64,
     bitmap: [u64; N_WORDS as usize],
+}
+
+// `Default` is not derived for arrays longer than 32.
+impl Default for ReceivingKeyCounterValidator {
+    fn default() -> Self {
+        Self {
+            next: 0,
+            receive_cnt: 0,
+            bitmap: [0; N_WORDS as usize],
+        }
+    }
 }
 
 impl ReceivingKeyCounterValidator {
@@ -83,11 +104,14 @@ impl ReceivingKeyCounterValidator {
     /// Returns true if the counter was not yet received, and is not too far back
     #[inline(always)]
     fn will_accept(&self, counter: u64) -> Result<(), WireGuardError> {
+        if counter >= REJECT_AFTER_MESSAGES {
+            return Err(WireGuardError::InvalidCounter);
+        }
         if counter >= self.next {
             // As long as the counter is growing no replay took place for sure
             return Ok(());
         }
-        if counter + N_BITS < self.next {
+        if self.next - counter > WINDOW {
             // Drop if too far back
             return Err(WireGuardError::InvalidCounter);
         }
@@ -102,7 +126,10 @@ impl ReceivingKeyCounterValidator {
     /// decryption something changed)
     #[inline(always)]
     fn mark_did_receive(&mut self, counter: u64) -> Result<(), WireGuardError> {
-        if counter + N_BITS < self.next {
+        if counter >= REJECT_AFTER_MESSAGES {
+            return Err(WireGuardError::InvalidCounter);
+        }
+        if counter < self.next && self.next - counter > WINDOW {
             // Drop if too far back
             return Err(WireGuardError::InvalidCounter);
         }
@@ -296,14 +323,16 @@ mod tests {
         }
 
         assert!(c.mark_did_receive(N_BITS * 3).is_ok());
-        for i in 0..=N_BITS * 2 {
+        // The oldest counter still in the window: `next` (N_BITS * 3 + 1) less WINDOW.
+        let oldest = N_BITS * 3 + 1 - WINDOW;
+        for i in 0..oldest {
             assert!(matches!(
                 c.will_accept(i),
                 Err(WireGuardError::InvalidCounter)
             ));
             assert!(c.mark_did_receive(i).is_err());
         }
-        for i in N_BITS * 2 + 1..N_BITS * 3 {
+        for i in oldest..N_BITS * 3 {
             assert!(c.will_accept(i).is_ok());
         }
         assert!(matches!(
@@ -311,7 +340,7 @@ mod tests {
             Err(WireGuardError::DuplicateCounter)
         ));
 
-        for i in (N_BITS * 2 + 1..N_BITS * 3).rev() {
+        for i in (oldest..N_BITS * 3).rev() {
             assert!(c.mark_did_receive(i).is_ok());
             assert!(c.mark_did_receive(i).is_err());
         }
@@ -325,5 +354,37 @@ mod tests {
         assert!(c.mark_did_receive(N_BITS * 3 + 70).is_err());
         assert!(c.mark_did_receive(N_BITS * 3 + 71).is_err());
         assert!(c.mark_did_receive(N_BITS * 3 + 72).is_err());
+    }
+
+    #[test]
+    fn window_is_8128_as_in_the_linux_module() {
+        assert_eq!(WINDOW, 8128);
+        let mut c = ReceivingKeyCounterValidator::default();
+        // 8,000 packets arrive in reverse order: every one is accepted once.
+        for i in (0..8000).rev() {
+            assert!(c.mark_did_receive(i).is_ok(), "{i} refused");
+        }
+        for i in 0..8000 {
+            assert!(c.mark_did_receive(i).is_err(), "{i} replayed");
+        }
+        // Just inside and just outside the window behind the highest counter.
+        assert!(c.mark_did_receive(20_000).is_ok());
+        assert!(c.mark_did_receive(20_001 - WINDOW).is_ok());
+        assert!(matches!(
+            c.mark_did_receive(20_000 - WINDOW),
+            Err(WireGuardError::InvalidCounter)
+        ));
+    }
+
+    #[test]
+    fn hostile_counters_near_u64_max_are_refused_without_overflow() {
+        let mut c = ReceivingKeyCounterValidator::default();
+        for counter in [u64::MAX, u64::MAX - 1, REJECT_AFTER_MESSAGES] {
+            assert!(c.will_accept(counter).is_err());
+            assert!(c.mark_did_receive(counter).is_err());
+        }
+        assert!(c.mark_did_receive(REJECT_AFTER_MESSAGES - 1).is_ok());
+        assert!(c.mark_did_receive(REJECT_AFTER_MESSAGES - 1).is_err());
+        assert!(c.mark_did_receive(0).is_err());
     }
 }
