@@ -28,15 +28,18 @@ pub struct RawPeer {
     pub device: SocketAddr,
 }
 
-/// A `Tunn` for `key` talking to `device_pub`.
+/// A `Tunn` for `key` talking to `device_pub`. Its own limiter never feels load: the
+/// test's peer answers everything the device sends, whatever the rate.
 pub fn tunn(key: &PrivateKey, device_pub: &PublicKey, psk: Option<[u8; 32]>, index: u32) -> Tunn {
+    let secret = x25519::StaticSecret::from(*key.expose_secret());
+    let public = x25519::PublicKey::from(&secret);
     Tunn::new(
-        x25519::StaticSecret::from(*key.expose_secret()),
+        secret,
         x25519::PublicKey::from(*device_pub.as_bytes()),
         psk,
         None,
         index,
-        None,
+        Some(std::sync::Arc::new(RateLimiter::new(&public, u64::MAX))),
     )
 }
 
@@ -104,11 +107,20 @@ impl RawPeer {
     /// under load) and confirms it with a keepalive; returns the initiation the device
     /// accepted. Fails the test when it takes longer than `timeout`.
     pub fn handshake(&mut self, timeout: Duration) -> Vec<u8> {
+        self.try_handshake(timeout, usize::MAX)
+            .unwrap_or_else(|sent| panic!("no handshake within {timeout:?} ({sent} initiations)"))
+    }
+
+    /// Like [`RawPeer::handshake`], but sends at most `max` initiations (each waits
+    /// up to a second for its answer); `Err` holds how many were sent.
+    pub fn try_handshake(&mut self, timeout: Duration, max: usize) -> Result<Vec<u8>, usize> {
         let start = Instant::now();
         let mut buf = vec![0u8; 65_536];
-        while start.elapsed() < timeout {
+        let mut sent = 0;
+        while start.elapsed() < timeout && sent < max {
             let init = self.initiation();
             self.send(&init);
+            sent += 1;
             let wait = Instant::now();
             while wait.elapsed() < Duration::from_secs(1) {
                 let Ok((n, _)) = self.sock.recv_from(&mut buf) else {
@@ -122,7 +134,7 @@ impl RawPeer {
                     (Some(&RESPONSE), TunnResult::WriteToNetwork(keepalive)) => {
                         let keepalive = keepalive.to_vec();
                         self.send(&keepalive);
-                        return init;
+                        return Ok(init);
                     }
                     // A cookie: the next initiation carries its MAC2.
                     (Some(&COOKIE), TunnResult::Done) => break,
@@ -130,7 +142,7 @@ impl RawPeer {
                 }
             }
         }
-        panic!("no handshake within {timeout:?}");
+        Err(sent)
     }
 }
 
@@ -151,5 +163,15 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     while !cond() {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sets its flag when dropped, also while a failed assertion unwinds: a background
+/// loop watching the flag then ends, and a scope waiting for it does not hang.
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
