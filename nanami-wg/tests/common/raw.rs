@@ -2,6 +2,8 @@
 //! message by message: it sees every datagram on the wire, and can replay, forge and
 //! flood. Include it with `#[path = "common/raw.rs"] mod raw;` next to `mod common;`.
 
+#![allow(dead_code)]
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
