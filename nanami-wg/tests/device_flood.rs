@@ -15,12 +15,12 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use boringtun::noise::{Tunn, TunnResult};
+use boringtun::noise::TunnResult;
 use common::pair::{Pair, A_IN, A_PORT};
 use common::{keypair, veth, Netns};
 use nanami_model::PublicKey;
 use nanami_wg::device::DeviceCounters;
-use raw::{wait_until, StopOnDrop, COOKIE};
+use raw::{initiation, wait_until, StopOnDrop, COOKIE};
 
 /// Initiations a second the flooder sends: each would cost the gateway at least one
 /// Diffie-Hellman (~50 µs) if it reached one, twice what one core can do.
@@ -48,15 +48,6 @@ struct Flood {
     cookies_received: AtomicU64,
     /// Set while the flooder's initiations carry a cookie it believes valid.
     has_cookie: AtomicBool,
-}
-
-/// A fresh initiation from `tunn` (carrying its cookie, if any).
-fn initiation(tunn: &mut Tunn) -> Vec<u8> {
-    let mut buf = [0u8; 256];
-    match tunn.format_handshake_initiation(&mut buf, true) {
-        TunnResult::WriteToNetwork(p) => p.to_vec(),
-        other => panic!("no initiation: {other:?}"),
-    }
 }
 
 /// The receiver index a cookie reply names, or the sender index of an initiation.
@@ -160,7 +151,12 @@ fn a_handshake_flood_leaves_other_peers_traffic_flowing() {
     let p = Pair::new();
     p.wait_up();
     let f = Netns::new("f");
-    veth(&p.a, &format!("{A_UNDER_F}/24"), &f, &format!("{F_UNDER}/24"));
+    veth(
+        &p.a,
+        &format!("{A_UNDER_F}/24"),
+        &f,
+        &format!("{F_UNDER}/24"),
+    );
     let gateway: SocketAddr = format!("{A_UNDER_F}:{A_PORT}").parse().expect("addr");
     let flood_sock = raw::socket(&f, &format!("{F_UNDER}:0"));
     flood_sock.set_nonblocking(true).expect("nonblocking");
@@ -190,10 +186,9 @@ fn a_handshake_flood_leaves_other_peers_traffic_flowing() {
             }
         });
         s.spawn(|| {
-            let mut conn = p
-                .b
-                .enter(|| TcpStream::connect_timeout(&addr, Duration::from_secs(10)))
-                .expect("connect through the tunnel");
+            let mut conn =
+                p.b.enter(|| TcpStream::connect_timeout(&addr, Duration::from_secs(10)))
+                    .expect("connect through the tunnel");
             conn.set_write_timeout(Some(Duration::from_millis(200)))
                 .expect("timeout");
             let chunk = vec![0x5au8; 1 << 16];
@@ -211,22 +206,28 @@ fn a_handshake_flood_leaves_other_peers_traffic_flowing() {
         // Flood without cookies: the gateway is under load and answers cookie replies.
         flood.mode.store(NO_COOKIE, Ordering::Relaxed);
         let c0 = p.dev.counters();
-        wait_until(Duration::from_secs(10), "cookie replies to the flood", || {
-            p.dev.counters().cookie_replies > c0.cookie_replies + 1000
-        });
+        wait_until(
+            Duration::from_secs(10),
+            "cookie replies to the flood",
+            || p.dev.counters().cookie_replies > c0.cookie_replies + 1000,
+        );
         let sent0 = flood.sent.load(Ordering::Relaxed);
         let start = Instant::now();
         let plain = throughput(&received);
-        let plain_rate = (flood.sent.load(Ordering::Relaxed) - sent0) as f64
-            / start.elapsed().as_secs_f64();
+        let plain_rate =
+            (flood.sent.load(Ordering::Relaxed) - sent0) as f64 / start.elapsed().as_secs_f64();
 
         // Flood with a cookie for the flooder's address: limited to its budget.
         flood.mode.store(WITH_COOKIE, Ordering::Relaxed);
         let c1 = p.dev.counters();
-        wait_until(Duration::from_secs(20), "the flood with cookies limited", || {
-            flood.has_cookie.load(Ordering::Relaxed)
-                && p.dev.counters().handshake_rate_limited > c1.handshake_rate_limited + 1000
-        });
+        wait_until(
+            Duration::from_secs(20),
+            "the flood with cookies limited",
+            || {
+                flood.has_cookie.load(Ordering::Relaxed)
+                    && p.dev.counters().handshake_rate_limited > c1.handshake_rate_limited + 1000
+            },
+        );
         let before = p.dev.counters();
         let sent1 = flood.sent.load(Ordering::Relaxed);
         let start = Instant::now();
@@ -264,7 +265,8 @@ fn a_handshake_flood_leaves_other_peers_traffic_flowing() {
             processed as f64 / secs,
         );
         assert!(
-            plain_rate > FLOOD_PER_SECOND as f64 / 2.0 && cookied_rate > FLOOD_PER_SECOND as f64 / 2.0,
+            plain_rate > FLOOD_PER_SECOND as f64 / 2.0
+                && cookied_rate > FLOOD_PER_SECOND as f64 / 2.0,
             "the flooder did not flood ({plain_rate:.0}/s, {cookied_rate:.0}/s)"
         );
         assert!(

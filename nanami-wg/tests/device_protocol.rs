@@ -12,6 +12,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use boringtun::noise::TunnResult;
 use common::{ifname, keypair, Netns};
 use nanami_model::{PrivateKey, PublicKey};
 use nanami_wg::device::{Device, DeviceUpdate, PeerUpdate, PresharedKey};
@@ -177,12 +178,11 @@ fn plaintext_is_padded_to_sixteen_on_the_wire_capped_at_the_mtu() {
         );
         assert!(plaintext % 16 == 0 || plaintext == MTU);
         // The receiver trims the padding by the IP header's length.
-        match p.tunn.decapsulate(None, &datagram, &mut out) {
-            boringtun::noise::TunnResult::WriteToTunnelV4(packet, _) => {
-                assert_eq!(packet.len(), ip_len);
-            }
-            other => panic!("the padded packet does not decrypt: {other:?}"),
-        }
+        let TunnResult::WriteToTunnelV4(packet, _) = p.tunn.decapsulate(None, &datagram, &mut out)
+        else {
+            panic!("the padded {ip_len}-byte packet does not decrypt");
+        };
+        assert_eq!(packet.len(), ip_len);
     }
 }
 
@@ -200,7 +200,7 @@ fn take_cookie(flooder: &mut RawPeer, pool: &[Vec<u8>], dev: &Device) {
             if buf[0] == COOKIE
                 && matches!(
                     flooder.tunn.decapsulate(None, &buf[..n], &mut out),
-                    boringtun::noise::TunnResult::Done
+                    TunnResult::Done
                 )
             {
                 return;

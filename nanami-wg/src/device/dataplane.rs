@@ -167,6 +167,14 @@ fn encapsulate_one(
     }
 }
 
+/// What a receive thread keeps between datagrams besides the decrypted packets.
+struct RxScratch {
+    /// Room to encrypt packets queued during a handshake into.
+    spare: Vec<u8>,
+    /// Datagrams to send once no lock is held: for which peer, what, where.
+    sends: Vec<(Arc<Peer>, Vec<u8>, SocketAddr)>,
+}
+
 /// A decrypted packet waiting to be written to the TUN: in `outs[slot][start..end]`.
 struct Delivery {
     slot: usize,
@@ -188,7 +196,10 @@ pub(super) fn udp_loop(
     let mut batch = RecvBatch::new(BATCH);
     let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect();
     let mut deliveries: Vec<Delivery> = Vec::with_capacity(BATCH);
-    let mut sends: Vec<(Arc<Peer>, Vec<u8>, SocketAddr)> = Vec::new();
+    let mut rx = RxScratch {
+        spare: vec![0u8; MAX_DATAGRAM],
+        sends: Vec::new(),
+    };
     loop {
         if shared.stopping() {
             return;
@@ -220,7 +231,7 @@ pub(super) fn udp_loop(
                     continue;
                 };
                 if let Some((start, end)) =
-                    handle_datagram(shared, &state, sockets, src, datagram, out, &mut sends)
+                    handle_datagram(shared, &state, sockets, src, datagram, out, &mut rx)
                 {
                     deliveries.push(Delivery { slot, start, end });
                 }
@@ -232,7 +243,7 @@ pub(super) fn udp_loop(
                 bump(&shared.counters.tun_write_errors);
             }
         }
-        for (peer, datagram, dst) in sends.drain(..) {
+        for (peer, datagram, dst) in rx.sends.drain(..) {
             match sockets.send_to(&datagram, dst) {
                 Ok(()) => peer.add_tx(datagram.len()),
                 Err(_) => bump(&shared.counters.udp_send_errors),
@@ -244,7 +255,7 @@ pub(super) fn udp_loop(
 /// Handles one datagram. Handshake messages go to the handshake queue; a data message
 /// is decrypted into `out` and, when its inner source is the sender's (cryptokey
 /// routing), returned as the range of `out` to write to the TUN. Packets to send (ones
-/// queued during a handshake) are added to `sends`.
+/// queued during a handshake) are added to `rx.sends`.
 fn handle_datagram(
     shared: &Shared,
     state: &State,
@@ -252,7 +263,7 @@ fn handle_datagram(
     src: SocketAddr,
     datagram: &[u8],
     out: &mut [u8],
-    sends: &mut Vec<(Arc<Peer>, Vec<u8>, SocketAddr)>,
+    rx: &mut RxScratch,
 ) -> Option<(usize, usize)> {
     let c = &shared.counters;
     if datagram.len() < 8 {
@@ -324,11 +335,19 @@ fn handle_datagram(
         // A keepalive, maybe the one confirming our handshake response: packets queued
         // while it ran can go.
         if let Some(tunn) = inner.tunn.as_mut() {
-            sends.extend(drain_queued(tunn, out).map(|d| (peer.clone(), d, src)));
+            rx.sends
+                .extend(drain_queued(tunn, out).map(|d| (peer.clone(), d, src)));
         }
         inner.refresh_handshake_time();
         return None;
     };
+    // When the initiator's first packet is data, it confirmed the session we answered:
+    // packets queued meanwhile can go (into `spare`: `out` holds the packet for the
+    // TUN). With nothing queued this is a look at an empty queue.
+    if let Some(tunn) = inner.tunn.as_mut() {
+        rx.sends
+            .extend(drain_queued(tunn, &mut rx.spare).map(|d| (peer.clone(), d, src)));
+    }
     drop(inner);
     // Cryptokey routing: the inner source must be routed to the very peer it came from.
     let allowed = state

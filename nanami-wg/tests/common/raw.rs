@@ -45,6 +45,15 @@ pub fn tunn(key: &PrivateKey, device_pub: &PublicKey, psk: Option<[u8; 32]>, ind
     )
 }
 
+/// A fresh handshake initiation from `tunn` (with a MAC2 once it holds a cookie).
+pub fn initiation(tunn: &mut Tunn) -> Vec<u8> {
+    let mut buf = [0u8; 256];
+    let TunnResult::WriteToNetwork(p) = tunn.format_handshake_initiation(&mut buf, true) else {
+        panic!("no initiation");
+    };
+    p.to_vec()
+}
+
 /// A UDP socket bound to `bind` inside `ns`.
 pub fn socket(ns: &Netns, bind: &str) -> UdpSocket {
     let sock = ns
@@ -78,11 +87,7 @@ impl RawPeer {
 
     /// A fresh handshake initiation (with a MAC2 once the peer holds a cookie).
     pub fn initiation(&mut self) -> Vec<u8> {
-        let mut buf = [0u8; 256];
-        match self.tunn.format_handshake_initiation(&mut buf, true) {
-            TunnResult::WriteToNetwork(p) => p.to_vec(),
-            other => panic!("no initiation: {other:?}"),
-        }
+        initiation(&mut self.tunn)
     }
 
     pub fn send(&self, datagram: &[u8]) {

@@ -20,6 +20,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "mock-instant")]
+use mock_instant::Instant;
+#[cfg(not(feature = "mock-instant"))]
+use crate::sleepyinstant::Instant;
+
 /// The default value to use for rate limiting, when no other rate limiter is defined
 const PEER_HANDSHAKE_RATE_LIMIT: u64 = 10;
 
@@ -357,6 +362,7 @@ impl Tunn {
         self.timer_tick(TimerName::TimeLastPacketReceived);
         self.timer_tick(TimerName::TimeLastPacketSent);
         self.timer_tick_session_established(false, index); // New session established, we are not the initiator
+        self.timers.response_sent = Some(Instant::now());
 
         tracing::debug!(message = "Sending handshake_response", local_idx = index);
 
@@ -433,6 +439,9 @@ impl Tunn {
         packet: PacketData,
         dst: &'a mut [u8],
     ) -> Result<TunnResult<'a>, WireGuardError> {
+        // The initiator's first packet confirms the session we answered: crossing
+        // initiations no longer matter.
+        self.timers.response_sent = None;
         let r_idx = packet.receiver_idx as usize;
         let idx = r_idx % N_SESSIONS;
 
@@ -461,6 +470,15 @@ impl Tunn {
         force_resend: bool,
     ) -> TunnResult<'a> {
         if self.handshake.is_in_progress() && !force_resend {
+            return TunnResult::Done;
+        }
+        // Nanami patch (no crossing initiations): see `Timers::response_sent`.
+        if !force_resend
+            && self
+                .timers
+                .response_sent
+                .is_some_and(|t| Instant::now().duration_since(t) < timers::REKEY_TIMEOUT)
+        {
             return TunnResult::Done;
         }
 
@@ -889,5 +907,39 @@ mod tests {
             rebuilt.decapsulate(None, &fresh, &mut dst),
             TunnResult::WriteToNetwork(_)
         ));
+    }
+
+    #[test]
+    fn a_responder_queues_instead_of_crossing_initiations() {
+        let (mut my_tun, mut their_tun) = create_two_tuns();
+        let init = create_handshake_init(&mut my_tun);
+        let resp = create_handshake_response(&mut their_tun, &init);
+        // The responder has data before the initiator confirmed: it is queued, no
+        // initiation of its own is started.
+        let packet = create_ipv4_udp_packet();
+        let mut dst = [0u8; 2048];
+        assert!(matches!(
+            their_tun.encapsulate(&packet, &mut dst),
+            TunnResult::Done
+        ));
+        let keepalive = parse_handshake_resp(&mut my_tun, &resp);
+        parse_keepalive(&mut their_tun, &keepalive);
+        // Confirmed: the queued packet goes, in the new session.
+        let sent = match their_tun.decapsulate(None, &[], &mut dst) {
+            TunnResult::WriteToNetwork(sent) => sent.to_vec(),
+            other => panic!("queued packet not sent: {other:?}"),
+        };
+        let mut out = [0u8; 2048];
+        assert!(matches!(
+            my_tun.decapsulate(None, &sent, &mut out),
+            TunnResult::WriteToTunnelV4(..)
+        ));
+    }
+
+    #[test]
+    fn retry_jitter_is_within_a_third_of_a_second() {
+        for _ in 0..1000 {
+            assert!(timers::retry_jitter() <= Duration::from_millis(333));
+        }
     }
 }

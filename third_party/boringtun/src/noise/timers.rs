@@ -22,6 +22,15 @@ const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
 pub(crate) const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const COOKIE_EXPIRATION_TIME: Duration = Duration::from_secs(120);
+/// Nanami patch (retry jitter): a handshake is retried after REKEY_TIMEOUT plus a random
+/// 0–333 ms (the paper, 6.1), so that peers that lost packets together do not retry in
+/// lockstep.
+const MAX_RETRY_JITTER_MS: u64 = 333;
+
+pub(crate) fn retry_jitter() -> Duration {
+    use rand_core::{OsRng, RngCore};
+    Duration::from_millis(OsRng.next_u64() % (MAX_RETRY_JITTER_MS + 1))
+}
 
 #[derive(Debug)]
 pub enum TimerName {
@@ -63,6 +72,18 @@ pub struct Timers {
     persistent_keepalive: usize,
     /// Should this timer call reset rr function (if not a shared rr instance)
     pub(super) should_reset_rr: bool,
+    /// Nanami patch: the jitter added to REKEY_TIMEOUT for the next retry.
+    retry_jitter: Duration,
+    /// Nanami patch (handshake armed at the event): when the first data packet was sent
+    /// since the last authenticated packet received, as the Linux module arms its
+    /// "new handshake" timer. A handshake starts KEEPALIVE + REKEY_TIMEOUT after it, not
+    /// at the first send after a silence that long.
+    unanswered_since: Option<Duration>,
+    /// Nanami patch (no crossing initiations): when we last answered an initiation.
+    /// Until the initiator confirms the session (its first packet), or REKEY_TIMEOUT
+    /// passes, packets to send are queued rather than starting an initiation of our
+    /// own, as in the Linux module.
+    pub(super) response_sent: Option<Instant>,
 }
 
 impl Timers {
@@ -76,6 +97,9 @@ impl Timers {
             want_handshake: Default::default(),
             persistent_keepalive: usize::from(persistent_keepalive.unwrap_or(0)),
             should_reset_rr: reset_rr,
+            retry_jitter: retry_jitter(),
+            unanswered_since: None,
+            response_sent: None,
         }
     }
 
@@ -92,6 +116,8 @@ impl Timers {
         }
         self.want_handshake = false;
         self.want_keepalive = false;
+        self.unanswered_since = None;
+        self.response_sent = None;
     }
 }
 
@@ -114,6 +140,12 @@ impl Tunn {
             TimeLastPacketReceived => {
                 self.timers.want_keepalive = true;
                 self.timers.want_handshake = false;
+                self.timers.unanswered_since = None;
+            }
+            TimeLastDataPacketSent => {
+                if self.timers.unanswered_since.is_none() {
+                    self.timers.unanswered_since = Some(self.timers[TimeCurrent]);
+                }
             }
             TimeLastPacketSent => {
                 self.timers.want_handshake = true;
@@ -225,7 +257,8 @@ impl Tunn {
                     return TunnResult::Err(WireGuardError::ConnectionExpired);
                 }
 
-                if time_init_sent.elapsed() >= REKEY_TIMEOUT {
+                if time_init_sent.elapsed() >= REKEY_TIMEOUT + self.timers.retry_jitter {
+                    self.timers.retry_jitter = retry_jitter();
                     // We avoid using `time` here, because it can be earlier than `time_init_sent`.
                     // Once `checked_duration_since` is stable we can use that.
                     // A handshake initiation is retried after REKEY_TIMEOUT + jitter ms,
@@ -268,8 +301,10 @@ impl Tunn {
                 // If we have sent a packet to a given peer but have not received a
                 // packet after from that peer for (KEEPALIVE + REKEY_TIMEOUT) ms,
                 // we initiate a new handshake.
-                if data_packet_sent > aut_packet_received
-                    && now - aut_packet_received >= KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
+                if self
+                    .timers
+                    .unanswered_since
+                    .is_some_and(|t| now.saturating_sub(t) >= KEEPALIVE_TIMEOUT + REKEY_TIMEOUT)
                     && mem::replace(&mut self.timers.want_handshake, false)
                 {
                     tracing::warn!("HANDSHAKE(KEEPALIVE + REKEY_TIMEOUT)");
