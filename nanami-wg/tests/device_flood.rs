@@ -133,6 +133,21 @@ fn throughput(received: &AtomicU64) -> f64 {
     bytes as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Throughput under a flood: the best of up to three windows, stopping at the first
+/// above `enough`. On a shared two-core machine one window can lose to a neighbour's
+/// build; a stalled data plane loses all three (the design before issue 22 kept about
+/// 1% of its throughput under the flood with a cookie).
+fn flooded_throughput(received: &AtomicU64, enough: f64) -> f64 {
+    let mut best: f64 = 0.0;
+    for _ in 0..3 {
+        best = best.max(throughput(received));
+        if best > enough {
+            break;
+        }
+    }
+    best
+}
+
 fn mbit(bytes_per_second: f64) -> f64 {
     bytes_per_second * 8.0 / 1e6
 }
@@ -213,7 +228,7 @@ fn a_handshake_flood_leaves_other_peers_traffic_flowing() {
         );
         let sent0 = flood.sent.load(Ordering::Relaxed);
         let start = Instant::now();
-        let plain = throughput(&received);
+        let plain = flooded_throughput(&received, base_before / 2.0);
         let plain_rate =
             (flood.sent.load(Ordering::Relaxed) - sent0) as f64 / start.elapsed().as_secs_f64();
 
@@ -231,7 +246,7 @@ fn a_handshake_flood_leaves_other_peers_traffic_flowing() {
         let before = p.dev.counters();
         let sent1 = flood.sent.load(Ordering::Relaxed);
         let start = Instant::now();
-        let cookied = throughput(&received);
+        let cookied = flooded_throughput(&received, base_before / 2.0);
         let after = p.dev.counters();
         let secs = start.elapsed().as_secs_f64();
         let cookied_rate = (flood.sent.load(Ordering::Relaxed) - sent1) as f64 / secs;

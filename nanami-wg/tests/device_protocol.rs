@@ -21,36 +21,75 @@ use raw::{wait_until, RawPeer, StopOnDrop, COOKIE, DATA, DATA_OVERHEAD, INIT};
 const PORT: u16 = 51820;
 const MTU: usize = 1420;
 
-/// A device in `ns` on 127.0.0.1:51820 with a fresh key, its TUN up as 10.9.0.1/24.
-fn device(ns: &Netns) -> (Device, PrivateKey, PublicKey, SocketAddr) {
-    let name = ifname("p");
-    let dev = common::pair::open_device(ns, &name, PORT);
-    ns.ip(&["addr", "add", "10.9.0.1/24", "dev", &name]);
-    ns.ip(&["link", "set", &name, "mtu", &MTU.to_string(), "up"]);
-    let (key, public) = keypair();
-    dev.apply(DeviceUpdate::new().private_key(key.clone()))
-        .expect("set the private key");
-    (dev, key, public, SocketAddr::from(([127, 0, 0, 1], PORT)))
+/// A device in its own namespace on 127.0.0.1:51820, its TUN up as 10.9.0.1/24, with
+/// one peer (10.9.0.2/32, no endpoint yet). Fields drop in order: the device, then the
+/// namespace.
+struct Rig {
+    dev: Device,
+    ns: Netns,
+    dev_pub: PublicKey,
+    dev_addr: SocketAddr,
+    p_key: PrivateKey,
+    p_pub: PublicKey,
 }
 
-fn endpoint(dev: &Device, peer: &PublicKey) -> Option<SocketAddr> {
-    dev.get().peer(peer).expect("peer").config.endpoint
+impl Rig {
+    fn new(tag: &str) -> Self {
+        common::require(&[]);
+        let ns = Netns::new(tag);
+        let name = ifname("p");
+        let dev = common::pair::open_device(&ns, &name, PORT);
+        ns.ip(&["addr", "add", "10.9.0.1/24", "dev", &name]);
+        ns.ip(&["link", "set", &name, "mtu", &MTU.to_string(), "up"]);
+        let (key, dev_pub) = keypair();
+        let (p_key, p_pub) = keypair();
+        let peer =
+            PeerUpdate::new(p_pub).replace_allowed_ips(["10.9.0.2/32".parse().expect("net")]);
+        dev.apply(DeviceUpdate::new().private_key(key).peer(peer))
+            .expect("configure the device");
+        Self {
+            dev,
+            ns,
+            dev_pub,
+            dev_addr: SocketAddr::from(([127, 0, 0, 1], PORT)),
+            p_key,
+            p_pub,
+        }
+    }
+
+    /// The peer's key on a socket bound to `bind`.
+    fn peer(&self, bind: &str) -> RawPeer {
+        RawPeer::new(
+            &self.ns,
+            bind,
+            self.p_key.clone(),
+            &self.dev_pub,
+            self.dev_addr,
+        )
+    }
+
+    /// The peer's endpoint as the device has it.
+    fn endpoint(&self) -> Option<SocketAddr> {
+        self.dev
+            .get()
+            .peer(&self.p_pub)
+            .expect("peer")
+            .config
+            .endpoint
+    }
 }
 
 #[test]
 fn a_forged_cookie_reply_moves_no_endpoint_and_counts_as_no_traffic() {
-    common::require(&[]);
-    let ns = Netns::new("fc");
-    let (dev, _, dev_pub, dev_addr) = device(&ns);
-    let (p_key, p_pub) = keypair();
-    let p = RawPeer::new(&ns, "127.0.0.1:0", p_key, &dev_pub, dev_addr);
+    let rig = Rig::new("fc");
+    let (ns, dev, dev_addr, p_pub) = (&rig.ns, &rig.dev, rig.dev_addr, rig.p_pub);
+    let p = rig.peer("127.0.0.1:0");
     // The device initiates (persistent keepalive) to the peer, which stays silent.
     dev.apply(
         DeviceUpdate::new().peer(
             PeerUpdate::new(p_pub)
                 .endpoint(p.addr())
-                .persistent_keepalive(1)
-                .replace_allowed_ips(["10.9.0.2/32".parse().expect("net")]),
+                .persistent_keepalive(1),
         ),
     )
     .expect("configure");
@@ -60,7 +99,7 @@ fn a_forged_cookie_reply_moves_no_endpoint_and_counts_as_no_traffic() {
     assert_eq!(&init[132..148], &[0u8; 16], "no cookie yet: MAC2 is zero");
 
     // An observer on another address forges a cookie reply for it, twice.
-    let observer = raw::socket(&ns, "127.0.0.3:0");
+    let observer = raw::socket(ns, "127.0.0.3:0");
     let forged = raw::forged_cookie_reply(&init, &p_pub);
     let before = dev.counters();
     observer.send_to(&forged, dev_addr).expect("send");
@@ -86,20 +125,12 @@ fn a_forged_cookie_reply_moves_no_endpoint_and_counts_as_no_traffic() {
 
 #[test]
 fn a_replayed_initiation_after_a_preshared_key_change_moves_no_endpoint() {
-    common::require(&[]);
-    let ns = Netns::new("rp");
-    let (dev, _, dev_pub, dev_addr) = device(&ns);
-    let (p_key, p_pub) = keypair();
-    let mut p = RawPeer::new(&ns, "127.0.0.1:0", p_key.clone(), &dev_pub, dev_addr);
-    dev.apply(
-        DeviceUpdate::new().peer(
-            PeerUpdate::new(p_pub).replace_allowed_ips(["10.9.0.2/32".parse().expect("net")]),
-        ),
-    )
-    .expect("configure");
+    let rig = Rig::new("rp");
+    let (ns, dev, dev_addr, p_pub) = (&rig.ns, &rig.dev, rig.dev_addr, rig.p_pub);
+    let mut p = rig.peer("127.0.0.1:0");
     let captured = p.handshake(Duration::from_secs(10));
     wait_until(Duration::from_secs(5), "the peer's endpoint", || {
-        endpoint(&dev, &p_pub) == Some(p.addr())
+        rig.endpoint() == Some(p.addr())
     });
 
     // A new preshared key: the device rebuilds the peer's session state.
@@ -111,17 +142,13 @@ fn a_replayed_initiation_after_a_preshared_key_change_moves_no_endpoint() {
     .expect("set the preshared key");
 
     // An attacker replays the captured initiation from elsewhere.
-    let attacker = raw::socket(&ns, "127.0.0.4:0");
+    let attacker = raw::socket(ns, "127.0.0.4:0");
     let before = dev.counters().handshake_rejected;
     attacker.send_to(&captured, dev_addr).expect("send");
     wait_until(Duration::from_secs(5), "the replay refused", || {
         dev.counters().handshake_rejected > before
     });
-    assert_eq!(
-        endpoint(&dev, &p_pub),
-        Some(p.addr()),
-        "the replay moved it"
-    );
+    assert_eq!(rig.endpoint(), Some(p.addr()), "the replay moved it");
     assert_eq!(
         attacker.recv_from(&mut [0u8; 256]).ok(),
         None,
@@ -129,26 +156,18 @@ fn a_replayed_initiation_after_a_preshared_key_change_moves_no_endpoint() {
     );
 
     // The peer itself, with the new preshared key, still gets in.
-    p.tunn = raw::tunn(&p_key, &dev_pub, Some(psk), 77);
+    p.tunn = raw::tunn(&rig.p_key, &rig.dev_pub, Some(psk), 77);
     p.handshake(Duration::from_secs(10));
 }
 
 #[test]
 fn plaintext_is_padded_to_sixteen_on_the_wire_capped_at_the_mtu() {
-    common::require(&[]);
-    let ns = Netns::new("pd");
-    let (dev, _, dev_pub, dev_addr) = device(&ns);
-    let (p_key, p_pub) = keypair();
-    let mut p = RawPeer::new(&ns, "127.0.0.1:0", p_key, &dev_pub, dev_addr);
-    dev.apply(
-        DeviceUpdate::new().peer(
-            PeerUpdate::new(p_pub).replace_allowed_ips(["10.9.0.2/32".parse().expect("net")]),
-        ),
-    )
-    .expect("configure");
+    let rig = Rig::new("pd");
+    let ns = &rig.ns;
+    let mut p = rig.peer("127.0.0.1:0");
     p.handshake(Duration::from_secs(10));
     wait_until(Duration::from_secs(5), "the peer's endpoint", || {
-        endpoint(&dev, &p_pub).is_some()
+        rig.endpoint().is_some()
     });
 
     // UDP payloads whose IP packets (28 bytes more) are 28 … 1,420 bytes long.
@@ -220,20 +239,12 @@ fn take_cookie(flooder: &mut RawPeer, pool: &[Vec<u8>], dev: &Device) {
 /// peer's key; what they send is what such an attacker sends.)
 #[test]
 fn one_limiter_for_every_peer_a_peer_gets_in_under_a_flood_naming_it() {
-    common::require(&[]);
-    let ns = Netns::new("bl");
-    let (dev, _, dev_pub, dev_addr) = device(&ns);
-    let (p_key, p_pub) = keypair();
-    dev.apply(
-        DeviceUpdate::new().peer(
-            PeerUpdate::new(p_pub).replace_allowed_ips(["10.9.0.2/32".parse().expect("net")]),
-        ),
-    )
-    .expect("configure");
+    let rig = Rig::new("bl");
+    let (dev, dev_addr) = (&rig.dev, rig.dev_addr);
 
     // Not under load: fifteen handshakes in a row are each answered at once, none
     // with a cookie (only the device decides when it is under load).
-    let mut p = RawPeer::new(&ns, "127.0.0.2:0", p_key.clone(), &dev_pub, dev_addr);
+    let mut p = rig.peer("127.0.0.2:0");
     for i in 0..15 {
         let got = p.try_handshake(Duration::from_secs(5), 1);
         assert!(
@@ -247,15 +258,9 @@ fn one_limiter_for_every_peer_a_peer_gets_in_under_a_flood_naming_it() {
     // it (all older than the peer's next ones).
     let mut floods = Vec::new();
     for host in 1..=8 {
-        let mut flooder = RawPeer::new(
-            &ns,
-            &format!("127.0.1.{host}:0"),
-            p_key.clone(),
-            &dev_pub,
-            dev_addr,
-        );
+        let mut flooder = rig.peer(&format!("127.0.1.{host}:0"));
         let pool: Vec<Vec<u8>> = (0..300).map(|_| flooder.initiation()).collect();
-        take_cookie(&mut flooder, &pool, &dev);
+        take_cookie(&mut flooder, &pool, dev);
         let flood: Vec<Vec<u8>> = (0..100).map(|_| flooder.initiation()).collect();
         assert!(flood.iter().all(|i| i[132..148] != [0u8; 16]), "no MAC2");
         floods.push((flooder, flood));
@@ -282,7 +287,7 @@ fn one_limiter_for_every_peer_a_peer_gets_in_under_a_flood_naming_it() {
         // The peer, from its own address, under load on the one limiter its
         // initiations meet: one cookie, then in (a spare initiation in case one is
         // lost in a full queue).
-        let mut p = RawPeer::new(&ns, "127.0.0.2:0", p_key.clone(), &dev_pub, dev_addr);
+        let mut p = rig.peer("127.0.0.2:0");
         let got = p.try_handshake(Duration::from_secs(10), 3);
         assert!(
             got.is_ok(),
@@ -290,14 +295,14 @@ fn one_limiter_for_every_peer_a_peer_gets_in_under_a_flood_naming_it() {
             dev.counters()
         );
         wait_until(Duration::from_secs(5), "the peer's endpoint", || {
-            endpoint(&dev, &p_pub) == Some(p.addr())
+            rig.endpoint() == Some(p.addr())
         });
         // The flood's initiations are older than the peer's: none moves it back.
         let rejected = dev.counters().handshake_rejected;
         wait_until(Duration::from_secs(10), "more flood refused", || {
             dev.counters().handshake_rejected > rejected + 40
         });
-        assert_eq!(endpoint(&dev, &p_pub), Some(p.addr()));
+        assert_eq!(rig.endpoint(), Some(p.addr()));
     });
     assert!(dev.is_running());
 }
