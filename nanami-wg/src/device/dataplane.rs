@@ -37,6 +37,11 @@ const OVERHEAD: usize = 32;
 /// Padding multiple of the plaintext (the paper, 5.4.6): exact inner sizes do not leak.
 const PADDING: usize = 16;
 
+/// Sizes of the handshake messages (the paper, 5.4): anything else is not queued.
+pub(super) const HANDSHAKE_INIT_LEN: usize = 148;
+const HANDSHAKE_RESP_LEN: usize = 92;
+const COOKIE_REPLY_LEN: usize = 64;
+
 pub(super) const MSG_HANDSHAKE_INIT: u32 = 1;
 pub(super) const MSG_HANDSHAKE_RESP: u32 = 2;
 pub(super) const MSG_COOKIE_REPLY: u32 = 3;
@@ -272,14 +277,16 @@ fn handle_datagram(
     }
     let mut word = [0u8; 4];
     word.copy_from_slice(&datagram[0..4]);
-    match u32::from_le_bytes(word) {
-        MSG_HANDSHAKE_INIT | MSG_HANDSHAKE_RESP | MSG_COOKIE_REPLY => {
+    match (u32::from_le_bytes(word), datagram.len()) {
+        (MSG_HANDSHAKE_INIT, HANDSHAKE_INIT_LEN)
+        | (MSG_HANDSHAKE_RESP, HANDSHAKE_RESP_LEN)
+        | (MSG_COOKIE_REPLY, COOKIE_REPLY_LEN) => {
             if !shared.handshakes.push(src, datagram, sockets) {
                 bump(&c.handshake_queue_full);
             }
             return None;
         }
-        MSG_DATA => {}
+        (MSG_DATA, _) => {}
         _ => {
             bump(&c.invalid_datagrams);
             return None;

@@ -24,7 +24,9 @@ use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
-use super::dataplane::{drain_queued, MSG_COOKIE_REPLY, MSG_HANDSHAKE_INIT, MSG_HANDSHAKE_RESP};
+use super::dataplane::{
+    drain_queued, HANDSHAKE_INIT_LEN, MSG_COOKIE_REPLY, MSG_HANDSHAKE_INIT, MSG_HANDSHAKE_RESP,
+};
 use super::peer::Peer;
 use super::ratelimit::SourceLimiter;
 use super::udp::{UdpSockets, MAX_DATAGRAM};
@@ -40,7 +42,7 @@ pub(super) const UNDER_LOAD_FOR: Duration = Duration::from_secs(1);
 /// How long the thread waits for a message before checking for shutdown.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
 /// Largest handshake message (an initiation).
-const MAX_HANDSHAKE: usize = 148;
+const MAX_HANDSHAKE: usize = HANDSHAKE_INIT_LEN;
 
 /// One queued handshake message and where it came from.
 pub(super) struct Queued {

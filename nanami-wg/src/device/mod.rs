@@ -457,12 +457,16 @@ impl Shared {
                 })?;
         }
 
-        // 2. Everything else cannot fail.
+        // 2. Everything else cannot fail. A new identity's public key (a scalar
+        //    multiplication) is derived before the write lock is taken.
+        let identity = update
+            .private_key
+            .map(|key| key.map(|k| Arc::new(Identity::new(k))));
         {
             let mut st = self.write();
             st.fwmark = fwmark;
-            if let Some(key) = update.private_key {
-                apply_private_key(&mut st, key);
+            if let Some(identity) = identity {
+                apply_private_key(&mut st, identity);
             }
             apply_peers(&mut st, update.replace_peers, update.peers);
         }
@@ -525,12 +529,12 @@ fn validate(update: &DeviceUpdate) -> Result<(), DeviceError> {
 /// makes its next one with the new key at first use, so the write lock is held for no
 /// Diffie-Hellman (a `Tunn` costs two) however many peers there are. A peer whose key
 /// is the device's own public key is removed, as wireguard-go does.
-fn apply_private_key(st: &mut State, key: Option<PrivateKey>) {
-    if let Some(key) = &key {
+fn apply_private_key(st: &mut State, identity: Option<Arc<Identity>>) {
+    if let Some(new) = &identity {
         let same = st
             .identity
             .as_ref()
-            .is_some_and(|id| id.key.expose_secret() == key.expose_secret());
+            .is_some_and(|id| id.key.expose_secret() == new.key.expose_secret());
         if same {
             return;
         }
@@ -538,7 +542,7 @@ fn apply_private_key(st: &mut State, key: Option<PrivateKey>) {
     for entry in st.peers.values() {
         entry.peer.lock().end_session();
     }
-    st.identity = key.map(|k| Arc::new(Identity::new(k)));
+    st.identity = identity;
     if let Some(own) = st.own_public_key() {
         st.remove_peer(&own);
     }
@@ -909,7 +913,10 @@ mod tests {
     #[test]
     fn sessions_are_made_at_first_use_and_kept_across_updates() {
         let mut st = state();
-        apply_private_key(&mut st, Some(PrivateKey::from_bytes([1; 32])));
+        apply_private_key(
+            &mut st,
+            Some(Arc::new(Identity::new(PrivateKey::from_bytes([1; 32])))),
+        );
         let peers = (2..5).map(|b| PeerUpdate::new(key(b))).collect();
         apply_peers(&mut st, false, peers);
         assert!(
@@ -928,7 +935,10 @@ mod tests {
         );
         assert!(has_session(&st, 2));
         // ...a new private key ends every session (the next is made at first use)...
-        apply_private_key(&mut st, Some(PrivateKey::from_bytes([9; 32])));
+        apply_private_key(
+            &mut st,
+            Some(Arc::new(Identity::new(PrivateKey::from_bytes([9; 32])))),
+        );
         assert!(!has_session(&st, 2) && !has_session(&st, 3));
         talk(&st, 2);
         // ...a new preshared key ends it.
@@ -947,5 +957,23 @@ mod tests {
         assert!(!has_session(&st, 2));
         talk(&st, 3);
         assert!(!has_session(&st, 3));
+    }
+
+    #[test]
+    fn the_devices_own_key_is_never_a_peer() {
+        let mut st = state();
+        let id = |b: u8| Some(Arc::new(Identity::new(PrivateKey::from_bytes([b; 32]))));
+        apply_private_key(&mut st, id(1));
+        // Named as a peer: ignored.
+        apply_peers(
+            &mut st,
+            false,
+            vec![PeerUpdate::new(key(1)), PeerUpdate::new(key(2))],
+        );
+        assert!(!st.peers.contains_key(&key(1)));
+        assert!(st.peers.contains_key(&key(2)));
+        // A new private key whose public key is a peer's: that peer goes.
+        apply_private_key(&mut st, id(2));
+        assert!(st.peers.is_empty());
     }
 }
