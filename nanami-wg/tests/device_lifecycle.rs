@@ -56,17 +56,30 @@ fn shutdown_and_drop_join_every_thread_and_remove_the_socket() {
     assert!(device_threads().is_empty());
 
     let dev = open(&ns);
-    let running = device_threads();
-    for t in [
+    // A thread names itself once it runs, a moment after it is spawned: wait for it.
+    let expected = [
         "nanami-tun",
         "nanami-timers",
         "nanami-uapi",
         "nanami-udp-v4",
-    ] {
+        "nanami-handshak", // "nanami-handshake", cut to the kernel's 15 bytes
+    ];
+    let start = Instant::now();
+    loop {
+        let running = device_threads();
+        let missing: Vec<&str> = expected
+            .iter()
+            .filter(|t| !running.iter().any(|n| n == *t))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
         assert!(
-            running.iter().any(|n| n == t),
-            "{t} not running: {running:?}"
+            start.elapsed() < Duration::from_secs(5),
+            "{missing:?} not running: {running:?}"
         );
+        std::thread::sleep(Duration::from_millis(10));
     }
     let sock = dev.uapi_path().expect("socket").to_owned();
     assert!(sock.exists());

@@ -83,9 +83,9 @@ fn socket_is_private_and_errors_get_errno_without_hanging() {
     let (mut s, mut r) = connect(&f);
     // An invalid value: EINVAL, and the same connection keeps working.
     s.write_all(b"set=1\nlisten_port=70000\n\n").expect("write");
-    assert_eq!(reply(&mut r), vec!["errno=22"]);
+    assert_eq!(reply(&mut r), vec!["errno=-22"]);
     s.write_all(b"set=1\nfrobnicate=1\n\n").expect("write");
-    assert_eq!(reply(&mut r), vec!["errno=22"]);
+    assert_eq!(reply(&mut r), vec!["errno=-22"]);
     s.write_all(b"get=1\n\n").expect("write");
     let got = reply(&mut r);
     assert_eq!(got.last().map(String::as_str), Some("errno=0"));
@@ -93,7 +93,7 @@ fn socket_is_private_and_errors_get_errno_without_hanging() {
 
     // An unknown operation: EPROTO, and still no hang.
     s.write_all(b"bogus\n\n").expect("write");
-    assert_eq!(reply(&mut r), vec!["errno=71"]);
+    assert_eq!(reply(&mut r), vec!["errno=-71"]);
     s.write_all(b"get=1\n\n").expect("write");
     assert_eq!(reply(&mut r).last().map(String::as_str), Some("errno=0"));
 
@@ -101,7 +101,7 @@ fn socket_is_private_and_errors_get_errno_without_hanging() {
     let (mut s2, mut r2) = connect(&f);
     let long = format!("set=1\nlisten_port={}\n\n", "9".repeat(100_000));
     let _ = s2.write_all(long.as_bytes());
-    assert_eq!(reply(&mut r2), vec!["errno=71"]);
+    assert_eq!(reply(&mut r2), vec!["errno=-71"]);
     let mut rest = String::new();
     let _ = r2.read_to_string(&mut rest);
     assert!(rest.is_empty());
@@ -126,7 +126,7 @@ fn a_refused_set_applies_nothing() {
         peer.to_hex()
     );
     s.write_all(req.as_bytes()).expect("write");
-    assert_eq!(reply(&mut r), vec!["errno=22"]);
+    assert_eq!(reply(&mut r), vec!["errno=-22"]);
     let info = f.dev.get();
     assert!(
         info.private_key.is_none(),

@@ -57,6 +57,37 @@ fn wg_show_reports_key_endpoint_handshake_and_transfer() {
 }
 
 #[test]
+fn wg_set_with_a_bad_value_prints_the_real_error() {
+    let p = Pair::new();
+    let (_, extra) = keypair();
+    // `wg` accepts the address; the device refuses an endpoint without an address.
+    let out =
+        p.a.command("wg")
+            .args([
+                "set",
+                &p.a_if,
+                "peer",
+                &extra.to_string(),
+                "endpoint",
+                "0.0.0.0:51820",
+            ])
+            .output()
+            .expect("run wg");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "wg set succeeded: {stderr}");
+    // wg(8) reads `errno=-N` and prints strerror(N); a positive N printed
+    // "Unknown error -22".
+    assert!(
+        stderr.contains("Invalid argument") && !stderr.contains("Unknown error"),
+        "wg printed: {stderr}"
+    );
+    assert!(
+        p.dev.get().peer(&extra).is_none(),
+        "a refused set changed the device"
+    );
+}
+
+#[test]
 fn wg_set_adds_and_removes_a_peer() {
     let p = Pair::new();
     let (_, extra) = keypair();

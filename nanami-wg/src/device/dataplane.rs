@@ -1,10 +1,13 @@
-//! The device's threads: TUN → UDP, UDP → TUN, timers.
+//! The device's threads: TUN → UDP, UDP → TUN, timers (the handshake thread is in
+//! [`super::handshake`]).
 //!
 //! Each loop drains what is queued (up to [`BATCH`] packets), processes the batch
-//! under one read lock of the configuration, sends it with one `sendmmsg`, and only
-//! then waits with `poll` (on the data fd and the wake pipe that `shutdown` fires).
-//! Nothing here panics on input: every malformed or unexpected packet is dropped and
-//! counted.
+//! under one read lock of the configuration, releases it, and only then writes to the
+//! TUN or sends (one `sendmmsg`): no lock is held across a write that can block, so a
+//! full socket buffer stalls one thread, not every thread and a waiting configuration
+//! writer. Then it waits with `poll` (on the data fd and the wake pipe that `shutdown`
+//! fires). Nothing here panics on input: every malformed or unexpected packet is
+//! dropped and counted.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,14 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
-use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::{Packet, Tunn, TunnResult};
-use boringtun::x25519;
+use boringtun::noise::{Tunn, TunnResult};
 
 use super::peer::{Peer, PeerInner};
 use super::sys::{self, Ready, WakePipe};
 use super::udp::{RecvBatch, SendBatch, UdpSockets, MAX_DATAGRAM};
-use super::{bump, Shared, State};
+use super::{bump, Identity, Shared, State};
 
 /// Packets handled per batch: amortises the lock, the clock and `sendmmsg` without
 /// adding latency (a batch is only what is already queued).
@@ -30,15 +31,20 @@ const BATCH: usize = 32;
 /// are in seconds.
 const TICK: Duration = Duration::from_millis(250);
 
-/// How often the device-wide handshake rate limiter is reset (its window is 1 s).
-const LIMITER_RESET: Duration = Duration::from_secs(1);
-
 /// Room `Tunn::encapsulate` needs beyond the packet.
 const OVERHEAD: usize = 32;
 
-const MSG_HANDSHAKE_INIT: u32 = 1;
-const MSG_HANDSHAKE_RESP: u32 = 2;
-const MSG_COOKIE_REPLY: u32 = 3;
+/// Padding multiple of the plaintext (the paper, 5.4.6): exact inner sizes do not leak.
+const PADDING: usize = 16;
+
+/// Sizes of the handshake messages (the paper, 5.4): anything else is not queued.
+pub(super) const HANDSHAKE_INIT_LEN: usize = 148;
+const HANDSHAKE_RESP_LEN: usize = 92;
+const COOKIE_REPLY_LEN: usize = 64;
+
+pub(super) const MSG_HANDSHAKE_INIT: u32 = 1;
+pub(super) const MSG_HANDSHAKE_RESP: u32 = 2;
+pub(super) const MSG_COOKIE_REPLY: u32 = 3;
 const MSG_DATA: u32 = 4;
 
 /// TUN → peers.
@@ -47,6 +53,7 @@ pub(super) fn tun_loop(shared: &Arc<Shared>) {
         .map(|_| vec![0u8; MAX_DATAGRAM - OVERHEAD])
         .collect();
     let mut lens = [0usize; BATCH];
+    // Each packet gives at most one datagram (its own, or a handshake initiation).
     let mut out = SendBatch::new(BATCH);
     let tun_fd = shared.tun.raw_fd();
     loop {
@@ -81,18 +88,29 @@ pub(super) fn tun_loop(shared: &Arc<Shared>) {
             }
         }
         let sockets = shared.sockets();
+        let mtu = shared.mtu();
         {
             let state = shared.read();
             let now = Instant::now();
-            for i in 0..n {
-                encapsulate_one(shared, &state, &bufs[i][..lens[i]], &mut out, now);
-                if out.is_full() {
-                    flush(shared, &mut out, &sockets);
-                }
+            for (buf, len) in bufs.iter_mut().zip(lens).take(n) {
+                let padded = pad(buf, len, mtu);
+                encapsulate_one(shared, &state, &buf[..padded], &mut out, now);
             }
         }
         flush(shared, &mut out, &sockets);
     }
+}
+
+/// Pads the packet `buf[..len]` with zeros to a multiple of [`PADDING`], but not past
+/// `mtu` (when known) or the buffer; returns the padded length. The receiver trims to
+/// the IP header's length.
+fn pad(buf: &mut [u8], len: usize, mtu: Option<usize>) -> usize {
+    let cap = mtu.unwrap_or(usize::MAX).max(len).min(buf.len());
+    let padded = len.div_ceil(PADDING).saturating_mul(PADDING).min(cap);
+    if let Some(tail) = buf.get_mut(len..padded) {
+        tail.fill(0);
+    }
+    padded
 }
 
 fn flush(shared: &Shared, out: &mut SendBatch, sockets: &UdpSockets) {
@@ -121,9 +139,14 @@ fn encapsulate_one(
         bump(&c.no_route);
         return;
     };
+    if out.is_full() {
+        // Cannot happen (one datagram per packet); dropping beats blocking here.
+        bump(&c.udp_send_errors);
+        return;
+    }
     let mut inner = peer.lock();
     if inner.endpoint.is_some() {
-        peer.ensure_tunn(&mut inner, state.secret());
+        peer.ensure_tunn(&mut inner, state.identity.as_deref());
     }
     let PeerInner {
         tunn,
@@ -138,8 +161,7 @@ fn encapsulate_one(
     match tunn.encapsulate(packet, out.next_buf()) {
         TunnResult::WriteToNetwork(datagram) => {
             let len = datagram.len();
-            out.push(len, endpoint);
-            peer.add_tx(len);
+            out.push(len, endpoint, peer);
             *last_traversal = Some(now);
         }
         TunnResult::Done => {}
@@ -148,6 +170,21 @@ fn encapsulate_one(
         }
         TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {}
     }
+}
+
+/// What a receive thread keeps between datagrams besides the decrypted packets.
+struct RxScratch {
+    /// Room to encrypt packets queued during a handshake into.
+    spare: Vec<u8>,
+    /// Datagrams to send once no lock is held: for which peer, what, where.
+    sends: Vec<(Arc<Peer>, Vec<u8>, SocketAddr)>,
+}
+
+/// A decrypted packet waiting to be written to the TUN: in `outs[slot][start..end]`.
+struct Delivery {
+    slot: usize,
+    start: usize,
+    end: usize,
 }
 
 /// UDP → TUN, for one socket of the generation `sockets`.
@@ -162,7 +199,12 @@ pub(super) fn udp_loop(
     };
     let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
     let mut batch = RecvBatch::new(BATCH);
-    let mut out = vec![0u8; MAX_DATAGRAM];
+    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect();
+    let mut deliveries: Vec<Delivery> = Vec::with_capacity(BATCH);
+    let mut rx = RxScratch {
+        spare: vec![0u8; MAX_DATAGRAM],
+        sends: Vec::new(),
+    };
     loop {
         if shared.stopping() {
             return;
@@ -185,26 +227,49 @@ pub(super) fn udp_loop(
                 }
             }
         }
-        let state = shared.read();
-        for i in 0..n {
-            let (src, datagram) = batch.get(i);
-            let Some(src) = src else {
-                bump(&shared.counters.invalid_datagrams);
-                continue;
-            };
-            handle_datagram(shared, &state, sockets, src, datagram, &mut out);
+        {
+            let state = shared.read();
+            for (slot, out) in outs.iter_mut().enumerate().take(n) {
+                let (src, datagram) = batch.get(slot);
+                let Some(src) = src else {
+                    bump(&shared.counters.invalid_datagrams);
+                    continue;
+                };
+                if let Some((start, end)) =
+                    handle_datagram(shared, &state, sockets, src, datagram, out, &mut rx)
+                {
+                    deliveries.push(Delivery { slot, start, end });
+                }
+            }
+        }
+        // Writes and sends with no lock held.
+        for d in deliveries.drain(..) {
+            if shared.tun.write(&outs[d.slot][d.start..d.end]).is_err() {
+                bump(&shared.counters.tun_write_errors);
+            }
+        }
+        for (peer, datagram, dst) in rx.sends.drain(..) {
+            match sockets.send_to(&datagram, dst) {
+                Ok(()) => peer.add_tx(datagram.len()),
+                Err(_) => bump(&shared.counters.udp_send_errors),
+            }
         }
     }
 }
 
-/// Finds the peer a datagram is for, answering with a cookie when under load.
-fn peer_for<'s>(
+/// Handles one datagram. Handshake messages go to the handshake queue; a data message
+/// is decrypted into `out` and, when its inner source is the sender's (cryptokey
+/// routing), returned as the range of `out` to write to the TUN. Packets to send (ones
+/// queued during a handshake) are added to `rx.sends`.
+fn handle_datagram(
     shared: &Shared,
-    state: &'s State,
-    sockets: &UdpSockets,
+    state: &State,
+    sockets: &Arc<UdpSockets>,
     src: SocketAddr,
     datagram: &[u8],
-) -> Option<&'s Arc<Peer>> {
+    out: &mut [u8],
+    rx: &mut RxScratch,
+) -> Option<(usize, usize)> {
     let c = &shared.counters;
     if datagram.len() < 8 {
         bump(&c.invalid_datagrams);
@@ -212,132 +277,44 @@ fn peer_for<'s>(
     }
     let mut word = [0u8; 4];
     word.copy_from_slice(&datagram[0..4]);
-    let kind = u32::from_le_bytes(word);
-    match kind {
-        MSG_HANDSHAKE_INIT => {
-            let Some(id) = state.identity.as_ref() else {
-                bump(&c.handshake_rejected);
-                return None;
-            };
-            let mut cookie = [0u8; 64];
-            match id
-                .limiter
-                .verify_packet(Some(src.ip()), datagram, &mut cookie)
-            {
-                Ok(Packet::HandshakeInit(init)) => {
-                    match parse_handshake_anon(&id.secret, &id.public, &init) {
-                        Ok(half) => {
-                            let found =
-                                nanami_model::PublicKey::from_bytes(half.peer_static_public)
-                                    .ok()
-                                    .and_then(|k| state.peers.get(&k))
-                                    .map(|e| &e.peer);
-                            if found.is_none() {
-                                bump(&c.handshake_rejected);
-                            }
-                            found
-                        }
-                        Err(_) => {
-                            bump(&c.handshake_rejected);
-                            None
-                        }
-                    }
-                }
-                Ok(
-                    Packet::HandshakeResponse(_)
-                    | Packet::PacketCookieReply(_)
-                    | Packet::PacketData(_),
-                ) => {
-                    bump(&c.invalid_datagrams);
-                    None
-                }
-                Err(TunnResult::WriteToNetwork(reply)) => {
-                    bump(&c.cookie_replies);
-                    if sockets.send_to(reply, src).is_err() {
-                        bump(&c.udp_send_errors);
-                    }
-                    None
-                }
-                Err(_) => {
-                    bump(&c.handshake_rejected);
-                    None
-                }
+    match (u32::from_le_bytes(word), datagram.len()) {
+        (MSG_HANDSHAKE_INIT, HANDSHAKE_INIT_LEN)
+        | (MSG_HANDSHAKE_RESP, HANDSHAKE_RESP_LEN)
+        | (MSG_COOKIE_REPLY, COOKIE_REPLY_LEN) => {
+            if !shared.handshakes.push(src, datagram, sockets) {
+                bump(&c.handshake_queue_full);
             }
+            return None;
         }
-        MSG_HANDSHAKE_RESP | MSG_COOKIE_REPLY | MSG_DATA => {
-            // The receiver index follows the type, except in a handshake response,
-            // where the sender's index comes first.
-            let at = if kind == MSG_HANDSHAKE_RESP { 8 } else { 4 };
-            let Some(bytes) = datagram.get(at..at + 4) else {
-                bump(&c.invalid_datagrams);
-                return None;
-            };
-            word.copy_from_slice(bytes);
-            let index = u32::from_le_bytes(word) >> 8;
-            let found = state.by_index.get(&index);
-            if found.is_none() {
-                bump(&c.unknown_index);
-            }
-            found
-        }
+        (MSG_DATA, _) => {}
         _ => {
             bump(&c.invalid_datagrams);
-            None
+            return None;
         }
     }
-}
-
-fn handle_datagram(
-    shared: &Shared,
-    state: &State,
-    sockets: &UdpSockets,
-    src: SocketAddr,
-    datagram: &[u8],
-    out: &mut [u8],
-) {
-    let c = &shared.counters;
-    let Some(peer) = peer_for(shared, state, sockets, src, datagram) else {
-        return;
+    word.copy_from_slice(&datagram[4..8]);
+    let Some(peer) = state.by_index.get(&(u32::from_le_bytes(word) >> 8)) else {
+        bump(&c.unknown_index);
+        return None;
     };
     let mut inner = peer.lock();
-    // An initiation naming this peer (see `peer_for`) may start its first session;
-    // anything else for a peer without one answers nothing it sent.
-    if datagram.first() == Some(&(MSG_HANDSHAKE_INIT as u8)) {
-        peer.ensure_tunn(&mut inner, state.secret());
-    }
     let Some(tunn) = inner.tunn.as_mut() else {
-        bump(&c.handshake_rejected);
-        return;
+        bump(&c.decrypt_failed);
+        return None;
     };
     let base = out.as_ptr() as usize;
-    let outcome = match tunn.decapsulate(Some(src.ip()), datagram, out) {
-        TunnResult::WriteToNetwork(reply) => {
-            let is_cookie = reply.first() == Some(&(MSG_COOKIE_REPLY as u8));
-            if is_cookie {
-                bump(&c.cookie_replies);
-            } else {
-                peer.add_tx(reply.len());
-            }
-            if sockets.send_to(reply, src).is_err() {
-                bump(&c.udp_send_errors);
-            }
-            if is_cookie {
-                Outcome::Dropped
-            } else {
-                Outcome::Control
-            }
-        }
-        TunnResult::WriteToTunnelV4(packet, inner_src) => Outcome::Data {
-            start: packet.as_ptr() as usize - base,
-            len: packet.len(),
-            inner_src: inner_src.into(),
-        },
-        TunnResult::WriteToTunnelV6(packet, inner_src) => Outcome::Data {
-            start: packet.as_ptr() as usize - base,
-            len: packet.len(),
-            inner_src: inner_src.into(),
-        },
-        TunnResult::Done => Outcome::Control,
+    let delivered = match tunn.decapsulate(Some(src.ip()), datagram, out) {
+        TunnResult::WriteToTunnelV4(packet, inner_src) => Some((
+            packet.as_ptr() as usize - base,
+            packet.len(),
+            std::net::IpAddr::from(inner_src),
+        )),
+        TunnResult::WriteToTunnelV6(packet, inner_src) => Some((
+            packet.as_ptr() as usize - base,
+            packet.len(),
+            std::net::IpAddr::from(inner_src),
+        )),
+        TunnResult::Done => None,
         TunnResult::Err(e) => {
             if matches!(
                 e,
@@ -348,84 +325,68 @@ fn handle_datagram(
                 tracing::debug!(peer = %peer.public_key, error = ?e, "packet dropped");
             }
             bump(&c.decrypt_failed);
-            Outcome::Dropped
+            return None;
+        }
+        TunnResult::WriteToNetwork(_) => {
+            // A data message never asks for an answer.
+            bump(&c.decrypt_failed);
+            return None;
         }
     };
-    if let Outcome::Dropped = outcome {
-        return;
-    }
+    // Authenticated. Roaming: the peer is wherever its last authenticated packet came
+    // from.
     peer.add_rx(datagram.len());
-    // Roaming: the peer is wherever its last authenticated packet came from.
     inner.endpoint = Some(src);
     inner.last_traversal = Some(Instant::now());
-    match outcome {
-        Outcome::Data {
-            start,
-            len,
-            inner_src,
-        } => {
-            // The TUN write happens outside the peer's lock, so the TUN thread can
-            // encrypt for this peer meanwhile.
-            drop(inner);
-            if let Some(packet) = out.get(start..start + len) {
-                deliver(shared, state, peer, packet, inner_src);
-            }
+    let Some((start, len, inner_src)) = delivered else {
+        // A keepalive, maybe the one confirming our handshake response: packets queued
+        // while it ran can go.
+        if let Some(tunn) = inner.tunn.as_mut() {
+            rx.sends
+                .extend(drain_queued(tunn, out).map(|d| (peer.clone(), d, src)));
         }
-        Outcome::Control | Outcome::Dropped => {
-            // After a handshake, packets queued while it ran can go.
-            if let Some(tunn) = inner.tunn.as_mut() {
-                while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], out) {
-                    peer.add_tx(queued.len());
-                    if sockets.send_to(queued, src).is_err() {
-                        bump(&c.udp_send_errors);
-                    }
-                }
-            }
-            inner.refresh_handshake_time();
-        }
+        inner.refresh_handshake_time();
+        return None;
+    };
+    // When the initiator's first packet is data, it confirmed the session we answered:
+    // packets queued meanwhile can go (into `spare`: `out` holds the packet for the
+    // TUN). With nothing queued this is a look at an empty queue.
+    if let Some(tunn) = inner.tunn.as_mut() {
+        rx.sends
+            .extend(drain_queued(tunn, &mut rx.spare).map(|d| (peer.clone(), d, src)));
     }
-}
-
-/// What decapsulating one datagram produced.
-enum Outcome {
-    /// Nothing authenticated (or only a cookie reply was sent).
-    Dropped,
-    /// An authenticated handshake message or keepalive.
-    Control,
-    /// A decrypted packet at `out[start..start + len]`.
-    Data {
-        start: usize,
-        len: usize,
-        inner_src: std::net::IpAddr,
-    },
-}
-
-/// Cryptokey routing: the inner source must be routed to the very peer it came from.
-fn deliver(
-    shared: &Shared,
-    state: &State,
-    peer: &Arc<Peer>,
-    packet: &[u8],
-    inner_src: std::net::IpAddr,
-) {
+    drop(inner);
+    // Cryptokey routing: the inner source must be routed to the very peer it came from.
     let allowed = state
         .routes
         .lookup(inner_src)
         .is_some_and(|owner| Arc::ptr_eq(owner, peer));
     if !allowed {
-        bump(&shared.counters.disallowed_source);
+        bump(&c.disallowed_source);
         tracing::trace!(peer = %peer.public_key, %inner_src, "inner source not in AllowedIPs");
-        return;
+        return None;
     }
-    if shared.tun.write(packet).is_err() {
-        bump(&shared.counters.tun_write_errors);
-    }
+    Some((start, start + len))
+}
+
+/// The packets `tunn` queued while it had no session, encrypted now that it has one.
+pub(super) fn drain_queued<'a>(
+    tunn: &'a mut Tunn,
+    out: &'a mut [u8],
+) -> impl Iterator<Item = Vec<u8>> + 'a {
+    std::iter::from_fn(move || match tunn.decapsulate(None, &[], out) {
+        TunnResult::WriteToNetwork(queued) => Some(queued.to_vec()),
+        TunnResult::Done
+        | TunnResult::Err(_)
+        | TunnResult::WriteToTunnelV4(..)
+        | TunnResult::WriteToTunnelV6(..) => None,
+    })
 }
 
 /// Timers: handshake retries and rekeys, keepalives, handshake timestamps.
 pub(super) fn timer_loop(shared: &Arc<Shared>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut last_reset = Instant::now();
+    let mut sends: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
     loop {
         match sys::wait_readable(None, &[shared.wake.fd()], Some(TICK)) {
             Ok(Ready::Woken) => return,
@@ -438,26 +399,33 @@ pub(super) fn timer_loop(shared: &Arc<Shared>) {
         if shared.stopping() {
             return;
         }
+        shared.refresh_mtu();
         let sockets = shared.sockets();
-        let state = shared.read();
-        if last_reset.elapsed() >= LIMITER_RESET {
-            if let Some(id) = state.identity.as_ref() {
-                id.limiter.reset_count();
+        // A snapshot of the peers, so no configuration lock is held while sending.
+        let (identity, peers) = {
+            let state = shared.read();
+            let peers: Vec<Arc<Peer>> = state.peers.values().map(|e| e.peer.clone()).collect();
+            (state.identity.clone(), peers)
+        };
+        for peer in &peers {
+            tick_peer(peer, identity.as_deref(), &mut buf, &mut sends);
+            // Sent with no lock held (the peer's was released by `tick_peer`).
+            for (datagram, dst) in sends.drain(..) {
+                match sockets.send_to(&datagram, dst) {
+                    Ok(()) => peer.add_tx(datagram.len()),
+                    Err(_) => bump(&shared.counters.udp_send_errors),
+                }
             }
-            last_reset = Instant::now();
-        }
-        for entry in state.peers.values() {
-            tick_peer(shared, &entry.peer, state.secret(), &sockets, &mut buf);
         }
     }
 }
 
+/// One tick of `peer`'s timers; what is to be sent goes to `sends`.
 fn tick_peer(
-    shared: &Shared,
     peer: &Peer,
-    secret: Option<&x25519::StaticSecret>,
-    sockets: &UdpSockets,
+    identity: Option<&Identity>,
     buf: &mut [u8],
+    sends: &mut Vec<(Vec<u8>, SocketAddr)>,
 ) {
     let mut inner = peer.lock();
     let endpoint = inner.endpoint;
@@ -468,7 +436,7 @@ fn tick_peer(
             Some(t) => t.elapsed() >= Duration::from_secs(u64::from(keepalive)),
         };
     if due && endpoint.is_some() {
-        peer.ensure_tunn(&mut inner, secret);
+        peer.ensure_tunn(&mut inner, identity);
     }
     let Some(tunn) = inner.tunn.as_mut() else {
         return;
@@ -476,12 +444,8 @@ fn tick_peer(
     let mut sent = false;
     let mut send = |datagram: &[u8]| {
         if let Some(ep) = endpoint {
-            if sockets.send_to(datagram, ep).is_ok() {
-                peer.add_tx(datagram.len());
-                sent = true;
-            } else {
-                bump(&shared.counters.udp_send_errors);
-            }
+            sends.push((datagram.to_vec(), ep));
+            sent = true;
         }
     };
     match tunn.update_timers(buf) {
@@ -509,4 +473,28 @@ fn tick_peer(
         inner.last_traversal = Some(Instant::now());
     }
     inner.refresh_handshake_time();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_is_to_sixteen_and_capped_at_the_mtu() {
+        let mut buf = vec![0xffu8; 2000];
+        assert_eq!(pad(&mut buf, 0, Some(1420)), 0);
+        assert_eq!(pad(&mut buf, 1, Some(1420)), 16);
+        assert!(buf[1..16].iter().all(|b| *b == 0), "padding is zeros");
+        assert_eq!(pad(&mut buf, 16, Some(1420)), 16);
+        assert_eq!(pad(&mut buf, 84, Some(1420)), 96);
+        // 1,413 rounds up to 1,424, past the MTU: capped.
+        assert_eq!(pad(&mut buf, 1413, Some(1420)), 1420);
+        assert_eq!(pad(&mut buf, 1420, Some(1420)), 1420);
+        // A packet larger than the MTU (it changed meanwhile) is never cut.
+        assert_eq!(pad(&mut buf, 1500, Some(1420)), 1500);
+        // Unknown MTU: to sixteen, as wireguard-go and the Linux module do.
+        assert_eq!(pad(&mut buf, 1413, None), 1424);
+        // Never past the buffer.
+        assert_eq!(pad(&mut buf[..1414], 1413, None), 1414);
+    }
 }

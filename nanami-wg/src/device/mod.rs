@@ -6,10 +6,14 @@
 //!
 //! - **tun**: reads packets from the TUN, routes each to a peer by longest-prefix
 //!   match over AllowedIPs, encrypts, and sends the batch with `sendmmsg`;
-//! - **udp-v4 / udp-v6**: receive batches with `recvmmsg`, identify the peer
-//!   (handshake initiations by their encrypted static key, the rest by receiver
-//!   index), answer with cookie replies when under load, decrypt, and write to the
-//!   TUN only packets whose inner source is in that peer's AllowedIPs;
+//! - **udp-v4 / udp-v6**: receive batches with `recvmmsg`, queue handshake messages
+//!   for the handshake thread, find the peer of each data message by its receiver
+//!   index, decrypt, and write to the TUN only packets whose inner source is in that
+//!   peer's AllowedIPs;
+//! - **handshake**: verifies MAC1 (and under load the cookie, answering with cookie
+//!   replies and limiting each source to 20 handshakes a second), identifies the peer
+//!   of an initiation by its encrypted static key, and answers; "under load" is the
+//!   depth of its bounded queue, as in wireguard-go (see `handshake.rs`);
 //! - **timers**: drives `Tunn::update_timers` (handshake retries, rekey, keepalive),
 //!   persistent keepalive and the handshake timestamps;
 //! - **uapi** (optional): serves `wg(8)` on `/var/run/wireguard/<name>.sock`.
@@ -28,7 +32,9 @@ mod allowed_ips;
 mod config;
 mod dataplane;
 mod error;
+mod handshake;
 mod peer;
+mod ratelimit;
 mod sys;
 mod tun;
 mod uapi;
@@ -37,7 +43,7 @@ mod udp;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 
@@ -53,9 +59,10 @@ pub use error::{DeviceError, UapiError};
 pub use uapi::{MAX_LINE_LEN, MAX_REQUEST_LEN};
 
 use allowed_ips::AllowedIps;
+use handshake::HandshakeQueue;
 use peer::Peer;
 use sys::WakePipe;
-use tun::Tun;
+use tun::{MtuProbe, Tun};
 use udp::UdpSockets;
 
 use crate::netns::Netns;
@@ -132,6 +139,11 @@ pub struct DeviceCounters {
     pub disallowed_source: u64,
     /// Cookie replies sent because the device was under load.
     pub cookie_replies: u64,
+    /// Handshake messages with a valid cookie refused, under load, because their
+    /// source was over its budget (20 a second).
+    pub handshake_rate_limited: u64,
+    /// Handshake messages dropped because the handshake queue was full.
+    pub handshake_queue_full: u64,
     /// Packets read from the TUN that are not IPv4/IPv6.
     pub invalid_tun_packets: u64,
     /// TUN packets whose destination matches no peer's AllowedIPs.
@@ -152,6 +164,8 @@ struct Counters {
     decrypt_failed: AtomicU64,
     disallowed_source: AtomicU64,
     cookie_replies: AtomicU64,
+    handshake_rate_limited: AtomicU64,
+    handshake_queue_full: AtomicU64,
     invalid_tun_packets: AtomicU64,
     no_route: AtomicU64,
     no_endpoint: AtomicU64,
@@ -173,6 +187,8 @@ impl Counters {
             decrypt_failed: l(&self.decrypt_failed),
             disallowed_source: l(&self.disallowed_source),
             cookie_replies: l(&self.cookie_replies),
+            handshake_rate_limited: l(&self.handshake_rate_limited),
+            handshake_queue_full: l(&self.handshake_queue_full),
             invalid_tun_packets: l(&self.invalid_tun_packets),
             no_route: l(&self.no_route),
             no_endpoint: l(&self.no_endpoint),
@@ -187,15 +203,16 @@ struct Identity {
     key: PrivateKey,
     secret: x25519::StaticSecret,
     public: x25519::PublicKey,
-    /// Device-wide handshake rate limiter: decides on cookie replies before any
-    /// Diffie-Hellman is spent on an initiation.
+    /// The device's one MAC1 checker and cookie secret, shared by every peer's `Tunn`:
+    /// the handshake thread verifies each handshake message against it once, before
+    /// any Diffie-Hellman is spent, and decides "under load" itself.
     limiter: Arc<boringtun::noise::rate_limiter::RateLimiter>,
 }
 
-/// Handshake initiations per second (device-wide) above which the device answers
-/// with cookie replies instead of computing. boringtun's own device uses 100; a
-/// gateway with 1,000 peers rekeys at most ~8/s in steady state (every 120 s each).
-const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// boringtun's own per-second count of handshakes, which `RateLimiter` needs at
+/// construction; unused, because the device tells it when it is under load
+/// (`verify_packet_under_load`) from the depth of its handshake queue.
+const UNUSED_HANDSHAKE_COUNT_LIMIT: u64 = u64::MAX;
 
 impl Identity {
     fn new(key: PrivateKey) -> Self {
@@ -203,7 +220,7 @@ impl Identity {
         let public = x25519::PublicKey::from(&secret);
         let limiter = Arc::new(boringtun::noise::rate_limiter::RateLimiter::new(
             &public,
-            HANDSHAKE_RATE_LIMIT,
+            UNUSED_HANDSHAKE_COUNT_LIMIT,
         ));
         Self {
             key,
@@ -221,7 +238,8 @@ struct PeerEntry {
 
 /// Configuration and routing, read by every packet path, written by `apply`.
 struct State {
-    identity: Option<Identity>,
+    /// Shared with the threads, which take a clone and release the lock.
+    identity: Option<Arc<Identity>>,
     fwmark: u32,
     peers: BTreeMap<PublicKey, PeerEntry>,
     by_index: HashMap<u32, Arc<Peer>>,
@@ -233,9 +251,9 @@ struct State {
 const INDEX_MASK: u32 = 0x00ff_ffff;
 
 impl State {
-    /// The device's static secret, once it has a private key.
-    fn secret(&self) -> Option<&x25519::StaticSecret> {
-        self.identity.as_ref().map(|id| &id.secret)
+    /// The device's public key, once it has a private key.
+    fn own_public_key(&self) -> Option<PublicKey> {
+        self.identity.as_ref().map(|id| id.key.public_key())
     }
 
     fn alloc_index(&mut self) -> u32 {
@@ -324,6 +342,12 @@ struct Shared {
     wake: WakePipe,
     /// Set when a data-plane thread stopped on a fatal error (e.g. the TUN vanished).
     failed: AtomicBool,
+    /// Handshake messages waiting for the handshake thread.
+    handshakes: HandshakeQueue,
+    /// Reads the TUN's MTU (which caps padding), when the TUN's namespace is known.
+    mtu_probe: Option<MtuProbe>,
+    /// The TUN's MTU as last read by the timer thread; 0 when unknown.
+    mtu: AtomicUsize,
     counters: Counters,
     netns: Option<Netns>,
 }
@@ -350,6 +374,18 @@ impl Shared {
 
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    /// The TUN's MTU, when known.
+    fn mtu(&self) -> Option<usize> {
+        Some(self.mtu.load(Ordering::Relaxed)).filter(|m| *m > 0)
+    }
+
+    /// Reads the TUN's MTU again (it can change at any time).
+    fn refresh_mtu(&self) {
+        if let Some(mtu) = self.mtu_probe.as_ref().and_then(MtuProbe::mtu) {
+            self.mtu.store(mtu, Ordering::Relaxed);
+        }
     }
 
     /// Binds new sockets (in the device's namespace) and starts their receivers.
@@ -421,12 +457,16 @@ impl Shared {
                 })?;
         }
 
-        // 2. Everything else cannot fail.
+        // 2. Everything else cannot fail. A new identity's public key (a scalar
+        //    multiplication) is derived before the write lock is taken.
+        let identity = update
+            .private_key
+            .map(|key| key.map(|k| Arc::new(Identity::new(k))));
         {
             let mut st = self.write();
             st.fwmark = fwmark;
-            if let Some(key) = update.private_key {
-                apply_private_key(&mut st, key);
+            if let Some(identity) = identity {
+                apply_private_key(&mut st, identity);
             }
             apply_peers(&mut st, update.replace_peers, update.peers);
         }
@@ -485,31 +525,26 @@ fn validate(update: &DeviceUpdate) -> Result<(), DeviceError> {
     Ok(())
 }
 
-fn apply_private_key(st: &mut State, key: Option<PrivateKey>) {
-    match key {
-        None => {
-            st.identity = None;
-            for entry in st.peers.values() {
-                entry.peer.lock().tunn = None;
-            }
+/// Sets or removes the private key. Every session ends (as in WireGuard); each peer
+/// makes its next one with the new key at first use, so the write lock is held for no
+/// Diffie-Hellman (a `Tunn` costs two) however many peers there are. A peer whose key
+/// is the device's own public key is removed, as wireguard-go does.
+fn apply_private_key(st: &mut State, identity: Option<Arc<Identity>>) {
+    if let Some(new) = &identity {
+        let same = st
+            .identity
+            .as_ref()
+            .is_some_and(|id| id.key.expose_secret() == new.key.expose_secret());
+        if same {
+            return;
         }
-        Some(key) => {
-            let same = st
-                .identity
-                .as_ref()
-                .is_some_and(|id| id.key.expose_secret() == key.expose_secret());
-            if same {
-                return;
-            }
-            let id = Identity::new(key);
-            // Peers without a session yet make theirs at first use.
-            for entry in st.peers.values() {
-                if let Some(t) = entry.peer.lock().tunn.as_mut() {
-                    t.set_static_private(id.secret.clone(), id.public, None);
-                }
-            }
-            st.identity = Some(id);
-        }
+    }
+    for entry in st.peers.values() {
+        entry.peer.lock().end_session();
+    }
+    st.identity = identity;
+    if let Some(own) = st.own_public_key() {
+        st.remove_peer(&own);
     }
 }
 
@@ -539,6 +574,12 @@ fn apply_peers(st: &mut State, replace_peers: bool, updates: Vec<PeerUpdate>) {
 
 fn apply_peer(st: &mut State, reset: &mut HashSet<PublicKey>, u: PeerUpdate) {
     let key = u.public_key;
+    if st.own_public_key() == Some(key) {
+        // The device cannot be its own peer; ignored, as by the Linux module and
+        // wireguard-go.
+        tracing::debug!(peer = %key, "the device's own public key named as a peer; ignored");
+        return;
+    }
     if u.remove {
         st.remove_peer(&key);
         reset.remove(&key);
@@ -578,7 +619,7 @@ fn apply_peer(st: &mut State, reset: &mut HashSet<PublicKey>, u: PeerUpdate) {
         if psk != inner.preshared_key {
             // Only a new preshared key ends the session; the next one is made at
             // first use (`Peer::ensure_tunn`).
-            inner.tunn = None;
+            inner.end_session();
             inner.preshared_key = psk;
         }
         if let Some(ep) = u.endpoint {
@@ -627,6 +668,7 @@ impl Device {
     /// thread's network namespace, and sockets rebound later stay in it. The device
     /// does not configure addresses, MTU or link state: that is the platform's job.
     pub fn open(tun: TunSource, options: DeviceOptions) -> Result<Self, DeviceError> {
+        let tun_from_name = matches!(tun, TunSource::Name(_));
         let tun = match tun {
             TunSource::Name(name) => {
                 Tun::open(name.as_str()).map_err(|source| DeviceError::Tun {
@@ -650,6 +692,14 @@ impl Device {
             op: "creating a pipe",
             source,
         })?;
+        // The TUN opened by name is in this thread's namespace: its MTU can be read.
+        // One handed over as an fd may be anywhere; padding is then uncapped (to 16,
+        // as in wireguard-go without a known MTU).
+        let mtu_probe = match (&tun_from_name, &name) {
+            (true, Some(n)) => MtuProbe::new(n).ok(),
+            _ => None,
+        };
+        let (handshakes, handshake_rx) = HandshakeQueue::new();
         let placeholder = Arc::new(UdpSockets {
             v4: None,
             v6: None,
@@ -672,6 +722,9 @@ impl Device {
             stop: AtomicBool::new(false),
             wake,
             failed: AtomicBool::new(false),
+            handshakes,
+            mtu_probe,
+            mtu: AtomicUsize::new(0),
             counters: Counters::default(),
             netns: Netns::current().ok(),
         });
@@ -691,6 +744,10 @@ impl Device {
         device.spawn("nanami-tun", move || dataplane::tun_loop(&s))?;
         let s = shared.clone();
         device.spawn("nanami-timers", move || dataplane::timer_loop(&s))?;
+        let s = shared.clone();
+        device.spawn("nanami-handshake", move || {
+            handshake::handshake_loop(&s, &handshake_rx);
+        })?;
 
         if let (Some(dir), Some(name)) = (options.uapi_dir, name) {
             let path = dir.join(format!("{name}.sock"));
@@ -850,13 +907,16 @@ mod tests {
     /// Makes the peer's session as the data plane does at its first packet.
     fn talk(st: &State, k: u8) {
         let peer = &st.peers[&key(k)].peer;
-        peer.ensure_tunn(&mut peer.lock(), st.secret());
+        peer.ensure_tunn(&mut peer.lock(), st.identity.as_deref());
     }
 
     #[test]
     fn sessions_are_made_at_first_use_and_kept_across_updates() {
         let mut st = state();
-        apply_private_key(&mut st, Some(PrivateKey::from_bytes([1; 32])));
+        apply_private_key(
+            &mut st,
+            Some(Arc::new(Identity::new(PrivateKey::from_bytes([1; 32])))),
+        );
         let peers = (2..5).map(|b| PeerUpdate::new(key(b))).collect();
         apply_peers(&mut st, false, peers);
         assert!(
@@ -874,9 +934,13 @@ mod tests {
             vec![PeerUpdate::new(key(2)).endpoint(endpoint)],
         );
         assert!(has_session(&st, 2));
-        // ...so does a new private key (boringtun rekeys the `Tunn` in place)...
-        apply_private_key(&mut st, Some(PrivateKey::from_bytes([9; 32])));
-        assert!(has_session(&st, 2) && !has_session(&st, 3));
+        // ...a new private key ends every session (the next is made at first use)...
+        apply_private_key(
+            &mut st,
+            Some(Arc::new(Identity::new(PrivateKey::from_bytes([9; 32])))),
+        );
+        assert!(!has_session(&st, 2) && !has_session(&st, 3));
+        talk(&st, 2);
         // ...a new preshared key ends it.
         let psk = PresharedKey::from_bytes([5; 32]);
         apply_peers(
@@ -893,5 +957,23 @@ mod tests {
         assert!(!has_session(&st, 2));
         talk(&st, 3);
         assert!(!has_session(&st, 3));
+    }
+
+    #[test]
+    fn the_devices_own_key_is_never_a_peer() {
+        let mut st = state();
+        let id = |b: u8| Some(Arc::new(Identity::new(PrivateKey::from_bytes([b; 32]))));
+        apply_private_key(&mut st, id(1));
+        // Named as a peer: ignored.
+        apply_peers(
+            &mut st,
+            false,
+            vec![PeerUpdate::new(key(1)), PeerUpdate::new(key(2))],
+        );
+        assert!(!st.peers.contains_key(&key(1)));
+        assert!(st.peers.contains_key(&key(2)));
+        // A new private key whose public key is a peer's: that peer goes.
+        apply_private_key(&mut st, id(2));
+        assert!(st.peers.is_empty());
     }
 }

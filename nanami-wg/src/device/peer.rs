@@ -10,6 +10,7 @@ use boringtun::x25519;
 use nanami_model::PublicKey;
 
 use super::config::PresharedKey;
+use super::Identity;
 
 /// How far a recomputed handshake time may drift before it counts as a new
 /// handshake. `Tunn` reports the age of the session with the resolution of the timer
@@ -40,6 +41,10 @@ pub(crate) struct PeerInner {
     pub(crate) last_handshake: Option<SystemTime>,
     /// Last time an authenticated packet was sent to or received from the peer.
     pub(crate) last_traversal: Option<Instant>,
+    /// The TAI64N of the last initiation accepted from the peer. It outlives the `Tunn`
+    /// (which is rebuilt on a new preshared key or private key) so that a captured
+    /// initiation is never accepted twice.
+    pub(crate) last_initiation: [u8; 12],
 }
 
 impl Peer {
@@ -54,6 +59,7 @@ impl Peer {
                 keepalive: 0,
                 last_handshake: None,
                 last_traversal: None,
+                last_initiation: [0; 12],
             }),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
@@ -79,31 +85,47 @@ impl Peer {
     /// about 10,000 peers pays them only for the peers that ever talk: configuring
     /// peers stays cheap, and so does their memory (a `Tunn` holds its handshake
     /// state, sessions and packet queue).
-    pub(crate) fn ensure_tunn(&self, inner: &mut PeerInner, secret: Option<&x25519::StaticSecret>) {
+    pub(crate) fn ensure_tunn(&self, inner: &mut PeerInner, identity: Option<&Identity>) {
         if inner.tunn.is_some() {
             return;
         }
-        if let Some(secret) = secret {
-            let tunn = self.new_tunn(secret, inner.preshared_key.as_ref());
+        if let Some(id) = identity {
+            let mut tunn = Tunn::new(
+                id.secret.clone(),
+                x25519::PublicKey::from(*self.public_key.as_bytes()),
+                inner.preshared_key.as_ref().map(|k| *k.expose_secret()),
+                // Persistent keepalive is driven by the device (see PeerInner::keepalive).
+                None,
+                self.index,
+                // The device's one limiter and cookie secret: every handshake is
+                // verified once, on the handshake thread, against it.
+                Some(id.limiter.clone()),
+            );
+            tunn.raise_handshake_timestamp(inner.last_initiation);
             inner.tunn = Some(tunn);
         }
-    }
-
-    /// A fresh `Tunn` for this peer with the device's secret.
-    fn new_tunn(&self, secret: &x25519::StaticSecret, psk: Option<&PresharedKey>) -> Tunn {
-        Tunn::new(
-            secret.clone(),
-            x25519::PublicKey::from(*self.public_key.as_bytes()),
-            psk.map(|k| *k.expose_secret()),
-            // Persistent keepalive is driven by the device (see PeerInner::keepalive).
-            None,
-            self.index,
-            None,
-        )
     }
 }
 
 impl PeerInner {
+    /// Ends the session; the next one is made at first use. What must outlive it (the
+    /// replay floor for initiations) is kept.
+    pub(crate) fn end_session(&mut self) {
+        self.remember_initiation();
+        self.tunn = None;
+    }
+
+    /// Records the session's replay floor (after it accepted an initiation).
+    pub(crate) fn remember_initiation(&mut self) {
+        let Some(ts) = self.tunn.as_ref().map(Tunn::last_handshake_timestamp) else {
+            return;
+        };
+        // TAI64N is big-endian seconds then nanoseconds: byte order is time order.
+        if ts > self.last_initiation {
+            self.last_initiation = ts;
+        }
+    }
+
     /// Turns `Tunn`'s "age of the current session" into a wall-clock timestamp that
     /// stays stable across reads and survives the session's expiry.
     pub(crate) fn refresh_handshake_time(&mut self) {

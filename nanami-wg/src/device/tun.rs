@@ -118,3 +118,48 @@ fn name_of(req: &IfReq) -> String {
         .unwrap_or(req.name.len());
     String::from_utf8_lossy(&req.name[..end]).into_owned()
 }
+
+/// `struct ifreq` as `SIOCGIFMTU` uses it.
+#[repr(C)]
+struct IfReqMtu {
+    name: [u8; libc::IFNAMSIZ],
+    mtu: libc::c_int,
+    _pad: [u8; 20],
+}
+
+/// Reads an interface's MTU with `SIOCGIFMTU` on a socket made in the interface's
+/// namespace (so it answers for that interface wherever it is asked from).
+#[derive(Debug)]
+pub(crate) struct MtuProbe {
+    sock: OwnedFd,
+    name: [u8; libc::IFNAMSIZ],
+}
+
+impl MtuProbe {
+    /// A probe for `name` in the calling thread's network namespace.
+    pub(crate) fn new(name: &str) -> io::Result<Self> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+        let mut n = [0u8; libc::IFNAMSIZ];
+        n[..name.len()].copy_from_slice(name.as_bytes());
+        Ok(Self {
+            sock: sock.into(),
+            name: n,
+        })
+    }
+
+    /// The MTU now, when the interface answers.
+    pub(crate) fn mtu(&self) -> Option<usize> {
+        let mut req = IfReqMtu {
+            name: self.name,
+            mtu: 0,
+            _pad: [0; 20],
+        };
+        // SAFETY: SIOCGIFMTU reads the name from and writes the MTU into a `struct
+        // ifreq`; `req` has its layout and size and lives across the call.
+        let rc = unsafe { libc::ioctl(self.sock.as_raw_fd(), libc::SIOCGIFMTU as _, &mut req) };
+        (rc == 0).then(|| usize::try_from(req.mtu).ok()).flatten()
+    }
+}

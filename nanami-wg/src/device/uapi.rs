@@ -352,12 +352,12 @@ fn respond(shared: &Arc<Shared>, lines: &[String]) -> String {
             Ok(()) => "errno=0\n\n".to_owned(),
             Err(e) => {
                 tracing::warn!(error = %e, "UAPI set refused");
-                format!("errno={}\n\n", e.errno())
+                format!("errno=-{}\n\n", e.errno())
             }
         },
         Err(e) => {
             tracing::warn!(error = %e, "UAPI request refused");
-            format!("errno={}\n\n", e.errno())
+            format!("errno=-{}\n\n", e.errno())
         }
     }
 }
@@ -532,7 +532,7 @@ fn handle_connection(shared: &Arc<Shared>, stream: &UnixStream) -> io::Result<()
             }
             Err(ReadError::Protocol(e)) => {
                 tracing::warn!(error = %e, "UAPI request refused; closing the connection");
-                (&*stream).write_all(format!("errno={}\n\n", e.errno()).as_bytes())?;
+                (&*stream).write_all(format!("errno=-{}\n\n", e.errno()).as_bytes())?;
                 return Ok(());
             }
             Err(ReadError::Io(e)) => return Err(e),

@@ -8,8 +8,11 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::peer::Peer;
 
 /// Largest datagram the device sends or receives.
 pub(crate) const MAX_DATAGRAM: usize = 65_536;
@@ -126,10 +129,19 @@ impl UdpSockets {
         Err(last_err.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EADDRINUSE)))
     }
 
-    /// Sets `SO_MARK` on both sockets.
+    /// Sets `SO_MARK` on both sockets, or on neither: when the second refuses, the
+    /// first gets its old mark back.
     pub(crate) fn set_fwmark(&self, mark: u32) -> io::Result<()> {
+        let mut done: Vec<(&Socket, u32)> = Vec::new();
         for s in self.v4.iter().chain(self.v6.iter()) {
-            s.set_mark(mark)?;
+            let old = s.mark()?;
+            if let Err(e) = s.set_mark(mark) {
+                for (s, old) in done {
+                    let _ = s.set_mark(old);
+                }
+                return Err(e);
+            }
+            done.push((s, old));
         }
         Ok(())
     }
@@ -252,6 +264,8 @@ pub(crate) struct SendBatch {
     bufs: Vec<Vec<u8>>,
     lens: Vec<usize>,
     dsts: Vec<SocketAddr>,
+    /// Whose tx bytes each datagram counts to, once the kernel took it.
+    peers: Vec<Option<Arc<Peer>>>,
     len: usize,
 }
 
@@ -261,6 +275,7 @@ impl SendBatch {
             bufs: (0..n).map(|_| vec![0u8; MAX_DATAGRAM]).collect(),
             lens: vec![0; n],
             dsts: vec![SocketAddr::from(([0, 0, 0, 0], 0)); n],
+            peers: vec![None; n],
             len: 0,
         }
     }
@@ -275,9 +290,10 @@ impl SendBatch {
     }
 
     /// Commits the datagram just written into [`SendBatch::next_buf`].
-    pub(crate) fn push(&mut self, len: usize, dst: SocketAddr) {
+    pub(crate) fn push(&mut self, len: usize, dst: SocketAddr, peer: &Arc<Peer>) {
         self.lens[self.len] = len;
         self.dsts[self.len] = canonical(dst);
+        self.peers[self.len] = Some(peer.clone());
         self.len += 1;
     }
 
@@ -299,6 +315,9 @@ impl SendBatch {
                 continue;
             }
             failed += self.send_indices(sock.as_raw_fd(), &idx);
+        }
+        for p in &mut self.peers[..self.len] {
+            *p = None;
         }
         self.len = 0;
         failed
@@ -341,7 +360,16 @@ impl SendBatch {
                 failed += 1;
                 continue;
             }
-            sent += usize::try_from(rc).unwrap_or(0).max(1);
+            let n = usize::try_from(rc)
+                .unwrap_or(0)
+                .max(1)
+                .min(hdrs.len() - sent);
+            for i in &idx[sent..sent + n] {
+                if let Some(peer) = &self.peers[*i] {
+                    peer.add_tx(self.lens[*i]);
+                }
+            }
+            sent += n;
         }
         failed
     }
