@@ -56,7 +56,8 @@ class Table:
         if a is None or b is None or len(a) != len(b) or not all(b):
             return ""
         r = [x / y for x, y in zip(a, b)]
-        return f"{statistics.median(r):.2f}× ({min(r):.2f}–{max(r):.2f})"
+        f = lambda x: f"{x:.2f}" if x >= 0.01 else f"{x:.2g}"  # noqa: E731
+        return f"{f(statistics.median(r))}× ({f(min(r))}–{f(max(r))})"
 
     def row(self, item: str, what: str, key: str, unit: str, base: str | None, base_label: str,
             target: str, command: str, scale: float = 1.0, ratio: str | None = None) -> None:
