@@ -233,11 +233,14 @@ impl Inner {
         };
     }
 
-    /// Each gateway's generation and digest: what the next compile compares with.
-    fn known(&self) -> BTreeMap<GatewayId, (u64, String)> {
-        self.gateways
-            .iter()
-            .map(|(id, e)| (id.clone(), (e.generation(), e.digest.clone())))
+    /// The generation and digest of each of `ids` that has one: what the next
+    /// compile of them compares with.
+    fn known(&self, ids: &BTreeSet<GatewayId>) -> BTreeMap<GatewayId, (u64, String)> {
+        ids.iter()
+            .filter_map(|id| {
+                let e = self.gateways.get(id)?;
+                Some((id.clone(), (e.generation(), e.digest.clone())))
+            })
             .collect()
     }
 
@@ -657,13 +660,7 @@ impl Manager {
         let (ids, known, health, unpersisted) = {
             let inner = self.lock();
             let ids = prepared.gateways(before.as_deref(), inner.gateways.keys());
-            let known: BTreeMap<GatewayId, (u64, String)> = ids
-                .iter()
-                .filter_map(|id| {
-                    let e = inner.gateways.get(id)?;
-                    Some((id.clone(), (e.generation(), e.digest.clone())))
-                })
-                .collect();
+            let known = inner.known(&ids);
             // A gateway new to the topology gets one offline period of grace.
             let offline: BTreeSet<GatewayId> = inner
                 .offline
@@ -797,17 +794,30 @@ impl Manager {
                     info!(gateway = %id, %network, "forwarding path healthy again");
                 }
             }
+            // A verdict moves clients only inside the gateway's workspace: only the
+            // workspaces of gateways whose verdicts changed are recompiled.
+            let moved: BTreeSet<WorkspaceId> = offline
+                .symmetric_difference(&inner.offline)
+                .chain(
+                    unhealthy
+                        .symmetric_difference(&inner.unhealthy)
+                        .map(|(g, _)| g),
+                )
+                .filter_map(|g| topology.gateway_workspace(g).cloned())
+                .collect();
+            let ids = gateways_in_scope(Scope::Workspaces(&moved), None, &topology, []);
+            let known = inner.known(&ids);
             (
                 topology,
-                inner.known(),
+                (ids, known),
                 Health { offline, unhealthy },
                 inner.unpersisted.clone(),
                 changed_verdicts,
             )
         };
         let _span = info_span!("health_tick", changed = changed_verdicts).entered();
+        let (ids, known) = known;
         let changed = if changed_verdicts {
-            let ids = gateways_in_scope(Scope::All, None, &topology, known.keys());
             match compile_changed(&known, &ids, &topology, &health) {
                 Ok(c) => c,
                 Err(e) => {
