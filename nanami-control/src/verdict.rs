@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use nanami_model::{health_targets, GatewayId, Health, NetworkId, Topology};
+use nanami_model::{health_targets, GatewayId, Health, NetworkId, Topology, WorkspaceId};
 use serde::{Deserialize, Serialize};
 
 /// A network's forwarding-path verdict, as a gateway reports it.
@@ -101,6 +101,27 @@ pub fn handle_tick<'a>(
     (Health { offline, unhealthy }, changed)
 }
 
+/// The workspaces whose gateways' verdicts differ between `before` and `after`:
+/// the only ones a change of verdicts can move clients in (assignment never
+/// crosses workspaces), so the only ones to recompile.
+pub fn moved_workspaces(
+    topology: &Topology,
+    before: &Health,
+    after: &Health,
+) -> BTreeSet<WorkspaceId> {
+    before
+        .offline
+        .symmetric_difference(&after.offline)
+        .chain(
+            before
+                .unhealthy
+                .symmetric_difference(&after.unhealthy)
+                .map(|(g, _)| g),
+        )
+        .filter_map(|g| topology.gateway_workspace(g).cloned())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +195,37 @@ workspaces:
         // An offline gateway's stale report does not count.
         let off = BTreeSet::from([gw()]);
         assert!(unhealthy_pairs(&t, [(&gw(), &down)], &off, &none).is_empty());
+    }
+
+    #[test]
+    fn only_the_workspaces_of_gateways_whose_verdicts_changed_move() {
+        let t = topology();
+        let none = Health::default();
+        assert!(moved_workspaces(&t, &none, &none).is_empty());
+        let off = Health {
+            offline: BTreeSet::from([gw()]),
+            ..Health::default()
+        };
+        let acme = WorkspaceId::new("acme").expect("valid id");
+        assert_eq!(
+            moved_workspaces(&t, &none, &off),
+            BTreeSet::from([acme.clone()])
+        );
+        assert_eq!(
+            moved_workspaces(&t, &off, &none),
+            BTreeSet::from([acme.clone()])
+        );
+        let down = Health {
+            unhealthy: BTreeSet::from([(gw(), corp())]),
+            ..Health::default()
+        };
+        assert_eq!(moved_workspaces(&t, &none, &down), BTreeSet::from([acme]));
+        // A gateway the topology does not have moves nothing.
+        let stranger = Health {
+            offline: BTreeSet::from([GatewayId::new("gw-x").expect("valid id")]),
+            ..Health::default()
+        };
+        assert!(moved_workspaces(&t, &none, &stranger).is_empty());
     }
 
     #[test]

@@ -29,7 +29,7 @@ use nanami_api::wire::{
     GenerationFork, Liveness, ObservedRecord, ObservedReport, PathHealth, RegionView, Subject,
     TopologyResponse, WorkspaceView, WriteResponse,
 };
-use nanami_control::verdict::{handle_tick, reported_unhealthy, unhealthy_pairs};
+use nanami_control::verdict::{handle_tick, moved_workspaces, reported_unhealthy, unhealthy_pairs};
 use nanami_control::{
     compile_changed, gateways_in_scope, Compiled, Docs, Edit, EditError, Precondition, Principal,
     Scope, WriteError,
@@ -767,7 +767,7 @@ impl Manager {
             };
             let limit = u64::try_from(self.health.offline_after().as_millis()).unwrap_or(u64::MAX);
             let before = inner.health();
-            let (Health { offline, unhealthy }, changed_verdicts) = handle_tick(
+            let (after, changed_verdicts) = handle_tick(
                 &topology,
                 &inner.last_seen,
                 &inner.paths,
@@ -781,36 +781,28 @@ impl Manager {
                     return false;
                 }
             } else {
-                for id in offline.difference(&inner.offline) {
+                for id in after.offline.difference(&before.offline) {
                     warn!(gateway = %id, "gateway offline: its clients fail over");
                 }
-                for id in inner.offline.difference(&offline) {
+                for id in before.offline.difference(&after.offline) {
                     info!(gateway = %id, "gateway back online");
                 }
-                for (id, network) in unhealthy.difference(&inner.unhealthy) {
+                for (id, network) in after.unhealthy.difference(&before.unhealthy) {
                     warn!(gateway = %id, %network, "forwarding path down: the network's clients move to another gateway");
                 }
-                for (id, network) in inner.unhealthy.difference(&unhealthy) {
+                for (id, network) in before.unhealthy.difference(&after.unhealthy) {
                     info!(gateway = %id, %network, "forwarding path healthy again");
                 }
             }
             // A verdict moves clients only inside the gateway's workspace: only the
             // workspaces of gateways whose verdicts changed are recompiled.
-            let moved: BTreeSet<WorkspaceId> = offline
-                .symmetric_difference(&inner.offline)
-                .chain(
-                    unhealthy
-                        .symmetric_difference(&inner.unhealthy)
-                        .map(|(g, _)| g),
-                )
-                .filter_map(|g| topology.gateway_workspace(g).cloned())
-                .collect();
+            let moved = moved_workspaces(&topology, &before, &after);
             let ids = gateways_in_scope(Scope::Workspaces(&moved), None, &topology, []);
             let known = inner.known(&ids);
             (
                 topology,
                 (ids, known),
-                Health { offline, unhealthy },
+                after,
                 inner.unpersisted.clone(),
                 changed_verdicts,
             )
