@@ -426,6 +426,13 @@ fn remove<T>(list: &mut Vec<T>, id: &str, key: impl Fn(&T) -> &str) {
     list.retain(|x| key(x) != id);
 }
 
+/// Changes node `id` of `w` with `change` (nothing when it has none).
+fn on_node(w: &mut WorkspaceDoc, id: &str, change: impl FnOnce(&mut NodeDoc)) {
+    if let Some(n) = w.nodes.iter_mut().find(|n| n.id == id) {
+        change(n);
+    }
+}
+
 /// Changes workspace `ws`'s contents with `change`: the workspace is then the
 /// one touched.
 fn contents(
@@ -546,20 +553,14 @@ pub fn apply(doc: &Docs, edit: Edit, precondition: &Precondition) -> Result<Appl
             node,
             status,
         } => contents(&mut new, workspace, |w| {
-            w.nodes
-                .iter_mut()
-                .filter(|n| n.id == node)
-                .for_each(|n| n.status.clone_from(&status));
+            on_node(w, &node, |n| n.status = status)
         })?,
         Edit::RotateKey {
             workspace,
             node,
             public_key,
         } => contents(&mut new, workspace, |w| {
-            w.nodes
-                .iter_mut()
-                .filter(|n| n.id == node)
-                .for_each(|n| n.public_key.clone_from(&public_key));
+            on_node(w, &node, |n| n.public_key = public_key)
         })?,
         Edit::PutGateway(ws, g) => {
             contents(&mut new, ws, |w| upsert(&mut w.gateways, g, |g| &g.id))?
