@@ -31,4 +31,4 @@ pub use object::{
     apply, current_revision, revision, Applied, Edit, EditError, ObjectKind, ObjectRef,
     Precondition, Touched,
 };
-pub use write::{handle_write, Prepared, StoredDocuments, WriteError};
+pub use write::{follow_stored, handle_write, Prepared, StoredDocuments, WriteError};

@@ -5,8 +5,9 @@
 //! [`Prepared::gateways`]), stores and publishes.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use nanami_model::doc::WorkspaceDoc;
+use nanami_model::doc::{RegionDoc, WorkspaceDoc};
 use nanami_model::{GatewayId, Topology, ValidationErrors, WorkspaceId};
 
 use crate::docs::Docs;
@@ -160,6 +161,54 @@ pub fn handle_write(
     })
 }
 
+/// Follows documents another writer stored: `regions` is the catalog in force,
+/// `ids` every workspace in force, `written` the workspace documents written since
+/// `docs`. The result is validated as [`handle_write`] validates: the changed
+/// workspaces against the rest when the catalog is unchanged, the whole document
+/// otherwise. A store only holds what a writer validated, so an error here means
+/// writers disagree on the rules (a newer manager wrote it).
+pub fn follow_stored(
+    docs: &Docs,
+    topology: Option<&Topology>,
+    regions: Vec<RegionDoc>,
+    ids: &BTreeSet<String>,
+    written: Vec<WorkspaceDoc>,
+) -> Result<(Docs, Topology), ValidationErrors> {
+    let mut next = docs.clone();
+    let mut changed: BTreeSet<String> = docs
+        .workspaces
+        .keys()
+        .filter(|id| !ids.contains(*id))
+        .cloned()
+        .collect();
+    for id in &changed {
+        next.workspaces.remove(id);
+    }
+    for ws in written {
+        changed.insert(ws.id.clone());
+        next.workspaces.insert(ws.id.clone(), Arc::new(ws));
+    }
+    let catalog_changed = *next.regions != regions;
+    if catalog_changed {
+        next.regions = Arc::new(regions);
+    }
+    let topology = match topology {
+        Some(t) if !catalog_changed => {
+            let mut t = t.clone();
+            for id in &changed {
+                t = match (next.workspace(id), WorkspaceId::new(id)) {
+                    (Some(ws), _) => t.with_workspace(ws)?,
+                    (None, Ok(id)) => t.without_workspace(&id),
+                    (None, Err(_)) => t,
+                };
+            }
+            t
+        }
+        Some(_) | None => Topology::from_document(&next.to_document())?,
+    };
+    Ok((next, topology))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +301,47 @@ mod tests {
             changed.values().next().map(|(row, _)| row.generation),
             Some(2)
         );
+    }
+
+    /// What one writer stored, followed by another from the same documents,
+    /// gives that writer's documents and topology.
+    #[test]
+    fn following_stored_documents_gives_the_writers_result() {
+        let (docs, t) = platform();
+        let follow = |p: &Prepared| {
+            let written = p
+                .applied
+                .docs
+                .workspaces
+                .values()
+                .filter(|w| docs.workspace_differs(&p.applied.docs, &w.id))
+                .map(|w| w.as_ref().clone())
+                .collect();
+            let ids = p.applied.docs.workspaces.keys().cloned().collect();
+            let regions = p.applied.docs.regions.as_ref().clone();
+            follow_stored(&docs, Some(&t), regions, &ids, written).expect("valid")
+        };
+        let changed = handle_write(&docs, Some(&t), disable("acme", "acme-n1"), &Precondition::Any)
+            .expect("accepted");
+        let (d, topology) = follow(&changed);
+        assert_eq!(d, changed.applied.docs);
+        assert_eq!(topology, changed.topology);
+        let deleted = handle_write(
+            &docs,
+            Some(&t),
+            Edit::DeleteWorkspace("globex".into()),
+            &Precondition::Any,
+        )
+        .expect("accepted");
+        let (d, topology) = follow(&deleted);
+        assert_eq!(d, deleted.applied.docs);
+        assert_eq!(topology, deleted.topology);
+        assert!(topology.gateway_count() < t.gateway_count());
+        // A new catalog is validated whole: a region still used cannot go.
+        let ids = docs.workspaces.keys().cloned().collect();
+        let err = follow_stored(&docs, Some(&t), Vec::new(), &ids, Vec::new())
+            .expect_err("the workspaces' region is gone");
+        assert!(!err.0.is_empty());
     }
 
     #[test]

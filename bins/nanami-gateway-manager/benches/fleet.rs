@@ -59,7 +59,7 @@ async fn bench() {
     let dir = std::env::temp_dir().join(format!("nmt-fleet-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let layout = Layout::new(dir.join("manager"));
-    init(&layout, &["127.0.0.1".to_string()]).unwrap();
+    init(&layout, &["127.0.0.1".to_string()], None).unwrap();
     let store = Arc::new(SqliteStore::open(&layout.store()).unwrap());
     let manager = Arc::new(
         Manager::load(

@@ -8,7 +8,7 @@ use nanami_api::wire::CredentialKind;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 
 use crate::auth;
-use crate::store::{Principal, SqliteStore, Store as _, StoreError};
+use crate::store::{Principal, SqliteStore, Store, StoreError};
 
 /// Why `init` failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,8 +94,11 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), InitError> {
 }
 
 /// Creates the manager directory. `names` are the server certificate's subject
-/// alternative names (DNS names or IP addresses clients connect to).
-pub fn init(layout: &Layout, names: &[String]) -> Result<(), InitError> {
+/// alternative names (DNS names or IP addresses clients connect to). The
+/// credentials go to `store`, or to a new SQLite store in the directory when it is
+/// `None`. A shared store is initialised once: the other managers get a copy of
+/// this directory.
+pub fn init(layout: &Layout, names: &[String], store: Option<&dyn Store>) -> Result<(), InitError> {
     let io = |source| InitError::Io {
         path: layout.dir.clone(),
         source,
@@ -108,12 +111,11 @@ pub fn init(layout: &Layout, names: &[String]) -> Result<(), InitError> {
         std::fs::set_permissions(&layout.dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io)?;
     }
-    for p in [
-        layout.ca_cert(),
-        layout.server_cert(),
-        layout.store(),
-        layout.control_token(),
-    ] {
+    let own_store = store.is_none().then(|| layout.store());
+    for p in [layout.ca_cert(), layout.server_cert(), layout.control_token()]
+        .into_iter()
+        .chain(own_store)
+    {
         if p.exists() {
             return Err(InitError::Exists(p));
         }
@@ -139,7 +141,14 @@ pub fn init(layout: &Layout, names: &[String]) -> Result<(), InitError> {
     write_secret(&layout.ca_cert(), ca.pem().as_bytes())?;
     write_secret(&layout.server_cert(), server.pem().as_bytes())?;
 
-    let store = SqliteStore::open(&layout.store())?;
+    let own;
+    let store = match store {
+        Some(store) => store,
+        None => {
+            own = SqliteStore::open(&layout.store())?;
+            &own
+        }
+    };
     let control = auth::generate(CredentialKind::Control);
     let operator = auth::generate(CredentialKind::Operator);
     store.set_api_credential(&Principal::Platform, &auth::digest(&control))?;

@@ -1,4 +1,4 @@
-//! `nanami-gateway-manager`: init | serve | token.
+//! `nanami-gateway-manager`: init | serve | token | migrate | check.
 
 use nanami_api::service::shutdown_signal;
 use std::net::SocketAddr;
@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use nanami_api::wire::Subject;
 use nanami_gateway_manager::init::{init, Layout};
 use nanami_gateway_manager::server::ServerLimits;
+use nanami_gateway_manager::store::{PgOptions, PgStore, Store};
 use nanami_gateway_manager::{http, server, HealthConfig, Manager, SqliteStore};
 use nanami_model::{GatewayId, NodeId};
 use tokio::sync::watch;
@@ -38,6 +39,26 @@ enum Command {
         /// Names and addresses in the server certificate (repeatable).
         #[arg(long = "san", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
         sans: Vec<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Bring the store's schema to the newest version this binary knows, then
+    /// exit (`serve` does the same at start).
+    Migrate {
+        /// The manager directory.
+        #[arg(long, default_value = "/var/lib/nanami-gateway-manager")]
+        dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Check that the store answers and that its schema is the one this binary
+    /// serves; changes nothing. Exits non-zero otherwise.
+    Check {
+        /// The manager directory.
+        #[arg(long, default_value = "/var/lib/nanami-gateway-manager")]
+        dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Serve the API.
     Serve {
@@ -47,6 +68,8 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7443")]
         listen: SocketAddr,
+        #[command(flatten)]
+        store: StoreArgs,
         /// A topology file to load now and reload whenever it changes.
         #[arg(long)]
         topology: Option<PathBuf>,
@@ -97,7 +120,58 @@ enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = http::DEFAULT_TOKEN_TTL)]
         ttl: u64,
+        #[command(flatten)]
+        store: StoreArgs,
     },
+}
+
+/// Where the manager's state lives.
+#[derive(clap::Args, Clone)]
+struct StoreArgs {
+    /// The store: `sqlite` (the directory's `manager.db`, for one manager) or a
+    /// PostgreSQL URL (`postgres://user@host:5432/db?sslmode=require`) that any
+    /// number of managers share. Prefer the environment variable for a URL with a
+    /// password: command lines are visible to every user of the host.
+    #[arg(long = "store", env = "NANAMI_STORE", default_value = "sqlite", hide_env_values = true)]
+    url: String,
+    /// Connections to PostgreSQL this manager opens at most.
+    #[arg(long = "store-pool-size", default_value_t = 16)]
+    pool_size: usize,
+    /// The CA certificate (PEM) of the PostgreSQL server: TLS to the database,
+    /// verified against it.
+    #[arg(long = "store-ca")]
+    ca: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn is_sqlite(&self) -> bool {
+        self.url == "sqlite"
+    }
+
+    /// Opens the store; `migrating`: brings its schema up to date first.
+    fn open(&self, layout: &Layout, migrating: bool) -> anyhow::Result<Arc<dyn Store>> {
+        if self.is_sqlite() {
+            let path = layout.store();
+            return Ok(if migrating {
+                Arc::new(SqliteStore::open(&path)?)
+            } else {
+                Arc::new(SqliteStore::inspect(&path)?)
+            });
+        }
+        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+            bail!("--store: expected `sqlite` or a postgres:// URL");
+        }
+        let options = PgOptions {
+            url: self.url.clone(),
+            pool_size: self.pool_size,
+            ca: self.ca.clone(),
+        };
+        Ok(if migrating {
+            Arc::new(PgStore::connect(&options)?)
+        } else {
+            Arc::new(PgStore::inspect(&options)?)
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -113,9 +187,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Init { dir, sans } => {
+        Command::Init { dir, sans, store } => {
             let layout = Layout::new(&dir);
-            init(&layout, &sans)?;
+            let shared = if store.is_sqlite() {
+                None
+            } else {
+                Some(store.open(&layout, true)?)
+            };
+            init(&layout, &sans, shared.as_deref())?;
             println!(
                 "initialised {}\n  CA for clients:       {}\n  control credential:   {}\n  operator credential:  {}",
                 dir.display(),
@@ -130,6 +209,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             gateway,
             node,
             ttl,
+            store,
         } => {
             let subject = match (gateway, node) {
                 (Some(g), None) => Subject::Gateway(GatewayId::new(g).context("--gateway")?),
@@ -137,16 +217,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (Some(_), Some(_)) | (None, None) => bail!("give --gateway or --node"),
             };
             let layout = Layout::new(&dir);
-            let manager = Manager::load(
-                Arc::new(SqliteStore::open(&layout.store())?),
-                HealthConfig::default(),
-            )?;
+            let manager = Manager::load(store.open(&layout, true)?, HealthConfig::default())?;
             let token = http::issue_token(&manager, &subject, ttl)?;
             println!("{}", token.token);
             Ok(())
         }
+        Command::Migrate { dir, store } => {
+            let status = store.open(&Layout::new(&dir), true)?.status()?;
+            println!("store schema version {} (this manager knows {})", status.version, status.known);
+            Ok(())
+        }
+        Command::Check { dir, store } => {
+            let status = store.open(&Layout::new(&dir), false)?.status()?;
+            println!(
+                "store answers: schema version {}, this manager knows {}; change sequence {}; topology revision {}",
+                status.version, status.known, status.seq, status.revision
+            );
+            if status.version > status.known {
+                bail!("the store's schema is newer than this manager: upgrade the manager");
+            }
+            if status.version < status.known {
+                bail!("the store's schema is older than this manager: run `nanami-gateway-manager migrate`");
+            }
+            Ok(())
+        }
         Command::Serve {
             dir,
+            store,
             listen,
             topology,
             insecure_http,
@@ -183,6 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?;
             let result = runtime.block_on(serve(ServeArgs {
                 dir,
+                store,
                 listen,
                 topology,
                 insecure_http,
@@ -206,6 +304,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 struct ServeArgs {
     dir: PathBuf,
+    store: StoreArgs,
     listen: SocketAddr,
     topology: Option<PathBuf>,
     insecure_http: bool,
@@ -217,7 +316,7 @@ struct ServeArgs {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let layout = Layout::new(&args.dir);
-    if !layout.store().exists() {
+    if args.store.is_sqlite() && !layout.store().exists() {
         bail!(
             "{} has no store: run `nanami-gateway-manager init --dir {}` first",
             args.dir.display(),
@@ -239,12 +338,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             &layout.server_key(),
         )?))
     };
-    let store = Arc::new(SqliteStore::open(&layout.store())?);
+    // Opening a PostgreSQL store connects and migrates: off the async workers.
+    let store_args = args.store.clone();
+    let opened = layout.clone();
+    let store = tokio::task::spawn_blocking(move || store_args.open(&opened, true)).await??;
     let manager = Arc::new(Manager::load(store, args.health)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    tokio::spawn(server::follow_changes(
+        manager.clone(),
+        stopped(stop_rx.clone()),
+    ));
     if let Some(path) = args.topology.clone() {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;

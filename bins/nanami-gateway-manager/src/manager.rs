@@ -20,7 +20,7 @@
 //! in-memory one, in `enrol`; the reverse in reports and health ticks) cannot form.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,7 +45,8 @@ use tracing::{info, info_span, warn};
 
 use crate::auth;
 use crate::store::{
-    GatewayRow, Redeemed, Store, StoreError, StoredTopology, TopologyWrite, NO_TARGETS,
+    Changes, GatewayRow, Redeemed, Store, StoreError, StoredTopology, TopologyChanges,
+    TopologyWrite, NO_TARGETS,
 };
 
 pub use nanami_control::content_digest;
@@ -219,6 +220,10 @@ struct Inner {
     offline_unpersisted: bool,
     /// The store's last error while anything above is unpersisted.
     store_error: Option<String>,
+    /// The store's change sequence this state is at.
+    seq: u64,
+    /// Where reading other managers' reports goes on from (shared stores).
+    observed_cursor: u64,
 }
 
 impl Inner {
@@ -319,6 +324,12 @@ pub struct Manager {
     epoch: watch::Sender<u64>,
     /// The origin of [`Manager::clock_ms`].
     started: Instant,
+    /// This manager's name for leases on a shared store (host, process, start).
+    holder: String,
+    /// Whether this manager held the health lease at its last tick.
+    leading: AtomicBool,
+    /// When expired tokens were last deleted ([`Manager::clock_ms`]; 0: never).
+    tokens_swept_at: AtomicU64,
     /// Counters for `/metrics`.
     pub counters: Counters,
 }
@@ -448,6 +459,54 @@ fn rows_to_store(
     rows
 }
 
+/// Attempts of one write when other managers keep writing first.
+const WRITE_ATTEMPTS: u32 = 5;
+
+/// The lease that makes one manager of those sharing a store decide health
+/// verdicts and expire tokens.
+const HEALTH_LEASE: &str = "health";
+
+/// The shortest health lease: a lease renewed every tick must outlive a few ticks.
+const MIN_LEASE_MS: u64 = 1_000;
+
+/// Reports read from a shared store per tick at most (the next tick goes on).
+const REPORTS_PER_TICK: u32 = 10_000;
+
+/// A name for this manager process, unique among those sharing a store.
+fn lease_holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".to_owned());
+    format!("{host}/{}/{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+/// The documents and topology after another manager's stored change.
+fn follow(
+    docs: &Docs,
+    topology: Option<&Topology>,
+    stored: TopologyChanges,
+) -> Result<(u64, Docs, Topology), StoreError> {
+    let regions: Vec<RegionDoc> = serde_json::from_str(&stored.catalog)
+        .map_err(|e| corrupt_row("topology_meta", e))?;
+    let written = stored
+        .written
+        .iter()
+        .map(|(_, json)| serde_json::from_str::<WorkspaceDoc>(json))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| corrupt_row("workspace_docs", e))?;
+    let (docs, topology) =
+        nanami_control::follow_stored(docs, topology, regions, &stored.ids, written)
+            .map_err(|e| corrupt_row("workspace_docs", e))?;
+    Ok((stored.revision, docs, topology))
+}
+
+fn corrupt_row(table: &'static str, e: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        message: e.to_string(),
+    }
+}
+
 impl Manager {
     /// Loads the manager from `store`. Gateways that were online get one offline
     /// period of grace from now (the manager, not they, was away).
@@ -458,6 +517,8 @@ impl Manager {
         let mut inner = Inner {
             offline: snap.offline,
             keys: snap.gateway_keys,
+            seq: snap.seq,
+            observed_cursor: snap.observed_cursor,
             ..Inner::default()
         };
         for (id, row) in snap.gateways {
@@ -514,6 +575,9 @@ impl Manager {
             inner: Mutex::new(inner),
             epoch,
             started,
+            holder: lease_holder(),
+            leading: AtomicBool::new(false),
+            tokens_swept_at: AtomicU64::new(0),
             counters: Counters::default(),
         })
     }
@@ -637,11 +701,42 @@ impl Manager {
     ) -> Result<WriteResponse, ManagerError> {
         let object = edit.object();
         let _span = info_span!("write", %object, by = writer.principal.kind()).entered();
-        let revoke = revoked_by(&edit);
         let _write = self.write_lock();
-        let (before_docs, before) = {
+        // On a shared store another manager may have written since this one last
+        // caught up: catch up, decide, and if another write still came first
+        // (the store refuses a write decided on an old state), again.
+        let mut attempts = 0;
+        loop {
+            if self.store.shared() {
+                self.catch_up_locked()?;
+            }
+            match self.write_once(writer, edit.clone(), precondition) {
+                Err(ManagerError::Store(StoreError::Stale { expected, current }))
+                    if attempts < WRITE_ATTEMPTS =>
+                {
+                    attempts += 1;
+                    info!(expected, current, "another manager wrote first; deciding again");
+                    if !self.store.shared() {
+                        self.catch_up_locked()?;
+                    }
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One attempt of [`Manager::write`], under the write lock.
+    fn write_once(
+        &self,
+        writer: &Writer,
+        edit: Edit,
+        precondition: &Precondition,
+    ) -> Result<WriteResponse, ManagerError> {
+        let object = edit.object();
+        let revoke = revoked_by(&edit);
+        let (before_docs, before, seq) = {
             let inner = self.lock();
-            (inner.docs.clone(), inner.topology.clone())
+            (inner.docs.clone(), inner.topology.clone(), inner.seq)
         };
         let prepared =
             nanami_control::handle_write(&before_docs, before.as_deref(), edit, precondition)
@@ -703,16 +798,19 @@ impl Manager {
             .map_err(|e| ManagerError::Compile(e.to_string()))?;
         let audit = AuditEntry::new(applied, &writer.principal, &writer.credential_id, now_ms());
         // A change that cannot be stored is refused whole: nothing changes.
-        let revision = self.store.put_topology(&TopologyWrite {
+        let committed = self.store.put_topology(&TopologyWrite {
+            expected_seq: seq,
             topology_changed: !applied.is_noop(),
             catalog: stored.catalog.as_deref(),
             workspaces: &stored.workspaces,
             replace_all: stored.replace_all,
             now_ms: audit.at_unix_ms,
             changed: &rows,
+            health: &health,
             audit: Some(&audit),
             revoke: &revoke,
         })?;
+        let revision = committed.revision;
         let response = WriteResponse {
             object: AuditObject::from(&object),
             revision: applied.new_revision.clone(),
@@ -748,6 +846,7 @@ impl Manager {
         inner.topology = Some(Arc::new(topology));
         inner.docs = applied.docs;
         inner.revision = revision;
+        inner.seq = committed.seq;
         self.stored(&mut inner, Ok(()), rows, false);
         self.publish(&mut inner, entries);
         Ok(response)
@@ -759,8 +858,13 @@ impl Manager {
     /// recorded and shown; the next tick retries). Returns whether the verdicts
     /// changed. Blocking (compile and store): call it from a blocking thread.
     pub fn health_tick(&self) -> bool {
+        if self.store.shared() && !self.leading.load(Ordering::Relaxed) {
+            // Another manager holds the health lease: its verdicts arrive as
+            // changes.
+            return false;
+        }
         let _write = self.write_lock();
-        let (topology, known, health, unpersisted, changed_verdicts) = {
+        let (topology, known, health, unpersisted, changed_verdicts, seq) = {
             let inner = self.lock();
             let Some(topology) = inner.topology.clone() else {
                 return false;
@@ -805,6 +909,7 @@ impl Manager {
                 after,
                 inner.unpersisted.clone(),
                 changed_verdicts,
+                inner.seq,
             )
         };
         let _span = info_span!("health_tick", changed = changed_verdicts).entered();
@@ -821,13 +926,25 @@ impl Manager {
             BTreeMap::new()
         };
         let rows = rows_to_store(unpersisted, &changed);
-        let result = self.store.put_health(&health.offline, &rows);
+        let result = self.store.put_health(seq, &health, &rows);
         let entries: Vec<(GatewayId, Entry)> = changed
             .into_iter()
             .map(|(id, (row, peers))| (id, Entry::new(row, peers)))
             .collect();
         let mut inner = self.lock();
-        self.stored(&mut inner, result, rows, true);
+        match result {
+            Ok(seq) => {
+                inner.seq = seq;
+                self.stored(&mut inner, Ok(()), rows, true);
+            }
+            Err(e) if self.store.shared() => {
+                // Other managers serve only what is stored, so this one does too:
+                // the next tick decides again.
+                self.stored(&mut inner, Err(e), BTreeMap::new(), false);
+                return false;
+            }
+            Err(e) => self.stored(&mut inner, Err(e), rows, true),
+        }
         if changed_verdicts {
             inner.offline = health.offline;
             inner.unhealthy = health.unhealthy;
@@ -836,11 +953,164 @@ impl Manager {
         changed_verdicts
     }
 
+    /// Brings this manager up to what other managers stored (a no-op on a store
+    /// no other manager writes). Blocking (store, and the topology is rebuilt when
+    /// it changed): call it from a blocking thread.
+    pub fn catch_up(&self) -> Result<bool, ManagerError> {
+        let _write = self.write_lock();
+        self.catch_up_locked()
+    }
+
+    /// [`Manager::catch_up`] under the write lock.
+    fn catch_up_locked(&self) -> Result<bool, ManagerError> {
+        let (since, docs, topology) = {
+            let inner = self.lock();
+            (inner.seq, inner.docs.clone(), inner.topology.clone())
+        };
+        let Some(Changes {
+            seq,
+            topology: stored,
+            gateways,
+            health,
+        }) = self.store.changes(since)?
+        else {
+            return Ok(false);
+        };
+        let _span = info_span!("catch_up", from = since, to = seq).entered();
+        let followed = match stored {
+            None => None,
+            Some(t) => Some(follow(&docs, topology.as_deref(), t)?),
+        };
+        let entries: Vec<(GatewayId, Entry)> = gateways
+            .into_iter()
+            .map(|(id, row)| (id, Entry::from_stored(row)))
+            .collect();
+        let now = self.clock_ms();
+        let mut inner = self.lock();
+        if let Some((revision, docs, topology)) = followed {
+            info!(revision, "topology changed by another manager");
+            // A gateway new to this manager gets one offline period of grace.
+            for id in topology.gateway_ids() {
+                if !health.offline.contains(id) {
+                    inner.last_seen.entry(id.clone()).or_insert(now);
+                }
+            }
+            inner.in_topology = topology.gateway_count();
+            inner.topology = Some(Arc::new(topology));
+            inner.docs = docs;
+            inner.revision = revision;
+        }
+        inner.offline = health.offline;
+        inner.unhealthy = health.unhealthy;
+        inner.seq = seq;
+        self.publish(&mut inner, entries);
+        Ok(true)
+    }
+
+    /// The manager's periodic work, one pass. On a store of its own: the health
+    /// verdicts. On a shared store: catches up (a safety net under the change
+    /// notifications), reads the reports other managers took, and renews the
+    /// health lease; only its holder decides verdicts and expires tokens.
+    /// Returns whether the verdicts changed. Blocking: call it from a blocking
+    /// thread.
+    pub fn tick(&self) -> bool {
+        if self.store.shared() {
+            if let Err(e) = self.catch_up() {
+                warn!(error = %e, "cannot catch up with the store");
+            }
+            self.follow_reports();
+            let ttl = u64::try_from(self.health.report_interval.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(MIN_LEASE_MS);
+            let held = match self.store.try_lease(HEALTH_LEASE, &self.holder, ttl) {
+                Ok(held) => held,
+                Err(e) => {
+                    warn!(error = %e, "cannot renew the health lease");
+                    false
+                }
+            };
+            if self.leading.swap(held, Ordering::Relaxed) != held {
+                if held {
+                    info!(holder = %self.holder, "this manager holds the health lease: it decides health verdicts");
+                } else {
+                    info!(holder = %self.holder, "health lease lost: another manager decides health verdicts");
+                }
+            }
+            if !held {
+                return false;
+            }
+        }
+        self.expire_tokens();
+        self.health_tick()
+    }
+
+    /// Deletes enrolment tokens expired or used a day ago, at most once a minute.
+    fn expire_tokens(&self) {
+        let now = self.clock_ms();
+        let last = self.tokens_swept_at.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < 60_000 {
+            return;
+        }
+        self.tokens_swept_at.store(now.max(1), Ordering::Relaxed);
+        match self.store.expire_tokens((now_ms() / 1000).saturating_sub(86_400)) {
+            Ok(0) => {}
+            Ok(n) => info!(tokens = n, "expired enrolment tokens deleted"),
+            Err(e) => warn!(error = %e, "cannot delete expired enrolment tokens"),
+        }
+    }
+
+    /// Takes in the reports other managers stored (a shared store): each is a
+    /// heartbeat of its gateway, unless it is older than the offline period.
+    fn follow_reports(&self) {
+        let cursor = self.lock().observed_cursor;
+        let rows = match self.store.observed_since(cursor, REPORTS_PER_TICK) {
+            Ok(rows) => rows,
+            Err(e) => {
+                warn!(error = %e, "cannot read other managers' reports");
+                return;
+            }
+        };
+        if rows.is_empty() {
+            return;
+        }
+        let limit = u64::try_from(self.health.offline_after().as_millis()).unwrap_or(u64::MAX);
+        let (now, wall) = (self.clock_ms(), now_ms());
+        let mut inner = self.lock();
+        for row in rows {
+            inner.observed_cursor = inner.observed_cursor.max(row.seq);
+            let report = match serde_json::from_str::<ObservedReport>(&row.report) {
+                Ok(report) => report,
+                Err(e) => {
+                    warn!(gateway = %row.gateway, error = %e, "ignoring an unreadable stored report");
+                    continue;
+                }
+            };
+            if wall.saturating_sub(row.received_unix_ms) < limit {
+                inner.last_seen.insert(row.gateway.clone(), now);
+            }
+            inner.paths.insert(row.gateway.clone(), path_verdicts(&report));
+            inner.observed.insert(
+                row.gateway.clone(),
+                ObservedRecord {
+                    received_unix_ms: row.received_unix_ms,
+                    report,
+                },
+            );
+            inner.refresh_converged(&row.gateway);
+        }
+    }
+
+    /// Whether this manager decides health verdicts (always, on a store of its
+    /// own; the lease holder's, on a shared one).
+    pub fn leads(&self) -> bool {
+        !self.store.shared() || self.leading.load(Ordering::Relaxed)
+    }
+
     /// Serves `gateway`'s current content again at a generation above `above` (a
     /// daemon runs a generation this manager did not issue with that content).
     fn reissue(&self, gateway: &GatewayId, above: u64) {
         let _write = self.write_lock();
-        let (row, peers, offline) = {
+        let (row, peers, health, seq) = {
             let inner = self.lock();
             let Some(entry) = inner.gateways.get(gateway) else {
                 return;
@@ -852,12 +1122,23 @@ impl Manager {
                 generation: above + 1,
                 ..entry.row.clone()
             };
-            (row, entry.peers, inner.offline.clone())
+            (row, entry.peers, inner.health(), inner.seq)
         };
         let rows = BTreeMap::from([(gateway.clone(), row.clone())]);
-        let result = self.store.put_health(&offline, &rows);
+        let result = self.store.put_health(seq, &health, &rows);
         let mut inner = self.lock();
-        self.stored(&mut inner, result, rows, true);
+        match result {
+            Ok(seq) => {
+                inner.seq = seq;
+                self.stored(&mut inner, Ok(()), rows, true);
+            }
+            Err(e) if self.store.shared() => {
+                // The daemon reports again; the re-issue is decided again then.
+                self.stored(&mut inner, Err(e), BTreeMap::new(), false);
+                return;
+            }
+            Err(e) => self.stored(&mut inner, Err(e), rows, true),
+        }
         warn!(gateway = %gateway, generation = row.generation, "re-issued the current state above the daemon's generation");
         if let Some(fork) = inner.forks.get_mut(gateway) {
             fork.reissued_generation = row.generation;
@@ -914,6 +1195,22 @@ impl Manager {
     ) -> Result<(), ManagerError> {
         let json =
             serde_json::to_string(&report).map_err(|e| ManagerError::BadRequest(e.to_string()))?;
+        if self.store.shared() {
+            // A daemon that moved from another manager may have applied a
+            // generation this one has not caught up with: that is no fork.
+            let ahead = {
+                let inner = self.lock();
+                let known = inner.gateways.get(gateway).map(Entry::generation);
+                report
+                    .status
+                    .applied_generation
+                    .zip(known)
+                    .is_some_and(|(applied, known)| applied > known)
+            };
+            if ahead {
+                self.catch_up()?;
+            }
+        }
         let at = now_ms();
         let (recheck, fork) = {
             let mut inner = self.lock();

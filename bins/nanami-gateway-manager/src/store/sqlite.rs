@@ -1,175 +1,20 @@
-//! Persistence behind the [`Store`] trait; [`SqliteStore`] is the embedded default.
-//!
-//! Every write that must be atomic is one method, so another implementation (a
-//! server database) only has to make each method one transaction.
+//! The embedded store: one SQLite file in WAL mode, for one manager.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Mutex;
 
 use nanami_api::wire::Subject;
-use nanami_model::{GatewayId, NodeId, PublicKey, WorkspaceId};
-use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
+use nanami_model::{GatewayId, PublicKey, WorkspaceId};
+use rusqlite::{params, Connection, OptionalExtension as _, Transaction, TransactionBehavior};
+use tokio::sync::watch;
 
-/// Why the store failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The database failed (disk full, corrupt file, locked past the busy timeout).
-    #[error("store: {0}")]
-    Db(#[from] rusqlite::Error),
-    /// The database file could not be created or protected.
-    #[error("store: {0}")]
-    Io(#[from] std::io::Error),
-    /// A stored row does not parse (written by a newer or broken version).
-    #[error("store: bad row in {table}: {message}")]
-    Corrupt {
-        /// The table.
-        table: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-/// A SHA-256 digest of a credential or token.
-pub type Digest = [u8; 32];
-
-pub use nanami_control::{AuditEntry, GatewayRow, Principal, NO_TARGETS};
-
-/// The topology as stored: one row per workspace, so that a change to one
-/// workspace writes that workspace alone.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StoredTopology {
-    /// Bumped by every change.
-    pub revision: u64,
-    /// The region catalog (JSON list of regions).
-    pub catalog: String,
-    /// Each workspace's document (JSON), by id.
-    pub workspaces: Vec<(String, String)>,
-}
-
-/// Everything the manager loads at start.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    /// The topology in force: its revision, catalog and workspace documents.
-    pub topology: Option<StoredTopology>,
-    /// Gateways' generations and states.
-    pub gateways: BTreeMap<GatewayId, GatewayRow>,
-    /// Gateways last known offline.
-    pub offline: BTreeSet<GatewayId>,
-    /// The last observed report of each gateway: (received Unix ms, report JSON).
-    pub observed: BTreeMap<GatewayId, (u64, String)>,
-    /// Enrolled gateway keys.
-    pub gateway_keys: BTreeMap<GatewayId, PublicKey>,
-}
-
-/// How redeeming an enrolment token ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Redeemed {
-    /// The token was valid and unused; it is now used and the credential stored.
-    Enrolled(Subject),
-    /// Unknown, expired or already used.
-    Refused,
-}
-
-/// The manager's persistence. Each method is atomic.
-pub trait Store: Send + Sync {
-    /// Loads everything the manager keeps in memory.
-    fn load(&self) -> Result<Snapshot, StoreError>;
-
-    /// Stores a topology change (its catalog and workspace rows, a new revision
-    /// when it changed anything) together with the gateways whose generation
-    /// changed, the write's audit entry (only when the topology changed) and the
-    /// credentials it revokes, in one transaction. Returns the revision in force.
-    fn put_topology(&self, write: &TopologyWrite<'_>) -> Result<u64, StoreError>;
-
-    /// Stores a workspace credential's digest (several may exist per workspace)
-    /// and its audit entry, in one transaction.
-    fn add_workspace_credential(
-        &self,
-        workspace: &WorkspaceId,
-        digest: &Digest,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError>;
-
-    /// The audit trail after entry `after`, oldest first, at most `limit`
-    /// entries; only those of `workspace` when it is given.
-    fn audit(
-        &self,
-        after: u64,
-        limit: u32,
-        workspace: Option<&WorkspaceId>,
-    ) -> Result<Vec<AuditEntry>, StoreError>;
-
-    /// Stores new generations and the offline set (a health change), atomically.
-    fn put_health(
-        &self,
-        offline: &BTreeSet<GatewayId>,
-        changed: &BTreeMap<GatewayId, GatewayRow>,
-    ) -> Result<(), StoreError>;
-
-    /// Stores a gateway's latest observed report.
-    fn put_observed(
-        &self,
-        gateway: &GatewayId,
-        now_ms: u64,
-        report: &str,
-    ) -> Result<(), StoreError>;
-
-    /// Stores an enrolment token's digest.
-    fn add_token(
-        &self,
-        digest: &Digest,
-        subject: &Subject,
-        expires_at: u64,
-    ) -> Result<(), StoreError>;
-
-    /// Who an unused, unexpired token is for, without spending it (`None`: unknown,
-    /// expired or used). Lets the caller check the subject and key before anything
-    /// is spent or revoked.
-    fn token_subject(&self, token: &Digest, now: u64) -> Result<Option<Subject>, StoreError>;
-
-    /// Atomically: marks the token used if it is unused, unexpired and for
-    /// `subject`, then replaces the subject's credential with `credential`,
-    /// recording `key`. Anything else changes nothing and is [`Redeemed::Refused`].
-    fn redeem_token(
-        &self,
-        token: &Digest,
-        now: u64,
-        subject: &Subject,
-        key: &PublicKey,
-        credential: &Digest,
-    ) -> Result<Redeemed, StoreError>;
-
-    /// Replaces the control or operator credential.
-    fn set_api_credential(&self, principal: &Principal, digest: &Digest) -> Result<(), StoreError>;
-
-    /// Who `digest` belongs to (the caller compares in constant time too).
-    fn principal(&self, digest: &Digest) -> Result<Option<(Principal, Digest)>, StoreError>;
-}
-
-/// One accepted topology change, as [`Store::put_topology`] writes it.
-#[derive(Debug, Clone, Copy)]
-pub struct TopologyWrite<'a> {
-    /// Whether the topology changed (its revision is bumped, the audit entry
-    /// stored); a write that changed nothing still stores `changed` rows.
-    pub topology_changed: bool,
-    /// The region catalog (JSON), when it changed.
-    pub catalog: Option<&'a str>,
-    /// Workspace documents written (JSON) or deleted (`None`), by id.
-    pub workspaces: &'a [(String, Option<String>)],
-    /// Every workspace row not in `workspaces` is deleted (an import).
-    pub replace_all: bool,
-    /// When (Unix milliseconds).
-    pub now_ms: u64,
-    /// Gateways whose generation changed (and rows not stored yet).
-    pub changed: &'a BTreeMap<GatewayId, GatewayRow>,
-    /// Its audit entry, stored when the document changed (its `seq` is assigned).
-    pub audit: Option<&'a AuditEntry>,
-    /// Credentials that stop working with this change (a revoked node's, a deleted
-    /// workspace's).
-    pub revoke: &'a [Principal],
-}
+use super::{
+    api_kind, corrupt, gateway_id, parse_subject, principal_of, revocable, subject_parts, to_i64,
+    to_u64, unhealthy_pair, AuditEntry, Changes, Committed, Digest, GatewayRow, ObservedRow,
+    Principal, Redeemed, SchemaStatus, Snapshot, Store, StoreError, StoredHealth,
+    StoredTopology, TopologyChanges, TopologyWrite,
+};
 
 /// The embedded store: one SQLite file in WAL mode.
 ///
@@ -190,7 +35,9 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-const SCHEMA: &str = "
+/// The schema of version 1 (what databases from before versioned migrations
+/// hold, once their ad-hoc upgrades ran).
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS topology_revisions (
     revision INTEGER PRIMARY KEY AUTOINCREMENT,
     document TEXT NOT NULL,
@@ -251,73 +98,61 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_workspace ON audit (workspace, seq);
 ";
 
-fn subject_parts(subject: &Subject) -> (&'static str, &str) {
-    match subject {
-        Subject::Gateway(g) => ("gateway", g.as_str()),
-        Subject::Node(n) => ("node", n.as_str()),
-    }
-}
+/// Version 2: the change sequence (rows carry the sequence that wrote them), the
+/// stored path verdicts, the report sequence and leases: what managers sharing a
+/// store need, kept by the embedded store too so both pass one suite.
+const SCHEMA_V2: &str = "
+CREATE TABLE store_seq (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
+INSERT INTO store_seq (id, seq) VALUES (1, 0);
+ALTER TABLE topology_meta ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workspace_docs ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE gateways ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX gateways_seq ON gateways (seq);
+ALTER TABLE observed ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX observed_seq ON observed (seq);
+CREATE TABLE unhealthy_paths (
+    gateway TEXT NOT NULL,
+    network TEXT NOT NULL,
+    PRIMARY KEY (gateway, network)
+);
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_unix_ms INTEGER NOT NULL
+);
+DROP TABLE topology_revisions;
+";
 
-fn parse_subject(kind: &str, id: String) -> Result<Subject, StoreError> {
-    match kind {
-        "gateway" => Ok(Subject::Gateway(
-            GatewayId::new(id).map_err(|e| corrupt("enrolment_tokens", e))?,
-        )),
-        "node" => Ok(Subject::Node(
-            NodeId::new(id).map_err(|e| corrupt("enrolment_tokens", e))?,
-        )),
-        other => Err(corrupt("enrolment_tokens", format!("kind {other:?}"))),
-    }
-}
-
-fn corrupt(table: &'static str, message: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        table,
-        message: message.to_string(),
-    }
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
+/// The newest schema version this binary knows.
+pub(super) const SQLITE_SCHEMA: u32 = 2;
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`. The database and its
-    /// WAL and shared-memory files are private to the manager's user (0600)
+    /// Opens (creating if needed) the database at `path` and brings its schema to
+    /// the newest version; refuses a database of a newer version. The database and
+    /// its WAL and shared-memory files are private to the manager's user (0600)
     /// whatever the umask: they hold credential digests and every gateway's state.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, true)
+    }
+
+    /// Opens the existing database at `path` without migrating it: what `check`
+    /// reads.
+    pub fn inspect(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Config(format!("{} does not exist", path.display())));
+        }
+        Self::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, migrating: bool) -> Result<Self, StoreError> {
         create_private(path)?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)?;
-        // Databases from before health targets: add the column (rows get "{}", what
-        // their generations were served with).
-        let has_targets: bool = conn.query_row(
-            "SELECT count(*) FROM pragma_table_info('gateways') WHERE name = 'health_targets'",
-            [],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )?;
-        if !has_targets {
-            conn.execute_batch(
-                "ALTER TABLE gateways ADD COLUMN health_targets TEXT NOT NULL DEFAULT '{}'",
-            )?;
+        if migrating {
+            migrate(&mut conn)?;
         }
-        // Databases from before hosting: gateways were not hosted.
-        let has_uplink: bool = conn.query_row(
-            "SELECT count(*) FROM pragma_table_info('gateways') WHERE name = 'uplink'",
-            [],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )?;
-        if !has_uplink {
-            conn.execute_batch("ALTER TABLE gateways ADD COLUMN uplink TEXT")?;
-        }
-        migrate_whole_documents(&mut conn)?;
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         // SQLite gives the WAL and shared-memory files the database file's mode;
@@ -344,8 +179,47 @@ impl SqliteStore {
     }
 }
 
-/// Creates `path` as an empty 0600 file if it does not exist (SQLite would create
-/// it with the umask's mode).
+fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        params![table, column],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?)
+}
+
+/// Brings the schema to [`SQLITE_SCHEMA`] (SQLite's `user_version` holds it).
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SQLITE_SCHEMA {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            known: SQLITE_SCHEMA,
+        });
+    }
+    if version < 1 {
+        // Version 1 is what every database from before versioned migrations was
+        // upgraded to at open, step by step; those steps are kept as they were.
+        conn.execute_batch(SCHEMA_V1)?;
+        if !has_column(conn, "gateways", "health_targets")? {
+            conn.execute_batch(
+                "ALTER TABLE gateways ADD COLUMN health_targets TEXT NOT NULL DEFAULT '{}'",
+            )?;
+        }
+        if !has_column(conn, "gateways", "uplink")? {
+            conn.execute_batch("ALTER TABLE gateways ADD COLUMN uplink TEXT")?;
+        }
+        migrate_whole_documents(conn)?;
+        conn.pragma_update(None, "user_version", 1)?;
+    }
+    if version < 2 {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(SCHEMA_V2)?;
+        tx.pragma_update(None, "user_version", 2)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
 /// Databases from before per-workspace rows kept whole documents in
 /// `topology_revisions`: the newest becomes the catalog and workspace rows (at its
 /// revision), once, and the old rows are removed.
@@ -383,6 +257,8 @@ fn migrate_whole_documents(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Creates `path` as an empty 0600 file if it does not exist (SQLite would create
+/// it with the umask's mode).
 fn create_private(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     match std::fs::OpenOptions::new()
@@ -407,7 +283,7 @@ fn restrict(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-fn insert_audit(tx: &rusqlite::Transaction<'_>, entry: &AuditEntry) -> Result<(), StoreError> {
+fn insert_audit(tx: &Transaction<'_>, entry: &AuditEntry) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO audit (at_unix_ms, credential_id, credential_kind, object_kind,
          workspace, object_id, old_revision, new_revision, diff)
@@ -427,14 +303,33 @@ fn insert_audit(tx: &rusqlite::Transaction<'_>, entry: &AuditEntry) -> Result<()
     Ok(())
 }
 
+/// Checks the store is at `expected` and moves it to the next sequence, which it
+/// returns.
+fn next_seq(tx: &Transaction<'_>, expected: u64) -> Result<u64, StoreError> {
+    let current = to_u64(tx.query_row("SELECT seq FROM store_seq WHERE id = 1", [], |r| {
+        r.get(0)
+    })?);
+    if current != expected {
+        return Err(StoreError::Stale { expected, current });
+    }
+    let seq = current + 1;
+    tx.execute(
+        "UPDATE store_seq SET seq = ?1 WHERE id = 1",
+        params![to_i64(seq)],
+    )?;
+    Ok(seq)
+}
+
 fn write_rows(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Transaction<'_>,
+    seq: u64,
     changed: &BTreeMap<GatewayId, GatewayRow>,
 ) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO gateways (id, generation, state, health_targets, uplink) VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO gateways (id, generation, state, health_targets, uplink, seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (id) DO UPDATE SET generation = excluded.generation, state = excluded.state,
-         health_targets = excluded.health_targets, uplink = excluded.uplink",
+         health_targets = excluded.health_targets, uplink = excluded.uplink, seq = excluded.seq",
     )?;
     for (id, row) in changed {
         stmt.execute(params![
@@ -442,25 +337,100 @@ fn write_rows(
             to_i64(row.generation),
             row.state_json,
             row.targets_json,
-            row.uplink
+            row.uplink,
+            to_i64(seq)
         ])?;
     }
     Ok(())
 }
 
+fn write_health(tx: &Transaction<'_>, health: &StoredHealth) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM health", [])?;
+    tx.execute("DELETE FROM unhealthy_paths", [])?;
+    let mut offline = tx.prepare_cached("INSERT INTO health (gateway, offline) VALUES (?1, 1)")?;
+    for id in &health.offline {
+        offline.execute(params![id.as_str()])?;
+    }
+    let mut paths =
+        tx.prepare_cached("INSERT INTO unhealthy_paths (gateway, network) VALUES (?1, ?2)")?;
+    for (gateway, network) in &health.unhealthy {
+        paths.execute(params![gateway.as_str(), network.as_str()])?;
+    }
+    Ok(())
+}
+
+fn read_seq(conn: &Connection) -> Result<u64, StoreError> {
+    Ok(to_u64(conn.query_row(
+        "SELECT seq FROM store_seq WHERE id = 1",
+        [],
+        |r| r.get(0),
+    )?))
+}
+
+fn read_health(conn: &Connection) -> Result<StoredHealth, StoreError> {
+    let mut health = StoredHealth::default();
+    let mut stmt = conn.prepare_cached("SELECT gateway FROM health WHERE offline = 1")?;
+    for id in stmt.query_map([], |r| r.get::<_, String>(0))? {
+        health.offline.insert(gateway_id("health", id?)?);
+    }
+    let mut stmt = conn.prepare_cached("SELECT gateway, network FROM unhealthy_paths")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (gateway, network) = row?;
+        health.unhealthy.insert(unhealthy_pair(gateway, network)?);
+    }
+    Ok(health)
+}
+
+/// Gateway rows written after `since`.
+fn read_rows(
+    conn: &Connection,
+    since: i64,
+) -> Result<BTreeMap<GatewayId, GatewayRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, generation, state, health_targets, uplink FROM gateways WHERE seq > ?1",
+    )?;
+    let rows = stmt.query_map(params![since], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            to_u64(r.get(1)?),
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Option<String>>(4)?,
+        ))
+    })?;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let (id, generation, state_json, targets_json, uplink) = row?;
+        out.insert(
+            gateway_id("gateways", id)?,
+            GatewayRow {
+                generation,
+                state_json,
+                targets_json,
+                uplink,
+            },
+        );
+    }
+    Ok(out)
+}
+
 impl Store for SqliteStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
-        let conn = self.conn();
-        let meta: Option<(u64, String)> = conn
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let meta: Option<(u64, String)> = tx
             .query_row(
                 "SELECT revision, catalog FROM topology_meta WHERE id = 1",
                 [],
                 |r| Ok((to_u64(r.get(0)?), r.get::<_, String>(1)?)),
             )
             .optional()?;
-        let mut snap = Snapshot::default();
+        let mut snap = Snapshot {
+            seq: read_seq(&tx)?,
+            ..Snapshot::default()
+        };
         if let Some((revision, catalog)) = meta {
-            let mut stmt = conn.prepare("SELECT id, doc FROM workspace_docs ORDER BY id")?;
+            let mut stmt = tx.prepare("SELECT id, doc FROM workspace_docs ORDER BY id")?;
             let workspaces = stmt
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
                 .collect::<Result<_, _>>()?;
@@ -470,64 +440,41 @@ impl Store for SqliteStore {
                 workspaces,
             });
         }
+        // Every row, those from before the sequence (0) too.
+        snap.gateways = read_rows(&tx, -1)?;
+        snap.offline = read_health(&tx)?.offline;
         let mut stmt =
-            conn.prepare("SELECT id, generation, state, health_targets, uplink FROM gateways")?;
+            tx.prepare("SELECT gateway, received_unix_ms, report, seq FROM observed")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 to_u64(r.get(1)?),
                 r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<String>>(4)?,
+                to_u64(r.get(3)?),
             ))
         })?;
         for row in rows {
-            let (id, generation, state_json, targets_json, uplink) = row?;
-            let id = GatewayId::new(id).map_err(|e| corrupt("gateways", e))?;
-            snap.gateways.insert(
-                id,
-                GatewayRow {
-                    generation,
-                    state_json,
-                    targets_json,
-                    uplink,
-                },
-            );
+            let (id, at, report, seq) = row?;
+            snap.observed_cursor = snap.observed_cursor.max(seq);
+            snap.observed
+                .insert(gateway_id("observed", id)?, (at, report));
         }
-        let mut stmt = conn.prepare("SELECT gateway FROM health WHERE offline = 1")?;
-        for id in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            snap.offline
-                .insert(GatewayId::new(id?).map_err(|e| corrupt("health", e))?);
-        }
-        let mut stmt = conn.prepare("SELECT gateway, received_unix_ms, report FROM observed")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                to_u64(r.get(1)?),
-                r.get::<_, String>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (id, at, report) = row?;
-            let id = GatewayId::new(id).map_err(|e| corrupt("observed", e))?;
-            snap.observed.insert(id, (at, report));
-        }
-        let mut stmt = conn.prepare(
+        let mut stmt = tx.prepare(
             "SELECT subject, public_key FROM credentials WHERE kind = 'gateway' AND public_key IS NOT NULL",
         )?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         for row in rows {
             let (id, key) = row?;
-            let id = GatewayId::new(id).map_err(|e| corrupt("credentials", e))?;
             let key: PublicKey = key.parse().map_err(|e| corrupt("credentials", e))?;
-            snap.gateway_keys.insert(id, key);
+            snap.gateway_keys.insert(gateway_id("credentials", id)?, key);
         }
         Ok(snap)
     }
 
-    fn put_topology(&self, write: &TopologyWrite<'_>) -> Result<u64, StoreError> {
+    fn put_topology(&self, write: &TopologyWrite<'_>) -> Result<Committed, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let seq = next_seq(&tx, write.expected_seq)?;
         let current: Option<i64> = tx
             .query_row("SELECT revision FROM topology_meta WHERE id = 1", [], |r| {
                 r.get(0)
@@ -538,16 +485,17 @@ impl Store for SqliteStore {
             (current, true) | (current @ None, false) => {
                 let revision = current.unwrap_or(0) + 1;
                 tx.execute(
-                    "INSERT INTO topology_meta (id, revision, catalog, updated_unix_ms)
-                     VALUES (1, ?1, ?2, ?3)
+                    "INSERT INTO topology_meta (id, revision, catalog, updated_unix_ms, seq)
+                     VALUES (1, ?1, ?2, ?3, ?5)
                      ON CONFLICT (id) DO UPDATE SET revision = excluded.revision,
                      catalog = CASE WHEN ?4 THEN excluded.catalog ELSE catalog END,
-                     updated_unix_ms = excluded.updated_unix_ms",
+                     updated_unix_ms = excluded.updated_unix_ms, seq = excluded.seq",
                     params![
                         revision,
                         write.catalog.unwrap_or("[]"),
                         to_i64(write.now_ms),
-                        write.catalog.is_some()
+                        write.catalog.is_some(),
+                        to_i64(seq)
                     ],
                 )?;
                 if write.replace_all {
@@ -555,14 +503,14 @@ impl Store for SqliteStore {
                 }
                 {
                     let mut upsert = tx.prepare_cached(
-                        "INSERT INTO workspace_docs (id, doc) VALUES (?1, ?2)
-                         ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+                        "INSERT INTO workspace_docs (id, doc, seq) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, seq = excluded.seq",
                     )?;
                     let mut delete =
                         tx.prepare_cached("DELETE FROM workspace_docs WHERE id = ?1")?;
                     for (id, doc) in write.workspaces {
                         match doc {
-                            Some(doc) => upsert.execute(params![id, doc])?,
+                            Some(doc) => upsert.execute(params![id, doc, to_i64(seq)])?,
                             None => delete.execute(params![id])?,
                         };
                     }
@@ -573,22 +521,80 @@ impl Store for SqliteStore {
                 revision
             }
         };
-        let revision = to_u64(revision);
-        for principal in write.revoke {
-            let (kind, subject) = match principal {
-                Principal::Workspace(ws) => ("workspace", ws.as_str()),
-                Principal::Node(n) => ("node", n.as_str()),
-                Principal::Gateway(g) => ("gateway", g.as_str()),
-                Principal::Platform | Principal::Operator => continue,
-            };
+        for (kind, subject) in write.revoke.iter().filter_map(revocable) {
             tx.execute(
                 "DELETE FROM credentials WHERE kind = ?1 AND subject = ?2",
                 params![kind, subject],
             )?;
         }
-        write_rows(&tx, write.changed)?;
+        write_rows(&tx, seq, write.changed)?;
+        write_health(&tx, write.health)?;
         tx.commit()?;
-        Ok(revision)
+        Ok(Committed {
+            revision: to_u64(revision),
+            seq,
+        })
+    }
+
+    fn put_health(
+        &self,
+        expected_seq: u64,
+        health: &StoredHealth,
+        changed: &BTreeMap<GatewayId, GatewayRow>,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let seq = next_seq(&tx, expected_seq)?;
+        write_health(&tx, health)?;
+        write_rows(&tx, seq, changed)?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    fn changes(&self, since: u64) -> Result<Option<Changes>, StoreError> {
+        let mut conn = self.reader();
+        let tx = conn.transaction()?;
+        let seq = read_seq(&tx)?;
+        if seq == since {
+            return Ok(None);
+        }
+        let meta: Option<(u64, String, u64)> = tx
+            .query_row(
+                "SELECT revision, catalog, seq FROM topology_meta WHERE id = 1",
+                [],
+                |r| Ok((to_u64(r.get(0)?), r.get(1)?, to_u64(r.get(2)?))),
+            )
+            .optional()?;
+        let topology = match meta {
+            Some((revision, catalog, at)) if at > since => {
+                let mut stmt = tx.prepare_cached("SELECT id, seq, doc FROM workspace_docs")?;
+                let mut ids = BTreeSet::new();
+                let mut written = Vec::new();
+                let rows = stmt.query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, to_u64(r.get(1)?), r.get::<_, String>(2)?))
+                })?;
+                for row in rows {
+                    let (id, at, doc) = row?;
+                    if at > since {
+                        written.push((id.clone(), doc));
+                    }
+                    ids.insert(id);
+                }
+                Some(TopologyChanges {
+                    revision,
+                    catalog,
+                    ids,
+                    written,
+                })
+            }
+            Some(_) | None => None,
+        };
+        Ok(Some(Changes {
+            seq,
+            topology,
+            gateways: read_rows(&tx, to_i64(since))?,
+            health: read_health(&tx)?,
+        }))
     }
 
     fn add_workspace_credential(
@@ -646,26 +652,6 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn put_health(
-        &self,
-        offline: &BTreeSet<GatewayId>,
-        changed: &BTreeMap<GatewayId, GatewayRow>,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute("DELETE FROM health", [])?;
-        {
-            let mut stmt =
-                tx.prepare_cached("INSERT INTO health (gateway, offline) VALUES (?1, 1)")?;
-            for id in offline {
-                stmt.execute(params![id.as_str()])?;
-            }
-        }
-        write_rows(&tx, changed)?;
-        tx.commit()?;
-        Ok(())
-    }
-
     fn put_observed(
         &self,
         gateway: &GatewayId,
@@ -673,12 +659,56 @@ impl Store for SqliteStore {
         report: &str,
     ) -> Result<(), StoreError> {
         self.conn().execute(
-            "INSERT INTO observed (gateway, received_unix_ms, report) VALUES (?1, ?2, ?3)
+            "INSERT INTO observed (gateway, received_unix_ms, report, seq)
+             VALUES (?1, ?2, ?3, (SELECT coalesce(max(seq), 0) + 1 FROM observed))
              ON CONFLICT (gateway) DO UPDATE SET received_unix_ms = excluded.received_unix_ms,
-             report = excluded.report",
+             report = excluded.report, seq = excluded.seq",
             params![gateway.as_str(), to_i64(now_ms), report],
         )?;
         Ok(())
+    }
+
+    fn observed_since(&self, cursor: u64, limit: u32) -> Result<Vec<ObservedRow>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, gateway, received_unix_ms, report FROM observed
+             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![to_i64(cursor), i64::from(limit)], |r| {
+            Ok((
+                to_u64(r.get(0)?),
+                r.get::<_, String>(1)?,
+                to_u64(r.get(2)?),
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (seq, gateway, received_unix_ms, report) = row?;
+            Ok(ObservedRow {
+                seq,
+                gateway: gateway_id("observed", gateway)?,
+                received_unix_ms,
+                report,
+            })
+        })
+        .collect()
+    }
+
+    fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        let now = crate::manager::now_ms();
+        let held: Option<String> = self
+            .conn()
+            .query_row(
+                "INSERT INTO leases (name, holder, expires_unix_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+                 expires_unix_ms = excluded.expires_unix_ms
+                 WHERE leases.holder = excluded.holder OR leases.expires_unix_ms <= ?4
+                 RETURNING holder",
+                params![name, holder, to_i64(now.saturating_add(ttl_ms)), to_i64(now)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(held.as_deref() == Some(holder))
     }
 
     fn add_token(
@@ -739,17 +769,16 @@ impl Store for SqliteStore {
         Ok(Redeemed::Enrolled(subject.clone()))
     }
 
+    fn expire_tokens(&self, before: u64) -> Result<u64, StoreError> {
+        let n = self.conn().execute(
+            "DELETE FROM enrolment_tokens WHERE expires_at <= ?1 OR used_at <= ?1",
+            params![to_i64(before)],
+        )?;
+        Ok(n as u64)
+    }
+
     fn set_api_credential(&self, principal: &Principal, digest: &Digest) -> Result<(), StoreError> {
-        let kind = match principal {
-            Principal::Platform => "control",
-            Principal::Operator => "operator",
-            Principal::Workspace(_) | Principal::Gateway(_) | Principal::Node(_) => {
-                return Err(corrupt(
-                    "credentials",
-                    "only control/operator are set directly",
-                ))
-            }
-        };
+        let kind = api_kind(principal)?;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM credentials WHERE kind = ?1", params![kind])?;
@@ -770,25 +799,41 @@ impl Store for SqliteStore {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        let Some((stored, kind, subject)) = row else {
-            return Ok(None);
-        };
-        let stored: Digest = stored
-            .try_into()
-            .map_err(|_| corrupt("credentials", "digest is not 32 bytes"))?;
-        let principal = match kind.as_str() {
-            "control" => Principal::Platform,
-            "operator" => Principal::Operator,
-            "workspace" => Principal::Workspace(
-                WorkspaceId::new(subject).map_err(|e| corrupt("credentials", e))?,
-            ),
-            "gateway" => {
-                Principal::Gateway(GatewayId::new(subject).map_err(|e| corrupt("credentials", e))?)
-            }
-            "node" => Principal::Node(NodeId::new(subject).map_err(|e| corrupt("credentials", e))?),
-            other => return Err(corrupt("credentials", format!("kind {other:?}"))),
-        };
-        Ok(Some((principal, stored)))
+        row.map(|(stored, kind, subject)| principal_of(stored, &kind, subject))
+            .transpose()
+    }
+
+    fn status(&self) -> Result<SchemaStatus, StoreError> {
+        let conn = self.reader();
+        let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version != SQLITE_SCHEMA {
+            // Not this binary's schema: its tables are not read.
+            return Ok(SchemaStatus {
+                version,
+                known: SQLITE_SCHEMA,
+                seq: 0,
+                revision: 0,
+            });
+        }
+        let revision: Option<i64> = conn
+            .query_row("SELECT revision FROM topology_meta WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(SchemaStatus {
+            version,
+            known: SQLITE_SCHEMA,
+            seq: read_seq(&conn)?,
+            revision: revision.map(to_u64).unwrap_or(0),
+        })
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn subscribe(&self) -> Option<watch::Receiver<u64>> {
+        None
     }
 }
 
@@ -798,61 +843,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_change_writes_its_workspaces_and_a_revision_only_when_it_changed() {
-        let dir = std::env::temp_dir().join(format!("nm-store-rows-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = SqliteStore::open(&dir.join("manager.db")).unwrap();
-        let write = |changed: bool, catalog: Option<&str>, ws: &[(String, Option<String>)], all| {
-            store
-                .put_topology(&TopologyWrite {
-                    topology_changed: changed,
-                    catalog,
-                    workspaces: ws,
-                    replace_all: all,
-                    now_ms: 0,
-                    changed: &BTreeMap::new(),
-                    audit: None,
-                    revoke: &[],
-                })
-                .unwrap()
-        };
-        let a = ("a".to_owned(), Some("{\"id\":\"a\"}".to_owned()));
-        let b = ("b".to_owned(), Some("{\"id\":\"b\"}".to_owned()));
-        assert_eq!(write(true, Some("[1]"), &[a.clone(), b.clone()], true), 1);
-        assert_eq!(write(false, None, &[], false), 1, "no change, no revision");
-        let a2 = ("a".to_owned(), Some("{\"id\":\"a\",\"x\":1}".to_owned()));
-        assert_eq!(write(true, None, std::slice::from_ref(&a2), false), 2);
-        let stored = store.load().unwrap().topology.unwrap();
-        assert_eq!(stored.revision, 2);
-        assert_eq!(
-            stored.catalog, "[1]",
-            "a workspace change keeps the catalog"
-        );
-        assert_eq!(
-            stored.workspaces,
-            [
-                ("a".to_owned(), a2.1.clone().unwrap()),
-                ("b".to_owned(), b.1.clone().unwrap())
-            ]
-        );
-        assert_eq!(write(true, None, &[("b".to_owned(), None)], false), 3);
-        assert_eq!(store.load().unwrap().topology.unwrap().workspaces.len(), 1);
-        // An import replaces every row.
-        assert_eq!(write(true, Some("[]"), std::slice::from_ref(&b), true), 4);
-        let stored = store.load().unwrap().topology.unwrap();
-        assert_eq!(stored.workspaces, [("b".to_owned(), b.1.unwrap())]);
-        assert_eq!(stored.catalog, "[]");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
     fn a_database_of_whole_documents_is_migrated_to_workspace_rows() {
         let dir = std::env::temp_dir().join(format!("nm-store-migrate-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("manager.db");
         {
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
             for doc in [
                 "{\"version\":1,\"regions\":[],\"workspaces\":[]}",
                 "{\"version\":1,\"regions\":[{\"id\":\"lab\",\"state\":\"active\"}],\"workspaces\":[{\"id\":\"acme\",\"tenant\":\"t\",\"regions\":[\"lab\"]}]}",
@@ -870,10 +867,34 @@ mod tests {
         assert_eq!(stored.workspaces.len(), 1);
         assert_eq!(stored.workspaces[0].0, "acme");
         assert!(stored.catalog.contains("lab"));
+        assert_eq!(store.status().unwrap().version, SQLITE_SCHEMA);
         drop(store);
         // Opening again changes nothing.
         let again = SqliteStore::open(&path).unwrap().load().unwrap().topology;
         assert_eq!(again, Some(stored));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_database_of_a_newer_schema_is_refused_unchanged() {
+        let dir = std::env::temp_dir().join(format!("nm-store-newer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("manager.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SQLITE_SCHEMA + 1)
+            .unwrap();
+        let err = SqliteStore::open(&path).unwrap_err();
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found, known } if found == SQLITE_SCHEMA + 1 && known == SQLITE_SCHEMA),
+            "{err}"
+        );
+        let version: u32 = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SQLITE_SCHEMA + 1, "nothing was changed");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
