@@ -791,6 +791,12 @@ fn metrics_response(app: &App) -> Response {
         s.revision,
     );
     metric(
+        "nanami_health_lease_held",
+        "gauge",
+        "1 when this manager decides health verdicts (always, with a store of its own; the lease holder, with a shared one).",
+        u64::from(app.leads()),
+    );
+    metric(
         "nanami_gateways",
         "gauge",
         "Gateways with a desired state (removed ones included).",

@@ -1784,9 +1784,37 @@ mod tests {
         fn load(&self) -> Result<Snapshot, StoreError> {
             self.inner.load()
         }
-        fn put_topology(&self, write: &TopologyWrite<'_>) -> Result<u64, StoreError> {
+        fn put_topology(
+            &self,
+            write: &TopologyWrite<'_>,
+        ) -> Result<crate::store::Committed, StoreError> {
             self.check()?;
             self.inner.put_topology(write)
+        }
+        fn changes(&self, since: u64) -> Result<Option<Changes>, StoreError> {
+            self.inner.changes(since)
+        }
+        fn observed_since(
+            &self,
+            cursor: u64,
+            limit: u32,
+        ) -> Result<Vec<crate::store::ObservedRow>, StoreError> {
+            self.inner.observed_since(cursor, limit)
+        }
+        fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+            self.inner.try_lease(name, holder, ttl_ms)
+        }
+        fn expire_tokens(&self, before: u64) -> Result<u64, StoreError> {
+            self.inner.expire_tokens(before)
+        }
+        fn status(&self) -> Result<crate::store::SchemaStatus, StoreError> {
+            self.inner.status()
+        }
+        fn shared(&self) -> bool {
+            false
+        }
+        fn subscribe(&self) -> Option<watch::Receiver<u64>> {
+            None
         }
         fn add_workspace_credential(
             &self,
@@ -1808,11 +1836,12 @@ mod tests {
         }
         fn put_health(
             &self,
-            offline: &BTreeSet<GatewayId>,
+            expected_seq: u64,
+            health: &Health,
             changed: &BTreeMap<GatewayId, GatewayRow>,
-        ) -> Result<(), StoreError> {
+        ) -> Result<u64, StoreError> {
             self.check()?;
-            self.inner.put_health(offline, changed)
+            self.inner.put_health(expected_seq, health, changed)
         }
         fn put_observed(
             &self,
