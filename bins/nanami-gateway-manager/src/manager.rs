@@ -1015,8 +1015,11 @@ impl Manager {
     /// thread.
     pub fn tick(&self) -> bool {
         if self.store.shared() {
-            if let Err(e) = self.catch_up() {
-                warn!(error = %e, "cannot catch up with the store");
+            match self.catch_up() {
+                // The store answers: an error shown since it failed clears (nothing
+                // unstored is served from a shared store).
+                Ok(_) => self.stored(&mut self.lock(), Ok(()), BTreeMap::new(), false),
+                Err(e) => warn!(error = %e, "cannot catch up with the store"),
             }
             self.follow_reports();
             let ttl = u64::try_from(self.health.report_interval.as_millis())
