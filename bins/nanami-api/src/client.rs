@@ -1,9 +1,12 @@
 //! A small HTTP/1 client for the manager's API, over hyper, with TLS from
-//! tokio-rustls. It keeps one idle connection for reuse (long-polls and reports of a
-//! fleet of daemons would otherwise each pay a TLS handshake).
+//! tokio-rustls. It speaks to one manager or to several serving the same API,
+//! moving on to the next when one cannot be reached (see [`Client`]), and keeps one
+//! idle connection for reuse (long-polls and reports of a fleet of daemons would
+//! otherwise each pay a TLS handshake).
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,9 +17,9 @@ use hyper_util::rt::TokioIo;
 use nanami_model::{GatewayId, NodeConfig, NodeId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::net::TcpStream;
+use tokio::net::{lookup_host, TcpStream};
 use tokio::sync::Mutex;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::tls::{client_config, TlsError};
 use crate::wire::{
@@ -28,14 +31,22 @@ use crate::wire::{
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApiError {
-    /// The URL is not `http(s)://host:port`.
+    /// The URL is not `http(s)://host:port` (in a list of managers, this entry;
+    /// an empty entry shows as `""`). Fix the configuration.
     #[error("bad manager URL {0:?}: expected http(s)://host:port")]
     Url(String),
+    /// No manager URL was given. Fix the configuration.
+    #[error("no manager URL given: expected http(s)://host:port, several separated by commas")]
+    NoManager,
+    /// The same manager (scheme, host and port) is in the list twice. Fix the
+    /// configuration.
+    #[error("manager URL {0:?} is given twice")]
+    DuplicateManager(String),
     /// The TLS set-up (CA file) is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// The manager could not be reached (connection refused, TLS handshake failed,
-    /// connection dropped). Retry later.
+    /// connection dropped; with several managers, the last one tried). Retry later.
     #[error("cannot reach the manager: {0}")]
     Connect(String),
     /// The manager did not answer in time.
@@ -64,14 +75,31 @@ impl ApiError {
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             Self::Status { status, .. } => Some(*status),
-            Self::Url(_) | Self::Tls(_) | Self::Connect(_) | Self::Timeout(_) | Self::Decode(_) => {
-                None
-            }
+            Self::Url(_)
+            | Self::NoManager
+            | Self::DuplicateManager(_)
+            | Self::Tls(_)
+            | Self::Connect(_)
+            | Self::Timeout(_)
+            | Self::Decode(_) => None,
         }
     }
 }
 
-struct Target {
+/// The most addresses of one host name that are tried: a name is a handful of
+/// managers, and each address costs at most one attempt's timeout.
+const MAX_ADDRESSES: usize = 8;
+
+/// How long connecting to one manager (TCP, TLS and HTTP handshakes) may take
+/// before the next one is tried, by default: a few round trips across a continent
+/// take well under a second; a manager that is down but not refusing (its host
+/// gone, a firewall dropping) costs this much per call until another answers.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One manager of the list: where it listens and how to speak TLS to it.
+struct Endpoint {
+    /// The URL as given, for logs and errors.
+    url: String,
     host: String,
     port: u16,
     tls: Option<(
@@ -80,22 +108,261 @@ struct Target {
     )>,
 }
 
-/// A client of one manager, with an optional bearer credential. Cloning shares the
-/// target but not the idle connection.
+impl Endpoint {
+    /// Parses one `http(s)://host:port`; `connector` is made from `ca` on the first
+    /// https entry and shared by the others (one CA for all managers).
+    fn parse(
+        url: &str,
+        ca: Option<&Path>,
+        connector: &mut Option<tokio_rustls::TlsConnector>,
+    ) -> Result<Self, ApiError> {
+        let uri: http::Uri = url.parse().map_err(|_| ApiError::Url(url.into()))?;
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| ApiError::Url(url.into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let tls = match (uri.scheme_str(), ca) {
+            (Some("https"), Some(ca)) => {
+                let connector = match connector {
+                    Some(c) => c.clone(),
+                    None => connector
+                        .insert(tokio_rustls::TlsConnector::from(Arc::new(client_config(
+                            ca,
+                        )?)))
+                        .clone(),
+                };
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|_| ApiError::Url(url.into()))?;
+                Some((connector, name))
+            }
+            (Some("http"), _) => None,
+            (Some("https"), None) => {
+                return Err(ApiError::Url(format!("{url} (https needs a CA file)")))
+            }
+            (Some(_) | None, _) => return Err(ApiError::Url(url.into())),
+        };
+        let port = uri
+            .port_u16()
+            .unwrap_or(if tls.is_some() { 443 } else { 80 });
+        Ok(Self {
+            url: url.to_owned(),
+            host,
+            port,
+            tls,
+        })
+    }
+
+    /// What makes two entries the same manager.
+    fn key(&self) -> (bool, String, u16) {
+        (self.tls.is_some(), self.host.to_ascii_lowercase(), self.port)
+    }
+
+    /// The manager's addresses: the literal one, or what its name resolves to now
+    /// (each is a target of its own).
+    async fn resolve(&self, limit: Duration) -> Result<Vec<SocketAddr>, ApiError> {
+        if let Ok(ip) = self.host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, self.port)]);
+        }
+        let found = tokio::time::timeout(limit, lookup_host((self.host.as_str(), self.port)))
+            .await
+            .map_err(|_| {
+                ApiError::Connect(format!("{}: no address within {limit:?}", self.url))
+            })?
+            .map_err(|e| ApiError::Connect(format!("{}: {e}", self.url)))?;
+        let mut addresses: Vec<SocketAddr> = Vec::new();
+        for a in found {
+            if !addresses.contains(&a) && addresses.len() < MAX_ADDRESSES {
+                addresses.push(a);
+            }
+        }
+        if addresses.is_empty() {
+            return Err(ApiError::Connect(format!("{}: no address", self.url)));
+        }
+        Ok(addresses)
+    }
+
+    /// A connection to `addr` with its TLS and HTTP/1 handshakes done.
+    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                handshake(stream).await
+            }
+            None => handshake(tcp).await,
+        }
+    }
+}
+
+/// The HTTP/1 handshake on `stream`, its connection driven by a task of its own.
+async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "connection closed");
+        }
+    });
+    Ok(send)
+}
+
+/// One address of one manager of the list: what one attempt goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct At {
+    endpoint: usize,
+    addr: SocketAddr,
+}
+
+/// The managers, shared by a client's clones with the one that answered last.
+struct Targets {
+    endpoints: Vec<Endpoint>,
+    /// The target that answered last: every call tries it first, so a client that
+    /// moved on stays where it is instead of bouncing back.
+    sticky: std::sync::Mutex<Option<At>>,
+}
+
+impl Targets {
+    /// The target for logs and errors: its URL, and the address when the URL
+    /// names a host.
+    fn label(&self, at: At) -> String {
+        let endpoint = &self.endpoints[at.endpoint];
+        if endpoint.host.parse::<IpAddr>().is_ok() {
+            endpoint.url.clone()
+        } else {
+            format!("{} ({})", endpoint.url, at.addr)
+        }
+    }
+
+    fn sticky(&self) -> Option<At> {
+        *self.sticky.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `at` answered a call that tried `first` first: it is tried first from now
+    /// on. Logged once per switch, whichever clone noticed first.
+    fn answered(&self, at: At, first: Option<At>) {
+        let previous = self
+            .sticky
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(at);
+        if previous == Some(at) {
+            return;
+        }
+        let tried = previous.or(first);
+        let from = tried.map_or_else(
+            || self.endpoints[0].url.clone(),
+            |t| self.label(t),
+        );
+        if tried.is_some_and(|t| t != at) || (tried.is_none() && at.endpoint != 0) {
+            warn!(manager = %self.label(at), previous = %from, "switched to another manager");
+        }
+    }
+}
+
+/// Whether a request may go to the next manager once it may have reached one (the
+/// connection dropped before the answer, no answer in time, or 503). A request
+/// that certainly reached no manager (no connection, TLS refused, or hyper gave it
+/// back unsent) always may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Sending it twice does what sending it once does: idempotent methods (GET
+    /// long-polls, PUT reports), and enrolment (see [`Client::enrol`]).
+    Safe,
+    /// It may change something twice (POSTs other than enrolment): only sent
+    /// elsewhere when it was not sent at all.
+    Once,
+}
+
+impl Repeat {
+    fn of(method: &Method) -> Self {
+        if method.is_idempotent() {
+            Self::Safe
+        } else {
+            Self::Once
+        }
+    }
+}
+
+/// A request as its parts, so that it can be sent again to another manager.
+struct Outgoing<'a> {
+    method: Method,
+    path: &'a str,
+    headers: &'a [(http::HeaderName, String)],
+    body: Option<(&'a str, Bytes)>,
+    repeat: Repeat,
+}
+
+/// Why one attempt failed, which says whether the request may go on.
+enum Failed {
+    /// Nothing reached the manager.
+    NotSent(ApiError),
+    /// The request left; no answer came.
+    NoAnswer(ApiError),
+    /// The request cannot be built (the caller's mistake): no manager would take it.
+    Request(ApiError),
+}
+
+/// What an attempt leaves the call to do.
+enum Verdict {
+    /// The call's result.
+    Done(Result<Answer, ApiError>),
+    /// Try the next target; this is the result if none is left.
+    Next(Result<Answer, ApiError>),
+}
+
+/// The connection kept from the last answer, and the target that gave it.
+struct Kept {
+    at: At,
+    send: SendRequest<Full<Bytes>>,
+}
+
+/// A client of one manager or of several that serve the same API (active-active,
+/// one store), with an optional bearer credential.
+///
+/// Each call goes first to the target that answered last (sticky; at first, the
+/// first of the list). When a target cannot be reached (no connection, TLS
+/// refused, connecting slower than the connect timeout), or, for a request that
+/// can be repeated, the connection drops before the answer, no answer comes in
+/// time, or it answers 503, the call goes on to the next target, each target at
+/// most once (the kept connection's target may get a fresh connection once more),
+/// and the last failure is returned when none is left: a call is bounded by the
+/// number of targets times its timeout. Retrying later is the caller's business
+/// (with [`Backoff`]). A host name counts as one target per address it resolves
+/// to (at most 8), resolved when a connection is made.
+///
+/// Cloning shares the targets and which one answered last, but not the idle
+/// connection.
 pub struct Client {
-    target: Arc<Target>,
+    targets: Arc<Targets>,
     credential: Option<String>,
-    idle: Mutex<Option<SendRequest<Full<Bytes>>>>,
+    /// One idle connection, reused by the next call to the same target (a fleet's
+    /// long-polls and reports would otherwise each pay a TLS handshake).
+    idle: Mutex<Option<Kept>>,
     timeout: Duration,
+    connect_timeout: Duration,
 }
 
 impl Clone for Client {
     fn clone(&self) -> Self {
         Self {
-            target: self.target.clone(),
+            targets: self.targets.clone(),
             credential: self.credential.clone(),
             idle: Mutex::new(None),
             timeout: self.timeout,
+            connect_timeout: self.connect_timeout,
         }
     }
 }
@@ -103,9 +370,7 @@ impl Clone for Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("host", &self.target.host)
-            .field("port", &self.target.port)
-            .field("tls", &self.target.tls.is_some())
+            .field("managers", &self.managers().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -145,39 +410,97 @@ impl Answer {
     }
 }
 
+/// The wait between a caller's rounds of calls while the manager(s) cannot be
+/// reached: 200 ms, doubling to 10 s, back to 200 ms after an answer. The one
+/// backoff of the daemon's and `nanami connect`'s loops and of
+/// [`Client::enrol_retrying`] (a call already tries every manager once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    delay: Duration,
+}
+
+impl Backoff {
+    /// The first wait: short, so that a manager restarting or a switch to another
+    /// is barely noticed.
+    pub const FIRST: Duration = Duration::from_millis(200);
+    /// The longest wait: a fleet of daemons retrying a dead manager stays a light
+    /// load, and one that comes back is found within 10 s.
+    pub const MAX: Duration = Duration::from_secs(10);
+
+    /// A backoff at its first wait.
+    pub fn new() -> Self {
+        Self { delay: Self::FIRST }
+    }
+
+    /// The wait to do now (for logs).
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// The wait to do now; the next one is twice as long, up to [`Backoff::MAX`].
+    pub fn advance(&mut self) -> Duration {
+        let now = self.delay;
+        self.delay = (now * 2).min(Self::MAX);
+        now
+    }
+
+    /// Back to the first wait (after an answer).
+    pub fn reset(&mut self) {
+        self.delay = Self::FIRST;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Client {
-    /// A client of `url` (`https://host:port` trusting the CA in `ca`, or
-    /// `http://host:port` with `ca` `None`).
+    /// A client of `url`: `https://host:port` trusting the CA in `ca`, or
+    /// `http://host:port` (`ca` unused), or several of them separated by commas
+    /// (`https://a:7443,https://b:7443`), managers serving the same API: see
+    /// [`Client::with_urls`].
     pub fn new(url: &str, ca: Option<&Path>) -> Result<Self, ApiError> {
-        let uri: http::Uri = url.parse().map_err(|_| ApiError::Url(url.into()))?;
-        let host = uri
-            .host()
-            .ok_or_else(|| ApiError::Url(url.into()))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let tls = match (uri.scheme_str(), ca) {
-            (Some("https"), Some(ca)) => {
-                let config = client_config(ca)?;
-                let name = rustls::pki_types::ServerName::try_from(host.clone())
-                    .map_err(|_| ApiError::Url(url.into()))?;
-                Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+        if url.trim().is_empty() {
+            return Err(ApiError::NoManager);
+        }
+        let urls: Vec<&str> = url.split(',').collect();
+        Self::with_urls(&urls, ca)
+    }
+
+    /// A client of the managers at `urls`, tried in this order at first (see
+    /// [`Client`]); each `http(s)://host:port`, https ones trusting the CA in `ca`
+    /// (one CA for all). Errors name the first bad entry: not such a URL (an empty
+    /// entry, too), https without a CA, the same manager twice, or no entry at all.
+    pub fn with_urls<S: AsRef<str>>(urls: &[S], ca: Option<&Path>) -> Result<Self, ApiError> {
+        let mut connector = None;
+        let mut endpoints: Vec<Endpoint> = Vec::with_capacity(urls.len());
+        for url in urls {
+            let endpoint = Endpoint::parse(url.as_ref().trim(), ca, &mut connector)?;
+            if endpoints.iter().any(|e| e.key() == endpoint.key()) {
+                return Err(ApiError::DuplicateManager(endpoint.url));
             }
-            (Some("http"), _) => None,
-            (Some("https"), None) => {
-                return Err(ApiError::Url(format!("{url} (https needs a CA file)")))
-            }
-            (Some(_) | None, _) => return Err(ApiError::Url(url.into())),
-        };
-        let port = uri
-            .port_u16()
-            .unwrap_or(if tls.is_some() { 443 } else { 80 });
+            endpoints.push(endpoint);
+        }
+        if endpoints.is_empty() {
+            return Err(ApiError::NoManager);
+        }
         Ok(Self {
-            target: Arc::new(Target { host, port, tls }),
+            targets: Arc::new(Targets {
+                endpoints,
+                sticky: std::sync::Mutex::new(None),
+            }),
             credential: None,
             idle: Mutex::new(None),
             timeout: Duration::from_secs(30),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         })
+    }
+
+    /// The managers' URLs, in the order given.
+    pub fn managers(&self) -> impl Iterator<Item = &str> {
+        self.targets.endpoints.iter().map(|e| e.url.as_str())
     }
 
     /// The same client presenting `credential`.
@@ -186,52 +509,22 @@ impl Client {
         self
     }
 
-    /// The timeout of calls other than long-polls (30 s by default).
+    /// The timeout of calls other than long-polls (30 s by default), per target.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How long connecting to one target may take before the next is tried
+    /// ([`DEFAULT_CONNECT_TIMEOUT`]; never more than the call's timeout).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
         self
     }
 
     /// The timeout of calls other than long-polls.
     pub fn timeout(&self) -> Duration {
         self.timeout
-    }
-
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ApiError> {
-        let t = &self.target;
-        let tcp = TcpStream::connect((t.host.as_str(), t.port))
-            .await
-            .map_err(|e| ApiError::Connect(format!("{}:{}: {e}", t.host, t.port)))?;
-        let _ = tcp.set_nodelay(true);
-        let connect_err = |e: hyper::Error| ApiError::Connect(e.to_string());
-        match &t.tls {
-            Some((connector, name)) => {
-                let stream = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| ApiError::Connect(format!("TLS: {e}")))?;
-                let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(connect_err)?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(error = %e, "connection closed");
-                    }
-                });
-                Ok(send)
-            }
-            None => {
-                let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(connect_err)?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(error = %e, "connection closed");
-                    }
-                });
-                Ok(send)
-            }
-        }
     }
 
     /// Sends one request and reads the whole answer, whatever its status.
@@ -245,7 +538,9 @@ impl Client {
         self.send_with(method, path, &[], body, timeout).await
     }
 
-    /// [`Client::send_raw`] with extra request headers.
+    /// [`Client::send_raw`] with extra request headers. An idempotent method
+    /// (GET, PUT, DELETE, …) goes on to the next manager after a dropped
+    /// connection, a timeout or a 503; another only when it reached no manager.
     pub async fn send_with(
         &self,
         method: Method,
@@ -254,54 +549,205 @@ impl Client {
         body: Option<(&str, Vec<u8>)>,
         timeout: Duration,
     ) -> Result<Answer, ApiError> {
-        let fut = async {
-            let idle = self.idle.lock().await.take();
-            let mut send = match idle {
-                Some(s) if s.is_ready() => s,
-                Some(_) | None => self.connect().await?,
+        let repeat = Repeat::of(&method);
+        self.exchange(
+            &Outgoing {
+                method,
+                path,
+                headers,
+                body: body.map(|(t, b)| (t, Bytes::from(b))),
+                repeat,
+            },
+            timeout,
+        )
+        .await
+    }
+
+    /// Sends `out` to the targets in turn, from the one that answered last, until
+    /// one answers or none is left (see [`Client`]).
+    async fn exchange(&self, out: &Outgoing<'_>, timeout: Duration) -> Result<Answer, ApiError> {
+        let first = self.targets.sticky();
+        let mut last = None;
+        // A target that answered 503 on the kept connection is not asked again.
+        let mut unavailable = None;
+        let kept = self
+            .idle
+            .lock()
+            .await
+            .take()
+            .filter(|k| Some(k.at) == first && k.send.is_ready());
+        if let Some(kept) = kept {
+            match self
+                .try_target(out, kept.at, Some(kept.send), first, timeout)
+                .await
+            {
+                Verdict::Done(result) => return result,
+                Verdict::Next(result) => {
+                    if result.is_ok() {
+                        unavailable = Some(kept.at);
+                    }
+                    last = Some(result);
+                }
+            }
+        }
+        let n = self.targets.endpoints.len();
+        let start = first.map_or(0, |at| at.endpoint);
+        let limit = self.connect_timeout.min(timeout);
+        for endpoint in (0..n).map(|k| (start + k) % n) {
+            let mut addresses = match self.targets.endpoints[endpoint].resolve(limit).await {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(error = %e, "cannot resolve a manager's name; trying the next one");
+                    last = Some(Err(e));
+                    continue;
+                }
             };
-            let mut builder = Request::builder()
-                .method(method)
-                .uri(path)
-                .header(http::header::HOST, self.target.host.as_str());
-            if let Some(c) = &self.credential {
-                builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {c}"));
+            // The address that answered last goes first.
+            if let Some(i) = first
+                .filter(|f| f.endpoint == endpoint)
+                .and_then(|f| addresses.iter().position(|a| *a == f.addr))
+            {
+                addresses.rotate_left(i);
             }
-            for (name, value) in headers {
-                builder = builder.header(name, value.as_str());
+            for addr in addresses {
+                let at = At { endpoint, addr };
+                if Some(at) == unavailable {
+                    continue;
+                }
+                match self.try_target(out, at, None, first, timeout).await {
+                    Verdict::Done(result) => return result,
+                    Verdict::Next(result) => last = Some(result),
+                }
             }
-            let request = match body {
-                Some((content_type, bytes)) => builder
-                    .header(http::header::CONTENT_TYPE, content_type)
-                    .body(Full::new(Bytes::from(bytes))),
-                None => builder.body(Full::new(Bytes::new())),
+        }
+        last.unwrap_or_else(|| Err(ApiError::Connect("no manager to try".into())))
+    }
+
+    /// One attempt at `at` (on `kept`, or a new connection), judged.
+    async fn try_target(
+        &self,
+        out: &Outgoing<'_>,
+        at: At,
+        kept: Option<SendRequest<Full<Bytes>>>,
+        first: Option<At>,
+        timeout: Duration,
+    ) -> Verdict {
+        match self.attempt(out, at, kept, timeout).await {
+            Ok((answer, _)) if answer.status == StatusCode::SERVICE_UNAVAILABLE
+                && out.repeat == Repeat::Safe =>
+            {
+                debug!(manager = %self.targets.label(at), "unavailable (503); trying the next manager");
+                Verdict::Next(Ok(answer))
             }
-            .map_err(|e| ApiError::Url(e.to_string()))?;
+            Ok((answer, send)) => {
+                if answer.status != StatusCode::SERVICE_UNAVAILABLE {
+                    self.targets.answered(at, first);
+                }
+                *self.idle.lock().await = Some(Kept { at, send });
+                Verdict::Done(Ok(answer))
+            }
+            Err(Failed::Request(e)) => Verdict::Done(Err(e)),
+            Err(Failed::NotSent(e)) => {
+                debug!(error = %e, "cannot reach a manager; trying the next one");
+                Verdict::Next(Err(e))
+            }
+            Err(Failed::NoAnswer(e)) => match out.repeat {
+                Repeat::Safe => {
+                    debug!(error = %e, "no answer from a manager; trying the next one");
+                    Verdict::Next(Err(e))
+                }
+                Repeat::Once => Verdict::Done(Err(e)),
+            },
+        }
+    }
+
+    /// Sends `out` to `at` once: on `kept`, or on a new connection made within the
+    /// connect timeout; the whole exchange within `timeout`.
+    async fn attempt(
+        &self,
+        out: &Outgoing<'_>,
+        at: At,
+        kept: Option<SendRequest<Full<Bytes>>>,
+        timeout: Duration,
+    ) -> Result<(Answer, SendRequest<Full<Bytes>>), Failed> {
+        let endpoint = &self.targets.endpoints[at.endpoint];
+        let connect_error = |e: &dyn std::fmt::Display| {
+            ApiError::Connect(format!("{}: {e}", self.targets.label(at)))
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut send = match kept {
+            Some(send) => send,
+            None => {
+                let limit = self.connect_timeout.min(timeout);
+                match tokio::time::timeout(limit, endpoint.connect(at.addr)).await {
+                    Ok(Ok(send)) => send,
+                    Ok(Err(e)) => return Err(Failed::NotSent(connect_error(&e))),
+                    Err(_) => {
+                        return Err(Failed::NotSent(connect_error(&format_args!(
+                            "no connection within {limit:?}"
+                        ))))
+                    }
+                }
+            }
+        };
+        let request = self.request(endpoint, out).map_err(Failed::Request)?;
+        let exchange = async {
+            // A connection that closes before the request is written sent nothing.
             send.ready()
                 .await
-                .map_err(|e| ApiError::Connect(e.to_string()))?;
-            let response = send
-                .send_request(request)
-                .await
-                .map_err(|e| ApiError::Connect(e.to_string()))?;
+                .map_err(|e| Failed::NotSent(connect_error(&e)))?;
+            let response = send.try_send_request(request).await.map_err(|mut e| {
+                let error = connect_error(e.error());
+                // hyper gives the request back when none of it was written.
+                if e.take_message().is_some() {
+                    Failed::NotSent(error)
+                } else {
+                    Failed::NoAnswer(error)
+                }
+            })?;
             let status = response.status();
             let (parts, body) = response.into_parts();
-            let headers = parts.headers;
             let body = body
                 .collect()
                 .await
-                .map_err(|e| ApiError::Connect(e.to_string()))?
+                .map_err(|e| Failed::NoAnswer(connect_error(&e)))?
                 .to_bytes();
-            *self.idle.lock().await = Some(send);
             Ok(Answer {
                 status,
-                headers,
+                headers: parts.headers,
                 body,
             })
         };
-        tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| ApiError::Timeout(timeout))?
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(Ok(answer)) => Ok((answer, send)),
+            Ok(Err(failed)) => Err(failed),
+            Err(_) => Err(Failed::NoAnswer(ApiError::Timeout(timeout))),
+        }
+    }
+
+    /// `out` as a request to `endpoint`.
+    fn request(
+        &self,
+        endpoint: &Endpoint,
+        out: &Outgoing<'_>,
+    ) -> Result<Request<Full<Bytes>>, ApiError> {
+        let mut builder = Request::builder()
+            .method(out.method.clone())
+            .uri(out.path)
+            .header(http::header::HOST, endpoint.host.as_str());
+        if let Some(c) = &self.credential {
+            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {c}"));
+        }
+        for (name, value) in out.headers {
+            builder = builder.header(name, value.as_str());
+        }
+        match &out.body {
+            Some((content_type, bytes)) => builder
+                .header(http::header::CONTENT_TYPE, *content_type)
+                .body(Full::new(bytes.clone())),
+            None => builder.body(Full::new(Bytes::new())),
+        }
+        .map_err(|e| ApiError::Url(e.to_string()))
     }
 
     async fn call<T: DeserializeOwned>(
@@ -311,7 +757,27 @@ impl Client {
         body: Option<(&str, Vec<u8>)>,
         timeout: Duration,
     ) -> Result<Option<T>, ApiError> {
-        let answer = self.send_raw(method, path, body, timeout).await?;
+        let repeat = Repeat::of(&method);
+        self.call_with(method, path, body, timeout, repeat).await
+    }
+
+    /// [`Client::call`] with its own [`Repeat`].
+    async fn call_with<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        timeout: Duration,
+        repeat: Repeat,
+    ) -> Result<Option<T>, ApiError> {
+        let out = Outgoing {
+            method,
+            path,
+            headers: &[],
+            body: body.map(|(t, b)| (t, Bytes::from(b))),
+            repeat,
+        };
+        let answer = self.exchange(&out, timeout).await?;
         if answer.status == StatusCode::NO_CONTENT {
             return Ok(None);
         }
@@ -334,33 +800,43 @@ impl Client {
         method: Method,
         path: &str,
         body: &B,
+        repeat: Repeat,
     ) -> Result<T, ApiError> {
         let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Decode(e.to_string()))?;
-        self.call(
+        self.call_with(
             method,
             path,
             Some(("application/json", bytes)),
             self.timeout,
+            repeat,
         )
         .await?
         .ok_or_else(|| ApiError::Decode("empty answer".into()))
     }
 
     /// `POST /v1/enrol`.
+    ///
+    /// Although a POST, it goes on to the next manager after a dropped connection,
+    /// a timeout or a 503 like an idempotent request: a token is redeemed
+    /// atomically and once, so sending it again can never enrol twice. If the
+    /// first manager redeemed it and died before answering, the next one refuses
+    /// the spent token (401) and a new token is needed, as it would be without
+    /// the retry.
     pub async fn enrol(&self, request: &EnrolRequest) -> Result<EnrolResponse, ApiError> {
-        self.json(Method::POST, "/v1/enrol", request).await
+        self.json(Method::POST, "/v1/enrol", request, Repeat::Safe)
+            .await
     }
 
-    /// [`Client::enrol`], retried with backoff (200 ms doubling to 10 s) while the
-    /// manager cannot be reached; an answer, even a refusal, ends it.
+    /// [`Client::enrol`], retried with [`Backoff`] while no manager can be reached
+    /// or answers 503 (its store is unavailable); any other answer, even a
+    /// refusal, ends it.
     pub async fn enrol_retrying(&self, request: &EnrolRequest) -> Result<EnrolResponse, ApiError> {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new();
         loop {
             match self.enrol(request).await {
-                Err(e) if e.status().is_none() => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "manager unreachable; retrying enrolment");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
+                Err(e) if e.status().is_none_or(|s| s == StatusCode::SERVICE_UNAVAILABLE) => {
+                    warn!(error = %e, retry_in = ?backoff.delay(), "no manager answers; retrying enrolment");
+                    tokio::time::sleep(backoff.advance()).await;
                 }
                 answer => return answer,
             }
@@ -369,8 +845,13 @@ impl Client {
 
     /// `POST /v1/enrolment-tokens` (control credential).
     pub async fn create_token(&self, request: &TokenRequest) -> Result<TokenResponse, ApiError> {
-        self.json(Method::POST, "/v1/enrolment-tokens", request)
-            .await
+        self.json(
+            Method::POST,
+            "/v1/enrolment-tokens",
+            request,
+            Repeat::Once,
+        )
+        .await
     }
 
     /// `PUT /v1/topology` (control credential) with a YAML or JSON document.
@@ -547,5 +1028,293 @@ impl Client {
     ) -> Result<serde_json::Value, ApiError> {
         self.get(&format!("/v1/oversight/gateways/{gateway}/explain"))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::wire::Subject;
+
+    fn url_error(list: &str) -> String {
+        match Client::new(list, None) {
+            Err(ApiError::Url(entry)) => entry,
+            other => panic!("{list}: expected a bad URL, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_list_of_managers_keeps_its_order_and_trims_spaces() {
+        let client = Client::new("http://10.0.0.1:7443, http://m2.example:7443", None).unwrap();
+        assert_eq!(
+            client.managers().collect::<Vec<_>>(),
+            ["http://10.0.0.1:7443", "http://m2.example:7443"]
+        );
+        let client = Client::with_urls(&["http://[::1]:1", "http://[::1]:2"], None).unwrap();
+        assert_eq!(client.managers().count(), 2);
+    }
+
+    #[test]
+    fn a_bad_entry_is_refused_by_name() {
+        assert_eq!(url_error("http://a:1,ftp://b:2"), "ftp://b:2");
+        assert_eq!(url_error("http://a:1,b:2"), "b:2");
+        assert_eq!(url_error("http://a:1,,http://c:3"), "", "an empty entry");
+        assert_eq!(url_error("http://a:1,"), "", "a trailing comma");
+        assert_eq!(url_error("http://a:1,http://:2"), "http://:2");
+        let https = url_error("http://a:1,https://b:2");
+        assert!(https.starts_with("https://b:2") && https.contains("CA"), "{https}");
+        let message = Client::new("http://a:1,ftp://b:2", None)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("\"ftp://b:2\""), "{message}");
+    }
+
+    #[test]
+    fn the_same_manager_twice_is_refused() {
+        for list in [
+            "http://a:1,http://a:1",
+            "http://a:1,http://A:1",
+            "http://a,http://a:80",
+            "http://127.0.0.1:1, http://a:2,http://127.0.0.1:1",
+        ] {
+            match Client::new(list, None) {
+                Err(e @ ApiError::DuplicateManager(_)) => {
+                    assert!(e.to_string().contains("given twice"), "{e}")
+                }
+                other => panic!("{list}: expected a duplicate, got {other:?}"),
+            }
+        }
+        // Another port, or another scheme, is another manager.
+        Client::new("http://a:1,http://a:2", None).unwrap();
+    }
+
+    #[test]
+    fn no_manager_at_all_is_refused() {
+        assert!(matches!(Client::new("", None), Err(ApiError::NoManager)));
+        assert!(matches!(Client::new("  ", None), Err(ApiError::NoManager)));
+        let none: [&str; 0] = [];
+        assert!(matches!(
+            Client::with_urls(&none, None),
+            Err(ApiError::NoManager)
+        ));
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut b = Backoff::new();
+        let waits: Vec<Duration> = (0..8).map(|_| b.advance()).collect();
+        assert_eq!(waits[0], Backoff::FIRST);
+        assert_eq!(waits[1], Backoff::FIRST * 2);
+        assert_eq!(*waits.last().unwrap(), Backoff::MAX);
+        b.reset();
+        assert_eq!(b.delay(), Backoff::FIRST);
+    }
+
+    /// What a test server does with each request.
+    #[derive(Clone)]
+    enum Behaviour {
+        /// Answers with this status and body, then closes.
+        Answer(u16, Vec<u8>),
+        /// Reads the request and closes without a word.
+        Drop,
+    }
+
+    /// An HTTP/1 server on loopback that counts the requests it reads.
+    struct Server {
+        url: String,
+        requests: Arc<AtomicUsize>,
+    }
+
+    impl Server {
+        async fn start(behaviour: Behaviour) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let requests = Arc::new(AtomicUsize::new(0));
+            let count = requests.clone();
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    let behaviour = behaviour.clone();
+                    let count = count.clone();
+                    tokio::spawn(async move {
+                        if read_request(&mut stream).await.is_none() {
+                            return;
+                        }
+                        count.fetch_add(1, Ordering::SeqCst);
+                        if let Behaviour::Answer(status, body) = behaviour {
+                            let head = format!(
+                                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = stream.write_all(head.as_bytes()).await;
+                            let _ = stream.write_all(&body).await;
+                        }
+                        let _ = stream.shutdown().await;
+                    });
+                }
+            });
+            Self { url, requests }
+        }
+
+        fn requests(&self) -> usize {
+            self.requests.load(Ordering::SeqCst)
+        }
+    }
+
+    /// Reads one request (head and `content-length` body); `None` at EOF.
+    async fn read_request(stream: &mut TcpStream) -> Option<()> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        while buf.len() < head_end + length {
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Some(())
+    }
+
+    /// A loopback URL where nothing listens: connections are refused.
+    fn refused_url() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    }
+
+    const OK: &str = r#"{"ok":true}"#;
+
+    async fn get(client: &Client) -> Result<Answer, ApiError> {
+        client
+            .send_raw(Method::GET, "/v1/status", None, Duration::from_secs(5))
+            .await
+    }
+
+    async fn post(client: &Client) -> Result<Answer, ApiError> {
+        client
+            .send_raw(
+                Method::POST,
+                "/v1/enrolment-tokens",
+                Some(("application/json", b"{}".to_vec())),
+                Duration::from_secs(5),
+            )
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_refused_manager_is_skipped_for_any_request() {
+        let live = Server::start(Behaviour::Answer(200, OK.into())).await;
+        let client = Client::new(&format!("{},{}", refused_url(), live.url), None).unwrap();
+        let answer = get(&client).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body, OK.as_bytes());
+        // Nothing reached the refused one: even a POST may go on.
+        let fresh = Client::new(&format!("{},{}", refused_url(), live.url), None).unwrap();
+        assert_eq!(post(&fresh).await.unwrap().status, StatusCode::OK);
+        assert_eq!(live.requests(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_503_moves_a_repeatable_request_on_and_the_client_stays_where_it_answered() {
+        let busy = Server::start(Behaviour::Answer(503, br#"{"error":"store unavailable"}"#.into())).await;
+        let live = Server::start(Behaviour::Answer(200, OK.into())).await;
+        let client = Client::new(&format!("{},{}", busy.url, live.url), None).unwrap();
+        // A POST may have done something: the 503 is the answer.
+        let answer = post(&client).await.unwrap();
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!((busy.requests(), live.requests()), (1, 0));
+        // A GET goes on to the next manager...
+        assert_eq!(get(&client).await.unwrap().status, StatusCode::OK);
+        assert_eq!((busy.requests(), live.requests()), (2, 1));
+        // ...which every clone asks first from now on.
+        let clone = client.clone();
+        assert_eq!(get(&clone).await.unwrap().status, StatusCode::OK);
+        assert_eq!(post(&client).await.unwrap().status, StatusCode::OK);
+        assert_eq!((busy.requests(), live.requests()), (2, 3));
+    }
+
+    #[tokio::test]
+    async fn a_connection_dropped_before_the_answer_moves_only_a_repeatable_request_on() {
+        let dropping = Server::start(Behaviour::Drop).await;
+        let live = Server::start(Behaviour::Answer(200, OK.into())).await;
+        let client = Client::new(&format!("{},{}", dropping.url, live.url), None).unwrap();
+        let e = post(&client).await.unwrap_err();
+        assert!(matches!(e, ApiError::Connect(_)), "{e:?}");
+        assert!(e.to_string().contains(&dropping.url), "names the manager: {e}");
+        assert_eq!((dropping.requests(), live.requests()), (1, 0));
+        assert_eq!(get(&client).await.unwrap().status, StatusCode::OK);
+        assert_eq!((dropping.requests(), live.requests()), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn enrolment_goes_on_after_a_503() {
+        let busy = Server::start(Behaviour::Answer(503, br#"{"error":"store unavailable"}"#.into())).await;
+        let response = EnrolResponse {
+            subject: Subject::Gateway(GatewayId::new("gw-a").unwrap()),
+            credential: "nmg_test".into(),
+        };
+        let live = Server::start(Behaviour::Answer(
+            200,
+            serde_json::to_vec(&response).unwrap(),
+        ))
+        .await;
+        let client = Client::new(&format!("{},{}", busy.url, live.url), None).unwrap();
+        let request = EnrolRequest {
+            token: "t".into(),
+            public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".parse().unwrap(),
+            subject: None,
+        };
+        let enrolled = client.enrol(&request).await.unwrap();
+        assert_eq!(enrolled.credential, "nmg_test");
+        assert_eq!((busy.requests(), live.requests()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn when_no_manager_answers_the_last_failure_is_returned() {
+        let (first, last) = (refused_url(), refused_url());
+        let client = Client::new(&format!("{first},{last}"), None).unwrap();
+        let e = get(&client).await.unwrap_err();
+        assert!(matches!(e, ApiError::Connect(_)), "{e:?}");
+        assert!(e.to_string().contains(&last), "{e}");
+        // Two 503s: the last answer is the call's.
+        let a = Server::start(Behaviour::Answer(503, b"{}".to_vec())).await;
+        let b = Server::start(Behaviour::Answer(503, b"{}".to_vec())).await;
+        let client = Client::new(&format!("{},{}", a.url, b.url), None).unwrap();
+        assert_eq!(
+            get(&client).await.unwrap().status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!((a.requests(), b.requests()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_host_name_is_resolved_when_connecting() {
+        // Each address `localhost` resolves to is a target (127.0.0.1, and ::1
+        // where it resolves so, with nothing listening there): the server on
+        // 127.0.0.1 answers whichever comes first.
+        let live = Server::start(Behaviour::Answer(200, OK.into())).await;
+        let port = live.url.rsplit(':').next().unwrap();
+        let client = Client::new(&format!("http://localhost:{port}"), None).unwrap();
+        assert_eq!(get(&client).await.unwrap().status, StatusCode::OK);
     }
 }

@@ -4,7 +4,9 @@
 //! only the public key is ever sent), enrols with a one-time token, then watches
 //! its desired state (long-poll), keeps the last-known-good one on disk, runs the
 //! reconciler against a [`Platform`], and reports status, observed state, telemetry
-//! and machine facts after each pass and every few seconds.
+//! and machine facts after each pass and every few seconds. Given several managers
+//! (active-active, one store), it follows whichever answers, keeping its credential
+//! and last-known-good state across a switch.
 //!
 //! The binary (`main.rs`) picks the platform: the Linux one or, for tests and the
 //! fleet benchmark, [`nanami_reconcile::sim::SimPlatform`].
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use async_trait::async_trait;
 use nanami_api::wire::{EnrolRequest, Facts, NetworkHealth, ObservedReport, Subject};
+use nanami_api::client::Backoff;
 use nanami_api::Client;
 use nanami_model::{GatewayId, HealthTargets, InterfaceName, NetworkId, PublicKey};
 use nanami_reconcile::{Observed, Op, Platform, PlatformEvent, Reconciler};
@@ -36,7 +39,10 @@ pub use probe::{IcmpProber, Outcome, ProbeConfig, ProbeFuture, Prober};
 /// How the daemon is set up.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
-    /// The manager's URL (`https://host:port`).
+    /// The manager's URL (`https://host:port`), or several managers serving the
+    /// same API separated by commas: the client moves to the next when one cannot
+    /// be reached (see [`nanami_api::Client`]), keeping its credential and the
+    /// last-known-good state.
     pub manager: String,
     /// The CA certificate that signed the manager's certificate.
     pub ca: Option<PathBuf>,
@@ -96,9 +102,10 @@ pub async fn hosting(
     if lkg.current().is_some() {
         return Ok(lkg.uplink().cloned());
     }
-    let credential = credential(config, key).await?;
-    let client = client(config)?.with_credential(credential);
-    let mut delay = RETRY_FIRST;
+    let anonymous = client(config)?;
+    let credential = credential_with(&anonymous, config, key).await?;
+    let client = anonymous.with_credential(credential);
+    let mut backoff = Backoff::new();
     loop {
         match client
             .desired(&config.gateway, None, config.poll_wait)
@@ -114,11 +121,10 @@ pub async fn hosting(
                 if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)) {
                     bail!("the manager refuses this gateway's credential: {e}");
                 }
-                warn!(error = %e, retry_in = ?delay, "waiting for the first desired state");
+                warn!(error = %e, retry_in = ?backoff.delay(), "waiting for the first desired state");
             }
         }
-        tokio::time::sleep(delay).await;
-        delay = next_retry(delay);
+        tokio::time::sleep(backoff.advance()).await;
     }
 }
 
@@ -151,6 +157,16 @@ fn client(config: &DaemonConfig) -> anyhow::Result<Client> {
 /// The credential, enrolling with the token if there is none yet. Retries while
 /// the manager is unreachable; fails at once if the token is refused.
 pub async fn credential(config: &DaemonConfig, key: PublicKey) -> anyhow::Result<String> {
+    credential_with(&client(config)?, config, key).await
+}
+
+/// [`credential`] through `client` (whose clones then ask first the manager that
+/// enrolled it).
+async fn credential_with(
+    client: &Client,
+    config: &DaemonConfig,
+    key: PublicKey,
+) -> anyhow::Result<String> {
     let file = config.credential_file();
     if let Ok(text) = std::fs::read_to_string(&file) {
         return Ok(text.trim().to_owned());
@@ -161,7 +177,6 @@ pub async fn credential(config: &DaemonConfig, key: PublicKey) -> anyhow::Result
             file.display()
         );
     };
-    let client = client(config)?;
     let request = EnrolRequest {
         token,
         public_key: key,
@@ -280,19 +295,21 @@ pub async fn run<P: Platform + 'static>(
             .instrument(tracing::Span::current()),
         );
 
+        let anonymous = client(&config)?;
         let enrolled = {
             let config = config.clone();
+            let anonymous = anonymous.clone();
             let mut stop = stop_rx.clone();
             async move {
                 tokio::select! {
-                    c = credential(&config, public_key) => c,
+                    c = credential_with(&anonymous, &config, public_key) => c,
                     _ = stop.wait_for(|s| *s) => bail!("stopped before enrolment"),
                 }
             }
         };
         let work = async {
             let credential = enrolled.await?;
-            let client = client(&config)?.with_credential(credential);
+            let client = anonymous.with_credential(credential);
             let reporter = report_loop(
                 client.clone(),
                 config.clone(),
@@ -336,6 +353,11 @@ pub async fn run<P: Platform + 'static>(
     .await
 }
 
+/// Follows the desired state: each long-poll asks for a generation above the one
+/// in force (`after`), whichever manager answers it, so after a switch to another
+/// manager nothing is skipped; and [`LastKnownGood::offer`] refuses anything older
+/// than the state in force and applies an equal one never twice, so a manager that
+/// is behind cannot move the gateway backwards.
 async fn poll_loop(
     client: Client,
     config: &DaemonConfig,
@@ -349,7 +371,7 @@ async fn poll_loop(
     // The first request asks for whatever the manager has, so that a manager that
     // went back in time (restored from an old backup) is noticed and refused.
     let mut first = true;
-    let mut delay = RETRY_FIRST;
+    let mut backoff = Backoff::new();
     loop {
         let after = if first { None } else { lkg.generation() };
         let answer = tokio::select! {
@@ -359,8 +381,10 @@ async fn poll_loop(
         match answer {
             Ok(answer) => {
                 first = false;
-                delay = RETRY_FIRST;
-                let Some(desired) = answer else { continue };
+                let Some(desired) = answer else {
+                    backoff.reset();
+                    continue;
+                };
                 if desired.uplink != config.uplink {
                     return Err(HostingChanged {
                         from: config.uplink.clone(),
@@ -370,6 +394,7 @@ async fn poll_loop(
                 let generation = desired.generation;
                 match lkg.offer(desired) {
                     Ok(Offer::Accepted) => {
+                        backoff.reset();
                         info!(generation, "new desired state accepted and saved");
                         desired_tx.send_replace(lkg.current());
                         digest_tx.send_replace(applied_digest(lkg));
@@ -380,42 +405,39 @@ async fn poll_loop(
                             }
                             changed
                         });
+                        continue;
                     }
                     Ok(Offer::Same) => {
+                        backoff.reset();
                         digest_tx.send_if_modified(|d| {
                             let now = applied_digest(lkg);
                             let changed = *d != now;
                             *d = now;
                             changed
                         });
+                        continue;
                     }
-                    Err(e) => warn!(generation, error = %e, "desired state refused"),
+                    // Asked again at once, a manager would give the same refused
+                    // state again: wait as after a failure.
+                    Err(e) => {
+                        warn!(generation, error = %e, retry_in = ?backoff.delay(), "desired state refused");
+                    }
                 }
-                continue;
             }
             Err(e) => match e.status() {
                 Some(status) if status.as_u16() == 401 || status.as_u16() == 403 => {
                     error!(error = %e, "the manager refuses this gateway's credential; re-enrol with a new token");
                 }
                 Some(_) | None => {
-                    warn!(error = %e, retry_in = ?delay, "cannot fetch the desired state; serving the last-known-good one")
+                    warn!(error = %e, retry_in = ?backoff.delay(), "cannot fetch the desired state; serving the last-known-good one")
                 }
             },
         }
         tokio::select! {
             () = &mut shutdown => return Ok(()),
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(backoff.advance()) => {}
         }
-        delay = next_retry(delay);
     }
-}
-
-/// The first wait before asking the manager again after a failure.
-const RETRY_FIRST: Duration = Duration::from_millis(200);
-
-/// The wait after `delay`: doubled, up to 10 s.
-fn next_retry(delay: Duration) -> Duration {
-    (delay * 2).min(Duration::from_secs(10))
 }
 
 /// The generation in force with the manager's digest of it, if it gave one.

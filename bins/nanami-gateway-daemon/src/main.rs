@@ -31,9 +31,17 @@ enum PlatformKind {
     about = "Nanami's gateway daemon"
 )]
 struct Cli {
-    /// The manager's URL.
-    #[arg(long, default_value = "https://127.0.0.1:7443")]
-    manager: String,
+    /// The manager's URL. Several managers serving the same API (one store) may be
+    /// given, separated by commas or with the flag repeated: the daemon follows
+    /// whichever answers, trying them in order at first.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "https://127.0.0.1:7443",
+        value_delimiter = ',',
+        num_args = 1..
+    )]
+    manager: Vec<String>,
     /// The CA certificate of the manager (from `nanami-gateway-manager init`).
     #[arg(long)]
     ca: Option<PathBuf>,
@@ -143,8 +151,14 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
     let gateway =
         GatewayId::new(cli.gateway.context("--gateway is required")?).context("--gateway")?;
     let token = nanami_api::service::read_token_file(cli.token_file.as_deref())?;
+    // A bad list is an error now, not at the first call.
+    let managers = nanami_api::Client::with_urls(&cli.manager, cli.ca.as_deref())
+        .context("--manager")?
+        .managers()
+        .collect::<Vec<_>>()
+        .join(",");
     let config = DaemonConfig {
-        manager: cli.manager,
+        manager: managers,
         ca: cli.ca,
         gateway,
         state_dir: cli.state_dir.clone(),
@@ -166,7 +180,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
         prober: None,
         uplink: None,
     };
-    info!(gateway = %config.gateway, %public_key, "starting");
+    info!(gateway = %config.gateway, %public_key, managers = %config.manager, "starting");
     match cli.platform {
         PlatformKind::Linux => {
             // Hosted or not is the manager's word (the topology's `uplink`), known

@@ -652,3 +652,88 @@ pub fn stored_revision(db: &Path) -> i64 {
         })
         .unwrap()
 }
+
+/// [`Daemon::start`] given `managers` (one URL or several separated by commas, as
+/// `--manager` takes them) instead of `env`'s manager alone.
+pub async fn start_daemon_at(
+    env: &Env,
+    managers: &str,
+    gateway: &str,
+    state_dir: &Path,
+    token: Option<String>,
+) -> Daemon {
+    let key = nanami_gateway_daemon::ensure_key(&state_dir.join("private.key")).unwrap();
+    let (status_tx, status) = watch::channel(Status::default());
+    let prober: Arc<FakeProber> = Arc::default();
+    let config = DaemonConfig {
+        manager: managers.to_owned(),
+        ca: Some(env.ca()),
+        gateway: GatewayId::new(gateway).unwrap(),
+        state_dir: state_dir.to_owned(),
+        token,
+        report_every: Duration::from_millis(REPORT_MS),
+        poll_wait: Duration::from_secs(5),
+        reconcile: nanami_reconcile::Config::default(),
+        facts: None,
+        status_out: Some(Arc::new(status_tx)),
+        probe: PROBE,
+        prober: Some(prober.clone()),
+        uplink: None,
+    };
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let join = tokio::spawn(nanami_gateway_daemon::run(
+        config,
+        key,
+        SimPlatform::new(GatewayState::default()),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    Daemon {
+        state_dir: state_dir.to_owned(),
+        status,
+        prober,
+        stop: Some(stop_tx),
+        join: Some(join),
+    }
+}
+
+/// The in-process daemons' log lines so far, of gateway `gateway`'s daemon.
+pub fn daemon_log(gateway: &str) -> Vec<String> {
+    let span = format!("daemon{{gateway={gateway}}}");
+    let bytes = log_buffer().lock().unwrap().clone();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter(|l| l.contains(&span))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The generations gateway `gateway`'s daemon accepted (saved and put in force),
+/// in the order it did.
+pub fn accepted_generations(gateway: &str) -> Vec<u64> {
+    daemon_log(gateway)
+        .iter()
+        .filter(|l| l.contains("new desired state accepted and saved"))
+        .map(|l| {
+            let (_, rest) = l.rsplit_once("generation=").unwrap();
+            rest.split_whitespace().next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+/// Copies directory `from` into `to` (files and subdirectories; directories 0700).
+pub fn copy_dir(from: &Path, to: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use nanami_api::wire::{EnrolRequest, Subject};
-use nanami_api::Client;
+use nanami_api::client::Backoff;
 use nanami_model::{Failover, GatewayId, GatewayState, NetworkId, NodeConfig, PublicKey};
 use nanami_reconcile::{Desired, Reconciler};
 use nanami_wg::linux::{LinuxConfig, LinuxPlatform};
@@ -220,11 +220,7 @@ impl Agent<'_> {
 
     /// A configuration from the manager: saved, then in force.
     fn accept(&mut self, saved: Saved) {
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|c| c.config == saved.config)
-        {
+        if !is_news(self.current.as_ref(), &saved) {
             return;
         }
         if let Err(e) = self.dir.save_config(&saved) {
@@ -329,7 +325,7 @@ async fn credential(
     let Some(token) = settings.token.clone() else {
         bail!("not enrolled yet: give an enrolment token (--token-file) for node {} and public key {public_key}", settings.node);
     };
-    let client = Client::new(&settings.manager, settings.ca.as_deref())?;
+    let client = &settings.client;
     let request = EnrolRequest {
         token,
         public_key,
@@ -352,28 +348,25 @@ async fn credential(
     Ok(response.credential)
 }
 
-/// Follows the node's configuration (long-poll) and hands each new one over.
+/// Follows the node's configuration (long-poll) and hands each new one over. Each
+/// long-poll waits past the version last handed over, whichever manager answers
+/// it, so a switch to another manager skips nothing; one that is behind answers
+/// with another version, which [`is_news`] weighs.
 async fn poll(
     settings: Settings,
     credential: String,
     mut after: Option<String>,
     tx: mpsc::Sender<Saved>,
 ) {
-    let client = match Client::new(&settings.manager, settings.ca.as_deref()) {
-        Ok(c) => c.with_credential(credential),
-        Err(e) => {
-            error!(error = %e, "cannot set up the manager's client");
-            return;
-        }
-    };
-    let mut delay = Duration::from_millis(200);
+    let client = settings.client.clone().with_credential(credential);
+    let mut backoff = Backoff::new();
     loop {
         match client
             .node_config_watch(&settings.node, after.as_deref(), settings.poll_wait)
             .await
         {
             Ok(Some((version, config))) => {
-                delay = Duration::from_millis(200);
+                backoff.reset();
                 if config.node != settings.node {
                     warn!(got = %config.node, "the manager sent another node's configuration; ignored");
                 } else {
@@ -385,7 +378,7 @@ async fn poll(
                 continue;
             }
             Ok(None) => {
-                delay = Duration::from_millis(200);
+                backoff.reset();
                 continue;
             }
             Err(e) => match e.status().map(|s| s.as_u16()) {
@@ -393,11 +386,66 @@ async fn poll(
                     error!(error = %e, "the manager refuses this node's credential; re-enrol with a new token")
                 }
                 Some(_) | None => {
-                    warn!(error = %e, retry_in = ?delay, "cannot fetch the configuration; keeping the last-known-good one")
+                    warn!(error = %e, retry_in = ?backoff.delay(), "cannot fetch the configuration; keeping the last-known-good one")
                 }
             },
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(10));
+        tokio::time::sleep(backoff.advance()).await;
+    }
+}
+
+/// Whether `offered` changes the configuration in force: not when it is the
+/// version in force (the same version again, from the same manager or another
+/// after a switch) or the same configuration. Versions are digests of the content,
+/// not ordered: a manager that is behind and serves an older configuration is
+/// not told apart from one whose topology went back to it; the next long-poll
+/// (after the version just taken) brings the newer one again from whichever
+/// manager is ahead.
+fn is_news(current: Option<&Saved>, offered: &Saved) -> bool {
+    current.is_none_or(|c| c.version != offered.version && c.config != offered.config)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use nanami_model::{NodeId, WorkspaceId};
+
+    use super::*;
+
+    fn saved(version: &str, mtu: u32) -> Saved {
+        Saved {
+            version: version.into(),
+            config: NodeConfig {
+                node: NodeId::new("laptop-1").unwrap(),
+                workspace: WorkspaceId::new("acme").unwrap(),
+                public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".parse().unwrap(),
+                addresses: BTreeSet::new(),
+                mtu,
+                peers: Vec::new(),
+                unassigned: BTreeSet::new(),
+                gateways: BTreeMap::new(),
+                exit: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_version_already_in_force_is_ignored() {
+        let current = saved("aa11", 1420);
+        assert!(is_news(None, &current), "the first configuration");
+        assert!(
+            !is_news(Some(&current), &saved("aa11", 1420)),
+            "the same version again (another manager, after a switch)"
+        );
+        assert!(
+            !is_news(Some(&current), &saved("aa11", 1280)),
+            "the version in force, whatever it carries"
+        );
+        assert!(
+            !is_news(Some(&current), &saved("bb22", 1420)),
+            "the same configuration under another version"
+        );
+        assert!(is_news(Some(&current), &saved("bb22", 1280)));
     }
 }

@@ -15,6 +15,11 @@
 //! comes back gets its clients back after `--hold-down-ms` of steady answers. The
 //! manager's lists win: local probes only ever skip a gateway that does not answer.
 //!
+//! Given several managers (`--manager a,b`: active-active, one store), it follows
+//! whichever answers (see [`nanami_api::Client`]), keeping its credential and
+//! last-known-good configuration across a switch, and resumes its long-poll after
+//! the version in force.
+//!
 //! On SIGTERM or Ctrl-C it removes what it created (device, routes, rules).
 
 mod agent;
@@ -25,6 +30,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use nanami_api::Client;
 use nanami_model::{InterfaceName, NodeId, ProbePolicy};
 
 pub use agent::run;
@@ -33,9 +39,17 @@ pub use saved::StateDir;
 /// `nanami connect` arguments.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// The manager's URL.
-    #[arg(long, default_value = "https://127.0.0.1:7443")]
-    pub manager: String,
+    /// The manager's URL. Several managers serving the same API (one store) may be
+    /// given, separated by commas or with the flag repeated: the agent follows
+    /// whichever answers, trying them in order at first.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "https://127.0.0.1:7443",
+        value_delimiter = ',',
+        num_args = 1..
+    )]
+    pub manager: Vec<String>,
     /// The CA certificate of the manager.
     #[arg(long)]
     pub ca: Option<PathBuf>,
@@ -80,10 +94,9 @@ const fn duration_ms(d: Duration) -> u64 {
 /// The agent's settings, checked.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Manager URL.
-    pub manager: String,
-    /// Manager CA.
-    pub ca: Option<PathBuf>,
+    /// The manager(s), without a credential: clones share which manager answered
+    /// last.
+    pub client: Client,
     /// This node.
     pub node: NodeId,
     /// State directory.
@@ -119,9 +132,9 @@ impl Settings {
             bail!("--dead-after-ms must be at least --probe-interval-ms, which must not be 0");
         }
         let token = nanami_api::service::read_token_file(args.token_file.as_deref())?;
+        let client = Client::with_urls(&args.manager, args.ca.as_deref()).context("--manager")?;
         Ok(Self {
-            manager: args.manager,
-            ca: args.ca,
+            client,
             node,
             state_dir: args.state_dir,
             token,
