@@ -321,8 +321,13 @@ mod tests {
             let regions = p.applied.docs.regions.as_ref().clone();
             follow_stored(&docs, Some(&t), regions, &ids, written).expect("valid")
         };
-        let changed = handle_write(&docs, Some(&t), disable("acme", "acme-n1"), &Precondition::Any)
-            .expect("accepted");
+        let changed = handle_write(
+            &docs,
+            Some(&t),
+            disable("acme", "acme-n1"),
+            &Precondition::Any,
+        )
+        .expect("accepted");
         let (d, topology) = follow(&changed);
         assert_eq!(d, changed.applied.docs);
         assert_eq!(topology, changed.topology);

@@ -112,9 +112,13 @@ pub fn init(layout: &Layout, names: &[String], store: Option<&dyn Store>) -> Res
             .map_err(io)?;
     }
     let own_store = store.is_none().then(|| layout.store());
-    for p in [layout.ca_cert(), layout.server_cert(), layout.control_token()]
-        .into_iter()
-        .chain(own_store)
+    for p in [
+        layout.ca_cert(),
+        layout.server_cert(),
+        layout.control_token(),
+    ]
+    .into_iter()
+    .chain(own_store)
     {
         if p.exists() {
             return Err(InitError::Exists(p));

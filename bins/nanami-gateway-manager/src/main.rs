@@ -132,7 +132,12 @@ struct StoreArgs {
     /// PostgreSQL URL (`postgres://user@host:5432/db?sslmode=require`) that any
     /// number of managers share. Prefer the environment variable for a URL with a
     /// password: command lines are visible to every user of the host.
-    #[arg(long = "store", env = "NANAMI_STORE", default_value = "sqlite", hide_env_values = true)]
+    #[arg(
+        long = "store",
+        env = "NANAMI_STORE",
+        default_value = "sqlite",
+        hide_env_values = true
+    )]
     url: String,
     /// Connections to PostgreSQL this manager opens at most.
     #[arg(long = "store-pool-size", default_value_t = 16)]
@@ -224,7 +229,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate { dir, store } => {
             let status = store.open(&Layout::new(&dir), true)?.status()?;
-            println!("store schema version {} (this manager knows {})", status.version, status.known);
+            println!(
+                "store schema version {} (this manager knows {})",
+                status.version, status.known
+            );
             Ok(())
         }
         Command::Check { dir, store } => {

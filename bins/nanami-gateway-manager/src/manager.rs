@@ -477,7 +477,11 @@ fn lease_holder() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "host".to_owned());
-    format!("{host}/{}/{:08x}", std::process::id(), rand::random::<u32>())
+    format!(
+        "{host}/{}/{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 /// The documents and topology after another manager's stored change.
@@ -486,8 +490,8 @@ fn follow(
     topology: Option<&Topology>,
     stored: TopologyChanges,
 ) -> Result<(u64, Docs, Topology), StoreError> {
-    let regions: Vec<RegionDoc> = serde_json::from_str(&stored.catalog)
-        .map_err(|e| corrupt_row("topology_meta", e))?;
+    let regions: Vec<RegionDoc> =
+        serde_json::from_str(&stored.catalog).map_err(|e| corrupt_row("topology_meta", e))?;
     let written = stored
         .written
         .iter()
@@ -715,7 +719,10 @@ impl Manager {
                     if attempts < WRITE_ATTEMPTS =>
                 {
                     attempts += 1;
-                    info!(expected, current, "another manager wrote first; deciding again");
+                    info!(
+                        expected,
+                        current, "another manager wrote first; deciding again"
+                    );
                     if !self.store.shared() {
                         self.catch_up_locked()?;
                     }
@@ -1055,7 +1062,10 @@ impl Manager {
             return;
         }
         self.tokens_swept_at.store(now.max(1), Ordering::Relaxed);
-        match self.store.expire_tokens((now_ms() / 1000).saturating_sub(86_400)) {
+        match self
+            .store
+            .expire_tokens((now_ms() / 1000).saturating_sub(86_400))
+        {
             Ok(0) => {}
             Ok(n) => info!(tokens = n, "expired enrolment tokens deleted"),
             Err(e) => warn!(error = %e, "cannot delete expired enrolment tokens"),
@@ -1091,7 +1101,9 @@ impl Manager {
             if wall.saturating_sub(row.received_unix_ms) < limit {
                 inner.last_seen.insert(row.gateway.clone(), now);
             }
-            inner.paths.insert(row.gateway.clone(), path_verdicts(&report));
+            inner
+                .paths
+                .insert(row.gateway.clone(), path_verdicts(&report));
             inner.observed.insert(
                 row.gateway.clone(),
                 ObservedRecord {

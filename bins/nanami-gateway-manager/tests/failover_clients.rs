@@ -14,8 +14,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    accepted_generations, client_key, copy_dir, daemon_log, free_port, gateway_key,
-    spawn_manager, start_daemon_at, until, Env,
+    accepted_generations, client_key, copy_dir, daemon_log, free_port, gateway_key, spawn_manager,
+    start_daemon_at, until, Env,
 };
 use nanami_model::PublicKey;
 
@@ -176,10 +176,14 @@ async fn a_manager_that_is_behind_does_not_move_the_daemon_back() {
     // runs a generation it did not issue and serves its state again above it.
     let healed = converged(&env, "gw-r").await;
     assert!(healed > newer, "{healed} > {newer}");
-    until("the daemon to apply the healed state", Duration::from_secs(10), || {
-        let applied = daemon.status.borrow().applied_generation;
-        async move { (applied == Some(healed)).then_some(()) }
-    })
+    until(
+        "the daemon to apply the healed state",
+        Duration::from_secs(10),
+        || {
+            let applied = daemon.status.borrow().applied_generation;
+            async move { (applied == Some(healed)).then_some(()) }
+        },
+    )
     .await;
     // Strictly increasing: nothing at or below `newer` came after it.
     let accepted = accepted_once_in_order("gw-r", healed);

@@ -163,10 +163,16 @@ fn topology_rows_and_revisions(store: &dyn Store) {
         .unwrap();
     assert_eq!((c.revision, c.seq), (1, 2));
     let a2 = ws("a", Some("{\"id\":\"a\",\"x\":1}"));
-    assert_eq!(put(store, 2, None, std::slice::from_ref(&a2), false, &none).unwrap(), (2, 3));
+    assert_eq!(
+        put(store, 2, None, std::slice::from_ref(&a2), false, &none).unwrap(),
+        (2, 3)
+    );
     let stored = store.load().unwrap().topology.unwrap();
     assert_eq!(stored.revision, 2);
-    assert_eq!(stored.catalog, "[1]", "a workspace change keeps the catalog");
+    assert_eq!(
+        stored.catalog, "[1]",
+        "a workspace change keeps the catalog"
+    );
     assert_eq!(
         stored.workspaces,
         [
@@ -174,15 +180,24 @@ fn topology_rows_and_revisions(store: &dyn Store) {
             ("b".to_owned(), b.1.clone().unwrap())
         ]
     );
-    assert_eq!(put(store, 3, None, &[ws("b", None)], false, &none).unwrap(), (3, 4));
+    assert_eq!(
+        put(store, 3, None, &[ws("b", None)], false, &none).unwrap(),
+        (3, 4)
+    );
     assert_eq!(store.load().unwrap().topology.unwrap().workspaces.len(), 1);
     // An import replaces every row.
-    assert_eq!(put(store, 4, Some("[]"), std::slice::from_ref(&b), true, &none).unwrap(), (4, 5));
+    assert_eq!(
+        put(store, 4, Some("[]"), std::slice::from_ref(&b), true, &none).unwrap(),
+        (4, 5)
+    );
     let stored = store.load().unwrap().topology.unwrap();
     assert_eq!(stored.workspaces, [("b".to_owned(), b.1.unwrap())]);
     assert_eq!(stored.catalog, "[]");
     let status = store.status().unwrap();
-    assert_eq!((status.version, status.seq, status.revision), (status.known, 5, 4));
+    assert_eq!(
+        (status.version, status.seq, status.revision),
+        (status.known, 5, 4)
+    );
 }
 
 fn a_write_decided_on_an_old_state_is_refused_whole(store: &dyn Store) {
@@ -192,7 +207,13 @@ fn a_write_decided_on_an_old_state_is_refused_whole(store: &dyn Store) {
     let later = BTreeMap::from([(gw("g1"), row(2, "{\"x\":1}"))]);
     let err = put(store, 0, None, &[ws("a", Some("{\"y\":1}"))], false, &later).unwrap_err();
     assert!(
-        matches!(err, StoreError::Stale { expected: 0, current: 1 }),
+        matches!(
+            err,
+            StoreError::Stale {
+                expected: 0,
+                current: 1
+            }
+        ),
         "{err}"
     );
     let health = StoredHealth {
@@ -200,7 +221,16 @@ fn a_write_decided_on_an_old_state_is_refused_whole(store: &dyn Store) {
         ..StoredHealth::default()
     };
     let err = store.put_health(7, &health, &later).unwrap_err();
-    assert!(matches!(err, StoreError::Stale { expected: 7, current: 1 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::Stale {
+                expected: 7,
+                current: 1
+            }
+        ),
+        "{err}"
+    );
     let after = store.load().unwrap();
     assert_eq!(after.topology, before.topology, "nothing was written");
     assert_eq!(after.gateways, before.gateways);
@@ -209,13 +239,20 @@ fn a_write_decided_on_an_old_state_is_refused_whole(store: &dyn Store) {
 }
 
 fn changes_are_exactly_what_was_written_since(store: &dyn Store) {
-    assert_eq!(store.changes(0).unwrap(), None, "an empty store has no changes");
+    assert_eq!(
+        store.changes(0).unwrap(),
+        None,
+        "an empty store has no changes"
+    );
     let rows = BTreeMap::from([(gw("g1"), row(1, "{}")), (gw("g2"), row(1, "{}"))]);
     let (_, s1) = put(
         store,
         0,
         Some("[\"r\"]"),
-        &[ws("a", Some("{\"id\":\"a\"}")), ws("b", Some("{\"id\":\"b\"}"))],
+        &[
+            ws("a", Some("{\"id\":\"a\"}")),
+            ws("b", Some("{\"id\":\"b\"}")),
+        ],
         true,
         &rows,
     )
@@ -243,7 +280,10 @@ fn changes_are_exactly_what_was_written_since(store: &dyn Store) {
     assert_eq!(since.seq, s2);
     let t = since.topology.unwrap();
     assert_eq!(t.ids, BTreeSet::from(["a".to_owned()]), "b was deleted");
-    assert_eq!(t.written, [("a".to_owned(), "{\"id\":\"a\",\"v\":2}".to_owned())]);
+    assert_eq!(
+        t.written,
+        [("a".to_owned(), "{\"id\":\"a\",\"v\":2}".to_owned())]
+    );
     assert_eq!(since.gateways, g2);
     // A health change carries no topology.
     let health = StoredHealth {
@@ -273,7 +313,11 @@ fn health_is_stored_whole_with_its_rows(store: &dyn Store) {
         unhealthy: BTreeSet::new(),
     };
     store.put_health(s1, &second, &BTreeMap::new()).unwrap();
-    assert_eq!(store.changes(0).unwrap().unwrap().health, second, "replaced whole");
+    assert_eq!(
+        store.changes(0).unwrap().unwrap().health,
+        second,
+        "replaced whole"
+    );
 }
 
 fn reports_are_read_back_in_order(store: &dyn Store) {
@@ -288,9 +332,16 @@ fn reports_are_read_back_in_order(store: &dyn Store) {
     store.put_observed(&gw("g1"), 102, "{\"n\":3}").unwrap();
     let after = store.observed_since(rows[1].seq, 10).unwrap();
     assert_eq!(after.len(), 1);
-    assert_eq!((after[0].gateway.as_str(), after[0].report.as_str()), ("g1", "{\"n\":3}"));
+    assert_eq!(
+        (after[0].gateway.as_str(), after[0].report.as_str()),
+        ("g1", "{\"n\":3}")
+    );
     assert_eq!(after[0].received_unix_ms, 102);
-    assert_eq!(store.observed_since(0, 1).unwrap().len(), 1, "the limit holds");
+    assert_eq!(
+        store.observed_since(0, 1).unwrap().len(),
+        1,
+        "the limit holds"
+    );
     let snap = store.load().unwrap();
     assert_eq!(snap.observed[&gw("g1")], (102, "{\"n\":3}".to_owned()));
     assert_eq!(snap.observed_cursor, after[0].seq);
@@ -300,15 +351,28 @@ fn a_lease_is_one_holders_until_it_expires(store: &dyn Store) {
     assert!(store.try_lease("health", "a", 400).unwrap());
     assert!(!store.try_lease("health", "b", 400).unwrap(), "a holds it");
     assert!(store.try_lease("health", "a", 400).unwrap(), "a renews it");
-    assert!(store.try_lease("other", "b", 400).unwrap(), "leases are by name");
+    assert!(
+        store.try_lease("other", "b", 400).unwrap(),
+        "leases are by name"
+    );
     // Once a stops renewing, b gets it within the lease's time.
     let start = Instant::now();
     while !store.try_lease("health", "b", 60_000).unwrap() {
-        assert!(start.elapsed() < Duration::from_secs(5), "the lease never expired");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the lease never expired"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
-    assert!(start.elapsed() >= Duration::from_millis(300), "expired early: {:?}", start.elapsed());
-    assert!(!store.try_lease("health", "a", 400).unwrap(), "now b holds it");
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "expired early: {:?}",
+        start.elapsed()
+    );
+    assert!(
+        !store.try_lease("health", "a", 400).unwrap(),
+        "now b holds it"
+    );
 }
 
 fn a_token_is_redeemed_once_and_expires(store: &dyn Store) {
@@ -316,24 +380,36 @@ fn a_token_is_redeemed_once_and_expires(store: &dyn Store) {
     let subject = Subject::Gateway(gw("g1"));
     store.add_token(&[1; 32], &subject, 1_000).unwrap();
     store.add_token(&[2; 32], &subject, 10).unwrap();
-    assert_eq!(store.token_subject(&[1; 32], 500).unwrap(), Some(subject.clone()));
+    assert_eq!(
+        store.token_subject(&[1; 32], 500).unwrap(),
+        Some(subject.clone())
+    );
     assert_eq!(store.token_subject(&[2; 32], 500).unwrap(), None, "expired");
     let other = Subject::Node(NodeId::new("n1").unwrap());
     assert_eq!(
-        store.redeem_token(&[1; 32], 500, &other, &key, &[9; 32]).unwrap(),
+        store
+            .redeem_token(&[1; 32], 500, &other, &key, &[9; 32])
+            .unwrap(),
         Redeemed::Refused,
         "for another subject"
     );
     assert_eq!(
-        store.redeem_token(&[1; 32], 500, &subject, &key, &[9; 32]).unwrap(),
+        store
+            .redeem_token(&[1; 32], 500, &subject, &key, &[9; 32])
+            .unwrap(),
         Redeemed::Enrolled(subject.clone())
     );
     assert_eq!(
-        store.redeem_token(&[1; 32], 501, &subject, &key, &[8; 32]).unwrap(),
+        store
+            .redeem_token(&[1; 32], 501, &subject, &key, &[8; 32])
+            .unwrap(),
         Redeemed::Refused,
         "used"
     );
-    assert_eq!(store.principal(&[9; 32]).unwrap().unwrap().0, Principal::Gateway(gw("g1")));
+    assert_eq!(
+        store.principal(&[9; 32]).unwrap().unwrap().0,
+        Principal::Gateway(gw("g1"))
+    );
     assert_eq!(store.load().unwrap().gateway_keys[&gw("g1")], key);
     // Used at 500, expired at 10: both go before 600; nothing unexpired does.
     store.add_token(&[3; 32], &subject, 10_000).unwrap();
@@ -342,15 +418,31 @@ fn a_token_is_redeemed_once_and_expires(store: &dyn Store) {
 }
 
 fn credentials_are_found_replaced_and_revoked(store: &dyn Store) {
-    store.set_api_credential(&Principal::Platform, &[1; 32]).unwrap();
-    store.set_api_credential(&Principal::Operator, &[2; 32]).unwrap();
-    store.set_api_credential(&Principal::Platform, &[3; 32]).unwrap();
+    store
+        .set_api_credential(&Principal::Platform, &[1; 32])
+        .unwrap();
+    store
+        .set_api_credential(&Principal::Operator, &[2; 32])
+        .unwrap();
+    store
+        .set_api_credential(&Principal::Platform, &[3; 32])
+        .unwrap();
     assert_eq!(store.principal(&[1; 32]).unwrap(), None, "replaced");
-    assert_eq!(store.principal(&[3; 32]).unwrap(), Some((Principal::Platform, [3; 32])));
-    assert_eq!(store.principal(&[2; 32]).unwrap(), Some((Principal::Operator, [2; 32])));
+    assert_eq!(
+        store.principal(&[3; 32]).unwrap(),
+        Some((Principal::Platform, [3; 32]))
+    );
+    assert_eq!(
+        store.principal(&[2; 32]).unwrap(),
+        Some((Principal::Operator, [2; 32]))
+    );
     let acme = WorkspaceId::new("acme").unwrap();
-    store.add_workspace_credential(&acme, &[4; 32], &audit(Some("acme"), "cred")).unwrap();
-    store.add_workspace_credential(&acme, &[5; 32], &audit(Some("acme"), "cred")).unwrap();
+    store
+        .add_workspace_credential(&acme, &[4; 32], &audit(Some("acme"), "cred"))
+        .unwrap();
+    store
+        .add_workspace_credential(&acme, &[5; 32], &audit(Some("acme"), "cred"))
+        .unwrap();
     assert_eq!(
         store.principal(&[5; 32]).unwrap(),
         Some((Principal::Workspace(acme.clone()), [5; 32]))
@@ -398,7 +490,10 @@ fn the_audit_trail_pages_by_workspace(store: &dyn Store) {
     assert_eq!(page[0].seq, all[1].seq);
     let acme_only = store.audit(0, 10, Some(&acme)).unwrap();
     assert_eq!(
-        acme_only.iter().map(|e| e.object.id.as_str()).collect::<Vec<_>>(),
+        acme_only
+            .iter()
+            .map(|e| e.object.id.as_str())
+            .collect::<Vec<_>>(),
         ["c0", "c2"]
     );
 }
@@ -447,8 +542,17 @@ fn postgres_a_write_through_one_store_wakes_every_other() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(b.changes(0).unwrap().unwrap().seq, 1);
-    assert!(b.shared() && !SqliteStore::open(&std::env::temp_dir().join(format!("nmt-conf-shared-{}.db", std::process::id()))).unwrap().shared());
-    let _ = std::fs::remove_file(std::env::temp_dir().join(format!("nmt-conf-shared-{}.db", std::process::id())));
+    assert!(
+        b.shared()
+            && !SqliteStore::open(
+                &std::env::temp_dir().join(format!("nmt-conf-shared-{}.db", std::process::id()))
+            )
+            .unwrap()
+            .shared()
+    );
+    let _ = std::fs::remove_file(
+        std::env::temp_dir().join(format!("nmt-conf-shared-{}.db", std::process::id())),
+    );
 }
 
 #[test]
@@ -462,9 +566,15 @@ fn postgres_managers_starting_together_migrate_once_and_a_newer_schema_is_refuse
     let status = stores[0].status().unwrap();
     assert_eq!(status.version, status.known);
     let name = url.rsplit('/').next().unwrap();
-    assert_eq!(server.psql(name, "SELECT count(*) FROM schema_version"), "1");
+    assert_eq!(
+        server.psql(name, "SELECT count(*) FROM schema_version"),
+        "1"
+    );
     drop(stores);
-    server.psql(name, &format!("UPDATE schema_version SET version = {}", status.known + 1));
+    server.psql(
+        name,
+        &format!("UPDATE schema_version SET version = {}", status.known + 1),
+    );
     let err = PgStore::connect(&PgOptions {
         url: url.clone(),
         pool_size: 1,
@@ -490,10 +600,16 @@ fn postgres_a_bad_url_or_missing_ca_is_a_clear_error_and_the_url_is_never_shown(
         pool_size: 1,
         ca: None,
     };
-    let err = PgStore::connect(&options("postgres://u:hunter2@127.0.0.1:1/db?sslmode=bogus")).unwrap_err();
+    let err = PgStore::connect(&options(
+        "postgres://u:hunter2@127.0.0.1:1/db?sslmode=bogus",
+    ))
+    .unwrap_err();
     assert!(matches!(err, StoreError::Config(_)), "{err}");
     assert!(!err.to_string().contains("hunter2"), "{err}");
-    let err = PgStore::connect(&options("postgres://u:hunter2@127.0.0.1:1/db?sslmode=require")).unwrap_err();
+    let err = PgStore::connect(&options(
+        "postgres://u:hunter2@127.0.0.1:1/db?sslmode=require",
+    ))
+    .unwrap_err();
     assert!(err.to_string().contains("--store-ca"), "{err}");
     assert!(!format!("{:?}", options("postgres://u:hunter2@h/db")).contains("hunter2"));
     // Nothing listens there: unavailable, quickly, without the password.
@@ -503,9 +619,59 @@ fn postgres_a_bad_url_or_missing_ca_is_a_clear_error_and_the_url_is_never_shown(
         .local_addr()
         .unwrap()
         .port();
-    let err = PgStore::connect(&options(&format!("postgres://u:hunter2@127.0.0.1:{port}/db")))
+    let err = PgStore::connect(&options(&format!(
+        "postgres://u:hunter2@127.0.0.1:{port}/db"
+    )))
     .unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     assert!(!err.to_string().contains("hunter2"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+/// `check` changes nothing and fails until `migrate` ran; then both succeed, on
+/// PostgreSQL and on SQLite.
+#[test]
+fn migrate_and_check_commands() {
+    let manager = env!("CARGO_BIN_EXE_nanami-gateway-manager");
+    let dir = std::env::temp_dir().join(format!("nmt-conf-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |args: &[&str], store: &str| {
+        let out = std::process::Command::new(manager)
+            .args(args)
+            .arg("--dir")
+            .arg(&dir)
+            .env("NANAMI_STORE", store)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let server = pg::PgServer::shared();
+    let url = server.database("cli");
+    let (ok, text) = run(&["check"], &url);
+    assert!(!ok && text.contains("migrate"), "{text}");
+    let name = url.rsplit('/').next().unwrap();
+    assert_eq!(
+        server.psql(
+            name,
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        "0",
+        "check created nothing"
+    );
+    let (ok, text) = run(&["migrate"], &url);
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["check"], &url);
+    assert!(ok && text.contains("schema version 1"), "{text}");
+    // SQLite: init creates and migrates the store; check reads it.
+    let (ok, text) = run(&["init"], "sqlite");
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["check"], "sqlite");
+    assert!(ok, "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

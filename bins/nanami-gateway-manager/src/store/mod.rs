@@ -364,9 +364,9 @@ fn principal_of(
     let principal = match kind {
         "control" => Principal::Platform,
         "operator" => Principal::Operator,
-        "workspace" => Principal::Workspace(
-            WorkspaceId::new(subject).map_err(|e| corrupt("credentials", e))?,
-        ),
+        "workspace" => {
+            Principal::Workspace(WorkspaceId::new(subject).map_err(|e| corrupt("credentials", e))?)
+        }
         "gateway" => {
             Principal::Gateway(GatewayId::new(subject).map_err(|e| corrupt("credentials", e))?)
         }

@@ -19,20 +19,20 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use deadpool_postgres::{GenericClient, Transaction};
 use deadpool_postgres::{Manager as PoolManager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use nanami_api::wire::Subject;
 use nanami_model::{GatewayId, PublicKey, WorkspaceId};
 use tokio::sync::watch;
 use tokio_postgres::config::SslMode;
-use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls};
 use tracing::{info, warn};
 
 use super::{
     api_kind, corrupt, gateway_id, parse_subject, principal_of, revocable, subject_parts, to_i64,
     to_u64, unhealthy_pair, AuditEntry, Changes, Committed, Digest, GatewayRow, ObservedRow,
-    Principal, Redeemed, SchemaStatus, Snapshot, Store, StoreError, StoredHealth,
-    StoredTopology, TopologyChanges, TopologyWrite,
+    Principal, Redeemed, SchemaStatus, Snapshot, Store, StoreError, StoredHealth, StoredTopology,
+    TopologyChanges, TopologyWrite,
 };
 
 /// The channel every write notifies.
@@ -170,9 +170,12 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Unavailable(format!("database connection: {e}"))
 }
 
-fn tls_config(ca: &std::path::Path) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
-    let pem = std::fs::read(ca)
-        .map_err(|e| StoreError::Config(format!("reading the database CA {}: {e}", ca.display())))?;
+fn tls_config(
+    ca: &std::path::Path,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let pem = std::fs::read(ca).map_err(|e| {
+        StoreError::Config(format!("reading the database CA {}: {e}", ca.display()))
+    })?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile_certs(&pem, ca)? {
         roots
@@ -320,7 +323,9 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     for (n, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let to = u32::try_from(n + 1).unwrap_or(u32::MAX);
         tx.batch_execute(sql).await.map_err(pg)?;
-        tx.execute("DELETE FROM schema_version", &[]).await.map_err(pg)?;
+        tx.execute("DELETE FROM schema_version", &[])
+            .await
+            .map_err(pg)?;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES ($1)",
             &[&i32::try_from(to).unwrap_or(i32::MAX)],
@@ -360,7 +365,8 @@ async fn listen(config: tokio_postgres::Config, tls: Tls, tx: watch::Sender<u64>
                 }
             }
         }
-        let delay = nanami_reconcile::backoff_delay(&backoff, failures.max(1), &mut rand::thread_rng());
+        let delay =
+            nanami_reconcile::backoff_delay(&backoff, failures.max(1), &mut rand::thread_rng());
         tokio::time::sleep(delay).await;
     }
 }
@@ -451,9 +457,12 @@ async fn next_seq(tx: &Transaction<'_>, expected: u64) -> Result<u64, StoreError
         return Err(StoreError::Stale { expected, current });
     }
     let seq = current + 1;
-    tx.execute("UPDATE store_seq SET seq = $1 WHERE id = 1", &[&to_i64(seq)])
-        .await
-        .map_err(pg)?;
+    tx.execute(
+        "UPDATE store_seq SET seq = $1 WHERE id = 1",
+        &[&to_i64(seq)],
+    )
+    .await
+    .map_err(pg)?;
     tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &seq.to_string()])
         .await
         .map_err(pg)?;
@@ -503,7 +512,14 @@ async fn write_rows(
            AS r(id, generation, state, targets, uplink)
          ON CONFLICT (id) DO UPDATE SET generation = excluded.generation, state = excluded.state,
          health_targets = excluded.health_targets, uplink = excluded.uplink, seq = excluded.seq",
-        &[&ids, &generations, &states, &targets, &uplinks, &to_i64(seq)],
+        &[
+            &ids,
+            &generations,
+            &states,
+            &targets,
+            &uplinks,
+            &to_i64(seq),
+        ],
     )
     .await
     .map_err(pg)?;
@@ -539,14 +555,18 @@ async fn read_health(client: &impl GenericClient) -> Result<StoredHealth, StoreE
         .await
         .map_err(pg)?
     {
-        health.offline.insert(gateway_id("offline_gateways", row.get(0))?);
+        health
+            .offline
+            .insert(gateway_id("offline_gateways", row.get(0))?);
     }
     for row in client
         .query("SELECT gateway, network FROM unhealthy_paths", &[])
         .await
         .map_err(pg)?
     {
-        health.unhealthy.insert(unhealthy_pair(row.get(0), row.get(1))?);
+        health
+            .unhealthy
+            .insert(unhealthy_pair(row.get(0), row.get(1))?);
     }
     Ok(health)
 }
@@ -602,7 +622,10 @@ impl Store for PgStore {
                 ..Snapshot::default()
             };
             if let Some(meta) = tx
-                .query_opt("SELECT revision, catalog FROM topology_meta WHERE id = 1", &[])
+                .query_opt(
+                    "SELECT revision, catalog FROM topology_meta WHERE id = 1",
+                    &[],
+                )
                 .await
                 .map_err(pg)?
             {
@@ -622,7 +645,10 @@ impl Store for PgStore {
             snap.gateways = read_rows(&tx, -1).await?;
             snap.offline = read_health(&tx).await?.offline;
             for row in tx
-                .query("SELECT gateway, received_unix_ms, report, seq FROM observed", &[])
+                .query(
+                    "SELECT gateway, received_unix_ms, report, seq FROM observed",
+                    &[],
+                )
                 .await
                 .map_err(pg)?
             {

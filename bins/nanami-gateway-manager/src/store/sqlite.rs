@@ -12,8 +12,8 @@ use tokio::sync::watch;
 use super::{
     api_kind, corrupt, gateway_id, parse_subject, principal_of, revocable, subject_parts, to_i64,
     to_u64, unhealthy_pair, AuditEntry, Changes, Committed, Digest, GatewayRow, ObservedRow,
-    Principal, Redeemed, SchemaStatus, Snapshot, Store, StoreError, StoredHealth,
-    StoredTopology, TopologyChanges, TopologyWrite,
+    Principal, Redeemed, SchemaStatus, Snapshot, Store, StoreError, StoredHealth, StoredTopology,
+    TopologyChanges, TopologyWrite,
 };
 
 /// The embedded store: one SQLite file in WAL mode.
@@ -139,7 +139,10 @@ impl SqliteStore {
     /// reads.
     pub fn inspect(path: &Path) -> Result<Self, StoreError> {
         if !path.exists() {
-            return Err(StoreError::Config(format!("{} does not exist", path.display())));
+            return Err(StoreError::Config(format!(
+                "{} does not exist",
+                path.display()
+            )));
         }
         Self::open_with(path, false)
     }
@@ -306,9 +309,7 @@ fn insert_audit(tx: &Transaction<'_>, entry: &AuditEntry) -> Result<(), StoreErr
 /// Checks the store is at `expected` and moves it to the next sequence, which it
 /// returns.
 fn next_seq(tx: &Transaction<'_>, expected: u64) -> Result<u64, StoreError> {
-    let current = to_u64(tx.query_row("SELECT seq FROM store_seq WHERE id = 1", [], |r| {
-        r.get(0)
-    })?);
+    let current = to_u64(tx.query_row("SELECT seq FROM store_seq WHERE id = 1", [], |r| r.get(0))?);
     if current != expected {
         return Err(StoreError::Stale { expected, current });
     }
@@ -382,10 +383,7 @@ fn read_health(conn: &Connection) -> Result<StoredHealth, StoreError> {
 }
 
 /// Gateway rows written after `since`.
-fn read_rows(
-    conn: &Connection,
-    since: i64,
-) -> Result<BTreeMap<GatewayId, GatewayRow>, StoreError> {
+fn read_rows(conn: &Connection, since: i64) -> Result<BTreeMap<GatewayId, GatewayRow>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, generation, state, health_targets, uplink FROM gateways WHERE seq > ?1",
     )?;
@@ -443,8 +441,7 @@ impl Store for SqliteStore {
         // Every row, those from before the sequence (0) too.
         snap.gateways = read_rows(&tx, -1)?;
         snap.offline = read_health(&tx)?.offline;
-        let mut stmt =
-            tx.prepare("SELECT gateway, received_unix_ms, report, seq FROM observed")?;
+        let mut stmt = tx.prepare("SELECT gateway, received_unix_ms, report, seq FROM observed")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -466,7 +463,8 @@ impl Store for SqliteStore {
         for row in rows {
             let (id, key) = row?;
             let key: PublicKey = key.parse().map_err(|e| corrupt("credentials", e))?;
-            snap.gateway_keys.insert(gateway_id("credentials", id)?, key);
+            snap.gateway_keys
+                .insert(gateway_id("credentials", id)?, key);
         }
         Ok(snap)
     }
@@ -571,7 +569,11 @@ impl Store for SqliteStore {
                 let mut ids = BTreeSet::new();
                 let mut written = Vec::new();
                 let rows = stmt.query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, to_u64(r.get(1)?), r.get::<_, String>(2)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        to_u64(r.get(1)?),
+                        r.get::<_, String>(2)?,
+                    ))
                 })?;
                 for row in rows {
                     let (id, at, doc) = row?;
@@ -704,7 +706,12 @@ impl Store for SqliteStore {
                  expires_unix_ms = excluded.expires_unix_ms
                  WHERE leases.holder = excluded.holder OR leases.expires_unix_ms <= ?4
                  RETURNING holder",
-                params![name, holder, to_i64(now.saturating_add(ttl_ms)), to_i64(now)],
+                params![
+                    name,
+                    holder,
+                    to_i64(now.saturating_add(ttl_ms)),
+                    to_i64(now)
+                ],
                 |r| r.get(0),
             )
             .optional()?;

@@ -88,13 +88,24 @@ impl PgServer {
         // SAFETY: geteuid has no preconditions and no effect.
         if unsafe { libc::geteuid() } == 0 {
             run(
-                Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir),
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&dir),
                 "chown the cluster directory to postgres",
             );
         }
         run(
             as_postgres(&bin.join("initdb"))
-                .args(["-A", "trust", "-U", "nanami", "-E", "UTF8", "--no-sync", "-D"])
+                .args([
+                    "-A",
+                    "trust",
+                    "-U",
+                    "nanami",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "-D",
+                ])
                 .arg(dir.join("data")),
             "initdb",
         );
@@ -161,7 +172,10 @@ impl PgServer {
             *n += 1;
             *n
         };
-        let name = format!("{}_{n}", tag.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+        let name = format!(
+            "{}_{n}",
+            tag.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        );
         self.psql("postgres", &format!("CREATE DATABASE {name}"));
         self.url(&name)
     }
@@ -175,7 +189,18 @@ impl PgServer {
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = run(
             Command::new("psql")
-                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "nanami"])
+                .args([
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "nanami",
+                ])
                 .arg("-p")
                 .arg(self.port.to_string())
                 .args(["-d", db, "-c", sql]),
