@@ -1354,7 +1354,10 @@ impl Manager {
                 });
             }
         }
-        if !self.may_enrol(&subject, &key) {
+        // A node added through another manager a moment ago may not be here yet.
+        if !self.may_enrol(&subject, &key)
+            && !(self.store.shared() && self.catch_up()? && self.may_enrol(&subject, &key))
+        {
             return Err(ManagerError::EnrolmentRefused);
         }
         let credential = auth::generate(match subject {
