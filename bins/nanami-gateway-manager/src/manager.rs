@@ -627,6 +627,33 @@ impl Manager {
         self.epoch.send_modify(|e| *e += 1);
     }
 
+    /// Records the outcome of [`Store::put_health`]; returns whether what it
+    /// wrote may be served. From a store of its own a manager serves it anyway
+    /// (stored later); managers sharing a store serve only what is stored, as the
+    /// others do.
+    fn stored_health(
+        &self,
+        inner: &mut Inner,
+        result: Result<u64, StoreError>,
+        rows: BTreeMap<GatewayId, GatewayRow>,
+    ) -> bool {
+        match result {
+            Ok(seq) => {
+                inner.seq = seq;
+                self.stored(inner, Ok(()), rows, true);
+                true
+            }
+            Err(e) if self.store.shared() => {
+                self.stored(inner, Err(e), BTreeMap::new(), false);
+                false
+            }
+            Err(e) => {
+                self.stored(inner, Err(e), rows, true);
+                true
+            }
+        }
+    }
+
     /// Records the outcome of a store write of what is served.
     fn stored(
         &self,
@@ -939,18 +966,9 @@ impl Manager {
             .map(|(id, (row, peers))| (id, Entry::new(row, peers)))
             .collect();
         let mut inner = self.lock();
-        match result {
-            Ok(seq) => {
-                inner.seq = seq;
-                self.stored(&mut inner, Ok(()), rows, true);
-            }
-            Err(e) if self.store.shared() => {
-                // Other managers serve only what is stored, so this one does too:
-                // the next tick decides again.
-                self.stored(&mut inner, Err(e), BTreeMap::new(), false);
-                return false;
-            }
-            Err(e) => self.stored(&mut inner, Err(e), rows, true),
+        // The next tick decides again when it was not stored.
+        if !self.stored_health(&mut inner, result, rows) {
+            return false;
         }
         if changed_verdicts {
             inner.offline = health.offline;
@@ -1142,17 +1160,9 @@ impl Manager {
         let rows = BTreeMap::from([(gateway.clone(), row.clone())]);
         let result = self.store.put_health(seq, &health, &rows);
         let mut inner = self.lock();
-        match result {
-            Ok(seq) => {
-                inner.seq = seq;
-                self.stored(&mut inner, Ok(()), rows, true);
-            }
-            Err(e) if self.store.shared() => {
-                // The daemon reports again; the re-issue is decided again then.
-                self.stored(&mut inner, Err(e), BTreeMap::new(), false);
-                return;
-            }
-            Err(e) => self.stored(&mut inner, Err(e), rows, true),
+        // The daemon reports again; the re-issue is decided again then.
+        if !self.stored_health(&mut inner, result, rows) {
+            return;
         }
         warn!(gateway = %gateway, generation = row.generation, "re-issued the current state above the daemon's generation");
         if let Some(fork) = inner.forks.get_mut(gateway) {

@@ -336,6 +336,26 @@ async fn desired(cluster: &Cluster, i: usize) -> Result<BTreeMap<GatewayId, u64>
         .collect())
 }
 
+/// Waits until manager `i` serves the generations `changed` (written through
+/// another manager); how long that took.
+async fn served_by(
+    cluster: &Cluster,
+    i: usize,
+    changed: &BTreeMap<GatewayId, u64>,
+    timeout: Duration,
+) -> Duration {
+    let start = Instant::now();
+    until("the change served by another manager", timeout, || async {
+        let served = desired(cluster, i).await.ok()?;
+        changed
+            .iter()
+            .all(|(id, g)| served.get(id) == Some(g))
+            .then_some(())
+    })
+    .await;
+    start.elapsed()
+}
+
 /// Waits until every daemon applied the generation manager `i` serves it.
 async fn all_converged(cluster: &Cluster, i: usize, daemons: &[SimDaemon], timeout: Duration) {
     until("every daemon on the newest generation", timeout, || async {
@@ -383,24 +403,8 @@ async fn three_managers_serve_one_fleet_and_survive_the_lease_holder_killed() {
         .unwrap();
     assert_eq!(written.changed.len(), GATEWAYS, "every gateway changes");
     for other in [1, 2] {
-        let start = Instant::now();
-        until(
-            "the change served by another manager",
-            Duration::from_secs(5),
-            || async {
-                let served = desired(&cluster, other).await.ok()?;
-                written
-                    .changed
-                    .iter()
-                    .all(|(id, g)| served.get(id) == Some(g))
-                    .then_some(())
-            },
-        )
-        .await;
-        eprintln!(
-            "manager {other} served manager 0's change after {:?}",
-            start.elapsed()
-        );
+        let took = served_by(&cluster, other, &written.changed, Duration::from_secs(5)).await;
+        eprintln!("manager {other} served manager 0's change after {took:?}");
     }
     all_converged(&cluster, 2, &daemons, Duration::from_secs(60)).await;
 
@@ -579,19 +583,7 @@ async fn a_postgres_restart_is_503_while_down_then_recovered_without_losing_anyt
             .ok()
     })
     .await;
-    until(
-        "manager 0 serves manager 1's write",
-        Duration::from_secs(15),
-        || async {
-            let served = desired(&cluster, 0).await.ok()?;
-            after
-                .changed
-                .iter()
-                .all(|(id, g)| served.get(id) == Some(g))
-                .then_some(())
-        },
-    )
-    .await;
+    served_by(&cluster, 0, &after.changed, Duration::from_secs(15)).await;
     all_converged(&cluster, 0, &daemons, Duration::from_secs(60)).await;
     for d in &daemons {
         d.assert_in_order();
@@ -623,21 +615,7 @@ async fn a_change_is_pushed_to_the_other_managers_not_polled() {
             .await
             .unwrap();
         assert_eq!(written.changed.len(), 3);
-        let start = Instant::now();
-        until(
-            "manager 1 serving manager 0's change",
-            Duration::from_secs(5),
-            || async {
-                let served = desired(&cluster, 1).await.ok()?;
-                written
-                    .changed
-                    .iter()
-                    .all(|(id, g)| served.get(id) == Some(g))
-                    .then_some(())
-            },
-        )
-        .await;
-        delays.push(start.elapsed());
+        delays.push(served_by(&cluster, 1, &written.changed, Duration::from_secs(5)).await);
     }
     delays.sort();
     eprintln!("manager 1 served manager 0's changes after {delays:?}");
