@@ -157,7 +157,11 @@ impl Endpoint {
 
     /// What makes two entries the same manager.
     fn key(&self) -> (bool, String, u16) {
-        (self.tls.is_some(), self.host.to_ascii_lowercase(), self.port)
+        (
+            self.tls.is_some(),
+            self.host.to_ascii_lowercase(),
+            self.port,
+        )
     }
 
     /// The manager's addresses: the literal one, or what its name resolves to now
@@ -168,9 +172,7 @@ impl Endpoint {
         }
         let found = tokio::time::timeout(limit, lookup_host((self.host.as_str(), self.port)))
             .await
-            .map_err(|_| {
-                ApiError::Connect(format!("{}: no address within {limit:?}", self.url))
-            })?
+            .map_err(|_| ApiError::Connect(format!("{}: no address within {limit:?}", self.url)))?
             .map_err(|e| ApiError::Connect(format!("{}: {e}", self.url)))?;
         let mut addresses: Vec<SocketAddr> = Vec::new();
         for a in found {
@@ -186,9 +188,7 @@ impl Endpoint {
 
     /// A connection to `addr` with its TLS and HTTP/1 handshakes done.
     async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
             Some((connector, name)) => {
@@ -262,10 +262,7 @@ impl Targets {
             return;
         }
         let tried = previous.or(first);
-        let from = tried.map_or_else(
-            || self.endpoints[0].url.clone(),
-            |t| self.label(t),
-        );
+        let from = tried.map_or_else(|| self.endpoints[0].url.clone(), |t| self.label(t));
         if tried.is_some_and(|t| t != at) || (tried.is_none() && at.endpoint != 0) {
             warn!(manager = %self.label(at), previous = %from, "switched to another manager");
         }
@@ -633,8 +630,9 @@ impl Client {
         timeout: Duration,
     ) -> Verdict {
         match self.attempt(out, at, kept, timeout).await {
-            Ok((answer, _)) if answer.status == StatusCode::SERVICE_UNAVAILABLE
-                && out.repeat == Repeat::Safe =>
+            Ok((answer, _))
+                if answer.status == StatusCode::SERVICE_UNAVAILABLE
+                    && out.repeat == Repeat::Safe =>
             {
                 debug!(manager = %self.targets.label(at), "unavailable (503); trying the next manager");
                 Verdict::Next(Ok(answer))
@@ -834,7 +832,10 @@ impl Client {
         let mut backoff = Backoff::new();
         loop {
             match self.enrol(request).await {
-                Err(e) if e.status().is_none_or(|s| s == StatusCode::SERVICE_UNAVAILABLE) => {
+                Err(e)
+                    if e.status()
+                        .is_none_or(|s| s == StatusCode::SERVICE_UNAVAILABLE) =>
+                {
                     warn!(error = %e, retry_in = ?backoff.delay(), "no manager answers; retrying enrolment");
                     tokio::time::sleep(backoff.advance()).await;
                 }
@@ -845,13 +846,8 @@ impl Client {
 
     /// `POST /v1/enrolment-tokens` (control credential).
     pub async fn create_token(&self, request: &TokenRequest) -> Result<TokenResponse, ApiError> {
-        self.json(
-            Method::POST,
-            "/v1/enrolment-tokens",
-            request,
-            Repeat::Once,
-        )
-        .await
+        self.json(Method::POST, "/v1/enrolment-tokens", request, Repeat::Once)
+            .await
     }
 
     /// `PUT /v1/topology` (control credential) with a YAML or JSON document.
@@ -1069,7 +1065,10 @@ mod tests {
         assert_eq!(url_error("http://a:1,"), "", "a trailing comma");
         assert_eq!(url_error("http://a:1,http://:2"), "http://:2");
         let https = url_error("http://a:1,https://b:2");
-        assert!(https.starts_with("https://b:2") && https.contains("CA"), "{https}");
+        assert!(
+            https.starts_with("https://b:2") && https.contains("CA"),
+            "{https}"
+        );
         let message = Client::new("http://a:1,ftp://b:2", None)
             .unwrap_err()
             .to_string();
@@ -1236,7 +1235,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_503_moves_a_repeatable_request_on_and_the_client_stays_where_it_answered() {
-        let busy = Server::start(Behaviour::Answer(503, br#"{"error":"store unavailable"}"#.into())).await;
+        let busy = Server::start(Behaviour::Answer(
+            503,
+            br#"{"error":"store unavailable"}"#.into(),
+        ))
+        .await;
         let live = Server::start(Behaviour::Answer(200, OK.into())).await;
         let client = Client::new(&format!("{},{}", busy.url, live.url), None).unwrap();
         // A POST may have done something: the 503 is the answer.
@@ -1260,7 +1263,10 @@ mod tests {
         let client = Client::new(&format!("{},{}", dropping.url, live.url), None).unwrap();
         let e = post(&client).await.unwrap_err();
         assert!(matches!(e, ApiError::Connect(_)), "{e:?}");
-        assert!(e.to_string().contains(&dropping.url), "names the manager: {e}");
+        assert!(
+            e.to_string().contains(&dropping.url),
+            "names the manager: {e}"
+        );
         assert_eq!((dropping.requests(), live.requests()), (1, 0));
         assert_eq!(get(&client).await.unwrap().status, StatusCode::OK);
         assert_eq!((dropping.requests(), live.requests()), (2, 1));
@@ -1268,7 +1274,11 @@ mod tests {
 
     #[tokio::test]
     async fn enrolment_goes_on_after_a_503() {
-        let busy = Server::start(Behaviour::Answer(503, br#"{"error":"store unavailable"}"#.into())).await;
+        let busy = Server::start(Behaviour::Answer(
+            503,
+            br#"{"error":"store unavailable"}"#.into(),
+        ))
+        .await;
         let response = EnrolResponse {
             subject: Subject::Gateway(GatewayId::new("gw-a").unwrap()),
             credential: "nmg_test".into(),
@@ -1281,7 +1291,9 @@ mod tests {
         let client = Client::new(&format!("{},{}", busy.url, live.url), None).unwrap();
         let request = EnrolRequest {
             token: "t".into(),
-            public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".parse().unwrap(),
+            public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
+                .parse()
+                .unwrap(),
             subject: None,
         };
         let enrolled = client.enrol(&request).await.unwrap();

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use async_trait::async_trait;
-use nanami_api::wire::{EnrolRequest, Facts, NetworkHealth, ObservedReport, Subject};
 use nanami_api::client::Backoff;
+use nanami_api::wire::{EnrolRequest, Facts, NetworkHealth, ObservedReport, Subject};
 use nanami_api::Client;
 use nanami_model::{GatewayId, HealthTargets, InterfaceName, NetworkId, PublicKey};
 use nanami_reconcile::{Observed, Op, Platform, PlatformEvent, Reconciler};

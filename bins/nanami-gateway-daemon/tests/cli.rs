@@ -66,7 +66,14 @@ fn without_a_gateway_id_it_says_so_and_exits() {
 fn a_bad_manager_list_is_refused_by_entry_before_anything_runs() {
     let dir = state_dir("managers");
     let state = dir.to_str().unwrap();
-    let base = ["--gateway", "gw-a", "--platform", "sim", "--state-dir", state];
+    let base = [
+        "--gateway",
+        "gw-a",
+        "--platform",
+        "sim",
+        "--state-dir",
+        state,
+    ];
     for (managers, expected) in [
         (
             vec!["--manager", "http://127.0.0.1:1,ftp://m2:7443"],

@@ -14,8 +14,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    accepted_generations, client_key, copy_dir, daemon_log, free_port, gateway_key,
-    spawn_manager, start_daemon_at, until, Env,
+    accepted_generations, client_key, copy_dir, daemon_log, free_port, gateway_key, spawn_manager,
+    start_daemon_at, until, Env,
 };
 use nanami_model::PublicKey;
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use nanami_api::wire::{EnrolRequest, Subject};
 use nanami_api::client::Backoff;
+use nanami_api::wire::{EnrolRequest, Subject};
 use nanami_model::{Failover, GatewayId, GatewayState, NetworkId, NodeConfig, PublicKey};
 use nanami_reconcile::{Desired, Reconciler};
 use nanami_wg::linux::{LinuxConfig, LinuxPlatform};
@@ -419,7 +419,9 @@ mod tests {
             config: NodeConfig {
                 node: NodeId::new("laptop-1").unwrap(),
                 workspace: WorkspaceId::new("acme").unwrap(),
-                public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".parse().unwrap(),
+                public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
+                    .parse()
+                    .unwrap(),
                 addresses: BTreeSet::new(),
                 mtu,
                 peers: Vec::new(),
