@@ -61,3 +61,41 @@ fn without_a_gateway_id_it_says_so_and_exits() {
     assert!(stderr.contains("--gateway is required"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_bad_manager_list_is_refused_by_entry_before_anything_runs() {
+    let dir = state_dir("managers");
+    let state = dir.to_str().unwrap();
+    let base = [
+        "--gateway",
+        "gw-a",
+        "--platform",
+        "sim",
+        "--state-dir",
+        state,
+    ];
+    for (managers, expected) in [
+        (
+            vec!["--manager", "http://127.0.0.1:1,ftp://m2:7443"],
+            "bad manager URL \"ftp://m2:7443\"",
+        ),
+        // Commas and a repeated flag make one list.
+        (
+            vec!["--manager", "http://m1:7443", "--manager", "http://m1:7443"],
+            "manager URL \"http://m1:7443\" is given twice",
+        ),
+        (
+            vec!["--manager", "http://m1:7443,https://m2:7443"],
+            "https needs a CA file",
+        ),
+    ] {
+        let out = daemon(&[&base[..], &managers[..]].concat());
+        assert!(!out.status.success(), "{managers:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--manager") && stderr.contains(expected),
+            "{managers:?}: {stderr}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -174,17 +174,18 @@ async fn a_manager_that_is_behind_does_not_move_the_daemon_back() {
     env.manager = spawn_manager(&backup, Path::new("/nonexistent"), second, &log, &[]).await;
     // It cannot serve `old` to a daemon waiting past `newer`; it notices the daemon
     // runs a generation it did not issue and serves its state again above it.
-    let healed = converged(&env, "gw-r").await;
-    assert!(healed > newer, "{healed} > {newer}");
-    until(
-        "the daemon to apply the healed state",
-        Duration::from_secs(10),
-        || {
-            let applied = daemon.status.borrow().applied_generation;
-            async move { (applied == Some(healed)).then_some(()) }
-        },
-    )
+    let control = env.control();
+    let healed = until("the fork healed", Duration::from_secs(20), || {
+        let control = control.clone();
+        async move {
+            let status = control.status().await.ok()?;
+            let gw = status.iter().find(|s| s.id.as_str() == "gw-r")?;
+            (gw.desired_generation > newer && gw.observed_generation == Some(gw.desired_generation))
+                .then_some(gw.desired_generation)
+        }
+    })
     .await;
+    assert_eq!(daemon.status.borrow().applied_generation, Some(healed));
     // Strictly increasing: nothing at or below `newer` came after it.
     let accepted = accepted_once_in_order("gw-r", healed);
     assert!(accepted.contains(&newer), "{accepted:?}");

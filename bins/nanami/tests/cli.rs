@@ -243,3 +243,27 @@ fn client_config_is_accepted_by_wg_setconf() {
     assert_eq!(public.trim(), String::from_utf8_lossy(&expected).trim());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn connect_refuses_a_bad_manager_list_by_entry() {
+    let dir = tempdir();
+    let state = dir.join("state");
+    let out = nanami(&[
+        "connect",
+        "--node",
+        "laptop-1",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--manager",
+        "http://m1:7443,http://m2:7443",
+        "--manager",
+        "http://M1:7443",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--manager") && stderr.contains("\"http://M1:7443\" is given twice"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
