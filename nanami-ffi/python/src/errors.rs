@@ -338,7 +338,10 @@ pub(crate) fn api_error(py: Python<'_>, e: CoreApiError) -> PyErr {
         CoreApiError::Connect(_) | CoreApiError::Timeout(_) => {
             ManagerUnreachableError::new_err(e.to_string())
         }
-        CoreApiError::Url(_) | CoreApiError::Tls(_) => PyValueError::new_err(e.to_string()),
+        CoreApiError::Url(_)
+        | CoreApiError::NoManager
+        | CoreApiError::DuplicateManager(_)
+        | CoreApiError::Tls(_) => PyValueError::new_err(e.to_string()),
         CoreApiError::Decode(_) => NanamiError::new_err(format!(
             "the manager's answer is not what this client expects (a different version?): {e}"
         )),

@@ -373,10 +373,23 @@ impl Daemon {
         token: Option<String>,
         prober: Arc<FakeProber>,
     ) -> Self {
+        Self::start_at(env, &env.manager.url(), gateway, state_dir, token, prober)
+    }
+
+    /// [`Daemon::start_with`] given `managers` (one URL or several separated by
+    /// commas, as `--manager` takes them) instead of `env`'s manager alone.
+    pub fn start_at(
+        env: &Env,
+        managers: &str,
+        gateway: &str,
+        state_dir: &Path,
+        token: Option<String>,
+        prober: Arc<FakeProber>,
+    ) -> Self {
         let key = nanami_gateway_daemon::ensure_key(&state_dir.join("private.key")).unwrap();
         let (status_tx, status) = watch::channel(Status::default());
         let config = DaemonConfig {
-            manager: env.manager.url(),
+            manager: managers.to_owned(),
             ca: Some(env.ca()),
             gateway: GatewayId::new(gateway).unwrap(),
             state_dir: state_dir.to_owned(),
@@ -653,8 +666,7 @@ pub fn stored_revision(db: &Path) -> i64 {
         .unwrap()
 }
 
-/// [`Daemon::start`] given `managers` (one URL or several separated by commas, as
-/// `--manager` takes them) instead of `env`'s manager alone.
+/// [`Daemon::start`] given `managers` (see [`Daemon::start_at`]).
 pub async fn start_daemon_at(
     env: &Env,
     managers: &str,
@@ -662,40 +674,7 @@ pub async fn start_daemon_at(
     state_dir: &Path,
     token: Option<String>,
 ) -> Daemon {
-    let key = nanami_gateway_daemon::ensure_key(&state_dir.join("private.key")).unwrap();
-    let (status_tx, status) = watch::channel(Status::default());
-    let prober: Arc<FakeProber> = Arc::default();
-    let config = DaemonConfig {
-        manager: managers.to_owned(),
-        ca: Some(env.ca()),
-        gateway: GatewayId::new(gateway).unwrap(),
-        state_dir: state_dir.to_owned(),
-        token,
-        report_every: Duration::from_millis(REPORT_MS),
-        poll_wait: Duration::from_secs(5),
-        reconcile: nanami_reconcile::Config::default(),
-        facts: None,
-        status_out: Some(Arc::new(status_tx)),
-        probe: PROBE,
-        prober: Some(prober.clone()),
-        uplink: None,
-    };
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let join = tokio::spawn(nanami_gateway_daemon::run(
-        config,
-        key,
-        SimPlatform::new(GatewayState::default()),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    Daemon {
-        state_dir: state_dir.to_owned(),
-        status,
-        prober,
-        stop: Some(stop_tx),
-        join: Some(join),
-    }
+    Daemon::start_at(env, managers, gateway, state_dir, token, Arc::default())
 }
 
 /// The in-process daemons' log lines so far, of gateway `gateway`'s daemon.
