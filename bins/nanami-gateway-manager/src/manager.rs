@@ -1365,9 +1365,9 @@ impl Manager {
             }
         }
         // A node added through another manager a moment ago may not be here yet.
-        if !self.may_enrol(&subject, &key)
-            && !(self.store.shared() && self.catch_up()? && self.may_enrol(&subject, &key))
-        {
+        let may = self.may_enrol(&subject, &key)
+            || (self.store.shared() && self.catch_up()? && self.may_enrol(&subject, &key));
+        if !may {
             return Err(ManagerError::EnrolmentRefused);
         }
         let credential = auth::generate(match subject {
