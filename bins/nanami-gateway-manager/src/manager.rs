@@ -1464,15 +1464,40 @@ impl Manager {
     ) -> Result<Option<(String, NodeConfig)>, ManagerError> {
         let mut rx = self.epoch.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
+        // An agent that moved here from another manager of a shared store may hold
+        // a configuration newer than this manager has caught up with: catch up
+        // before answering it with another (versions are digests: the agent cannot
+        // tell an older one). The same for a node added through another manager a
+        // moment ago. When nothing changed, that costs one query.
+        let mut current = !self.store.shared();
         loop {
             rx.borrow_and_update();
             let (manager, id) = (self.clone(), node.clone());
             let config = tokio::task::spawn_blocking(move || manager.node_config(&id))
                 .await
-                .map_err(|e| ManagerError::Compile(format!("bug: compile task failed: {e}")))??;
-            let version = config_version(&config);
-            if after != Some(version.as_str()) {
-                return Ok(Some((version, config)));
+                .map_err(|e| ManagerError::Compile(format!("bug: compile task failed: {e}")))?;
+            let answer = match config {
+                Ok(config) => {
+                    let version = config_version(&config);
+                    (after != Some(version.as_str())).then_some(Ok((version, config)))
+                }
+                Err(e @ ManagerError::Unknown(_)) => Some(Err(e)),
+                Err(e) => return Err(e),
+            };
+            if let Some(answer) = answer {
+                if !current {
+                    current = true;
+                    let manager = self.clone();
+                    let moved = tokio::task::spawn_blocking(move || manager.catch_up())
+                        .await
+                        .map_err(|e| {
+                            ManagerError::Compile(format!("bug: catch-up task failed: {e}"))
+                        })??;
+                    if moved {
+                        continue;
+                    }
+                }
+                return answer.map(Some);
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,

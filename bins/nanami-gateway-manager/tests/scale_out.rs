@@ -624,3 +624,104 @@ async fn a_change_is_pushed_to_the_other_managers_not_polled() {
         "slower than a notification: {delays:?}"
     );
 }
+
+/// Two managers on one database in this process, neither following the other's
+/// notifications: whatever one learns of the other's change, it learns when a
+/// request needs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_that_is_behind_catches_up_before_it_answers_one_that_moved() {
+    use nanami_gateway_manager::store::{PgOptions, PgStore};
+    use nanami_gateway_manager::{HealthConfig, Manager};
+    let server = PgServer::shared();
+    let url = server.database("behind");
+    let open = || {
+        let store = PgStore::connect(&PgOptions {
+            url: url.clone(),
+            pool_size: 2,
+            ca: None,
+        })
+        .unwrap();
+        Arc::new(Manager::load(Arc::new(store), HealthConfig::default()).unwrap())
+    };
+    let (a, b) = (open(), open());
+    let keys: Vec<PublicKey> = (0..2)
+        .map(|i| PrivateKey::from_bytes(seed(i, 50)).public_key())
+        .collect();
+    let node = nanami_model::NodeId::new("c0-000").unwrap();
+    let (a2, text) = (a.clone(), topology(&keys, 1));
+    tokio::task::spawn_blocking(move || a2.put_topology_text(&text).unwrap())
+        .await
+        .unwrap();
+    let first = a.node_config(&node).unwrap();
+    // b catches up when asked for a node it does not know yet.
+    let (version, served) = b
+        .wait_node_config(&node, Some("unknown"), Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(served, first);
+    // a changes the topology again; an agent that moved from a to b asks b with
+    // a's newest version: b answers with that, not its own older one.
+    let moved = |clients| topology(&keys, clients).replace("192.0.2.1:20000", "192.0.2.1:30000");
+    let (a2, text) = (a.clone(), moved(1));
+    tokio::task::spawn_blocking(move || a2.put_topology_text(&text).unwrap())
+        .await
+        .unwrap();
+    let newest = a.node_config(&node).unwrap();
+    assert_ne!(newest, first);
+    let newest_version = nanami_gateway_manager::manager::config_version(&newest);
+    assert_ne!(newest_version, version);
+    let answer = b
+        .wait_node_config(&node, Some(&newest_version), Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer, None,
+        "b has caught up: nothing newer than the agent's"
+    );
+    // A daemon that moved from a reports a generation b has not served: a catch-up,
+    // not a fork.
+    let gw = GatewayId::new("gw-000").unwrap();
+    let (a2, b2) = (a.clone(), b.clone());
+    let (a3, b3) = (a.clone(), b.clone());
+    let before = b
+        .status()
+        .iter()
+        .find(|s| s.id == gw)
+        .unwrap()
+        .desired_generation;
+    let text = moved(2);
+    let written = tokio::task::spawn_blocking(move || a3.put_topology_text(&text).unwrap())
+        .await
+        .unwrap();
+    let generation = written.changed[&gw];
+    assert!(generation > before);
+    let report = nanami_api::wire::ObservedReport {
+        public_key: keys[0],
+        status: Status {
+            applied_generation: Some(generation),
+            ..Status::default()
+        },
+        state: GatewayState::default(),
+        telemetry: BTreeMap::new(),
+        facts: Default::default(),
+        health: BTreeMap::new(),
+        applied_digest: None,
+    };
+    let gw2 = gw.clone();
+    tokio::task::spawn_blocking(move || b3.put_observed(&gw2, report).unwrap())
+        .await
+        .unwrap();
+    let status = b2.status();
+    let mine = status.iter().find(|s| s.id == gw).unwrap();
+    assert_eq!(mine.desired_generation, generation);
+    assert_eq!(mine.generation_fork, None, "not a fork");
+    assert_eq!(
+        a2.status()
+            .iter()
+            .find(|s| s.id == gw)
+            .unwrap()
+            .desired_generation,
+        generation
+    );
+}
