@@ -675,3 +675,74 @@ fn migrate_and_check_commands() {
     assert!(ok, "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// TLS to the database: a server that refuses plain connections is reached with
+/// `--store-ca`, verified; without it, or with another CA, nothing connects.
+#[test]
+fn postgres_over_tls_is_verified_against_the_given_ca() {
+    let manager = env!("CARGO_BIN_EXE_nanami-gateway-manager");
+    let dir = std::env::temp_dir().join(format!("nmt-conf-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // Two certificate authorities, each with a certificate for 127.0.0.1.
+    for name in ["db", "other"] {
+        let ok = std::process::Command::new(manager)
+            .args(["init", "--san", "127.0.0.1", "--dir"])
+            .arg(dir.join(name))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "init {name}");
+    }
+    let certs = dir.join("db");
+    let server = pg::PgServer::start_with(
+        "tls",
+        &[
+            "ssl=on".to_owned(),
+            "ssl_cert_file=server.pem".to_owned(),
+            "ssl_key_file=server.key".to_owned(),
+        ],
+        |data| {
+            for file in ["server.pem", "server.key"] {
+                std::fs::copy(certs.join(file), data.join(file)).unwrap();
+            }
+            // TLS or nothing, over TCP.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n",
+            )
+            .unwrap();
+        },
+    );
+    let url = format!("{}?sslmode=require", server.database("tls"));
+    let with = |ca: Option<std::path::PathBuf>| {
+        PgStore::connect(&PgOptions {
+            url: url.clone(),
+            pool_size: 1,
+            ca,
+        })
+    };
+    let store = with(Some(dir.join("db/ca.pem"))).unwrap();
+    assert_eq!(
+        store.status().unwrap().version,
+        store.status().unwrap().known
+    );
+    let err = with(Some(dir.join("other/ca.pem"))).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Unavailable(_)),
+        "another CA: {err}"
+    );
+    let err = with(None).unwrap_err();
+    assert!(matches!(err, StoreError::Config(_)), "no CA: {err}");
+    let plain = PgStore::connect(&PgOptions {
+        url: url.replace("sslmode=require", "sslmode=disable"),
+        pool_size: 1,
+        ca: None,
+    })
+    .unwrap_err();
+    assert!(
+        matches!(plain, StoreError::Unavailable(_)),
+        "plain: {plain}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -665,7 +665,7 @@ fn without_a_credential_or_token_the_agent_says_so_and_exits() {
             NANAMI,
             "connect",
             "--manager",
-            "https://127.0.0.1:9",
+            "http://127.0.0.1:9",
             "--node",
             "laptop",
             "--state-dir",

@@ -18,6 +18,8 @@ pub struct PgServer {
     dir: PathBuf,
     pub port: u16,
     databases: Mutex<u32>,
+    /// Server settings beyond the kit's own (`-c name=value` each).
+    settings: Vec<String>,
 }
 
 /// The directory of Debian's PostgreSQL server binaries (the newest version).
@@ -81,6 +83,13 @@ fn free_port() -> u16 {
 impl PgServer {
     /// Creates and starts a new cluster.
     pub fn start(tag: &str) -> Self {
+        Self::start_with(tag, &[], |_| {})
+    }
+
+    /// [`PgServer::start`] with extra server settings (`name=value`), after
+    /// `prepare` has been given the new cluster's data directory (to add files the
+    /// settings name; they are handed to the server's user).
+    pub fn start_with(tag: &str, settings: &[String], prepare: impl FnOnce(&Path)) -> Self {
         let bin = server_bin();
         let dir = std::env::temp_dir().join(format!("nanami-pg-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -109,11 +118,22 @@ impl PgServer {
                 .arg(dir.join("data")),
             "initdb",
         );
+        prepare(&dir.join("data"));
+        // SAFETY: geteuid has no preconditions and no effect.
+        if unsafe { libc::geteuid() } == 0 {
+            run(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&dir),
+                "chown the cluster's files to postgres",
+            );
+        }
         let server = Self {
             bin,
             dir,
             port: free_port(),
             databases: Mutex::new(0),
+            settings: settings.to_vec(),
         };
         server.start_again();
         server
@@ -143,11 +163,15 @@ impl PgServer {
 
     /// Starts the (stopped) server and waits until it accepts connections.
     pub fn start_again(&self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
             self.port,
             self.dir.display()
         );
+        for setting in &self.settings {
+            options.push_str(" -c ");
+            options.push_str(setting);
+        }
         run(
             self.pg_ctl()
                 .args(["-w", "-t", "60", "-l"])
@@ -183,6 +207,11 @@ impl PgServer {
     /// The URL of database `name`.
     pub fn url(&self, name: &str) -> String {
         format!("postgres://nanami@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// The cluster's data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
     }
 
     /// Runs `sql` in database `db`; its output (unaligned, tuples only).
