@@ -235,6 +235,15 @@ impl Rig {
             self.pids
                 .push(spawn(&self.dir, &self.ns(ns), gw, &daemon, &args));
         }
+        // The client starts once both gateways run their state. (A client whose
+        // tunnel is up before a gateway's device exists can fail to reach that
+        // gateway through the tunnel for good: see the closing note of #18; this
+        // rig tests failover, not that start-up order.)
+        wait_until(
+            "both gateways to apply their first state",
+            Duration::from_secs(30),
+            || self.gateways_converged(),
+        );
         let hold_down = HOLD_DOWN.as_millis().to_string();
         let args = strings(&[
             "connect",
@@ -325,6 +334,38 @@ impl Rig {
     }
 
     /// `nanami status --json` from the manager's namespace.
+    /// Whether the manager answers and both gateways reported the generation it
+    /// wants (never panics: the manager may not be up yet).
+    fn gateways_converged(&self) -> bool {
+        let out = sh(
+            &self.ns("ctl"),
+            &[
+                NANAMI,
+                "status",
+                "--manager",
+                &format!("https://{MANAGER}"),
+                "--ca",
+                &self.file("manager/ca.pem"),
+                "--credential-file",
+                &self.file("manager/control.token"),
+                "--json",
+            ],
+        );
+        let Ok(status) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return false;
+        };
+        let converged = |id: &str| {
+            status.as_array().is_some_and(|all| {
+                all.iter().any(|g| {
+                    g["id"] == id
+                        && g["observed_generation"].is_u64()
+                        && g["observed_generation"] == g["desired_generation"]
+                })
+            })
+        };
+        out.status.success() && converged("edge-a") && converged("edge-b")
+    }
+
     fn status(&self) -> serde_json::Value {
         let out = must(
             &self.ns("ctl"),
