@@ -430,20 +430,26 @@ fn invalid(e: nanami_model::ValidationErrors) -> ManagerError {
     }
 }
 
+/// The stored catalog and workspace documents, parsed.
+fn parse_documents<'a>(
+    catalog: &str,
+    workspaces: impl IntoIterator<Item = &'a String>,
+) -> Result<(Vec<RegionDoc>, Vec<WorkspaceDoc>), StoreError> {
+    let regions = serde_json::from_str(catalog).map_err(|e| corrupt_row("topology_meta", e))?;
+    let workspaces = workspaces
+        .into_iter()
+        .map(|json| serde_json::from_str::<WorkspaceDoc>(json))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| corrupt_row("workspace_docs", e))?;
+    Ok((regions, workspaces))
+}
+
 /// The documents of a stored topology.
 fn docs_of(stored: &StoredTopology) -> Result<Docs, StoreError> {
-    let corrupt = |table: &'static str, e: serde_json::Error| StoreError::Corrupt {
-        table,
-        message: e.to_string(),
-    };
-    let regions: Vec<RegionDoc> =
-        serde_json::from_str(&stored.catalog).map_err(|e| corrupt("topology_meta", e))?;
-    let workspaces = stored
-        .workspaces
-        .iter()
-        .map(|(_, json)| serde_json::from_str::<WorkspaceDoc>(json))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| corrupt("workspace_docs", e))?;
+    let (regions, workspaces) = parse_documents(
+        &stored.catalog,
+        stored.workspaces.iter().map(|(_, json)| json),
+    )?;
     Ok(Docs::new(regions, workspaces))
 }
 
@@ -490,14 +496,8 @@ fn follow(
     topology: Option<&Topology>,
     stored: TopologyChanges,
 ) -> Result<(u64, Docs, Topology), StoreError> {
-    let regions: Vec<RegionDoc> =
-        serde_json::from_str(&stored.catalog).map_err(|e| corrupt_row("topology_meta", e))?;
-    let written = stored
-        .written
-        .iter()
-        .map(|(_, json)| serde_json::from_str::<WorkspaceDoc>(json))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| corrupt_row("workspace_docs", e))?;
+    let (regions, written) =
+        parse_documents(&stored.catalog, stored.written.iter().map(|(_, json)| json))?;
     let (docs, topology) =
         nanami_control::follow_stored(docs, topology, regions, &stored.ids, written)
             .map_err(|e| corrupt_row("workspace_docs", e))?;

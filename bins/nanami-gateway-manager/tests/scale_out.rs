@@ -111,18 +111,7 @@ impl Cluster {
             port,
             log,
         };
-        let client = Client::new(&proc.url(), Some(&self.ca())).unwrap();
-        until("the manager's /healthz", Duration::from_secs(30), || {
-            let client = client.clone();
-            async move {
-                let a = client
-                    .send_raw(http::Method::GET, "/healthz", None, Duration::from_secs(2))
-                    .await
-                    .ok()?;
-                a.status.is_success().then_some(())
-            }
-        })
-        .await;
+        common::wait_healthz(&proc, &self.ca(), Duration::from_secs(30)).await;
         proc
     }
 

@@ -334,10 +334,9 @@ impl Rig {
     }
 
     /// `nanami status --json` from the manager's namespace.
-    /// Whether the manager answers and both gateways reported the generation it
-    /// wants (never panics: the manager may not be up yet).
-    fn gateways_converged(&self) -> bool {
-        let out = sh(
+    /// `nanami status --json` against the rig's manager.
+    fn status_command(&self) -> std::process::Output {
+        sh(
             &self.ns("ctl"),
             &[
                 NANAMI,
@@ -350,7 +349,13 @@ impl Rig {
                 &self.file("manager/control.token"),
                 "--json",
             ],
-        );
+        )
+    }
+
+    /// Whether the manager answers and both gateways reported the generation it
+    /// wants (never panics: the manager may not be up yet).
+    fn gateways_converged(&self) -> bool {
+        let out = self.status_command();
         let Ok(status) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
             return false;
         };
@@ -367,21 +372,13 @@ impl Rig {
     }
 
     fn status(&self) -> serde_json::Value {
-        let out = must(
-            &self.ns("ctl"),
-            &[
-                NANAMI,
-                "status",
-                "--manager",
-                &format!("https://{MANAGER}"),
-                "--ca",
-                &self.file("manager/ca.pem"),
-                "--credential-file",
-                &self.file("manager/control.token"),
-                "--json",
-            ],
+        let out = self.status_command();
+        assert!(
+            out.status.success(),
+            "nanami status: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_str(&out).unwrap()
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     fn log(&self, name: &str) -> String {

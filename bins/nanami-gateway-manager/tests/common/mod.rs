@@ -289,8 +289,14 @@ pub async fn spawn_manager(
         port,
         log: log.to_owned(),
     };
-    let client = Client::new(&proc.url(), Some(&dir.join("ca.pem"))).unwrap();
-    until("the manager's /healthz", Duration::from_secs(15), || {
+    wait_healthz(&proc, &dir.join("ca.pem"), Duration::from_secs(15)).await;
+    proc
+}
+
+/// Waits (up to `timeout`) for the manager's `/healthz`.
+pub async fn wait_healthz(proc: &ManagerProc, ca: &Path, timeout: Duration) {
+    let client = Client::new(&proc.url(), Some(ca)).unwrap();
+    until("the manager's /healthz", timeout, || {
         let client = client.clone();
         async move {
             let a = client
@@ -301,7 +307,6 @@ pub async fn spawn_manager(
         }
     })
     .await;
-    proc
 }
 
 /// Probe timing of in-process daemons: rounds every 100 ms, three to change a
