@@ -736,27 +736,24 @@ impl Manager {
         // On a shared store another manager may have written since this one last
         // caught up: catch up, decide, and if another write still came first
         // (the store refuses a write decided on an old state), again.
-        let mut attempts = 0;
-        loop {
-            if self.store.shared() {
+        let mut behind = self.store.shared();
+        for _ in 0..WRITE_ATTEMPTS {
+            if behind {
                 self.catch_up_locked()?;
             }
             match self.write_once(writer, edit.clone(), precondition) {
-                Err(ManagerError::Store(StoreError::Stale { expected, current }))
-                    if attempts < WRITE_ATTEMPTS =>
-                {
-                    attempts += 1;
+                Err(ManagerError::Store(StoreError::Stale { expected, current })) => {
                     info!(
                         expected,
                         current, "another manager wrote first; deciding again"
                     );
-                    if !self.store.shared() {
-                        self.catch_up_locked()?;
-                    }
+                    behind = true;
                 }
                 result => return result,
             }
         }
+        self.catch_up_locked()?;
+        self.write_once(writer, edit, precondition)
     }
 
     /// One attempt of [`Manager::write`], under the write lock.

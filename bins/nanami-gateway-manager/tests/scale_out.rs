@@ -439,7 +439,13 @@ async fn three_managers_serve_one_fleet_and_survive_the_lease_holder_killed() {
             n
         })
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let landed = || accepted.lock().unwrap().len();
+    until(
+        "writes landing before the kill",
+        Duration::from_secs(30),
+        || async { (landed() >= 50).then_some(()) },
+    )
+    .await;
     let killed = cluster.managers[holder].as_mut().unwrap();
     killed.child.kill().unwrap(); // SIGKILL
     killed.child.wait().unwrap();
@@ -455,7 +461,14 @@ async fn three_managers_serve_one_fleet_and_survive_the_lease_holder_killed() {
         "lease taken over by manager {new_holder} {:?} after the kill",
         at_kill.elapsed()
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Writes go on landing through the survivors.
+    let before = landed();
+    until(
+        "writes landing after the kill",
+        Duration::from_secs(30),
+        || async { (landed() >= before + 25).then_some(()) },
+    )
+    .await;
     stop_tx.send(true).unwrap();
     let attempted = writer.await.unwrap();
     let accepted = accepted.lock().unwrap().clone();
