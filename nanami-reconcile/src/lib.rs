@@ -44,6 +44,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod backoff;
 mod observed;
 mod op;
 mod plan;
@@ -51,6 +52,7 @@ mod platform;
 mod reconciler;
 pub mod sim;
 
+pub use backoff::Backoff;
 pub use nanami_model::GatewayState;
 pub use observed::{Observed, PeerTelemetry};
 pub use op::{Op, OpKind, Phase};

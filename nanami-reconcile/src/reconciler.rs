@@ -169,22 +169,10 @@ enum Outcome {
 }
 
 /// The backoff before retrying after `failures` failed passes in a row: doubling
-/// from `backoff_initial`, capped at `backoff_max`, with "equal jitter" (a uniform
-/// draw from the upper half) so a fleet of gateways that failed together does not
-/// retry together. Pure: the randomness is the caller's.
+/// from `backoff_initial`, capped at `backoff_max`, jittered (see [`crate::backoff`]).
+/// Pure: the randomness is the caller's.
 pub fn backoff_delay(config: &Config, failures: u32, rng: &mut dyn RngCore) -> Duration {
-    let doublings = failures.saturating_sub(1).min(31);
-    let base = config
-        .backoff_initial
-        .saturating_mul(1u32 << doublings)
-        .min(config.backoff_max);
-    let half = base / 2;
-    let span = u64::try_from((base - half).as_nanos()).unwrap_or(u64::MAX);
-    let jitter = match span.checked_add(1) {
-        Some(modulus) => rng.next_u64() % modulus,
-        None => rng.next_u64(),
-    };
-    half + Duration::from_nanos(jitter)
+    crate::backoff::jittered(config.backoff_initial, config.backoff_max, failures, rng)
 }
 
 /// Makes a [`Platform`] match the latest desired state, kube-style.

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use nanami_model::{GatewayId, NodeConfig, NodeId};
+use rand_core::OsRng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::{lookup_host, TcpStream};
@@ -408,42 +409,48 @@ impl Answer {
 }
 
 /// The wait between a caller's rounds of calls while the manager(s) cannot be
-/// reached: 200 ms, doubling to 10 s, back to 200 ms after an answer. The one
-/// backoff of the daemon's and `nanami connect`'s loops and of
-/// [`Client::enrol_retrying`] (a call already tries every manager once).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// reached: about 200 ms, doubling to about 10 s, jittered, back to the shortest
+/// after an answer. The retry policy of the daemon's and `nanami connect`'s loops
+/// and of [`Client::enrol_retrying`] (a call already tries every manager once):
+/// [`nanami_reconcile::Backoff`] (the one backoff, with jitter, so a fleet that
+/// lost its manager together does not come back together) with these bounds and
+/// the operating system's randomness.
+#[derive(Debug, Clone)]
 pub struct Backoff {
-    delay: Duration,
+    policy: nanami_reconcile::Backoff,
+    next: Duration,
 }
 
 impl Backoff {
-    /// The first wait: short, so that a manager restarting or a switch to another
-    /// is barely noticed.
+    /// The longest first wait (it is drawn from 100–200 ms): short, so that a
+    /// manager restarting or a switch to another is barely noticed.
     pub const FIRST: Duration = Duration::from_millis(200);
-    /// The longest wait: a fleet of daemons retrying a dead manager stays a light
-    /// load, and one that comes back is found within 10 s.
+    /// The longest wait (drawn from 5–10 s): a fleet of daemons retrying a dead
+    /// manager stays a light load, and one that comes back is found within 10 s.
     pub const MAX: Duration = Duration::from_secs(10);
 
     /// A backoff at its first wait.
     pub fn new() -> Self {
-        Self { delay: Self::FIRST }
+        let mut policy = nanami_reconcile::Backoff::new(Self::FIRST, Self::MAX);
+        let next = policy.next_wait(&mut OsRng);
+        Self { policy, next }
     }
 
-    /// The wait to do now (for logs).
+    /// The wait that [`Backoff::advance`] returns next (for logs).
     pub fn delay(&self) -> Duration {
-        self.delay
+        self.next
     }
 
-    /// The wait to do now; the next one is twice as long, up to [`Backoff::MAX`].
+    /// The wait to do now; the next one is about twice as long, up to
+    /// [`Backoff::MAX`].
     pub fn advance(&mut self) -> Duration {
-        let now = self.delay;
-        self.delay = (now * 2).min(Self::MAX);
-        now
+        std::mem::replace(&mut self.next, self.policy.next_wait(&mut OsRng))
     }
 
     /// Back to the first wait (after an answer).
     pub fn reset(&mut self) {
-        self.delay = Self::FIRST;
+        self.policy.reset();
+        self.next = self.policy.next_wait(&mut OsRng);
     }
 }
 
@@ -1106,14 +1113,24 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_to_its_cap_and_resets() {
+    fn backoff_doubles_to_its_cap_jittered_and_resets() {
         let mut b = Backoff::new();
-        let waits: Vec<Duration> = (0..8).map(|_| b.advance()).collect();
-        assert_eq!(waits[0], Backoff::FIRST);
-        assert_eq!(waits[1], Backoff::FIRST * 2);
-        assert_eq!(*waits.last().unwrap(), Backoff::MAX);
+        let announced = b.delay();
+        let waits: Vec<Duration> = (0..10).map(|_| b.advance()).collect();
+        assert_eq!(waits[0], announced, "delay() tells the next wait");
+        for (n, wait) in waits.iter().enumerate() {
+            let nominal = (Backoff::FIRST * (1 << n)).min(Backoff::MAX);
+            assert!(
+                *wait >= nominal / 2 && *wait <= nominal,
+                "wait {n}: {wait:?}"
+            );
+        }
         b.reset();
-        assert_eq!(b.delay(), Backoff::FIRST);
+        assert!(b.delay() <= Backoff::FIRST && b.delay() >= Backoff::FIRST / 2);
+        // Jittered: a fleet's first waits are spread out.
+        let firsts: std::collections::BTreeSet<Duration> =
+            (0..50).map(|_| Backoff::new().delay()).collect();
+        assert!(firsts.len() > 40, "{firsts:?}");
     }
 
     /// What a test server does with each request.

@@ -349,25 +349,19 @@ async fn schema_version(client: &impl GenericClient) -> Result<u32, StoreError> 
 
 /// Listens for other managers' changes for as long as the runtime runs.
 async fn listen(config: tokio_postgres::Config, tls: Tls, tx: watch::Sender<u64>) {
-    let backoff = nanami_reconcile::Config {
-        backoff_initial: Duration::from_millis(100),
-        backoff_max: Duration::from_secs(5),
-        ..nanami_reconcile::Config::default()
-    };
-    let mut failures = 0u32;
+    let mut backoff =
+        nanami_reconcile::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match listen_once(&config, &tls, &tx).await {
-            Ok(()) => failures = 0,
+            Ok(()) => backoff.reset(),
             Err(e) => {
-                failures = failures.saturating_add(1);
-                if failures == 1 {
+                if backoff.failures() == 0 {
                     warn!(error = %e, "store: listening for other managers' changes failed; retrying");
                 }
             }
         }
-        let delay =
-            nanami_reconcile::backoff_delay(&backoff, failures.max(1), &mut rand::thread_rng());
-        tokio::time::sleep(delay).await;
+        let wait = backoff.next_wait(&mut rand::thread_rng());
+        tokio::time::sleep(wait).await;
     }
 }
 
