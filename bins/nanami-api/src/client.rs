@@ -1,27 +1,26 @@
-//! A small HTTP/1 client for the manager's API, over hyper, with TLS from
-//! tokio-rustls. It speaks to one manager or to several serving the same API,
-//! moving on to the next when one cannot be reached (see [`Client`]), and keeps one
-//! idle connection for reuse (long-polls and reports of a fleet of daemons would
-//! otherwise each pay a TLS handshake).
+//! The typed HTTP/1 client of the manager's API, over hyper-util's pooled client
+//! with TLS from hyper-rustls. It speaks to one manager or to several serving the
+//! same API, moving on to the next when one cannot be reached (see [`Client`]),
+//! and keeps connections for reuse (long-polls and reports of a fleet of daemons
+//! would otherwise each pay a TLS handshake).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::connect::capture_connection;
 use nanami_model::{GatewayId, NodeConfig, NodeId};
 use rand_core::OsRng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::net::{lookup_host, TcpStream};
-use tokio::sync::Mutex;
+use tokio::net::lookup_host;
 use tracing::{debug, warn};
 
+use crate::connect::{self, Pool};
 use crate::tls::{client_config, TlsError};
 use crate::wire::{
     EnrolRequest, EnrolResponse, ErrorBody, GatewayDesired, GatewayStatus, ObservedRecord,
@@ -97,25 +96,30 @@ const MAX_ADDRESSES: usize = 8;
 /// gone, a firewall dropping) costs this much per call until another answers.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One manager of the list: where it listens and how to speak TLS to it.
+/// One manager of the list: where it listens, how to speak TLS to it, and its
+/// pool of connections.
 struct Endpoint {
     /// The URL as given, for logs and errors.
     url: String,
     host: String,
     port: u16,
+    /// The TLS configuration (one CA for all managers) and the name its
+    /// certificate must carry; `None` for http.
     tls: Option<(
-        tokio_rustls::TlsConnector,
+        Arc<rustls::ClientConfig>,
         rustls::pki_types::ServerName<'static>,
     )>,
+    pool: Pool,
 }
 
 impl Endpoint {
-    /// Parses one `http(s)://host:port`; `connector` is made from `ca` on the first
+    /// Parses one `http(s)://host:port`; `config` is made from `ca` on the first
     /// https entry and shared by the others (one CA for all managers).
     fn parse(
         url: &str,
         ca: Option<&Path>,
-        connector: &mut Option<tokio_rustls::TlsConnector>,
+        config: &mut Option<Arc<rustls::ClientConfig>>,
+        connect_timeout: Duration,
     ) -> Result<Self, ApiError> {
         let uri: http::Uri = url.parse().map_err(|_| ApiError::Url(url.into()))?;
         let host = uri
@@ -127,17 +131,13 @@ impl Endpoint {
             .to_owned();
         let tls = match (uri.scheme_str(), ca) {
             (Some("https"), Some(ca)) => {
-                let connector = match connector {
+                let config = match config {
                     Some(c) => c.clone(),
-                    None => connector
-                        .insert(tokio_rustls::TlsConnector::from(Arc::new(client_config(
-                            ca,
-                        )?)))
-                        .clone(),
+                    None => config.insert(Arc::new(client_config(ca)?)).clone(),
                 };
                 let name = rustls::pki_types::ServerName::try_from(host.clone())
                     .map_err(|_| ApiError::Url(url.into()))?;
-                Some((connector, name))
+                Some((config, name))
             }
             (Some("http"), _) => None,
             (Some("https"), None) => {
@@ -148,12 +148,32 @@ impl Endpoint {
         let port = uri
             .port_u16()
             .unwrap_or(if tls.is_some() { 443 } else { 80 });
+        let pool = connect::pool(
+            tls.as_ref().map(|(c, n)| (&**c, n.clone())),
+            connect_timeout,
+        );
         Ok(Self {
             url: url.to_owned(),
             host,
             port,
             tls,
+            pool,
         })
+    }
+
+    /// The same manager with a new, empty pool whose connections are made within
+    /// `connect_timeout`.
+    fn with_connect_timeout(&self, connect_timeout: Duration) -> Self {
+        Self {
+            url: self.url.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            tls: self.tls.clone(),
+            pool: connect::pool(
+                self.tls.as_ref().map(|(c, n)| (&**c, n.clone())),
+                connect_timeout,
+            ),
+        }
     }
 
     /// What makes two entries the same manager.
@@ -187,37 +207,12 @@ impl Endpoint {
         Ok(addresses)
     }
 
-    /// A connection to `addr` with its TLS and HTTP/1 handshakes done.
-    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let _ = tcp.set_nodelay(true);
-        match &self.tls {
-            Some((connector, name)) => {
-                let stream = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| format!("TLS: {e}"))?;
-                handshake(stream).await
-            }
-            None => handshake(tcp).await,
-        }
+    /// The URI of `path` at `addr`: requests name the address, so the pool keeps
+    /// connections per address and a request goes where the caller chose.
+    fn uri(&self, addr: SocketAddr, path: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}{path}")
     }
-}
-
-/// The HTTP/1 handshake on `stream`, its connection driven by a task of its own.
-async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "connection closed");
-        }
-    });
-    Ok(send)
 }
 
 /// One address of one manager of the list: what one attempt goes to.
@@ -308,7 +303,15 @@ enum Failed {
     /// Nothing reached the manager.
     NotSent(ApiError),
     /// The request left; no answer came.
-    NoAnswer(ApiError),
+    NoAnswer {
+        /// What happened.
+        error: ApiError,
+        /// It left on a connection kept from an earlier request (which the
+        /// manager may have closed as it arrived), not one opened for it. Never
+        /// set for a timeout: a manager that is slow is slow on a new connection
+        /// too.
+        kept: bool,
+    },
     /// The request cannot be built (the caller's mistake): no manager would take it.
     Request(ApiError),
 }
@@ -321,12 +324,6 @@ enum Verdict {
     Next(Result<Answer, ApiError>),
 }
 
-/// The connection kept from the last answer, and the target that gave it.
-struct Kept {
-    at: At,
-    send: SendRequest<Full<Bytes>>,
-}
-
 /// A client of one manager or of several that serve the same API (active-active,
 /// one store), with an optional bearer credential.
 ///
@@ -335,34 +332,22 @@ struct Kept {
 /// refused, connecting slower than the connect timeout), or, for a request that
 /// can be repeated, the connection drops before the answer, no answer comes in
 /// time, or it answers 503, the call goes on to the next target, each target at
-/// most once (the kept connection's target may get a fresh connection once more),
-/// and the last failure is returned when none is left: a call is bounded by the
-/// number of targets times its timeout. Retrying later is the caller's business
-/// (with [`Backoff`]). A host name counts as one target per address it resolves
-/// to (at most 8), resolved when a connection is made.
+/// most once, and the last failure is returned when none is left: a call is
+/// bounded by the number of targets times its timeout. Retrying later is the
+/// caller's business (with [`Backoff`]). A host name counts as one target per
+/// address it resolves to (at most 8), resolved when a call is made.
 ///
-/// Cloning shares the targets and which one answered last, but not the idle
-/// connection.
+/// Connections are pooled per address (hyper-util's client), kept idle for 30 s
+/// and shared by the client's clones, as are the targets and which one answered
+/// last: a daemon's long-poll and its reports reuse connections instead of paying
+/// a TLS handshake each. A kept connection the manager has closed in the meantime
+/// is replaced by a new one when nothing was sent on it.
+#[derive(Clone)]
 pub struct Client {
     targets: Arc<Targets>,
     credential: Option<String>,
-    /// One idle connection, reused by the next call to the same target (a fleet's
-    /// long-polls and reports would otherwise each pay a TLS handshake).
-    idle: Mutex<Option<Kept>>,
     timeout: Duration,
     connect_timeout: Duration,
-}
-
-impl Clone for Client {
-    fn clone(&self) -> Self {
-        Self {
-            targets: self.targets.clone(),
-            credential: self.credential.clone(),
-            idle: Mutex::new(None),
-            timeout: self.timeout,
-            connect_timeout: self.connect_timeout,
-        }
-    }
 }
 
 impl std::fmt::Debug for Client {
@@ -478,10 +463,15 @@ impl Client {
     /// (one CA for all). Errors name the first bad entry: not such a URL (an empty
     /// entry, too), https without a CA, the same manager twice, or no entry at all.
     pub fn with_urls<S: AsRef<str>>(urls: &[S], ca: Option<&Path>) -> Result<Self, ApiError> {
-        let mut connector = None;
+        let mut config = None;
         let mut endpoints: Vec<Endpoint> = Vec::with_capacity(urls.len());
         for url in urls {
-            let endpoint = Endpoint::parse(url.as_ref().trim(), ca, &mut connector)?;
+            let endpoint = Endpoint::parse(
+                url.as_ref().trim(),
+                ca,
+                &mut config,
+                DEFAULT_CONNECT_TIMEOUT,
+            )?;
             if endpoints.iter().any(|e| e.key() == endpoint.key()) {
                 return Err(ApiError::DuplicateManager(endpoint.url));
             }
@@ -496,7 +486,6 @@ impl Client {
                 sticky: std::sync::Mutex::new(None),
             }),
             credential: None,
-            idle: Mutex::new(None),
             timeout: Duration::from_secs(30),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         })
@@ -519,10 +508,21 @@ impl Client {
         self
     }
 
-    /// How long connecting to one target may take before the next is tried
-    /// ([`DEFAULT_CONNECT_TIMEOUT`]; never more than the call's timeout).
+    /// How long connecting to one target (TCP and TLS) may take before the next
+    /// is tried ([`DEFAULT_CONNECT_TIMEOUT`]; the call's timeout bounds the whole
+    /// call, connecting included). The client gets pools of its own, and forgets
+    /// which manager answered last: set it before the first call.
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self.targets = Arc::new(Targets {
+            endpoints: self
+                .targets
+                .endpoints
+                .iter()
+                .map(|e| e.with_connect_timeout(timeout))
+                .collect(),
+            sticky: std::sync::Mutex::new(self.targets.sticky()),
+        });
         self
     }
 
@@ -572,28 +572,6 @@ impl Client {
     async fn exchange(&self, out: &Outgoing<'_>, timeout: Duration) -> Result<Answer, ApiError> {
         let first = self.targets.sticky();
         let mut last = None;
-        // A target that answered 503 on the kept connection is not asked again.
-        let mut unavailable = None;
-        let kept = self
-            .idle
-            .lock()
-            .await
-            .take()
-            .filter(|k| Some(k.at) == first && k.send.is_ready());
-        if let Some(kept) = kept {
-            match self
-                .try_target(out, kept.at, Some(kept.send), first, timeout)
-                .await
-            {
-                Verdict::Done(result) => return result,
-                Verdict::Next(result) => {
-                    if result.is_ok() {
-                        unavailable = Some(kept.at);
-                    }
-                    last = Some(result);
-                }
-            }
-        }
         let n = self.targets.endpoints.len();
         let start = first.map_or(0, |at| at.endpoint);
         let limit = self.connect_timeout.min(timeout);
@@ -614,11 +592,10 @@ impl Client {
                 addresses.rotate_left(i);
             }
             for addr in addresses {
-                let at = At { endpoint, addr };
-                if Some(at) == unavailable {
-                    continue;
-                }
-                match self.try_target(out, at, None, first, timeout).await {
+                match self
+                    .try_target(out, At { endpoint, addr }, first, timeout)
+                    .await
+                {
                     Verdict::Done(result) => return result,
                     Verdict::Next(result) => last = Some(result),
                 }
@@ -627,28 +604,35 @@ impl Client {
         last.unwrap_or_else(|| Err(ApiError::Connect("no manager to try".into())))
     }
 
-    /// One attempt at `at` (on `kept`, or a new connection), judged.
+    /// One attempt at `at`, judged. A repeatable request that got no answer on a
+    /// kept connection is sent once more on a new one: the manager may have closed
+    /// the connection as the request arrived (a restart, its idle timeout), which
+    /// says nothing about whether it can answer.
     async fn try_target(
         &self,
         out: &Outgoing<'_>,
         at: At,
-        kept: Option<SendRequest<Full<Bytes>>>,
         first: Option<At>,
         timeout: Duration,
     ) -> Verdict {
-        match self.attempt(out, at, kept, timeout).await {
-            Ok((answer, _))
+        let mut result = self.attempt(out, at, timeout).await;
+        if out.repeat == Repeat::Safe && matches!(result, Err(Failed::NoAnswer { kept: true, .. }))
+        {
+            debug!(manager = %self.targets.label(at), "a kept connection gave no answer; trying a new one");
+            result = self.attempt(out, at, timeout).await;
+        }
+        match result {
+            Ok(answer)
                 if answer.status == StatusCode::SERVICE_UNAVAILABLE
                     && out.repeat == Repeat::Safe =>
             {
                 debug!(manager = %self.targets.label(at), "unavailable (503); trying the next manager");
                 Verdict::Next(Ok(answer))
             }
-            Ok((answer, send)) => {
+            Ok(answer) => {
                 if answer.status != StatusCode::SERVICE_UNAVAILABLE {
                     self.targets.answered(at, first);
                 }
-                *self.idle.lock().await = Some(Kept { at, send });
                 Verdict::Done(Ok(answer))
             }
             Err(Failed::Request(e)) => Verdict::Done(Err(e)),
@@ -656,58 +640,48 @@ impl Client {
                 debug!(error = %e, "cannot reach a manager; trying the next one");
                 Verdict::Next(Err(e))
             }
-            Err(Failed::NoAnswer(e)) => match out.repeat {
+            Err(Failed::NoAnswer { error, .. }) => match out.repeat {
                 Repeat::Safe => {
-                    debug!(error = %e, "no answer from a manager; trying the next one");
-                    Verdict::Next(Err(e))
+                    debug!(error = %error, "no answer from a manager; trying the next one");
+                    Verdict::Next(Err(error))
                 }
-                Repeat::Once => Verdict::Done(Err(e)),
+                Repeat::Once => Verdict::Done(Err(error)),
             },
         }
     }
 
-    /// Sends `out` to `at` once: on `kept`, or on a new connection made within the
-    /// connect timeout; the whole exchange within `timeout`.
+    /// Sends `out` to `at` once, on a pooled connection or a new one; the whole
+    /// exchange within `timeout`.
     async fn attempt(
         &self,
         out: &Outgoing<'_>,
         at: At,
-        kept: Option<SendRequest<Full<Bytes>>>,
         timeout: Duration,
-    ) -> Result<(Answer, SendRequest<Full<Bytes>>), Failed> {
+    ) -> Result<Answer, Failed> {
         let endpoint = &self.targets.endpoints[at.endpoint];
         let connect_error = |e: &dyn std::fmt::Display| {
             ApiError::Connect(format!("{}: {e}", self.targets.label(at)))
         };
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut send = match kept {
-            Some(send) => send,
-            None => {
-                let limit = self.connect_timeout.min(timeout);
-                match tokio::time::timeout(limit, endpoint.connect(at.addr)).await {
-                    Ok(Ok(send)) => send,
-                    Ok(Err(e)) => return Err(Failed::NotSent(connect_error(&e))),
-                    Err(_) => {
-                        return Err(Failed::NotSent(connect_error(&format_args!(
-                            "no connection within {limit:?}"
-                        ))))
-                    }
-                }
-            }
-        };
-        let request = self.request(endpoint, out).map_err(Failed::Request)?;
+        let mut request = self
+            .request(endpoint, at.addr, out)
+            .map_err(Failed::Request)?;
+        let capture = capture_connection(&mut request);
+        let started = Instant::now();
+        // Whether the request went out on a connection kept from before.
+        let kept = || connect::opened(&capture).is_some_and(|opened| opened < started);
         let exchange = async {
-            // A connection that closes before the request is written sent nothing.
-            send.ready()
-                .await
-                .map_err(|e| Failed::NotSent(connect_error(&e)))?;
-            let response = send.try_send_request(request).await.map_err(|mut e| {
-                let error = connect_error(e.error());
-                // hyper gives the request back when none of it was written.
-                if e.take_message().is_some() {
+            let response = endpoint.pool.request(request).await.map_err(|e| {
+                let error = connect_error(&connect::describe(&e));
+                // A connection error: nothing was written. (A request on a kept
+                // connection that closed before it was written is retried on a new
+                // connection by the pool itself.)
+                if e.is_connect() {
                     Failed::NotSent(error)
                 } else {
-                    Failed::NoAnswer(error)
+                    Failed::NoAnswer {
+                        error,
+                        kept: kept(),
+                    }
                 }
             })?;
             let status = response.status();
@@ -715,7 +689,10 @@ impl Client {
             let body = body
                 .collect()
                 .await
-                .map_err(|e| Failed::NoAnswer(connect_error(&e)))?
+                .map_err(|e| Failed::NoAnswer {
+                    error: connect_error(&e),
+                    kept: kept(),
+                })?
                 .to_bytes();
             Ok(Answer {
                 status,
@@ -723,22 +700,25 @@ impl Client {
                 body,
             })
         };
-        match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(Ok(answer)) => Ok((answer, send)),
-            Ok(Err(failed)) => Err(failed),
-            Err(_) => Err(Failed::NoAnswer(ApiError::Timeout(timeout))),
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(Failed::NoAnswer {
+                error: ApiError::Timeout(timeout),
+                kept: false,
+            }),
         }
     }
 
-    /// `out` as a request to `endpoint`.
+    /// `out` as a request to `endpoint` at `addr`.
     fn request(
         &self,
         endpoint: &Endpoint,
+        addr: SocketAddr,
         out: &Outgoing<'_>,
     ) -> Result<Request<Full<Bytes>>, ApiError> {
         let mut builder = Request::builder()
             .method(out.method.clone())
-            .uri(out.path)
+            .uri(endpoint.uri(addr, out.path))
             .header(http::header::HOST, endpoint.host.as_str());
         if let Some(c) = &self.credential {
             builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {c}"));
@@ -1041,7 +1021,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
     use crate::wire::Subject;
@@ -1140,12 +1120,20 @@ mod tests {
         Answer(u16, Vec<u8>),
         /// Reads the request and closes without a word.
         Drop,
+        /// Answers 200 `{"ok":true}` and keeps the connection open for more.
+        KeepAlive,
+        /// Answers the first request of a connection and keeps it open, then
+        /// closes it when the next request arrives, unanswered (a manager that
+        /// closed an idle connection as a request was on its way).
+        KeepOnce,
     }
 
-    /// An HTTP/1 server on loopback that counts the requests it reads.
+    /// An HTTP/1 server on loopback that counts the connections it accepts and the
+    /// requests it reads.
     struct Server {
         url: String,
         requests: Arc<AtomicUsize>,
+        connections: Arc<AtomicUsize>,
     }
 
     impl Server {
@@ -1153,33 +1141,54 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("http://{}", listener.local_addr().unwrap());
             let requests = Arc::new(AtomicUsize::new(0));
-            let count = requests.clone();
+            let connections = Arc::new(AtomicUsize::new(0));
+            let (count, accepted) = (requests.clone(), connections.clone());
             tokio::spawn(async move {
                 while let Ok((mut stream, _)) = listener.accept().await {
+                    accepted.fetch_add(1, Ordering::SeqCst);
                     let behaviour = behaviour.clone();
                     let count = count.clone();
                     tokio::spawn(async move {
-                        if read_request(&mut stream).await.is_none() {
-                            return;
-                        }
-                        count.fetch_add(1, Ordering::SeqCst);
-                        if let Behaviour::Answer(status, body) = behaviour {
+                        let mut served = 0;
+                        while read_request(&mut stream).await.is_some() {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            served += 1;
+                            let (status, body, keep) = match &behaviour {
+                                Behaviour::Answer(status, body) => (*status, body.clone(), false),
+                                Behaviour::KeepAlive => (200, OK.as_bytes().to_vec(), true),
+                                Behaviour::KeepOnce if served == 1 => {
+                                    (200, OK.as_bytes().to_vec(), true)
+                                }
+                                Behaviour::Drop | Behaviour::KeepOnce => break,
+                            };
                             let head = format!(
-                                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                                body.len()
+                                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n",
+                                body.len(),
+                                if keep { "" } else { "connection: close\r\n" }
                             );
                             let _ = stream.write_all(head.as_bytes()).await;
                             let _ = stream.write_all(&body).await;
+                            if !keep {
+                                break;
+                            }
                         }
                         let _ = stream.shutdown().await;
                     });
                 }
             });
-            Self { url, requests }
+            Self {
+                url,
+                requests,
+                connections,
+            }
         }
 
         fn requests(&self) -> usize {
             self.requests.load(Ordering::SeqCst)
+        }
+
+        fn connections(&self) -> usize {
+            self.connections.load(Ordering::SeqCst)
         }
     }
 
@@ -1334,6 +1343,33 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!((a.requests(), b.requests()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn connections_are_kept_and_shared_by_clones() {
+        let server = Server::start(Behaviour::KeepAlive).await;
+        let client = Client::new(&server.url, None).unwrap();
+        let clone = client.clone();
+        for c in [&client, &clone, &client] {
+            assert_eq!(get(c).await.unwrap().status, StatusCode::OK);
+        }
+        assert_eq!(post(&clone).await.unwrap().status, StatusCode::OK);
+        assert_eq!((server.requests(), server.connections()), (4, 1));
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_closed_under_a_repeatable_request_is_replaced() {
+        let server = Server::start(Behaviour::KeepOnce).await;
+        let client = Client::new(&server.url, None).unwrap();
+        assert_eq!(get(&client).await.unwrap().status, StatusCode::OK);
+        // The kept connection is closed as the request arrives: a GET is sent
+        // again on a new connection, to the same (only) manager.
+        assert_eq!(get(&client).await.unwrap().status, StatusCode::OK);
+        assert_eq!((server.requests(), server.connections()), (3, 2));
+        // A POST may have been taken: the same closing is its answer.
+        let e = post(&client).await.unwrap_err();
+        assert!(matches!(e, ApiError::Connect(_)), "{e:?}");
+        assert_eq!((server.requests(), server.connections()), (4, 2));
     }
 
     #[tokio::test]

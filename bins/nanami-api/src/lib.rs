@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+mod connect;
 pub mod objects;
 pub mod service;
 pub mod tls;
