@@ -44,14 +44,17 @@ pub(crate) fn pool(
     tcp.set_connect_timeout(Some(connect_timeout));
     let inner = match tls {
         None => Inner::Plain(tcp),
-        Some((config, name)) => Inner::Tls(
+        Some((config, name)) => Inner::Tls({
+            // hyper-rustls sets ALPN itself (http/1.1, from `enable_http1`).
+            let mut config = config.clone();
+            config.alpn_protocols.clear();
             hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(config.clone())
+                .with_tls_config(config)
                 .https_only()
                 .with_server_name_resolver(FixedServerNameResolver::new(name))
                 .enable_http1()
-                .wrap_connector(tcp),
-        ),
+                .wrap_connector(tcp)
+        }),
     };
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
