@@ -1,8 +1,9 @@
 //! # nanami-api
 //!
 //! The gateway manager's HTTP API as Rust values: the wire types every party
-//! shares ([`wire`]), the TLS set-up ([`tls`]) and a small HTTP/1 client over hyper
-//! ([`client`]) that the daemon, the `nanami` CLI and the fleet benchmark use.
+//! shares ([`wire`]), the TLS set-up ([`tls`]), the typed client ([`client`]) that
+//! the daemon, the `nanami` CLI and the fleet benchmark use, and the Prometheus
+//! text format the manager and the daemon expose ([`metrics`]).
 //!
 //! Authentication is a bearer credential in `Authorization: Bearer <token>`; the
 //! kinds are told apart by prefix (see [`wire::CredentialKind`]). Only public keys
@@ -12,6 +13,7 @@
 
 pub mod client;
 mod connect;
+pub mod metrics;
 pub mod objects;
 pub mod service;
 pub mod tls;

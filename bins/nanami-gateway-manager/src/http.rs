@@ -127,12 +127,15 @@ impl From<ManagerError> for ApiErr {
 pub struct HttpConfig {
     /// How long a client may take to send a request body once its headers are in.
     pub body_timeout: Duration,
+    /// Whether `/metrics` has the per-peer series (they grow with the clients).
+    pub per_peer_metrics: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             body_timeout: Duration::from_secs(30),
+            per_peer_metrics: false,
         }
     }
 }
@@ -369,17 +372,14 @@ pub fn router(manager: Arc<Manager>, config: HttpConfig) -> Router {
 
 /// A router with `/metrics` alone and no credential, for a separate listen
 /// address that only the monitoring system reaches (`--metrics-listen`).
-pub fn metrics_router(manager: Arc<Manager>) -> Router {
+pub fn metrics_router(manager: Arc<Manager>, config: HttpConfig) -> Router {
     Router::new()
         .route(
             "/metrics",
             get(|State(app): State<App>| async move { metrics_response(&app) }),
         )
         .fallback(|| async { ApiErr::new(StatusCode::NOT_FOUND, "no such endpoint") })
-        .with_state(App {
-            manager,
-            config: HttpConfig::default(),
-        })
+        .with_state(App { manager, config })
 }
 
 async fn enrol(
@@ -770,129 +770,14 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Result<Response,
     Ok(metrics_response(&app))
 }
 
-/// The Prometheus text exposition of the manager's gauges and counters; its cost
-/// does not grow with the number of gateways.
+/// The Prometheus text exposition of the manager's series (see [`crate::metrics`]).
 fn metrics_response(app: &App) -> Response {
-    use std::fmt::Write as _;
-    let s = app.summary();
-    let c = &app.counters;
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
-    metric(
-        "nanami_topology_revision",
-        "gauge",
-        "Topology revision in force.",
-        s.revision,
-    );
-    metric(
-        "nanami_health_lease_held",
-        "gauge",
-        "1 when this manager decides health verdicts (always, with a store of its own; the lease holder, with a shared one).",
-        u64::from(app.leads()),
-    );
-    metric(
-        "nanami_gateways",
-        "gauge",
-        "Gateways with a desired state (removed ones included).",
-        n(s.gateways),
-    );
-    metric(
-        "nanami_gateways_online",
-        "gauge",
-        "Gateways of the topology that report.",
-        n(s.online),
-    );
-    metric(
-        "nanami_gateways_offline",
-        "gauge",
-        "Gateways of the topology that missed too many reports.",
-        n(s.offline),
-    );
-    metric(
-        "nanami_gateways_removed",
-        "gauge",
-        "Gateways no longer in the topology (served the empty state).",
-        n(s.removed),
-    );
-    metric(
-        "nanami_gateway_paths_unhealthy",
-        "gauge",
-        "(gateway, network) pairs whose forwarding path is down while the gateway reports.",
-        n(s.paths_unhealthy),
-    );
-    metric(
-        "nanami_gateways_converged",
-        "gauge",
-        "Gateways whose observed generation is the desired one.",
-        n(s.converged),
-    );
-    metric(
-        "nanami_store_ok",
-        "gauge",
-        "1 when everything served is stored; 0 while the store cannot write.",
-        u64::from(s.store_ok),
-    );
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    metric(
-        "nanami_store_errors_total",
-        "counter",
-        "Store writes that failed.",
-        load(&c.store_errors),
-    );
-    metric(
-        "nanami_generation_forks_total",
-        "counter",
-        "Reports of a generation this manager did not issue with that content.",
-        load(&c.generation_forks),
-    );
-    metric(
-        "nanami_enrolments_total",
-        "counter",
-        "Successful enrolments.",
-        load(&c.enrolments),
-    );
-    metric(
-        "nanami_enrolments_refused_total",
-        "counter",
-        "Refused enrolments.",
-        load(&c.enrolments_refused),
-    );
-    metric(
-        "nanami_reports_total",
-        "counter",
-        "Observed reports accepted.",
-        load(&c.reports),
-    );
-    metric(
-        "nanami_desired_served_total",
-        "counter",
-        "Desired states served.",
-        load(&c.desired_served),
-    );
-    metric(
-        "nanami_auth_refused_total",
-        "counter",
-        "Requests refused with 401 or 403.",
-        load(&c.auth_refused),
-    );
-    metric(
-        "nanami_bad_requests_total",
-        "counter",
-        "Malformed bodies and parameters refused.",
-        load(&c.bad_requests),
-    );
     (
         [(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
+            HeaderValue::from_static(nanami_api::metrics::CONTENT_TYPE),
         )],
-        out,
+        crate::metrics::render(&app.manager, app.config.per_peer_metrics),
     )
         .into_response()
 }

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod http;
 pub mod init;
 pub mod manager;
+pub mod metrics;
 pub mod objects;
 pub mod server;
 pub mod store;

@@ -105,6 +105,10 @@ enum Command {
         /// the API's address `/metrics` needs the operator or control credential.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// Add per-peer series to `/metrics` (bytes in and out, newest handshake
+        /// of each peer of each gateway): their number grows with the clients.
+        #[arg(long)]
+        metrics_per_peer: bool,
     },
     /// Mint a one-time enrolment token (printed on standard output).
     Token {
@@ -263,6 +267,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             idle_timeout_ms,
             body_timeout_ms,
             metrics_listen,
+            metrics_per_peer,
         } => {
             let fd_limit = match raise_fd_limit() {
                 Ok(limit) => Some(limit),
@@ -299,6 +304,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 limits,
                 http: http::HttpConfig {
                     body_timeout: Duration::from_millis(body_timeout_ms),
+                    per_peer_metrics: metrics_per_peer,
                 },
                 metrics_listen,
             }));
@@ -389,7 +395,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         info!(addr = %metrics.local_addr()?, "serving /metrics without a credential");
         tokio::spawn(server::serve(
             metrics,
-            http::metrics_router(manager.clone()),
+            http::metrics_router(manager.clone(), args.http),
             None,
             args.limits,
             stopped(stop_rx.clone()),

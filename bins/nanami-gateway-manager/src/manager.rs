@@ -293,6 +293,28 @@ pub struct Counters {
     pub generation_forks: AtomicU64,
 }
 
+/// One gateway's traffic and path verdicts, from its last report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayTelemetry {
+    /// The gateway.
+    pub gateway: GatewayId,
+    /// The verdict of each network whose forwarding path it probes.
+    pub paths: BTreeMap<NetworkId, PathHealth>,
+    /// Its peers' counters.
+    pub peers: Vec<PeerSeries>,
+}
+
+/// One peer of a gateway, as `/metrics` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSeries {
+    /// The peer's public key.
+    pub key: PublicKey,
+    /// The node of the gateway's workspace with that key, if any.
+    pub node: Option<NodeId>,
+    /// Its counters and newest handshake.
+    pub telemetry: nanami_reconcile::PeerTelemetry,
+}
+
 /// Gauges for `/metrics`, read in constant time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
@@ -1604,6 +1626,55 @@ impl Manager {
                     facts: report.map(|r| r.facts.clone()).unwrap_or_default(),
                     generation_fork: inner.forks.get(id).cloned(),
                     store_error: inner.store_error.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Per-gateway traffic and path verdicts from each reporting gateway's last
+    /// report, ordered by gateway, peers ordered by key, each peer with the node of
+    /// the gateway's workspace whose key it is (for the per-peer series of
+    /// `/metrics`).
+    pub fn telemetry(&self) -> Vec<GatewayTelemetry> {
+        let inner = self.lock();
+        inner
+            .observed
+            .iter()
+            .map(|(id, record)| {
+                let workspace = inner
+                    .topology
+                    .as_ref()
+                    .and_then(|t| t.gateway(id))
+                    .map(|(ws, _)| ws);
+                let node_of = |key: &PublicKey| {
+                    workspace.and_then(|ws| {
+                        ws.nodes
+                            .iter()
+                            .find(|(_, n)| n.public_key == *key)
+                            .map(|(node, _)| node.clone())
+                    })
+                };
+                let mut peers: Vec<PeerSeries> = record
+                    .report
+                    .telemetry
+                    .values()
+                    .flat_map(|peers| peers.iter())
+                    .map(|(key, telemetry)| PeerSeries {
+                        key: *key,
+                        node: node_of(key),
+                        telemetry: *telemetry,
+                    })
+                    .collect();
+                peers.sort_by_key(|p| p.key);
+                GatewayTelemetry {
+                    gateway: id.clone(),
+                    paths: record
+                        .report
+                        .health
+                        .iter()
+                        .map(|(network, h)| (network.clone(), h.state))
+                        .collect(),
+                    peers,
                 }
             })
             .collect()

@@ -942,6 +942,19 @@ async fn a_gateway_whose_path_to_one_network_fails_loses_only_that_networks_clie
     );
     assert_eq!(unhealthy_networks(&f.env, "gw-a").await, ["corp"]);
     assert!(unhealthy_networks(&f.env, "gw-b").await.is_empty());
+    let s = scrape(&f.env).await;
+    for (gateway, network, healthy) in [
+        ("gw-a", "corp", 0.0),
+        ("gw-a", "lab", 1.0),
+        ("gw-b", "corp", 1.0),
+    ] {
+        let labels = [("gateway", gateway), ("network", network)];
+        assert_eq!(
+            sample(&s, "nanami_gateway_path_healthy", &labels),
+            Some(healthy),
+            "{gateway} {network}"
+        );
+    }
     let observed = f
         .env
         .control()
@@ -1236,6 +1249,157 @@ fn desired_state(state_dir: &std::path::Path) -> serde_json::Value {
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(state_dir.join("desired.json")).unwrap()).unwrap();
     saved["state"].clone()
+}
+
+type Exposition = openmetrics_parser::MetricsExposition<
+    openmetrics_parser::PrometheusType,
+    openmetrics_parser::PrometheusValue,
+>;
+
+/// The value of the sample of `name` whose labels include `labels`.
+fn sample(scrape: &Exposition, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    use openmetrics_parser::PrometheusValue as V;
+    scrape
+        .families
+        .get(name)?
+        .iter_samples()
+        .find(|s| {
+            let set = s.get_labelset().unwrap();
+            labels
+                .iter()
+                .all(|(k, v)| set.iter().any(|(name, value)| name == k && value == v))
+        })
+        .map(|s| match &s.value {
+            V::Gauge(n) | V::Unknown(n) => n.as_f64(),
+            V::Counter(c) => c.value.as_f64(),
+            other @ (V::Histogram(_) | V::Summary(_)) => panic!("{name}: unexpected {other:?}"),
+        })
+}
+
+/// `/metrics` read by a Prometheus text-format parser: every line parses, every
+/// sample belongs to a family with its HELP and TYPE.
+async fn scrape(env: &Env) -> Exposition {
+    let text = metrics_text(env).await;
+    let scrape = openmetrics_parser::prometheus::parse_prometheus(&text)
+        .unwrap_or_else(|e| panic!("{e:?} in\n{text}"));
+    let samples = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    let parsed: usize = scrape
+        .families
+        .values()
+        .map(|f| f.iter_samples().count())
+        .sum();
+    assert_eq!(parsed, samples, "every sample line is read:\n{text}");
+    for family in scrape.families.values() {
+        assert!(
+            !family.help.is_empty(),
+            "{} has no HELP",
+            family.family_name
+        );
+    }
+    scrape
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_each_gateway_and_on_request_each_peer() {
+    let mut f = fleet_with_flags("metrics", &["--metrics-per-peer"], |ka, kb, client| {
+        topology(ka, kb, &[("laptop-1", client)])
+    })
+    .await;
+    let s = scrape(&f.env).await;
+    for gw in ["gw-a", "gw-b"] {
+        let g = [("gateway", gw)];
+        assert_eq!(
+            sample(
+                &s,
+                "nanami_gateway_up",
+                &[("gateway", gw), ("workspace", "acme")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&s, "nanami_gateway_generation_lag", &g),
+            Some(0.0),
+            "converged"
+        );
+        assert!(sample(&s, "nanami_gateway_peers", &g).is_some());
+        assert!(sample(&s, "nanami_gateway_observed_peers", &g).is_some());
+    }
+    assert_eq!(sample(&s, "nanami_gateways_online", &[]), Some(2.0));
+
+    // gw-a reports traffic with its client (its daemon stopped first, so that the
+    // report stays the last one).
+    f.a.stop().await;
+    let gw_a = GatewayId::new("gw-a").unwrap();
+    let mut report = f
+        .env
+        .control()
+        .observed(&gw_a)
+        .await
+        .unwrap()
+        .unwrap()
+        .report;
+    let interface = report
+        .state
+        .interfaces
+        .keys()
+        .next()
+        .expect("an interface")
+        .clone();
+    let handshake = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    report.telemetry = [(
+        interface,
+        [(
+            f.client,
+            nanami_reconcile::PeerTelemetry {
+                last_handshake: Some(handshake),
+                rx_bytes: 1000,
+                tx_bytes: 2000,
+            },
+        )]
+        .into(),
+    )]
+    .into();
+    let gateway = f
+        .env
+        .client()
+        .with_credential(saved_credential(&f.a.state_dir));
+    gateway.report(&gw_a, &report).await.unwrap();
+    let s = scrape(&f.env).await;
+    let g = [("gateway", "gw-a")];
+    assert_eq!(
+        sample(&s, "nanami_gateway_receive_bytes_total", &g),
+        Some(1000.0)
+    );
+    assert_eq!(
+        sample(&s, "nanami_gateway_transmit_bytes_total", &g),
+        Some(2000.0)
+    );
+    assert_eq!(
+        sample(&s, "nanami_gateway_last_handshake_timestamp_seconds", &g),
+        Some(1.8e9)
+    );
+    let key = f.client.to_string();
+    let peer = [
+        ("gateway", "gw-a"),
+        ("peer", key.as_str()),
+        ("node", "laptop-1"),
+    ];
+    assert_eq!(
+        sample(&s, "nanami_peer_receive_bytes_total", &peer),
+        Some(1000.0),
+    );
+    assert_eq!(
+        sample(&s, "nanami_peer_transmit_bytes_total", &peer),
+        Some(2000.0)
+    );
+    assert_eq!(
+        sample(&s, "nanami_peer_last_handshake_timestamp_seconds", &peer),
+        Some(1.8e9)
+    );
+    f.b.stop().await;
 }
 
 async fn metrics_text(env: &Env) -> String {

@@ -572,13 +572,22 @@ pub async fn fleet_with(
     tag: &str,
     document: impl FnOnce(&PublicKey, &PublicKey, PublicKey) -> String,
 ) -> Fleet {
+    fleet_with_flags(tag, &[], document).await
+}
+
+/// [`fleet_with`], the manager started with `extra` flags on `serve`.
+pub async fn fleet_with_flags(
+    tag: &str,
+    extra: &[&str],
+    document: impl FnOnce(&PublicKey, &PublicKey, PublicKey) -> String,
+) -> Fleet {
     // Keys first (generated where the daemons will run), then the topology naming them.
     let staging = TempDir::new(&format!("{tag}-state"));
     let a_dir = staging.0.join("gw-a");
     let b_dir = staging.0.join("gw-b");
     let (ka, kb) = (gateway_key(&a_dir), gateway_key(&b_dir));
     let client = client_key();
-    let env = Env::start(tag, &document(&ka, &kb, client)).await;
+    let env = Env::start_with_flags(tag, &document(&ka, &kb, client), extra).await;
     // Move the state dirs under the env's temp dir so one guard removes all.
     let a_state = env.tmp.0.join("gw-a");
     let b_state = env.tmp.0.join("gw-b");
