@@ -324,12 +324,13 @@ impl RecvBatch {
             };
             let Ok(n) = usize::try_from(rc) else {
                 let err = io::Error::last_os_error();
-                match err.kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock => break,
-                    _ if got > 0 => break,
-                    _ => return Err(err),
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
                 }
+                if err.kind() == io::ErrorKind::WouldBlock || got > 0 {
+                    break;
+                }
+                return Err(err);
             };
             self.lens[got] = n;
             // SAFETY: the kernel wrote a socket address of `len` bytes into the slot,
