@@ -12,7 +12,6 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::sys;
-#[cfg(any(target_os = "ios", target_os = "macos"))]
 use super::tun_frame;
 
 /// `struct ifreq` as `TUNSETIFF`/`TUNGETIFF` use it: a name and the flags, padded to
@@ -115,46 +114,68 @@ impl Tun {
     /// plane drops and counts it).
     #[cfg(any(target_os = "ios", target_os = "macos"))]
     pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut header = [0u8; tun_frame::HEADER_LEN];
-        let iov = [
-            libc::iovec {
-                iov_base: header.as_mut_ptr().cast(),
-                iov_len: header.len(),
-            },
-            libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
-            },
-        ];
-        // SAFETY: both iovecs point at valid, writable buffers of their lengths that
-        // live across the call; 2 is the array's length.
-        let n = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
-        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-        tun_frame::check_header(&header[..n.min(tun_frame::HEADER_LEN)])?;
-        Ok(n - tun_frame::HEADER_LEN)
+        read_framed(self.fd.as_raw_fd(), buf)
     }
 
     /// Writes one packet, after utun's header for its IP version; returns the
     /// packet's bytes written. `InvalidData` for a packet that is not IPv4/IPv6.
     #[cfg(any(target_os = "ios", target_os = "macos"))]
     pub(crate) fn write(&self, packet: &[u8]) -> io::Result<usize> {
-        let header = tun_frame::header_for(packet)?;
-        let iov = [
-            libc::iovec {
-                iov_base: header.as_ptr().cast_mut().cast(),
-                iov_len: header.len(),
-            },
-            libc::iovec {
-                iov_base: packet.as_ptr().cast_mut().cast(),
-                iov_len: packet.len(),
-            },
-        ];
-        // SAFETY: both iovecs point at valid buffers of their lengths that live across
-        // the call, and writev only reads them; 2 is the array's length.
-        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
-        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-        Ok(n.saturating_sub(tun_frame::HEADER_LEN))
+        write_framed(self.fd.as_raw_fd(), packet)
     }
+}
+
+/// Reads one utun frame from `fd`: the header into a local, the packet straight into
+/// `buf` (`readv`, no copy); returns the packet's length. `InvalidData` for a frame
+/// without a whole header naming IPv4/IPv6; `UnexpectedEof` when the fd reads 0
+/// bytes (utun never sends an empty frame: the other end is gone). Apple's TUN read;
+/// compiled everywhere so the tests run it over a datagram socket pair.
+#[cfg_attr(not(any(target_os = "ios", target_os = "macos")), allow(dead_code))]
+fn read_framed(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    let mut header = [0u8; tun_frame::HEADER_LEN];
+    let iov = [
+        libc::iovec {
+            iov_base: header.as_mut_ptr().cast(),
+            iov_len: header.len(),
+        },
+        libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        },
+    ];
+    // SAFETY: both iovecs point at valid, writable buffers of their lengths that live
+    // across the call; 2 is the array's length.
+    let n = unsafe { libc::readv(fd, iov.as_ptr(), 2) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    tun_frame::check_header(&header[..n.min(tun_frame::HEADER_LEN)])?;
+    Ok(n - tun_frame::HEADER_LEN)
+}
+
+/// Writes `packet` to `fd` as one utun frame, after the header for its IP version
+/// (`writev`, no copy); returns the packet's bytes written. `InvalidData` (and
+/// nothing written) for a packet that is not IPv4/IPv6. Apple's TUN write; compiled
+/// everywhere so the tests run it over a datagram socket pair.
+#[cfg_attr(not(any(target_os = "ios", target_os = "macos")), allow(dead_code))]
+fn write_framed(fd: RawFd, packet: &[u8]) -> io::Result<usize> {
+    let header = tun_frame::header_for(packet)?;
+    let iov = [
+        libc::iovec {
+            iov_base: header.as_ptr().cast_mut().cast(),
+            iov_len: header.len(),
+        },
+        libc::iovec {
+            iov_base: packet.as_ptr().cast_mut().cast(),
+            iov_len: packet.len(),
+        },
+    ];
+    // SAFETY: both iovecs point at valid buffers of their lengths that live across the
+    // call, and writev only reads them; 2 is the array's length.
+    let n = unsafe { libc::writev(fd, iov.as_ptr(), 2) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    Ok(n.saturating_sub(tun_frame::HEADER_LEN))
 }
 
 /// The interface name of a TUN fd (`TUNGETIFF`). Failure is fine (not every fd
@@ -277,5 +298,86 @@ impl MtuProbe {
     /// Never called: there is no probe.
     pub(crate) fn mtu(&self) -> Option<usize> {
         match *self {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixDatagram;
+
+    use super::*;
+    use crate::device::tun_frame::tests::{v6, V4};
+
+    /// A datagram pair stands in for utun: one frame per datagram, as on Apple.
+    fn pair() -> (UnixDatagram, UnixDatagram) {
+        let (a, b) = UnixDatagram::pair().expect("socketpair");
+        b.set_nonblocking(true).expect("nonblocking");
+        (a, b)
+    }
+
+    #[test]
+    fn writes_carry_the_header_of_their_ip_version() {
+        let (dev, app) = pair();
+        let mut frame = [0u8; 128];
+        assert_eq!(
+            write_framed(dev.as_raw_fd(), &V4).expect("writes"),
+            V4.len()
+        );
+        let n = app.recv(&mut frame).expect("one frame");
+        assert_eq!(frame[..4], [0x00, 0x00, 0x00, 0x02]);
+        assert_eq!(frame[4..n], V4);
+
+        let p = v6();
+        assert_eq!(write_framed(dev.as_raw_fd(), &p).expect("writes"), p.len());
+        let n = app.recv(&mut frame).expect("one frame");
+        assert_eq!(frame[..4], [0x00, 0x00, 0x00, 0x1e]);
+        assert_eq!(frame[4..n], p[..]);
+    }
+
+    #[test]
+    fn a_packet_that_is_not_ip_is_refused_and_not_written() {
+        let (dev, app) = pair();
+        for packet in [&[][..], &[0x50, 1, 2][..]] {
+            let err = write_framed(dev.as_raw_fd(), packet).expect_err("refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        }
+        let mut frame = [0u8; 16];
+        let nothing = app.recv(&mut frame).expect_err("nothing was sent");
+        assert_eq!(nothing.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn reads_strip_the_header() {
+        let (app, dev) = pair();
+        let mut buf = [0u8; 128];
+        for (header, packet) in [([0, 0, 0, 2], V4.to_vec()), ([0, 0, 0, 0x1e], v6())] {
+            let mut frame = header.to_vec();
+            frame.extend_from_slice(&packet);
+            app.send(&frame).expect("sends");
+            let n = read_framed(dev.as_raw_fd(), &mut buf).expect("reads");
+            assert_eq!(buf[..n], packet[..]);
+        }
+        let err = read_framed(dev.as_raw_fd(), &mut buf).expect_err("nothing queued");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn short_frames_and_unknown_families_are_invalid_data_not_fatal() {
+        let (app, dev) = pair();
+        let mut buf = [0u8; 128];
+        let mut linux_af_inet6 = vec![0, 0, 0, 10];
+        linux_af_inet6.extend_from_slice(&v6());
+        for frame in [&[0u8, 0][..], &[0, 0, 0][..], &linux_af_inet6[..]] {
+            app.send(frame).expect("sends");
+            let err = read_framed(dev.as_raw_fd(), &mut buf).expect_err("refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        }
+        // The next good frame reads as usual.
+        let mut frame = vec![0, 0, 0, 2];
+        frame.extend_from_slice(&V4);
+        app.send(&frame).expect("sends");
+        let n = read_framed(dev.as_raw_fd(), &mut buf).expect("reads");
+        assert_eq!(buf[..n], V4);
     }
 }

@@ -98,15 +98,16 @@ pub(crate) fn frame_into(packet: &[u8], out: &mut [u8]) -> Result<usize, FrameEr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A minimal IPv4 header (version 4, IHL 5) and a few payload bytes.
-    const V4: [u8; 24] = [
+    pub(crate) const V4: [u8; 24] = [
         0x45, 0, 0, 24, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2, 1, 2, 3, 4,
     ];
 
-    fn v6() -> Vec<u8> {
+    /// A minimal IPv6 header (version 6, next header UDP) and a few payload bytes.
+    pub(crate) fn v6() -> Vec<u8> {
         let mut p = vec![0u8; 44];
         p[0] = 0x60;
         p[6] = 17;
