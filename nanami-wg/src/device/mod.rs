@@ -5,11 +5,12 @@
 //! own threads:
 //!
 //! - **tun**: reads packets from the TUN, routes each to a peer by longest-prefix
-//!   match over AllowedIPs, encrypts, and sends the batch with `sendmmsg`;
-//! - **udp-v4 / udp-v6**: receive batches with `recvmmsg`, queue handshake messages
-//!   for the handshake thread, find the peer of each data message by its receiver
-//!   index, decrypt, and write to the TUN only packets whose inner source is in that
-//!   peer's AllowedIPs;
+//!   match over AllowedIPs, encrypts, and sends the batch with `sendmmsg` (on Apple,
+//!   which has none, one `sendto` a datagram);
+//! - **udp-v4 / udp-v6**: receive batches with `recvmmsg` (Apple: `recvfrom`s),
+//!   queue handshake messages for the handshake thread, find the peer of each data
+//!   message by its receiver index, decrypt, and write to the TUN only packets whose
+//!   inner source is in that peer's AllowedIPs;
 //! - **handshake**: verifies MAC1 (and under load the cookie, answering with cookie
 //!   replies and limiting each source to 20 handshakes a second), identifies the peer
 //!   of an initiation by its encrypted static key, and answers; "under load" is the
