@@ -301,11 +301,18 @@ impl RecvBatch {
         Ok(got)
     }
 
-    /// Receives what is queued without waiting, one `recvfrom` a datagram (no
-    /// `recvmmsg` here); `Ok(0)` when nothing is. As `recvmmsg`, an error after the
-    /// first datagram ends the batch and is left for the next call.
+    /// Receives what is queued without waiting; `Ok(0)` when nothing is.
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_each(fd)
+    }
+
+    /// Receives what is queued without waiting, one `recvfrom` a datagram (Apple has
+    /// no `recvmmsg`); `Ok(0)` when nothing is. As `recvmmsg`, an error after the
+    /// first datagram ends the batch and is left for the next call. Compiled
+    /// everywhere so the tests run it here.
+    #[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
+    fn recv_each(&mut self, fd: RawFd) -> io::Result<usize> {
         let mut got = 0;
         while got < self.bufs.len() {
             let buf = &mut self.bufs[got];
@@ -464,10 +471,17 @@ impl SendBatch {
         failed
     }
 
-    /// Sends the datagrams `idx`, one `sendto` each (no `sendmmsg` here); returns
-    /// how many failed.
+    /// Sends the datagrams `idx`; returns how many failed.
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     fn send_indices(&mut self, fd: RawFd, idx: &[usize]) -> usize {
+        self.send_each(fd, idx)
+    }
+
+    /// Sends the datagrams `idx`, one `sendto` each (Apple has no `sendmmsg`);
+    /// returns how many failed. A refused datagram is skipped, as with `sendmmsg`.
+    /// Compiled everywhere so the tests run it here.
+    #[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
+    fn send_each(&mut self, fd: RawFd, idx: &[usize]) -> usize {
         let mut failed = 0;
         for i in idx {
             let addr = SockAddr::from(self.dsts[*i]);
@@ -501,5 +515,52 @@ impl SendBatch {
             }
         }
         failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+
+    use nanami_model::PrivateKey;
+
+    use super::*;
+
+    fn peer() -> Arc<Peer> {
+        Arc::new(Peer::new(PrivateKey::from_bytes([7; 32]).public_key(), 1))
+    }
+
+    fn queue(batch: &mut SendBatch, data: &[u8], dst: SocketAddr, peer: &Arc<Peer>) {
+        batch.next_buf()[..data.len()].copy_from_slice(data);
+        batch.push(data.len(), dst, peer);
+    }
+
+    /// The `sendto`/`recvfrom` loops Apple uses, run here over loopback.
+    #[test]
+    fn one_by_one_batches_send_count_skip_refused_and_receive_with_sources() {
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("binds");
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("binds");
+        let to = rx.local_addr().expect("addr");
+        let p = peer();
+        let mut out = SendBatch::new(4);
+        queue(&mut out, b"one", to, &p);
+        // A v6 destination on a v4 socket: refused, skipped, counted.
+        queue(
+            &mut out,
+            b"refused",
+            "[2001:db8::1]:9".parse().expect("addr"),
+            &p,
+        );
+        queue(&mut out, b"three!", to, &p);
+        assert_eq!(out.send_each(tx.as_raw_fd(), &[0, 1, 2]), 1);
+        assert_eq!(p.tx_bytes.load(std::sync::atomic::Ordering::Relaxed), 9);
+
+        let mut batch = RecvBatch::new(4);
+        let got = batch.recv_each(rx.as_raw_fd()).expect("receives");
+        assert_eq!(got, 2);
+        let from = tx.local_addr().expect("addr");
+        assert_eq!(batch.get(0), (Some(from), &b"one"[..]));
+        assert_eq!(batch.get(1), (Some(from), &b"three!"[..]));
+        assert_eq!(batch.recv_each(rx.as_raw_fd()).expect("nothing queued"), 0);
     }
 }
