@@ -19,10 +19,16 @@ fn nonblocking_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// A pipe whose two ends are close-on-exec and non-blocking: Apple has no `pipe2`,
-/// so `pipe` and then `fcntl` on each end (the device does not fork meanwhile).
+/// A pipe whose two ends are close-on-exec and non-blocking.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 fn nonblocking_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    pipe_then_fcntl()
+}
+
+/// Apple has no `pipe2`: `pipe`, then `fcntl` on each end (the device does not fork
+/// meanwhile). Compiled everywhere so the tests run it here.
+#[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
+fn pipe_then_fcntl() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe to fill.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -178,4 +184,41 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(fd: RawFd) -> (libc::c_int, libc::c_int) {
+        // SAFETY: F_GETFD/F_GETFL on an open fd; no memory is passed.
+        unsafe {
+            (
+                libc::fcntl(fd, libc::F_GETFD),
+                libc::fcntl(fd, libc::F_GETFL),
+            )
+        }
+    }
+
+    /// Both ways of making the wake pipe give the same flags, and waking works.
+    #[test]
+    fn both_pipes_are_cloexec_and_nonblocking() {
+        for (read, write) in [
+            nonblocking_pipe().expect("pipe"),
+            pipe_then_fcntl().expect("pipe"),
+        ] {
+            for fd in [read.as_raw_fd(), write.as_raw_fd()] {
+                let (fd_flags, fl_flags) = flags(fd);
+                assert_ne!(fd_flags & libc::FD_CLOEXEC, 0);
+                assert_ne!(fl_flags & libc::O_NONBLOCK, 0);
+            }
+        }
+        let pipe = WakePipe::new().expect("pipe");
+        let idle = wait_readable(None, &[pipe.fd()], Some(Duration::from_millis(1)));
+        assert_eq!(idle.expect("polls"), Ready::Timeout);
+        pipe.wake();
+        pipe.wake();
+        let woken = wait_readable(None, &[pipe.fd()], Some(Duration::from_secs(5)));
+        assert_eq!(woken.expect("polls"), Ready::Woken);
+    }
 }
