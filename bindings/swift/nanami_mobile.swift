@@ -920,7 +920,9 @@ open class Tunnel: TunnelProtocol, @unchecked Sendable {
     /**
      * Starts the tunnel on `tun_fd`, an open TUN delivering raw IP packets
      * (Android: `ParcelFileDescriptor.detachFd()` of the `VpnService.Builder`'s
-     * interface; Linux: `/dev/net/tun` with `IFF_TUN | IFF_NO_PI`). The tunnel takes
+     * interface; Linux: `/dev/net/tun` with `IFF_TUN | IFF_NO_PI`; iOS and macOS: the
+     * utun fd of the `NEPacketTunnelProvider`, whose 4-byte address-family header
+     * before each packet the tunnel strips and adds itself). The tunnel takes
      * ownership of the fd and closes it when it stops, or at once if starting
      * fails. The UDP sockets are created in the calling thread's network
      * namespace. The platform sets the addresses, MTU and routes (`config`'s
@@ -2511,7 +2513,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_nanami_mobile_checksum_constructor_privatekey_generate() != 3188) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_nanami_mobile_checksum_constructor_tunnel_start() != 1511) {
+    if (uniffi_nanami_mobile_checksum_constructor_tunnel_start() != 15326) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_nanami_mobile_checksum_method_tunnellistener_on_event() != 51067) {

@@ -1,5 +1,8 @@
 //! Nanami data plane and Linux platform.
 //!
+//! Only [`device`] (with a TUN taken as an fd) and [`uapi_client`] build on every
+//! Unix (Apple and Android included, for the mobile crate); the rest is Linux's.
+//!
 //! - [`device`]: Nanami's own WireGuard device (boringtun's `noise::Tunn` per peer,
 //!   a TUN opened by name or taken as a file descriptor, a UAPI server for `wg(8)`).
 //! - [`linux`]: [`linux::LinuxPlatform`], the reconciler's platform on a real
@@ -13,7 +16,10 @@
 //!   health).
 
 pub mod device;
+#[cfg(target_os = "linux")]
 pub mod linux;
+#[cfg(target_os = "linux")]
 pub mod netns;
+#[cfg(target_os = "linux")]
 pub mod probe;
 pub mod uapi_client;

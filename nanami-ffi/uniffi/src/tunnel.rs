@@ -119,7 +119,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Tunnel {
     /// Starts the tunnel on `tun_fd`, an open TUN delivering raw IP packets
     /// (Android: `ParcelFileDescriptor.detachFd()` of the `VpnService.Builder`'s
-    /// interface; Linux: `/dev/net/tun` with `IFF_TUN | IFF_NO_PI`). The tunnel takes
+    /// interface; Linux: `/dev/net/tun` with `IFF_TUN | IFF_NO_PI`; iOS and macOS: the
+    /// utun fd of the `NEPacketTunnelProvider`, whose 4-byte address-family header
+    /// before each packet the tunnel strips and adds itself). The tunnel takes
     /// ownership of the fd and closes it when it stops, or at once if starting
     /// fails. The UDP sockets are created in the calling thread's network
     /// namespace. The platform sets the addresses, MTU and routes (`config`'s

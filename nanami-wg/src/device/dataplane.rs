@@ -69,6 +69,11 @@ pub(super) fn tun_loop(shared: &Arc<Shared>) {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A utun frame without a known address family (Apple only): one
+                // packet dropped, not the TUN gone.
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    bump(&shared.counters.invalid_tun_packets);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "reading the TUN failed; data plane stops");
                     shared.failed.store(true, Ordering::Release);

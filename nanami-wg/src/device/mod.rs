@@ -5,11 +5,12 @@
 //! own threads:
 //!
 //! - **tun**: reads packets from the TUN, routes each to a peer by longest-prefix
-//!   match over AllowedIPs, encrypts, and sends the batch with `sendmmsg`;
-//! - **udp-v4 / udp-v6**: receive batches with `recvmmsg`, queue handshake messages
-//!   for the handshake thread, find the peer of each data message by its receiver
-//!   index, decrypt, and write to the TUN only packets whose inner source is in that
-//!   peer's AllowedIPs;
+//!   match over AllowedIPs, encrypts, and sends the batch with `sendmmsg` (on Apple,
+//!   which has none, one `sendto` a datagram);
+//! - **udp-v4 / udp-v6**: receive batches with `recvmmsg` (Apple: `recvfrom`s),
+//!   queue handshake messages for the handshake thread, find the peer of each data
+//!   message by its receiver index, decrypt, and write to the TUN only packets whose
+//!   inner source is in that peer's AllowedIPs;
 //! - **handshake**: verifies MAC1 (and under load the cookie, answering with cookie
 //!   replies and limiting each source to 20 handshakes a second), identifies the peer
 //!   of an initiation by its encrypted static key, and answers; "under load" is the
@@ -37,6 +38,7 @@ mod peer;
 mod ratelimit;
 mod sys;
 mod tun;
+mod tun_frame;
 mod uapi;
 mod udp;
 
@@ -61,11 +63,9 @@ pub use uapi::{MAX_LINE_LEN, MAX_REQUEST_LEN};
 use allowed_ips::AllowedIps;
 use handshake::HandshakeQueue;
 use peer::Peer;
-use sys::WakePipe;
+use sys::{Netns, WakePipe};
 use tun::{MtuProbe, Tun};
 use udp::UdpSockets;
-
-use crate::netns::Netns;
 
 /// The directory `wg(8)` looks in for userspace devices' sockets.
 pub const DEFAULT_UAPI_DIR: &str = "/var/run/wireguard";
@@ -75,11 +75,14 @@ pub const DEFAULT_UAPI_DIR: &str = "/var/run/wireguard";
 #[non_exhaustive]
 pub enum TunSource {
     /// Create (or attach to) the TUN interface of this name in the calling thread's
-    /// network namespace (gateways, Linux clients).
+    /// network namespace (gateways, Linux clients). Linux only.
+    #[cfg(target_os = "linux")]
     Name(InterfaceName),
-    /// Use an already open TUN fd (Android `VpnService`, or a TUN opened by the
-    /// caller). It must deliver raw IP packets (`IFF_NO_PI`). `name` names the UAPI
-    /// socket; when `None` the name is asked from the fd (`TUNGETIFF`).
+    /// Use an already open TUN fd (Android `VpnService`, Apple's utun, or a TUN
+    /// opened by the caller). On Linux and Android it must deliver raw IP packets
+    /// (`IFF_NO_PI`); on Apple each packet carries utun's 4-byte address-family
+    /// header, which the device strips and adds. `name` names the UAPI socket; when
+    /// `None` the name is asked from the fd (`TUNGETIFF`, Apple's `UTUN_OPT_IFNAME`).
     Fd {
         /// The open TUN; the device takes ownership and closes it on shutdown.
         fd: OwnedFd,
@@ -91,7 +94,8 @@ pub enum TunSource {
 /// Creates (or attaches to) the TUN interface `name` in the calling thread's network
 /// namespace and returns its fd, for [`TunSource::Fd`]: a caller that runs this on a
 /// thread inside another namespace ([`crate::netns::Netns::run`]) and then opens the
-/// device from its own thread gets a TUN there and UDP sockets here.
+/// device from its own thread gets a TUN there and UDP sockets here. Linux only.
+#[cfg(target_os = "linux")]
 pub fn create_tun(name: &InterfaceName) -> Result<OwnedFd, DeviceError> {
     Tun::open(name.as_str())
         .map(Tun::into_fd)
@@ -390,7 +394,7 @@ impl Shared {
 
     /// Binds new sockets (in the device's namespace) and starts their receivers.
     fn bind(self: &Arc<Self>, port: u16, fwmark: u32) -> Result<SocketGen, DeviceError> {
-        let sockets = crate::netns::run_in(self.netns.as_ref().map(AsFd::as_fd), || {
+        let sockets = sys::run_in(self.netns.as_ref().map(AsFd::as_fd), || {
             UdpSockets::bind(port, fwmark)
         })
         .and_then(|r| r)
@@ -668,13 +672,14 @@ impl Device {
     /// thread's network namespace, and sockets rebound later stay in it. The device
     /// does not configure addresses, MTU or link state: that is the platform's job.
     pub fn open(tun: TunSource, options: DeviceOptions) -> Result<Self, DeviceError> {
-        let tun_from_name = matches!(tun, TunSource::Name(_));
-        let tun = match tun {
+        let (tun, tun_from_name) = match tun {
+            #[cfg(target_os = "linux")]
             TunSource::Name(name) => {
-                Tun::open(name.as_str()).map_err(|source| DeviceError::Tun {
+                let t = Tun::open(name.as_str()).map_err(|source| DeviceError::Tun {
                     name: name.as_str().to_owned(),
                     source,
-                })?
+                })?;
+                (t, true)
             }
             TunSource::Fd { fd, name } => {
                 let mut t = Tun::from_fd(fd).map_err(|source| DeviceError::Tun {
@@ -684,7 +689,7 @@ impl Device {
                 if let Some(n) = name {
                     t.set_name(n.as_str().to_owned());
                 }
-                t
+                (t, false)
             }
         };
         let name = tun.name().map(str::to_owned);
@@ -695,10 +700,7 @@ impl Device {
         // The TUN opened by name is in this thread's namespace: its MTU can be read.
         // One handed over as an fd may be anywhere; padding is then uncapped (to 16,
         // as in wireguard-go without a known MTU).
-        let mtu_probe = match (&tun_from_name, &name) {
-            (true, Some(n)) => MtuProbe::new(n).ok(),
-            _ => None,
-        };
+        let mtu_probe = mtu_probe(tun_from_name, name.as_deref());
         let (handshakes, handshake_rx) = HandshakeQueue::new();
         let placeholder = Arc::new(UdpSockets {
             v4: None,
@@ -859,10 +861,34 @@ impl Drop for Device {
     }
 }
 
+/// The MTU probe of a TUN opened by name (only such a TUN is known to be in this
+/// thread's namespace).
+#[cfg(target_os = "linux")]
+fn mtu_probe(tun_from_name: bool, name: Option<&str>) -> Option<MtuProbe> {
+    name.filter(|_| tun_from_name)
+        .and_then(|n| MtuProbe::new(n).ok())
+}
+
+/// No TUN is opened by name off Linux: no probe.
+#[cfg(not(target_os = "linux"))]
+fn mtu_probe(_tun_from_name: bool, _name: Option<&str>) -> Option<MtuProbe> {
+    None
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
 fn random_u32() -> u32 {
     let mut b = [0u8; 4];
     // SAFETY: getrandom writes at most `b.len()` bytes into the valid buffer `b`.
     let _ = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    u32::from_ne_bytes(b)
+}
+
+/// Apple has no `getrandom`: `getentropy` (at most 256 bytes a call).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getentropy writes exactly `b.len()` (≤ 256) bytes into the valid buffer.
+    let _ = unsafe { libc::getentropy(b.as_mut_ptr().cast(), b.len()) };
     u32::from_ne_bytes(b)
 }
 

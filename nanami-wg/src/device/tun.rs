@@ -1,19 +1,22 @@
-//! The TUN device: opened by name (`/dev/net/tun`, `TUNSETIFF`) or taken as an fd
-//! (Android `VpnService`, a test that opened it itself). Packets are raw IP, without
-//! the packet-information header (`IFF_NO_PI`).
+//! The TUN device: opened by name (`/dev/net/tun`, `TUNSETIFF`; Linux only) or taken
+//! as an fd (Android `VpnService`, Apple's utun, a test that opened it itself). On
+//! Linux and Android packets are raw IP, without the packet-information header
+//! (`IFF_NO_PI`); on Apple every packet carries utun's 4-byte address-family header,
+//! stripped on read and added on write ([`super::tun_frame`]) with `readv`/`writev`.
 //!
 //! Seam for speed: multi-queue (`IFF_MULTI_QUEUE`, one fd per worker) and offload
 //! (`IFF_VNET_HDR` + `TUNSETOFFLOAD`, then segmenting TSO super-packets) would be
 //! added here; the loop only needs `read`/`write` of one packet.
 
-use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::sys;
+use super::tun_frame;
 
 /// `struct ifreq` as `TUNSETIFF`/`TUNGETIFF` use it: a name and the flags, padded to
 /// the kernel's 40 bytes.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 #[repr(C)]
 struct IfReq {
     name: [u8; libc::IFNAMSIZ],
@@ -31,6 +34,7 @@ pub(crate) struct Tun {
 impl Tun {
     /// Creates (or attaches to) the TUN interface `name` in the calling thread's
     /// network namespace.
+    #[cfg(target_os = "linux")]
     pub(crate) fn open(name: &str) -> io::Result<Self> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(io::Error::new(
@@ -38,7 +42,7 @@ impl Tun {
                 "interface name must be 1 to 15 bytes",
             ));
         }
-        let file = OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/net/tun")?;
@@ -63,22 +67,16 @@ impl Tun {
         })
     }
 
-    /// Takes over an already open TUN fd.
+    /// Takes over an already open TUN fd (on Apple a utun fd); its name is asked from
+    /// the fd, and is `None` when the fd does not answer.
     pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Self> {
         sys::set_nonblocking(fd.as_raw_fd())?;
-        let mut req = IfReq {
-            name: [0; libc::IFNAMSIZ],
-            flags: 0,
-            _pad: [0; 22],
-        };
-        // SAFETY: TUNGETIFF fills a `struct ifreq`; `req` has its layout. Failure is
-        // fine (not every platform's fd answers it): the name is then unknown.
-        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNGETIFF as _, &mut req) };
-        let name = (rc == 0).then(|| name_of(&req)).filter(|n| !n.is_empty());
+        let name = name_of_fd(fd.as_raw_fd()).filter(|n| !n.is_empty());
         Ok(Self { fd, name })
     }
 
     /// Gives the fd up (for [`super::TunSource::Fd`] elsewhere).
+    #[cfg(target_os = "linux")]
     pub(crate) fn into_fd(self) -> OwnedFd {
         self.fd
     }
@@ -96,6 +94,7 @@ impl Tun {
     }
 
     /// Reads one packet; `WouldBlock` when none is queued.
+    #[cfg(not(any(target_os = "ios", target_os = "macos")))]
     pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: reading into a valid, writable buffer of `buf.len()` bytes.
         let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -103,23 +102,145 @@ impl Tun {
     }
 
     /// Writes one packet.
+    #[cfg(not(any(target_os = "ios", target_os = "macos")))]
     pub(crate) fn write(&self, packet: &[u8]) -> io::Result<usize> {
         // SAFETY: writing from a valid buffer of `packet.len()` bytes.
         let n = unsafe { libc::write(self.fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
         usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
+
+    /// Reads one packet into `buf`, without utun's header; `WouldBlock` when none is
+    /// queued, `InvalidData` for a frame without a whole IPv4/IPv6 header (the data
+    /// plane drops and counts it).
+    #[cfg(any(target_os = "ios", target_os = "macos"))]
+    pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        read_framed(self.fd.as_raw_fd(), buf)
+    }
+
+    /// Writes one packet, after utun's header for its IP version; returns the
+    /// packet's bytes written. `InvalidData` for a packet that is not IPv4/IPv6.
+    #[cfg(any(target_os = "ios", target_os = "macos"))]
+    pub(crate) fn write(&self, packet: &[u8]) -> io::Result<usize> {
+        write_framed(self.fd.as_raw_fd(), packet)
+    }
 }
 
+/// Reads one utun frame from `fd`: the header into a local, the packet straight into
+/// `buf` (`readv`, no copy); returns the packet's length. `InvalidData` for a frame
+/// without a whole header naming IPv4/IPv6; `UnexpectedEof` when the fd reads 0
+/// bytes (utun never sends an empty frame: the other end is gone). Apple's TUN read;
+/// compiled everywhere so the tests run it over a datagram socket pair.
+#[cfg_attr(not(any(target_os = "ios", target_os = "macos")), allow(dead_code))]
+fn read_framed(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    let mut header = [0u8; tun_frame::HEADER_LEN];
+    let iov = [
+        libc::iovec {
+            iov_base: header.as_mut_ptr().cast(),
+            iov_len: header.len(),
+        },
+        libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        },
+    ];
+    // SAFETY: both iovecs point at valid, writable buffers of their lengths that live
+    // across the call; 2 is the array's length.
+    let n = unsafe { libc::readv(fd, iov.as_ptr(), 2) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    tun_frame::check_header(&header[..n.min(tun_frame::HEADER_LEN)])?;
+    Ok(n - tun_frame::HEADER_LEN)
+}
+
+/// Writes `packet` to `fd` as one utun frame, after the header for its IP version
+/// (`writev`, no copy); returns the packet's bytes written. `InvalidData` (and
+/// nothing written) for a packet that is not IPv4/IPv6. Apple's TUN write; compiled
+/// everywhere so the tests run it over a datagram socket pair.
+#[cfg_attr(not(any(target_os = "ios", target_os = "macos")), allow(dead_code))]
+fn write_framed(fd: RawFd, packet: &[u8]) -> io::Result<usize> {
+    let header = tun_frame::header_for(packet)?;
+    let iov = [
+        libc::iovec {
+            iov_base: header.as_ptr().cast_mut().cast(),
+            iov_len: header.len(),
+        },
+        libc::iovec {
+            iov_base: packet.as_ptr().cast_mut().cast(),
+            iov_len: packet.len(),
+        },
+    ];
+    // SAFETY: both iovecs point at valid buffers of their lengths that live across the
+    // call, and writev only reads them; 2 is the array's length.
+    let n = unsafe { libc::writev(fd, iov.as_ptr(), 2) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    Ok(n.saturating_sub(tun_frame::HEADER_LEN))
+}
+
+/// The interface name of a TUN fd (`TUNGETIFF`). Failure is fine (not every fd
+/// answers it): the name is then unknown.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn name_of_fd(fd: RawFd) -> Option<String> {
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNGETIFF fills a `struct ifreq`; `req` has its layout and lives across
+    // the call.
+    let rc = unsafe { libc::ioctl(fd, libc::TUNGETIFF as _, &mut req) };
+    (rc == 0).then(|| name_of(&req))
+}
+
+/// The interface name of a utun fd (`UTUN_OPT_IFNAME`, e.g. `utun3`), when the fd
+/// answers.
+#[cfg(any(target_os = "ios", target_os = "macos"))]
+fn name_of_fd(fd: RawFd) -> Option<String> {
+    // <sys/sys_domain.h> and <net/if_utun.h> (the `libc` crate has them for macOS
+    // only; iOS's headers have the same values).
+    const SYSPROTO_CONTROL: libc::c_int = 2;
+    const UTUN_OPT_IFNAME: libc::c_int = 2;
+    let mut name = [0u8; libc::IFNAMSIZ];
+    let mut len = name.len() as libc::socklen_t;
+    // SAFETY: UTUN_OPT_IFNAME writes at most `len` bytes into `name`; both live across
+    // the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            SYSPROTO_CONTROL,
+            UTUN_OPT_IFNAME,
+            name.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then(|| c_name(&name))
+}
+
+/// Other systems: the name is unknown.
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "ios",
+    target_os = "macos"
+)))]
+fn name_of_fd(_fd: RawFd) -> Option<String> {
+    None
+}
+
+/// A NUL-terminated (or full) interface name.
+fn c_name(name: &[u8]) -> String {
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    String::from_utf8_lossy(&name[..end]).into_owned()
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
 fn name_of(req: &IfReq) -> String {
-    let end = req
-        .name
-        .iter()
-        .position(|b| *b == 0)
-        .unwrap_or(req.name.len());
-    String::from_utf8_lossy(&req.name[..end]).into_owned()
+    c_name(&req.name)
 }
 
 /// `struct ifreq` as `SIOCGIFMTU` uses it.
+#[cfg(target_os = "linux")]
 #[repr(C)]
 struct IfReqMtu {
     name: [u8; libc::IFNAMSIZ],
@@ -129,12 +250,14 @@ struct IfReqMtu {
 
 /// Reads an interface's MTU with `SIOCGIFMTU` on a socket made in the interface's
 /// namespace (so it answers for that interface wherever it is asked from).
+#[cfg(target_os = "linux")]
 #[derive(Debug)]
 pub(crate) struct MtuProbe {
     sock: OwnedFd,
     name: [u8; libc::IFNAMSIZ],
 }
 
+#[cfg(target_os = "linux")]
 impl MtuProbe {
     /// A probe for `name` in the calling thread's network namespace.
     pub(crate) fn new(name: &str) -> io::Result<Self> {
@@ -161,5 +284,100 @@ impl MtuProbe {
         // ifreq`; `req` has its layout and size and lives across the call.
         let rc = unsafe { libc::ioctl(self.sock.as_raw_fd(), libc::SIOCGIFMTU as _, &mut req) };
         (rc == 0).then(|| usize::try_from(req.mtu).ok()).flatten()
+    }
+}
+
+/// Only a TUN opened by name (Linux) has an MTU probe: a TUN handed over as an fd may
+/// be in any namespace, so padding is then uncapped. This type has no value.
+#[cfg(not(target_os = "linux"))]
+#[derive(Debug)]
+pub(crate) enum MtuProbe {}
+
+#[cfg(not(target_os = "linux"))]
+impl MtuProbe {
+    /// Never called: there is no probe.
+    pub(crate) fn mtu(&self) -> Option<usize> {
+        match *self {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixDatagram;
+
+    use super::*;
+    use crate::device::tun_frame::tests::{v6, V4};
+
+    /// A datagram pair stands in for utun: one frame per datagram, as on Apple.
+    fn pair() -> (UnixDatagram, UnixDatagram) {
+        let (a, b) = UnixDatagram::pair().expect("socketpair");
+        b.set_nonblocking(true).expect("nonblocking");
+        (a, b)
+    }
+
+    #[test]
+    fn writes_carry_the_header_of_their_ip_version() {
+        let (dev, app) = pair();
+        let mut frame = [0u8; 128];
+        assert_eq!(
+            write_framed(dev.as_raw_fd(), &V4).expect("writes"),
+            V4.len()
+        );
+        let n = app.recv(&mut frame).expect("one frame");
+        assert_eq!(frame[..4], [0x00, 0x00, 0x00, 0x02]);
+        assert_eq!(frame[4..n], V4);
+
+        let p = v6();
+        assert_eq!(write_framed(dev.as_raw_fd(), &p).expect("writes"), p.len());
+        let n = app.recv(&mut frame).expect("one frame");
+        assert_eq!(frame[..4], [0x00, 0x00, 0x00, 0x1e]);
+        assert_eq!(frame[4..n], p[..]);
+    }
+
+    #[test]
+    fn a_packet_that_is_not_ip_is_refused_and_not_written() {
+        let (dev, app) = pair();
+        for packet in [&[][..], &[0x50, 1, 2][..]] {
+            let err = write_framed(dev.as_raw_fd(), packet).expect_err("refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        }
+        let mut frame = [0u8; 16];
+        let nothing = app.recv(&mut frame).expect_err("nothing was sent");
+        assert_eq!(nothing.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn reads_strip_the_header() {
+        let (app, dev) = pair();
+        let mut buf = [0u8; 128];
+        for (header, packet) in [([0, 0, 0, 2], V4.to_vec()), ([0, 0, 0, 0x1e], v6())] {
+            let mut frame = header.to_vec();
+            frame.extend_from_slice(&packet);
+            app.send(&frame).expect("sends");
+            let n = read_framed(dev.as_raw_fd(), &mut buf).expect("reads");
+            assert_eq!(buf[..n], packet[..]);
+        }
+        let err = read_framed(dev.as_raw_fd(), &mut buf).expect_err("nothing queued");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn short_frames_and_unknown_families_are_invalid_data_not_fatal() {
+        let (app, dev) = pair();
+        let mut buf = [0u8; 128];
+        let mut linux_af_inet6 = vec![0, 0, 0, 10];
+        linux_af_inet6.extend_from_slice(&v6());
+        for frame in [&[0u8, 0][..], &[0, 0, 0][..], &linux_af_inet6[..]] {
+            app.send(frame).expect("sends");
+            let err = read_framed(dev.as_raw_fd(), &mut buf).expect_err("refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        }
+        // The next good frame reads as usual.
+        let mut frame = vec![0, 0, 0, 2];
+        frame.extend_from_slice(&V4);
+        app.send(&frame).expect("sends");
+        let n = read_framed(dev.as_raw_fd(), &mut buf).expect("reads");
+        assert_eq!(buf[..n], V4);
     }
 }

@@ -379,8 +379,10 @@ pub(crate) fn bind(dir: &Path, path: &Path) -> Result<UnixListener, DeviceError>
         }
         std::fs::remove_file(path).map_err(err)?;
     }
-    let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM.cloexec(), None)
-        .map_err(err)?;
+    // `Socket::new` makes it close-on-exec on every platform (`SOCK_CLOEXEC`, or
+    // `FD_CLOEXEC` on Apple).
+    let sock =
+        socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).map_err(err)?;
     // The socket inode's mode becomes the file's mode at bind on Linux: no window in
     // which another user could connect.
     // SAFETY: fchmod on a socket fd we own; no memory is passed.
@@ -397,6 +399,14 @@ pub(crate) fn bind(dir: &Path, path: &Path) -> Result<UnixListener, DeviceError>
 
 /// Whether the connecting process is root or runs as our user.
 fn peer_allowed(stream: &UnixStream) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    peer_uid(stream).is_some_and(|uid| uid == 0 || uid == me)
+}
+
+/// The effective user of the process at the other end (`SO_PEERCRED`).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn peer_uid(stream: &UnixStream) -> Option<libc::uid_t> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: u32::MAX,
@@ -413,9 +423,18 @@ fn peer_allowed(stream: &UnixStream) -> bool {
             &mut len,
         )
     };
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    rc == 0 && (cred.uid == 0 || cred.uid == me)
+    (rc == 0).then_some(cred.uid)
+}
+
+/// The effective user of the process at the other end (`getpeereid`: the BSDs and
+/// Apple have no `SO_PEERCRED`).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn peer_uid(stream: &UnixStream) -> Option<libc::uid_t> {
+    let mut uid: libc::uid_t = libc::uid_t::MAX;
+    let mut gid: libc::gid_t = libc::gid_t::MAX;
+    // SAFETY: getpeereid writes one uid and one gid into the two live locals.
+    let rc = unsafe { libc::getpeereid(stream.as_raw_fd(), &mut uid, &mut gid) };
+    (rc == 0).then_some(uid)
 }
 
 /// At most this many clients are served at once; more are refused (closed).

@@ -1,5 +1,7 @@
 //! The UDP side: one IPv4 and one IPv6-only socket on the same port, received in
-//! batches with `recvmmsg` and sent in batches with `sendmmsg`.
+//! batches with `recvmmsg` and sent in batches with `sendmmsg` (Linux and Android;
+//! Apple has neither, so there a batch is a loop of `recvfrom`/`sendto`, and the
+//! socket mark `SO_MARK` is Linux's: a non-zero fwmark is refused there).
 //!
 //! Seam for speed: UDP GSO (`UDP_SEGMENT`) on send and GRO (`UDP_GRO`) on receive fit
 //! in [`SendBatch::flush`] and [`RecvBatch::recv`] without changing the loop.
@@ -33,18 +35,52 @@ pub(crate) struct UdpSockets {
 }
 
 fn new_socket(domain: Domain, fwmark: u32) -> io::Result<Socket> {
-    let s = Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+    // `Socket::new` makes it close-on-exec on every platform (`SOCK_CLOEXEC`, or
+    // `FD_CLOEXEC` on Apple).
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     if domain == Domain::IPV6 {
         s.set_only_v6(true)?;
     }
     grow_buffers(&s);
     if fwmark != 0 {
-        s.set_mark(fwmark)?;
+        set_mark(&s, fwmark)?;
     }
     Ok(s)
 }
 
+/// The socket's `SO_MARK`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn mark(s: &Socket) -> io::Result<u32> {
+    s.mark()
+}
+
+/// Sets the socket's `SO_MARK`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_mark(s: &Socket, mark: u32) -> io::Result<()> {
+    s.set_mark(mark)
+}
+
+/// No `SO_MARK` here: every socket's mark is 0.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn mark(_s: &Socket) -> io::Result<u32> {
+    Ok(0)
+}
+
+/// No `SO_MARK` here: only 0 (no mark) is accepted.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_mark(_s: &Socket, mark: u32) -> io::Result<()> {
+    if mark == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a socket mark (fwmark) is Linux's",
+        ))
+    }
+}
+
 /// Asks for large socket buffers, beyond `rmem_max` when privileged (`SO_*BUFFORCE`).
+#[cfg(any(target_os = "linux", target_os = "android"))]
 fn grow_buffers(s: &Socket) {
     let size = SOCKET_BUFFER as libc::c_int;
     for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
@@ -66,6 +102,13 @@ fn grow_buffers(s: &Socket) {
             };
         }
     }
+}
+
+/// Asks for large socket buffers (as large as the system allows).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn grow_buffers(s: &Socket) {
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
 }
 
 fn v6_unavailable(err: &io::Error) -> bool {
@@ -134,10 +177,10 @@ impl UdpSockets {
     pub(crate) fn set_fwmark(&self, mark: u32) -> io::Result<()> {
         let mut done: Vec<(&Socket, u32)> = Vec::new();
         for s in self.v4.iter().chain(self.v6.iter()) {
-            let old = s.mark()?;
-            if let Err(e) = s.set_mark(mark) {
+            let old = self::mark(s)?;
+            if let Err(e) = set_mark(s, mark) {
                 for (s, old) in done {
-                    let _ = s.set_mark(old);
+                    let _ = set_mark(s, old);
                 }
                 return Err(e);
             }
@@ -179,7 +222,9 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
 pub(crate) struct RecvBatch {
     bufs: Vec<Vec<u8>>,
     addrs: Vec<MaybeUninit<libc::sockaddr_storage>>,
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     iovs: Vec<libc::iovec>,
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     hdrs: Vec<libc::mmsghdr>,
     lens: Vec<usize>,
     srcs: Vec<Option<SocketAddr>>,
@@ -190,6 +235,7 @@ impl RecvBatch {
         Self {
             bufs: (0..n).map(|_| vec![0u8; MAX_DATAGRAM]).collect(),
             addrs: (0..n).map(|_| MaybeUninit::zeroed()).collect(),
+            #[cfg(any(target_os = "linux", target_os = "android"))]
             iovs: (0..n)
                 .map(|_| libc::iovec {
                     iov_base: std::ptr::null_mut(),
@@ -197,6 +243,7 @@ impl RecvBatch {
                 })
                 .collect(),
             // SAFETY: mmsghdr is plain data for which all-zero is a valid value.
+            #[cfg(any(target_os = "linux", target_os = "android"))]
             hdrs: (0..n).map(|_| unsafe { std::mem::zeroed() }).collect(),
             lens: vec![0; n],
             srcs: vec![None; n],
@@ -204,6 +251,7 @@ impl RecvBatch {
     }
 
     /// Receives what is queued without waiting; `Ok(0)` when nothing is.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         let n = self.bufs.len();
         for i in 0..n {
@@ -249,6 +297,54 @@ impl RecvBatch {
             // which is a full sockaddr_storage.
             let addr = unsafe { SockAddr::new(self.addrs[i].assume_init(), len) };
             self.srcs[i] = addr.as_socket().map(canonical);
+        }
+        Ok(got)
+    }
+
+    /// Receives what is queued without waiting; `Ok(0)` when nothing is.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_each(fd)
+    }
+
+    /// Receives what is queued without waiting, one `recvfrom` a datagram (Apple has
+    /// no `recvmmsg`); `Ok(0)` when nothing is. As `recvmmsg`, an error after the
+    /// first datagram ends the batch and is left for the next call. Compiled
+    /// everywhere so the tests run it here.
+    #[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
+    fn recv_each(&mut self, fd: RawFd) -> io::Result<usize> {
+        let mut got = 0;
+        while got < self.bufs.len() {
+            let buf = &mut self.bufs[got];
+            let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            // SAFETY: the buffer and the address slot are live, writable and of the
+            // lengths given; `len` lives across the call.
+            let rc = unsafe {
+                libc::recvfrom(
+                    fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                    self.addrs[got].as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+            let Ok(n) = usize::try_from(rc) else {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                if err.kind() == io::ErrorKind::WouldBlock || got > 0 {
+                    break;
+                }
+                return Err(err);
+            };
+            self.lens[got] = n;
+            // SAFETY: the kernel wrote a socket address of `len` bytes into the slot,
+            // which is a full sockaddr_storage.
+            let addr = unsafe { SockAddr::new(self.addrs[got].assume_init(), len) };
+            self.srcs[got] = addr.as_socket().map(canonical);
+            got += 1;
         }
         Ok(got)
     }
@@ -323,6 +419,7 @@ impl SendBatch {
         failed
     }
 
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     fn send_indices(&mut self, fd: RawFd, idx: &[usize]) -> usize {
         let addrs: Vec<SockAddr> = idx.iter().map(|i| SockAddr::from(self.dsts[*i])).collect();
         let mut iovs: Vec<libc::iovec> = idx
@@ -372,5 +469,98 @@ impl SendBatch {
             sent += n;
         }
         failed
+    }
+
+    /// Sends the datagrams `idx`; returns how many failed.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn send_indices(&mut self, fd: RawFd, idx: &[usize]) -> usize {
+        self.send_each(fd, idx)
+    }
+
+    /// Sends the datagrams `idx`, one `sendto` each (Apple has no `sendmmsg`);
+    /// returns how many failed. A refused datagram is skipped, as with `sendmmsg`.
+    /// Compiled everywhere so the tests run it here.
+    #[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
+    fn send_each(&mut self, fd: RawFd, idx: &[usize]) -> usize {
+        let mut failed = 0;
+        for i in idx {
+            let addr = SockAddr::from(self.dsts[*i]);
+            let data = &self.bufs[*i][..self.lens[*i]];
+            loop {
+                // SAFETY: `data` and `addr` are live, valid buffers of the lengths
+                // given; sendto only reads them.
+                let rc = unsafe {
+                    libc::sendto(
+                        fd,
+                        data.as_ptr().cast(),
+                        data.len(),
+                        0,
+                        addr.as_ptr().cast(),
+                        addr.len(),
+                    )
+                };
+                if rc >= 0 {
+                    if let Some(peer) = &self.peers[*i] {
+                        peer.add_tx(data.len());
+                    }
+                    break;
+                }
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::trace!(error = %err, "sendto failed; dropping one datagram");
+                failed += 1;
+                break;
+            }
+        }
+        failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+
+    use nanami_model::PrivateKey;
+
+    use super::*;
+
+    fn peer() -> Arc<Peer> {
+        Arc::new(Peer::new(PrivateKey::from_bytes([7; 32]).public_key(), 1))
+    }
+
+    fn queue(batch: &mut SendBatch, data: &[u8], dst: SocketAddr, peer: &Arc<Peer>) {
+        batch.next_buf()[..data.len()].copy_from_slice(data);
+        batch.push(data.len(), dst, peer);
+    }
+
+    /// The `sendto`/`recvfrom` loops Apple uses, run here over loopback.
+    #[test]
+    fn one_by_one_batches_send_count_skip_refused_and_receive_with_sources() {
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("binds");
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("binds");
+        let to = rx.local_addr().expect("addr");
+        let p = peer();
+        let mut out = SendBatch::new(4);
+        queue(&mut out, b"one", to, &p);
+        // A v6 destination on a v4 socket: refused, skipped, counted.
+        queue(
+            &mut out,
+            b"refused",
+            "[2001:db8::1]:9".parse().expect("addr"),
+            &p,
+        );
+        queue(&mut out, b"three!", to, &p);
+        assert_eq!(out.send_each(tx.as_raw_fd(), &[0, 1, 2]), 1);
+        assert_eq!(p.tx_bytes.load(std::sync::atomic::Ordering::Relaxed), 9);
+
+        let mut batch = RecvBatch::new(4);
+        let got = batch.recv_each(rx.as_raw_fd()).expect("receives");
+        assert_eq!(got, 2);
+        let from = tx.local_addr().expect("addr");
+        assert_eq!(batch.get(0), (Some(from), &b"one"[..]));
+        assert_eq!(batch.get(1), (Some(from), &b"three!"[..]));
+        assert_eq!(batch.recv_each(rx.as_raw_fd()).expect("nothing queued"), 0);
     }
 }

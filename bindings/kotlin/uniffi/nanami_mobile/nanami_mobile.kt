@@ -976,7 +976,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_nanami_mobile_checksum_constructor_privatekey_generate() and 0xFFFF) != 3188) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_nanami_mobile_checksum_constructor_tunnel_start() and 0xFFFF) != 1511) {
+    if ((lib.uniffi_nanami_mobile_checksum_constructor_tunnel_start() and 0xFFFF) != 15326) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_nanami_mobile_checksum_method_tunnellistener_on_event() and 0xFFFF) != 51067) {
@@ -2053,7 +2053,9 @@ open class Tunnel: Disposable, AutoCloseable, TunnelInterface
     /**
      * Starts the tunnel on `tun_fd`, an open TUN delivering raw IP packets
      * (Android: `ParcelFileDescriptor.detachFd()` of the `VpnService.Builder`'s
-     * interface; Linux: `/dev/net/tun` with `IFF_TUN | IFF_NO_PI`). The tunnel takes
+     * interface; Linux: `/dev/net/tun` with `IFF_TUN | IFF_NO_PI`; iOS and macOS: the
+     * utun fd of the `NEPacketTunnelProvider`, whose 4-byte address-family header
+     * before each packet the tunnel strips and adds itself). The tunnel takes
      * ownership of the fd and closes it when it stops, or at once if starting
      * fails. The UDP sockets are created in the calling thread's network
      * namespace. The platform sets the addresses, MTU and routes (`config`'s
