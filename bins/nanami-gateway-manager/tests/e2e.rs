@@ -1399,7 +1399,60 @@ async fn metrics_show_each_gateway_and_on_request_each_peer() {
         sample(&s, "nanami_peer_last_handshake_timestamp_seconds", &peer),
         Some(1.8e9)
     );
+
+    // The shipped Grafana dashboard queries only series the manager serves.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../dist/grafana/nanami.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let queried = dashboard_series(&dashboard);
+    assert!(queried.len() > 15, "{queried:?}");
+    for series in &queried {
+        assert!(
+            s.families.contains_key(series),
+            "the dashboard queries {series}, which /metrics does not serve"
+        );
+    }
     f.b.stop().await;
+}
+
+/// Every `nanami_*` series name in the queries of a Grafana dashboard (`expr`,
+/// and the template variables' `query`/`definition`).
+fn dashboard_series(dashboard: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let mut found = std::collections::BTreeSet::new();
+    let mut stack = vec![dashboard];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("expr" | "query" | "definition", serde_json::Value::String(q)) => {
+                            let mut rest = q.as_str();
+                            while let Some(i) = rest.find("nanami_") {
+                                let name: String = rest[i..]
+                                    .chars()
+                                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                                    .collect();
+                                rest = &rest[i + name.len()..];
+                                found.insert(name);
+                            }
+                        }
+                        _ => stack.push(value),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => stack.extend(items),
+            serde_json::Value::Null
+            | serde_json::Value::Bool(_)
+            | serde_json::Value::Number(_)
+            | serde_json::Value::String(_) => {}
+        }
+    }
+    found
 }
 
 async fn metrics_text(env: &Env) -> String {
