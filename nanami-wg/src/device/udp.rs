@@ -246,8 +246,12 @@ impl RecvBatch {
             self.lens[i] = self.hdrs[i].msg_len as usize;
             let len = self.hdrs[i].msg_hdr.msg_namelen;
             // SAFETY: the kernel wrote a socket address of `len` bytes into the slot,
-            // which is a full sockaddr_storage.
-            let addr = unsafe { SockAddr::new(self.addrs[i].assume_init(), len) };
+            // which is a full sockaddr_storage (as is socket2's storage).
+            let addr = unsafe {
+                let mut storage = socket2::SockAddrStorage::zeroed();
+                *storage.view_as::<libc::sockaddr_storage>() = self.addrs[i].assume_init();
+                SockAddr::new(storage, len)
+            };
             self.srcs[i] = addr.as_socket().map(canonical);
         }
         Ok(got)
