@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod objects;
+#[cfg(feature = "service")]
 pub mod service;
 pub mod tls;
 pub mod wire;

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use async_trait::async_trait;
 use nanami_api::client::Backoff;
 use nanami_api::wire::{EnrolRequest, Facts, NetworkHealth, ObservedReport, Subject};
 use nanami_api::Client;
@@ -207,7 +206,6 @@ struct Observing<P> {
     tx: watch::Sender<Option<Observed>>,
 }
 
-#[async_trait]
 impl<P: Platform> Platform for Observing<P> {
     type Error = P::Error;
 
