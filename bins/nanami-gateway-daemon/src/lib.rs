@@ -11,6 +11,7 @@
 //! The binary (`main.rs`) picks the platform: the Linux one or, for tests and the
 //! fleet benchmark, [`nanami_reconcile::sim::SimPlatform`].
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod facts;
 pub mod lkg;
