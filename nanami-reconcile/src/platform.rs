@@ -61,8 +61,9 @@ pub enum PlatformEvent {
 ///   costs one extra, empty pass.
 ///
 /// Implementations write `async fn observe` and `async fn apply`; their futures must
-/// be `Send` (the reconciler runs on a multi-threaded runtime's task). The trait is
-/// only used generically, never as `dyn Platform`, so it needs no `async_trait`.
+/// be `Send`, so that [`Reconciler::run`](crate::Reconciler::run) can be spawned on a
+/// multi-threaded runtime. The trait is only used generically, never as
+/// `dyn Platform`, so it needs no `async_trait`.
 pub trait Platform: Send {
     /// The platform's error, kept whole (with errno or the like) for the status.
     type Error: std::error::Error + Send + Sync + 'static;

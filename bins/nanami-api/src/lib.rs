@@ -2,7 +2,9 @@
 //!
 //! The gateway manager's HTTP API as Rust values: the wire types every party
 //! shares ([`wire`]), the TLS set-up ([`tls`]) and a small HTTP/1 client over hyper
-//! ([`client`]) that the daemon, the `nanami` CLI and the fleet benchmark use.
+//! ([`client`]) that the daemon, the `nanami` CLI and the fleet benchmark use. The
+//! `service` feature adds `service`: logging, stop signals and the token file of a
+//! program run as a service (the binaries turn it on, the Python module does not).
 //!
 //! Authentication is a bearer credential in `Authorization: Bearer <token>`; the
 //! kinds are told apart by prefix (see [`wire::CredentialKind`]). Only public keys
