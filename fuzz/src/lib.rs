@@ -4,6 +4,7 @@
 //!
 //! Each function takes the fuzzer's bytes and either returns or panics; a panic (an
 //! assertion of a law, or a bug) is the crash libFuzzer reports.
+#![deny(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};

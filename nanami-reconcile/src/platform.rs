@@ -1,7 +1,8 @@
 //! What the reconciler drives: a machine that can be observed and changed one op at
 //! a time.
 
-use async_trait::async_trait;
+use std::future::Future;
+
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -58,16 +59,20 @@ pub enum PlatformEvent {
 ///   an op took effect; the next observation is the truth.
 /// - Own changes may or may not produce events; a platform that echoes them only
 ///   costs one extra, empty pass.
-#[async_trait]
+///
+/// Implementations write `async fn observe` and `async fn apply`; their futures must
+/// be `Send`, so that [`Reconciler::run`](crate::Reconciler::run) can be spawned on a
+/// multi-threaded runtime. The trait is only used generically, never as
+/// `dyn Platform`, so it needs no `async_trait`.
 pub trait Platform: Send {
     /// The platform's error, kept whole (with errno or the like) for the status.
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Reads the machine's current state.
-    async fn observe(&mut self) -> Result<Observed, Self::Error>;
+    fn observe(&mut self) -> impl Future<Output = Result<Observed, Self::Error>> + Send;
 
     /// Applies one op (idempotently, see the trait docs).
-    async fn apply(&mut self, op: &Op) -> Result<(), Self::Error>;
+    fn apply(&mut self, op: &Op) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Hands over the receiver of this platform's events. The first call returns it;
     /// later calls, and platforms without events, return `None` (the periodic resync

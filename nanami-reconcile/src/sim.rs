@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use async_trait::async_trait;
 use nanami_model::{GatewayState, InterfaceName, PublicKey};
 use tokio::sync::mpsc;
 
@@ -280,7 +279,6 @@ impl SimPlatform {
     }
 }
 
-#[async_trait]
 impl Platform for SimPlatform {
     type Error = SimError;
 

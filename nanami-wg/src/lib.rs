@@ -14,6 +14,7 @@
 //!   inside, delete): hosted gateways live in their own.
 //! - [`probe`]: [`probe::Pinger`], ICMP echo probes over raw sockets (forwarding-path
 //!   health).
+#![deny(missing_docs)]
 
 pub mod device;
 #[cfg(target_os = "linux")]

@@ -11,6 +11,7 @@
 //! The binary (`main.rs`) picks the platform: the Linux one or, for tests and the
 //! fleet benchmark, [`nanami_reconcile::sim::SimPlatform`].
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod facts;
 pub mod lkg;
@@ -23,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use async_trait::async_trait;
 use nanami_api::client::Backoff;
 use nanami_api::wire::{EnrolRequest, Facts, NetworkHealth, ObservedReport, Subject};
 use nanami_api::Client;
@@ -207,7 +207,6 @@ struct Observing<P> {
     tx: watch::Sender<Option<Observed>>,
 }
 
-#[async_trait]
 impl<P: Platform> Platform for Observing<P> {
     type Error = P::Error;
 

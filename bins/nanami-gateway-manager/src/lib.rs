@@ -7,6 +7,7 @@
 //!
 //! The binary is `main.rs`; this library is what it and the tests run.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod auth;
 pub mod http;

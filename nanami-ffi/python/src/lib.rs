@@ -16,6 +16,7 @@
 //!
 //! The Python-facing contract is `bindings/python/nanami/_nanami.pyi`; the tests
 //! in `bindings/python/tests` check that it matches this module exactly.
+#![deny(missing_docs)]
 
 mod config;
 mod convert;

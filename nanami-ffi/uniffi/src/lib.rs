@@ -17,6 +17,7 @@
 //!
 //! The core crates know nothing of uniffi; this crate owns the FFI-only types and
 //! the one extra thread (status polling) beside the device's own.
+#![deny(missing_docs)]
 
 uniffi::setup_scaffolding!();
 

@@ -294,8 +294,8 @@ impl RecvBatch {
             self.lens[i] = self.hdrs[i].msg_len as usize;
             let len = self.hdrs[i].msg_hdr.msg_namelen;
             // SAFETY: the kernel wrote a socket address of `len` bytes into the slot,
-            // which is a full sockaddr_storage.
-            let addr = unsafe { SockAddr::new(self.addrs[i].assume_init(), len) };
+            // which is a full sockaddr_storage (as is socket2's storage).
+            let addr = unsafe { sock_addr(self.addrs[i].assume_init(), len) };
             self.srcs[i] = addr.as_socket().map(canonical);
         }
         Ok(got)
@@ -341,8 +341,8 @@ impl RecvBatch {
             };
             self.lens[got] = n;
             // SAFETY: the kernel wrote a socket address of `len` bytes into the slot,
-            // which is a full sockaddr_storage.
-            let addr = unsafe { SockAddr::new(self.addrs[got].assume_init(), len) };
+            // which is a full sockaddr_storage (as is socket2's storage).
+            let addr = unsafe { sock_addr(self.addrs[got].assume_init(), len) };
             self.srcs[got] = addr.as_socket().map(canonical);
             got += 1;
         }
@@ -515,6 +515,19 @@ impl SendBatch {
             }
         }
         failed
+    }
+}
+
+/// socket2's address from a `sockaddr_storage` the kernel filled with `len` bytes.
+///
+/// # Safety
+/// `len` bytes of `raw` must be a socket address the kernel wrote.
+unsafe fn sock_addr(raw: libc::sockaddr_storage, len: libc::socklen_t) -> SockAddr {
+    let mut storage = socket2::SockAddrStorage::zeroed();
+    // SAFETY: socket2's storage is a sockaddr_storage of the same size.
+    unsafe {
+        *storage.view_as::<libc::sockaddr_storage>() = raw;
+        SockAddr::new(storage, len)
     }
 }
 

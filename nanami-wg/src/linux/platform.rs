@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use nanami_model::state::{NANAMI_PROTO, NANAMI_TABLE};
 use nanami_model::{
     GatewayState, InterfaceName, InterfaceState, IpFamily, PeerState, PrivateKey, PublicKey,
@@ -673,7 +672,6 @@ impl LinuxPlatform {
     }
 }
 
-#[async_trait]
 impl Platform for LinuxPlatform {
     type Error = PlatformError;
 
