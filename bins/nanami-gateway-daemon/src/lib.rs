@@ -15,6 +15,7 @@
 
 pub mod facts;
 pub mod lkg;
+pub mod metrics;
 pub mod probe;
 
 use std::collections::BTreeMap;
@@ -72,6 +73,10 @@ pub struct DaemonConfig {
     /// runs in its own network namespace. A desired state with another one ends
     /// the run with [`HostingChanged`].
     pub uplink: Option<InterfaceName>,
+    /// Where to serve the daemon's own `/metrics` (see [`metrics`]): a listener
+    /// bound by the caller (`--metrics-listen`; a test binds port 0); `None`: no
+    /// metrics.
+    pub metrics_listener: Option<Arc<std::net::TcpListener>>,
 }
 
 /// The manager moved the gateway between hosted (its own network namespace, with
@@ -205,6 +210,7 @@ async fn credential_with(
 struct Observing<P> {
     inner: P,
     tx: watch::Sender<Option<Observed>>,
+    ops: Arc<metrics::OpCounts>,
 }
 
 impl<P: Platform> Platform for Observing<P> {
@@ -217,7 +223,9 @@ impl<P: Platform> Platform for Observing<P> {
     }
 
     async fn apply(&mut self, op: &Op) -> Result<(), Self::Error> {
-        self.inner.apply(op).await
+        let result = self.inner.apply(op).await;
+        self.ops.count(result.is_ok());
+        result
     }
 
     fn events(&mut self) -> Option<mpsc::Receiver<PlatformEvent>> {
@@ -255,9 +263,11 @@ pub async fn run<P: Platform + 'static>(
             .unwrap_or_else(|| Arc::new(IcmpProber::default()));
         let (observed_tx, observed_rx) = watch::channel(None);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let ops = Arc::new(metrics::OpCounts::default());
         let platform = Observing {
             inner: platform,
             tx: observed_tx,
+            ops: ops.clone(),
         };
         let reconciler = Reconciler::new(
             platform,
@@ -278,6 +288,32 @@ pub async fn run<P: Platform + 'static>(
         let stopped = move |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        let daemon_metrics = Arc::new(metrics::DaemonMetrics::new(
+            config.gateway.clone(),
+            reconciler.subscribe_status(),
+            observed_rx.clone(),
+            ops,
+        ));
+        let mut background = vec![tokio::spawn(
+            daemon_metrics
+                .clone()
+                .follow(stopped(stop_rx.clone()))
+                .instrument(tracing::Span::current()),
+        )];
+        if let Some(listener) = &config.metrics_listener {
+            let listener = listener
+                .try_clone()
+                .and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(l)
+                })
+                .context("the metrics listener")?;
+            info!(addr = ?listener.local_addr().ok(), "serving /metrics");
+            background.push(tokio::spawn(
+                metrics::serve(listener, daemon_metrics.clone(), stopped(stop_rx.clone()))
+                    .instrument(tracing::Span::current()),
+            ));
+        }
         let reconciling = tokio::spawn(
             reconciler
                 .run(stopped(stop_rx.clone()))
@@ -325,9 +361,12 @@ pub async fn run<P: Platform + 'static>(
                 client,
                 &config,
                 &mut lkg,
-                &desired_tx,
-                &targets_tx,
-                &digest_tx,
+                Outputs {
+                    desired: &desired_tx,
+                    targets: &targets_tx,
+                    digest: &digest_tx,
+                    metrics: &daemon_metrics,
+                },
                 stopped(stop_rx.clone()),
             );
             // The reporter runs until shutdown; the poller also ends when the
@@ -345,6 +384,9 @@ pub async fn run<P: Platform + 'static>(
         let _ = stop_tx.send(true);
         let reconciler = reconciling.await.context("the reconciler panicked")?;
         probing.await.context("the prober panicked")?;
+        for task in background {
+            task.await.context("a metrics task panicked")?;
+        }
         info!(status = ?reconciler.status().condition, "stopped");
         result
     }
@@ -361,11 +403,15 @@ async fn poll_loop(
     client: Client,
     config: &DaemonConfig,
     lkg: &mut LastKnownGood,
-    desired_tx: &watch::Sender<Option<Arc<nanami_reconcile::Desired>>>,
-    targets_tx: &watch::Sender<HealthTargets>,
-    digest_tx: &watch::Sender<Option<(u64, String)>>,
+    out: Outputs<'_>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HostingChanged> {
+    let Outputs {
+        desired: desired_tx,
+        targets: targets_tx,
+        digest: digest_tx,
+        metrics,
+    } = out;
     tokio::pin!(shutdown);
     // The first request asks for whatever the manager has, so that a manager that
     // went back in time (restored from an old backup) is noticed and refused.
@@ -395,6 +441,7 @@ async fn poll_loop(
                     Ok(Offer::Accepted) => {
                         backoff.reset();
                         info!(generation, "new desired state accepted and saved");
+                        metrics.accepted(generation);
                         desired_tx.send_replace(lkg.current());
                         digest_tx.send_replace(applied_digest(lkg));
                         targets_tx.send_if_modified(|t| {
@@ -437,6 +484,16 @@ async fn poll_loop(
             () = tokio::time::sleep(backoff.advance()) => {}
         }
     }
+}
+
+/// Where the poll loop publishes what it accepts.
+struct Outputs<'a> {
+    desired: &'a watch::Sender<Option<Arc<nanami_reconcile::Desired>>>,
+    targets: &'a watch::Sender<HealthTargets>,
+    /// The generation in force and the manager's digest of it.
+    digest: &'a watch::Sender<Option<(u64, String)>>,
+    /// Told when a generation is accepted (apply latency starts there).
+    metrics: &'a metrics::DaemonMetrics,
 }
 
 /// The generation in force with the manager's digest of it, if it gave one.

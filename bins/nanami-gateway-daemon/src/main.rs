@@ -89,6 +89,11 @@ struct Cli {
     /// then exit (key and credential stay).
     #[arg(long)]
     teardown: bool,
+    /// Serve the daemon's own `/metrics` (reconcile passes, failed ops, drift
+    /// repairs, apply latency, device counters) over plain HTTP on this address;
+    /// keep it local (`127.0.0.1:9501`) or on a monitoring network.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -179,6 +184,13 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
         },
         prober: None,
         uplink: None,
+        metrics_listener: match cli.metrics_listen {
+            Some(addr) => Some(Arc::new(
+                std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("--metrics-listen {addr}"))?,
+            )),
+            None => None,
+        },
     };
     info!(gateway = %config.gateway, %public_key, managers = %config.manager, "starting");
     match cli.platform {

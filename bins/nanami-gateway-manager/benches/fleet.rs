@@ -135,6 +135,7 @@ async fn bench() {
             probe: nanami_gateway_daemon::ProbeConfig::default(),
             prober: None,
             uplink: None,
+            metrics_listener: None,
         };
         tokio::spawn(nanami_gateway_daemon::run(
             config,

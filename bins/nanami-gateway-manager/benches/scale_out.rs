@@ -396,6 +396,7 @@ async fn run(config: Config, url: Option<String>, n: usize, rounds: usize) {
             probe: nanami_gateway_daemon::ProbeConfig::default(),
             prober: None,
             uplink: None,
+            metrics_listener: None,
         };
         daemons.push(tokio::spawn(nanami_gateway_daemon::run(
             config,

@@ -1410,13 +1410,65 @@ async fn metrics_show_each_gateway_and_on_request_each_peer() {
     )
     .unwrap();
     let queried = dashboard_series(&dashboard);
-    assert!(queried.len() > 15, "{queried:?}");
+    assert!(queried.len() > 25, "{queried:?}");
+    // gw-b's daemon serves the daemon series.
+    let daemon = scrape_daemon(&f.b).await;
     for series in &queried {
         assert!(
-            s.families.contains_key(series),
-            "the dashboard queries {series}, which /metrics does not serve"
+            s.families.contains_key(series) || daemon.families.contains_key(series),
+            "the dashboard queries {series}, which neither the manager's nor a daemon's /metrics serves"
         );
     }
+    f.b.stop().await;
+}
+
+/// A daemon's own `/metrics`, read by the text-format parser as [`scrape`] reads
+/// the manager's.
+async fn scrape_daemon(daemon: &Daemon) -> Exposition {
+    let answer = nanami_api::Client::new(&format!("http://{}", daemon.metrics), None)
+        .unwrap()
+        .send_raw(Method::GET, "/metrics", None, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    let text = String::from_utf8(answer.body.to_vec()).unwrap();
+    openmetrics_parser::prometheus::parse_prometheus(&text)
+        .unwrap_or_else(|e| panic!("{e:?} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_serves_its_own_metrics() {
+    let mut f = fleet("daemon-metrics").await;
+    let s = scrape_daemon(&f.a).await;
+    let g = [("gateway", "gw-a")];
+    let status = f.a.status.borrow().clone();
+    let applied = status.applied_generation.expect("converged");
+    assert!(sample(&s, "nanami_daemon_passes_total", &g).unwrap() >= 1.0);
+    assert_eq!(sample(&s, "nanami_daemon_ready", &g), Some(1.0));
+    assert_eq!(
+        sample(&s, "nanami_daemon_consecutive_failures", &g),
+        Some(0.0)
+    );
+    #[allow(clippy::cast_precision_loss)]
+    let applied = applied as f64;
+    assert_eq!(
+        sample(&s, "nanami_daemon_applied_generation", &g),
+        Some(applied)
+    );
+    assert!(sample(&s, "nanami_daemon_ops_applied_total", &g).unwrap() > 0.0);
+    assert_eq!(sample(&s, "nanami_daemon_ops_failed_total", &g), Some(0.0));
+    // The first desired state was accepted and applied: one latency measured.
+    assert!(sample(&s, "nanami_daemon_applies_total", &g).unwrap() >= 1.0);
+    assert!(sample(&s, "nanami_daemon_last_apply_seconds", &g).unwrap() > 0.0);
+    assert!(s.families.contains_key("nanami_daemon_drift_repairs_total"));
+    // Anything but /metrics is not served.
+    let other = nanami_api::Client::new(&format!("http://{}", f.a.metrics), None)
+        .unwrap()
+        .send_raw(Method::GET, "/v1/status", None, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+    f.a.stop().await;
     f.b.stop().await;
 }
 
@@ -1739,6 +1791,7 @@ async fn a_hosted_gateway_is_served_its_uplink_and_a_change_of_hosting_ends_the_
         probe: PROBE,
         prober: None,
         uplink: None,
+        metrics_listener: None,
     };
     let uplink = nanami_gateway_daemon::hosting(&config, ka).await.unwrap();
     assert_eq!(uplink.as_ref().map(|u| u.as_str()), Some("up-a"));

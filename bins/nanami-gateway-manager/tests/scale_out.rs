@@ -236,6 +236,7 @@ impl SimDaemon {
             probe: nanami_gateway_daemon::ProbeConfig::default(),
             prober: None,
             uplink: None,
+            metrics_listener: None,
         };
         let (stop_tx, stop_rx) = oneshot::channel();
         let join = tokio::spawn(nanami_gateway_daemon::run(

@@ -361,6 +361,8 @@ pub struct Daemon {
     /// Its health-target probes (no packet is sent: in-process daemons share the
     /// test's network namespace).
     pub prober: Arc<FakeProber>,
+    /// Where its own `/metrics` is served (plain HTTP).
+    pub metrics: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -393,6 +395,10 @@ impl Daemon {
     ) -> Self {
         let key = nanami_gateway_daemon::ensure_key(&state_dir.join("private.key")).unwrap();
         let (status_tx, status) = watch::channel(Status::default());
+        // The daemon's own /metrics, on a port the kernel picks (bound here, so
+        // the address is known before the daemon runs).
+        let metrics_listener = Arc::new(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        let metrics = metrics_listener.local_addr().unwrap();
         let config = DaemonConfig {
             manager: managers.to_owned(),
             ca: Some(env.ca()),
@@ -407,6 +413,7 @@ impl Daemon {
             probe: PROBE,
             prober: Some(prober.clone()),
             uplink: None,
+            metrics_listener: Some(metrics_listener.clone()),
         };
         let (stop_tx, stop_rx) = oneshot::channel();
         let join = tokio::spawn(nanami_gateway_daemon::run(
@@ -421,6 +428,7 @@ impl Daemon {
             state_dir: state_dir.to_owned(),
             status,
             prober,
+            metrics,
             stop: Some(stop_tx),
             join: Some(join),
         }
