@@ -13,6 +13,7 @@ pub mod http;
 pub mod init;
 pub mod manager;
 pub mod objects;
+pub mod openapi;
 pub mod server;
 pub mod store;
 
