@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, RawQuery, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -24,9 +25,7 @@ use nanami_api::wire::{
     TopologyResponse, WorkspaceView,
 };
 use nanami_control::{authorize, Action, Decision, Target};
-use nanami_model::{
-    Document, GatewayExplanation, GatewayId, NodeConfig, NodeExplanation, NodeId,
-};
+use nanami_model::{Document, GatewayExplanation, GatewayId, NodeConfig, NodeExplanation, NodeId};
 use serde::de::DeserializeOwned;
 use tracing::{error, info, warn};
 
@@ -34,7 +33,7 @@ use crate::auth;
 use crate::manager::{now_ms, Manager, ManagerError, Writer, MAX_TOKEN_TTL};
 use crate::openapi::{
     BadRequest, BodyTimeout, Conflict, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable,
-    UnsupportedMediaType, Unprocessable, UriTooLong,
+    Unprocessable, UnsupportedMediaType, UriTooLong,
 };
 
 /// Longest long-poll a client may ask for; longer waits are cut to this (under
@@ -286,6 +285,26 @@ pub(crate) async fn read_body(
                     app.config.body_timeout.as_secs_f64()
                 ),
             ))
+        }
+    }
+}
+
+/// axum's `Path`, with a path it cannot read (invalid UTF-8 after
+/// percent-decoding) answered as every other bad request: the JSON 400, not
+/// axum's plain-text one.
+#[derive(Debug)]
+pub(crate) struct PathOf<T>(pub(crate) T);
+
+impl<T> FromRequestParts<App> for PathOf<T>
+where
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiErr;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiErr> {
+        match Path::<T>::from_request_parts(parts, app).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(e) => Err(bad_request(app, e.body_text())),
         }
     }
 }
@@ -657,7 +676,10 @@ pub(crate) async fn put_topology(
         Unavailable,
     )
 )]
-pub(crate) async fn get_topology(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
+pub(crate) async fn get_topology(
+    State(app): State<App>,
+    headers: HeaderMap,
+) -> Result<Response, ApiErr> {
     platform(&app, &headers, Action::ExportTopology).await?;
     match blocking(&app, |m| {
         Ok(m.docs().map(|(_, d)| d.to_document().to_json()))
@@ -729,7 +751,7 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 )]
 pub(crate) async fn desired(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathOf(id): PathOf<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
@@ -784,7 +806,7 @@ pub(crate) async fn desired(
 )]
 pub(crate) async fn put_observed(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathOf(id): PathOf<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiErr> {
@@ -819,7 +841,7 @@ pub(crate) async fn put_observed(
 )]
 pub(crate) async fn get_observed(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathOf(id): PathOf<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
     let id = gateway_id(&app, id)?;
@@ -895,7 +917,7 @@ const MAX_VERSION_LEN: usize = 64;
 )]
 pub(crate) async fn node_config(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathOf(id): PathOf<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
@@ -988,7 +1010,10 @@ async fn operator_only(app: &App, headers: &HeaderMap) -> Result<(), ApiErr> {
         Unavailable,
     )
 )]
-pub(crate) async fn oversight_regions(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
+pub(crate) async fn oversight_regions(
+    State(app): State<App>,
+    headers: HeaderMap,
+) -> Result<Response, ApiErr> {
     operator_only(&app, &headers).await?;
     Ok(Json(app.regions()).into_response())
 }
@@ -1062,7 +1087,7 @@ pub(crate) async fn oversight_gateways(
 )]
 pub(crate) async fn explain_node(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathOf(id): PathOf<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
     let id = node_id(&app, id)?;
@@ -1094,7 +1119,7 @@ pub(crate) async fn explain_node(
 )]
 pub(crate) async fn explain_gateway(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathOf(id): PathOf<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
     let id = gateway_id(&app, id)?;
@@ -1119,7 +1144,10 @@ pub(crate) async fn explain_gateway(
         Unavailable,
     )
 )]
-pub(crate) async fn metrics(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
+pub(crate) async fn metrics(
+    State(app): State<App>,
+    headers: HeaderMap,
+) -> Result<Response, ApiErr> {
     platform(&app, &headers, Action::ReadOversight).await?;
     Ok(metrics_response(&app))
 }

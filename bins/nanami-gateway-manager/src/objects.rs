@@ -9,7 +9,7 @@
 //! `nanami_control`'s; the write itself is [`crate::manager::Manager::write`].
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,6 +27,7 @@ use serde::Deserialize;
 
 use crate::http::{
     authenticate, authorized, bad_request, blocking, forbidden, not_found, read_body, ApiErr, App,
+    PathOf,
 };
 use crate::manager::Writer;
 use crate::openapi::{
@@ -228,7 +229,7 @@ object_handlers! {
     /// Regions: the platform's catalog.
     mod regions: RegionDoc, ObjectKind::Region;
     list "/v1/regions" ((), ()) => None, [];
-    one "/v1/regions/{id}" (Path(id), Path<String>) => ObjectRef::new(ObjectKind::Region, None, &id),
+    one "/v1/regions/{id}" (PathOf(id), PathOf<String>) => ObjectRef::new(ObjectKind::Region, None, &id),
         [("id" = RegionId, Path, description = "The region."),];
     operations "list_regions", "get_region", "put_region", "delete_region";
     credential "Credential: the platform writes; the platform and operators read.";
@@ -239,7 +240,7 @@ object_handlers! {
     /// contents are the routes below it).
     mod workspaces: WorkspaceSpec, ObjectKind::Workspace;
     list "/v1/workspaces" ((), ()) => None, [];
-    one "/v1/workspaces/{ws}" (Path(ws), Path<String>) => ObjectRef::new(ObjectKind::Workspace, Some(&ws), &ws),
+    one "/v1/workspaces/{ws}" (PathOf(ws), PathOf<String>) => ObjectRef::new(ObjectKind::Workspace, Some(&ws), &ws),
         [("ws" = WorkspaceId, Path, description = "The workspace."),];
     operations "list_workspaces", "get_workspace", "put_workspace", "delete_workspace";
     credential "Credential: the platform writes; the platform and operators read every workspace, a workspace credential its own (the list holds only it; another workspace is missing, 404).";
@@ -248,9 +249,9 @@ object_handlers! {
 object_handlers! {
     /// A workspace's networks.
     mod networks: NetworkDoc, ObjectKind::Network;
-    list "/v1/workspaces/{ws}/networks" (Path(ws), Path<String>) => Some(ws),
+    list "/v1/workspaces/{ws}/networks" (PathOf(ws), PathOf<String>) => Some(ws),
         [("ws" = WorkspaceId, Path, description = "The workspace."),];
-    one "/v1/workspaces/{ws}/networks/{id}" (Path((ws, id)), Path<(String, String)>) => ObjectRef::new(ObjectKind::Network, Some(&ws), &id),
+    one "/v1/workspaces/{ws}/networks/{id}" (PathOf((ws, id)), PathOf<(String, String)>) => ObjectRef::new(ObjectKind::Network, Some(&ws), &id),
         [("ws" = WorkspaceId, Path, description = "The workspace."), ("id" = NetworkId, Path, description = "The network."),];
     operations "list_networks", "get_network", "put_network", "delete_network";
     credential "Credential: the platform or the workspace's own write; operators read (another workspace is missing, 404).";
@@ -259,9 +260,9 @@ object_handlers! {
 object_handlers! {
     /// A workspace's nodes.
     mod nodes: NodeDoc, ObjectKind::Node;
-    list "/v1/workspaces/{ws}/nodes" (Path(ws), Path<String>) => Some(ws),
+    list "/v1/workspaces/{ws}/nodes" (PathOf(ws), PathOf<String>) => Some(ws),
         [("ws" = WorkspaceId, Path, description = "The workspace."),];
-    one "/v1/workspaces/{ws}/nodes/{id}" (Path((ws, id)), Path<(String, String)>) => ObjectRef::new(ObjectKind::Node, Some(&ws), &id),
+    one "/v1/workspaces/{ws}/nodes/{id}" (PathOf((ws, id)), PathOf<(String, String)>) => ObjectRef::new(ObjectKind::Node, Some(&ws), &id),
         [("ws" = WorkspaceId, Path, description = "The workspace."), ("id" = NodeId, Path, description = "The node."),];
     operations "list_nodes", "get_node", "put_node", "delete_node";
     credential "Credential: the platform or the workspace's own write; operators read (another workspace is missing, 404).";
@@ -270,9 +271,9 @@ object_handlers! {
 object_handlers! {
     /// A workspace's gateways.
     mod gateways: GatewayDoc, ObjectKind::Gateway;
-    list "/v1/workspaces/{ws}/gateways" (Path(ws), Path<String>) => Some(ws),
+    list "/v1/workspaces/{ws}/gateways" (PathOf(ws), PathOf<String>) => Some(ws),
         [("ws" = WorkspaceId, Path, description = "The workspace."),];
-    one "/v1/workspaces/{ws}/gateways/{id}" (Path((ws, id)), Path<(String, String)>) => ObjectRef::new(ObjectKind::Gateway, Some(&ws), &id),
+    one "/v1/workspaces/{ws}/gateways/{id}" (PathOf((ws, id)), PathOf<(String, String)>) => ObjectRef::new(ObjectKind::Gateway, Some(&ws), &id),
         [("ws" = WorkspaceId, Path, description = "The workspace."), ("id" = GatewayId, Path, description = "The gateway."),];
     operations "list_gateways", "get_gateway", "put_gateway", "delete_gateway";
     credential "Credential: the platform or the workspace's own write; operators read (another workspace is missing, 404).";
@@ -635,7 +636,7 @@ pub(crate) enum NodeRequest {
 )]
 pub(crate) async fn node_request(
     State(app): State<App>,
-    Path((ws, id, request)): Path<(String, String, String)>,
+    PathOf((ws, id, request)): PathOf<(String, String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiErr> {
@@ -692,7 +693,7 @@ pub(crate) async fn node_request(
 )]
 pub(crate) async fn mint_credential(
     State(app): State<App>,
-    Path(ws): Path<String>,
+    PathOf(ws): PathOf<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
     let caller = authenticate(&app, &headers).await?;

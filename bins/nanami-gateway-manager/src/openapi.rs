@@ -341,11 +341,7 @@ mod tests {
                 let secured = op["security"]
                     .as_array()
                     .is_some_and(|s| s.iter().any(|r| r.get(BEARER).is_some()));
-                assert_eq!(
-                    secured,
-                    !public.contains(&path.as_str()),
-                    "{method} {path}"
-                );
+                assert_eq!(secured, !public.contains(&path.as_str()), "{method} {path}");
                 if secured {
                     assert!(op["responses"]["401"].is_object(), "{method} {path}");
                 }

@@ -615,3 +615,25 @@ async fn the_router_serves_exactly_what_openapi_documents() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_that_is_not_utf8_is_the_json_400() {
+    let env = Env::start_api("path-utf8").await;
+    let control = env.control();
+    for path in [
+        "/v1/regions/%FF",
+        "/v1/workspaces/%FF/nodes/n1",
+        "/v1/gateways/%C3%28/desired",
+        "/v1/nodes/%FF/config",
+        "/v1/workspaces/acme/nodes/%FF/disable",
+    ] {
+        let method = if path.ends_with("/disable") {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let answer = send(&control, method, path, None).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(error_text(&answer).contains("UTF-8"), "{path}");
+    }
+}
