@@ -31,10 +31,7 @@ use tracing::{error, info, warn};
 
 use crate::auth;
 use crate::manager::{now_ms, Manager, ManagerError, Writer, MAX_TOKEN_TTL};
-use crate::openapi::{
-    BadRequest, BodyTimeout, Conflict, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable,
-    Unprocessable, UnsupportedMediaType, UriTooLong,
-};
+use crate::openapi::{BadRequest, BodyLimits, NotFound, Refusals, Unavailable, UriTooLong};
 
 /// Longest long-poll a client may ask for; longer waits are cut to this (under
 /// common proxy idle timeouts of 60 s).
@@ -447,8 +444,7 @@ pub(crate) async fn openapi_json() -> Response {
         BadRequest,
         (status = 401, description = "The token is unknown, spent or expired.", body = ErrorBody),
         (status = 403, description = "The token is for another subject than the one named.", body = ErrorBody),
-        BodyTimeout,
-        TooLarge,
+        BodyLimits,
         UriTooLong,
         Unavailable,
     )
@@ -495,13 +491,9 @@ pub(crate) async fn enrol(
     responses(
         (status = 200, description = "The token (shown once; only its digest is stored).", body = TokenResponse),
         BadRequest,
-        Unauthorized,
-        Forbidden,
+        Refusals,
+        BodyLimits,
         NotFound,
-        BodyTimeout,
-        TooLarge,
-        UriTooLong,
-        Unavailable,
     )
 )]
 pub(crate) async fn create_token(
@@ -603,15 +595,11 @@ fn document_format(headers: &HeaderMap) -> Option<Format> {
     responses(
         (status = 200, description = "Stored (the revision is unchanged when the document was identical).", body = TopologyResponse),
         BadRequest,
-        Unauthorized,
-        Forbidden,
-        BodyTimeout,
-        Conflict,
-        TooLarge,
-        UriTooLong,
-        UnsupportedMediaType,
-        Unprocessable,
-        Unavailable,
+        Refusals,
+        BodyLimits,
+        (status = 409, description = "The document is valid but cannot be compiled.", body = ErrorBody),
+        (status = 415, description = "`Content-Type` must be `application/json` or `application/yaml`.", body = ErrorBody),
+        (status = 422, description = "The document is invalid (`issues` lists each problem at its path); nothing changed.", body = ErrorBody),
     )
 )]
 pub(crate) async fn put_topology(
@@ -669,11 +657,8 @@ pub(crate) async fn put_topology(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The document.", body = Document),
-        Unauthorized,
-        Forbidden,
+        Refusals,
         (status = 404, description = "No topology yet.", body = ErrorBody),
-        UriTooLong,
-        Unavailable,
     )
 )]
 pub(crate) async fn get_topology(
@@ -700,10 +685,7 @@ pub(crate) async fn get_topology(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "One entry per gateway.", body = Vec<GatewayStatus>),
-        Unauthorized,
-        Forbidden,
-        UriTooLong,
-        Unavailable,
+        Refusals,
     )
 )]
 pub(crate) async fn status(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
@@ -742,11 +724,8 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
             headers(("ETag" = String, description = "The digest of this generation's content, quoted."))),
         (status = 204, description = "Nothing newer than `after` within `wait`, or no desired state yet."),
         BadRequest,
-        Unauthorized,
-        Forbidden,
+        Refusals,
         (status = 404, description = "Unknown gateway (or another workspace's).", body = ErrorBody),
-        UriTooLong,
-        Unavailable,
     )
 )]
 pub(crate) async fn desired(
@@ -795,13 +774,9 @@ pub(crate) async fn desired(
     responses(
         (status = 204, description = "Recorded."),
         BadRequest,
-        Unauthorized,
-        Forbidden,
+        Refusals,
+        BodyLimits,
         NotFound,
-        BodyTimeout,
-        TooLarge,
-        UriTooLong,
-        Unavailable,
     )
 )]
 pub(crate) async fn put_observed(
@@ -832,11 +807,8 @@ pub(crate) async fn put_observed(
         (status = 200, description = "The latest report.", body = ObservedRecord),
         (status = 204, description = "No report yet."),
         BadRequest,
-        Unauthorized,
-        Forbidden,
+        Refusals,
         NotFound,
-        UriTooLong,
-        Unavailable,
     )
 )]
 pub(crate) async fn get_observed(
@@ -907,12 +879,9 @@ const MAX_VERSION_LEN: usize = 64;
             headers(("ETag" = String, description = "The configuration's version, quoted; pass it back unquoted as `after`."))),
         (status = 204, description = "Unchanged from `after` within `wait`."),
         BadRequest,
-        Unauthorized,
-        Forbidden,
+        Refusals,
         (status = 404, description = "Unknown node (or another workspace's).", body = ErrorBody),
         (status = 409, description = "The node is not an active client (disabled, revoked, pending, or a gateway's node).", body = ErrorBody),
-        UriTooLong,
-        Unavailable,
     )
 )]
 pub(crate) async fn node_config(
@@ -1004,10 +973,7 @@ async fn operator_only(app: &App, headers: &HeaderMap) -> Result<(), ApiErr> {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "One entry per region.", body = Vec<RegionView>),
-        Unauthorized,
-        Forbidden,
-        UriTooLong,
-        Unavailable,
+        Refusals,
     )
 )]
 pub(crate) async fn oversight_regions(
@@ -1027,10 +993,7 @@ pub(crate) async fn oversight_regions(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "One entry per workspace.", body = Vec<WorkspaceView>),
-        Unauthorized,
-        Forbidden,
-        UriTooLong,
-        Unavailable,
+        Refusals,
     )
 )]
 pub(crate) async fn oversight_workspaces(
@@ -1049,10 +1012,7 @@ pub(crate) async fn oversight_workspaces(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "One entry per gateway.", body = Vec<GatewayStatus>),
-        Unauthorized,
-        Forbidden,
-        UriTooLong,
-        Unavailable,
+        Refusals,
     )
 )]
 pub(crate) async fn oversight_gateways(
@@ -1077,12 +1037,9 @@ pub(crate) async fn oversight_gateways(
     responses(
         (status = 200, description = "Each network's and the exit's gateway verdicts.", body = NodeExplanation),
         BadRequest,
-        Unauthorized,
-        Forbidden,
+        Refusals,
         NotFound,
         (status = 409, description = "The node is not an active client.", body = ErrorBody),
-        UriTooLong,
-        Unavailable,
     )
 )]
 pub(crate) async fn explain_node(
@@ -1110,11 +1067,8 @@ pub(crate) async fn explain_node(
     responses(
         (status = 200, description = "Each network's verdict and the clients carried.", body = GatewayExplanation),
         BadRequest,
-        Unauthorized,
-        Forbidden,
+        Refusals,
         NotFound,
-        UriTooLong,
-        Unavailable,
     )
 )]
 pub(crate) async fn explain_gateway(
@@ -1138,10 +1092,7 @@ pub(crate) async fn explain_gateway(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The Prometheus text exposition (version 0.0.4).", body = String, content_type = "text/plain"),
-        Unauthorized,
-        Forbidden,
-        UriTooLong,
-        Unavailable,
+        Refusals,
     )
 )]
 pub(crate) async fn metrics(

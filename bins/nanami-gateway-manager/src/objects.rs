@@ -30,10 +30,7 @@ use crate::http::{
     PathOf,
 };
 use crate::manager::Writer;
-use crate::openapi::{
-    BadRequest, BodyTimeout, Conflict, Forbidden, NotFound, PreconditionFailed, TooLarge,
-    Unauthorized, Unavailable, Unprocessable, UriTooLong,
-};
+use crate::openapi::{BadRequest, BodyLimits, NotFound, Refusals, WriteRefusals};
 
 /// The largest object body accepted: a network, node or gateway is a few hundred
 /// bytes; a workspace spec lists regions.
@@ -113,11 +110,8 @@ macro_rules! object_handlers {
                 security(("bearer" = [])),
                 responses(
                     (status = 200, description = "The objects, each with its revision.", body = Listed<$doc>),
-                    Unauthorized,
-                    Forbidden,
+                    Refusals,
                     NotFound,
-                    UriTooLong,
-                    Unavailable,
                 )
             )]
             pub(crate) async fn list(
@@ -140,11 +134,8 @@ macro_rules! object_handlers {
                 responses(
                     (status = 200, description = "The object and its revision.", body = Versioned<$doc>,
                         headers(("ETag" = String, description = "The object's revision, quoted."))),
-                    Unauthorized,
-                    Forbidden,
+                    Refusals,
                     NotFound,
-                    UriTooLong,
-                    Unavailable,
                 )
             )]
             pub(crate) async fn get(
@@ -171,16 +162,10 @@ macro_rules! object_handlers {
                     (status = 200, description = "Written.", body = WriteResponse,
                         headers(("ETag" = String, description = "The object's new revision, quoted."))),
                     BadRequest,
-                    Unauthorized,
-                    Forbidden,
+                    Refusals,
+                    BodyLimits,
+                    WriteRefusals,
                     NotFound,
-                    BodyTimeout,
-                    Conflict,
-                    PreconditionFailed,
-                    TooLarge,
-                    UriTooLong,
-                    Unprocessable,
-                    Unavailable,
                 )
             )]
             pub(crate) async fn put(
@@ -204,14 +189,9 @@ macro_rules! object_handlers {
                 responses(
                     (status = 200, description = "Deleted.", body = WriteResponse),
                     BadRequest,
-                    Unauthorized,
-                    Forbidden,
+                    Refusals,
+                    WriteRefusals,
                     NotFound,
-                    Conflict,
-                    PreconditionFailed,
-                    UriTooLong,
-                    Unprocessable,
-                    Unavailable,
                 )
             )]
             pub(crate) async fn delete(
@@ -622,16 +602,10 @@ pub(crate) enum NodeRequest {
         (status = 200, description = "Done.", body = WriteResponse,
             headers(("ETag" = String, description = "The node's new revision, quoted."))),
         BadRequest,
-        Unauthorized,
-        Forbidden,
+        Refusals,
+        BodyLimits,
+        WriteRefusals,
         (status = 404, description = "No such node or request, or another workspace's node.", body = ErrorBody),
-        BodyTimeout,
-        Conflict,
-        PreconditionFailed,
-        TooLarge,
-        UriTooLong,
-        Unprocessable,
-        Unavailable,
     )
 )]
 pub(crate) async fn node_request(
@@ -684,11 +658,8 @@ pub(crate) async fn node_request(
     security(("bearer" = [])),
     responses(
         (status = 201, description = "The new credential.", body = CredentialResponse),
-        Unauthorized,
-        Forbidden,
+        Refusals,
         NotFound,
-        UriTooLong,
-        Unavailable,
     )
 )]
 pub(crate) async fn mint_credential(
@@ -748,11 +719,8 @@ pub(crate) struct AuditQuery {
     responses(
         (status = 200, description = "The page; `next_after` leads to the next one.", body = AuditPage),
         BadRequest,
-        Unauthorized,
-        Forbidden,
+        Refusals,
         NotFound,
-        UriTooLong,
-        Unavailable,
     )
 )]
 pub(crate) async fn audit(

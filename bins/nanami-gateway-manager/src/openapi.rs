@@ -26,23 +26,73 @@ macro_rules! error_response {
     };
 }
 
+/// The answers every authenticated route can give besides its own: no or an
+/// unknown credential, a credential the table refuses, a request target over
+/// the limit, a store that cannot answer.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // only its `IntoResponses` is used
+pub(crate) enum Refusals {
+    /// 401.
+    #[response(status = 401, description = "Missing or unknown credential.")]
+    Unauthorized(ErrorBody),
+    /// 403.
+    #[response(status = 403, description = "This credential may not do that.")]
+    Forbidden(ErrorBody),
+    /// 414.
+    #[response(status = 414, description = "The request target is longer than 8 KiB.")]
+    UriTooLong(ErrorBody),
+    /// 503.
+    #[response(status = 503, description = "The store is unavailable; retry later.")]
+    Unavailable(ErrorBody),
+}
+
+/// The answers of a route that reads a body, about the body's arrival.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // only its `IntoResponses` is used
+pub(crate) enum BodyLimits {
+    /// 408.
+    #[response(
+        status = 408,
+        description = "The body did not arrive within the body timeout."
+    )]
+    Timeout(ErrorBody),
+    /// 413.
+    #[response(
+        status = 413,
+        description = "The body is larger than this route's limit."
+    )]
+    TooLarge(ErrorBody),
+}
+
+/// The answers of a write the current topology refuses.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // only its `IntoResponses` is used
+pub(crate) enum WriteRefusals {
+    /// 409.
+    #[response(
+        status = 409,
+        description = "The write is valid but the topology it makes cannot be compiled."
+    )]
+    Conflict(ErrorBody),
+    /// 412.
+    #[response(
+        status = 412,
+        description = "`If-Match` / `If-None-Match` does not hold; `current_revision` is the object's revision now (absent when it does not exist)."
+    )]
+    PreconditionFailed(ErrorBody),
+    /// 422.
+    #[response(
+        status = 422,
+        description = "The object is invalid, or the topology it makes is (`issues` lists each problem at its path); nothing changed."
+    )]
+    Unprocessable(ErrorBody),
+}
+
 error_response!(
     /// 400.
     BadRequest,
     400,
     "A malformed id, parameter, header or body (nothing changed)."
-);
-error_response!(
-    /// 401.
-    Unauthorized,
-    401,
-    "Missing or unknown credential."
-);
-error_response!(
-    /// 403.
-    Forbidden,
-    403,
-    "This credential may not do that."
 );
 error_response!(
     /// 404.
@@ -51,49 +101,13 @@ error_response!(
     "No such object, or hidden from this credential (another workspace's): the same answer either way."
 );
 error_response!(
-    /// 408.
-    BodyTimeout,
-    408,
-    "The body did not arrive within the body timeout."
-);
-error_response!(
-    /// 409.
-    Conflict,
-    409,
-    "The request is valid but the current topology cannot serve it (the node is not an active client, or it cannot be compiled)."
-);
-error_response!(
-    /// 412.
-    PreconditionFailed,
-    412,
-    "`If-Match` / `If-None-Match` does not hold; `current_revision` is the object's revision now (absent when it does not exist)."
-);
-error_response!(
-    /// 413.
-    TooLarge,
-    413,
-    "The body is larger than this route's limit."
-);
-error_response!(
-    /// 414.
+    /// 414, for the routes that need no credential.
     UriTooLong,
     414,
     "The request target is longer than 8 KiB."
 );
 error_response!(
-    /// 415.
-    UnsupportedMediaType,
-    415,
-    "`Content-Type` must be `application/json` or `application/yaml`."
-);
-error_response!(
-    /// 422.
-    Unprocessable,
-    422,
-    "The document or object is invalid (`issues` lists each problem at its path); nothing changed."
-);
-error_response!(
-    /// 503.
+    /// 503, for the routes that need no credential.
     Unavailable,
     503,
     "The store is unavailable; retry later."
