@@ -266,10 +266,10 @@ object_handlers! {
 struct PreconditionHeaders {
     /// `"<revision>"` (the object's `ETag`): write only if the object is at that
     /// revision; `*`: only if it exists.
-    #[param(rename = "If-Match")]
+    #[param(rename = "If-Match", pattern = r#"^(\*|(W/)?"?[0-9a-fA-F]{1,64}"?)$"#)]
     if_match: Option<String>,
-    /// `*`: create only, never replace.
-    #[param(rename = "If-None-Match")]
+    /// `*`: create only, never replace (not with `If-Match`).
+    #[param(rename = "If-None-Match", pattern = r"^\*$")]
     if_none_match: Option<String>,
 }
 
