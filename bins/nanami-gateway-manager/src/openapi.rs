@@ -248,15 +248,6 @@ mod tests {
         out
     }
 
-    /// Writes the document to `$NANAMI_OPENAPI_OUT` when set (to read it without
-    /// a running manager).
-    #[test]
-    fn write_the_document_when_asked() {
-        if let Some(path) = std::env::var_os("NANAMI_OPENAPI_OUT") {
-            std::fs::write(path, document()).unwrap();
-        }
-    }
-
     #[test]
     fn the_document_is_openapi_3_json() {
         let doc = doc();

@@ -637,3 +637,18 @@ async fn a_path_that_is_not_utf8_is_the_json_400() {
         assert!(error_text(&answer).contains("UTF-8"), "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_command_prints_what_the_api_serves() {
+    let env = Env::start_api("openapi-command").await;
+    let served = send(&env.client(), Method::GET, "/openapi.json", None).await;
+    let served: serde_json::Value = serde_json::from_slice(&served.body).unwrap();
+    let printed = std::process::Command::new(MANAGER)
+        .arg("openapi")
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let printed: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
+    assert_eq!(printed, served);
+    assert!(served["openapi"].as_str().unwrap().starts_with("3."));
+}
