@@ -22,6 +22,7 @@ const MAX_VALUE: usize = 80;
 
 /// The object of an entry, as served.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditObject {
     /// `region`, `workspace`, `network`, `node`, `gateway` or `topology`.
     pub kind: String,
@@ -44,6 +45,7 @@ impl From<&ObjectRef> for AuditObject {
 
 /// One accepted write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// Its place in the trail (1, 2, ...); 0 until the store assigns it.
     pub seq: u64,

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// A network's forwarding-path verdict, as a gateway reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PathHealth {
     /// Probes succeed (or have not failed long enough to say otherwise).

@@ -119,6 +119,7 @@ impl Assignment {
 
 /// What a gateway is judged for by [`verdict`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Duty {
     /// Holding clients of a network (primary or standby): needs the `ingress` role
@@ -134,6 +135,7 @@ pub enum Duty {
 /// not here: they depend on the client and on placement order, see
 /// [`crate::explain`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", tag = "verdict")]
 #[non_exhaustive]
 pub enum Verdict {
@@ -408,6 +410,7 @@ pub fn neg_log2_fixed(x: u64) -> u64 {
 /// What weighted rendezvous hashing ranks a gateway by, for one client: the score
 /// is `weight / neg_log2`, highest first (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BalancedScore {
     /// The gateway's weight ([`weights`]; 1 for a gateway missing from them).
     pub weight: u32,

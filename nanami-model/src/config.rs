@@ -45,6 +45,7 @@ pub const PRIVATE_KEY_PLACEHOLDER: &str = "<PRIVATE_KEY>";
 
 /// Everything a client needs to join its workspace's networks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// The node.
@@ -54,6 +55,7 @@ pub struct NodeConfig {
     /// Its public key (the private half stays on the node).
     pub public_key: PublicKey,
     /// Its overlay addresses, as host prefixes.
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeSet<crate::openapi::IpNet>))]
     pub addresses: BTreeSet<IpNet>,
     /// Tunnel MTU.
     pub mtu: u32,
@@ -79,6 +81,7 @@ pub struct NodeConfig {
 /// A client's exit: the network it leaves through and the gateways that can
 /// carry its default route, in failover order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExitChoice {
     /// The exit network: the first of the client's networks (by id) with
@@ -92,6 +95,7 @@ pub struct ExitChoice {
 
 /// One gateway in a client's failover list for one network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GatewayChoice {
     /// The gateway.
@@ -99,9 +103,11 @@ pub struct GatewayChoice {
     /// Its public key.
     pub public_key: PublicKey,
     /// Where to reach it.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::SocketAddr))]
     pub endpoint: SocketAddr,
     /// What the client routes to it for this network while it is the network's
     /// active gateway: the overlay, and the routes when it has the egress role.
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeSet<crate::openapi::IpNet>))]
     pub allowed_ips: BTreeSet<IpNet>,
     /// The default routes (one per overlay family) it carries when it is the
     /// client's exit; empty when it can't be (the node wants no exit, the network
@@ -109,16 +115,19 @@ pub struct GatewayChoice {
     /// list this says the gateway could be an exit; which gateway is the exit is
     /// [`NodeConfig::exit`]'s to say.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeSet<crate::openapi::IpNet>))]
     pub exit_routes: BTreeSet<IpNet>,
     /// The gateway's own overlay addresses in this network: what a client agent
     /// probes through the tunnel to tell a live gateway from a dead one (see
     /// [`NodeConfig::client_state`]). Empty when the gateway's node has none.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeSet<crate::openapi::IpAddr>))]
     pub addresses: BTreeSet<IpAddr>,
 }
 
 /// A gateway as a client's peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ClientPeer {
     /// The gateway.
@@ -126,9 +135,11 @@ pub struct ClientPeer {
     /// Its public key.
     pub public_key: PublicKey,
     /// Where to reach it.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::SocketAddr))]
     pub endpoint: SocketAddr,
     /// What the client routes to it: overlays, routes, and the default route for
     /// its exit gateway.
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeSet<crate::openapi::IpNet>))]
     pub allowed_ips: BTreeSet<IpNet>,
     /// Keepalive interval in seconds.
     pub persistent_keepalive: Option<u16>,

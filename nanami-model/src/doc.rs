@@ -52,6 +52,7 @@ pub enum ParseError {
 
 /// One value or a list of them (`overlay: 10.0.0.0/8` or `overlay: [a, b]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum OneOrMany {
     /// A single value.
@@ -72,6 +73,7 @@ impl OneOrMany {
 
 /// The whole document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Document {
     /// Must be 1.
     pub version: u32,
@@ -139,6 +141,7 @@ impl UnknownField {
 
 /// A catalog region.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegionDoc {
     /// Region id.
     pub id: String,
@@ -151,6 +154,7 @@ pub struct RegionDoc {
 
 /// A workspace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkspaceDoc {
     /// Workspace id.
     pub id: String,
@@ -174,6 +178,7 @@ pub struct WorkspaceDoc {
 /// reads and writes workspaces in this form; their networks, nodes and gateways
 /// are objects of their own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkspaceSpec {
     /// Workspace id.
     pub id: String,
@@ -196,6 +201,7 @@ impl WorkspaceDoc {
 
 /// A network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetworkDoc {
     /// Network id, unique in its workspace.
     pub id: String,
@@ -237,6 +243,7 @@ fn default_policy() -> String {
 
 /// `gateways: { policy: auto | balanced | manual, manual: [ids], redundancy: k }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PolicyDoc {
     /// `auto`, `balanced` or `manual`.
     #[serde(default = "default_policy")]
@@ -262,6 +269,7 @@ impl Default for PolicyDoc {
 
 /// A node: a client or a gateway machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeDoc {
     /// Node id, unique in the document.
     pub id: String,
@@ -282,6 +290,7 @@ pub struct NodeDoc {
 
 /// Membership of a node in a network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MembershipDoc {
     /// The network id.
     pub network: String,
@@ -292,6 +301,7 @@ pub struct MembershipDoc {
 
 /// A gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GatewayDoc {
     /// Gateway id, unique in the document; its interface is `nm-<id>`.
     pub id: String,

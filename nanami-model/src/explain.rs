@@ -90,6 +90,7 @@ pub enum ExplainError {
 
 /// A network's assignment policy, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyName {
     /// Region order, then gateway id.
@@ -103,6 +104,7 @@ pub enum PolicyName {
 /// What happened to one gateway for one client: the placement's side of the
 /// story, next to the gateway's [`Verdict`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", tag = "outcome")]
 #[non_exhaustive]
 pub enum Outcome {
@@ -146,6 +148,7 @@ impl Outcome {
 
 /// One gateway of a network, for one client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GatewayVerdict {
     /// The gateway.
     pub gateway: GatewayId,
@@ -164,6 +167,7 @@ pub struct GatewayVerdict {
 
 /// How one client was placed in one network, or given its exit in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetworkExplanation {
     /// The network.
     pub network: NetworkId,
@@ -200,6 +204,7 @@ impl NetworkExplanation {
 
 /// How a client's exit was chosen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExitExplanation {
     /// The client's networks with `exit: true` that were tried, in id order: each
     /// until one had an exit gateway with room (the last one then), or all of them.
@@ -221,6 +226,7 @@ impl ExitExplanation {
 
 /// Why a client is on the gateways it is on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeExplanation {
     /// The client.
     pub node: NodeId,
@@ -241,6 +247,7 @@ impl NodeExplanation {
 
 /// A client a gateway carries in a network, and where the gateway stands for it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CarriedClient {
     /// The client.
     pub node: NodeId,
@@ -255,6 +262,7 @@ pub struct CarriedClient {
 
 /// One network of a gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GatewayNetworkExplanation {
     /// The network.
     pub network: NetworkId,
@@ -275,6 +283,7 @@ pub struct GatewayNetworkExplanation {
 
 /// Which clients a gateway carries, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GatewayExplanation {
     /// The gateway.
     pub gateway: GatewayId,

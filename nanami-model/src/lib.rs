@@ -30,6 +30,8 @@ pub mod failover;
 pub mod health;
 pub mod id;
 pub mod key;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod probes;
 pub mod state;
 pub mod topology;

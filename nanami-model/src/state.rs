@@ -39,6 +39,7 @@ pub const NFT_TABLE: &str = "nanami";
 
 /// An IP address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum IpFamily {
     /// IPv4.
@@ -59,6 +60,7 @@ impl IpFamily {
 
 /// Everything Nanami manages on one machine.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GatewayState {
     /// WireGuard interfaces by name.
@@ -110,6 +112,7 @@ impl GatewayState {
 
 /// One WireGuard interface.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct InterfaceState {
     /// UDP listen port; `None` lets the device choose.
@@ -117,6 +120,7 @@ pub struct InterfaceState {
     /// Link MTU.
     pub mtu: u32,
     /// Addresses with their prefix length.
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeSet<crate::openapi::IpNet>))]
     pub addresses: BTreeSet<IpNet>,
     /// Peers by public key.
     pub peers: BTreeMap<PublicKey, PeerState>,
@@ -135,11 +139,14 @@ impl Default for InterfaceState {
 
 /// One WireGuard peer's configuration (its telemetry lives elsewhere).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PeerState {
     /// Where to send its packets; `None` until it contacts us.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::openapi::SocketAddr>))]
     pub endpoint: Option<SocketAddr>,
     /// Inner addresses it may use and that are routed to it (cryptokey routing).
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeSet<crate::openapi::IpNet>))]
     pub allowed_ips: BTreeSet<IpNet>,
     /// Seconds between keepalives; `None` disables them.
     pub persistent_keepalive: Option<u16>,
@@ -147,11 +154,13 @@ pub struct PeerState {
 
 /// A route: `ip route add <destination> dev <interface> table <table> proto <protocol>`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Routing table.
     pub table: u32,
     /// Destination prefix.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::IpNet))]
     pub destination: IpNet,
     /// Outgoing interface.
     pub interface: InterfaceName,
@@ -179,11 +188,13 @@ impl Route {
 /// A policy rule: `ip rule add to <destination> lookup <table> priority <priority>
 /// proto <protocol> [suppress_prefixlength <n>]`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Rule priority.
     pub priority: u32,
     /// Destination selector (its family is the rule's family).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::IpNet))]
     pub destination: IpNet,
     /// Table to look up.
     pub table: u32,
@@ -246,9 +257,11 @@ impl Rule {
 
 /// Where forwarded traffic may go.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Destination {
     /// One prefix.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::IpNet))]
     Prefix(IpNet),
     /// The internet: every destination outside [`PRIVATE_RANGES`], of both families.
     Internet,
@@ -271,11 +284,13 @@ pub const PRIVATE_RANGES: [&str; 8] = [
 /// Everything else arriving on an `nm-` interface is dropped; replies to accepted
 /// traffic return (connection tracking).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FilterRule {
     /// The Nanami interface the traffic arrives on.
     pub interface: InterfaceName,
     /// Allowed source prefix (a network's overlay).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::IpNet))]
     pub source: IpNet,
     /// Allowed destination.
     pub destination: Destination,
@@ -283,9 +298,11 @@ pub struct FilterRule {
 
 /// Masquerade traffic from `source` toward `destination` as it leaves the gateway.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NatRule {
     /// Source prefix (a network's overlay).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::IpNet))]
     pub source: IpNet,
     /// Destination it applies to.
     pub destination: Destination,
@@ -294,6 +311,7 @@ pub struct NatRule {
 /// The normalized contents of the `inet nanami` nftables table, always replaced as a
 /// whole in one transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FilterSet {
     /// Forwarding accepts.

@@ -31,6 +31,7 @@ pub enum RegionState {
 
 /// Lifecycle of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum NodeStatus {
     /// Enrolled but not yet approved.
@@ -45,6 +46,7 @@ pub enum NodeStatus {
 
 /// What a gateway does for a network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Clients tunnel into the workspace network through it.

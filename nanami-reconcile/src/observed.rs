@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 /// One peer's telemetry, as `wg show` reports it. Reported, never acted on: no value
 /// here ever causes an [`Op`](crate::Op).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PeerTelemetry {
     /// When the last handshake completed; `None` if never.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<nanami_model::openapi::UnixTime>))]
     pub last_handshake: Option<SystemTime>,
     /// Bytes received from the peer.
     pub rx_bytes: u64,

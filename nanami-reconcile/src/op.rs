@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 /// anywhere can simply be run again. Ops carry the full new value of what they set
 /// (a peer's whole configuration, the whole filter), never a delta.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "op", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Op {
@@ -54,6 +55,7 @@ pub enum Op {
         /// The interface.
         interface: InterfaceName,
         /// Address with prefix length.
+        #[cfg_attr(feature = "openapi", schema(value_type = nanami_model::openapi::IpNet))]
         address: IpNet,
     },
     /// `ip address del <address> dev <interface>`.
@@ -61,6 +63,7 @@ pub enum Op {
         /// The interface.
         interface: InterfaceName,
         /// Address with prefix length.
+        #[cfg_attr(feature = "openapi", schema(value_type = nanami_model::openapi::IpNet))]
         address: IpNet,
     },
     /// `wg set <interface> peer <key> ...` for a peer the interface does not have.

@@ -16,6 +16,7 @@ use crate::platform::{Platform, PlatformEvent};
 /// A desired state with its generation. Generations only grow: the reconciler
 /// refuses one older than what it already has (no rollback).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Desired {
     /// Monotonically increasing version, from the manager.
@@ -70,6 +71,7 @@ impl Action {
 
 /// Where the machine stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "condition", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Condition {
@@ -87,6 +89,7 @@ pub enum Condition {
 
 /// An op that failed, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OpError {
     /// The op.
@@ -97,6 +100,7 @@ pub struct OpError {
 
 /// The reconciler's report, published after every pass.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Status {
     /// The current condition.

@@ -20,6 +20,7 @@ pub use nanami_reconcile::Desired;
 /// change of either bumps the generation. `health_targets` is left out when empty,
 /// so the body is then exactly a [`Desired`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GatewayDesired {
     /// Monotonically increasing version, from the manager.
@@ -28,6 +29,7 @@ pub struct GatewayDesired {
     pub state: GatewayState,
     /// Per network, the addresses behind the gateway it probes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<NetworkId, BTreeSet<nanami_model::openapi::IpAddr>>))]
     pub health_targets: HealthTargets,
     /// Hosting: the interface to the gateway's LAN on a machine shared by several
     /// workspaces' gateways. With it the daemon runs the gateway in its own network
@@ -59,6 +61,7 @@ impl GatewayDesired {
 
 /// Every error response: `{"error": "..."}` with a 4xx or 5xx status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// What went wrong, for people.
     pub error: String,
@@ -73,6 +76,7 @@ pub struct ErrorBody {
 
 /// Who a credential or enrolment token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", content = "id", rename_all = "snake_case")]
 pub enum Subject {
     /// A gateway (its daemon).
@@ -127,6 +131,7 @@ impl CredentialKind {
 
 /// `POST /v1/enrolment-tokens` (control credential).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// Who may enrol with it.
@@ -138,6 +143,7 @@ pub struct TokenRequest {
 
 /// A fresh one-time enrolment token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TokenResponse {
     /// The token (shown once; only its hash is stored).
@@ -150,6 +156,7 @@ pub struct TokenResponse {
 
 /// `POST /v1/enrol`: trade a one-time token and a public key for a credential.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnrolRequest {
     /// The one-time enrolment token.
@@ -165,6 +172,7 @@ pub struct EnrolRequest {
 
 /// The credential an enrolment yields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnrolResponse {
     /// Who enrolled.
@@ -175,6 +183,7 @@ pub struct EnrolResponse {
 
 /// Machine facts that only the gateway knows.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Facts {
     /// Interfaces toward private networks (up, with an address, not the default
@@ -192,6 +201,7 @@ pub struct Facts {
 /// `PUT /v1/gateways/{id}/observed`: the daemon's report after a pass and every few
 /// seconds. The observed generation is `status.applied_generation`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ObservedReport {
     /// The gateway's WireGuard public key.
@@ -218,12 +228,14 @@ pub struct ObservedReport {
 
 /// What a gateway's probes say about its forwarding path to one network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NetworkHealth {
     /// The verdict, with hysteresis (see the daemon's probe settings).
     pub state: PathHealth,
     /// Each target's latest result.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, TargetHealth>))]
     pub targets: BTreeMap<std::net::IpAddr, TargetHealth>,
 }
 
@@ -231,6 +243,7 @@ pub use nanami_control::verdict::PathHealth;
 
 /// One probe target's latest result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TargetHealth {
     /// Round-trip time of the latest successful probe, in microseconds.
@@ -243,6 +256,7 @@ pub struct TargetHealth {
 
 /// A stored report with the time the manager received it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ObservedRecord {
     /// Unix time in milliseconds the report arrived.
@@ -253,6 +267,7 @@ pub struct ObservedRecord {
 
 /// Whether the manager hears from a gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Liveness {
     /// Reports arrive.
@@ -269,6 +284,7 @@ pub enum Liveness {
 /// was served but could not be stored before a restart). The manager then issues
 /// its current state at a generation above the daemon's, so numbers never repeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GenerationFork {
     /// The generation the daemon reported applied.
@@ -285,6 +301,7 @@ pub struct GenerationFork {
 
 /// One gateway as `nanami status` and the oversight API show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GatewayStatus {
     /// The gateway.
@@ -311,6 +328,7 @@ pub struct GatewayStatus {
     /// Peers the gateway reported.
     pub observed_peers: usize,
     /// The newest handshake over all its peers.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<nanami_model::openapi::UnixTime>))]
     pub newest_handshake: Option<SystemTime>,
     /// When the last report arrived (Unix ms).
     pub last_report_unix_ms: Option<u64>,
@@ -332,6 +350,7 @@ pub struct GatewayStatus {
 
 /// `PUT /v1/topology`'s answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TopologyResponse {
     /// The stored revision (unchanged when the document was identical).
@@ -342,6 +361,7 @@ pub struct TopologyResponse {
 
 /// `GET /v1/oversight/regions`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegionView {
     /// Region id.
@@ -358,6 +378,7 @@ pub struct RegionView {
 
 /// `GET /v1/oversight/workspaces`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceView {
     /// Workspace id.
@@ -375,6 +396,7 @@ pub struct WorkspaceView {
 /// An object of the object API with its revision (served as its `ETag` too; send
 /// it back in `If-Match` to change the object only if nobody else did).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Versioned<T> {
     /// The object's revision: a digest of its content.
@@ -385,6 +407,7 @@ pub struct Versioned<T> {
 
 /// A list of objects, each with its revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Listed<T> {
     /// The objects, by id.
@@ -393,6 +416,7 @@ pub struct Listed<T> {
 
 /// The answer to an accepted write of the object API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WriteResponse {
     /// The object written.
@@ -408,6 +432,7 @@ pub struct WriteResponse {
 
 /// `POST /v1/workspaces/{ws}/nodes/{id}/rotate-key`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RotateKeyRequest {
     /// The node's new public key (base64); the node made the private key itself.
@@ -417,6 +442,7 @@ pub struct RotateKeyRequest {
 /// `POST /v1/workspaces/{ws}/credentials` (platform credential): a new
 /// workspace credential, shown once (only its digest is stored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CredentialResponse {
     /// The credential (`nmw_...`).
@@ -430,6 +456,7 @@ pub struct CredentialResponse {
 /// `GET /v1/oversight/audit?after=N&limit=M`: a page of the audit trail, oldest
 /// first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AuditPage {
     /// Entries after `after`, at most `limit`.

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, RawQuery, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -19,16 +20,18 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use http_body_util::BodyExt as _;
 use nanami_api::wire::{
-    CredentialKind, EnrolRequest, EnrolResponse, ErrorBody, ObservedReport, Subject, TokenRequest,
-    TokenResponse, TopologyResponse,
+    CredentialKind, EnrolRequest, EnrolResponse, ErrorBody, GatewayDesired, GatewayStatus,
+    ObservedRecord, ObservedReport, RegionView, Subject, TokenRequest, TokenResponse,
+    TopologyResponse, WorkspaceView,
 };
 use nanami_control::{authorize, Action, Decision, Target};
-use nanami_model::{Document, GatewayId, NodeId};
+use nanami_model::{Document, GatewayExplanation, GatewayId, NodeConfig, NodeExplanation, NodeId};
 use serde::de::DeserializeOwned;
 use tracing::{error, info, warn};
 
 use crate::auth;
 use crate::manager::{now_ms, Manager, ManagerError, Writer, MAX_TOKEN_TTL};
+use crate::openapi::{BadRequest, BodyLimits, NotFound, Refusals, Unavailable, UriTooLong};
 
 /// Longest long-poll a client may ask for; longer waits are cut to this (under
 /// common proxy idle timeouts of 60 s).
@@ -50,8 +53,6 @@ const MAX_SMALL_BODY: usize = 64 << 10;
 
 /// The longest request target accepted; a longer one gets a JSON 414.
 const MAX_URI_BYTES: usize = 8 << 10;
-
-static OPENAPI: &str = include_str!("openapi.json");
 
 /// An error answer.
 #[derive(Debug)]
@@ -288,6 +289,26 @@ pub(crate) async fn read_body(
     }
 }
 
+/// axum's `Path`, with a path it cannot read (invalid UTF-8 after
+/// percent-decoding) answered as every other bad request: the JSON 400, not
+/// axum's plain-text one.
+#[derive(Debug)]
+pub(crate) struct PathOf<T>(pub(crate) T);
+
+impl<T> FromRequestParts<App> for PathOf<T>
+where
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiErr;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiErr> {
+        match Path::<T>::from_request_parts(parts, app).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(e) => Err(bad_request(app, e.body_text())),
+        }
+    }
+}
+
 fn parse_json<T: DeserializeOwned>(app: &App, body: &[u8]) -> Result<T, ApiErr> {
     serde_json::from_slice(body).map_err(|e| bad_request(app, format!("bad JSON body: {e}")))
 }
@@ -330,20 +351,9 @@ async fn limit_uri(request: Request, next: Next) -> Response {
 /// The router of the whole API.
 pub fn router(manager: Arc<Manager>, config: HttpConfig) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route(
-            "/openapi.json",
-            get(|| async {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    )],
-                    OPENAPI,
-                )
-            }),
-        )
+        .route("/openapi.json", get(openapi_json))
         .route("/v1/enrol", post(enrol))
         .route("/v1/enrolment-tokens", post(create_token))
         .route("/v1/topology", put(put_topology).get(get_topology))
@@ -382,7 +392,64 @@ pub fn metrics_router(manager: Arc<Manager>, config: HttpConfig) -> Router {
         .with_state(App { manager, config })
 }
 
-async fn enrol(
+/// Liveness: `ok` while the process serves requests.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "service",
+    responses(
+        (status = 200, description = "The manager serves requests.", body = String, content_type = "text/plain"),
+        UriTooLong,
+    )
+)]
+pub(crate) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// This document: the API's OpenAPI description, generated from its wire types
+/// and handlers.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "service",
+    responses(
+        (status = 200, description = "The OpenAPI document.", body = Object, content_type = "application/json"),
+        UriTooLong,
+    )
+)]
+pub(crate) async fn openapi_json() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        crate::openapi::document(),
+    )
+        .into_response()
+}
+
+/// Trades a one-time enrolment token and a public key for a per-machine
+/// credential.
+///
+/// No credential: the token in the body is the authority. The machine's private
+/// key never leaves it; only the public key travels. When `subject` is given, a
+/// token for anyone else is refused before it is spent.
+#[utoipa::path(
+    post,
+    path = "/v1/enrol",
+    tag = "enrolment",
+    request_body = EnrolRequest,
+    responses(
+        (status = 200, description = "The credential (shown once; only its digest is stored).", body = EnrolResponse),
+        BadRequest,
+        (status = 401, description = "The token is unknown, spent or expired.", body = ErrorBody),
+        (status = 403, description = "The token is for another subject than the one named.", body = ErrorBody),
+        BodyLimits,
+        UriTooLong,
+        Unavailable,
+    )
+)]
+pub(crate) async fn enrol(
     State(app): State<App>,
     headers: HeaderMap,
     body: Body,
@@ -410,7 +477,26 @@ async fn enrol(
     }
 }
 
-async fn create_token(
+/// Mints a one-time enrolment token for a gateway or a node.
+///
+/// Credential: the platform, or the subject's workspace (404 for another
+/// workspace's gateway or node). `ttl_seconds` is 1 s to 30 days (one hour when
+/// absent).
+#[utoipa::path(
+    post,
+    path = "/v1/enrolment-tokens",
+    tag = "enrolment",
+    request_body = TokenRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The token (shown once; only its digest is stored).", body = TokenResponse),
+        BadRequest,
+        Refusals,
+        BodyLimits,
+        NotFound,
+    )
+)]
+pub(crate) async fn create_token(
     State(app): State<App>,
     headers: HeaderMap,
     body: Body,
@@ -489,7 +575,34 @@ fn document_format(headers: &HeaderMap) -> Option<Format> {
     }
 }
 
-async fn put_topology(
+/// Replaces the whole topology document (platform credential).
+///
+/// The document is validated as a whole: an invalid one is refused with 422 and
+/// every issue at its path, and nothing changes. The answer names each gateway
+/// whose compiled state changed, with its new generation.
+#[utoipa::path(
+    put,
+    path = "/v1/topology",
+    tag = "topology",
+    request_body(
+        description = "The topology document, as JSON or YAML.",
+        content(
+            (Document = "application/json"),
+            (Document = "application/yaml"),
+        )
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Stored (the revision is unchanged when the document was identical).", body = TopologyResponse),
+        BadRequest,
+        Refusals,
+        BodyLimits,
+        (status = 409, description = "The document is valid but cannot be compiled.", body = ErrorBody),
+        (status = 415, description = "`Content-Type` must be `application/json` or `application/yaml`.", body = ErrorBody),
+        (status = 422, description = "The document is invalid (`issues` lists each problem at its path); nothing changed.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn put_topology(
     State(app): State<App>,
     headers: HeaderMap,
     body: Body,
@@ -536,7 +649,22 @@ async fn put_topology(
     }
 }
 
-async fn get_topology(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
+/// The topology document in force (platform or operator credential).
+#[utoipa::path(
+    get,
+    path = "/v1/topology",
+    tag = "topology",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The document.", body = Document),
+        Refusals,
+        (status = 404, description = "No topology yet.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_topology(
+    State(app): State<App>,
+    headers: HeaderMap,
+) -> Result<Response, ApiErr> {
     platform(&app, &headers, Action::ExportTopology).await?;
     match blocking(&app, |m| {
         Ok(m.docs().map(|(_, d)| d.to_document().to_json()))
@@ -548,7 +676,19 @@ async fn get_topology(State(app): State<App>, headers: HeaderMap) -> Result<Resp
     }
 }
 
-async fn status(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
+/// Every gateway's status: liveness, convergence, peers and facts (platform or
+/// operator credential).
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "oversight",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One entry per gateway.", body = Vec<GatewayStatus>),
+        Refusals,
+    )
+)]
+pub(crate) async fn status(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
     platform(&app, &headers, Action::ReadOversight).await?;
     Ok(Json(app.status()).into_response())
 }
@@ -561,9 +701,36 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-async fn desired(
+/// Long-poll: a gateway's desired state once its generation exceeds `after`,
+/// waiting up to `wait` seconds.
+///
+/// Credential: the gateway's own, the platform, an operator, or the gateway's
+/// workspace (404 for another workspace's gateway). The body is `{generation,
+/// state}`, with `health_targets` (per network, the addresses behind the gateway
+/// it probes) when not empty, at the same generation; the `ETag` is the
+/// manager's digest of that generation's content.
+#[utoipa::path(
+    get,
+    path = "/v1/gateways/{id}/desired",
+    tag = "gateways",
+    params(
+        ("id" = GatewayId, Path, description = "The gateway."),
+        ("after" = Option<u64>, Query, description = "The generation the daemon has: answer only with a newer one."),
+        ("wait" = Option<u64>, Query, maximum = 55, description = "Seconds to wait for a newer generation (longer waits are cut to 55)."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The desired state.", body = GatewayDesired,
+            headers(("ETag" = String, description = "The digest of this generation's content, quoted."))),
+        (status = 204, description = "Nothing newer than `after` within `wait`, or no desired state yet."),
+        BadRequest,
+        Refusals,
+        (status = 404, description = "Unknown gateway (or another workspace's).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn desired(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathOf(id): PathOf<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
@@ -595,9 +762,26 @@ async fn desired(
     }
 }
 
-async fn put_observed(
+/// A gateway daemon's report: its reconciler status, observed state, telemetry,
+/// facts and forwarding-path health (the gateway's own credential).
+#[utoipa::path(
+    put,
+    path = "/v1/gateways/{id}/observed",
+    tag = "gateways",
+    params(("id" = GatewayId, Path, description = "The gateway.")),
+    request_body = ObservedReport,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Recorded."),
+        BadRequest,
+        Refusals,
+        BodyLimits,
+        NotFound,
+    )
+)]
+pub(crate) async fn put_observed(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathOf(id): PathOf<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiErr> {
@@ -609,9 +793,27 @@ async fn put_observed(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn get_observed(
+/// A gateway's latest report, with the time it arrived.
+///
+/// Credential: the gateway's own, the platform, an operator, or the gateway's
+/// workspace (404 for another workspace's gateway).
+#[utoipa::path(
+    get,
+    path = "/v1/gateways/{id}/observed",
+    tag = "gateways",
+    params(("id" = GatewayId, Path, description = "The gateway.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The latest report.", body = ObservedRecord),
+        (status = 204, description = "No report yet."),
+        BadRequest,
+        Refusals,
+        NotFound,
+    )
+)]
+pub(crate) async fn get_observed(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathOf(id): PathOf<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
     let id = gateway_id(&app, id)?;
@@ -634,21 +836,68 @@ fn wait_param(app: &App, query: Option<&str>) -> Result<Duration, ApiErr> {
     .min(MAX_WAIT))
 }
 
+/// The formats of a node's configuration (`format=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(rename_all = "kebab-case")]
+pub(crate) enum ConfigFormat {
+    /// [`NodeConfig`] as JSON.
+    Json,
+    /// A `wg-quick(8)` file.
+    WgQuick,
+    /// A `wg(8)` `setconf` file.
+    Wg,
+}
+
 /// The longest configuration version accepted in `after` (a SHA-256 in hex).
 const MAX_VERSION_LEN: usize = 64;
 
-async fn node_config(
+/// A client's configuration under current health: JSON, or `format=wg-quick|wg`
+/// text with a `<PRIVATE_KEY>` placeholder.
+///
+/// Credential: the node's own (from enrolment), the platform, an operator, or the
+/// node's workspace (404 for another workspace's node). Every configuration answer
+/// carries its version in the `ETag` header (quoted hex; the same version whatever
+/// the format). With `after=<version>` the answer waits up to `wait` seconds for a
+/// different configuration (health or topology changes), else 204.
+#[utoipa::path(
+    get,
+    path = "/v1/nodes/{id}/config",
+    tag = "nodes",
+    params(
+        ("id" = NodeId, Path, description = "The node."),
+        ("format" = Option<ConfigFormat>, Query, description = "`json` (the default), `wg-quick` or `wg`."),
+        ("after" = Option<String>, Query, pattern = "^[0-9a-f]{1,64}$", description = "The version the client has (the ETag it got, unquoted)."),
+        ("wait" = Option<u64>, Query, maximum = 55, description = "Seconds to wait for a change (longer waits are cut to 55)."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The configuration; its text with `format=wg-quick` or `wg`.",
+            content(
+                (NodeConfig = "application/json"),
+                (String = "text/plain"),
+            ),
+            headers(("ETag" = String, description = "The configuration's version, quoted; pass it back unquoted as `after`."))),
+        (status = 204, description = "Unchanged from `after` within `wait`."),
+        BadRequest,
+        Refusals,
+        (status = 404, description = "Unknown node (or another workspace's).", body = ErrorBody),
+        (status = 409, description = "The node is not an active client (disabled, revoked, pending, or a gateway's node).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn node_config(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathOf(id): PathOf<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
     let id = node_id(&app, id)?;
     node_access(&app, &headers, &id, Action::ReadNodeConfig).await?;
-    let format = query_param(query.as_deref(), "format");
-    if !matches!(format, None | Some("json" | "wg-quick" | "wg")) {
-        return Err(bad_request(&app, "format: json, wg-quick or wg"));
-    }
+    let format = match query_param(query.as_deref(), "format") {
+        None | Some("json") => ConfigFormat::Json,
+        Some("wg-quick") => ConfigFormat::WgQuick,
+        Some("wg") => ConfigFormat::Wg,
+        Some(_) => return Err(bad_request(&app, "format: json, wg-quick or wg")),
+    };
     let after = match query_param(query.as_deref(), "after") {
         Some(v) if v.len() <= MAX_VERSION_LEN && v.bytes().all(|b| b.is_ascii_hexdigit()) => {
             Some(v)
@@ -663,9 +912,9 @@ async fn node_config(
     let etag = HeaderValue::from_str(&format!("\"{version}\""))
         .map_err(|_| ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "bad version"))?;
     let mut response = match format {
-        Some("wg-quick") => config.to_wg_quick(None).into_response(),
-        Some("wg") => config.to_wg(None).into_response(),
-        Some(_) | None => Json(config).into_response(),
+        ConfigFormat::WgQuick => config.to_wg_quick(None).into_response(),
+        ConfigFormat::Wg => config.to_wg(None).into_response(),
+        ConfigFormat::Json => Json(config).into_response(),
     };
     response.headers_mut().insert(header::ETAG, etag);
     Ok(response)
@@ -715,12 +964,39 @@ async fn operator_only(app: &App, headers: &HeaderMap) -> Result<(), ApiErr> {
         .map(drop)
 }
 
-async fn oversight_regions(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
+/// Every region, the workspaces allowed in it and the gateways placed in it
+/// (platform or operator credential).
+#[utoipa::path(
+    get,
+    path = "/v1/oversight/regions",
+    tag = "oversight",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One entry per region.", body = Vec<RegionView>),
+        Refusals,
+    )
+)]
+pub(crate) async fn oversight_regions(
+    State(app): State<App>,
+    headers: HeaderMap,
+) -> Result<Response, ApiErr> {
     operator_only(&app, &headers).await?;
     Ok(Json(app.regions()).into_response())
 }
 
-async fn oversight_workspaces(
+/// Every workspace with its tenant, regions, gateways and active nodes (platform
+/// or operator credential).
+#[utoipa::path(
+    get,
+    path = "/v1/oversight/workspaces",
+    tag = "oversight",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One entry per workspace.", body = Vec<WorkspaceView>),
+        Refusals,
+    )
+)]
+pub(crate) async fn oversight_workspaces(
     State(app): State<App>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
@@ -728,7 +1004,18 @@ async fn oversight_workspaces(
     Ok(Json(app.workspaces()).into_response())
 }
 
-async fn oversight_gateways(
+/// Every gateway's status, as `/v1/status` (platform or operator credential).
+#[utoipa::path(
+    get,
+    path = "/v1/oversight/gateways",
+    tag = "oversight",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One entry per gateway.", body = Vec<GatewayStatus>),
+        Refusals,
+    )
+)]
+pub(crate) async fn oversight_gateways(
     State(app): State<App>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
@@ -736,11 +1023,28 @@ async fn oversight_gateways(
     Ok(Json(app.status()).into_response())
 }
 
-/// Why a client is on its gateways (operator credential): the model's
-/// `NodeExplanation` under the current topology and health.
-async fn explain_node(
+/// Why a client is on its gateways: the model's `NodeExplanation` under the
+/// current topology and health.
+///
+/// Credential: the platform, an operator, or the node's workspace (404 for
+/// another workspace's node).
+#[utoipa::path(
+    get,
+    path = "/v1/oversight/nodes/{id}/explain",
+    tag = "oversight",
+    params(("id" = NodeId, Path, description = "The node.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Each network's and the exit's gateway verdicts.", body = NodeExplanation),
+        BadRequest,
+        Refusals,
+        NotFound,
+        (status = 409, description = "The node is not an active client.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn explain_node(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathOf(id): PathOf<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
     let id = node_id(&app, id)?;
@@ -749,11 +1053,27 @@ async fn explain_node(
     Ok(Json(explanation).into_response())
 }
 
-/// Which clients a gateway carries and why (operator credential): the model's
-/// `GatewayExplanation` under the current topology and health.
-async fn explain_gateway(
+/// Which clients a gateway carries and why: the model's `GatewayExplanation`
+/// under the current topology and health.
+///
+/// Credential: the platform, an operator, or the gateway's workspace (404 for
+/// another workspace's gateway).
+#[utoipa::path(
+    get,
+    path = "/v1/oversight/gateways/{id}/explain",
+    tag = "oversight",
+    params(("id" = GatewayId, Path, description = "The gateway.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Each network's verdict and the clients carried.", body = GatewayExplanation),
+        BadRequest,
+        Refusals,
+        NotFound,
+    )
+)]
+pub(crate) async fn explain_gateway(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathOf(id): PathOf<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
     let id = gateway_id(&app, id)?;
@@ -762,10 +1082,23 @@ async fn explain_gateway(
     Ok(Json(explanation).into_response())
 }
 
-/// `/metrics` on the API's address: the operator or control credential (give
-/// Prometheus the operator credential as its bearer token, or serve metrics on
-/// their own address with `--metrics-listen`).
-async fn metrics(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiErr> {
+/// The Prometheus metrics: the operator or platform credential (give Prometheus
+/// the operator credential as its bearer token, or serve metrics on their own
+/// address with `--metrics-listen`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The Prometheus text exposition (version 0.0.4).", body = String, content_type = "text/plain"),
+        Refusals,
+    )
+)]
+pub(crate) async fn metrics(
+    State(app): State<App>,
+    headers: HeaderMap,
+) -> Result<Response, ApiErr> {
     platform(&app, &headers, Action::ReadOversight).await?;
     Ok(metrics_response(&app))
 }

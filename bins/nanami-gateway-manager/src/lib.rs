@@ -15,6 +15,7 @@ pub mod init;
 pub mod manager;
 pub mod metrics;
 pub mod objects;
+pub mod openapi;
 pub mod server;
 pub mod store;
 

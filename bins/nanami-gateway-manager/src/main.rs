@@ -127,6 +127,8 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Print the API's OpenAPI document (what `/openapi.json` serves).
+    Openapi,
 }
 
 /// Where the manager's state lives.
@@ -229,6 +231,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let manager = Manager::load(store.open(&layout, true)?, HealthConfig::default())?;
             let token = http::issue_token(&manager, &subject, ttl)?;
             println!("{}", token.token);
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", nanami_gateway_manager::openapi::document());
             Ok(())
         }
         Command::Migrate { dir, store } => {

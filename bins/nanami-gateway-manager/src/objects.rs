@@ -9,26 +9,28 @@
 //! `nanami_control`'s; the write itself is [`crate::manager::Manager::write`].
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use nanami_api::wire::{
-    AuditPage, GatewayDoc, NetworkDoc, NodeDoc, RegionDoc, RotateKeyRequest, WorkspaceSpec,
-    WriteResponse,
+    AuditPage, CredentialResponse, ErrorBody, GatewayDoc, NetworkDoc, NodeDoc, RegionDoc,
+    RotateKeyRequest, WorkspaceSpec, WriteResponse,
 };
 use nanami_control::object::{self as obj, ObjectKind, ObjectRef};
 use nanami_control::{Action, Docs, Edit, Precondition, Principal, Target};
 use nanami_model::doc::{part_from_json, UnknownField};
-use nanami_model::WorkspaceId;
+use nanami_model::{GatewayId, NetworkId, NodeId, RegionId, WorkspaceId};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::http::{
     authenticate, authorized, bad_request, blocking, forbidden, not_found, read_body, ApiErr, App,
+    PathOf,
 };
 use crate::manager::Writer;
+use crate::openapi::{BadRequest, BodyLimits, NotFound, Refusals, WriteRefusals};
 
 /// The largest object body accepted: a network, node or gateway is a few hundred
 /// bytes; a workspace spec lists regions.
@@ -39,84 +41,236 @@ pub const MAX_AUDIT_PAGE: u32 = 1000;
 
 /// The object API's routes (merged into the API router).
 pub(crate) fn routes() -> Router<App> {
-    use ObjectKind as K;
-    let contents = |kind: ObjectKind| {
-        (
-            get(move |s: State<App>, Path(ws): Path<String>, h: HeaderMap| {
-                list(s, h, kind, Some(ws))
-            }),
-            get(
-                move |s: State<App>, Path((ws, id)): Path<(String, String)>, h: HeaderMap| {
-                    get_one(s, h, ObjectRef::new(kind, Some(&ws), &id))
-                },
-            )
-            .put(
-                move |s: State<App>,
-                      Path((ws, id)): Path<(String, String)>,
-                      h: HeaderMap,
-                      b: Body| {
-                    put_one(s, h, ObjectRef::new(kind, Some(&ws), &id), b)
-                },
-            )
-            .delete(
-                move |s: State<App>, Path((ws, id)): Path<(String, String)>, h: HeaderMap| {
-                    delete_one(s, h, ObjectRef::new(kind, Some(&ws), &id))
-                },
-            ),
-        )
-    };
-    let (networks, network) = contents(K::Network);
-    let (nodes, node) = contents(K::Node);
-    let (gateways, gateway) = contents(K::Gateway);
     Router::new()
-        .route(
-            "/v1/regions",
-            get(|s: State<App>, h: HeaderMap| list(s, h, K::Region, None)),
-        )
+        .route("/v1/regions", get(regions::list))
         .route(
             "/v1/regions/{id}",
-            get(|s: State<App>, Path(id): Path<String>, h: HeaderMap| {
-                get_one(s, h, ObjectRef::new(K::Region, None, &id))
-            })
-            .put(
-                |s: State<App>, Path(id): Path<String>, h: HeaderMap, b: Body| {
-                    put_one(s, h, ObjectRef::new(K::Region, None, &id), b)
-                },
-            )
-            .delete(|s: State<App>, Path(id): Path<String>, h: HeaderMap| {
-                delete_one(s, h, ObjectRef::new(K::Region, None, &id))
-            }),
+            get(regions::get).put(regions::put).delete(regions::delete),
         )
-        .route(
-            "/v1/workspaces",
-            get(|s: State<App>, h: HeaderMap| list(s, h, K::Workspace, None)),
-        )
+        .route("/v1/workspaces", get(workspaces::list))
         .route(
             "/v1/workspaces/{ws}",
-            get(|s: State<App>, Path(ws): Path<String>, h: HeaderMap| {
-                get_one(s, h, ObjectRef::new(K::Workspace, Some(&ws), &ws))
-            })
-            .put(
-                |s: State<App>, Path(ws): Path<String>, h: HeaderMap, b: Body| {
-                    put_one(s, h, ObjectRef::new(K::Workspace, Some(&ws), &ws), b)
-                },
-            )
-            .delete(|s: State<App>, Path(ws): Path<String>, h: HeaderMap| {
-                delete_one(s, h, ObjectRef::new(K::Workspace, Some(&ws), &ws))
-            }),
+            get(workspaces::get)
+                .put(workspaces::put)
+                .delete(workspaces::delete),
         )
         .route("/v1/workspaces/{ws}/credentials", post(mint_credential))
-        .route("/v1/workspaces/{ws}/networks", networks)
-        .route("/v1/workspaces/{ws}/networks/{id}", network)
-        .route("/v1/workspaces/{ws}/nodes", nodes)
-        .route("/v1/workspaces/{ws}/nodes/{id}", node)
-        .route("/v1/workspaces/{ws}/gateways", gateways)
-        .route("/v1/workspaces/{ws}/gateways/{id}", gateway)
+        .route("/v1/workspaces/{ws}/networks", get(networks::list))
+        .route(
+            "/v1/workspaces/{ws}/networks/{id}",
+            get(networks::get)
+                .put(networks::put)
+                .delete(networks::delete),
+        )
+        .route("/v1/workspaces/{ws}/nodes", get(nodes::list))
+        .route(
+            "/v1/workspaces/{ws}/nodes/{id}",
+            get(nodes::get).put(nodes::put).delete(nodes::delete),
+        )
+        .route("/v1/workspaces/{ws}/gateways", get(gateways::list))
+        .route(
+            "/v1/workspaces/{ws}/gateways/{id}",
+            get(gateways::get)
+                .put(gateways::put)
+                .delete(gateways::delete),
+        )
         .route(
             "/v1/workspaces/{ws}/nodes/{id}/{request}",
             post(node_request),
         )
         .route("/v1/oversight/audit", get(audit))
+}
+
+/// The four handlers of one kind of object (list, get, put, delete), each with
+/// its `#[utoipa::path]`: `$list` and `$one` are the list's and one object's
+/// path, extracted with the given pattern and type into the [`ObjectRef`] each
+/// handler works on.
+macro_rules! object_handlers {
+    (
+        $(#[$meta:meta])*
+        mod $module:ident: $doc:ty, $kind:expr;
+        list $list:tt ($lp:pat, $lt:ty) => $list_ws:expr, [$($list_params:tt)*];
+        one $one:tt ($op:pat, $ot:ty) => $object:expr, [$($one_params:tt)*];
+        operations $list_id:tt, $get_id:tt, $put_id:tt, $delete_id:tt;
+        credential $credential:tt;
+    ) => {
+        $(#[$meta])*
+        pub(crate) mod $module {
+            use super::*;
+            use nanami_api::wire::{Listed, Versioned};
+
+            /// Lists the objects with their revisions.
+            #[utoipa::path(
+                get,
+                path = $list,
+                operation_id = $list_id,
+                tag = "objects",
+                description = $credential,
+                params($($list_params)*),
+                security(("bearer" = [])),
+                responses(
+                    (status = 200, description = "The objects, each with its revision.", body = Listed<$doc>),
+                    Refusals,
+                    NotFound,
+                )
+            )]
+            pub(crate) async fn list(
+                s: State<App>,
+                $lp: $lt,
+                h: HeaderMap,
+            ) -> Result<Response, ApiErr> {
+                super::list(s, h, $kind, $list_ws).await
+            }
+
+            /// Reads one object with its revision (also its `ETag`).
+            #[utoipa::path(
+                get,
+                path = $one,
+                operation_id = $get_id,
+                tag = "objects",
+                description = $credential,
+                params($($one_params)*),
+                security(("bearer" = [])),
+                responses(
+                    (status = 200, description = "The object and its revision.", body = Versioned<$doc>,
+                        headers(("ETag" = String, description = "The object's revision, quoted."))),
+                    Refusals,
+                    NotFound,
+                )
+            )]
+            pub(crate) async fn get(
+                s: State<App>,
+                $op: $ot,
+                h: HeaderMap,
+            ) -> Result<Response, ApiErr> {
+                get_one(s, h, $object).await
+            }
+
+            /// Creates or replaces one object. `If-Match: "<revision>"` replaces
+            /// only that revision, `If-Match: *` only an existing object,
+            /// `If-None-Match: *` only creates; unknown fields are refused (422).
+            #[utoipa::path(
+                put,
+                path = $one,
+                operation_id = $put_id,
+                tag = "objects",
+                description = $credential,
+                params($($one_params)* PreconditionHeaders),
+                request_body = $doc,
+                security(("bearer" = [])),
+                responses(
+                    (status = 200, description = "Written.", body = WriteResponse,
+                        headers(("ETag" = String, description = "The object's new revision, quoted."))),
+                    BadRequest,
+                    Refusals,
+                    BodyLimits,
+                    WriteRefusals,
+                    NotFound,
+                )
+            )]
+            pub(crate) async fn put(
+                s: State<App>,
+                $op: $ot,
+                h: HeaderMap,
+                b: Body,
+            ) -> Result<Response, ApiErr> {
+                put_one(s, h, $object, b).await
+            }
+
+            /// Deletes one object (refused with 422 while others refer to it).
+            #[utoipa::path(
+                delete,
+                path = $one,
+                operation_id = $delete_id,
+                tag = "objects",
+                description = $credential,
+                params($($one_params)* PreconditionHeaders),
+                security(("bearer" = [])),
+                responses(
+                    (status = 200, description = "Deleted.", body = WriteResponse),
+                    BadRequest,
+                    Refusals,
+                    WriteRefusals,
+                    NotFound,
+                )
+            )]
+            pub(crate) async fn delete(
+                s: State<App>,
+                $op: $ot,
+                h: HeaderMap,
+            ) -> Result<Response, ApiErr> {
+                delete_one(s, h, $object).await
+            }
+        }
+    };
+}
+
+object_handlers! {
+    /// Regions: the platform's catalog.
+    mod regions: RegionDoc, ObjectKind::Region;
+    list "/v1/regions" ((), ()) => None, [];
+    one "/v1/regions/{id}" (PathOf(id), PathOf<String>) => ObjectRef::new(ObjectKind::Region, None, &id),
+        [("id" = RegionId, Path, description = "The region."),];
+    operations "list_regions", "get_region", "put_region", "delete_region";
+    credential "Credential: the platform writes; the platform and operators read.";
+}
+
+object_handlers! {
+    /// Workspaces: a tenant and its region access grants (the spec; its
+    /// contents are the routes below it).
+    mod workspaces: WorkspaceSpec, ObjectKind::Workspace;
+    list "/v1/workspaces" ((), ()) => None, [];
+    one "/v1/workspaces/{ws}" (PathOf(ws), PathOf<String>) => ObjectRef::new(ObjectKind::Workspace, Some(&ws), &ws),
+        [("ws" = WorkspaceId, Path, description = "The workspace."),];
+    operations "list_workspaces", "get_workspace", "put_workspace", "delete_workspace";
+    credential "Credential: the platform writes; the platform and operators read every workspace, a workspace credential its own (the list holds only it; another workspace is missing, 404).";
+}
+
+object_handlers! {
+    /// A workspace's networks.
+    mod networks: NetworkDoc, ObjectKind::Network;
+    list "/v1/workspaces/{ws}/networks" (PathOf(ws), PathOf<String>) => Some(ws),
+        [("ws" = WorkspaceId, Path, description = "The workspace."),];
+    one "/v1/workspaces/{ws}/networks/{id}" (PathOf((ws, id)), PathOf<(String, String)>) => ObjectRef::new(ObjectKind::Network, Some(&ws), &id),
+        [("ws" = WorkspaceId, Path, description = "The workspace."), ("id" = NetworkId, Path, description = "The network."),];
+    operations "list_networks", "get_network", "put_network", "delete_network";
+    credential "Credential: the platform or the workspace's own write; operators read (another workspace is missing, 404).";
+}
+
+object_handlers! {
+    /// A workspace's nodes.
+    mod nodes: NodeDoc, ObjectKind::Node;
+    list "/v1/workspaces/{ws}/nodes" (PathOf(ws), PathOf<String>) => Some(ws),
+        [("ws" = WorkspaceId, Path, description = "The workspace."),];
+    one "/v1/workspaces/{ws}/nodes/{id}" (PathOf((ws, id)), PathOf<(String, String)>) => ObjectRef::new(ObjectKind::Node, Some(&ws), &id),
+        [("ws" = WorkspaceId, Path, description = "The workspace."), ("id" = NodeId, Path, description = "The node."),];
+    operations "list_nodes", "get_node", "put_node", "delete_node";
+    credential "Credential: the platform or the workspace's own write; operators read (another workspace is missing, 404).";
+}
+
+object_handlers! {
+    /// A workspace's gateways.
+    mod gateways: GatewayDoc, ObjectKind::Gateway;
+    list "/v1/workspaces/{ws}/gateways" (PathOf(ws), PathOf<String>) => Some(ws),
+        [("ws" = WorkspaceId, Path, description = "The workspace."),];
+    one "/v1/workspaces/{ws}/gateways/{id}" (PathOf((ws, id)), PathOf<(String, String)>) => ObjectRef::new(ObjectKind::Gateway, Some(&ws), &id),
+        [("ws" = WorkspaceId, Path, description = "The workspace."), ("id" = GatewayId, Path, description = "The gateway."),];
+    operations "list_gateways", "get_gateway", "put_gateway", "delete_gateway";
+    credential "Credential: the platform or the workspace's own write; operators read (another workspace is missing, 404).";
+}
+
+/// The write preconditions every object write takes.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // read by `precondition` from the raw headers; this documents them
+struct PreconditionHeaders {
+    /// `"<revision>"` (the object's `ETag`): write only if the object is at that
+    /// revision; `*`: only if it exists.
+    #[param(rename = "If-Match", pattern = r#"^(\*|(W/)?"?[0-9a-fA-F]{1,64}"?)$"#)]
+    if_match: Option<String>,
+    /// `*`: create only, never replace (not with `If-Match`).
+    #[param(rename = "If-None-Match", pattern = r"^\*$")]
+    if_none_match: Option<String>,
 }
 
 /// The documents served now (empty before the first topology).
@@ -414,10 +568,49 @@ async fn delete_one(
     commit(&app, caller, edit, precondition).await
 }
 
-/// `POST /v1/workspaces/{ws}/nodes/{id}/{enable|disable|revoke|rotate-key}`.
-async fn node_request(
+/// The node lifecycle requests (the `{request}` of their path).
+#[derive(Debug, Clone, Copy, utoipa::ToSchema)]
+#[schema(rename_all = "kebab-case")]
+#[allow(dead_code)] // the handler matches the path's text; this documents it
+pub(crate) enum NodeRequest {
+    /// The node may connect again.
+    Enable,
+    /// The node's configuration is withheld until it is enabled.
+    Disable,
+    /// The node's credential stops working for good.
+    Revoke,
+    /// The node's public key changes (body: `RotateKeyRequest`).
+    RotateKey,
+}
+
+/// A node lifecycle request: enable, disable, revoke (its credential stops
+/// working) or rotate-key (body: `RotateKeyRequest`).
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/nodes/{id}/{request}",
+    tag = "objects",
+    description = "Credential: the platform or the workspace's own (another workspace is missing, 404). Takes the object preconditions of a write.",
+    params(
+        ("ws" = WorkspaceId, Path, description = "The workspace."),
+        ("id" = NodeId, Path, description = "The node."),
+        ("request" = NodeRequest, Path, description = "What to do."),
+        PreconditionHeaders,
+    ),
+    request_body(content = Option<RotateKeyRequest>, description = "With `rotate-key` only: the new public key."),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Done.", body = WriteResponse,
+            headers(("ETag" = String, description = "The node's new revision, quoted."))),
+        BadRequest,
+        Refusals,
+        BodyLimits,
+        WriteRefusals,
+        (status = 404, description = "No such node or request, or another workspace's node.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn node_request(
     State(app): State<App>,
-    Path((ws, id, request)): Path<(String, String, String)>,
+    PathOf((ws, id, request)): PathOf<(String, String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiErr> {
@@ -454,9 +647,24 @@ async fn node_request(
     commit(&app, caller, edit, precondition).await
 }
 
-async fn mint_credential(
+/// Mints a workspace credential (`nmw_...`), shown once: only its digest is
+/// stored.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/credentials",
+    tag = "objects",
+    description = "Credential: the platform.",
+    params(("ws" = WorkspaceId, Path, description = "The workspace.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The new credential.", body = CredentialResponse),
+        Refusals,
+        NotFound,
+    )
+)]
+pub(crate) async fn mint_credential(
     State(app): State<App>,
-    Path(ws): Path<String>,
+    PathOf(ws): PathOf<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
     let caller = authenticate(&app, &headers).await?;
@@ -480,20 +688,42 @@ async fn mint_credential(
 }
 
 /// `?after=N&limit=M&workspace=W`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct AuditQuery {
+pub(crate) struct AuditQuery {
+    /// Entries after this sequence number (the previous page's `next_after`).
     #[serde(default)]
+    #[param(value_type = Option<u64>)]
     after: u64,
+    /// At most this many entries (100 when absent; at most 1000).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// One workspace's entries (a workspace credential reads only its own).
     #[serde(default)]
+    #[param(value_type = Option<WorkspaceId>)]
     workspace: Option<String>,
 }
 
-/// `GET /v1/oversight/audit`: the platform and operators read every entry (or one
-/// workspace's with `workspace=`), a workspace credential its own workspace's.
-async fn audit(
+/// A page of the audit trail, oldest first.
+///
+/// The platform and operators read every entry (or one workspace's with
+/// `workspace=`), a workspace credential its own workspace's.
+#[utoipa::path(
+    get,
+    path = "/v1/oversight/audit",
+    tag = "oversight",
+    params(AuditQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The page; `next_after` leads to the next one.", body = AuditPage),
+        BadRequest,
+        Refusals,
+        NotFound,
+    )
+)]
+pub(crate) async fn audit(
     State(app): State<App>,
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,

@@ -615,3 +615,40 @@ async fn the_router_serves_exactly_what_openapi_documents() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_that_is_not_utf8_is_the_json_400() {
+    let env = Env::start_api("path-utf8").await;
+    let control = env.control();
+    for path in [
+        "/v1/regions/%FF",
+        "/v1/workspaces/%FF/nodes/n1",
+        "/v1/gateways/%C3%28/desired",
+        "/v1/nodes/%FF/config",
+        "/v1/workspaces/acme/nodes/%FF/disable",
+    ] {
+        let method = if path.ends_with("/disable") {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let answer = send(&control, method, path, None).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(error_text(&answer).contains("UTF-8"), "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_command_prints_what_the_api_serves() {
+    let env = Env::start_api("openapi-command").await;
+    let served = send(&env.client(), Method::GET, "/openapi.json", None).await;
+    let served: serde_json::Value = serde_json::from_slice(&served.body).unwrap();
+    let printed = std::process::Command::new(MANAGER)
+        .arg("openapi")
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let printed: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
+    assert_eq!(printed, served);
+    assert!(served["openapi"].as_str().unwrap().starts_with("3."));
+}
