@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, RawQuery, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -693,12 +694,23 @@ pub(crate) async fn status(State(app): State<App>, headers: HeaderMap) -> Result
     Ok(Json(app.status()).into_response())
 }
 
-fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+/// The query parameters of the long-polls, percent-decoded by axum's `Query`;
+/// each route parses and checks the ones it takes (others are ignored).
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct PollQuery {
+    after: Option<String>,
+    wait: Option<String>,
+    format: Option<String>,
+}
+
+/// The query of a long-poll, or the JSON 400 when it cannot be decoded.
+fn poll_query(
+    app: &App,
+    query: Result<Query<PollQuery>, QueryRejection>,
+) -> Result<PollQuery, ApiErr> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| bad_request(app, format!("query: {}", e.body_text())))
 }
 
 /// Long-poll: a gateway's desired state once its generation exceeds `after`,
@@ -731,19 +743,20 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 pub(crate) async fn desired(
     State(app): State<App>,
     PathOf(id): PathOf<String>,
-    RawQuery(query): RawQuery,
+    query: Result<Query<PollQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
     let id = gateway_id(&app, id)?;
     gateway_access(&app, &headers, &id, Action::ReadDesired).await?;
-    let after = match query_param(query.as_deref(), "after") {
+    let query = poll_query(&app, query)?;
+    let after = match query.after.as_deref() {
         Some(v) => Some(
             v.parse::<u64>()
                 .map_err(|_| bad_request(&app, "after: not a generation"))?,
         ),
         None => None,
     };
-    let wait = wait_param(&app, query.as_deref())?;
+    let wait = wait_param(&app, &query)?;
     match app.wait_desired(&id, after, wait).await {
         Some(desired) => {
             let mut response = json_bytes(desired.body.to_vec());
@@ -825,8 +838,8 @@ pub(crate) async fn get_observed(
 }
 
 /// `wait=<seconds>`, cut to [`MAX_WAIT`]; zero when absent.
-fn wait_param(app: &App, query: Option<&str>) -> Result<Duration, ApiErr> {
-    Ok(match query_param(query, "wait") {
+fn wait_param(app: &App, query: &PollQuery) -> Result<Duration, ApiErr> {
+    Ok(match query.wait.as_deref() {
         Some(v) => Duration::from_secs(
             v.parse::<u64>()
                 .map_err(|_| bad_request(app, "wait: not a number of seconds"))?,
@@ -887,25 +900,26 @@ const MAX_VERSION_LEN: usize = 64;
 pub(crate) async fn node_config(
     State(app): State<App>,
     PathOf(id): PathOf<String>,
-    RawQuery(query): RawQuery,
+    query: Result<Query<PollQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
     let id = node_id(&app, id)?;
     node_access(&app, &headers, &id, Action::ReadNodeConfig).await?;
-    let format = match query_param(query.as_deref(), "format") {
+    let query = poll_query(&app, query)?;
+    let format = match query.format.as_deref() {
         None | Some("json") => ConfigFormat::Json,
         Some("wg-quick") => ConfigFormat::WgQuick,
         Some("wg") => ConfigFormat::Wg,
         Some(_) => return Err(bad_request(&app, "format: json, wg-quick or wg")),
     };
-    let after = match query_param(query.as_deref(), "after") {
+    let after = match query.after.as_deref() {
         Some(v) if v.len() <= MAX_VERSION_LEN && v.bytes().all(|b| b.is_ascii_hexdigit()) => {
             Some(v)
         }
         Some(_) => return Err(bad_request(&app, "after: not a configuration version")),
         None => None,
     };
-    let wait = wait_param(&app, query.as_deref())?;
+    let wait = wait_param(&app, &query)?;
     let Some((version, config)) = app.manager.wait_node_config(&id, after, wait).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };

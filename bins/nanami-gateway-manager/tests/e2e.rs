@@ -764,6 +764,30 @@ async fn node_config_watch_long_polls_for_a_change_and_is_per_node() {
     let laptop = NodeId::new("laptop-1").unwrap();
     let node = enrol_node(&f.env, "laptop-1", f.client).await;
 
+    // Query strings are percent-decoded (`wg%2Dquick` is `wg-quick`); one that
+    // cannot be decoded is the JSON 400.
+    let get = |path: &'static str| {
+        let node = node.clone();
+        async move {
+            node.send_raw(Method::GET, path, None, Duration::from_secs(5))
+                .await
+                .unwrap()
+        }
+    };
+    let wg_quick = get("/v1/nodes/laptop-1/config?format=wg%2Dquick&wait=0").await;
+    assert_eq!(wg_quick.status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&wg_quick.body).contains("[Interface]"));
+    for bad in [
+        "/v1/nodes/laptop-1/config?wait=%FF",
+        "/v1/nodes/laptop-1/config?wait=1&wait=2",
+        "/v1/nodes/laptop-1/config?format=yaml",
+    ] {
+        let answer = get(bad).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad}");
+        let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+        assert!(body["error"].is_string(), "{bad}: {body}");
+    }
+
     // No version: the configuration at once, with its version.
     let (v1, c1) = node
         .node_config_watch(&laptop, None, Duration::ZERO)
