@@ -291,6 +291,26 @@ pub struct Counters {
     pub store_errors: AtomicU64,
     /// Generation forks noticed (see [`GenerationFork`]).
     pub generation_forks: AtomicU64,
+    /// Desired-state long-polls waiting for a newer generation now (a gauge).
+    pub desired_waiting: AtomicU64,
+    /// Node-configuration long-polls waiting for a change now (a gauge).
+    pub node_config_waiting: AtomicU64,
+}
+
+/// Counts a long-poll as waiting while it lives.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One gateway's traffic and path verdicts, from its last report.
@@ -1219,7 +1239,11 @@ impl Manager {
                 self.counters.desired_served.fetch_add(1, Ordering::Relaxed);
                 return Some(found);
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
+            let changed = {
+                let _waiting = Waiting::new(&self.counters.desired_waiting);
+                tokio::time::timeout_at(deadline, rx.changed()).await
+            };
+            match changed {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) | Err(_) => return None,
             }
@@ -1518,7 +1542,11 @@ impl Manager {
                 }
                 return answer.map(Some);
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
+            let changed = {
+                let _waiting = Waiting::new(&self.counters.node_config_waiting);
+                tokio::time::timeout_at(deadline, rx.changed()).await
+            };
+            match changed {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) | Err(_) => return Ok(None),
             }

@@ -1,7 +1,7 @@
 //! `/metrics`: the manager's series in the Prometheus text format.
 //!
 //! - Fleet gauges and counters (`nanami_gateways_online`, `nanami_reports_total`,
-//!   …): constant in size.
+//!   `nanami_long_polls_waiting{route}`, …): constant in size.
 //! - Per gateway of the topology (`nanami_gateway_*`, labelled `gateway`, and
 //!   `network` for path health): liveness, the path verdict of each network it
 //!   probes, generation lag, desired and observed peers, bytes in and out, newest
@@ -132,6 +132,18 @@ fn fleet(e: &mut Exposition, manager: &Manager) {
     ] {
         e.single(name, Kind::Counter, help, load(value));
     }
+    let name = "nanami_long_polls_waiting";
+    e.family(
+        name,
+        Kind::Gauge,
+        "Long-polls parked at this manager until something changes: daemons' desired states and clients' configurations.",
+    );
+    e.sample(name, &[("route", "desired")], load(&c.desired_waiting));
+    e.sample(
+        name,
+        &[("route", "node_config")],
+        load(&c.node_config_waiting),
+    );
 }
 
 fn gateways(e: &mut Exposition, manager: &Manager, per_peer: bool) {

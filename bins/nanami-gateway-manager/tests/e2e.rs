@@ -846,7 +846,23 @@ async fn node_config_watch_long_polls_for_a_change_and_is_per_node() {
             (got, start.elapsed())
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The watch is parked at the manager before the change (not a fixed pause).
+    until(
+        "the watch waits at the manager",
+        Duration::from_secs(10),
+        || {
+            let env = &f.env;
+            async move {
+                let waiting = sample(
+                    &scrape(env).await,
+                    "nanami_long_polls_waiting",
+                    &[("route", "node_config")],
+                );
+                (waiting >= Some(1.0)).then_some(())
+            }
+        },
+    )
+    .await;
     f.a.stop().await;
     let (got, took) = watcher.await.unwrap();
     let (v2, c2) = got.unwrap().expect("a new configuration");
