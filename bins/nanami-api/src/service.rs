@@ -1,7 +1,38 @@
 //! What every Nanami program that runs as a service does the same way: logs, the
-//! signals that stop it, the one-time token file it enrols with.
+//! signals that stop it, the one-time token file it enrols with, the flags that
+//! name its managers.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::client::{ApiError, Client};
+
+/// The `--manager` and `--ca` flags of every program that follows a manager (the
+/// gateway daemon, `nanami connect`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ManagerFlags {
+    /// The manager's URL. Several managers serving the same API (one store) may be
+    /// given, separated by commas or with the flag repeated: the program follows
+    /// whichever answers, trying them in order at first.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "https://127.0.0.1:7443",
+        value_delimiter = ',',
+        num_args = 1..
+    )]
+    pub manager: Vec<String>,
+    /// The CA certificate of the manager (from `nanami-gateway-manager init`).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+}
+
+impl ManagerFlags {
+    /// A client of the managers (see [`Client::with_urls`]): a bad list is an
+    /// error now, not at the first call.
+    pub fn client(&self) -> Result<Client, ApiError> {
+        Client::with_urls(&self.manager, self.ca.as_deref())
+    }
+}
 
 /// Logs to standard error, filtered by `RUST_LOG` (`info` without it), in colour
 /// only on a terminal.

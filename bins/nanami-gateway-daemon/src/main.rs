@@ -31,20 +31,8 @@ enum PlatformKind {
     about = "Nanami's gateway daemon"
 )]
 struct Cli {
-    /// The manager's URL. Several managers serving the same API (one store) may be
-    /// given, separated by commas or with the flag repeated: the daemon follows
-    /// whichever answers, trying them in order at first.
-    #[arg(
-        long,
-        value_name = "URL",
-        default_value = "https://127.0.0.1:7443",
-        value_delimiter = ',',
-        num_args = 1..
-    )]
-    manager: Vec<String>,
-    /// The CA certificate of the manager (from `nanami-gateway-manager init`).
-    #[arg(long)]
-    ca: Option<PathBuf>,
+    #[command(flatten)]
+    managers: nanami_api::service::ManagerFlags,
     /// This gateway's id.
     #[arg(long)]
     gateway: Option<String>,
@@ -157,14 +145,16 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
         GatewayId::new(cli.gateway.context("--gateway is required")?).context("--gateway")?;
     let token = nanami_api::service::read_token_file(cli.token_file.as_deref())?;
     // A bad list is an error now, not at the first call.
-    let managers = nanami_api::Client::with_urls(&cli.manager, cli.ca.as_deref())
+    let managers = cli
+        .managers
+        .client()
         .context("--manager")?
         .managers()
         .collect::<Vec<_>>()
         .join(",");
     let config = DaemonConfig {
         manager: managers,
-        ca: cli.ca,
+        ca: cli.managers.ca,
         gateway,
         state_dir: cli.state_dir.clone(),
         token,

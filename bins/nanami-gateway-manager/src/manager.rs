@@ -313,13 +313,11 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// One gateway's traffic and path verdicts, from its last report.
+/// One gateway's traffic and probed networks, from its last report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayTelemetry {
-    /// The gateway.
-    pub gateway: GatewayId,
-    /// The verdict of each network whose forwarding path it probes.
-    pub paths: BTreeMap<NetworkId, PathHealth>,
+    /// The networks whose forwarding path it probes.
+    pub probed: BTreeSet<NetworkId>,
     /// Its peers' counters.
     pub peers: Vec<PeerSeries>,
 }
@@ -329,7 +327,7 @@ pub struct GatewayTelemetry {
 pub struct PeerSeries {
     /// The peer's public key.
     pub key: PublicKey,
-    /// The node of the gateway's workspace with that key, if any.
+    /// The node of the gateway's workspace with that key, if any (and asked for).
     pub node: Option<NodeId>,
     /// Its counters and newest handshake.
     pub telemetry: nanami_reconcile::PeerTelemetry,
@@ -1659,28 +1657,28 @@ impl Manager {
             .collect()
     }
 
-    /// Per-gateway traffic and path verdicts from each reporting gateway's last
-    /// report, ordered by gateway, peers ordered by key, each peer with the node of
-    /// the gateway's workspace whose key it is (for the per-peer series of
-    /// `/metrics`).
-    pub fn telemetry(&self) -> Vec<GatewayTelemetry> {
+    /// Each reporting gateway's traffic and probed networks, from its last report;
+    /// peers ordered by key, each with the node of the gateway's workspace whose
+    /// key it is when `nodes` is asked (the per-peer series of `/metrics`; the
+    /// lookup costs an index of each such workspace's keys).
+    pub fn telemetry(&self, nodes: bool) -> BTreeMap<GatewayId, GatewayTelemetry> {
         let inner = self.lock();
+        // Key -> node, per workspace, built on first use.
+        let mut index: BTreeMap<WorkspaceId, BTreeMap<PublicKey, NodeId>> = BTreeMap::new();
         inner
             .observed
             .iter()
             .map(|(id, record)| {
-                let workspace = inner
-                    .topology
-                    .as_ref()
-                    .and_then(|t| t.gateway(id))
-                    .map(|(ws, _)| ws);
-                let node_of = |key: &PublicKey| {
-                    workspace.and_then(|ws| {
-                        ws.nodes
-                            .iter()
-                            .find(|(_, n)| n.public_key == *key)
-                            .map(|(node, _)| node.clone())
-                    })
+                let keys = match inner.topology.as_ref().and_then(|t| t.gateway(id)) {
+                    Some((ws, _)) if nodes => {
+                        Some(&*index.entry(ws.id.clone()).or_insert_with(|| {
+                            ws.nodes
+                                .iter()
+                                .map(|(node, n)| (n.public_key, node.clone()))
+                                .collect()
+                        }))
+                    }
+                    Some(_) | None => None,
                 };
                 let mut peers: Vec<PeerSeries> = record
                     .report
@@ -1689,21 +1687,16 @@ impl Manager {
                     .flat_map(|peers| peers.iter())
                     .map(|(key, telemetry)| PeerSeries {
                         key: *key,
-                        node: node_of(key),
+                        node: keys.and_then(|k| k.get(key)).cloned(),
                         telemetry: *telemetry,
                     })
                     .collect();
                 peers.sort_by_key(|p| p.key);
-                GatewayTelemetry {
-                    gateway: id.clone(),
-                    paths: record
-                        .report
-                        .health
-                        .iter()
-                        .map(|(network, h)| (network.clone(), h.state))
-                        .collect(),
+                let telemetry = GatewayTelemetry {
+                    probed: record.report.health.keys().cloned().collect(),
                     peers,
-                }
+                };
+                (id.clone(), telemetry)
             })
             .collect()
     }

@@ -13,12 +13,15 @@
 //! `dist/grafana/nanami.json` is a dashboard over exactly these series; a test
 //! checks that every series it queries is served.
 
+use std::collections::BTreeMap;
 use std::time::UNIX_EPOCH;
 
 use nanami_api::metrics::{count, Exposition, Kind};
 use nanami_api::wire::Liveness;
 
-use crate::manager::Manager;
+use nanami_model::GatewayId;
+
+use crate::manager::{GatewayTelemetry, Manager};
 
 /// The exposition of `manager`'s series; per-peer series only with `per_peer`.
 pub fn render(manager: &Manager, per_peer: bool) -> String {
@@ -153,8 +156,7 @@ fn gateways(e: &mut Exposition, manager: &Manager, per_peer: bool) {
         .into_iter()
         .filter(|g| g.health != Liveness::Removed)
         .collect();
-    let telemetry = manager.telemetry();
-    let traffic = |id| telemetry.iter().find(|t| &t.gateway == id);
+    let telemetry = manager.telemetry(per_peer);
 
     e.family(
         "nanami_gateway_up",
@@ -179,8 +181,10 @@ fn gateways(e: &mut Exposition, manager: &Manager, per_peer: bool) {
         "Forwarding-path health of a network through the gateway, as the manager decides it: 1 healthy, 0 down (its clients use another gateway). Networks the gateway probes.",
     );
     for g in &status {
-        let Some(t) = traffic(&g.id) else { continue };
-        for network in t.paths.keys() {
+        let Some(t) = telemetry.get(&g.id) else {
+            continue;
+        };
+        for network in &t.probed {
             e.sample(
                 "nanami_gateway_path_healthy",
                 &[("gateway", g.id.as_str()), ("network", network.as_str())],
@@ -239,7 +243,7 @@ fn gateways(e: &mut Exposition, manager: &Manager, per_peer: bool) {
     ] {
         e.family(name, Kind::Counter, help);
         for g in &status {
-            let Some(t) = traffic(&g.id) else { continue };
+            let Some(t) = telemetry.get(&g.id) else { continue };
             let bytes = t
                 .peers
                 .iter()
@@ -270,7 +274,7 @@ fn gateways(e: &mut Exposition, manager: &Manager, per_peer: bool) {
     }
 }
 
-fn peers(e: &mut Exposition, telemetry: &[crate::manager::GatewayTelemetry]) {
+fn peers(e: &mut Exposition, telemetry: &BTreeMap<GatewayId, GatewayTelemetry>) {
     type Pick = fn(&nanami_reconcile::PeerTelemetry) -> Option<u64>;
     let series: [(&str, Kind, &str, Pick); 3] = [
         (
@@ -298,8 +302,8 @@ fn peers(e: &mut Exposition, telemetry: &[crate::manager::GatewayTelemetry]) {
     ];
     for (name, kind, help, pick) in series {
         e.family(name, kind, help);
-        for gateway in telemetry {
-            for peer in &gateway.peers {
+        for (gateway, t) in telemetry {
+            for peer in &t.peers {
                 let Some(value) = pick(&peer.telemetry) else {
                     continue;
                 };
@@ -308,7 +312,7 @@ fn peers(e: &mut Exposition, telemetry: &[crate::manager::GatewayTelemetry]) {
                 e.sample(
                     name,
                     &[
-                        ("gateway", gateway.gateway.as_str()),
+                        ("gateway", gateway.as_str()),
                         ("peer", &key),
                         ("node", node),
                     ],

@@ -1316,11 +1316,15 @@ fn sample(scrape: &Exposition, name: &str, labels: &[(&str, &str)]) -> Option<f6
         })
 }
 
-/// `/metrics` read by a Prometheus text-format parser: every line parses, every
-/// sample belongs to a family with its HELP and TYPE.
+/// The manager's `/metrics`, read by [`parse_exposition`].
 async fn scrape(env: &Env) -> Exposition {
-    let text = metrics_text(env).await;
-    let scrape = openmetrics_parser::prometheus::parse_prometheus(&text)
+    parse_exposition(&metrics_text(env).await)
+}
+
+/// An exposition read by a Prometheus text-format parser: every line parses,
+/// every sample belongs to a family with its HELP and TYPE.
+fn parse_exposition(text: &str) -> Exposition {
+    let scrape = openmetrics_parser::prometheus::parse_prometheus(text)
         .unwrap_or_else(|e| panic!("{e:?} in\n{text}"));
     let samples = text
         .lines()
@@ -1462,8 +1466,7 @@ async fn metrics_show_each_gateway_and_on_request_each_peer() {
     f.b.stop().await;
 }
 
-/// A daemon's own `/metrics`, read by the text-format parser as [`scrape`] reads
-/// the manager's.
+/// A daemon's own `/metrics`, read by [`parse_exposition`].
 async fn scrape_daemon(daemon: &Daemon) -> Exposition {
     let answer = nanami_api::Client::new(&format!("http://{}", daemon.metrics), None)
         .unwrap()
@@ -1471,9 +1474,7 @@ async fn scrape_daemon(daemon: &Daemon) -> Exposition {
         .await
         .unwrap();
     assert_eq!(answer.status, StatusCode::OK);
-    let text = String::from_utf8(answer.body.to_vec()).unwrap();
-    openmetrics_parser::prometheus::parse_prometheus(&text)
-        .unwrap_or_else(|e| panic!("{e:?} in\n{text}"))
+    parse_exposition(std::str::from_utf8(&answer.body).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

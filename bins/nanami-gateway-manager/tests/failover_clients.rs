@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{
     accepted_generations, client_key, copy_dir, daemon_log, free_port, gateway_key, spawn_manager,
-    start_daemon_at, until, Env,
+    start_daemon_at, until, Env, PREAMBLE,
 };
 use nanami_model::PublicKey;
 
@@ -31,16 +31,7 @@ fn topology(gateway: &str, key: &PublicKey, clients: &[PublicKey]) -> String {
         ));
     }
     format!(
-        "version: 1
-regions:
-  - id: lab
-    state: active
-workspaces:
-  - id: acme
-    tenant: acme-corp
-    regions: [lab]
-    networks:
-      - {{ id: corp, overlay: 100.80.0.0/22, routes: [10.20.0.0/16] }}
+        "{PREAMBLE}      - {{ id: corp, overlay: 100.80.0.0/22, routes: [10.20.0.0/16] }}
     nodes:
 {nodes}    gateways:
       - {{ id: {gateway}, node: {gateway}, region: lab, networks: [corp], roles: [ingress, egress], endpoint: \"192.0.2.1:51820\", listen_port: 51820 }}

@@ -476,7 +476,7 @@ pub fn client_key() -> PublicKey {
 
 /// The start of every test topology: region `lab`, workspace `acme`, up to its
 /// networks.
-const PREAMBLE: &str = "version: 1
+pub const PREAMBLE: &str = "version: 1
 regions:
   - id: lab
     state: active

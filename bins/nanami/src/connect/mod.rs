@@ -39,20 +39,8 @@ pub use saved::StateDir;
 /// `nanami connect` arguments.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// The manager's URL. Several managers serving the same API (one store) may be
-    /// given, separated by commas or with the flag repeated: the agent follows
-    /// whichever answers, trying them in order at first.
-    #[arg(
-        long,
-        value_name = "URL",
-        default_value = "https://127.0.0.1:7443",
-        value_delimiter = ',',
-        num_args = 1..
-    )]
-    pub manager: Vec<String>,
-    /// The CA certificate of the manager.
-    #[arg(long)]
-    pub ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub managers: nanami_api::service::ManagerFlags,
     /// This node's id.
     #[arg(long)]
     pub node: Option<String>,
@@ -132,7 +120,7 @@ impl Settings {
             bail!("--dead-after-ms must be at least --probe-interval-ms, which must not be 0");
         }
         let token = nanami_api::service::read_token_file(args.token_file.as_deref())?;
-        let client = Client::with_urls(&args.manager, args.ca.as_deref()).context("--manager")?;
+        let client = args.managers.client().context("--manager")?;
         Ok(Self {
             client,
             node,
