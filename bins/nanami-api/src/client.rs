@@ -148,16 +148,12 @@ impl Endpoint {
         let port = uri
             .port_u16()
             .unwrap_or(if tls.is_some() { 443 } else { 80 });
-        let pool = connect::pool(
-            tls.as_ref().map(|(c, n)| (&**c, n.clone())),
-            connect_timeout,
-        );
         Ok(Self {
             url: url.to_owned(),
             host,
             port,
+            pool: connect::pool(tls.as_ref(), connect_timeout),
             tls,
-            pool,
         })
     }
 
@@ -169,10 +165,7 @@ impl Endpoint {
             host: self.host.clone(),
             port: self.port,
             tls: self.tls.clone(),
-            pool: connect::pool(
-                self.tls.as_ref().map(|(c, n)| (&**c, n.clone())),
-                connect_timeout,
-            ),
+            pool: connect::pool(self.tls.as_ref(), connect_timeout),
         }
     }
 

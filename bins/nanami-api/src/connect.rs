@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -28,33 +29,32 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// to it; hyper then retries on a new one, but only if nothing was sent).
 pub(crate) const POOL_IDLE: Duration = Duration::from_secs(30);
 
+/// How to speak TLS to a manager: the configuration (one CA for all managers) and
+/// the name its certificate must carry.
+pub(crate) type Tls = (Arc<rustls::ClientConfig>, ServerName<'static>);
+
 /// The pooled HTTP/1 client of one manager. Requests name the address to use
 /// (`http(s)://<ip>:<port>/…`), so idle connections are kept per address.
 pub(crate) type Pool = hyper_util::client::legacy::Client<Bounded, Full<Bytes>>;
 
 /// A pool for a manager spoken to in plain HTTP, or in TLS verifying the
 /// certificate for `tls.1` (the host name of its URL, whatever address is dialled).
-pub(crate) fn pool(
-    tls: Option<(&rustls::ClientConfig, ServerName<'static>)>,
-    connect_timeout: Duration,
-) -> Pool {
+pub(crate) fn pool(tls: Option<&Tls>, connect_timeout: Duration) -> Pool {
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(Some(connect_timeout));
     let inner = match tls {
         None => Inner::Plain(tcp),
-        Some((config, name)) => Inner::Tls({
-            // hyper-rustls sets ALPN itself (http/1.1, from `enable_http1`).
-            let mut config = config.clone();
-            config.alpn_protocols.clear();
+        // hyper-rustls sets ALPN itself (http/1.1, from `enable_http1`).
+        Some((config, name)) => Inner::Tls(
             hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(config)
+                .with_tls_config(rustls::ClientConfig::clone(config))
                 .https_only()
-                .with_server_name_resolver(FixedServerNameResolver::new(name))
+                .with_server_name_resolver(FixedServerNameResolver::new(name.clone()))
                 .enable_http1()
-                .wrap_connector(tcp)
-        }),
+                .wrap_connector(tcp),
+        ),
     };
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())

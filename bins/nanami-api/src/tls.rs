@@ -57,16 +57,15 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Tl
     Ok(config)
 }
 
-/// A client configuration trusting only the CA certificate(s) in `ca` (PEM).
+/// A client configuration trusting only the CA certificate(s) in `ca` (PEM), without
+/// ALPN (the HTTP client's connector sets it for the protocols it speaks).
 pub fn client_config(ca: &Path) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs(ca)? {
         roots.add(cert)?;
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+        .with_no_client_auth())
 }
