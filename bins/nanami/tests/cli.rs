@@ -149,23 +149,40 @@ impl WgNamespace {
         );
         let name = format!("nmt-cli-{}-{}", std::process::id(), rand_suffix());
         sh(&format!("ip netns add {name}"));
+        // Its errors go to a file, so that a start that fails says why.
+        let log = std::env::temp_dir().join(format!("{name}.wireguard-go.log"));
         let child = Command::new("ip")
             .args(["netns", "exec", &name, "wireguard-go", "-f", ifname])
             .env("WG_PROCESS_FOREGROUND", "1")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("wireguard-go's log"))
             .spawn()
             .expect("start wireguard-go");
-        let ns = Self { name, child };
-        for _ in 0..100 {
+        let mut ns = Self { name, child };
+        // Wait on the interface itself (a loaded CI machine can take seconds); a
+        // wireguard-go that exits fails at once, with its output.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
             if Path::new(&format!("/var/run/wireguard/{ifname}.sock")).exists()
                 && ns.exec(&format!("wg show {ifname}")).status.success()
             {
+                let _ = std::fs::remove_file(&log);
                 return ns;
             }
+            let output = || std::fs::read_to_string(&log).unwrap_or_default();
+            if let Ok(Some(status)) = ns.child.try_wait() {
+                panic!(
+                    "wireguard-go exited ({status}) before {ifname} came up:\n{}",
+                    output()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "wireguard-go did not bring {ifname} up within 30 s:\n{}",
+                output()
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        panic!("wireguard-go did not come up");
     }
 
     fn exec(&self, cmd: &str) -> Output {
