@@ -16,6 +16,7 @@ pub mod audit;
 pub mod authz;
 pub mod docs;
 pub mod incremental;
+pub mod movement;
 pub mod object;
 pub mod verdict;
 pub mod write;

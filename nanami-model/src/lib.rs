@@ -30,6 +30,7 @@ pub mod failover;
 pub mod health;
 pub mod id;
 pub mod key;
+pub mod movement;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 pub mod probes;

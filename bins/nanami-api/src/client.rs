@@ -993,6 +993,16 @@ impl Client {
             .await
     }
 
+    /// `node`'s recent changes of primary gateway, newest first: the manager's
+    /// movement records as JSON.
+    ///
+    /// `GET /v1/oversight/nodes/{id}/movements` (operator credential); 404 for an
+    /// unknown node.
+    pub async fn node_movements(&self, node: &NodeId) -> Result<serde_json::Value, ApiError> {
+        self.get(&format!("/v1/oversight/nodes/{node}/movements"))
+            .await
+    }
+
     /// Which clients `gateway` carries and why, under the manager's current
     /// topology and health: the model's `GatewayExplanation` as JSON.
     ///

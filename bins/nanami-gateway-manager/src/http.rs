@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 use tracing::{error, info, warn};
 
 use crate::auth;
+use crate::history::MovementRecord;
 use crate::manager::{now_ms, Manager, ManagerError, Writer, MAX_TOKEN_TTL};
 use crate::openapi::{BadRequest, BodyLimits, NotFound, Refusals, Unavailable, UriTooLong};
 
@@ -370,6 +371,7 @@ pub fn router(manager: Arc<Manager>, config: HttpConfig) -> Router {
         .route("/v1/oversight/gateways", get(oversight_gateways))
         .route("/v1/oversight/nodes/{id}/explain", get(explain_node))
         .route("/v1/oversight/gateways/{id}/explain", get(explain_gateway))
+        .route("/v1/oversight/nodes/{id}/movements", get(node_movements))
         .merge(crate::objects::routes())
         .fallback(|| async { ApiErr::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -1065,6 +1067,36 @@ pub(crate) async fn explain_node(
     node_access(&app, &headers, &id, Action::ReadContents).await?;
     let explanation = blocking(&app, move |m| m.explain_node(&id)).await?;
     Ok(Json(explanation).into_response())
+}
+
+/// A client's movement history: its recent changes of primary gateway per
+/// network and for its exit, newest first, each with when, the revision, what
+/// triggered it and why it moved (at most 32 per client, kept in the manager's
+/// memory since it started).
+///
+/// Credential: the platform, an operator, or the node's workspace (404 for
+/// another workspace's node).
+#[utoipa::path(
+    get,
+    path = "/v1/oversight/nodes/{id}/movements",
+    tag = "oversight",
+    params(("id" = NodeId, Path, description = "The node.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The node's movements, newest first.", body = Vec<MovementRecord>),
+        BadRequest,
+        Refusals,
+        NotFound,
+    )
+)]
+pub(crate) async fn node_movements(
+    State(app): State<App>,
+    PathOf(id): PathOf<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiErr> {
+    let id = node_id(&app, id)?;
+    node_access(&app, &headers, &id, Action::ReadContents).await?;
+    Ok(Json(app.manager.movements(&id)?).into_response())
 }
 
 /// Which clients a gateway carries and why: the model's `GatewayExplanation`

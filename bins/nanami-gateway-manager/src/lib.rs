@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod history;
 pub mod http;
 pub mod init;
 pub mod manager;

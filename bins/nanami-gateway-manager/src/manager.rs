@@ -29,12 +29,14 @@ use nanami_api::wire::{
     GenerationFork, Liveness, ObservedRecord, ObservedReport, PathHealth, RegionView, Subject,
     TopologyResponse, WorkspaceView, WriteResponse,
 };
+use nanami_control::movement::placement_changes;
 use nanami_control::verdict::{handle_tick, moved_workspaces, reported_unhealthy, unhealthy_pairs};
 use nanami_control::{
     compile_changed, gateways_in_scope, Compiled, Docs, Edit, EditError, Precondition, Principal,
     Scope, WriteError,
 };
 use nanami_model::doc::{RegionDoc, WorkspaceDoc};
+use nanami_model::movement::Movement;
 use nanami_model::{
     compile_node, compile_workspace_nodes, explain_gateway, explain_node, Document, ExplainError,
     GatewayExplanation, GatewayId, GatewayState, Health, NetworkId, NodeConfig, NodeExplanation,
@@ -44,6 +46,7 @@ use tokio::sync::watch;
 use tracing::{info, info_span, warn};
 
 use crate::auth;
+use crate::history::{History, MovementRecord, Trigger};
 use crate::store::{
     Changes, GatewayRow, Redeemed, Store, StoreError, StoredTopology, TopologyChanges,
     TopologyWrite, NO_TARGETS,
@@ -224,6 +227,8 @@ struct Inner {
     seq: u64,
     /// Where reading other managers' reports goes on from (shared stores).
     observed_cursor: u64,
+    /// Each client's recent changes of primary gateway.
+    history: History,
 }
 
 impl Inner {
@@ -667,6 +672,31 @@ impl Manager {
         self.epoch.send_modify(|e| *e += 1);
     }
 
+    /// Adds `moves` to the history, after [`Manager::publish`] installed the
+    /// generations that carry them.
+    fn record_moves(inner: &mut Inner, moves: Vec<Movement>, trigger: Trigger) {
+        if moves.is_empty() {
+            return;
+        }
+        info!(clients = moves.len(), ?trigger, "clients moved");
+        let (at_unix_ms, revision) = (now_ms(), inner.revision);
+        let records: Vec<MovementRecord> = moves
+            .into_iter()
+            .map(|movement| MovementRecord {
+                at_unix_ms,
+                revision,
+                generation: movement
+                    .to
+                    .as_ref()
+                    .and_then(|g| inner.gateways.get(g))
+                    .map(Entry::generation),
+                trigger,
+                movement,
+            })
+            .collect();
+        inner.history.record(records);
+    }
+
     /// Records the outcome of [`Store::put_health`]; returns whether what it
     /// wrote may be served. From a store of its own a manager serves it anyway
     /// (stored later); managers sharing a store serve only what is stored, as the
@@ -805,9 +835,14 @@ impl Manager {
     ) -> Result<WriteResponse, ManagerError> {
         let object = edit.object();
         let revoke = revoked_by(&edit);
-        let (before_docs, before, seq) = {
+        let (before_docs, before, health_before, seq) = {
             let inner = self.lock();
-            (inner.docs.clone(), inner.topology.clone(), inner.seq)
+            (
+                inner.docs.clone(),
+                inner.topology.clone(),
+                inner.health(),
+                inner.seq,
+            )
         };
         let prepared =
             nanami_control::handle_write(&before_docs, before.as_deref(), edit, precondition)
@@ -882,6 +917,7 @@ impl Manager {
             revoke: &revoke,
         })?;
         let revision = committed.revision;
+        let moves = placement_changes(before.as_deref(), &health_before, topology, &health);
         let response = WriteResponse {
             object: AuditObject::from(&object),
             revision: applied.new_revision.clone(),
@@ -920,6 +956,10 @@ impl Manager {
         inner.seq = committed.seq;
         self.stored(&mut inner, Ok(()), rows, false);
         self.publish(&mut inner, entries);
+        if let Some(topology) = inner.topology.clone() {
+            inner.history.retain_in(&topology);
+        }
+        Self::record_moves(&mut inner, moves, Trigger::Revision);
         Ok(response)
     }
 
@@ -935,7 +975,7 @@ impl Manager {
             return false;
         }
         let _write = self.write_lock();
-        let (topology, known, health, unpersisted, changed_verdicts, seq) = {
+        let (topology, known, health_before, health, unpersisted, changed_verdicts, seq) = {
             let inner = self.lock();
             let Some(topology) = inner.topology.clone() else {
                 return false;
@@ -977,6 +1017,7 @@ impl Manager {
             (
                 topology,
                 (ids, known),
+                before,
                 after,
                 inner.unpersisted.clone(),
                 changed_verdicts,
@@ -998,6 +1039,11 @@ impl Manager {
         };
         let rows = rows_to_store(unpersisted, &changed);
         let result = self.store.put_health(seq, &health, &rows);
+        let moves = if changed_verdicts && result.is_ok() {
+            placement_changes(Some(&topology), &health_before, &topology, &health)
+        } else {
+            Vec::new()
+        };
         let entries: Vec<(GatewayId, Entry)> = changed
             .into_iter()
             .map(|(id, (row, peers))| (id, Entry::new(row, peers)))
@@ -1011,6 +1057,7 @@ impl Manager {
             inner.offline = health.offline;
             inner.unhealthy = health.unhealthy;
             self.publish(&mut inner, entries);
+            Self::record_moves(&mut inner, moves, Trigger::Health);
         }
         changed_verdicts
     }
@@ -1025,9 +1072,14 @@ impl Manager {
 
     /// [`Manager::catch_up`] under the write lock.
     fn catch_up_locked(&self) -> Result<bool, ManagerError> {
-        let (since, docs, topology) = {
+        let (since, docs, topology, health_before) = {
             let inner = self.lock();
-            (inner.seq, inner.docs.clone(), inner.topology.clone())
+            (
+                inner.seq,
+                inner.docs.clone(),
+                inner.topology.clone(),
+                inner.health(),
+            )
         };
         let Some(Changes {
             seq,
@@ -1047,6 +1099,13 @@ impl Manager {
             .into_iter()
             .map(|(id, row)| (id, Entry::from_stored(row)))
             .collect();
+        let moves = match (&followed, &topology) {
+            (Some((_, _, after)), before) => {
+                placement_changes(before.as_deref(), &health_before, after, &health)
+            }
+            (None, Some(same)) => placement_changes(Some(same), &health_before, same, &health),
+            (None, None) => Vec::new(),
+        };
         let now = self.clock_ms();
         let mut inner = self.lock();
         if let Some((revision, docs, topology)) = followed {
@@ -1066,6 +1125,10 @@ impl Manager {
         inner.unhealthy = health.unhealthy;
         inner.seq = seq;
         self.publish(&mut inner, entries);
+        if let Some(topology) = inner.topology.clone() {
+            inner.history.retain_in(&topology);
+        }
+        Self::record_moves(&mut inner, moves, Trigger::Followed);
         Ok(true)
     }
 
@@ -1584,6 +1647,17 @@ impl Manager {
     pub fn explain_gateway(&self, gateway: &GatewayId) -> Result<GatewayExplanation, ManagerError> {
         let (topology, health) = self.snapshot(|| format!("gateway {gateway}"))?;
         explain_gateway(&topology, &health, gateway).map_err(explain_error)
+    }
+
+    /// `node`'s recent changes of primary gateway, newest first (see
+    /// [`crate::history`]). [`ManagerError::Unknown`] for a node not in the
+    /// topology.
+    pub fn movements(&self, node: &NodeId) -> Result<Vec<MovementRecord>, ManagerError> {
+        let inner = self.lock();
+        match &inner.topology {
+            Some(t) if t.node_workspace(node).is_some() => Ok(inner.history.of(node)),
+            Some(_) | None => Err(ManagerError::Unknown(format!("node {node}"))),
+        }
     }
 
     /// The last report of `gateway`.
@@ -2136,6 +2210,66 @@ workspaces:
         doc.workspaces[0].gateways[1].capacity = Some(10);
         m.put_topology(doc).unwrap();
         assert!(status_of(&m, "gw-b").desired_generation >= 8);
+    }
+
+    #[test]
+    fn placement_changes_are_recorded_with_their_trigger_and_cause() {
+        use nanami_model::assign::Verdict;
+        use nanami_model::movement::Cause;
+        let health = HealthConfig {
+            report_interval: Duration::ZERO,
+            missed_reports: 0,
+        };
+        let m = Manager::load(Flaky::new("moves"), health).unwrap();
+        let laptop = NodeId::new("laptop").unwrap();
+        let mut doc = document();
+        m.put_topology(doc.clone()).unwrap();
+        assert!(
+            m.movements(&laptop).unwrap().is_empty(),
+            "placed, not moved"
+        );
+        doc.workspaces[0].gateways[0].drain = true;
+        m.put_topology(doc.clone()).unwrap();
+        let moves = m.movements(&laptop).unwrap();
+        assert_eq!(moves.len(), 1);
+        let r = &moves[0];
+        assert_eq!(r.trigger, Trigger::Revision);
+        assert_eq!(r.revision, m.revision());
+        assert_eq!(
+            (r.movement.from.clone(), r.movement.to.clone()),
+            (Some(gw("gw-a")), Some(gw("gw-b")))
+        );
+        assert_eq!(
+            r.movement.cause,
+            Cause::Left {
+                gateway: gw("gw-a"),
+                verdict: Verdict::Drained
+            }
+        );
+        assert_eq!(r.generation, Some(status_of(&m, "gw-b").desired_generation));
+        // Every gateway falls silent: the client loses its gateway, newest first.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !m.health_tick() {
+            assert!(Instant::now() < deadline, "the silence took effect");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let moves = m.movements(&laptop).unwrap();
+        assert_eq!(moves.len(), 2);
+        assert_eq!(moves[0].trigger, Trigger::Health);
+        assert_eq!(
+            (moves[0].movement.to.clone(), moves[0].generation),
+            (None, None)
+        );
+        assert_eq!(
+            moves[0].movement.cause,
+            Cause::Left {
+                gateway: gw("gw-b"),
+                verdict: Verdict::Offline
+            }
+        );
+        // A node the topology does not hold is unknown, not empty.
+        let err = m.movements(&NodeId::new("nobody").unwrap()).unwrap_err();
+        assert!(matches!(err, ManagerError::Unknown(_)), "{err}");
     }
 
     #[test]

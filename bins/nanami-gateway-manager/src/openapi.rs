@@ -145,6 +145,7 @@ Every error is `{\"error\": string, \"issues\"?: [string], \"current_revision\"?
         crate::http::oversight_gateways,
         crate::http::explain_node,
         crate::http::explain_gateway,
+        crate::http::node_movements,
         crate::objects::regions::list,
         crate::objects::regions::get,
         crate::objects::regions::put,

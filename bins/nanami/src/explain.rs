@@ -1,10 +1,12 @@
-//! `nanami explain node|gateway`: the manager's answer to "why is this client on
+//! `nanami explain node|gateway|history`: the manager's answer to "why is this client on
 //! that gateway?" (and "which clients does this gateway carry?"), as tables.
 //!
 //! The tables are rendered from the JSON the manager serves (the model's
 //! `NodeExplanation` and `GatewayExplanation`), so the CLI reads whatever the
 //! manager says: a verdict or outcome this version does not know is shown by its
 //! name and fields rather than refused.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::Subcommand;
@@ -20,6 +22,17 @@ pub enum ExplainCommand {
     /// Why a client is on the gateways it is on: per network, every gateway in the
     /// client's policy order with its verdict and outcome; then its exit.
     Node {
+        /// The client's node id.
+        id: String,
+        #[command(flatten)]
+        manager: ManagerArgs,
+        /// The manager's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A client's movement history: its recent changes of primary gateway,
+    /// newest first, with when, the revision, the trigger and the cause.
+    History {
         /// The client's node id.
         id: String,
         #[command(flatten)]
@@ -52,6 +65,13 @@ pub fn explain(command: &ExplainCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("explaining node {id}"))?;
             (answer, *json)
         }
+        ExplainCommand::History { id, manager, json } => {
+            let id = NodeId::new(id).context("node id")?;
+            let client = manager.client()?;
+            let answer = block_on(async { client.node_movements(&id).await })?
+                .with_context(|| format!("reading the movements of node {id}"))?;
+            (answer, *json)
+        }
         ExplainCommand::Gateway { id, manager, json } => {
             let id = GatewayId::new(id).context("gateway id")?;
             let client = manager.client()?;
@@ -62,10 +82,14 @@ pub fn explain(command: &ExplainCommand) -> anyhow::Result<()> {
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
-    } else if matches!(command, ExplainCommand::Node { .. }) {
-        print!("{}", node_table(&answer));
     } else {
-        print!("{}", gateway_table(&answer));
+        match command {
+            ExplainCommand::Node { .. } => print!("{}", node_table(&answer)),
+            ExplainCommand::History { id, .. } => {
+                print!("{}", history_table(id, &answer, SystemTime::now()));
+            }
+            ExplainCommand::Gateway { .. } => print!("{}", gateway_table(&answer)),
+        }
     }
     Ok(())
 }
@@ -254,6 +278,81 @@ pub fn node_table(why: &Value) -> String {
         }
     }
     out
+}
+
+/// A movement's cause (an object tagged `cause`) in words.
+fn cause(v: &Value) -> String {
+    match text(&v["cause"]) {
+        "left" => format!(
+            "{} can no longer hold it: {}",
+            text(&v["gateway"]),
+            verdict(&v["verdict"])
+        ),
+        "removed" => format!("{} left the topology", text(&v["gateway"])),
+        "returned" => format!(
+            "{} can hold it again (was: {})",
+            text(&v["gateway"]),
+            verdict(&v["was"])
+        ),
+        "topology" => "the topology changed the choice".into(),
+        other => format!("{}{}", words(other), extra_fields(v, &["cause"])),
+    }
+}
+
+/// `ms` (Unix milliseconds) as an age at `now`.
+fn age(ms: Option<u64>, now: SystemTime) -> String {
+    let Some(ms) = ms else {
+        return "-".into();
+    };
+    let at = UNIX_EPOCH + Duration::from_millis(ms);
+    match now.duration_since(at) {
+        Ok(d) if d < Duration::from_secs(120) => format!("{}s ago", d.as_secs()),
+        Ok(d) if d < Duration::from_secs(7200) => format!("{}m ago", d.as_secs() / 60),
+        Ok(d) if d < Duration::from_secs(172_800) => format!("{}h ago", d.as_secs() / 3600),
+        Ok(d) => format!("{}d ago", d.as_secs() / 86_400),
+        Err(_) => "now".into(),
+    }
+}
+
+/// The table of a client's movements (the manager's records as JSON, newest
+/// first).
+pub fn history_table(node: &str, records: &Value, now: SystemTime) -> String {
+    let records = records.as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if records.is_empty() {
+        return format!(
+            "node {node}: no movements (since the manager started, its gateways have not changed)\n"
+        );
+    }
+    let mut rows = vec![vec![
+        "WHEN".to_string(),
+        "REVISION".into(),
+        "PLACEMENT".into(),
+        "FROM".into(),
+        "TO".into(),
+        "TRIGGER".into(),
+        "CAUSE".into(),
+    ]];
+    for r in records {
+        let placement = match text(&r["slot"]) {
+            "network" => format!("network {}", text(&r["network"])),
+            other => other.to_owned(),
+        };
+        rows.push(vec![
+            age(r["at_unix_ms"].as_u64(), now),
+            r["revision"].to_string(),
+            placement,
+            r["from"].as_str().unwrap_or("none").to_owned(),
+            r["to"].as_str().unwrap_or("NONE").to_owned(),
+            words(text(&r["trigger"])),
+            cause(r),
+        ]);
+    }
+    format!(
+        "node {node}: {} movement{}, newest first\n{}",
+        records.len(),
+        if records.len() == 1 { "" } else { "s" },
+        crate::table::columns(&rows, "")
+    )
 }
 
 /// Rows for the clients a gateway carries in one network, as a network gateway
@@ -469,5 +568,47 @@ workspaces:
         assert_eq!(ordinal(0), "1st");
         assert_eq!(ordinal(10), "11th");
         assert_eq!(ordinal(21), "22nd");
+    }
+
+    #[test]
+    fn history_table_says_when_where_and_why_newest_first() {
+        let (topology, offline_b) = fixture();
+        let mut a_down = Health::all_up();
+        a_down.offline.insert(GatewayId::new("gw-a").unwrap());
+        let moved = nanami_model::movement::movements(
+            &topology,
+            &offline_b,
+            &topology,
+            &a_down,
+            topology.workspaces.keys(),
+        );
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let records: Vec<Value> = moved
+            .iter()
+            .map(|m| {
+                let mut r = serde_json::to_value(m).unwrap();
+                r["at_unix_ms"] = 999_990_000_u64.into();
+                r["revision"] = 7.into();
+                r["generation"] = 3.into();
+                r["trigger"] = "health".into();
+                r
+            })
+            .collect();
+        let text = history_table("laptop-1", &Value::Array(records), now);
+        assert!(
+            text.starts_with("node laptop-1: 3 movements, newest first\n"),
+            "{text}"
+        );
+        let lab = line(&text, "10s ago  7         network lab");
+        assert!(lab.contains("gw-a  gw-b  health"), "{text}");
+        assert!(
+            lab.ends_with("gw-a can no longer hold it: OFFLINE"),
+            "{text}"
+        );
+        // gw-a was the only exit gateway: the exit has none now.
+        let exit = line(&text, "10s ago  7         exit");
+        assert!(exit.contains("gw-a  NONE"), "{text}");
+        let empty = history_table("laptop-1", &Value::Array(vec![]), now);
+        assert!(empty.contains("no movements"), "{empty}");
     }
 }
