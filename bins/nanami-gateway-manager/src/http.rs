@@ -146,8 +146,8 @@ impl Default for HttpConfig {
 /// The handlers' state.
 #[derive(Debug, Clone)]
 pub(crate) struct App {
-    manager: Arc<Manager>,
-    config: HttpConfig,
+    pub(crate) manager: Arc<Manager>,
+    pub(crate) config: HttpConfig,
 }
 
 impl std::ops::Deref for App {
@@ -192,9 +192,17 @@ pub(crate) async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Write
     let credential = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(auth::bearer)
-        .ok_or_else(|| unauthorized(app))?;
-    let digest = auth::digest(credential);
+        .and_then(auth::bearer);
+    authenticate_credential(app, credential).await
+}
+
+/// Who `credential` is, with the credential's id: 401 when there is none or the
+/// store does not know it.
+pub(crate) async fn authenticate_credential(
+    app: &App,
+    credential: Option<&str>,
+) -> Result<Writer, ApiErr> {
+    let digest = auth::digest(credential.ok_or_else(|| unauthorized(app))?);
     let found = blocking(app, move |m| Ok(m.store().principal(&digest)?)).await?;
     match found {
         Some((principal, stored)) if auth::same(&stored, &digest) => Ok(Writer {
@@ -373,6 +381,7 @@ pub fn router(manager: Arc<Manager>, config: HttpConfig) -> Router {
         .route("/v1/oversight/gateways/{id}/explain", get(explain_gateway))
         .route("/v1/oversight/nodes/{id}/movements", get(node_movements))
         .merge(crate::objects::routes())
+        .merge(crate::ui::routes())
         .fallback(|| async { ApiErr::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiErr::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")

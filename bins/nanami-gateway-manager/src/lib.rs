@@ -19,6 +19,7 @@ pub mod objects;
 pub mod openapi;
 pub mod server;
 pub mod store;
+mod ui;
 
 pub use manager::{HealthConfig, Manager, ManagerError};
 pub use store::{SqliteStore, Store};

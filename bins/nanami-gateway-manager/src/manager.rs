@@ -1628,6 +1628,13 @@ impl Manager {
         Ok((topology, inner.health()))
     }
 
+    /// The topology and health in force (a clone costs nothing); none before
+    /// the first topology.
+    pub fn current(&self) -> Option<(Arc<Topology>, Health)> {
+        let inner = self.lock();
+        Some((inner.topology.clone()?, inner.health()))
+    }
+
     /// Why client `node` is on the gateways it is on, under the current topology
     /// and health: [`nanami_model::explain_node`]. [`ManagerError::Unknown`] for a
     /// node not in the topology (or no topology yet), [`ManagerError::Compile`] for

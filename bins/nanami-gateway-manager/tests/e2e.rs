@@ -1932,6 +1932,40 @@ async fn explain_says_why_a_client_is_on_its_gateway_and_follows_a_failover() {
     );
     assert_eq!(carried["load"], 0, "{carried:#}");
 
+    // The movement history says when, why and what triggered the move, newest
+    // first; the first placement was not a movement.
+    let moves = op.node_movements(&laptop).await.unwrap();
+    let moves = moves.as_array().unwrap();
+    assert_eq!(moves.len(), 1, "{moves:#?}");
+    let m = &moves[0];
+    assert_eq!(
+        (
+            &m["slot"],
+            &m["network"],
+            &m["from"],
+            &m["to"],
+            &m["trigger"]
+        ),
+        (
+            &"network".into(),
+            &"corp".into(),
+            &"gw-a".into(),
+            &"gw-b".into(),
+            &"health".into()
+        ),
+        "{m:#}"
+    );
+    assert_eq!(
+        (&m["cause"], &m["gateway"], &m["verdict"]["verdict"]),
+        (&"left".into(), &"gw-a".into(), &"offline".into()),
+        "{m:#}"
+    );
+    assert!(m["generation"].as_u64().is_some(), "{m:#}");
+    assert!(
+        m["at_unix_ms"].as_u64().unwrap() > 1_700_000_000_000,
+        "{m:#}"
+    );
+
     // The platform reads explanations too (the authorization table: reads are
     // everyone's but machines'); unknown ids are 404; a gateway's machine is not a
     // client (409).
@@ -1943,6 +1977,7 @@ async fn explain_says_why_a_client_is_on_its_gateway_and_follows_a_failover() {
     for path in [
         "/v1/oversight/nodes/laptop-1/explain",
         "/v1/oversight/gateways/gw-a/explain",
+        "/v1/oversight/nodes/laptop-1/movements",
     ] {
         let anon = f
             .env
