@@ -228,8 +228,7 @@ async fn node(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap
     )
 }
 
-async fn login_form(headers: HeaderMap) -> Response {
-    let _ = headers;
+async fn login_form() -> Response {
     html(StatusCode::OK, pages::login(None, None))
 }
 
@@ -344,38 +343,31 @@ async fn missing() -> Response {
 }
 
 async fn style() -> Response {
-    let mut response = include_str!("style.css").into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/css; charset=utf-8"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("max-age=300"),
-    );
-    response
+    asset(
+        include_str!("style.css"),
+        "text/css; charset=utf-8",
+        "max-age=300",
+    )
 }
 
 async fn favicon() -> Response {
-    let mut response = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle cx="8" cy="8" r="7" fill="#1d2330"/><circle cx="8" cy="8" r="3" fill="#7fb2ff"/></svg>"##.into_response();
+    asset(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle cx="8" cy="8" r="7" fill="#1d2330"/><circle cx="8" cy="8" r="3" fill="#7fb2ff"/></svg>"##,
+        "image/svg+xml",
+        "max-age=86400",
+    )
+}
+
+/// A static file of the pages (no credential: it says nothing).
+fn asset(body: &'static str, content_type: &'static str, cache: &'static str) -> Response {
+    let mut response = body.into_response();
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("image/svg+xml"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("max-age=86400"),
-    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     response
 }
 

@@ -22,18 +22,25 @@ use crate::manager::{now_ms, Manager, ManagerError, Summary};
 /// Most clients a workspace page lists.
 pub const MAX_CLIENTS: usize = 1000;
 
+/// The `head` of every page.
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · Nanami" }
+            link rel="stylesheet" href="/ui/style.css";
+            link rel="icon" href="/ui/favicon.svg" type="image/svg+xml";
+        }
+    }
+}
+
 /// The frame of every page.
 fn layout(title: &str, body: &Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Nanami" }
-                link rel="stylesheet" href="/ui/style.css";
-                link rel="icon" href="/ui/favicon.svg" type="image/svg+xml";
-            }
+            (head(title))
             body {
                 header {
                     span.brand { "Nanami" }
@@ -57,13 +64,7 @@ fn bare(title: &str, body: &Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Nanami" }
-                link rel="stylesheet" href="/ui/style.css";
-                link rel="icon" href="/ui/favicon.svg" type="image/svg+xml";
-            }
+            (head(title))
             body {
                 header { span.brand { "Nanami" } nav { a href="/ui" { "Overview" } } }
                 main { (body) }
