@@ -74,7 +74,7 @@ impl Reserved {
 pub fn reported_addr(text: &str, marker: &str) -> Option<SocketAddr> {
     text.match_indices(marker).find_map(|(at, _)| {
         let rest = &text[at + marker.len()..];
-        let rest = rest.trim_start_matches(|c| c == '"' || c == '(' || c == '\'');
+        let rest = rest.trim_start_matches(['"', '(', '\'']);
         let end = rest
             .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | ','))
             .unwrap_or(rest.len());

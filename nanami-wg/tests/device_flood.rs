@@ -213,7 +213,7 @@ fn a_handshake_flood_leaves_other_peers_traffic_flowing() {
         });
         s.spawn(|| flooder(&flood, &flood_sock, gateway, &p.a_pub));
 
-        wait_until(Duration::from_secs(20), "the stream to start", || {
+        wait_until("the stream to start", Duration::from_secs(20), || {
             received.load(Ordering::Relaxed) > 4 << 20
         });
         let base_before = throughput(&received);
@@ -222,8 +222,8 @@ fn a_handshake_flood_leaves_other_peers_traffic_flowing() {
         flood.mode.store(NO_COOKIE, Ordering::Relaxed);
         let c0 = p.dev.counters();
         wait_until(
-            Duration::from_secs(10),
             "cookie replies to the flood",
+            Duration::from_secs(10),
             || p.dev.counters().cookie_replies > c0.cookie_replies + 1000,
         );
         let sent0 = flood.sent.load(Ordering::Relaxed);
@@ -236,8 +236,8 @@ fn a_handshake_flood_leaves_other_peers_traffic_flowing() {
         flood.mode.store(WITH_COOKIE, Ordering::Relaxed);
         let c1 = p.dev.counters();
         wait_until(
-            Duration::from_secs(20),
             "the flood with cookies limited",
+            Duration::from_secs(20),
             || {
                 flood.has_cookie.load(Ordering::Relaxed)
                     && p.dev.counters().handshake_rate_limited > c1.handshake_rate_limited + 1000
@@ -255,7 +255,7 @@ fn a_handshake_flood_leaves_other_peers_traffic_flowing() {
 
         flood.mode.store(IDLE, Ordering::Relaxed);
         // Over once nothing is turned away for a while.
-        wait_until(Duration::from_secs(10), "the flood to end", || {
+        wait_until("the flood to end", Duration::from_secs(10), || {
             let c = p.dev.counters();
             std::thread::sleep(Duration::from_millis(200));
             let again = p.dev.counters();

@@ -106,7 +106,7 @@ fn a_forged_cookie_reply_moves_no_endpoint_and_counts_as_no_traffic() {
     observer.send_to(&forged, dev_addr).expect("send");
     // The handshake thread takes them in order: once the second is refused (one
     // cookie per MAC1), the first was handled.
-    wait_until(Duration::from_secs(5), "the second cookie refused", || {
+    wait_until("the second cookie refused", Duration::from_secs(5), || {
         dev.counters().decrypt_failed > before.decrypt_failed
     });
     let info = dev.get();
@@ -129,7 +129,7 @@ fn a_replayed_initiation_after_a_preshared_key_change_moves_no_endpoint() {
     let (ns, dev, dev_addr, p_pub) = (&rig.ns, &rig.dev, rig.dev_addr, rig.p_pub);
     let mut p = rig.peer("127.0.0.1:0");
     let captured = p.handshake(Duration::from_secs(10));
-    wait_until(Duration::from_secs(5), "the peer's endpoint", || {
+    wait_until("the peer's endpoint", Duration::from_secs(5), || {
         rig.endpoint() == Some(p.addr())
     });
 
@@ -145,7 +145,7 @@ fn a_replayed_initiation_after_a_preshared_key_change_moves_no_endpoint() {
     let attacker = raw::socket(ns, "127.0.0.4:0");
     let before = dev.counters().handshake_rejected;
     attacker.send_to(&captured, dev_addr).expect("send");
-    wait_until(Duration::from_secs(5), "the replay refused", || {
+    wait_until("the replay refused", Duration::from_secs(5), || {
         dev.counters().handshake_rejected > before
     });
     assert_eq!(rig.endpoint(), Some(p.addr()), "the replay moved it");
@@ -166,7 +166,7 @@ fn plaintext_is_padded_to_sixteen_on_the_wire_capped_at_the_mtu() {
     let ns = &rig.ns;
     let mut p = rig.peer("127.0.0.1:0");
     p.handshake(Duration::from_secs(10));
-    wait_until(Duration::from_secs(5), "the peer's endpoint", || {
+    wait_until("the peer's endpoint", Duration::from_secs(5), || {
         rig.endpoint().is_some()
     });
 
@@ -177,7 +177,7 @@ fn plaintext_is_padded_to_sixteen_on_the_wire_capped_at_the_mtu() {
     let mut out = vec![0u8; 65_536];
     // The device reads the TUN's MTU every 250 ms: wait until it knows the one set
     // after it opened the TUN (a 1,413-byte packet then goes out capped at 1,420).
-    wait_until(Duration::from_secs(5), "the device to read the MTU", || {
+    wait_until("the device to read the MTU", Duration::from_secs(5), || {
         app.send_to(&[0x5a; 1385], "10.9.0.2:9").expect("send");
         p.recv_kind(DATA, Duration::from_secs(1))
             .is_some_and(|d| d.len() - DATA_OVERHEAD == MTU)
@@ -281,7 +281,7 @@ fn one_limiter_for_every_peer_a_peer_gets_in_under_a_flood_naming_it() {
         });
         let _stop = StopOnDrop(&stop);
         let before = dev.counters();
-        wait_until(Duration::from_secs(10), "the flood limited", || {
+        wait_until("the flood limited", Duration::from_secs(10), || {
             dev.counters().handshake_rate_limited > before.handshake_rate_limited + 500
         });
         // The peer, from its own address, under load on the one limiter its
@@ -294,12 +294,12 @@ fn one_limiter_for_every_peer_a_peer_gets_in_under_a_flood_naming_it() {
             "the peer did not get in with 3 initiations: {:?}",
             dev.counters()
         );
-        wait_until(Duration::from_secs(5), "the peer's endpoint", || {
+        wait_until("the peer's endpoint", Duration::from_secs(5), || {
             rig.endpoint() == Some(p.addr())
         });
         // The flood's initiations are older than the peer's: none moves it back.
         let rejected = dev.counters().handshake_rejected;
-        wait_until(Duration::from_secs(10), "more flood refused", || {
+        wait_until("more flood refused", Duration::from_secs(10), || {
             dev.counters().handshake_rejected > rejected + 40
         });
         assert_eq!(rig.endpoint(), Some(p.addr()));

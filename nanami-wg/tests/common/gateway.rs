@@ -88,19 +88,21 @@ impl Gateway {
     /// Waits until the machine matches `generation`.
     pub fn wait_ready(&mut self, generation: u64) -> Duration {
         let start = Instant::now();
-        loop {
-            {
+        nanami_testkit::wait_until(
+            &format!("the gateway to converge to generation {generation}"),
+            Duration::from_secs(20),
+            || {
                 let s = self.status.borrow_and_update();
-                if s.condition == Condition::Ready && s.applied_generation == Some(generation) {
-                    return start.elapsed();
+                let ready =
+                    s.condition == Condition::Ready && s.applied_generation == Some(generation);
+                if ready {
+                    Ok(())
+                } else {
+                    Err(format!("{:?}", *s))
                 }
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "gateway did not converge to generation {generation}: {s:?}"
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            },
+        );
+        start.elapsed()
     }
 
     /// Stops the loop; with `teardown`, removes everything Nanami owns.

@@ -7,6 +7,9 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)] // each test binary uses some
+pub use nanami_testkit::wait_until;
+
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519;
@@ -161,15 +164,6 @@ pub fn forged_cookie_reply(init: &[u8], responder: &PublicKey) -> Vec<u8> {
     match limiter.verify_packet_under_load(Some([192, 0, 2, 1].into()), init, &mut dst, true) {
         Err(TunnResult::WriteToNetwork(reply)) => reply.to_vec(),
         other => panic!("no cookie reply for that message: {other:?}"),
-    }
-}
-
-/// Waits until `cond` holds, polling; fails the test with `what` after `timeout`.
-pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
