@@ -57,6 +57,34 @@ fn kill_inside(name: &str) {
     }
 }
 
+/// A command that runs `program` inside the namespace `name`, one the test does
+/// not own (made by the program under test): `ip netns exec <name> <program>`.
+pub fn command_in(name: &str, program: impl AsRef<OsStr>) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", name]).arg(program);
+    c
+}
+
+/// Runs `f` on a thread inside the namespace `name` (one the test does not own);
+/// see [`Netns::enter`].
+pub fn enter_named<R: Send>(name: &str, f: impl FnOnce() -> R + Send) -> R {
+    let handle = nanami_wg::netns::Netns::open(name)
+        .unwrap_or_else(|e| panic!("opening namespace {name}: {e}"))
+        .unwrap_or_else(|| panic!("namespace {name} does not exist"));
+    enter_handle(name, &handle, f)
+}
+
+fn enter_handle<R: Send>(
+    name: &str,
+    handle: &nanami_wg::netns::Netns,
+    f: impl FnOnce() -> R + Send,
+) -> R {
+    let caught = handle
+        .run(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
+        .unwrap_or_else(|e| panic!("entering namespace {name}: {e}"));
+    caught.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
 /// Deletes namespace `name` if it exists, killing what runs inside first: what a
 /// crashed earlier run left under a fixed name.
 pub fn delete(name: &str) {
@@ -107,9 +135,7 @@ impl Netns {
     /// A command that runs `program` inside (`ip netns exec <name> <program>`; the
     /// program replaces `ip`, so a child's pid is the program's).
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program);
-        c
+        command_in(&self.name, program)
     }
 
     /// Runs `program args…` inside and returns its output, whatever its status.
@@ -228,10 +254,7 @@ impl Netns {
     /// do threads it spawns. A panic in `f` continues in the caller.
     pub fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         let handle = self.handle.as_ref().expect("the namespace is open");
-        let caught = handle
-            .run(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
-            .unwrap_or_else(|e| panic!("entering namespace {}: {e}", self.name));
-        caught.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        enter_handle(&self.name, handle, f)
     }
 
     /// Pings `addr` from inside until a reply comes back; whether one did within

@@ -14,10 +14,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    accepted_generations, client_key, copy_dir, daemon_log, free_port, gateway_key, spawn_manager,
+    accepted_generations, client_key, copy_dir, daemon_log, gateway_key, spawn_manager,
     start_daemon_at, until, Env, PREAMBLE,
 };
 use nanami_model::PublicKey;
+use nanami_testkit::port::Reserved;
 
 /// Gateway `gateway` (with `key`) serving network `corp`, and one client per key
 /// in `clients`: each client added is a new desired state for the gateway.
@@ -81,16 +82,19 @@ fn switched_to(gateway: &str, url: &str) -> bool {
         .any(|l| l.contains("switched to another manager") && l.contains(&format!("manager={url}")))
 }
 
-/// A loopback URL where nothing listens (yet).
-fn nobody() -> String {
-    format!("https://127.0.0.1:{}", free_port())
+/// A loopback URL where nothing listens, and nothing else can while the port
+/// is held.
+fn nobody() -> (String, Reserved) {
+    let port = Reserved::loopback();
+    (format!("https://127.0.0.1:{}", port.port()), port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_given_a_dead_manager_first_enrols_and_converges_through_the_next() {
     let (env, state, _) = setup("fo-dead", "gw-d").await;
     let token = env.token("gw-d").await;
-    let managers = format!("{},{}", nobody(), env.manager.url());
+    let (nobody, _held) = nobody();
+    let managers = format!("{nobody},{}", env.manager.url());
     let _daemon = start_daemon_at(&env, &managers, "gw-d", &state, Some(token)).await;
     let generation = converged(&env, "gw-d").await;
     accepted_once_in_order("gw-d", generation);
@@ -105,8 +109,9 @@ async fn a_daemon_given_a_dead_manager_first_enrols_and_converges_through_the_ne
 async fn a_daemon_follows_its_manager_to_the_next_address_and_applies_each_generation_once() {
     let (mut env, state, key) = setup("fo-move", "gw-s").await;
     let token = env.token("gw-s").await;
-    let second = free_port();
-    let managers = format!("{},https://127.0.0.1:{second}", env.manager.url());
+    // Held until the second manager binds it.
+    let second = Reserved::loopback();
+    let managers = format!("{},https://127.0.0.1:{}", env.manager.url(), second.port());
     let daemon = start_daemon_at(&env, &managers, "gw-s", &state, Some(token)).await;
     let first = converged(&env, "gw-s").await;
     let laptops = [client_key(), client_key()];
@@ -120,7 +125,7 @@ async fn a_daemon_follows_its_manager_to_the_next_address_and_applies_each_gener
     // kill -9, and the same store served at the second address.
     env.manager.stop();
     let log = env.tmp.0.join("manager.log");
-    env.manager = spawn_manager(&env.mdir(), &env.topology_file(), second, &log, &[]).await;
+    env.manager = spawn_manager(&env.mdir(), &env.topology_file(), second.port(), &log, &[]).await;
     env.control()
         .put_topology(&topology("gw-s", &key, &laptops))
         .await
@@ -141,8 +146,9 @@ async fn a_daemon_follows_its_manager_to_the_next_address_and_applies_each_gener
 async fn a_manager_that_is_behind_does_not_move_the_daemon_back() {
     let (mut env, state, key) = setup("fo-behind", "gw-r").await;
     let token = env.token("gw-r").await;
-    let second = free_port();
-    let managers = format!("{},https://127.0.0.1:{second}", env.manager.url());
+    // Held until the second manager binds it.
+    let second = Reserved::loopback();
+    let managers = format!("{},https://127.0.0.1:{}", env.manager.url(), second.port());
     let daemon = start_daemon_at(&env, &managers, "gw-r", &state, Some(token)).await;
     let old = converged(&env, "gw-r").await;
 
@@ -162,7 +168,7 @@ async fn a_manager_that_is_behind_does_not_move_the_daemon_back() {
 
     // The manager dies; the backup, behind at `old`, is served at the second address.
     env.manager.stop();
-    env.manager = spawn_manager(&backup, Path::new("/nonexistent"), second, &log, &[]).await;
+    env.manager = spawn_manager(&backup, Path::new("/nonexistent"), second.port(), &log, &[]).await;
     // It cannot serve `old` to a daemon waiting past `newer`; it notices the daemon
     // runs a generation it did not issue and serves its state again above it.
     let control = env.control();

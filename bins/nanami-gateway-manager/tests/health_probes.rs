@@ -16,17 +16,15 @@
 //! (2 s rounds, 1 s timeout, 3 rounds to fail, 3 to recover); the times are printed.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../../nanami-wg/tests/common/mod.rs"]
-mod netns;
-
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nanami_api::wire::{GatewayStatus, Liveness};
+use nanami_api::wire::{GatewayStatus, Liveness, PathHealth};
 use nanami_api::Client;
-use nanami_model::{NodeId, PrivateKey};
-use netns::{require, run, veth, Netns};
+use nanami_model::{GatewayId, NodeId, PrivateKey};
+use nanami_testkit::root::require_netns;
+use nanami_testkit::{run, veth, wait_until_async, Netns, Process};
 
 const MANAGER: &str = env!("CARGO_BIN_EXE_nanami-gateway-manager");
 const TARGET: &str = "10.20.0.10";
@@ -62,53 +60,12 @@ impl Drop for Dir {
     }
 }
 
-/// Processes killed (SIGTERM, then SIGKILL) on drop, before the namespaces go.
-struct Procs(Vec<Child>);
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            // SAFETY: signalling a child we started and have not reaped.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for child in &mut self.0 {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Prints the manager's and daemons' logs when the test fails.
-struct LogsOnPanic(PathBuf);
-impl Drop for LogsOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for name in ["manager", "gw-a", "gw-b"] {
-                let log =
-                    std::fs::read_to_string(self.0.join(format!("{name}.log"))).unwrap_or_default();
-                eprintln!("--- {name}.log\n{log}");
-            }
-        }
-    }
-}
-
-/// Starts `program args…` in `ns`, logging to `log`.
-fn spawn(ns: &Netns, program: &Path, args: &[&str], log: &Path) -> Child {
-    let file = std::fs::File::create(log).unwrap();
-    ns.command(program.to_str().unwrap())
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap()
+/// Starts `program args…` in `ns`, logging to `log` (printed if the test fails).
+fn spawn(ns: &Netns, program: &Path, args: &[&str], log: &Path) -> Process {
+    let mut cmd = ns.command(program);
+    cmd.args(args).env("RUST_LOG", "info");
+    let what = log.file_stem().unwrap().to_string_lossy().into_owned();
+    Process::spawn_logged(&what, cmd, log)
 }
 
 fn manager_cmd(args: &[&str]) -> String {
@@ -154,7 +111,8 @@ fn gateway<'a>(status: &'a [GatewayStatus], id: &str) -> &'a GatewayStatus {
     status.iter().find(|g| g.id.as_str() == id).unwrap()
 }
 
-/// Polls `status` until `done` holds; returns the time it took.
+/// Polls `status` until `done` holds; returns the time it took. `primary` must
+/// stay online meanwhile: its heartbeats do not cross the LAN.
 async fn until(
     control: &Client,
     primary: &str,
@@ -163,27 +121,59 @@ async fn until(
     done: impl Fn(&[GatewayStatus]) -> bool,
 ) -> Duration {
     let start = Instant::now();
-    loop {
-        if let Ok(status) = control.status().await {
-            if done(&status) {
-                return start.elapsed();
-            }
-            // Heartbeats are unaffected by the LAN: gw-a never goes offline.
-            if let Some(a) = status.iter().find(|g| g.id.as_str() == primary) {
-                assert_eq!(a.health, Liveness::Online, "{primary} went offline: {a:?}");
-            }
+    wait_until_async(what, bound, || async {
+        let status = control.status().await.map_err(|e| e.to_string())?;
+        if let Some(a) = status.iter().find(|g| g.id.as_str() == primary) {
+            assert_eq!(a.health, Liveness::Online, "{primary} went offline: {a:?}");
         }
-        assert!(
-            start.elapsed() < bound,
-            "timed out after {bound:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if done(&status) {
+            return Ok(());
+        }
+        let seen: Vec<String> = status
+            .iter()
+            .map(|g| {
+                format!(
+                    "{} {:?} unhealthy {:?}",
+                    g.id, g.health, g.unhealthy_networks
+                )
+            })
+            .collect();
+        Err(seen.join("; "))
+    })
+    .await;
+    start.elapsed()
+}
+
+/// Waits until `gateway`'s latest report has `network` healthy with every target
+/// answering (no failure since its last reply): a full healthy streak, from which a
+/// cut must take the whole failure count to flip the verdict.
+async fn healthy_streak(control: &Client, gateway: &GatewayId, network: &str, what: &str) {
+    wait_until_async(what, Duration::from_secs(20), || async {
+        let observed = control
+            .observed(gateway)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no report yet")?;
+        let health = observed.report.health.get(network);
+        let streak = health.is_some_and(|h| {
+            h.state == PathHealth::Healthy
+                && !h.targets.is_empty()
+                && h.targets
+                    .values()
+                    .all(|t| t.consecutive_failures == 0 && t.last_rtt_us.is_some())
+        });
+        if streak {
+            Ok(())
+        } else {
+            Err(format!("{:?}", observed.report.health))
+        }
+    })
+    .await;
 }
 
 #[test]
 fn a_gateway_whose_lan_is_cut_is_unhealthy_for_its_network_while_it_still_reports() {
-    require(&["nft"]);
+    require_netns(&["nft"]);
     let daemon = daemon_binary();
     let dir = Dir(std::env::temp_dir().join(format!("nmt-probes-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
@@ -238,8 +228,8 @@ fn a_gateway_whose_lan_is_cut_is_unhealthy_for_its_network_while_it_still_report
     let ca = mdir.join("ca.pem");
     let ca_s = ca.to_str().unwrap();
     let topology_file = d("topology.yaml");
-    let mut procs = Procs(Vec::new());
-    procs.0.push(spawn(
+    let mut procs = Vec::new();
+    procs.push(spawn(
         &ctl,
         Path::new(MANAGER),
         &[
@@ -263,7 +253,7 @@ fn a_gateway_whose_lan_is_cut_is_unhealthy_for_its_network_while_it_still_report
     ] {
         let state = d(file);
         let token = d(&format!("{file}.token"));
-        procs.0.push(spawn(
+        procs.push(spawn(
             ns,
             &daemon,
             &[
@@ -286,7 +276,6 @@ fn a_gateway_whose_lan_is_cut_is_unhealthy_for_its_network_while_it_still_report
         ));
     }
 
-    let _logs = LogsOnPanic(dir.0.clone());
     // The API is reached from inside `ctl`: the test's sockets live there.
     let result = ctl.enter(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -316,28 +305,19 @@ fn a_gateway_whose_lan_is_cut_is_unhealthy_for_its_network_while_it_still_report
             .await;
             let config = control.node_config(&laptop).await.unwrap();
             assert_eq!(first(&config), a);
-            // gw-a's probes work through its LAN: its report says so.
-            let gw_a = nanami_model::GatewayId::new(a).unwrap();
-            let start = Instant::now();
-            loop {
-                let observed = control.observed(&gw_a).await.unwrap().unwrap();
-                let corp = observed.report.health.get("corp");
-                if corp.is_some_and(|h| h.state == nanami_api::wire::PathHealth::Healthy) {
-                    break;
-                }
-                assert!(
-                    start.elapsed() < Duration::from_secs(10),
-                    "gw-a never reported corp healthy: {:?}",
-                    observed.report.health
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-
+            let gw_a = GatewayId::new(a).unwrap();
             let mut down_times = Vec::new();
             let mut up_times = Vec::new();
             for round in 0..3 {
-                // Let a full healthy streak build before each cut.
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                // gw-a's probes work through its LAN: its report says so, with a
+                // full healthy streak, before each cut.
+                healthy_streak(
+                    &control,
+                    &gw_a,
+                    "corp",
+                    &format!("round {round}: gw-a reporting corp healthy"),
+                )
+                .await;
                 resa.ip(&["link", "set", &resa_if, "down"]);
                 let took = until(
                     &control,

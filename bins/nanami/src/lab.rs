@@ -33,6 +33,7 @@ use anyhow::{bail, Context as _};
 use nanami_api::wire::{EnrolRequest, Subject, TokenRequest};
 use nanami_api::Client;
 use nanami_model::{Document, NodeId, PublicKey};
+use nanami_wg::netns::Netns;
 
 const MANAGER_ADDR: &str = "198.18.9.1";
 const MANAGER_PORT: u16 = 7443;
@@ -416,24 +417,14 @@ fn spawn_logged(lab: &Lab, name: &str, mut cmd: Command) -> anyhow::Result<u32> 
 
 /// Runs `f` on a thread that has entered network namespace `ns`, with its own
 /// runtime: the lab's API calls reach the manager from inside the lab.
-fn with_netns<T: Send + 'static>(
+fn with_netns<T: Send>(
     ns: &str,
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
 ) -> anyhow::Result<T> {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: setns on a valid namespace fd changes only this thread's network
-        // namespace; the thread ends with `f`.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            bail!("entering {path}: {}", std::io::Error::last_os_error());
-        }
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+    let netns = Netns::open(ns)?.with_context(|| format!("namespace {ns} does not exist"))?;
+    netns
+        .run(f)
+        .with_context(|| format!("entering namespace {ns}"))?
 }
 
 fn until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
@@ -544,7 +535,7 @@ fn build(
     let (ctl, gw) = (lab.ns("ctl"), lab.ns("gw"));
     println!("== namespaces");
     for ns in layout.namespaces(lab) {
-        ip(&["netns", "add", &ns])?;
+        Netns::open_or_create(&ns)?;
         lab.record("namespaces", &ns)?;
         in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
     }
@@ -1083,7 +1074,7 @@ pub fn down(lab: &Lab) -> anyhow::Result<()> {
         }
     }
     for ns in namespaces.iter().filter(|ns| exists(ns)) {
-        if let Err(e) = ip(&["netns", "del", ns]) {
+        if let Err(e) = Netns::delete(ns) {
             eprintln!("warning: {e:#}");
         }
     }

@@ -3,6 +3,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
+
+use nanami_testkit::root::{require_netns, require_tools};
+use nanami_testkit::{wait_until, Netns, Process};
 
 fn nanami(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_nanami"))
@@ -108,19 +112,6 @@ fn rand_suffix() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Fails loudly (never skips) when a prerequisite is missing.
-fn require(tool: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "this test needs `{tool}` (Debian package; .ci/run installs it)"
-    );
-}
-
 fn sh(cmd: &str) -> Output {
     let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
     assert!(
@@ -132,89 +123,49 @@ fn sh(cmd: &str) -> Output {
     out
 }
 
-/// A network namespace with a wireguard-go interface, removed on drop.
+/// A namespace with a wireguard-go interface `ifname`, up; both go on drop.
 struct WgNamespace {
-    name: String,
-    child: std::process::Child,
+    // Dropped first: wireguard-go stops before its namespace goes.
+    _wireguard_go: Process,
+    ns: Netns,
 }
 
 impl WgNamespace {
     fn new(ifname: &str) -> Self {
-        require("ip");
-        require("wireguard-go");
-        require("wg");
-        assert!(
-            is_root(),
-            "this test needs root (network namespaces); run it as root"
+        require_netns(&["wireguard-go", "wg"]);
+        let ns = Netns::new("cli");
+        let mut wggo = ns.process(
+            "wireguard-go",
+            "wireguard-go",
+            &["-f", ifname],
+            &[("WG_PROCESS_FOREGROUND", "1")],
         );
-        let name = format!("nmt-cli-{}-{}", std::process::id(), rand_suffix());
-        sh(&format!("ip netns add {name}"));
-        // Its errors go to a file, so that a start that fails says why.
-        let log = std::env::temp_dir().join(format!("{name}.wireguard-go.log"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &name, "wireguard-go", "-f", ifname])
-            .env("WG_PROCESS_FOREGROUND", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("wireguard-go's log"))
-            .spawn()
-            .expect("start wireguard-go");
-        let mut ns = Self { name, child };
-        // Wait on the interface itself (a loaded CI machine can take seconds); a
+        // On the interface itself (a loaded CI machine can take seconds); a
         // wireguard-go that exits fails at once, with its output.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            if Path::new(&format!("/var/run/wireguard/{ifname}.sock")).exists()
-                && ns.exec(&format!("wg show {ifname}")).status.success()
-            {
-                let _ = std::fs::remove_file(&log);
-                return ns;
-            }
-            let output = || std::fs::read_to_string(&log).unwrap_or_default();
-            if let Ok(Some(status)) = ns.child.try_wait() {
-                panic!(
-                    "wireguard-go exited ({status}) before {ifname} came up:\n{}",
-                    output()
-                );
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "wireguard-go did not bring {ifname} up within 30 s:\n{}",
-                output()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        let sock = format!("/var/run/wireguard/{ifname}.sock");
+        wait_until(
+            &format!("wireguard-go to bring {ifname} up"),
+            Duration::from_secs(30),
+            || {
+                wggo.assert_running();
+                Path::new(&sock).exists() && ns.try_exec("wg", &["show", ifname])
+            },
+        );
+        Self {
+            _wireguard_go: wggo,
+            ns,
         }
     }
 
     fn exec(&self, cmd: &str) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
-            .output()
-            .unwrap()
+        self.ns.output("sh", &["-c", cmd])
     }
-}
-
-impl Drop for WgNamespace {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 #[test]
 fn client_config_is_accepted_by_wg_setconf() {
-    require("wg-quick");
-    let ifname = format!("nmcli{}", rand_suffix() % 1000);
+    require_tools(&["wg-quick"]);
+    let ifname = nanami_testkit::ifname("cli");
     let ns = WgNamespace::new(&ifname);
     let dir = tempdir();
     let file = repo("examples/topology.yaml");

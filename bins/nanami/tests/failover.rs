@@ -28,11 +28,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{must, sh, spawn, stop, strings, wait_until, NANAMI};
+use common::{strings, wait_until, NANAMI};
+use nanami_testkit::root::require_netns;
+use nanami_testkit::veth::{bridge, plug, set_link};
+use nanami_testkit::{Netns, Process};
 
 const RESOURCE: &str = "10.20.0.10";
 /// Behind both gateways (routed by them through their LAN), not routed by the client.
@@ -45,15 +48,24 @@ const HOLD_DOWN: Duration = Duration::from_secs(5);
 /// every namespace): one at a time.
 static ONE_RIG: Mutex<()> = Mutex::new(());
 
+/// The rig's machines, in `<prefix>-<name>` namespaces.
+const MACHINES: [&str; 6] = ["ctl", "gwa", "gwb", "cli", "wan", "lan"];
+
 struct Rig {
-    prefix: String,
+    // Fields drop in order: the processes stop before their namespaces go.
+    /// The manager and the gateway daemons.
+    procs: Vec<Process>,
+    /// `nanami connect`.
+    client: Option<Process>,
+    namespaces: Vec<Netns>,
     dir: PathBuf,
-    pids: Vec<i32>,
 }
 
 impl Rig {
-    fn ns(&self, name: &str) -> String {
-        format!("{}-{name}", self.prefix)
+    /// The namespace of machine `name` (one of [`MACHINES`]).
+    fn ns(&self, name: &str) -> &Netns {
+        let i = MACHINES.iter().position(|m| *m == name).unwrap();
+        &self.namespaces[i]
     }
 
     fn file(&self, name: &str) -> String {
@@ -61,16 +73,21 @@ impl Rig {
     }
 
     fn up(tag: &str, exit: bool) -> Rig {
-        common::require_root_and(&["ip", "ping", "nft", "wg"]);
+        require_netns(&["ping", "nft", "wg"]);
         common::build_workspace_binaries();
         let prefix = format!("nmf{}{tag}", std::process::id() % 10_000);
         let dir = std::env::temp_dir().join(format!("{prefix}-rig"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        let namespaces = MACHINES
+            .iter()
+            .map(|m| Netns::named(&format!("{prefix}-{m}")))
+            .collect();
         let mut rig = Rig {
-            prefix,
+            procs: Vec::new(),
+            client: None,
+            namespaces,
             dir,
-            pids: Vec::new(),
         };
         rig.network();
         rig.start(exit);
@@ -78,70 +95,52 @@ impl Rig {
     }
 
     fn network(&self) {
-        for ns in ["ctl", "gwa", "gwb", "cli", "wan", "lan"] {
-            let ns = self.ns(ns);
-            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-            assert!(Command::new("ip")
-                .args(["netns", "add", &ns])
-                .status()
-                .unwrap()
-                .success());
-            must(&ns, &["ip", "link", "set", "lo", "up"]);
-        }
         let (wan, lan) = (self.ns("wan"), self.ns("lan"));
-        must(&wan, &["ip", "link", "add", "br0", "type", "bridge"]);
-        must(&wan, &["ip", "link", "set", "br0", "up"]);
-        must(&lan, &["ip", "link", "add", "br0", "type", "bridge"]);
-        must(
-            &lan,
-            &["ip", "addr", "add", &format!("{RESOURCE}/24"), "dev", "br0"],
+        bridge(wan, "br0", &[]);
+        bridge(
+            lan,
+            "br0",
+            &[&format!("{RESOURCE}/24"), &format!("{INTERNET}/32")],
         );
-        must(
-            &lan,
-            &["ip", "addr", "add", &format!("{INTERNET}/32"), "dev", "br0"],
-        );
-        must(&lan, &["ip", "link", "set", "br0", "up"]);
         // Each machine's eth0 hangs off the "internet" bridge; a port named after it.
-        for (ns, port, addr) in [
-            ("ctl", "port-ctl", "198.18.0.100"),
-            ("gwa", "port-gwa", "198.18.0.1"),
-            ("gwb", "port-gwb", "198.18.0.2"),
-            ("cli", "port-cli", "198.18.0.11"),
+        for (ns, addr) in [
+            ("ctl", "198.18.0.100"),
+            ("gwa", "198.18.0.1"),
+            ("gwb", "198.18.0.2"),
+            ("cli", "198.18.0.11"),
         ] {
-            self.plug(&self.ns(ns), "eth0", &wan, port, &format!("{addr}/24"));
+            let addr = format!("{addr}/24");
+            plug(
+                self.ns(ns),
+                "eth0",
+                &[&addr],
+                wan,
+                "br0",
+                &format!("port-{ns}"),
+            );
         }
         // The gateways' LAN links.
-        for (ns, port, addr) in [
-            ("gwa", "port-gwa", "10.20.0.1"),
-            ("gwb", "port-gwb", "10.20.0.2"),
-        ] {
-            self.plug(&self.ns(ns), "lan0", &lan, port, &format!("{addr}/24"));
-            // The gateways' way to the "internet".
-            must(
-                &self.ns(ns),
-                &[
-                    "ip", "route", "add", INTERNET, "via", RESOURCE, "dev", "lan0",
-                ],
+        for (ns, addr) in [("gwa", "10.20.0.1"), ("gwb", "10.20.0.2")] {
+            let addr = format!("{addr}/24");
+            plug(
+                self.ns(ns),
+                "lan0",
+                &[&addr],
+                lan,
+                "br0",
+                &format!("port-{ns}"),
             );
+            // The gateways' way to the "internet".
+            self.ns(ns)
+                .ip(&["route", "add", INTERNET, "via", RESOURCE, "dev", "lan0"]);
         }
     }
 
-    /// A veth from `dev` in `ns` (with `addr`) to bridge port `port` in `bridge_ns`.
-    fn plug(&self, ns: &str, dev: &str, bridge_ns: &str, port: &str, addr: &str) {
-        assert!(Command::new("ip")
-            .args([
-                "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", port, "netns",
-                bridge_ns,
-            ])
-            .status()
-            .unwrap()
-            .success());
-        must(
-            bridge_ns,
-            &["ip", "link", "set", port, "master", "br0", "up"],
-        );
-        must(ns, &["ip", "addr", "add", addr, "dev", dev]);
-        must(ns, &["ip", "link", "set", dev, "up"]);
+    /// Starts `program args…` in machine `ns`, logging to `<dir>/<name>.log`.
+    fn spawn(&self, ns: &str, name: &str, program: &Path, args: &[String]) -> Process {
+        let mut cmd = self.ns(ns).command(program);
+        cmd.args(args);
+        Process::spawn_logged(name, cmd, &self.dir.join(format!("{name}.log")))
     }
 
     fn start(&mut self, exit: bool) {
@@ -210,13 +209,8 @@ impl Rig {
             "--topology",
             &self.file("topology.yaml"),
         ]);
-        self.pids.push(spawn(
-            &self.dir,
-            &self.ns("ctl"),
-            "manager",
-            &manager,
-            &args,
-        ));
+        let manager = self.spawn("ctl", "manager", &manager, &args);
+        self.procs.push(manager);
         let url = format!("https://{MANAGER}");
         let ca = self.file("manager/ca.pem");
         for (gw, ns) in [("edge-a", "gwa"), ("edge-b", "gwb")] {
@@ -232,8 +226,8 @@ impl Rig {
                 "--token-file",
                 &self.file(&format!("{gw}.token")),
             ]);
-            self.pids
-                .push(spawn(&self.dir, &self.ns(ns), gw, &daemon, &args));
+            let daemon = self.spawn(ns, gw, &daemon, &args);
+            self.procs.push(daemon);
         }
         // The client starts once both gateways run their state. (A client whose
         // tunnel is up before a gateway's device exists can fail to reach that
@@ -262,13 +256,7 @@ impl Rig {
             "--uapi-dir",
             &self.file("client/uapi"),
         ]);
-        self.pids.push(spawn(
-            &self.dir,
-            &self.ns("cli"),
-            "client",
-            Path::new(NANAMI),
-            &args,
-        ));
+        self.client = Some(self.spawn("cli", "client", Path::new(NANAMI), &args));
         // Both gateways answer the client's probes before a test cuts one.
         wait_until(
             "the client to reach the resource through edge-a, with edge-b up",
@@ -299,26 +287,21 @@ impl Rig {
     }
 
     fn ping_once(&self) -> bool {
-        sh(&self.ns("cli"), &["ping", "-c", "1", "-W", "1", RESOURCE])
-            .status
-            .success()
+        self.ns("cli")
+            .try_exec("ping", &["-c", "1", "-W", "1", RESOURCE])
     }
 
     /// The bridge port of `machine` (e.g. `gwa`) in the wan or lan namespace, up
     /// or down.
     fn set_port(&self, bridge_ns: &str, machine: &str, up: bool) {
-        let port = format!("port-{machine}");
-        must(
-            &self.ns(bridge_ns),
-            &[
-                "ip",
-                "link",
-                "set",
-                "dev",
-                &port,
-                if up { "up" } else { "down" },
-            ],
-        );
+        set_link(self.ns(bridge_ns), &format!("port-{machine}"), up);
+    }
+
+    /// Stops `nanami connect` (SIGTERM: it removes what it made).
+    fn stop_client(&mut self) {
+        if let Some(mut client) = self.client.take() {
+            client.stop();
+        }
     }
 
     /// Takes `machine`'s port on `bridge_ns` down, now.
@@ -333,13 +316,11 @@ impl Rig {
         }
     }
 
-    /// `nanami status --json` from the manager's namespace.
-    /// `nanami status --json` against the rig's manager.
-    fn status_command(&self) -> std::process::Output {
-        sh(
-            &self.ns("ctl"),
+    /// `nanami status --json` against the rig's manager, from its namespace.
+    fn status_command(&self) -> Output {
+        self.ns("ctl").output(
+            NANAMI,
             &[
-                NANAMI,
                 "status",
                 "--manager",
                 &format!("https://{MANAGER}"),
@@ -388,20 +369,8 @@ impl Rig {
 
 impl Drop for Rig {
     fn drop(&mut self) {
-        // `ip netns exec` execs the program: each pid is the program's own.
-        for (signal, pause) in [("-TERM", 1000), ("-KILL", 0)] {
-            for pid in self.pids.iter().rev().filter(|p| common::alive(**p)) {
-                let _ = Command::new("kill")
-                    .args([signal, &pid.to_string()])
-                    .status();
-            }
-            std::thread::sleep(Duration::from_millis(pause));
-        }
-        for ns in ["ctl", "gwa", "gwb", "cli", "wan", "lan"] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(ns)])
-                .output();
-        }
+        // The processes and namespaces go by themselves; the files are kept for a
+        // failed test.
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -451,21 +420,19 @@ struct Cut {
 
 /// `ping -D` to `target` every 50 ms from the client, timestamps kept.
 struct Pinger {
-    child: Child,
+    _ping: Process,
     out: PathBuf,
 }
 
 impl Pinger {
     fn start(rig: &Rig, name: &str, target: &str) -> Pinger {
         let out = rig.dir.join(format!("{name}.ping"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &rig.ns("cli")])
-            .args(["ping", "-D", "-n", "-i", "0.05", "-W", "1", target])
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Pinger { child, out }
+        let mut cmd = rig.ns("cli").command("ping");
+        cmd.args(["-D", "-n", "-i", "0.05", "-W", "1", target]);
+        Pinger {
+            _ping: Process::spawn_logged(&format!("ping {target}"), cmd, &out),
+            out,
+        }
     }
 
     /// Unix times (seconds) of the replies so far.
@@ -488,13 +455,6 @@ impl Pinger {
     fn resumed(&self, cut: &Cut, what: &str, timeout: Duration) -> f64 {
         wait_until(what, timeout, || self.first_after(cut.drained).is_some());
         self.first_after(cut.drained).unwrap() - cut.at
-    }
-}
-
-impl Drop for Pinger {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -546,9 +506,24 @@ fn a_dead_primary_fails_over_to_the_standby_and_back_after_the_hold_down() {
             "the agent logs the move"
         );
 
-        // edge-a returns: the client stays on edge-b for the hold-down, then moves back
+        // edge-a returns once the client counts it down (a return before that is no
+        // recovery): the client stays on edge-b for the hold-down, then moves back
         // without losing the pings.
-        std::thread::sleep(Duration::from_secs(1));
+        wait_until(
+            &format!("run {run}: the client to count edge-a down"),
+            Duration::from_secs(10),
+            || {
+                let down = rig.agent_status()["down"].clone();
+                let counted = down
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|g| g == "edge-a"));
+                if counted {
+                    Ok(())
+                } else {
+                    Err(format!("down: {down}"))
+                }
+            },
+        );
         let back = Instant::now();
         rig.set_port("wan", "gwa", true);
         wait_until(
@@ -585,7 +560,7 @@ fn a_dead_primary_fails_over_to_the_standby_and_back_after_the_hold_down() {
 #[test]
 fn a_gateway_whose_lan_is_cut_loses_its_clients_while_it_still_heartbeats() {
     let _one = ONE_RIG.lock().unwrap_or_else(|p| p.into_inner());
-    let rig = Rig::up("h", false);
+    let mut rig = Rig::up("h", false);
     let pinger = Pinger::start(&rig, "health", RESOURCE);
     wait_until("pings through edge-a", Duration::from_secs(10), || {
         pinger.first_after(unix_now() - 0.2).is_some()
@@ -626,14 +601,14 @@ fn a_gateway_whose_lan_is_cut_loses_its_clients_while_it_still_heartbeats() {
     );
 
     // Stopping the agent removes what it created, and only that.
+    assert!(rig.ns("cli").ip(&["link", "show"]).contains("nm-client"));
+    rig.stop_client();
     let cli = rig.ns("cli");
-    assert!(must(&cli, &["ip", "link", "show"]).contains("nm-client"));
-    // `ip netns exec` execs the agent: the recorded pid is the agent's.
-    stop(common::pid(&rig.dir, "client"));
-    let links = must(&cli, &["ip", "link", "show"]);
+    let links = cli.ip(&["link", "show"]);
     assert!(!links.contains("nm-") && links.contains("eth0"), "{links}");
-    assert!(!must(&cli, &["ip", "rule", "show"]).contains("7373"));
-    assert!(must(&cli, &["ip", "route", "show", "table", "all"])
+    assert!(!cli.ip(&["rule", "show"]).contains("7373"));
+    assert!(cli
+        .ip(&["route", "show", "table", "all"])
         .lines()
         .all(|l| !l.contains("proto 73")));
     assert!(!rig.ping_once());
@@ -642,19 +617,23 @@ fn a_gateway_whose_lan_is_cut_loses_its_clients_while_it_still_heartbeats() {
 #[test]
 fn exit_traffic_leaves_through_the_active_gateway_and_fails_over_with_it() {
     let _one = ONE_RIG.lock().unwrap_or_else(|p| p.into_inner());
-    let rig = Rig::up("x", true);
-    let cli = rig.ns("cli");
-    let route = |dst: &str| must(&cli, &["ip", "route", "get", dst]);
+    let mut rig = Rig::up("x", true);
+    let route = |rig: &Rig, dst: &str| rig.ns("cli").ip(&["route", "get", dst]);
+    let route_out = |rig: &Rig, dst: &str| rig.ns("cli").output("ip", &["route", "get", dst]);
     // The client has no route of its own to the "internet": only the exit gives one.
     assert!(
-        route(INTERNET).contains("dev nm-client"),
+        route(&rig, INTERNET).contains("dev nm-client"),
         "{}",
-        route(INTERNET)
+        route(&rig, INTERNET)
     );
     // What the client's main table routes more specifically (the manager next door,
     // the gateways' endpoints) stays outside the tunnel.
     for dst in ["198.18.0.100", "198.18.0.1", "198.18.0.2"] {
-        assert!(route(dst).contains("dev eth0"), "{dst}: {}", route(dst));
+        assert!(
+            route(&rig, dst).contains("dev eth0"),
+            "{dst}: {}",
+            route(&rig, dst)
+        );
     }
     let pinger = Pinger::start(&rig, "exit", INTERNET);
     wait_until(
@@ -672,35 +651,29 @@ fn exit_traffic_leaves_through_the_active_gateway_and_fails_over_with_it() {
     );
     eprintln!("exit failover outage (cut -> first reply via edge-b): {outage:.2}s");
     assert_eq!(rig.active().as_deref(), Some("edge-b"));
-    assert!(route(INTERNET).contains("dev nm-client"));
+    assert!(route(&rig, INTERNET).contains("dev nm-client"));
 
     // Stopping the agent takes the exit away with everything else it made.
-    stop(common::pid(&rig.dir, "client"));
-    let rules = must(&cli, &["ip", "rule", "show"]);
+    rig.stop_client();
+    let rules = rig.ns("cli").ip(&["rule", "show"]);
     assert!(
         rules.lines().all(|l| !["7373:", "7374:", "7375:", "7376:"]
             .iter()
             .any(|p| l.starts_with(p))),
         "{rules}"
     );
-    assert!(!sh(&cli, &["ip", "route", "get", INTERNET]).status.success());
+    assert!(!route_out(&rig, INTERNET).status.success());
 }
 
 #[test]
 fn without_a_credential_or_token_the_agent_says_so_and_exits() {
-    common::require_root_and(&["ip"]);
-    let ns = format!("nmf{}n", std::process::id() % 10_000);
-    let dir = std::env::temp_dir().join(format!("{ns}-state"));
+    require_netns(&[]);
+    let ns = Netns::new("noenrol");
+    let dir = std::env::temp_dir().join(format!("{}-state", ns.name()));
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(Command::new("ip")
-        .args(["netns", "add", &ns])
-        .status()
-        .unwrap()
-        .success());
-    let out = sh(
-        &ns,
+    let out = ns.output(
+        NANAMI,
         &[
-            NANAMI,
             "connect",
             "--manager",
             "http://127.0.0.1:9",
@@ -710,7 +683,7 @@ fn without_a_credential_or_token_the_agent_says_so_and_exits() {
             &dir.to_string_lossy(),
         ],
     );
-    let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+    drop(ns);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("not enrolled yet"), "{stderr}");

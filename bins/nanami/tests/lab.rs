@@ -12,15 +12,18 @@
 
 mod common;
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{pid, root, sh, spawn, stop, strings, wait_until, NANAMI};
+use common::{pid, root, sh, stop, strings, wait_until, NANAMI};
+use nanami_testkit::netns::{command_in, enter_named};
+use nanami_testkit::port::reported_addr;
+use nanami_testkit::root::require_netns;
+use nanami_testkit::Process;
 
 const PREFIX: &str = "nmt-lab";
 
@@ -143,7 +146,7 @@ fn ping_ok(ns: &str) -> bool {
 
 #[test]
 fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
-    common::require_root_and(&["ip", "wireguard-go", "wg", "ping", "nft"]);
+    require_netns(&["wireguard-go", "wg", "ping", "nft"]);
     // The lab runs the sibling binaries; make sure they are built and current.
     common::build_workspace_binaries();
 
@@ -192,24 +195,45 @@ fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
         &bin.join("nanami-device").to_string_lossy(),
         "--report-interval-ms",
         "1000",
+        "--metrics-listen",
+        "127.0.0.1:0",
     ]);
-    spawn(
+    let mut daemon = spawn(
         &dir,
         &gw,
         "daemon-gw-lab",
         &bin.join("nanami-gateway-daemon"),
         &daemon_args,
     );
-    wait_until(
+    daemon.wait_for_output(
         "the restarted daemon to serve its last-known-good state",
         Duration::from_secs(15),
+        |log| log.contains("serving the last-known-good").then_some(()),
+    );
+    // Forwarding is judged once the daemon has put that state in force over the
+    // adopted device: its own /metrics (on the port it reports) says it is ready.
+    let metrics = daemon.wait_for_output("its /metrics address", Duration::from_secs(15), |log| {
+        reported_addr(log, "serving /metrics addr=Some(")
+    });
+    wait_until(
+        "the restarted daemon to apply its last-known-good state",
+        Duration::from_secs(30),
         || {
-            std::fs::read_to_string(dir.join("daemon-gw-lab.log"))
-                .unwrap_or_default()
-                .contains("serving the last-known-good")
+            let text = enter_named(&gw, || http_get(metrics, "/metrics"));
+            let ready = text
+                .lines()
+                .any(|l| l.starts_with("nanami_daemon_ready{") && l.ends_with(" 1"));
+            if ready {
+                Ok(())
+            } else {
+                Err(text
+                    .lines()
+                    .filter(|l| l.starts_with("nanami_daemon_"))
+                    .collect::<Vec<_>>()
+                    .join("; "))
+            }
         },
     );
-    std::thread::sleep(Duration::from_secs(2));
     assert!(
         ping_ok(&c1) && ping_ok(&c2),
         "forwarding stopped after the daemon restarted"
@@ -227,7 +251,7 @@ fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
         "--report-interval-ms",
         "1000",
     ]);
-    spawn(
+    let _manager = spawn(
         &dir,
         &ctl,
         "manager",
@@ -275,6 +299,35 @@ fn lab_up_converges_pings_survives_restarts_and_down_leaves_nothing() {
     assert!(ping_ok(&c1) && ping_ok(&c2));
 
     guard.down_leaves_nothing(&["nm-gw-lab"]);
+    drop(daemon);
+}
+
+/// Starts `program` in the lab's namespace `ns` as `nanami lab` does: logging to
+/// `<dir>/<name>.log`, its pid in `<dir>/<name>.pid` (so `lab down` stops it).
+fn spawn(dir: &Path, ns: &str, name: &str, program: &Path, args: &[String]) -> Process {
+    let mut cmd = command_in(ns, program);
+    cmd.args(args);
+    let process = Process::spawn_logged(name, cmd, &dir.join(format!("{name}.log")));
+    std::fs::write(dir.join(format!("{name}.pid")), process.pid().to_string()).unwrap();
+    process
+}
+
+/// The body of `GET path` from `addr` (plain HTTP); empty when it does not answer.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
 }
 
 /// The lab's LAN hosts answer this port with their workspace's id.
@@ -282,20 +335,13 @@ const NAME_PORT: u16 = 8080;
 
 /// Connects from inside network namespace `ns` to `addr` and returns what it says.
 fn read_name(ns: &str, addr: SocketAddr) -> Option<String> {
-    let netns = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-    std::thread::spawn(move || {
-        // SAFETY: setns on a valid namespace fd changes only this thread's network
-        // namespace; the thread ends here.
-        let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    enter_named(ns, || {
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         let mut answer = String::new();
         stream.read_to_string(&mut answer).ok()?;
         Some(answer.trim().to_owned())
     })
-    .join()
-    .unwrap()
 }
 
 /// `ip -n <ns> link show <dev>` succeeds.
@@ -310,7 +356,7 @@ fn has_link(ns: &str, dev: &str) -> bool {
 
 #[test]
 fn tenants_lab_isolates_two_workspaces_with_the_same_addresses() {
-    common::require_root_and(&["ip", "wireguard-go", "wg", "ping", "nft"]);
+    require_netns(&["wireguard-go", "wg", "ping", "nft"]);
     common::build_workspace_binaries();
     let started = Instant::now();
 

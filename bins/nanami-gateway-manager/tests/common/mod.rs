@@ -8,7 +8,7 @@ use std::net::{IpAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nanami_api::wire::{Subject, TokenRequest};
 use nanami_api::Client;
@@ -74,6 +74,9 @@ fn rand_suffix() -> u64 {
     rand_core::OsRng.next_u64()
 }
 
+/// A port that was free a moment ago: racy (anything may take it before the
+/// caller binds it). Prefer [`nanami_testkit::port::Reserved`], held until the
+/// child binds the port.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -82,24 +85,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `f` until it is `Some`, failing the test after `timeout`.
-pub async fn until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// Polls an async condition until it is met (`Some`, `true`, `Ok`), failing the
+/// test after its timeout with the last observation.
+pub use nanami_testkit::wait_until_async as until;
 
 /// The manager process; killed on drop.
 pub struct ManagerProc {
@@ -127,6 +115,9 @@ impl Drop for ManagerProc {
 /// A manager directory with a topology file, and the running manager.
 pub struct Env {
     pub tmp: TempDir,
+    /// The manager's port, held for the whole test so that a restarted manager
+    /// gets it back.
+    pub port: nanami_testkit::port::Reserved,
     pub manager: ManagerProc,
     pub control: String,
     pub operator: String,
@@ -192,16 +183,18 @@ impl Env {
             .unwrap()
             .trim()
             .to_owned();
+        let port = nanami_testkit::port::Reserved::loopback();
         let manager = spawn_manager(
             &mdir,
             &tmp.0.join("topology.yaml"),
-            free_port(),
+            port.port(),
             &tmp.0.join("manager.log"),
             extra,
         )
         .await;
         Self {
             tmp,
+            port,
             manager,
             control,
             operator,
