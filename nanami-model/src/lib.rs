@@ -45,7 +45,7 @@ pub use compile::{
     CompileError,
 };
 pub use config::{ClientPeer, ExitChoice, GatewayChoice, NodeConfig};
-pub use doc::{Document, ParseError};
+pub use doc::{Document, ParseError, SerializeError};
 pub use explain::{
     explain_gateway, explain_node, ExplainError, GatewayExplanation, NodeExplanation,
 };

@@ -10,7 +10,9 @@ use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 
 use crate::plan::plan;
 use crate::platform::{Platform, PlatformEvent};
-use crate::status::{backoff_delay, Action, Condition, Config, Desired, OpError, PassError, Status};
+use crate::status::{
+    backoff_delay, Action, Condition, Config, Desired, OpError, PassError, Status,
+};
 
 /// How a pass that did not fail ended.
 enum Outcome {

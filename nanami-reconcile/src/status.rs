@@ -167,4 +167,3 @@ pub enum PassError<E: std::error::Error + 'static> {
 pub fn backoff_delay(config: &Config, failures: u32, rng: &mut dyn RngCore) -> Duration {
     crate::backoff::jittered(config.backoff_initial, config.backoff_max, failures, rng)
 }
-

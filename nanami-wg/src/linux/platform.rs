@@ -668,7 +668,10 @@ impl LinuxPlatform {
             Netns::delete(&h.name)?;
             info!(namespace = %h.name, "deleted the gateway's network namespace");
         }
-        info!(ops = removal.len(), "teardown complete: nothing of Nanami's is left");
+        info!(
+            ops = removal.len(),
+            "teardown complete: nothing of Nanami's is left"
+        );
         Ok(())
     }
 }
