@@ -9,6 +9,7 @@
 //! step (the whole result is validated, so a write either commits whole or changes
 //! nothing).
 
+use nanami_model::ErrorKind;
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -200,6 +201,13 @@ pub enum EditError {
         /// Its current revision (`None`: it does not exist).
         current: Option<String>,
     },
+}
+
+impl EditError {
+    /// Always [`ErrorKind::BadInput`]: the object named, or the precondition given.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::BadInput
+    }
 }
 
 /// Which workspaces an edit may change the compiled state of.

@@ -25,6 +25,7 @@ pub mod assign;
 pub mod compile;
 pub mod config;
 pub mod doc;
+mod error;
 pub mod explain;
 pub mod failover;
 pub mod health;
@@ -46,6 +47,7 @@ pub use compile::{
 };
 pub use config::{ClientPeer, ExitChoice, GatewayChoice, NodeConfig};
 pub use doc::{Document, ParseError, SerializeError};
+pub use error::ErrorKind;
 pub use explain::{
     explain_gateway, explain_node, ExplainError, GatewayExplanation, NodeExplanation,
 };

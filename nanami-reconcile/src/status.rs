@@ -2,6 +2,7 @@
 //! status it reports and its errors. No tokio: these travel in the manager's API and
 //! are what an embedder without the driver (feature `driver`) still needs.
 
+use nanami_model::ErrorKind;
 use std::time::Duration;
 
 use nanami_model::GatewayState;
@@ -159,6 +160,14 @@ pub enum PassError<E: std::error::Error + 'static> {
         /// Its first op.
         first: Box<Op>,
     },
+}
+
+impl<E: std::error::Error + 'static> PassError<E> {
+    /// Always [`ErrorKind::Environment`]: the machine refused an observation or
+    /// an op, or changed while the plan was applied; the next pass retries.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Environment
+    }
 }
 
 /// The backoff before retrying after `failures` failed passes in a row: doubling
