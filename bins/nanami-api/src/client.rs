@@ -1076,7 +1076,10 @@ mod tests {
             ApiError::Timeout(Duration::from_secs(1)).kind(),
             ErrorKind::Environment
         );
-        assert_eq!(Client::new("", None).unwrap_err().kind(), ErrorKind::BadInput);
+        assert_eq!(
+            Client::new("", None).unwrap_err().kind(),
+            ErrorKind::BadInput
+        );
         assert_eq!(ApiError::Decode("x".into()).kind(), ErrorKind::Bug);
     }
 
