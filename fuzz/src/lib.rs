@@ -52,7 +52,7 @@ pub fn topology(data: &[u8], json: bool) {
             if let Ok(config) = compile_node(&topology, &health, id) {
                 let _ = config.to_wg_quick(None);
                 let _ = config.to_wg(None);
-                let _ = config.to_json();
+                let _ = config.to_json().expect("a compiled configuration serializes");
             }
         }
     }

@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use nanami_model::{
-    compile_workspace, health_targets, GatewayId, GatewayState, Health, HealthTargets, Topology,
-    WorkspaceId,
+    compile_workspace, health_targets, GatewayId, GatewayState, Health, HealthTargets,
+    SerializeError, Topology, WorkspaceId,
 };
 
 /// `targets_json` of a gateway that probes nothing (and of rows stored before
@@ -35,14 +35,6 @@ pub struct GatewayRow {
 
 /// Rows whose content changed, at their next generation, with their peer counts.
 pub type Compiled = BTreeMap<GatewayId, (GatewayRow, usize)>;
-
-/// A compiled value that would not serialize: a bug, never an empty body.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bug: cannot serialize {what}: {message}")]
-pub struct SerializeBug {
-    what: &'static str,
-    message: String,
-}
 
 /// What a compile must cover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,14 +67,14 @@ pub fn content_digest(state_json: &str, targets_json: &str, uplink: Option<&str>
 
 /// Serializes a compiled value. Its types are ordered maps, strings and integers,
 /// so this cannot fail; if it ever did, that is a bug to report.
-pub fn to_json<T: serde::Serialize>(value: &T, what: &'static str) -> Result<String, SerializeBug> {
-    serde_json::to_string(value).map_err(|e| SerializeBug {
-        what,
-        message: e.to_string(),
-    })
+pub fn to_json<T: serde::Serialize>(
+    value: &T,
+    what: &'static str,
+) -> Result<String, SerializeError> {
+    serde_json::to_string(value).map_err(|e| SerializeError::new(what, e))
 }
 
-fn targets_json(targets: &HealthTargets) -> Result<String, SerializeBug> {
+fn targets_json(targets: &HealthTargets) -> Result<String, SerializeError> {
     if targets.is_empty() {
         return Ok(NO_TARGETS.to_owned());
     }
@@ -128,7 +120,7 @@ pub fn compile_changed(
     gateways: &BTreeSet<GatewayId>,
     topology: &Topology,
     health: &Health,
-) -> Result<Compiled, SerializeBug> {
+) -> Result<Compiled, SerializeError> {
     let workspaces: BTreeSet<&WorkspaceId> = gateways
         .iter()
         .filter_map(|g| topology.gateway(g).map(|(ws, _)| &ws.id))

@@ -25,8 +25,7 @@ pub use audit::{AuditEntry, AuditObject};
 pub use authz::{authorize, Action, Decision, Principal, Target};
 pub use docs::Docs;
 pub use incremental::{
-    compile_changed, content_digest, gateways_in_scope, Compiled, GatewayRow, Scope, SerializeBug,
-    NO_TARGETS,
+    compile_changed, content_digest, gateways_in_scope, Compiled, GatewayRow, Scope, NO_TARGETS,
 };
 pub use object::{
     apply, current_revision, revision, Applied, Edit, EditError, ObjectKind, ObjectRef,

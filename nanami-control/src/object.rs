@@ -9,6 +9,7 @@
 //! step (the whole result is validated, so a write either commits whole or changes
 //! nothing).
 
+use nanami_model::ErrorKind;
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -202,6 +203,13 @@ pub enum EditError {
     },
 }
 
+impl EditError {
+    /// Always [`ErrorKind::BadInput`]: the object named, or the precondition given.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::BadInput
+    }
+}
+
 /// Which workspaces an edit may change the compiled state of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Touched {
@@ -236,12 +244,13 @@ impl Applied {
 }
 
 /// An object's revision: the first 8 bytes of the SHA-256 of its JSON, in hex.
-pub fn revision<T: Serialize + ?Sized>(object: &T) -> String {
+pub fn revision<T: Serialize + std::fmt::Debug + ?Sized>(object: &T) -> String {
     use sha2::{Digest as _, Sha256};
     // The document's types are strings, numbers, booleans and lists: serializing
-    // them cannot fail. If it ever did, the Debug-free fallback still changes with
-    // nothing, so it would only ever cause a 412, never a lost write.
-    let json = serde_json::to_vec(object).unwrap_or_default();
+    // them cannot fail. If it ever did, the digest of the Debug form still tells
+    // objects apart (never one empty text shared by every object, which would let
+    // an `If-Match` of one pass for another).
+    let json = serde_json::to_vec(object).unwrap_or_else(|_| format!("{object:?}").into_bytes());
     Sha256::digest(&json)
         .iter()
         .take(8)
@@ -292,7 +301,7 @@ pub fn list(
     kind: ObjectKind,
     workspace: Option<&str>,
 ) -> Vec<(String, serde_json::Value)> {
-    fn entry<T: Serialize>(v: &T) -> (String, serde_json::Value) {
+    fn entry<T: Serialize + std::fmt::Debug>(v: &T) -> (String, serde_json::Value) {
         (
             revision(v),
             serde_json::to_value(v).unwrap_or(serde_json::Value::Null),

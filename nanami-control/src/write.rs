@@ -4,6 +4,7 @@
 //! compiled and stored. The caller compiles ([`crate::compile_changed`] over
 //! [`Prepared::gateways`]), stores and publishes.
 
+use nanami_model::ErrorKind;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -11,8 +12,9 @@ use nanami_model::doc::{RegionDoc, WorkspaceDoc};
 use nanami_model::{GatewayId, Topology, ValidationErrors, WorkspaceId};
 
 use crate::docs::Docs;
-use crate::incremental::{gateways_in_scope, to_json, Scope, SerializeBug};
+use crate::incremental::{gateways_in_scope, to_json, Scope};
 use crate::object::{apply, Applied, Edit, EditError, ObjectKind, Precondition, Touched};
+use nanami_model::SerializeError;
 
 /// Why a write was refused; nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,6 +25,13 @@ pub enum WriteError {
     /// The result would not be a valid topology: every problem, with its path.
     #[error(transparent)]
     Invalid(#[from] ValidationErrors),
+}
+
+impl WriteError {
+    /// Always [`ErrorKind::BadInput`]: the edit, or the document it makes.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::BadInput
+    }
 }
 
 /// An accepted write, before it is compiled and stored.
@@ -57,7 +66,7 @@ impl Prepared {
 
     /// The document rows it changes: all of them for an import, the catalog for a
     /// region, the touched workspaces otherwise (`None`: deleted).
-    pub fn stored(&self) -> Result<StoredDocuments, SerializeBug> {
+    pub fn stored(&self) -> Result<StoredDocuments, SerializeError> {
         let docs = &self.applied.docs;
         let json = |w: &WorkspaceDoc| to_json(w, "a workspace document");
         let catalog = || to_json(docs.regions.as_ref(), "the region catalog");
@@ -68,7 +77,7 @@ impl Prepared {
                     .workspaces
                     .iter()
                     .map(|(id, w)| Ok((id.clone(), Some(json(w)?))))
-                    .collect::<Result<_, SerializeBug>>()?,
+                    .collect::<Result<_, SerializeError>>()?,
                 replace_all: true,
             },
             ObjectKind::Region => StoredDocuments {
@@ -92,7 +101,7 @@ impl Prepared {
                             let doc = docs.workspace(&id).map(json).transpose()?;
                             Ok((id, doc))
                         })
-                        .collect::<Result<_, SerializeBug>>()?,
+                        .collect::<Result<_, SerializeError>>()?,
                     replace_all: false,
                 }
             }

@@ -451,8 +451,9 @@ impl NodeConfig {
     }
 
     /// Pretty JSON, the form the manager serves.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_default()
+    pub fn to_json(&self) -> Result<String, crate::doc::SerializeError> {
+        serde_json::to_string_pretty(self)
+            .map_err(|e| crate::doc::SerializeError::new("a node configuration", e))
     }
 }
 

@@ -18,6 +18,26 @@ pub const MAX_DOCUMENT_BYTES: usize = 32 * 1024 * 1024;
 /// The only document version this crate reads.
 pub const VERSION: u32 = 1;
 
+/// A value of Nanami's own types could not be written. Never bad input: their
+/// fields are strings, numbers, booleans, lists and ordered maps, so this is a bug
+/// (report it), and it is returned rather than hidden behind an empty text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bug: {what} could not be serialized: {message}")]
+pub struct SerializeError {
+    what: &'static str,
+    message: String,
+}
+
+impl SerializeError {
+    /// `what` failed to serialize with `error`.
+    pub fn new(what: &'static str, error: impl std::fmt::Display) -> Self {
+        Self {
+            what,
+            message: error.to_string(),
+        }
+    }
+}
+
 /// Why a document could not be read at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -386,14 +406,14 @@ impl Document {
     }
 
     /// Writes YAML.
-    pub fn to_yaml(&self) -> String {
-        // Serializing plain strings, numbers and lists cannot fail.
-        serde_yaml_ng::to_string(self).unwrap_or_default()
+    pub fn to_yaml(&self) -> Result<String, SerializeError> {
+        serde_yaml_ng::to_string(self).map_err(|e| SerializeError::new("a topology document", e))
     }
 
     /// Writes pretty JSON.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_default()
+    pub fn to_json(&self) -> Result<String, SerializeError> {
+        serde_json::to_string_pretty(self)
+            .map_err(|e| SerializeError::new("a topology document", e))
     }
 }
 

@@ -25,6 +25,7 @@ pub mod assign;
 pub mod compile;
 pub mod config;
 pub mod doc;
+mod error;
 pub mod explain;
 pub mod failover;
 pub mod health;
@@ -45,7 +46,8 @@ pub use compile::{
     CompileError,
 };
 pub use config::{ClientPeer, ExitChoice, GatewayChoice, NodeConfig};
-pub use doc::{Document, ParseError};
+pub use doc::{Document, ParseError, SerializeError};
+pub use error::ErrorKind;
 pub use explain::{
     explain_gateway, explain_node, ExplainError, GatewayExplanation, NodeExplanation,
 };

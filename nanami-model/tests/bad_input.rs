@@ -87,10 +87,10 @@ workspaces:
 fn rejected(doc: &Document) -> ValidationErrors {
     let errs = Topology::from_document(doc).expect_err("the document should be refused");
     assert!(!errs.0.is_empty());
-    let json = doc.to_json();
+    let json = doc.to_json().unwrap();
     let again = Topology::from_json(&json).expect_err("refused as JSON too");
     assert_eq!(again, TopologyError::Invalid(errs.clone()), "{json}");
-    let yaml = doc.to_yaml();
+    let yaml = doc.to_yaml().unwrap();
     match Topology::from_yaml(&yaml) {
         Err(TopologyError::Invalid(again)) => assert_eq!(again, errs, "{yaml}"),
         // `to_yaml` writes control characters raw, which YAML then refuses to read:
@@ -644,7 +644,7 @@ fn quotes_in_plain_scalars_do_not_hide_deep_nesting() {
 fn brackets_inside_quoted_names_are_not_nesting() {
     let mut doc = base();
     doc.workspaces[0].tenant = format!("acme {}", "[{".repeat(100));
-    let yaml = doc.to_yaml();
+    let yaml = doc.to_yaml().unwrap();
     assert!(Topology::from_yaml(&yaml).is_ok(), "{yaml}");
 }
 

@@ -18,7 +18,7 @@ fn compiled_bytes(t: &Topology, health: &Health) -> String {
     let mut out = serde_json::to_string(&compile_all(t, health)).unwrap();
     for id in t.node_ids() {
         match compile_node(t, health, id) {
-            Ok(c) => out.push_str(&c.to_json()),
+            Ok(c) => out.push_str(&c.to_json().unwrap()),
             Err(e) => out.push_str(&e.to_string()),
         }
     }
@@ -342,7 +342,7 @@ proptest! {
 
     #[test]
     fn mutated_text_never_panics(doc in common::document(), edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
-        let mut bytes = doc.to_yaml().into_bytes();
+        let mut bytes = doc.to_yaml().unwrap().into_bytes();
         for (at, b) in edits {
             let i = at.index(bytes.len());
             bytes[i] = b;
@@ -353,7 +353,7 @@ proptest! {
             let h = Health::all_up();
             let _ = compiled_bytes(&t, &h);
         }
-        let json = doc.to_json();
+        let json = doc.to_json().unwrap();
         let cut = &json[..json.len() / 2];
         prop_assert!(Topology::from_json(cut).is_err());
     }

@@ -17,6 +17,11 @@
 //! - [`sim::SimPlatform`] is an in-memory platform with fault injection, for tests of
 //!   the controller and of whatever embeds it.
 //!
+//! The pure core (`plan`, [`Plan`], [`Op`], [`Observed`], [`Status`], [`Config`],
+//! [`Backoff`]…) needs no runtime. [`Reconciler`], [`Platform`] and [`sim`] are the
+//! driver, behind the default feature `driver`, the only part that uses tokio:
+//! `default-features = false` gives the core alone.
+//!
 //! ## The laws of `plan`
 //!
 //! For any desired `d` that is fully owned (see [`GatewayState::owned`]) and any
@@ -48,16 +53,21 @@ pub mod backoff;
 mod observed;
 mod op;
 mod plan;
+#[cfg(feature = "driver")]
 mod platform;
+#[cfg(feature = "driver")]
 mod reconciler;
+#[cfg(feature = "driver")]
 pub mod sim;
+mod status;
 
 pub use backoff::Backoff;
 pub use nanami_model::GatewayState;
 pub use observed::{Observed, PeerTelemetry};
 pub use op::{Op, OpKind, Phase};
 pub use plan::{plan, Plan};
+#[cfg(feature = "driver")]
 pub use platform::{ObjectKind, Platform, PlatformEvent};
-pub use reconciler::{
-    backoff_delay, Action, Condition, Config, Desired, OpError, PassError, Reconciler, Status,
-};
+#[cfg(feature = "driver")]
+pub use reconciler::Reconciler;
+pub use status::{backoff_delay, Action, Condition, Config, Desired, OpError, PassError, Status};

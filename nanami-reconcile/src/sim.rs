@@ -6,6 +6,7 @@
 //! fails here too. It also refuses any op on an object Nanami does not own, which
 //! turns a violation of the ownership law into a visible test failure.
 
+use nanami_model::ErrorKind;
 use std::collections::{BTreeMap, BTreeSet};
 
 use nanami_model::{GatewayState, InterfaceName, PublicKey};
@@ -49,6 +50,17 @@ pub enum SimError {
         /// The op, rendered.
         op: String,
     },
+}
+
+impl SimError {
+    /// Injected faults are [`ErrorKind::Environment`]; an op on an interface
+    /// that is missing or not Nanami's is a [`ErrorKind::Bug`] of the plan.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SimError::Injected { .. } | SimError::InjectedObserve => ErrorKind::Environment,
+            SimError::NoSuchInterface { .. } | SimError::NotOwned { .. } => ErrorKind::Bug,
+        }
+    }
 }
 
 type ApplyHook = Box<dyn FnMut(u64, &Op) + Send>;

@@ -16,6 +16,7 @@
 //! opened inside a namespace while the rest of the process stays where it is.
 //! Threads spawned from inside such a closure inherit the namespace.
 
+use nanami_model::ErrorKind;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -52,6 +53,17 @@ pub enum NetnsError {
         #[source]
         source: io::Error,
     },
+}
+
+impl NetnsError {
+    /// A bad name is [`ErrorKind::BadInput`]; the kernel's refusals are
+    /// [`ErrorKind::Environment`].
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            NetnsError::InvalidName { .. } => ErrorKind::BadInput,
+            NetnsError::Io { .. } => ErrorKind::Environment,
+        }
+    }
 }
 
 /// An open network namespace: a file descriptor that keeps it alive and lets

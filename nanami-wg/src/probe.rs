@@ -13,6 +13,7 @@
 //! IPv4 raw sockets deliver the IP header before the ICMP message; ICMPv6 raw sockets
 //! do not, and the kernel fills in and verifies the ICMPv6 checksum.
 
+use nanami_model::ErrorKind;
 use std::collections::HashMap;
 use std::io;
 use std::mem::MaybeUninit;
@@ -83,6 +84,20 @@ pub enum ProbeError {
     /// Every sequence number is taken by a ping in flight (65 536 at once): retry later.
     #[error("too many pings in flight")]
     Busy,
+}
+
+impl ProbeError {
+    /// Building a pinger outside a runtime is a [`ErrorKind::Bug`]; everything
+    /// else is the network's or the kernel's ([`ErrorKind::Environment`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ProbeError::NoRuntime => ErrorKind::Bug,
+            ProbeError::Timeout
+            | ProbeError::Io(_)
+            | ProbeError::Unsupported(_)
+            | ProbeError::Busy => ErrorKind::Environment,
+        }
+    }
 }
 
 /// Sends ICMP echo requests and waits for their replies; cheap to clone (shared).

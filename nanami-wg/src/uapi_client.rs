@@ -5,6 +5,7 @@
 //! Replies are untrusted: bounded in size, parsed strictly, and a malformed reply is
 //! an error, never a panic.
 
+use nanami_model::ErrorKind;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
@@ -45,6 +46,21 @@ pub enum UapiClientError {
     /// The reply was not valid UAPI.
     #[error("malformed UAPI reply: {0}")]
     Malformed(String),
+}
+
+impl UapiClientError {
+    /// The device refusing a request as invalid (`EINVAL`) is
+    /// [`ErrorKind::BadInput`]; the socket, other refusals and a reply that cannot
+    /// be read are [`ErrorKind::Environment`] (another program's device).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            UapiClientError::Errno(e) if *e == i64::from(libc::EINVAL) => ErrorKind::BadInput,
+            UapiClientError::Connect { .. }
+            | UapiClientError::Io(_)
+            | UapiClientError::Errno(_)
+            | UapiClientError::Malformed(_) => ErrorKind::Environment,
+        }
+    }
 }
 
 /// A device reachable through its UAPI socket.

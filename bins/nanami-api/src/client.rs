@@ -4,6 +4,7 @@
 //! and keeps connections for reuse (long-polls and reports of a fleet of daemons
 //! would otherwise each pay a TLS handshake).
 
+use nanami_model::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, PoisonError};
@@ -68,6 +69,30 @@ pub enum ApiError {
     /// The answer was not the expected JSON.
     #[error("unexpected answer: {0}")]
     Decode(String),
+}
+
+impl ApiError {
+    /// Whose move it is: a bad URL or list, and a 4xx answer, are
+    /// [`ErrorKind::BadInput`] (except 408 and 429, which say "later"); no
+    /// connection, a timeout and a 5xx answer are [`ErrorKind::Environment`]
+    /// (retry with backoff); an answer that cannot be read is a
+    /// [`ErrorKind::Bug`] (or a manager of another version).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Url(_) | Self::NoManager | Self::DuplicateManager(_) => ErrorKind::BadInput,
+            Self::Tls(e) => e.kind(),
+            Self::Connect(_) | Self::Timeout(_) => ErrorKind::Environment,
+            Self::Status { status, .. }
+                if status.is_server_error()
+                    || *status == StatusCode::REQUEST_TIMEOUT
+                    || *status == StatusCode::TOO_MANY_REQUESTS =>
+            {
+                ErrorKind::Environment
+            }
+            Self::Status { .. } => ErrorKind::BadInput,
+            Self::Decode(_) => ErrorKind::Bug,
+        }
+    }
 }
 
 impl ApiError {
@@ -1028,6 +1053,35 @@ mod tests {
 
     use super::*;
     use crate::wire::Subject;
+
+    #[test]
+    fn errors_say_whose_move_it_is() {
+        let status = |code: u16| ApiError::Status {
+            status: StatusCode::from_u16(code).unwrap(),
+            message: String::new(),
+            issues: Vec::new(),
+            current_revision: None,
+        };
+        for code in [400, 401, 403, 404, 409, 412, 413, 422] {
+            assert_eq!(status(code).kind(), ErrorKind::BadInput, "{code}");
+        }
+        for code in [408, 429, 500, 502, 503] {
+            assert_eq!(status(code).kind(), ErrorKind::Environment, "{code}");
+        }
+        assert_eq!(
+            ApiError::Connect("refused".into()).kind(),
+            ErrorKind::Environment
+        );
+        assert_eq!(
+            ApiError::Timeout(Duration::from_secs(1)).kind(),
+            ErrorKind::Environment
+        );
+        assert_eq!(
+            Client::new("", None).unwrap_err().kind(),
+            ErrorKind::BadInput
+        );
+        assert_eq!(ApiError::Decode("x".into()).kind(), ErrorKind::Bug);
+    }
 
     fn url_error(list: &str) -> String {
         match Client::new(list, None) {

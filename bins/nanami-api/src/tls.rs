@@ -1,5 +1,6 @@
 //! TLS configuration from PEM files (rustls with the `ring` provider).
 
+use nanami_model::ErrorKind;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,6 +22,18 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+}
+
+impl TlsError {
+    /// An unreadable certificate file is [`ErrorKind::BadInput`]; rustls's
+    /// refusals are [`ErrorKind::Environment`] (the peer's certificate or
+    /// handshake).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            TlsError::Pem { .. } => ErrorKind::BadInput,
+            TlsError::Rustls(_) => ErrorKind::Environment,
+        }
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

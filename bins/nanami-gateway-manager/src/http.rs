@@ -683,7 +683,14 @@ pub(crate) async fn get_topology(
     })
     .await?
     {
-        Some(json) => Ok(json_bytes(json.into_bytes())),
+        Some(Ok(json)) => Ok(json_bytes(json.into_bytes())),
+        Some(Err(e)) => {
+            error!(error = %e, "the topology cannot be exported");
+            Err(ApiErr::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.to_string(),
+            ))
+        }
         None => Err(ApiErr::new(StatusCode::NOT_FOUND, "no topology yet")),
     }
 }

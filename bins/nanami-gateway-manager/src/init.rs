@@ -2,6 +2,7 @@
 //! certificate signed by it, the control-plane and operator credentials and the
 //! store.
 
+use nanami_model::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use nanami_api::wire::CredentialKind;
@@ -32,6 +33,20 @@ pub enum InitError {
     /// The store could not be created.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl InitError {
+    /// An existing directory is [`ErrorKind::BadInput`]; the disk is
+    /// [`ErrorKind::Environment`]; a certificate that cannot be made is a
+    /// [`ErrorKind::Bug`]; the store says its own.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            InitError::Exists(_) => ErrorKind::BadInput,
+            InitError::Cert(_) => ErrorKind::Bug,
+            InitError::Io { .. } => ErrorKind::Environment,
+            InitError::Store(e) => e.kind(),
+        }
+    }
 }
 
 /// Files of a manager directory.

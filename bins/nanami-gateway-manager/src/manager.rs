@@ -37,6 +37,7 @@ use nanami_control::{
 };
 use nanami_model::doc::{RegionDoc, WorkspaceDoc};
 use nanami_model::movement::Movement;
+use nanami_model::ErrorKind;
 use nanami_model::{
     compile_node, compile_workspace_nodes, explain_gateway, explain_node, Document, ExplainError,
     GatewayExplanation, GatewayId, GatewayState, Health, NetworkId, NodeConfig, NodeExplanation,
@@ -136,6 +137,24 @@ pub enum ManagerError {
         /// Who the enrolling machine is.
         expected: Subject,
     },
+}
+
+impl ManagerError {
+    /// The store's errors say their own kind; every other refusal is about the
+    /// request ([`ErrorKind::BadInput`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ManagerError::Store(e) => e.kind(),
+            ManagerError::InvalidTopology { .. }
+            | ManagerError::Unknown(_)
+            | ManagerError::Compile(_)
+            | ManagerError::BadRequest(_)
+            | ManagerError::EnrolmentRefused
+            | ManagerError::NotFound(_)
+            | ManagerError::PreconditionFailed { .. }
+            | ManagerError::WrongSubject { .. } => ErrorKind::BadInput,
+        }
+    }
 }
 
 /// One gateway's served generation.

@@ -22,7 +22,7 @@ use nanami_api::wire::{GatewayStatus, Liveness, Precondition, Subject, TokenRequ
 use nanami_api::{ApiError, Client};
 use nanami_gateway_daemon::DaemonConfig;
 use nanami_model::doc::{MembershipDoc, NodeDoc};
-use nanami_model::{GatewayId, GatewayState, PrivateKey, PublicKey};
+use nanami_model::{GatewayId, GatewayState, NodeId, PrivateKey, PublicKey};
 use nanami_reconcile::sim::SimPlatform;
 use nanami_reconcile::Status;
 use pg::PgServer;
@@ -515,7 +515,7 @@ async fn three_managers_serve_one_fleet_and_survive_the_lease_holder_killed() {
     let stopped = daemons.remove(0);
     let gone = stopped.id.clone();
     drop(stopped);
-    for i in survivors {
+    for &i in &survivors {
         until(
             "the stopped gateway offline",
             Duration::from_secs(30),
@@ -529,6 +529,39 @@ async fn three_managers_serve_one_fleet_and_survive_the_lease_holder_killed() {
         )
         .await;
     }
+    // Its client lost its only gateway, and every survivor's movement history says
+    // so: decided on the lease holder (a health verdict), followed on the others.
+    let client = NodeId::new(gone.as_str().replacen("gw-", "c0-", 1)).unwrap();
+    let mut triggers = Vec::new();
+    for &i in &survivors {
+        let moves = until(
+            "the client's movement recorded",
+            Duration::from_secs(10),
+            || async {
+                let moves = cluster.control(i).node_movements(&client).await.ok()?;
+                (!moves.as_array()?.is_empty()).then_some(moves)
+            },
+        )
+        .await;
+        let m = &moves[0];
+        assert_eq!(
+            (&m["from"], &m["to"], &m["cause"], &m["verdict"]["verdict"]),
+            (
+                &gone.as_str().into(),
+                &serde_json::Value::Null,
+                &"left".into(),
+                &"offline".into()
+            ),
+            "manager {i}: {moves:#}"
+        );
+        triggers.push(m["trigger"].as_str().unwrap().to_owned());
+    }
+    triggers.sort();
+    assert_eq!(
+        triggers,
+        ["followed", "health"],
+        "one decides, the other follows"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -668,7 +668,7 @@ fn build(
         }
     }
     let topo_file = lab.dir.join("topology.yaml");
-    std::fs::write(&topo_file, doc.to_yaml())?;
+    std::fs::write(&topo_file, doc.to_yaml()?)?;
 
     println!("== manager (namespace {ctl}, https://{MANAGER_ADDR}:{MANAGER_PORT})");
     let mdir = lab.manager_dir();

@@ -289,7 +289,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let config = compile_node(&topology, &health(h.as_deref())?, &node)?;
             if json {
-                println!("{}", config.to_json());
+                println!("{}", config.to_json()?);
             } else {
                 print!("{}", config.to_wg_quick(None));
             }

@@ -7,6 +7,7 @@
 //! type crosses the boundary and there is no blanket `From`: each mapping below
 //! names the variants it handles.
 
+use nanami_model::ErrorKind;
 use nanami_model::KeyError;
 use nanami_wg::device::DeviceError;
 
@@ -65,6 +66,22 @@ pub enum NanamiError {
     /// start a new one.
     #[error("the tunnel is stopped")]
     Stopped,
+}
+
+impl NanamiError {
+    /// What the app passed is [`ErrorKind::BadInput`] (a configuration, a key, a
+    /// TUN fd, a call on a stopped tunnel); the system's refusals are
+    /// [`ErrorKind::Environment`].
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            NanamiError::ConfigSyntax { .. }
+            | NanamiError::InvalidConfig { .. }
+            | NanamiError::InvalidKey { .. }
+            | NanamiError::InvalidTunFd { .. }
+            | NanamiError::Stopped => ErrorKind::BadInput,
+            NanamiError::PortInUse { .. } | NanamiError::System { .. } => ErrorKind::Environment,
+        }
+    }
 }
 
 impl NanamiError {

@@ -1,5 +1,6 @@
 //! Errors of the device and of its UAPI parser.
 
+use nanami_model::ErrorKind;
 use std::io;
 use std::path::PathBuf;
 
@@ -70,6 +71,24 @@ pub enum DeviceError {
 }
 
 impl DeviceError {
+    /// A bad name or configuration is [`ErrorKind::BadInput`]; the kernel's and
+    /// the sockets' refusals, and a device shut down meanwhile, are
+    /// [`ErrorKind::Environment`].
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            DeviceError::InvalidName(_) | DeviceError::InvalidConfig(_) => ErrorKind::BadInput,
+            DeviceError::Tun { .. }
+            | DeviceError::Bind { .. }
+            | DeviceError::Uapi { .. }
+            | DeviceError::UapiInUse(_)
+            | DeviceError::Thread(_)
+            | DeviceError::Io { .. }
+            | DeviceError::ShutDown => ErrorKind::Environment,
+        }
+    }
+}
+
+impl DeviceError {
     /// The errno the UAPI protocol reports for this error.
     pub(crate) fn errno(&self) -> i32 {
         match self {
@@ -134,6 +153,13 @@ pub enum UapiError {
         /// What is wrong with the value.
         reason: String,
     },
+}
+
+impl UapiError {
+    /// Always [`ErrorKind::BadInput`]: the UAPI request.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::BadInput
+    }
 }
 
 impl UapiError {

@@ -27,6 +27,7 @@ pub mod nft;
 mod platform;
 pub mod sysctl;
 
+use nanami_model::ErrorKind;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -115,6 +116,29 @@ pub enum PlatformError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl PlatformError {
+    /// The machine's refusals (netlink, nftables, sysctls, namespaces, hosting, a
+    /// missing interface) are [`ErrorKind::Environment`]; a device's or a
+    /// namespace's error says its own; a bad key file is
+    /// [`ErrorKind::BadInput`]; an op the platform cannot do is a
+    /// [`ErrorKind::Bug`] of the plan.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            PlatformError::Device { source, .. } => source.kind(),
+            PlatformError::Uapi { source, .. } => source.kind(),
+            PlatformError::Netns(e) => e.kind(),
+            PlatformError::KeyFile { .. } => ErrorKind::BadInput,
+            PlatformError::Unsupported(_) => ErrorKind::Bug,
+            PlatformError::Netlink { .. }
+            | PlatformError::Nft(_)
+            | PlatformError::Sysctl { .. }
+            | PlatformError::NoInterface(_)
+            | PlatformError::Hosting { .. }
+            | PlatformError::Io { .. } => ErrorKind::Environment,
+        }
+    }
 }
 
 /// Runs `f` inside `netns` (on a helper thread that entered it and the caller's

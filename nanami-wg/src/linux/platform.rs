@@ -642,17 +642,18 @@ impl LinuxPlatform {
     /// and rules, the `inet nanami` table; then restores the forwarding sysctls.
     /// A hosted gateway then gives its uplink back to the host namespace (with its
     /// addresses and state) and deletes its namespace.
+    ///
+    /// The removal is the plan from what is observed to nothing, applied op by op:
+    /// the one ordering passes use (rules last added first, routes, the filter,
+    /// peers, addresses, links). Then what no observation shows goes too: devices
+    /// of this process whose link is gone, and `nm-` links whose device does not
+    /// answer.
     pub async fn teardown(&mut self) -> Result<(), PlatformError> {
         let observed = self.observe().await?;
-        let owned = observed.state.owned();
-        // Last added, first removed: an exit's catch-all before its exceptions.
-        for rule in owned.rules.iter().rev() {
-            self.netlink.del_rule(rule).await?;
+        let removal = nanami_reconcile::plan(&GatewayState::default(), &observed);
+        for op in removal.ops() {
+            self.apply(op).await?;
         }
-        for route in &owned.routes {
-            self.netlink.del_route(route, None).await?;
-        }
-        nft::run_script_in(self.ns(), &nft::delete_script()).await?;
         for (_, managed) in std::mem::take(&mut self.devices) {
             managed.device.shutdown();
         }
@@ -667,7 +668,10 @@ impl LinuxPlatform {
             Netns::delete(&h.name)?;
             info!(namespace = %h.name, "deleted the gateway's network namespace");
         }
-        info!("teardown complete: nothing of Nanami's is left");
+        info!(
+            ops = removal.len(),
+            "teardown complete: nothing of Nanami's is left"
+        );
         Ok(())
     }
 }

@@ -11,6 +11,7 @@
 //! manager has not seen. A shared store also tells every manager when the sequence
 //! moves ([`Store::subscribe`]).
 
+use nanami_model::ErrorKind;
 use std::collections::{BTreeMap, BTreeSet};
 
 use nanami_api::wire::Subject;
@@ -68,6 +69,23 @@ pub enum StoreError {
     /// The store's address or options are wrong (bad input, not the database).
     #[error("store: {0}")]
     Config(String),
+}
+
+impl StoreError {
+    /// A bad store URL or setting is [`ErrorKind::BadInput`]; everything else is
+    /// the database's, the disk's or another manager's
+    /// ([`ErrorKind::Environment`]: retry, or for a corrupt or newer store, act).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Config(_) => ErrorKind::BadInput,
+            StoreError::Db(_)
+            | StoreError::Unavailable(_)
+            | StoreError::Io(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::Stale { .. }
+            | StoreError::SchemaTooNew { .. } => ErrorKind::Environment,
+        }
+    }
 }
 
 /// A SHA-256 digest of a credential or token.
