@@ -113,3 +113,58 @@ pub fn by_generation(offered: u64, held: u64, same_content: bool) -> Freshness {
         std::cmp::Ordering::Equal => Freshness::Forked,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use nanami_model::{NodeId, WorkspaceId};
+
+    use super::*;
+
+    fn saved(version: &str, mtu: u32) -> VersionedConfig {
+        VersionedConfig {
+            version: version.into(),
+            config: NodeConfig {
+                node: NodeId::new("laptop-1").unwrap(),
+                workspace: WorkspaceId::new("acme").unwrap(),
+                public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
+                    .parse()
+                    .unwrap(),
+                addresses: BTreeSet::new(),
+                mtu,
+                peers: Vec::new(),
+                unassigned: BTreeSet::new(),
+                gateways: BTreeMap::new(),
+                exit: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_client_configuration_already_in_force_is_the_same() {
+        let current = saved("aa11", 1420);
+        assert_eq!(
+            saved("aa11", 1420).freshness(&current),
+            Freshness::Same,
+            "the same version again (another manager, after a switch)"
+        );
+        assert_eq!(
+            saved("aa11", 1280).freshness(&current),
+            Freshness::Same,
+            "the version in force, whatever it carries"
+        );
+        assert_eq!(
+            saved("bb22", 1420).freshness(&current),
+            Freshness::Same,
+            "the same configuration under another version"
+        );
+        assert_eq!(saved("bb22", 1280).freshness(&current), Freshness::Newer);
+    }
+
+    #[test]
+    fn generations_order_and_fork() {
+        assert_eq!(by_generation(3, 2, false), Freshness::Newer);
+        assert_eq!(by_generation(1, 2, true), Freshness::Older);
+        assert_eq!(by_generation(2, 2, true), Freshness::Same);
+        assert_eq!(by_generation(2, 2, false), Freshness::Forked);
+    }
+}
