@@ -7,10 +7,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use nanami_model::{Failover, GatewayId, ProbePolicy};
+use nanami_reconcile::backoff::SplitMix64;
 use nanami_reconcile::Backoff;
 
 use crate::desired::{DesiredState, Freshness};
-use crate::rng::SplitMix64;
 
 /// The first wait after a round of failures is drawn from 100–200 ms: a manager
 /// restarting, or a switch to another, is barely noticed.
@@ -300,7 +300,7 @@ impl<D: DesiredState> Agent<D> {
                 down: BTreeSet::new(),
             }),
             config,
-            rng: SplitMix64::new(seed),
+            rng: SplitMix64(seed),
             pending: Pending::Idle,
             stopped: false,
             enrolled: false,
@@ -373,18 +373,14 @@ impl<D: DesiredState> Agent<D> {
         manager: usize,
         credential: Credential,
     ) -> Vec<Action<D>> {
-        let mut out = Vec::new();
-        if !self.expects(Request::Enrol, manager) {
-            return out;
-        }
-        self.answered(manager, &mut out);
-        self.enrolled = true;
-        out.push(Action::PersistCredential(credential));
-        out.push(Action::Notify(Event::Enrolled { manager }));
-        self.next_report = self.config.report_every.map(|_| now);
-        self.send(Request::Poll, &mut out);
-        self.timers(now, &mut out);
-        out
+        self.answer(now, Request::Enrol, manager, |agent, out| {
+            agent.answered(manager, out);
+            agent.enrolled = true;
+            out.push(Action::PersistCredential(credential));
+            out.push(Action::Notify(Event::Enrolled { manager }));
+            agent.next_report = agent.config.report_every.map(|_| now);
+            agent.send(Request::Poll, out);
+        })
     }
 
     /// The enrolment at `manager` failed: an unreachable manager is retried (the
@@ -397,19 +393,12 @@ impl<D: DesiredState> Agent<D> {
         manager: usize,
         failure: Failure,
     ) -> Vec<Action<D>> {
-        let mut out = Vec::new();
-        if !self.expects(Request::Enrol, manager) {
-            return out;
-        }
-        match failure {
-            Failure::Unreachable => self.unreachable(now, Request::Enrol, &mut out),
+        self.answer(now, Request::Enrol, manager, |agent, out| match failure {
+            Failure::Unreachable => agent.unreachable(now, Request::Enrol, out),
             Failure::Unauthorized | Failure::Rejected => {
-                self.stop(Fatal::EnrolmentRefused { manager }, &mut out);
-                return out;
+                agent.stop(Fatal::EnrolmentRefused { manager }, out);
             }
-        }
-        self.timers(now, &mut out);
-        out
+        })
     }
 
     /// `manager` answered the long-poll with `desired`. Newer: saved, applied,
@@ -417,12 +406,15 @@ impl<D: DesiredState> Agent<D> {
     /// the held one stays in force, and the manager is asked again after the
     /// backoff (asked at once, it would give the same again).
     pub fn handle_desired(&mut self, now: Duration, manager: usize, desired: D) -> Vec<Action<D>> {
-        let mut out = Vec::new();
-        if !self.expects(Request::Poll, manager) {
-            return out;
-        }
-        self.answered(manager, &mut out);
-        self.answered_once = true;
+        self.answer(now, Request::Poll, manager, |agent, out| {
+            agent.answered(manager, out);
+            agent.answered_once = true;
+            agent.offer(now, desired, out);
+        })
+    }
+
+    /// A desired state from the manager, weighed against the one held.
+    fn offer(&mut self, now: Duration, desired: D, out: &mut Vec<Action<D>>) {
         let freshness = match &self.held {
             Some(held) => desired.freshness(held),
             None => Freshness::Newer,
@@ -439,8 +431,7 @@ impl<D: DesiredState> Agent<D> {
                 why,
             }));
             self.retry_later(now);
-            self.timers(now, &mut out);
-            return out;
+            return;
         }
         self.backoff.reset();
         if freshness == Freshness::Newer {
@@ -457,25 +448,19 @@ impl<D: DesiredState> Agent<D> {
                     }
                 }
             }
-            self.evaluate(now, &mut out);
+            self.evaluate(now, out);
         }
-        self.send(Request::Poll, &mut out);
-        self.timers(now, &mut out);
-        out
+        self.send(Request::Poll, out);
     }
 
     /// `manager` answered the long-poll with nothing new within its wait: ask again.
     pub fn handle_unchanged(&mut self, now: Duration, manager: usize) -> Vec<Action<D>> {
-        let mut out = Vec::new();
-        if !self.expects(Request::Poll, manager) {
-            return out;
-        }
-        self.answered(manager, &mut out);
-        self.answered_once = true;
-        self.backoff.reset();
-        self.send(Request::Poll, &mut out);
-        self.timers(now, &mut out);
-        out
+        self.answer(now, Request::Poll, manager, |agent, out| {
+            agent.answered(manager, out);
+            agent.answered_once = true;
+            agent.backoff.reset();
+            agent.send(Request::Poll, out);
+        })
     }
 
     /// The long-poll at `manager` failed. Unreachable: the next manager is asked
@@ -489,26 +474,20 @@ impl<D: DesiredState> Agent<D> {
         manager: usize,
         failure: Failure,
     ) -> Vec<Action<D>> {
-        let mut out = Vec::new();
-        if !self.expects(Request::Poll, manager) {
-            return out;
-        }
-        match failure {
-            Failure::Unreachable => self.unreachable(now, Request::Poll, &mut out),
+        self.answer(now, Request::Poll, manager, |agent, out| match failure {
+            Failure::Unreachable => agent.unreachable(now, Request::Poll, out),
             Failure::Unauthorized => {
-                let retry_in = self.retry_later(now);
+                let retry_in = agent.retry_later(now);
                 out.push(Action::Notify(Event::CredentialRefused {
                     manager,
                     retry_in,
                 }));
             }
             Failure::Rejected => {
-                let retry_in = self.retry_later(now);
+                let retry_in = agent.retry_later(now);
                 out.push(Action::Notify(Event::Rejected { manager, retry_in }));
             }
-        }
-        self.timers(now, &mut out);
-        out
+        })
     }
 
     /// The reconciler applied the desired state (the tunnel is up): probing starts
@@ -631,6 +610,24 @@ impl<D: DesiredState> Agent<D> {
         if self.enrolled && self.config.report_every.is_some() {
             self.next_report = Some(now);
         }
+    }
+
+    /// An answer to `request` from `manager`: `f` takes it if it is the one
+    /// awaited (a late answer to an earlier request is ignored), then whatever is
+    /// due runs.
+    fn answer(
+        &mut self,
+        now: Duration,
+        request: Request,
+        manager: usize,
+        f: impl FnOnce(&mut Self, &mut Vec<Action<D>>),
+    ) -> Vec<Action<D>> {
+        let mut out = Vec::new();
+        if self.expects(request, manager) {
+            f(self, &mut out);
+            self.timers(now, &mut out);
+        }
+        out
     }
 
     /// Whether an answer to `request` from `manager` is the one awaited (a late

@@ -68,7 +68,6 @@ mod agent;
 mod desired;
 #[cfg(feature = "driver")]
 pub mod driver;
-mod rng;
 #[cfg(test)]
 mod tests;
 

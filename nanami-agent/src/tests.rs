@@ -91,23 +91,20 @@ fn enrols<D: DesiredState>(actions: &[Action<D>]) -> bool {
 }
 
 fn applied<D: DesiredState>(actions: &[Action<D>]) -> Vec<D> {
-    actions
-        .iter()
-        .filter_map(|a| {
-            if let Action::Apply(d) = a {
-                Some(d.clone())
-            } else {
-                None
-            }
-        })
-        .collect()
+    desired_in(actions, |a| matches!(a, Action::Apply(_)))
 }
 
 fn persisted<D: DesiredState>(actions: &[Action<D>]) -> Vec<D> {
+    desired_in(actions, |a| matches!(a, Action::PersistLkg(_)))
+}
+
+/// The desired states that the actions `which` carry.
+fn desired_in<D: DesiredState>(actions: &[Action<D>], which: fn(&Action<D>) -> bool) -> Vec<D> {
     actions
         .iter()
+        .filter(|a| which(a))
         .filter_map(|a| {
-            if let Action::PersistLkg(d) = a {
+            if let Action::Apply(d) | Action::PersistLkg(d) = a {
                 Some(d.clone())
             } else {
                 None
