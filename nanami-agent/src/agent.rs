@@ -34,6 +34,13 @@ pub struct Config {
     /// Probe the gateways of the failover lists and route around dead ones (a
     /// client); `None`: no failover (a gateway).
     pub failover: Option<ProbePolicy>,
+    /// Apply a newer desired state even when saving it as the last-known-good one
+    /// failed (a client: the manager, which just answered, has it too). `false`
+    /// (a gateway): the agent waits for the save ([`Agent::handle_persisted`])
+    /// before applying, and a failed save ([`Agent::handle_persist_failed`])
+    /// refuses the state ([`Refusal::Unsaved`]): a gateway only ever runs a state
+    /// it would come back to after a restart.
+    pub apply_unsaved: bool,
 }
 
 impl Config {
@@ -45,6 +52,7 @@ impl Config {
             backoff_max: BACKOFF_MAX,
             report_every: None,
             failover: None,
+            apply_unsaved: true,
         }
     }
 }
@@ -95,6 +103,10 @@ pub enum Refusal {
     /// It fails its checks.
     #[error("{0}")]
     Invalid(String),
+    /// It could not be saved as the last-known-good state (with
+    /// [`Config::apply_unsaved`] off): not applied either.
+    #[error("saving it failed: {0}")]
+    Unsaved(String),
 }
 
 /// Why the agent stopped for good: the driver ends its run with it.
@@ -194,7 +206,8 @@ pub enum Action<D: DesiredState> {
     /// Save the credential (0600, atomically) before using it.
     PersistCredential(Credential),
     /// Save this as the last-known-good desired state (atomically), before
-    /// applying it.
+    /// applying it; then call [`Agent::handle_persisted`] or
+    /// [`Agent::handle_persist_failed`].
     PersistLkg(D),
     /// Hand this desired state to the reconciler.
     Apply(D),
@@ -244,6 +257,9 @@ enum Pending {
     InFlight(Request),
     /// The request goes out at this time.
     RetryAt(Request, Duration),
+    /// A newer desired state is being saved; it is applied once saved
+    /// ([`Config::apply_unsaved`] off).
+    Saving,
 }
 
 /// Failover's part of the state.
@@ -271,6 +287,8 @@ pub struct Agent<D: DesiredState> {
     enrolled: bool,
     /// The last-known-good desired state.
     held: Option<D>,
+    /// The newer desired state being saved (with [`Pending::Saving`]).
+    unsaved: Option<D>,
     /// A manager has answered a long-poll since start (the first asks for the
     /// current state, so a manager that went back in time is noticed).
     answered_once: bool,
@@ -305,6 +323,7 @@ impl<D: DesiredState> Agent<D> {
             stopped: false,
             enrolled: false,
             held: None,
+            unsaved: None,
             answered_once: false,
             manager: 0,
             last_answered: None,
@@ -435,22 +454,74 @@ impl<D: DesiredState> Agent<D> {
         }
         self.backoff.reset();
         if freshness == Freshness::Newer {
+            if !self.config.apply_unsaved {
+                // Applied once saved (handle_persisted).
+                out.push(Action::PersistLkg(desired.clone()));
+                self.unsaved = Some(desired);
+                self.pending = Pending::Saving;
+                return;
+            }
             out.push(Action::Notify(Event::Accepted {
                 version: desired.version(),
             }));
             out.push(Action::PersistLkg(desired.clone()));
-            out.push(Action::Apply(desired.clone()));
-            self.held = Some(desired);
-            if let Some(p) = &mut self.probing {
-                if p.started {
-                    if let Some(held) = &self.held {
-                        p.failover.watch(held.probe_targets().into_keys(), now);
-                    }
-                }
-            }
-            self.evaluate(now, out);
+            self.accept(now, desired, out);
         }
         self.send(Request::Poll, out);
+    }
+
+    /// `desired` (newer, saved or not) is put in force.
+    fn accept(&mut self, now: Duration, desired: D, out: &mut Vec<Action<D>>) {
+        out.push(Action::Apply(desired.clone()));
+        self.held = Some(desired);
+        if let Some(p) = &mut self.probing {
+            if p.started {
+                if let Some(held) = &self.held {
+                    p.failover.watch(held.probe_targets().into_keys(), now);
+                }
+            }
+        }
+        self.evaluate(now, out);
+    }
+
+    /// The last [`Action::PersistLkg`] succeeded. With [`Config::apply_unsaved`]
+    /// off, the state is now applied and the manager asked past it; otherwise
+    /// nothing (it was applied already).
+    pub fn handle_persisted(&mut self, now: Duration) -> Vec<Action<D>> {
+        let mut out = Vec::new();
+        if self.stopped || self.pending != Pending::Saving {
+            return out;
+        }
+        if let Some(desired) = self.unsaved.take() {
+            out.push(Action::Notify(Event::Accepted {
+                version: desired.version(),
+            }));
+            self.accept(now, desired, &mut out);
+        }
+        self.send(Request::Poll, &mut out);
+        self.timers(now, &mut out);
+        out
+    }
+
+    /// The last [`Action::PersistLkg`] failed (`error` says why). With
+    /// [`Config::apply_unsaved`] off, the state is refused ([`Refusal::Unsaved`]):
+    /// not applied, the one held stays in force, and the manager is asked again
+    /// after the backoff (the save is tried again then). Otherwise nothing: the
+    /// state was applied anyway.
+    pub fn handle_persist_failed(&mut self, now: Duration, error: String) -> Vec<Action<D>> {
+        let mut out = Vec::new();
+        if self.stopped || self.pending != Pending::Saving {
+            return out;
+        }
+        if let Some(desired) = self.unsaved.take() {
+            out.push(Action::Notify(Event::Refused {
+                offered: desired.version(),
+                why: Refusal::Unsaved(error),
+            }));
+        }
+        self.retry_later(now);
+        self.timers(now, &mut out);
+        out
     }
 
     /// `manager` answered the long-poll with nothing new within its wait: ask again.
@@ -573,7 +644,7 @@ impl<D: DesiredState> Agent<D> {
         let deadlines = [
             match self.pending {
                 Pending::RetryAt(_, at) => Some(at),
-                Pending::Idle | Pending::InFlight(_) => None,
+                Pending::Idle | Pending::InFlight(_) | Pending::Saving => None,
             },
             self.next_report
                 .filter(|_| self.enrolled && self.config.report_every.is_some()),
@@ -698,6 +769,7 @@ impl<D: DesiredState> Agent<D> {
     fn stop(&mut self, fatal: Fatal, out: &mut Vec<Action<D>>) {
         self.stopped = true;
         self.pending = Pending::Idle;
+        self.unsaved = None;
         out.push(Action::Stop(fatal));
     }
 }

@@ -38,7 +38,10 @@
 //!   again). A newer desired state is saved ([`Action::PersistLkg`]) then
 //!   applied; the same one is nothing; an older one, a forked one or one failing
 //!   its checks is refused ([`Event::Refused`]) and neither saved nor applied,
-//!   and the manager is asked again after the backoff.
+//!   and the manager is asked again after the backoff. A state that could not be
+//!   saved is applied anyway (a client: the manager has it too) or, with
+//!   [`Config::apply_unsaved`] off (a gateway), refused like the others: the
+//!   agent applies it only after [`Agent::handle_persisted`].
 //! - **Reports** (a gateway, [`Config::report_every`]): every `report_every`
 //!   once enrolled, and at once after [`Agent::handle_applied`] and
 //!   [`Agent::handle_status_changed`] ([`Action::Report`], to the manager in
@@ -59,8 +62,10 @@
 //! [`Agent::handle_tick`] when the last [`Action::Wait`] falls due (earlier is
 //! harmless); calls [`Agent::handle_applied`] when the reconciler applied a
 //! state, [`Agent::handle_probe_reply`] for each probe answer; stops at
-//! [`Action::Stop`]. A failed [`Action::PersistLkg`] is logged and the state
-//! applied anyway (the manager, which just answered, has it too).
+//! [`Action::Stop`]. After each [`Action::PersistLkg`] it calls
+//! [`Agent::handle_persisted`] or [`Agent::handle_persist_failed`] and does
+//! what they return next (with [`Config::apply_unsaved`] on, nothing: the state
+//! was applied anyway).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -267,6 +267,74 @@ fn lkg_refuses_an_older_generation_and_a_forked_one() {
 }
 
 #[test]
+fn a_gateway_refuses_a_desired_state_it_could_not_save() {
+    let config = Config {
+        apply_unsaved: false,
+        ..Config::new(1)
+    };
+    let mut agent = Agent::new(config, 11);
+    agent.handle_start(ms(0), resumed(Some(gen(5))));
+    // Generation 6 is saved first; nothing is applied nor asked before the save.
+    let out = agent.handle_desired(ms(10), 0, gen(6));
+    assert_eq!(persisted(&out), vec![gen(6)]);
+    assert!(
+        applied(&out).is_empty() && polls(&out).is_empty(),
+        "{out:?}"
+    );
+    assert_eq!(agent.held(), Some(&gen(5)));
+    // A late answer while saving changes nothing.
+    assert!(agent.handle_unchanged(ms(11), 0).is_empty());
+    // The save failed: refused, generation 5 stays in force, asked again after
+    // the backoff (past 5, so generation 6 comes again and is saved again).
+    let out = agent.handle_persist_failed(ms(20), "disk full".into());
+    assert_eq!(
+        out.first(),
+        Some(&Action::Notify(Event::Refused {
+            offered: 6,
+            why: Refusal::Unsaved("disk full".into())
+        }))
+    );
+    assert!(
+        applied(&out).is_empty() && polls(&out).is_empty(),
+        "{out:?}"
+    );
+    assert_eq!(agent.held(), Some(&gen(5)));
+    let retry = wait(&out).expect("a retry");
+    assert!(
+        retry > ms(20) && retry <= ms(20) + BACKOFF_FIRST,
+        "{retry:?}"
+    );
+    assert!(
+        agent.handle_persisted(retry).is_empty(),
+        "nothing is being saved"
+    );
+    let out = agent.handle_tick(retry);
+    assert_eq!(polls(&out), vec![(0, Some(5))]);
+    let out = agent.handle_desired(retry, 0, gen(6));
+    assert_eq!(persisted(&out), vec![gen(6)]);
+    // Saved this time: applied, then the manager is asked past it.
+    let out = agent.handle_persisted(retry + ms(1));
+    assert_eq!(applied(&out), vec![gen(6)]);
+    assert_eq!(polls(&out), vec![(0, Some(6))]);
+    assert_eq!(agent.held(), Some(&gen(6)));
+}
+
+#[test]
+fn a_client_applies_a_desired_state_it_could_not_save() {
+    let mut agent = Agent::new(Config::new(1), 12);
+    agent.handle_start(ms(0), resumed(Some(gen(5))));
+    let out = agent.handle_desired(ms(10), 0, gen(6));
+    assert_eq!(persisted(&out), vec![gen(6)]);
+    assert_eq!(applied(&out), vec![gen(6)]);
+    assert_eq!(polls(&out), vec![(0, Some(6))]);
+    assert!(agent
+        .handle_persist_failed(ms(11), "disk full".into())
+        .is_empty());
+    assert!(agent.handle_persisted(ms(11)).is_empty());
+    assert_eq!(agent.held(), Some(&gen(6)));
+}
+
+#[test]
 fn a_desired_state_failing_its_checks_is_refused() {
     let mut agent = Agent::new(Config::new(1), 7);
     agent.handle_start(ms(0), resumed(None));

@@ -94,6 +94,15 @@ pub enum DriverError {
     /// No manager was given.
     #[error("no manager given")]
     NoManager,
+    /// The manager refused the enrolment token ([`Fatal::EnrolmentRefused`]),
+    /// with the manager's word on why.
+    #[error("{manager} refused the enrolment token: {reason}")]
+    EnrolmentRefused {
+        /// The manager's URL.
+        manager: String,
+        /// Why (the manager's error, or the subject the token was for).
+        reason: String,
+    },
 }
 
 /// How [`run`] runs.
@@ -201,24 +210,19 @@ pub async fn run<F: Follow, W: Wiring<F::Desired>>(
         );
         let mut request: Option<BoxFuture<'_, Outcome<F::Desired>>> = None;
         let mut report: Option<BoxFuture<'_, (usize, Result<(), ApiError>)>> = None;
+        // A report asked for while one is out goes out when it is back.
+        let mut report_again: Option<usize> = None;
         let mut wake: Option<Duration> = None;
         let mut reporting_failed = false;
         let mut inputs_open = true;
+        // Why the last enrolment failed, for the error that ends the run.
+        let mut enrol_error: Option<(usize, String)> = None;
         tokio::pin!(shutdown);
         loop {
-            let at = now();
-            wake = actions
-                .iter()
-                .rev()
-                .find_map(|a| {
-                    if let Action::Wait { until } = a {
-                        Some(*until)
-                    } else {
-                        None
-                    }
-                })
-                .or(wake.filter(|w| *w > at));
-            for action in actions.drain(..) {
+            // The last wait given stands until another replaces it or it falls due
+            // (a tick with nothing due gives none).
+            let mut queue: std::collections::VecDeque<_> = actions.drain(..).collect();
+            while let Some(action) = queue.pop_front() {
                 match action {
                     Action::Enrol { manager } => {
                         let client = clients[manager].clone();
@@ -249,18 +253,26 @@ pub async fn run<F: Follow, W: Wiring<F::Desired>>(
                             .collect();
                     }
                     Action::PersistLkg(desired) => {
-                        if let Err(e) = store.save_lkg(&desired) {
-                            warn!(error = %e, "cannot save the desired state; using it anyway");
-                        }
+                        let next = match store.save_lkg(&desired) {
+                            Ok(()) => agent.handle_persisted(now()),
+                            Err(e) => {
+                                if settings.agent.apply_unsaved {
+                                    warn!(error = %e, "cannot save the desired state; using it anyway");
+                                } else {
+                                    error!(error = %e, "cannot save the desired state; not using it");
+                                }
+                                agent.handle_persist_failed(now(), e.to_string())
+                            }
+                        };
+                        // The rest of this batch (if any) comes first.
+                        queue.extend(next);
                     }
                     Action::Apply(desired) => wiring.apply(&desired),
                     Action::Report { manager } => {
-                        if report.is_none() {
-                            let span = info_span!("report", manager = %urls[manager]);
-                            let sent = follow.report(clients[manager].clone());
-                            report = Some(Box::pin(
-                                async move { (manager, sent.await) }.instrument(span),
-                            ));
+                        if report.is_some() {
+                            report_again = Some(manager);
+                        } else {
+                            report = Some(send_report(follow, &clients, &urls, manager));
                         }
                     }
                     Action::Probe { targets } => wiring.probe(&targets),
@@ -272,12 +284,24 @@ pub async fn run<F: Follow, W: Wiring<F::Desired>>(
                         }
                         wiring.switch_gateways(&down);
                     }
-                    Action::Notify(event) => log(&event, &urls),
+                    Action::Notify(event) => {
+                        log(&event, &urls, agent.held().map(DesiredState::version));
+                    }
                     Action::Stop(fatal) => {
                         error!(error = %fatal, "stopping");
+                        if let (Fatal::EnrolmentRefused { manager }, Some((m, reason))) =
+                            (&fatal, enrol_error.take())
+                        {
+                            if *manager == m {
+                                return Err(DriverError::EnrolmentRefused {
+                                    manager: urls[m].clone(),
+                                    reason,
+                                });
+                            }
+                        }
                         return Err(fatal.into());
                     }
-                    Action::Wait { .. } => {}
+                    Action::Wait { until } => wake = Some(until),
                 }
             }
             let sleep = async {
@@ -298,11 +322,13 @@ pub async fn run<F: Follow, W: Wiring<F::Desired>>(
                                 agent.handle_enrolled(at, manager, Credential(response.credential))
                             } else {
                                 error!(subject = %response.subject, "the token was for someone else");
+                                enrol_error = Some((manager, format!("the token was for {}, not {}", response.subject, follow.subject())));
                                 agent.handle_enrol_failed(at, manager, Failure::Rejected)
                             }
                         }
                         Outcome::Enrolled(manager, Err(e)) => {
                             warn!(error = %e, manager = %urls[manager], "enrolment failed");
+                            enrol_error = Some((manager, e.to_string()));
                             agent.handle_enrol_failed(at, manager, failure(&e))
                         }
                         Outcome::Polled(manager, Ok(Some(desired))) => agent.handle_desired(at, manager, desired),
@@ -315,6 +341,9 @@ pub async fn run<F: Follow, W: Wiring<F::Desired>>(
                 }
                 (manager, sent) = next(&mut report) => {
                     report = None;
+                    if let Some(again) = report_again.take() {
+                        report = Some(send_report(follow, &clients, &urls, again));
+                    }
                     match sent {
                         Ok(()) if reporting_failed => {
                             info!(manager = %urls[manager], "reporting to the manager again");
@@ -341,7 +370,10 @@ pub async fn run<F: Follow, W: Wiring<F::Desired>>(
                         }
                     };
                 }
-                () = sleep => actions = agent.handle_tick(now()),
+                () = sleep => {
+                    wake = None;
+                    actions = agent.handle_tick(now());
+                }
             }
         }
     }
@@ -349,7 +381,20 @@ pub async fn run<F: Follow, W: Wiring<F::Desired>>(
     .await
 }
 
-fn log<V: std::fmt::Debug>(event: &Event<V>, urls: &[String]) {
+/// One report to `manager`.
+fn send_report<'a, F: Follow>(
+    follow: &'a F,
+    clients: &[Client],
+    urls: &[String],
+    manager: usize,
+) -> BoxFuture<'a, (usize, Result<(), ApiError>)> {
+    let span = info_span!("report", manager = %urls[manager]);
+    let sent = follow.report(clients[manager].clone());
+    Box::pin(async move { (manager, sent.await) }.instrument(span))
+}
+
+/// Logs `event`; `held` is the version in force.
+fn log<V: std::fmt::Debug>(event: &Event<V>, urls: &[String], held: Option<V>) {
     let url = |m: &usize| urls.get(*m).map_or("?", String::as_str);
     match event {
         Event::ServingLastKnownGood { version } => {
@@ -357,9 +402,15 @@ fn log<V: std::fmt::Debug>(event: &Event<V>, urls: &[String]) {
         }
         Event::Enrolled { manager } => info!(manager = url(manager), "enrolled"),
         Event::Accepted { version } => info!(?version, "new desired state accepted and saved"),
-        Event::Refused { offered, why } => {
-            warn!(?offered, %why, "desired state refused; keeping the one in force");
-        }
+        Event::Refused { offered, why } => match held {
+            Some(in_force) => warn!(
+                ?offered,
+                ?in_force,
+                %why,
+                "desired state refused; keeping the one in force"
+            ),
+            None => warn!(?offered, %why, "desired state refused"),
+        },
         Event::Unreachable {
             manager,
             next,

@@ -144,6 +144,15 @@ impl<D: Serialize + DeserializeOwned> StateDir<D> {
         write_atomic(&file, &json).map_err(|e| StoreError::new(&file, e))
     }
 
+    /// Forgets the saved last-known-good state (none saved is fine).
+    pub fn remove_lkg(&self) -> Result<(), StoreError> {
+        let file = self.lkg_path();
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::new(&file, e)),
+            Ok(()) | Err(_) => Ok(()),
+        }
+    }
+
     /// Writes `bytes` to `name` in the directory (atomically), for a program's
     /// own files (a status file).
     pub fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {

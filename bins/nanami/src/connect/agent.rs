@@ -133,7 +133,7 @@ pub async fn run(
                 "not enrolled yet: give an enrolment token (--token-file) for node {} and public key {public_key}",
                 settings.node
             )),
-            Err(DriverError::Fatal(e @ Fatal::EnrolmentRefused { .. })) => Err(anyhow::Error::from(e)
+            Err(e @ (DriverError::Fatal(Fatal::EnrolmentRefused { .. }) | DriverError::EnrolmentRefused { .. })) => Err(anyhow::Error::from(e)
                 .context("enrolment refused (is this node's public key the one in the topology?)")),
             Err(e) => Err(e.into()),
         };
