@@ -15,7 +15,6 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::connect::capture_connection;
 use nanami_model::{GatewayId, NodeConfig, NodeId};
-use rand_core::OsRng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::lookup_host;
@@ -352,7 +351,7 @@ enum Verdict {
 /// time, or it answers 503, the call goes on to the next target, each target at
 /// most once, and the last failure is returned when none is left: a call is
 /// bounded by the number of targets times its timeout. Retrying later is the
-/// caller's business (with [`Backoff`]). A host name counts as one target per
+/// caller's business (`nanami_agent` does it with [`nanami_reconcile::Backoff`]). A host name counts as one target per
 /// address it resolves to (at most 8), resolved when a call is made.
 ///
 /// Connections are pooled per address (hyper-util's client), kept idle for 30 s
@@ -408,58 +407,6 @@ impl Answer {
                 current_revision: None,
             },
         }
-    }
-}
-
-/// The wait between a caller's rounds of calls while the manager(s) cannot be
-/// reached: about 200 ms, doubling to about 10 s, jittered, back to the shortest
-/// after an answer. The retry policy of the daemon's and `nanami connect`'s loops
-/// and of [`Client::enrol_retrying`] (a call already tries every manager once):
-/// [`nanami_reconcile::Backoff`] (the one backoff, with jitter, so a fleet that
-/// lost its manager together does not come back together) with these bounds and
-/// the operating system's randomness.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    policy: nanami_reconcile::Backoff,
-    next: Duration,
-}
-
-impl Backoff {
-    /// The longest first wait (it is drawn from 100–200 ms): short, so that a
-    /// manager restarting or a switch to another is barely noticed.
-    pub const FIRST: Duration = Duration::from_millis(200);
-    /// The longest wait (drawn from 5–10 s): a fleet of daemons retrying a dead
-    /// manager stays a light load, and one that comes back is found within 10 s.
-    pub const MAX: Duration = Duration::from_secs(10);
-
-    /// A backoff at its first wait.
-    pub fn new() -> Self {
-        let mut policy = nanami_reconcile::Backoff::new(Self::FIRST, Self::MAX);
-        let next = policy.next_wait(&mut OsRng);
-        Self { policy, next }
-    }
-
-    /// The wait that [`Backoff::advance`] returns next (for logs).
-    pub fn delay(&self) -> Duration {
-        self.next
-    }
-
-    /// The wait to do now; the next one is about twice as long, up to
-    /// [`Backoff::MAX`].
-    pub fn advance(&mut self) -> Duration {
-        std::mem::replace(&mut self.next, self.policy.next_wait(&mut OsRng))
-    }
-
-    /// Back to the first wait (after an answer).
-    pub fn reset(&mut self) {
-        self.policy.reset();
-        self.next = self.policy.next_wait(&mut OsRng);
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -830,25 +777,6 @@ impl Client {
             .await
     }
 
-    /// [`Client::enrol`], retried with [`Backoff`] while no manager can be reached
-    /// or answers 503 (its store is unavailable); any other answer, even a
-    /// refusal, ends it.
-    pub async fn enrol_retrying(&self, request: &EnrolRequest) -> Result<EnrolResponse, ApiError> {
-        let mut backoff = Backoff::new();
-        loop {
-            match self.enrol(request).await {
-                Err(e)
-                    if e.status()
-                        .is_none_or(|s| s == StatusCode::SERVICE_UNAVAILABLE) =>
-                {
-                    warn!(error = %e, retry_in = ?backoff.delay(), "no manager answers; retrying enrolment");
-                    tokio::time::sleep(backoff.advance()).await;
-                }
-                answer => return answer,
-            }
-        }
-    }
-
     /// `POST /v1/enrolment-tokens` (control credential).
     pub async fn create_token(&self, request: &TokenRequest) -> Result<TokenResponse, ApiError> {
         self.json(Method::POST, "/v1/enrolment-tokens", request, Repeat::Once)
@@ -1147,27 +1075,6 @@ mod tests {
             Client::with_urls(&none, None),
             Err(ApiError::NoManager)
         ));
-    }
-
-    #[test]
-    fn backoff_doubles_to_its_cap_jittered_and_resets() {
-        let mut b = Backoff::new();
-        let announced = b.delay();
-        let waits: Vec<Duration> = (0..10).map(|_| b.advance()).collect();
-        assert_eq!(waits[0], announced, "delay() tells the next wait");
-        for (n, wait) in waits.iter().enumerate() {
-            let nominal = (Backoff::FIRST * (1 << n)).min(Backoff::MAX);
-            assert!(
-                *wait >= nominal / 2 && *wait <= nominal,
-                "wait {n}: {wait:?}"
-            );
-        }
-        b.reset();
-        assert!(b.delay() <= Backoff::FIRST && b.delay() >= Backoff::FIRST / 2);
-        // Jittered: a fleet's first waits are spread out.
-        let firsts: std::collections::BTreeSet<Duration> =
-            (0..50).map(|_| Backoff::new().delay()).collect();
-        assert!(firsts.len() > 40, "{firsts:?}");
     }
 
     /// What a test server does with each request.

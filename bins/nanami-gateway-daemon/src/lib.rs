@@ -8,13 +8,19 @@
 //! (active-active, one store), it follows whichever answers, keeping its credential
 //! and last-known-good state across a switch.
 //!
+//! Following the manager is [`nanami_agent`]'s: enrolment, the long-poll over one
+//! client per manager, the backoff, the last-known-good file (`desired.json`,
+//! refusing older generations and forked ones, and refusing a state it could not
+//! save) and when to report. This crate is its wiring: what a gateway follows and
+//! reports ([`Follow`]), and the reconciler, the health prober and the metrics it
+//! feeds ([`Wiring`]).
+//!
 //! The binary (`main.rs`) picks the platform: the Linux one or, for tests and the
 //! fleet benchmark, [`nanami_reconcile::sim::SimPlatform`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod facts;
-pub mod lkg;
 pub mod metrics;
 pub mod probe;
 
@@ -24,17 +30,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
-use nanami_api::client::Backoff;
-use nanami_api::wire::{EnrolRequest, Facts, NetworkHealth, ObservedReport, Subject};
+use anyhow::{anyhow, bail, Context as _};
+use nanami_agent::driver::{self, BoxFuture, DriverError, Follow, Input, StateDir, Wiring};
+use nanami_agent::{DesiredState as _, Fatal, Freshness};
+use nanami_api::client::ApiError;
+use nanami_api::wire::{Facts, GatewayDesired, NetworkHealth, ObservedReport, Subject};
 use nanami_api::Client;
 use nanami_model::{GatewayId, HealthTargets, InterfaceName, NetworkId, PublicKey};
-use nanami_reconcile::{Observed, Op, Platform, PlatformEvent, Reconciler};
+use nanami_reconcile::{Desired, Observed, Op, Platform, PlatformEvent, Reconciler};
 use rand::SeedableRng as _;
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, info_span, warn, Instrument as _};
+use tracing::{info, info_span, Instrument as _};
 
-pub use lkg::{LastKnownGood, Offer};
 pub use probe::{IcmpProber, Outcome, ProbeConfig, ProbeFuture, Prober};
 
 /// How the daemon is set up.
@@ -83,7 +90,7 @@ pub struct DaemonConfig {
 /// an uplink) and not, or to another uplink: the platform is set up for one
 /// placement, so the daemon must tear down and start again (the binary exits with
 /// status 75 for its supervisor to restart it).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error(
     "the gateway's hosting changed (uplink {from:?} -> {to:?}): tear down and restart to move it"
 )]
@@ -103,33 +110,40 @@ pub async fn hosting(
     config: &DaemonConfig,
     key: PublicKey,
 ) -> anyhow::Result<Option<InterfaceName>> {
-    let mut lkg = LastKnownGood::load(&config.desired_file())?;
-    if lkg.current().is_some() {
-        return Ok(lkg.uplink().cloned());
+    if let Some(saved) = saved_desired(&config.state_dir)? {
+        return Ok(saved.uplink);
     }
-    let anonymous = client(config)?;
-    let credential = credential_with(&anonymous, config, key).await?;
-    let client = anonymous.with_credential(credential);
-    let mut backoff = Backoff::new();
-    loop {
-        match client
-            .desired(&config.gateway, None, config.poll_wait)
-            .await
-        {
-            Ok(Some(desired)) => {
-                lkg.offer(desired)
-                    .context("the first desired state was refused")?;
-                return Ok(lkg.uplink().cloned());
-            }
-            Ok(None) => {}
-            Err(e) => {
-                if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)) {
-                    bail!("the manager refuses this gateway's credential: {e}");
-                }
-                warn!(error = %e, retry_in = ?backoff.delay(), "waiting for the first desired state");
-            }
-        }
-        tokio::time::sleep(backoff.advance()).await;
+    let mut settings = settings(config, key)?;
+    settings.agent.report_every = None;
+    let follow = Gateway::new(config, key, None, None);
+    let (first_tx, mut first_rx) = watch::channel(None);
+    let mut wiring = First(first_tx);
+    let (_inputs, inputs_rx) = mpsc::channel(1);
+    let store = state(&config.state_dir);
+    let taken = async {
+        let _ = first_rx.wait_for(Option::is_some).await;
+    };
+    let result = driver::run(
+        settings,
+        &follow,
+        &store,
+        None,
+        &mut wiring,
+        inputs_rx,
+        taken,
+    )
+    .await;
+    ended(result, config)?;
+    let first = wiring.0.borrow().clone();
+    first.context("stopped before the first desired state")
+}
+
+/// The first desired state's uplink ([`hosting`]).
+struct First(watch::Sender<Option<Option<InterfaceName>>>);
+
+impl Wiring<GatewayDesired> for First {
+    fn apply(&mut self, desired: &GatewayDesired) {
+        self.0.send_replace(Some(desired.uplink.clone()));
     }
 }
 
@@ -155,54 +169,216 @@ pub fn ensure_key(path: &Path) -> anyhow::Result<PublicKey> {
     Ok(key.public_key())
 }
 
-fn client(config: &DaemonConfig) -> anyhow::Result<Client> {
-    Ok(Client::new(&config.manager, config.ca.as_deref())?)
+/// The gateway's state directory `dir`: key, credential, listen port and the
+/// last-known-good desired state (`desired.json`).
+pub fn state(dir: &Path) -> StateDir<GatewayDesired> {
+    StateDir::new(dir, "desired.json")
 }
 
-/// The credential, enrolling with the token if there is none yet. Retries while
-/// the manager is unreachable; fails at once if the token is refused.
-pub async fn credential(config: &DaemonConfig, key: PublicKey) -> anyhow::Result<String> {
-    credential_with(&client(config)?, config, key).await
-}
-
-/// [`credential`] through `client` (whose clones then ask first the manager that
-/// enrolled it).
-async fn credential_with(
-    client: &Client,
-    config: &DaemonConfig,
-    key: PublicKey,
-) -> anyhow::Result<String> {
-    let file = config.credential_file();
-    if let Ok(text) = std::fs::read_to_string(&file) {
-        return Ok(text.trim().to_owned());
+/// The last-known-good desired state saved in `dir`, if any. One that does not
+/// parse or names objects Nanami does not own is an error: the daemon must not
+/// guess.
+pub fn saved_desired(dir: &Path) -> anyhow::Result<Option<GatewayDesired>> {
+    let store = state(dir);
+    let saved = store.load_lkg()?;
+    if let Some(desired) = &saved {
+        desired
+            .check()
+            .map_err(|e| anyhow!("{}: {e}", store.lkg_path().display()))?;
     }
-    let Some(token) = config.token.clone() else {
-        bail!(
-            "not enrolled yet ({} is missing): give an enrolment token (--token-file)",
-            file.display()
-        );
-    };
-    let request = EnrolRequest {
-        token,
+    Ok(saved)
+}
+
+/// The agent's settings: one client per manager of `config.manager`, a report
+/// every `report_every`, and a desired state that could not be saved refused.
+fn settings(config: &DaemonConfig, key: PublicKey) -> anyhow::Result<driver::Settings> {
+    if config.manager.trim().is_empty() {
+        bail!("no manager given");
+    }
+    let urls: Vec<&str> = config.manager.split(',').collect();
+    // The list as a whole first: a duplicate is an error, as for `--manager`.
+    Client::with_urls(&urls, config.ca.as_deref())?;
+    Ok(driver::Settings {
+        managers: driver::clients(&urls, config.ca.as_deref())?,
+        token: config.token.clone(),
         public_key: key,
-        // A token for another gateway is refused before it is spent.
-        subject: Some(Subject::Gateway(config.gateway.clone())),
-    };
-    let response = client
-        .enrol_retrying(&request)
-        .await
-        .context("enrolment refused")?;
-    if response.subject != Subject::Gateway(config.gateway.clone()) {
-        bail!(
-            "the token was for {}, not gateway {}",
-            response.subject,
-            config.gateway
-        );
+        poll_wait: config.poll_wait,
+        agent: nanami_agent::Config {
+            report_every: Some(config.report_every),
+            apply_unsaved: false,
+            ..nanami_agent::Config::new(urls.len())
+        },
+    })
+}
+
+/// The driver's end as the daemon's.
+fn ended(result: Result<(), DriverError>, config: &DaemonConfig) -> anyhow::Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(DriverError::Fatal(Fatal::NotEnrolled)) => bail!(
+            "not enrolled yet ({} is missing): give an enrolment token (--token-file)",
+            config.credential_file().display()
+        ),
+        Err(
+            e @ (DriverError::Fatal(Fatal::EnrolmentRefused { .. })
+            | DriverError::EnrolmentRefused { .. }),
+        ) => Err(anyhow::Error::from(e).context("enrolment refused")),
+        Err(e) => Err(e.into()),
     }
-    nanami_wg::linux::write_atomic(&file, format!("{}\n", response.credential).as_bytes())
-        .with_context(|| format!("writing {}", file.display()))?;
-    info!(gateway = %config.gateway, public_key = %key, "enrolled");
-    Ok(response.credential)
+}
+
+/// What a gateway follows: its desired state (long-poll on the generation), and
+/// what it reports.
+struct Gateway {
+    gateway: GatewayId,
+    public_key: PublicKey,
+    /// The hosting this run serves; `None`: any ([`hosting`]).
+    serving: Option<Option<InterfaceName>>,
+    /// Set when the manager gives another hosting: the run ends.
+    hosting_changed: watch::Sender<Option<HostingChanged>>,
+    /// The desired state in force (its digest is reported).
+    in_force: Arc<watch::Sender<Option<Arc<GatewayDesired>>>>,
+    /// What reports are made of; `None`: no reports ([`hosting`]).
+    sources: Option<Sources>,
+    facts: Option<Facts>,
+}
+
+/// What a report is made of.
+struct Sources {
+    status: watch::Receiver<nanami_reconcile::Status>,
+    observed: watch::Receiver<Option<Observed>>,
+    health: watch::Receiver<BTreeMap<NetworkId, NetworkHealth>>,
+}
+
+impl Gateway {
+    fn new(
+        config: &DaemonConfig,
+        public_key: PublicKey,
+        serving: Option<Option<InterfaceName>>,
+        sources: Option<Sources>,
+    ) -> Self {
+        Self {
+            gateway: config.gateway.clone(),
+            public_key,
+            serving,
+            hosting_changed: watch::channel(None).0,
+            in_force: Arc::new(watch::channel(None).0),
+            sources,
+            facts: config.facts.clone(),
+        }
+    }
+
+    /// The manager gave the same generation again with a digest where the one in
+    /// force has none (saved before managers gave digests): it is kept, so it is
+    /// reported.
+    fn adopt_digest(&self, offered: &GatewayDesired) {
+        if offered.digest.is_none() {
+            return;
+        }
+        self.in_force.send_if_modified(|held| match held {
+            Some(h) if h.digest.is_none() && offered.freshness(h) == Freshness::Same => {
+                *held = Some(Arc::new(GatewayDesired {
+                    digest: offered.digest.clone(),
+                    ..(**h).clone()
+                }));
+                true
+            }
+            _ => false,
+        });
+    }
+
+    fn observed_report(&self, sources: &Sources) -> ObservedReport {
+        let status = sources.status.borrow().clone();
+        let observed = sources.observed.borrow().clone().unwrap_or_default();
+        ObservedReport {
+            public_key: self.public_key,
+            state: observed.state.owned(),
+            telemetry: observed.telemetry,
+            facts: self.facts.clone().unwrap_or_else(facts::read),
+            health: sources.health.borrow().clone(),
+            // The digest of the generation in force, when that is the applied one.
+            applied_digest: self
+                .in_force
+                .borrow()
+                .as_ref()
+                .filter(|d| Some(d.generation) == status.applied_generation)
+                .and_then(|d| d.digest.clone()),
+            status,
+        }
+    }
+}
+
+impl Follow for Gateway {
+    type Desired = GatewayDesired;
+
+    fn subject(&self) -> Subject {
+        Subject::Gateway(self.gateway.clone())
+    }
+
+    fn poll<'a>(
+        &'a self,
+        client: Client,
+        after: Option<u64>,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Option<GatewayDesired>, ApiError>> {
+        Box::pin(async move {
+            let Some(desired) = client.desired(&self.gateway, after, wait).await? else {
+                return Ok(None);
+            };
+            if let Some(serving) = &self.serving {
+                if desired.uplink != *serving {
+                    // Neither saved nor applied in this placement: the run ends.
+                    self.hosting_changed.send_replace(Some(HostingChanged {
+                        from: serving.clone(),
+                        to: desired.uplink,
+                    }));
+                    return std::future::pending().await;
+                }
+            }
+            self.adopt_digest(&desired);
+            Ok(Some(desired))
+        })
+    }
+
+    fn report(&self, client: Client) -> BoxFuture<'_, Result<(), ApiError>> {
+        let report = self.sources.as_ref().map(|s| self.observed_report(s));
+        Box::pin(async move {
+            match report {
+                Some(report) => client.report(&self.gateway, &report).await,
+                None => Ok(()),
+            }
+        })
+    }
+}
+
+/// Where a desired state in force goes: the reconciler, the prober's targets,
+/// the report's digest, the metrics.
+struct Reconciling {
+    desired: watch::Sender<Option<Arc<Desired>>>,
+    targets: watch::Sender<HealthTargets>,
+    in_force: Arc<watch::Sender<Option<Arc<GatewayDesired>>>>,
+    metrics: Arc<metrics::DaemonMetrics>,
+    /// The last-known-good generation served at start (not a new one for the
+    /// apply-latency metric).
+    served_at_start: Option<u64>,
+}
+
+impl Wiring<GatewayDesired> for Reconciling {
+    fn apply(&mut self, desired: &GatewayDesired) {
+        if self.served_at_start.take() != Some(desired.generation) {
+            self.metrics.accepted(desired.generation);
+        }
+        self.in_force.send_replace(Some(Arc::new(desired.clone())));
+        let (state, targets) = desired.clone().into_parts();
+        self.desired.send_replace(Some(state));
+        self.targets.send_if_modified(|t| {
+            let changed = *t != targets;
+            if changed {
+                *t = targets;
+            }
+            changed
+        });
+    }
 }
 
 /// A platform that also publishes every observation (for the report's telemetry
@@ -235,9 +411,10 @@ impl<P: Platform> Platform for Observing<P> {
 
 /// Runs the daemon until `shutdown` completes: enrols if needed, serves the
 /// last-known-good state at once (also while the manager is down), follows the
-/// manager's desired state, reconciles `platform`, reports. Dropping the platform
-/// at the end is the caller's platform's business (the Linux platform's devices
-/// live in this process today).
+/// manager's desired state, reconciles `platform`, reports. A desired state for
+/// another hosting than [`DaemonConfig::uplink`] ends the run with
+/// [`HostingChanged`]. Dropping the platform at the end is the caller's
+/// platform's business (the Linux platform's devices live in this process today).
 pub async fn run<P: Platform + 'static>(
     config: DaemonConfig,
     public_key: PublicKey,
@@ -246,16 +423,10 @@ pub async fn run<P: Platform + 'static>(
 ) -> anyhow::Result<()> {
     let span = info_span!("daemon", gateway = %config.gateway);
     async move {
-        let mut lkg = LastKnownGood::load(&config.desired_file())?;
-        if let Some(d) = lkg.current() {
-            info!(
-                generation = d.generation,
-                "serving the last-known-good desired state"
-            );
-        }
-        let (desired_tx, desired_rx) = watch::channel(lkg.current());
-        let (targets_tx, targets_rx) = watch::channel(lkg.targets().clone());
-        let (digest_tx, digest_rx) = watch::channel(applied_digest(&lkg));
+        let lkg = saved_desired(&config.state_dir)?;
+        let settings = settings(&config, public_key)?;
+        let (desired_tx, desired_rx) = watch::channel(None);
+        let (targets_tx, targets_rx) = watch::channel(HealthTargets::new());
         let (health_tx, health_rx) = watch::channel(BTreeMap::new());
         let prober = config
             .prober
@@ -314,6 +485,14 @@ pub async fn run<P: Platform + 'static>(
                     .instrument(tracing::Span::current()),
             ));
         }
+        // A new status or a new forwarding-path verdict is reported at once.
+        let (inputs_tx, inputs_rx) = mpsc::channel(16);
+        background.push(tokio::spawn(changes(
+            status_rx.clone(),
+            health_rx.clone(),
+            inputs_tx,
+            stopped(stop_rx.clone()),
+        )));
         let reconciling = tokio::spawn(
             reconciler
                 .run(stopped(stop_rx.clone()))
@@ -330,62 +509,51 @@ pub async fn run<P: Platform + 'static>(
             .instrument(tracing::Span::current()),
         );
 
-        let anonymous = client(&config)?;
-        let enrolled = {
-            let config = config.clone();
-            let anonymous = anonymous.clone();
-            let mut stop = stop_rx.clone();
-            async move {
-                tokio::select! {
-                    c = credential_with(&anonymous, &config, public_key) => c,
-                    _ = stop.wait_for(|s| *s) => bail!("stopped before enrolment"),
-                }
-            }
+        let follow = Gateway::new(
+            &config,
+            public_key,
+            Some(config.uplink.clone()),
+            Some(Sources {
+                status: status_rx,
+                observed: observed_rx,
+                health: health_rx,
+            }),
+        );
+        let mut wiring = Reconciling {
+            desired: desired_tx,
+            targets: targets_tx,
+            in_force: follow.in_force.clone(),
+            metrics: daemon_metrics,
+            served_at_start: lkg.as_ref().map(|d| d.generation),
         };
-        let work = async {
-            let credential = enrolled.await?;
-            let client = anonymous.with_credential(credential);
-            let reporter = report_loop(
-                client.clone(),
-                config.clone(),
-                public_key,
-                Sources {
-                    status: status_rx,
-                    observed: observed_rx,
-                    health: health_rx,
-                    digest: digest_rx,
-                },
-                stopped(stop_rx.clone()),
-            );
-            let poller = poll_loop(
-                client,
-                &config,
-                &mut lkg,
-                Outputs {
-                    desired: &desired_tx,
-                    targets: &targets_tx,
-                    digest: &digest_tx,
-                    metrics: &daemon_metrics,
-                },
-                stopped(stop_rx.clone()),
-            );
-            // The reporter runs until shutdown; the poller also ends when the
-            // gateway's hosting changes.
+        let mut moved = follow.hosting_changed.subscribe();
+        let until = async move {
             tokio::select! {
-                () = reporter => anyhow::Ok(()),
-                r = poller => r.map_err(anyhow::Error::from),
+                () = shutdown => {}
+                _ = moved.wait_for(Option::is_some) => {}
             }
         };
-        tokio::pin!(shutdown);
-        let result = tokio::select! {
-            r = work => r,
-            () = &mut shutdown => Ok(()),
-        };
+        let store = state(&config.state_dir);
+        let driven = driver::run(
+            settings,
+            &follow,
+            &store,
+            lkg,
+            &mut wiring,
+            inputs_rx,
+            until,
+        )
+        .await;
+        let result =
+            ended(driven, &config).and_then(|()| match follow.hosting_changed.borrow().clone() {
+                Some(changed) => Err(changed.into()),
+                None => Ok(()),
+            });
         let _ = stop_tx.send(true);
         let reconciler = reconciling.await.context("the reconciler panicked")?;
         probing.await.context("the prober panicked")?;
         for task in background {
-            task.await.context("a metrics task panicked")?;
+            task.await.context("a background task panicked")?;
         }
         info!(status = ?reconciler.status().condition, "stopped");
         result
@@ -394,184 +562,61 @@ pub async fn run<P: Platform + 'static>(
     .await
 }
 
-/// Follows the desired state: each long-poll asks for a generation above the one
-/// in force (`after`), whichever manager answers it, so after a switch to another
-/// manager nothing is skipped; and [`LastKnownGood::offer`] refuses anything older
-/// than the state in force and applies an equal one never twice, so a manager that
-/// is behind cannot move the gateway backwards.
-async fn poll_loop(
-    client: Client,
-    config: &DaemonConfig,
-    lkg: &mut LastKnownGood,
-    out: Outputs<'_>,
+/// Tells the agent of each new reconciler status and health verdict (a report
+/// goes out at once).
+async fn changes(
+    mut status: watch::Receiver<nanami_reconcile::Status>,
+    mut health: watch::Receiver<BTreeMap<NetworkId, NetworkHealth>>,
+    inputs: mpsc::Sender<Input>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), HostingChanged> {
-    let Outputs {
-        desired: desired_tx,
-        targets: targets_tx,
-        digest: digest_tx,
-        metrics,
-    } = out;
+) {
     tokio::pin!(shutdown);
-    // The first request asks for whatever the manager has, so that a manager that
-    // went back in time (restored from an old backup) is noticed and refused.
-    let mut first = true;
-    let mut backoff = Backoff::new();
     loop {
-        let after = if first { None } else { lkg.generation() };
-        let answer = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            a = client.desired(&config.gateway, after, config.poll_wait) => a,
-        };
-        match answer {
-            Ok(answer) => {
-                first = false;
-                let Some(desired) = answer else {
-                    backoff.reset();
-                    continue;
-                };
-                if desired.uplink != config.uplink {
-                    return Err(HostingChanged {
-                        from: config.uplink.clone(),
-                        to: desired.uplink,
-                    });
-                }
-                let generation = desired.generation;
-                match lkg.offer(desired) {
-                    Ok(Offer::Accepted) => {
-                        backoff.reset();
-                        info!(generation, "new desired state accepted and saved");
-                        metrics.accepted(generation);
-                        desired_tx.send_replace(lkg.current());
-                        digest_tx.send_replace(applied_digest(lkg));
-                        targets_tx.send_if_modified(|t| {
-                            let changed = t != lkg.targets();
-                            if changed {
-                                lkg.targets().clone_into(t);
-                            }
-                            changed
-                        });
-                        continue;
-                    }
-                    Ok(Offer::Same) => {
-                        backoff.reset();
-                        digest_tx.send_if_modified(|d| {
-                            let now = applied_digest(lkg);
-                            let changed = *d != now;
-                            *d = now;
-                            changed
-                        });
-                        continue;
-                    }
-                    // Asked again at once, a manager would give the same refused
-                    // state again: wait as after a failure.
-                    Err(e) => {
-                        warn!(generation, error = %e, retry_in = ?backoff.delay(), "desired state refused");
-                    }
-                }
-            }
-            Err(e) => match e.status() {
-                Some(status) if status.as_u16() == 401 || status.as_u16() == 403 => {
-                    error!(error = %e, "the manager refuses this gateway's credential; re-enrol with a new token");
-                }
-                Some(_) | None => {
-                    warn!(error = %e, retry_in = ?backoff.delay(), "cannot fetch the desired state; serving the last-known-good one")
-                }
-            },
-        }
         tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            () = tokio::time::sleep(backoff.advance()) => {}
+            () = &mut shutdown => return,
+            changed = status.changed() => if changed.is_err() { return },
+            changed = health.changed() => if changed.is_err() { return },
+        }
+        status.mark_unchanged();
+        health.mark_unchanged();
+        if inputs.send(Input::StatusChanged).await.is_err() {
+            return;
         }
     }
 }
 
-/// Where the poll loop publishes what it accepts.
-struct Outputs<'a> {
-    desired: &'a watch::Sender<Option<Arc<nanami_reconcile::Desired>>>,
-    targets: &'a watch::Sender<HealthTargets>,
-    /// The generation in force and the manager's digest of it.
-    digest: &'a watch::Sender<Option<(u64, String)>>,
-    /// Told when a generation is accepted (apply latency starts there).
-    metrics: &'a metrics::DaemonMetrics,
-}
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use nanami_model::GatewayState;
 
-/// The generation in force with the manager's digest of it, if it gave one.
-fn applied_digest(lkg: &LastKnownGood) -> Option<(u64, String)> {
-    lkg.generation().zip(lkg.digest().map(str::to_owned))
-}
+    use super::*;
 
-/// What a report is made of.
-struct Sources {
-    status: watch::Receiver<nanami_reconcile::Status>,
-    observed: watch::Receiver<Option<Observed>>,
-    health: watch::Receiver<BTreeMap<NetworkId, NetworkHealth>>,
-    /// The generation in force and the manager's digest of it.
-    digest: watch::Receiver<Option<(u64, String)>>,
-}
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nanami-daemon-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
 
-async fn report_loop(
-    client: Client,
-    config: DaemonConfig,
-    public_key: PublicKey,
-    sources: Sources,
-    shutdown: impl Future<Output = ()>,
-) {
-    let Sources {
-        status: mut status_rx,
-        observed: observed_rx,
-        health: mut health_rx,
-        digest: digest_rx,
-    } = sources;
-    tokio::pin!(shutdown);
-    let mut failing = false;
-    let mut status_open = true;
-    let mut health_open = true;
-    loop {
-        // A new status or a new forwarding-path verdict is reported at once.
-        tokio::select! {
-            () = &mut shutdown => return,
-            changed = status_rx.changed(), if status_open => {
-                if changed.is_err() {
-                    status_open = false;
-                }
-            }
-            changed = health_rx.changed(), if health_open => {
-                if changed.is_err() {
-                    health_open = false;
-                }
-            }
-            () = tokio::time::sleep(config.report_every) => {}
-        }
-        let status = status_rx.borrow_and_update().clone();
-        let observed = observed_rx.borrow().clone().unwrap_or_default();
-        let report = ObservedReport {
-            public_key,
-            status: status.clone(),
-            state: observed.state.owned(),
-            telemetry: observed.telemetry,
-            facts: config.facts.clone().unwrap_or_else(facts::read),
-            health: health_rx.borrow_and_update().clone(),
-            // The digest of the generation in force, when that is the applied one.
-            applied_digest: digest_rx
-                .borrow()
-                .as_ref()
-                .filter(|(g, _)| Some(*g) == status.applied_generation)
-                .map(|(_, d)| d.clone()),
+    #[test]
+    fn the_saved_state_loads_and_a_broken_one_is_an_error() {
+        let d = dir("saved");
+        assert!(saved_desired(&d).unwrap().is_none());
+        let saved = GatewayDesired {
+            generation: 3,
+            state: GatewayState::default(),
+            health_targets: HealthTargets::new(),
+            uplink: None,
+            digest: None,
         };
-        match client.report(&config.gateway, &report).await {
-            Ok(()) => {
-                if failing {
-                    info!("reporting to the manager again");
-                }
-                failing = false;
-            }
-            Err(e) => {
-                if !failing {
-                    warn!(error = %e, "cannot report to the manager");
-                }
-                failing = true;
-            }
-        }
+        state(&d).save_lkg(&saved).unwrap();
+        assert_eq!(saved_desired(&d).unwrap(), Some(saved));
+        std::fs::write(d.join("desired.json"), "{").unwrap();
+        assert!(saved_desired(&d).is_err(), "the daemon must not guess");
+        state(&d).remove_lkg().unwrap();
+        state(&d).remove_lkg().unwrap();
+        assert!(saved_desired(&d).unwrap().is_none());
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use nanami_gateway_daemon::{
-    ensure_key, hosting, run, DaemonConfig, HostingChanged, IcmpProber, LastKnownGood, ProbeConfig,
+    ensure_key, hosting, run, saved_desired, state, DaemonConfig, HostingChanged, IcmpProber,
+    ProbeConfig,
 };
 use nanami_model::{GatewayId, GatewayState};
 use nanami_reconcile::sim::SimPlatform;
@@ -129,15 +130,15 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
     if cli.teardown {
         // A hosted gateway's namespace is named after it, and its uplink is in the
         // saved state: teardown gives the uplink back and deletes the namespace.
-        let saved = LastKnownGood::load(&cli.state_dir.join("desired.json"))?;
-        if let (Some(uplink), Some(gateway)) = (saved.uplink(), &cli.gateway) {
+        let saved = saved_desired(&cli.state_dir)?;
+        if let (Some(uplink), Some(gateway)) = (saved.and_then(|s| s.uplink), &cli.gateway) {
             let gateway = GatewayId::new(gateway.clone()).context("--gateway")?;
             linux.namespace = Some(Hosting::for_gateway(&gateway, Some(uplink.to_string())));
             linux.prefer_kernel = false;
         }
         let mut platform = LinuxPlatform::new(linux)?;
         platform.teardown().await?;
-        LastKnownGood::remove(&cli.state_dir.join("desired.json"))?;
+        state(&cli.state_dir).remove_lkg()?;
         info!("removed everything Nanami owns on this machine");
         return Ok(());
     }
@@ -212,7 +213,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
                     // new state and builds the platform for it.
                     let mut old = LinuxPlatform::new(linux)?;
                     old.teardown().await?;
-                    LastKnownGood::remove(&config.desired_file())?;
+                    state(&config.state_dir).remove_lkg()?;
                 }
             }
             result

@@ -194,7 +194,7 @@ async fn a_replayed_older_generation_is_refused() {
     .unwrap();
     // The manager offered its older generation (the first poll asks without
     // `after`); the daemon refused it and kept 50, on disk too.
-    let refusal = format!("generation {offered} is older than 50");
+    let refusal = format!("offered={offered} in_force=50 why=older than the one in force");
     until(
         "the refusal in the daemon's log",
         Duration::from_secs(10),
@@ -1836,8 +1836,10 @@ async fn a_hosted_gateway_is_served_its_uplink_and_a_change_of_hosting_ends_the_
     };
     let uplink = nanami_gateway_daemon::hosting(&config, ka).await.unwrap();
     assert_eq!(uplink.as_ref().map(|u| u.as_str()), Some("up-a"));
-    let lkg = nanami_gateway_daemon::LastKnownGood::load(&config.desired_file()).unwrap();
-    assert_eq!(lkg.uplink().map(|u| u.as_str()), Some("up-a"));
+    let lkg = nanami_gateway_daemon::saved_desired(&config.state_dir)
+        .unwrap()
+        .unwrap();
+    assert_eq!(lkg.uplink.as_ref().map(|u| u.as_str()), Some("up-a"));
     // The unhosted gateway is untouched and still converged.
     f.env.converged(&["gw-b"]).await;
     f.b.stop().await;

@@ -386,7 +386,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn connect_command(args: connect::ConnectArgs) -> anyhow::Result<ExitCode> {
     nanami_api::service::init_logging();
     if args.print_public_key {
-        let dir = connect::StateDir(args.state_dir.clone());
+        let dir = connect::state_dir(args.state_dir.clone());
         println!("{}", dir.ensure_key()?);
         return Ok(ExitCode::SUCCESS);
     }

@@ -23,18 +23,24 @@
 //! On SIGTERM or Ctrl-C it removes what it created (device, routes, rules).
 
 mod agent;
-mod saved;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use nanami_agent::driver::StateDir;
+use nanami_agent::VersionedConfig;
 use nanami_api::Client;
 use nanami_model::{InterfaceName, NodeId, ProbePolicy};
 
 pub use agent::run;
-pub use saved::StateDir;
+
+/// The state directory's files: the key, the credential, the listen port, and
+/// the last-known-good configuration (`config.json`).
+pub fn state_dir(dir: impl Into<PathBuf>) -> StateDir<VersionedConfig> {
+    StateDir::new(dir, "config.json")
+}
 
 /// `nanami connect` arguments.
 #[derive(Debug, Clone, Args)]
@@ -82,9 +88,9 @@ const fn duration_ms(d: Duration) -> u64 {
 /// The agent's settings, checked.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The manager(s), without a credential: clones share which manager answered
-    /// last.
-    pub client: Client,
+    /// One client per manager, without a credential (the agent chooses which is
+    /// asked).
+    pub managers: Vec<Client>,
     /// This node.
     pub node: NodeId,
     /// State directory.
@@ -120,9 +126,16 @@ impl Settings {
             bail!("--dead-after-ms must be at least --probe-interval-ms, which must not be 0");
         }
         let token = nanami_api::service::read_token_file(args.token_file.as_deref())?;
-        let client = args.managers.client().context("--manager")?;
+        // The list checked as a whole (a bad entry, the same manager twice).
+        args.managers.client().context("--manager")?;
+        let managers =
+            nanami_agent::driver::clients(&args.managers.manager, args.managers.ca.as_deref())
+                .context("--manager")?;
+        if managers.is_empty() {
+            bail!("--manager: no manager given");
+        }
         Ok(Self {
-            client,
+            managers,
             node,
             state_dir: args.state_dir,
             token,
