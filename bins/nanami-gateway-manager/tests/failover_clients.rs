@@ -77,9 +77,10 @@ fn accepted_once_in_order(gateway: &str, last: u64) -> Vec<u64> {
 
 /// Whether the daemon logged a switch to `url`.
 fn switched_to(gateway: &str, url: &str) -> bool {
-    daemon_log(gateway)
-        .iter()
-        .any(|l| l.contains("switched to another manager") && l.contains(&format!("manager={url}")))
+    daemon_log(gateway).iter().any(|l| {
+        l.contains("switched to another manager")
+            && (l.contains(&format!("to={url}")) || l.contains(&format!("to=\"{url}\"")))
+    })
 }
 
 /// A loopback URL where nothing listens, and nothing else can while the port

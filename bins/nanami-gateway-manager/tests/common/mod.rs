@@ -710,8 +710,14 @@ pub fn accepted_generations(gateway: &str) -> Vec<u64> {
         .iter()
         .filter(|l| l.contains("new desired state accepted and saved"))
         .map(|l| {
-            let (_, rest) = l.rsplit_once("generation=").unwrap();
-            rest.split_whitespace().next().unwrap().parse().unwrap()
+            // The agent logs the accepted state's version: its generation.
+            let (_, rest) = l
+                .rsplit_once("version=")
+                .unwrap_or_else(|| panic!("no version= in {l:?}"));
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits
+                .parse()
+                .unwrap_or_else(|_| panic!("no generation in {l:?}"))
         })
         .collect()
 }
