@@ -2274,11 +2274,9 @@ workspaces:
         );
         assert_eq!(r.generation, Some(status_of(&m, "gw-b").desired_generation));
         // Every gateway falls silent: the client loses its gateway, newest first.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !m.health_tick() {
-            assert!(Instant::now() < deadline, "the silence took effect");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        nanami_testkit::wait_until("the silence took effect", Duration::from_secs(5), || {
+            m.health_tick()
+        });
         let moves = m.movements(&laptop).unwrap();
         assert_eq!(moves.len(), 2);
         assert_eq!(moves[0].trigger, Trigger::Health);
@@ -2324,11 +2322,9 @@ workspaces:
         store.full.store(true, Ordering::Relaxed);
         // Every gateway falls silent at once (no report within zero time: the
         // next millisecond of the manager's clock).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !m.health_tick() {
-            assert!(Instant::now() < deadline, "the silence took effect");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        nanami_testkit::wait_until("the silence took effect", Duration::from_secs(5), || {
+            m.health_tick()
+        });
         let s = status_of(&m, "gw-a");
         assert_eq!(s.health, Liveness::Offline);
         assert!(s.store_error.unwrap().contains("full"));

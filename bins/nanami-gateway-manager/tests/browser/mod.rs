@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -392,53 +392,33 @@ impl Browser {
     /// `complete`): a click's navigation starts asynchronously, so chromedriver's
     /// own wait after a click can miss it.
     fn wait_for_new_page(&self, page: &str, what: &str) {
-        let deadline = Instant::now() + PAGE_TIMEOUT;
-        loop {
+        nanami_testkit::wait_until(what, PAGE_TIMEOUT, || {
             let replaced = match self.try_session_cmd("GET", &format!("/element/{page}/name"), None)
             {
                 Ok(_) => false,
                 Err(e) if e.status == 0 => panic!("{what}: chromedriver is gone: {e}"),
                 Err(e) => e.error == "stale element reference" || e.error == "no such element",
             };
-            if replaced {
-                let state = self.try_session_cmd(
-                    "POST",
-                    "/execute/sync",
-                    Some(&json!({ "script": "return document.readyState;", "args": [] })),
-                );
-                if matches!(state, Ok(Value::String(s)) if s == "complete") {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: no new page loaded within {PAGE_TIMEOUT:?} (still at {})",
-                self.current_url()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            replaced
+                && matches!(
+                    self.try_session_cmd(
+                        "POST",
+                        "/execute/sync",
+                        Some(&json!({ "script": "return document.readyState;", "args": [] })),
+                    ),
+                    Ok(Value::String(s)) if s == "complete"
+                )
+        });
     }
 
     /// Polls chromedriver's `/status` until it reports ready.
     fn wait_ready(&self) {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            let ready = self
-                .try_command("GET", "/status", None)
+        nanami_testkit::wait_until("chromedriver ready", STARTUP_TIMEOUT, || {
+            self.try_command("GET", "/status", None)
                 .ok()
                 .and_then(|v| v.get("ready").and_then(Value::as_bool))
-                .unwrap_or(false);
-            if ready {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver on port {} not ready after {STARTUP_TIMEOUT:?}; its output:\n{}",
-                self.port,
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+                .unwrap_or(false)
+        });
     }
 
     fn session_cmd(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
@@ -575,20 +555,23 @@ fn spawn_driver(profile: &Path) -> (Child, u16, Arc<Mutex<String>>) {
     let (port_tx, port_rx) = mpsc::channel();
     let stdout: Option<ChildStdout> = child.stdout.take();
     let stderr: Option<ChildStderr> = child.stderr.take();
-    if let Some(stdout) = stdout {
-        drain(stdout, Arc::clone(&output), Some(port_tx));
-    }
-    if let Some(stderr) = stderr {
-        drain(stderr, Arc::clone(&output), None);
-    }
+    let drains: Vec<_> = [
+        stdout.map(|o| drain(o, Arc::clone(&output), Some(port_tx))),
+        stderr.map(|e| drain(e, Arc::clone(&output), None)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     match port_rx.recv_timeout(STARTUP_TIMEOUT) {
         Ok(port) => (child, port, output),
         Err(_) => {
             let _ = child.kill();
             let status = child.wait();
             let _ = std::fs::remove_dir_all(profile);
-            // The drain threads end with chromedriver: its output is complete.
-            std::thread::sleep(Duration::from_millis(100));
+            // The drain threads end with chromedriver: then its output is complete.
+            for d in drains {
+                let _ = d.join();
+            }
             let out = output.lock().map(|o| o.clone()).unwrap_or_default();
             panic!(
                 "chromedriver reported no port within {STARTUP_TIMEOUT:?} ({status:?}); its output:\n{out}"
@@ -603,7 +586,7 @@ fn drain(
     from: impl Read + Send + 'static,
     output: Arc<Mutex<String>>,
     port: Option<mpsc::Sender<u16>>,
-) {
+) -> std::thread::JoinHandle<()> {
     const STARTED: &str = "was started successfully on port ";
     std::thread::spawn(move || {
         for line in BufReader::new(from).lines() {
@@ -619,7 +602,7 @@ fn drain(
                 out.push('\n');
             }
         }
-    });
+    })
 }
 
 /// A new empty directory under the system's temporary directory.
