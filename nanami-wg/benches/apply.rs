@@ -35,7 +35,8 @@ use nanami_model::{
     GatewayState, InterfaceName, InterfaceState, PeerState, PrivateKey, PublicKey, Route,
 };
 use nanami_reconcile::{plan, Op, OpKind, Platform};
-use nanami_wg::linux::{keyfile, DeviceMode, LinuxConfig, LinuxPlatform};
+use nanami_wg::keyfile;
+use nanami_wg::linux::{DeviceMode, LinuxConfig, LinuxPlatform};
 
 struct Args {
     what: String,

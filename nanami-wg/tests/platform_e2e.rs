@@ -25,7 +25,8 @@ use common::{device_pids, owned_leftovers, require, veth, Netns, WgGo};
 use gateway::Gateway;
 use nanami_model::{compile, compile_node, GatewayId, Health, NodeId, PrivateKey, Topology};
 use nanami_reconcile::Desired;
-use nanami_wg::linux::{keyfile, DeviceMode, LinuxConfig};
+use nanami_wg::keyfile;
+use nanami_wg::linux::{DeviceMode, LinuxConfig};
 
 /// The gateway's control loop in `ns` (the one test harness runner), with its
 /// state in `state_dir` and its devices driven in `device` mode.

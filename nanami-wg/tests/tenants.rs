@@ -31,7 +31,8 @@ use common::{owned_leftovers, require, run, veth, Netns, WgGo};
 use gateway::Gateway;
 use nanami_model::{compile, compile_node, GatewayId, Health, NodeId, PrivateKey, Topology};
 use nanami_reconcile::Desired;
-use nanami_wg::linux::{keyfile, DeviceMode, Hosting, LinuxConfig};
+use nanami_wg::keyfile;
+use nanami_wg::linux::{DeviceMode, Hosting, LinuxConfig};
 
 const OVERLAY: &str = "100.96.0.0/24";
 const ROUTE: &str = "10.50.0.0/16";

@@ -165,7 +165,7 @@ impl DaemonConfig {
 /// Loads the node's key, generating it (0600) on first start; returns the public
 /// half, the only part that ever leaves this function's callers.
 pub fn ensure_key(path: &Path) -> anyhow::Result<PublicKey> {
-    let key = nanami_wg::linux::keyfile::load_or_generate(path, &mut rand_core::OsRng)?;
+    let key = nanami_wg::keyfile::load_or_generate(path, &mut rand_core::OsRng)?;
     Ok(key.public_key())
 }
 

@@ -9,6 +9,7 @@
 //! rest: enrolment, the long-poll, the backoff, the last-known-good file, the
 //! reports, the failover timers.
 
+pub mod client;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,13 +1,14 @@
 //! What an agent keeps in its state directory: the key (0600, never sent), the
 //! credential (0600), the listen port it chose, and the last-known-good desired
 //! state. Every file is written atomically (a 0600 temp file, fsync, rename:
-//! [`nanami_wg::linux::write_atomic`]).
+//! [`nanami_wg::files::write_atomic`]).
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use nanami_model::PublicKey;
-use nanami_wg::linux::{keyfile, write_atomic};
+use nanami_wg::files::write_atomic;
+use nanami_wg::keyfile;
 use rand_core::{OsRng, RngCore as _};
 use serde::de::DeserializeOwned;
 use serde::Serialize;

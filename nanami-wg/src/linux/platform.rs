@@ -409,7 +409,7 @@ impl LinuxPlatform {
     /// [`LinuxConfig::namespace`], first creates (or adopts) the gateway's namespace
     /// and moves its uplink in, and does all of that inside it.
     pub fn new(config: LinuxConfig) -> Result<Self, PlatformError> {
-        let key = super::keyfile::load(&config.key_file)?;
+        let key = crate::keyfile::load(&config.key_file)?;
         let hosted = config.namespace.as_ref().map(Hosted::open).transpose()?;
         if let Some(h) = &hosted {
             h.bring_uplink_in()?;

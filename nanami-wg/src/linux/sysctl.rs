@@ -114,7 +114,7 @@ impl Record {
                 path: self.file.clone(),
                 message: format!("bug: cannot serialize the record: {e}"),
             })?;
-            super::write_atomic(&self.file, text.as_bytes()).map_err(|e| {
+            crate::files::write_atomic(&self.file, text.as_bytes()).map_err(|e| {
                 PlatformError::Sysctl {
                     path: self.file.clone(),
                     message: e.to_string(),

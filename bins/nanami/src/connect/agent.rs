@@ -7,18 +7,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, Context as _};
-use nanami_agent::driver::{self, BoxFuture, DriverError, Follow, Input, StateDir, Wiring};
+use nanami_agent::driver::client::{NodeFollow, Prober};
+use nanami_agent::driver::{self, DriverError, Input, StateDir, Wiring};
 use nanami_agent::{Fatal, VersionedConfig};
-use nanami_api::client::ApiError;
-use nanami_api::wire::Subject;
-use nanami_api::Client;
 use nanami_model::{GatewayId, GatewayState, NetworkId, NodeConfig, NodeId};
 use nanami_reconcile::{Desired, Reconciler};
 use nanami_wg::linux::{LinuxConfig, LinuxPlatform};
-use nanami_wg::probe::Pinger;
 use rand::SeedableRng as _;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -87,7 +84,7 @@ pub async fn run(
                 let _ = applied_tx.send(Input::Applied).await;
             }
         });
-        let pinger = match Pinger::new() {
+        let prober = match Prober::new(inputs_tx, settings.policy.dead_after) {
             Ok(p) => Some(p),
             Err(e) => {
                 error!(error = %e, "cannot probe the gateways (needs CAP_NET_RAW): no failover without the manager");
@@ -103,11 +100,10 @@ pub async fn run(
             generation: 0,
             last_state: None,
             desired_tx,
-            pinger,
-            replies: inputs_tx,
+            prober,
         };
         let lkg = load_config(&dir, &settings.node);
-        let follow = Node(settings.node.clone());
+        let follow = NodeFollow(settings.node.clone());
         let driving = driver::run(
             driver::Settings {
                 managers: settings.managers.clone(),
@@ -165,41 +161,6 @@ fn load_config(dir: &StateDir<VersionedConfig>, node: &NodeId) -> Option<Version
     }
 }
 
-/// What a client follows: its node's configuration (long-poll on the version,
-/// the answer's `ETag`).
-struct Node(NodeId);
-
-impl Follow for Node {
-    type Desired = VersionedConfig;
-
-    fn subject(&self) -> Subject {
-        Subject::Node(self.0.clone())
-    }
-
-    fn poll<'a>(
-        &'a self,
-        client: Client,
-        after: Option<String>,
-        wait: Duration,
-    ) -> BoxFuture<'a, Result<Option<VersionedConfig>, ApiError>> {
-        Box::pin(async move {
-            let Some((version, config)) = client
-                .node_config_watch(&self.0, after.as_deref(), wait)
-                .await?
-            else {
-                return Ok(None);
-            };
-            if config.node != self.0 {
-                return Err(ApiError::Decode(format!(
-                    "the manager sent node {}'s configuration",
-                    config.node
-                )));
-            }
-            Ok(Some(VersionedConfig { version, config }))
-        })
-    }
-}
-
 /// The local tunnel: the configuration in force with the failover's down set,
 /// as the reconciler's desired state.
 struct Tunnel<'a> {
@@ -213,8 +174,7 @@ struct Tunnel<'a> {
     generation: u64,
     last_state: Option<GatewayState>,
     desired_tx: watch::Sender<Option<Arc<Desired>>>,
-    pinger: Option<Pinger>,
-    replies: mpsc::Sender<Input>,
+    prober: Option<Prober>,
 }
 
 impl Wiring<VersionedConfig> for Tunnel<'_> {
@@ -231,22 +191,9 @@ impl Wiring<VersionedConfig> for Tunnel<'_> {
         self.publish();
     }
 
-    /// One echo to each address of each gateway; an answer reports the gateway.
     fn probe(&mut self, targets: &BTreeMap<GatewayId, BTreeSet<IpAddr>>) {
-        let Some(pinger) = &self.pinger else { return };
-        let timeout = self.settings.policy.dead_after;
-        for (gateway, addresses) in targets {
-            for address in addresses {
-                let pinger = pinger.clone();
-                let replies = self.replies.clone();
-                let gateway = gateway.clone();
-                let address = *address;
-                tokio::spawn(async move {
-                    if pinger.ping(address, timeout).await.is_ok() {
-                        let _ = replies.send(Input::ProbeReply(gateway)).await;
-                    }
-                });
-            }
+        if let Some(prober) = &self.prober {
+            prober.probe(targets);
         }
     }
 }

@@ -2,23 +2,34 @@
 //! `wg genkey`; never logged.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nanami_model::PrivateKey;
 use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
-use super::{write_atomic, PlatformError};
+use crate::files::write_atomic;
 
-fn error(path: &Path, message: impl Into<String>) -> PlatformError {
-    PlatformError::KeyFile {
+/// A key file that cannot be read, is not a key, lets others read it, or cannot
+/// be written. Bad input (the file is the operator's), except a failed write.
+#[derive(Debug, thiserror::Error)]
+#[error("key file {}: {message}", path.display())]
+pub struct KeyFileError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn error(path: &Path, message: impl Into<String>) -> KeyFileError {
+    KeyFileError {
         path: path.to_owned(),
         message: message.into(),
     }
 }
 
 /// Reads the key at `path`, refusing a file that group or others can access.
-pub fn load(path: &Path) -> Result<PrivateKey, PlatformError> {
+pub fn load(path: &Path) -> Result<PrivateKey, KeyFileError> {
     let meta = std::fs::metadata(path).map_err(|e| error(path, e.to_string()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -38,7 +49,7 @@ pub fn load(path: &Path) -> Result<PrivateKey, PlatformError> {
 pub fn load_or_generate<R: RngCore + CryptoRng>(
     path: &Path,
     rng: &mut R,
-) -> Result<PrivateKey, PlatformError> {
+) -> Result<PrivateKey, KeyFileError> {
     if path.exists() {
         return load(path);
     }
@@ -62,7 +73,7 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert_eq!(load(&path).unwrap().public_key(), key.public_key());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(load(&path), Err(PlatformError::KeyFile { .. })));
+        assert!(load(&path).unwrap_err().message.contains("chmod 600"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
