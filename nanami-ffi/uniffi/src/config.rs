@@ -10,6 +10,7 @@ use nanami_wg::device::PeerConfig;
 
 use crate::error::NanamiError;
 use crate::key::PrivateKey;
+use crate::state::TunnelState;
 use crate::wg_quick::{self, KeyLine};
 
 /// The configuration as the tunnel uses it.
@@ -23,6 +24,17 @@ pub(crate) struct ClientSpec {
 }
 
 impl ClientSpec {
+    /// The state the tunnel runs for this configuration.
+    pub fn state(&self) -> TunnelState {
+        TunnelState::new(
+            self.private_key.clone(),
+            &self.addresses,
+            self.mtu.unwrap_or(nanami_model::state::DEFAULT_MTU),
+            self.listen_port,
+            &self.peers,
+        )
+    }
+
     /// Refuses what WireGuard would accept but silently resolve in a way the
     /// config's author did not mean: a peer listed twice (the second wins), a prefix
     /// on two peers (the last wins), ourselves as a peer.

@@ -15,6 +15,9 @@ pub enum StopReason {
     /// A data-plane thread ended (the TUN fd was closed or failed): the tunnel no
     /// longer carries traffic. Start a new one with a new fd.
     DeviceFailed,
+    /// A following tunnel's agent cannot go on (not enrolled, enrolment token
+    /// refused); an `Error` event before this one says why.
+    AgentFailed,
 }
 
 /// Something the app may want to show or act on.
@@ -35,6 +38,34 @@ pub enum TunnelEvent {
         public_key: String,
         /// The last completed handshake, if there ever was one.
         last_handshake: Option<SystemTime>,
+    },
+    /// A following tunnel runs a configuration: the manager's newest, or the
+    /// same one under a new failover. `new_tun` when it asked the app's
+    /// `TunProvider` for a TUN with these addresses, MTU and routes.
+    ConfigApplied {
+        /// The manager's version of the configuration.
+        version: String,
+        /// The interface addresses.
+        addresses: Vec<String>,
+        /// The MTU.
+        mtu: u32,
+        /// The prefixes routed into the tunnel.
+        routes: Vec<String>,
+        /// Whether the device moved to a new TUN.
+        new_tun: bool,
+    },
+    /// A following tunnel's probes changed their mind: these gateways do not
+    /// answer (empty: every gateway answers again), and their networks are
+    /// routed to the next gateway of their failover lists.
+    GatewaysDown {
+        /// The gateways' ids.
+        gateways: Vec<String>,
+    },
+    /// Something went wrong that the tunnel survives (a configuration it could
+    /// not apply), or, before `Stopped { AgentFailed }`, why it stops.
+    Error {
+        /// What happened.
+        message: String,
     },
     /// The tunnel stopped; no event follows.
     Stopped {

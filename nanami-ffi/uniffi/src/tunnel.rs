@@ -9,10 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use nanami_wg::device::{Device, DeviceOptions, DeviceUpdate, TunSource};
 
-use crate::config::{ClientSpec, TunnelConfig};
-use crate::diff::diff_peers;
+use crate::config::TunnelConfig;
 use crate::error::NanamiError;
 use crate::events::{StopReason, TunnelEvent, Watcher};
+use crate::follow::{self, ActiveGateway, FollowSettings, TunProvider};
+use crate::state::{changes, TunnelState};
 
 /// Implemented by the app to hear about the tunnel. Called from the tunnel's own
 /// status thread, one event at a time; return quickly (post to the UI thread).
@@ -77,17 +78,50 @@ pub struct UpdateSummary {
     pub platform_reconfigure_needed: bool,
 }
 
-struct Shared {
-    device: RwLock<Option<Device>>,
-    /// The configuration last applied: what `update()` diffs against.
-    applied: Mutex<ClientSpec>,
+/// What the tunnel's threads (the status poller, a following tunnel's agent)
+/// and the app's calls share.
+pub(crate) struct Shared {
+    /// The device; `None` once stopped, or before a following tunnel's first
+    /// configuration.
+    pub device: RwLock<Option<Device>>,
+    /// The state last applied: what the next change is planned against.
+    pub applied: Mutex<Option<TunnelState>>,
+    /// A following tunnel's agent (`None` for a tunnel started from a config).
+    pub agent: Mutex<Option<follow::AgentHandle>>,
+    /// Each network's gateway in use (a following tunnel).
+    pub active: Mutex<Vec<ActiveGateway>>,
     listener: Option<Box<dyn TunnelListener>>,
 }
 
 impl Shared {
-    fn emit(&self, event: TunnelEvent) {
+    pub fn emit(&self, event: TunnelEvent) {
         if let Some(l) = &self.listener {
             l.on_event(event);
+        }
+    }
+
+    /// Stops a following tunnel's agent; joins its thread unless called from it.
+    fn stop_agent(&self) {
+        if let Some(agent) = lock(&self.agent).take() {
+            agent.stop();
+        }
+    }
+
+    /// Takes the device away and shuts it down; the `Stopped` event, if there was
+    /// a device or an agent to stop.
+    fn shut_down(&self, reason: StopReason) {
+        let device = self
+            .device
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let had_agent = lock(&self.agent).is_some();
+        self.stop_agent();
+        if device.is_some() || had_agent {
+            if let Some(device) = device {
+                device.shutdown();
+            }
+            self.emit(TunnelEvent::Stopped { reason });
         }
     }
 }
@@ -111,7 +145,7 @@ impl std::fmt::Debug for Tunnel {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -133,47 +167,38 @@ impl Tunnel {
         listener: Option<Box<dyn TunnelListener>>,
         options: Option<TunnelOptions>,
     ) -> Result<Arc<Self>, NanamiError> {
-        let options = options.unwrap_or_default();
-        let spec = config.spec.clone();
-        let fd = take_fd(tun_fd)?;
-        // On error `fd` drops here: the tunnel took it, and closes it.
-        check_tun(&fd).map_err(|reason| NanamiError::InvalidTunFd { fd: tun_fd, reason })?;
-        let device = Device::open(
-            TunSource::Fd { fd, name: None },
-            DeviceOptions {
-                uapi_dir: None,
-                listen_port: spec.listen_port.unwrap_or(0),
-            },
-        )
-        .map_err(|e| NanamiError::from_device(&e, Some(tun_fd)))?;
-        let mut update = DeviceUpdate::new().private_key(spec.private_key.clone());
-        if let Some(diff) = diff_peers(&[], &spec.peers) {
-            update = diff.to_update(update);
-        }
-        // On error the device is dropped here, which shuts it down and closes the fd.
-        device
-            .apply(update)
-            .map_err(|e| NanamiError::from_device(&e, None))?;
+        let state = config.spec.state();
+        let device = open_device(tun_fd, &state)?;
+        let shared = Shared::new(Some(device), Some(state), listener);
+        Self::run(shared, options)
+    }
 
-        let shared = Arc::new(Shared {
-            device: RwLock::new(Some(device)),
-            applied: Mutex::new(spec),
-            listener,
-        });
-        let (stop, stopped) = mpsc::channel();
-        let s = shared.clone();
-        let interval = Duration::from_millis(u64::from(options.poll_interval_ms.max(10)));
-        let stale_after = Duration::from_secs(u64::from(options.stale_after_secs));
-        let thread = std::thread::Builder::new()
-            .name("nanami-status".into())
-            .spawn(move || poll_loop(&s, &stopped, interval, stale_after))
-            .map_err(|e| NanamiError::System {
-                reason: format!("spawning the status thread: {e}"),
-            })?;
-        Ok(Arc::new(Self {
-            shared,
-            poller: Mutex::new(Some(Poller { stop, thread })),
-        }))
+    /// Starts a tunnel that follows its node's configuration from the manager,
+    /// as `nanami connect` does: the key is made and kept in
+    /// `settings.state_dir` (see [`state_dir_public_key`]); the first start
+    /// enrols with `settings.enrolment_token` and saves the credential there; the
+    /// configuration is long-polled, saved (last-known-good, served at once on
+    /// the next start) and applied; the gateways of each network's failover list
+    /// are probed through the tunnel, and a network moves to its next gateway
+    /// when its gateway stops answering (back after the hold-down).
+    ///
+    /// The TUN comes from `provider`, asked with the addresses, MTU and routes of
+    /// the first configuration, and again whenever they change (then the device
+    /// moves to the new TUN). Peer and failover changes never ask for a TUN.
+    /// Events say what happens: `ConfigApplied`, `GatewaysDown`, `Error`, and a
+    /// `Stopped` with `AgentFailed` when it cannot go on (not enrolled, token
+    /// refused). Returns once the agent runs; nothing waits for the manager.
+    #[uniffi::constructor]
+    pub fn follow(
+        settings: FollowSettings,
+        provider: Box<dyn TunProvider>,
+        listener: Option<Box<dyn TunnelListener>>,
+        options: Option<TunnelOptions>,
+    ) -> Result<Arc<Self>, NanamiError> {
+        let shared = Shared::new(None, None, listener);
+        let agent = follow::spawn(settings, provider, Arc::clone(&shared))?;
+        *lock(&shared.agent) = Some(agent);
+        Self::run(shared, options)
     }
 
     /// Applies a new configuration without dropping the tunnel: the same device,
@@ -182,6 +207,11 @@ impl Tunnel {
     /// failover is one peer added and one removed), all in one atomic step: on
     /// error nothing changed.
     pub fn update(&self, config: Arc<TunnelConfig>) -> Result<UpdateSummary, NanamiError> {
+        if lock(&self.shared.agent).is_some() {
+            return Err(NanamiError::invalid_config(
+                "this tunnel follows its manager: update() is for a tunnel started from a configuration",
+            ));
+        }
         let guard = self
             .shared
             .device
@@ -189,38 +219,30 @@ impl Tunnel {
             .unwrap_or_else(PoisonError::into_inner);
         let device = guard.as_ref().ok_or(NanamiError::Stopped)?;
         let mut applied = lock(&self.shared.applied);
-        let new = &config.spec;
-
-        let mut update = DeviceUpdate::new();
-        let mut interface_changed = false;
-        if new.private_key.public_key() != applied.private_key.public_key() {
-            update = update.private_key(new.private_key.clone());
-            interface_changed = true;
-        }
-        if let Some(port) = new.listen_port.filter(|p| Some(*p) != applied.listen_port) {
-            update = update.listen_port(port);
-            interface_changed = true;
-        }
-        let diff = diff_peers(&applied.peers, &new.peers);
-        if let Some(d) = &diff {
-            update = d.to_update(update);
-        }
-        if interface_changed || diff.is_some() {
+        let running = applied.as_ref().ok_or(NanamiError::Stopped)?;
+        let new = config.spec.state();
+        let c = changes(running, &new);
+        if c.touches_device() {
             device
-                .apply(update)
+                .apply(c.update)
                 .map_err(|e| NanamiError::from_device(&e, None))?;
         }
-        let platform_reconfigure_needed =
-            new.addresses != applied.addresses || new.mtu != applied.mtu;
-        *applied = new.clone();
+        *applied = Some(new);
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Ok(UpdateSummary {
-            added: count(diff.as_ref().map_or(0, |d| d.added.len())),
-            changed: count(diff.as_ref().map_or(0, |d| d.changed.len())),
-            removed: count(diff.as_ref().map_or(0, |d| d.removed.len())),
-            interface_changed,
-            platform_reconfigure_needed,
+            added: count(c.added),
+            changed: count(c.changed),
+            removed: count(c.removed),
+            interface_changed: c.interface_changed,
+            platform_reconfigure_needed: c.platform_reconfigure_needed,
         })
+    }
+
+    /// Each network's gateway in use, by network: a following tunnel's failover
+    /// at work (`gateway` is `None` when none of the network's gateways answers).
+    /// Empty for a tunnel started from a configuration.
+    pub fn active_gateways(&self) -> Vec<ActiveGateway> {
+        lock(&self.shared.active).clone()
     }
 
     /// Every configured peer's counters and last handshake, ordered by public key.
@@ -269,19 +291,52 @@ impl Tunnel {
     /// status thread, then sends `Stopped { Requested }`. Idempotent: a second call,
     /// or one after the device failed, does nothing.
     pub fn stop(&self) {
-        let device = self
-            .shared
-            .device
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
         self.stop_poller();
-        if let Some(device) = device {
-            device.shutdown();
-            self.shared.emit(TunnelEvent::Stopped {
-                reason: StopReason::Requested,
-            });
-        }
+        self.shared.shut_down(StopReason::Requested);
+    }
+}
+
+impl Shared {
+    fn new(
+        device: Option<Device>,
+        applied: Option<TunnelState>,
+        listener: Option<Box<dyn TunnelListener>>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            device: RwLock::new(device),
+            applied: Mutex::new(applied),
+            agent: Mutex::new(None),
+            active: Mutex::new(Vec::new()),
+            listener,
+        })
+    }
+}
+
+impl Tunnel {
+    /// Starts the status thread of a tunnel whose device (or agent) runs.
+    fn run(shared: Arc<Shared>, options: Option<TunnelOptions>) -> Result<Arc<Self>, NanamiError> {
+        let options = options.unwrap_or_default();
+        let (stop, stopped) = mpsc::channel();
+        let s = shared.clone();
+        let interval = Duration::from_millis(u64::from(options.poll_interval_ms.max(10)));
+        let stale_after = Duration::from_secs(u64::from(options.stale_after_secs));
+        let thread = std::thread::Builder::new()
+            .name("nanami-status".into())
+            .spawn(move || poll_loop(&s, &stopped, interval, stale_after));
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                // Nothing must outlive a start that failed.
+                shared.stop_agent();
+                return Err(NanamiError::System {
+                    reason: format!("spawning the status thread: {e}"),
+                });
+            }
+        };
+        Ok(Arc::new(Self {
+            shared,
+            poller: Mutex::new(Some(Poller { stop, thread })),
+        }))
     }
 }
 
@@ -304,8 +359,44 @@ impl Tunnel {
 impl Drop for Tunnel {
     fn drop(&mut self) {
         self.stop_poller();
+        // The agent holds `shared` too: stop it, or the device would never drop.
+        self.shared.stop_agent();
         // The device (if still here) shuts down as it drops with `shared`.
     }
+}
+
+/// Opens the device on the TUN `tun_fd` (taking the fd: closed on error) and
+/// applies `state` to it whole.
+pub(crate) fn open_device(tun_fd: i32, state: &TunnelState) -> Result<Device, NanamiError> {
+    let fd = take_fd(tun_fd)?;
+    // On error `fd` drops here: the tunnel took it, and closes it.
+    check_tun(&fd).map_err(|reason| NanamiError::InvalidTunFd { fd: tun_fd, reason })?;
+    let listen_port = state
+        .state
+        .interfaces
+        .values()
+        .next()
+        .and_then(|i| i.listen_port)
+        .unwrap_or(0);
+    let device = Device::open(
+        TunSource::Fd { fd, name: None },
+        DeviceOptions {
+            uapi_dir: None,
+            listen_port,
+        },
+    )
+    .map_err(|e| NanamiError::from_device(&e, Some(tun_fd)))?;
+    let mut update = DeviceUpdate::new()
+        .private_key(state.private_key.clone())
+        .replace_peers();
+    for peer in state.peers() {
+        update = update.peer(nanami_wg::device::PeerUpdate::replace_with(&peer));
+    }
+    // On error the device is dropped here, which shuts it down and closes the fd.
+    device
+        .apply(update)
+        .map_err(|e| NanamiError::from_device(&e, None))?;
+    Ok(device)
 }
 
 /// Takes ownership of `fd` after checking it is an open descriptor (wrapping a
@@ -381,29 +472,22 @@ fn poll_loop(
     loop {
         let (peers, running) = {
             let guard = shared.device.read().unwrap_or_else(PoisonError::into_inner);
-            let Some(device) = guard.as_ref() else {
-                return;
-            };
-            let info = device.get();
-            let peers: Vec<_> = info
-                .peers
-                .iter()
-                .map(|p| (p.config.public_key, p.stats.last_handshake))
-                .collect();
-            (peers, device.is_running())
+            match guard.as_ref() {
+                Some(device) => {
+                    let peers: Vec<_> = device
+                        .get()
+                        .peers
+                        .iter()
+                        .map(|p| (p.config.public_key, p.stats.last_handshake))
+                        .collect();
+                    (peers, device.is_running())
+                }
+                // A following tunnel before its first configuration.
+                None => (Vec::new(), true),
+            }
         };
         if !running {
-            let device = shared
-                .device
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            if let Some(device) = device {
-                device.shutdown();
-                shared.emit(TunnelEvent::Stopped {
-                    reason: StopReason::DeviceFailed,
-                });
-            }
+            shared.shut_down(StopReason::DeviceFailed);
             return;
         }
         for event in watcher.observe(&peers, SystemTime::now()) {

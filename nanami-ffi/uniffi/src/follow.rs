@@ -1,0 +1,396 @@
+//! A tunnel that follows its manager: [`nanami_agent::driver`] (the same agent
+//! as `nanami connect` and the gateway daemon) on a thread of its own, wired to
+//! the tunnel's device.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nanami_agent::driver::client::NodeFollow;
+use nanami_agent::driver::{self, DriverError, Input, StateDir, Wiring};
+use nanami_agent::{Fatal, VersionedConfig};
+use nanami_model::{GatewayId, InterfaceName, NodeId, PrivateKey, ProbePolicy};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::NanamiError;
+use crate::events::{StopReason, TunnelEvent};
+use crate::state::{changes, TunnelState};
+use crate::tunnel::{lock, open_device, Shared};
+
+/// How long one long-poll of the manager waits.
+const POLL_WAIT: Duration = Duration::from_secs(30);
+/// The agent's state file of the configuration in force (as `nanami connect`'s).
+const LKG_FILE: &str = "config.json";
+
+/// Where a following tunnel finds its manager and keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FollowSettings {
+    /// The manager's URLs (`https://host:port`), in order; several for
+    /// active-active managers sharing one store.
+    pub managers: Vec<String>,
+    /// A PEM file of the CA that signed the managers' certificates.
+    pub ca_file: Option<String>,
+    /// This node's id in the topology.
+    pub node: String,
+    /// The app's private directory for the key, the credential and the
+    /// last-known-good configuration (created 0700; files 0600).
+    pub state_dir: String,
+    /// The one-time enrolment token; needed only until the first enrolment.
+    pub enrolment_token: Option<String>,
+    /// Milliseconds between two probes of each gateway.
+    #[uniffi(default = 500)]
+    pub probe_interval_ms: u32,
+    /// Milliseconds without an answer after which a gateway is down.
+    #[uniffi(default = 1500)]
+    pub dead_after_ms: u32,
+    /// Milliseconds of steady answers before a gateway that came back is used again.
+    #[uniffi(default = 30000)]
+    pub hold_down_ms: u32,
+}
+
+/// What the platform's VPN interface must be: asked of [`TunProvider`].
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct TunRequest {
+    /// The interface addresses (`100.80.0.10/32`).
+    pub addresses: Vec<String>,
+    /// The MTU.
+    pub mtu: u32,
+    /// Every prefix routed into the tunnel, sorted.
+    pub routes: Vec<String>,
+}
+
+/// Implemented by the app: makes the VPN interface a following tunnel runs on
+/// (Android: a `VpnService.Builder` with these addresses, MTU and routes, then
+/// `establish().detachFd()`).
+#[uniffi::export(callback_interface)]
+pub trait TunProvider: Send + Sync {
+    /// The fd of a new TUN configured as `request` says (the tunnel takes it
+    /// over and closes the previous one), or a negative number if it cannot be
+    /// made (an `Error` event follows; the next configuration asks again).
+    fn open_tun(&self, request: TunRequest) -> i32;
+}
+
+/// One network's gateway in use.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ActiveGateway {
+    /// The network.
+    pub network: String,
+    /// Its gateway in use; `None` when none of its gateways answers.
+    pub gateway: Option<String>,
+}
+
+/// Creates `state_dir` (0700) and this node's key in it on first use (0600,
+/// never leaving it) and returns the public key, base64: what the operator puts
+/// in the topology for this node before it enrols.
+#[uniffi::export]
+pub fn state_dir_public_key(state_dir: String) -> Result<String, NanamiError> {
+    Ok(store(&state_dir)
+        .ensure_key()
+        .map_err(system)?
+        .to_base64())
+}
+
+fn store(dir: &str) -> StateDir<VersionedConfig> {
+    StateDir::new(PathBuf::from(dir), LKG_FILE)
+}
+
+fn system(e: impl std::fmt::Display) -> NanamiError {
+    NanamiError::System {
+        reason: e.to_string(),
+    }
+}
+
+/// The agent's thread.
+pub(crate) struct AgentHandle {
+    stop: Option<oneshot::Sender<()>>,
+    thread: JoinHandle<()>,
+}
+
+impl AgentHandle {
+    /// Ends the agent and waits for it, unless called from the agent's own thread
+    /// (an app's callback): then it ends by itself when the callback returns.
+    pub fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            // An error means the agent already ended.
+            let _ = stop.send(());
+        }
+        if self.thread.thread().id() != std::thread::current().id() {
+            let _ = self.thread.join();
+        }
+    }
+}
+
+/// Checks `settings`, reads the key, and starts the agent's thread.
+pub(crate) fn spawn(
+    settings: FollowSettings,
+    provider: Box<dyn TunProvider>,
+    shared: Arc<Shared>,
+) -> Result<AgentHandle, NanamiError> {
+    let node = NodeId::new(settings.node.clone())
+        .map_err(|e| NanamiError::invalid_config(format!("node {:?}: {e}", settings.node)))?;
+    let policy = ProbePolicy {
+        interval: Duration::from_millis(u64::from(settings.probe_interval_ms)),
+        dead_after: Duration::from_millis(u64::from(settings.dead_after_ms)),
+        hold_down: Duration::from_millis(u64::from(settings.hold_down_ms)),
+    };
+    if policy.interval.is_zero() || policy.dead_after < policy.interval {
+        return Err(NanamiError::invalid_config(
+            "dead_after_ms must be at least probe_interval_ms, which must not be 0",
+        ));
+    }
+    if settings.managers.is_empty() {
+        return Err(NanamiError::invalid_config("no manager given"));
+    }
+    let ca = settings.ca_file.as_ref().map(PathBuf::from);
+    let managers = driver::clients(&settings.managers, ca.as_deref())
+        .map_err(|e| NanamiError::invalid_config(format!("managers: {e}")))?;
+    let dir = store(&settings.state_dir);
+    let public_key = dir.ensure_key().map_err(system)?;
+    let private_key = nanami_wg::keyfile::load(&dir.key_file()).map_err(system)?;
+    let token = settings
+        .enrolment_token
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let driver_settings = driver::Settings {
+        agent: nanami_agent::Config {
+            failover: Some(policy),
+            ..nanami_agent::Config::new(managers.len())
+        },
+        managers,
+        token,
+        public_key,
+        poll_wait: POLL_WAIT,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("nanami-agent-io")
+        .build()
+        .map_err(system)?;
+    let (stop, stopped) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("nanami-agent".into())
+        .spawn(move || {
+            let (inputs_tx, inputs_rx) = mpsc::channel(256);
+            let result = runtime.block_on(async {
+                let mut wiring = Device {
+                    shared: &shared,
+                    provider,
+                    private_key,
+                    current: None,
+                    down: BTreeSet::new(),
+                    prober: prober(inputs_tx.clone(), policy.dead_after),
+                    inputs: inputs_tx,
+                };
+                let lkg = match dir.load_lkg() {
+                    Ok(Some(saved)) if saved.config.node == node => Some(saved),
+                    Ok(_) | Err(_) => None,
+                };
+                driver::run(
+                    driver_settings,
+                    &NodeFollow(node.clone()),
+                    &dir,
+                    lkg,
+                    &mut wiring,
+                    inputs_rx,
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
+                .await
+            });
+            drop(runtime);
+            if let Err(e) = result {
+                shared.emit(TunnelEvent::Error {
+                    message: describe(&e, &node),
+                });
+                // Nothing carries traffic without the agent's configuration.
+                let device = shared
+                    .device
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                if let Some(device) = device {
+                    device.shutdown();
+                }
+                lock(&shared.agent).take();
+                shared.emit(TunnelEvent::Stopped {
+                    reason: StopReason::AgentFailed,
+                });
+            }
+        })
+        .map_err(|e| system(format!("spawning the agent thread: {e}")))?;
+    Ok(AgentHandle {
+        stop: Some(stop),
+        thread,
+    })
+}
+
+fn describe(e: &DriverError, node: &NodeId) -> String {
+    match e {
+        DriverError::Fatal(Fatal::NotEnrolled) => format!(
+            "not enrolled yet: give an enrolment token for node {node} (this app's key is in its state directory)"
+        ),
+        other @ (DriverError::Fatal(_)
+        | DriverError::Store(_)
+        | DriverError::NoManager
+        | DriverError::EnrolmentRefused { .. }) => other.to_string(),
+    }
+}
+
+#[cfg(target_os = "linux")]
+type Prober = nanami_agent::driver::client::Prober;
+
+/// The gateways are probed with raw ICMP sockets, on Linux (`CAP_NET_RAW`).
+#[cfg(target_os = "linux")]
+fn prober(replies: mpsc::Sender<Input>, timeout: Duration) -> Option<Prober> {
+    Prober::new(replies, timeout).ok()
+}
+
+/// Elsewhere (an app has no raw sockets) there are no probes yet: the manager's
+/// health checks move the client.
+#[cfg(not(target_os = "linux"))]
+struct Prober;
+
+#[cfg(not(target_os = "linux"))]
+impl Prober {
+    fn probe(&self, _targets: &BTreeMap<GatewayId, BTreeSet<IpAddr>>) {}
+}
+
+#[cfg(not(target_os = "linux"))]
+fn prober(_replies: mpsc::Sender<Input>, _timeout: Duration) -> Option<Prober> {
+    None
+}
+
+/// The wiring: the agent's decisions, made the tunnel's device.
+struct Device<'a> {
+    shared: &'a Shared,
+    provider: Box<dyn TunProvider>,
+    private_key: PrivateKey,
+    /// The manager's configuration in force.
+    current: Option<VersionedConfig>,
+    /// Gateways that do not answer.
+    down: BTreeSet<GatewayId>,
+    prober: Option<Prober>,
+    inputs: mpsc::Sender<Input>,
+}
+
+impl Wiring<VersionedConfig> for Device<'_> {
+    fn apply(&mut self, desired: &VersionedConfig) {
+        self.current = Some(desired.clone());
+        match self.publish() {
+            // The agent starts probing once a configuration runs.
+            Ok(()) => {
+                let _ = self.inputs.try_send(Input::Applied);
+            }
+            Err(e) => self.shared.emit(TunnelEvent::Error {
+                message: format!("applying configuration {}: {e}", desired.version),
+            }),
+        }
+    }
+
+    fn switch_gateways(&mut self, down: &BTreeSet<GatewayId>) {
+        down.clone_into(&mut self.down);
+        self.shared.emit(TunnelEvent::GatewaysDown {
+            gateways: down.iter().map(ToString::to_string).collect(),
+        });
+        if let Err(e) = self.publish() {
+            self.shared.emit(TunnelEvent::Error {
+                message: format!("failing over: {e}"),
+            });
+        }
+    }
+
+    fn probe(&mut self, targets: &BTreeMap<GatewayId, BTreeSet<IpAddr>>) {
+        if let Some(prober) = &self.prober {
+            prober.probe(targets);
+        }
+    }
+}
+
+impl Device<'_> {
+    /// Makes the device run the configuration in force under the failover's
+    /// down set: the peers changed in place, or the whole device moved to a new
+    /// TUN when the platform's part (addresses, MTU, routes) changed.
+    fn publish(&mut self) -> Result<(), NanamiError> {
+        let Some(saved) = &self.current else {
+            return Ok(());
+        };
+        let config = &saved.config;
+        #[allow(clippy::expect_used)] // a constant, valid name
+        let interface = InterfaceName::new("nm-tunnel").expect("a valid interface name");
+        let target = TunnelState::of_node(
+            self.private_key.clone(),
+            config.client_state(&interface, 0, &self.down),
+        );
+        let running = lock(&self.shared.applied).clone();
+        let has_device = self
+            .shared
+            .device
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        let new_tun = match &running {
+            Some(running) if has_device => running.platform_differs(&target),
+            Some(_) | None => true,
+        };
+        if new_tun {
+            let request = TunRequest {
+                addresses: target.addresses().iter().map(ToString::to_string).collect(),
+                mtu: target.mtu(),
+                routes: target.routes().iter().map(ToString::to_string).collect(),
+            };
+            let fd = self.provider.open_tun(request);
+            if fd < 0 {
+                return Err(NanamiError::InvalidTunFd {
+                    fd,
+                    reason: "the app's TunProvider made no TUN".into(),
+                });
+            }
+            let device = open_device(fd, &target)?;
+            let old = self
+                .shared
+                .device
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .replace(device);
+            if let Some(old) = old {
+                old.shutdown();
+            }
+        } else if let Some(running) = &running {
+            let c = changes(running, &target);
+            if c.touches_device() {
+                let guard = self
+                    .shared
+                    .device
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let device = guard.as_ref().ok_or(NanamiError::Stopped)?;
+                device
+                    .apply(c.update)
+                    .map_err(|e| NanamiError::from_device(&e, None))?;
+            }
+        }
+        *lock(&self.shared.applied) = Some(target.clone());
+        *lock(&self.shared.active) = config
+            .gateways
+            .keys()
+            .map(|network| ActiveGateway {
+                network: network.to_string(),
+                gateway: config
+                    .active_gateway(network, &self.down)
+                    .map(ToString::to_string),
+            })
+            .collect();
+        self.shared.emit(TunnelEvent::ConfigApplied {
+            version: saved.version.clone(),
+            addresses: target.addresses().iter().map(ToString::to_string).collect(),
+            mtu: target.mtu(),
+            routes: target.routes().iter().map(ToString::to_string).collect(),
+            new_tun,
+        });
+        Ok(())
+    }
+}
