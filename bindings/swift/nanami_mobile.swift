@@ -831,6 +831,13 @@ public func FfiConverterTypePrivateKey_lower(_ value: PrivateKey) -> UInt64 {
 public protocol TunnelProtocol: AnyObject, Sendable {
     
     /**
+     * Each network's gateway in use, by network: a following tunnel's failover
+     * at work (`gateway` is `None` when none of the network's gateways answers).
+     * Empty for a tunnel started from a configuration.
+     */
+    func activeGateways()  -> [ActiveGateway]
+    
+    /**
      * Whether the tunnel runs (false after `stop()` or a device failure).
      */
     func isRunning()  -> Bool
@@ -918,6 +925,36 @@ open class Tunnel: TunnelProtocol, @unchecked Sendable {
 
     
     /**
+     * Starts a tunnel that follows its node's configuration from the manager,
+     * as `nanami connect` does: the key is made and kept in
+     * `settings.state_dir` (see [`state_dir_public_key`]); the first start
+     * enrols with `settings.enrolment_token` and saves the credential there; the
+     * configuration is long-polled, saved (last-known-good, served at once on
+     * the next start) and applied; the gateways of each network's failover list
+     * are probed through the tunnel, and a network moves to its next gateway
+     * when its gateway stops answering (back after the hold-down).
+     *
+     * The TUN comes from `provider`, asked with the addresses, MTU and routes of
+     * the first configuration, and again whenever they change (then the device
+     * moves to the new TUN; a route no longer wanted stays on the old one).
+     * Peer and failover changes never ask for a TUN.
+     * Events say what happens: `ConfigApplied`, `GatewaysDown`, `Error`, and a
+     * `Stopped` with `AgentFailed` when it cannot go on (not enrolled, token
+     * refused). Returns once the agent runs; nothing waits for the manager.
+     */
+public static func follow(settings: FollowSettings, provider: TunProvider, listener: TunnelListener?, options: TunnelOptions?)throws  -> Tunnel  {
+    return try  FfiConverterTypeTunnel_lift(try rustCallWithError(FfiConverterTypeNanamiError_lift) {
+        uniffiCallStatus in
+    uniffi_nanami_mobile_fn_constructor_tunnel_follow(
+        FfiConverterTypeFollowSettings_lower(settings),
+        FfiConverterCallbackInterfaceTunProvider_lower(provider),
+        FfiConverterOptionCallbackInterfaceTunnelListener.lower(listener),
+        FfiConverterOptionTypeTunnelOptions.lower(options),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Starts the tunnel on `tun_fd`, an open TUN delivering raw IP packets
      * (Android: `ParcelFileDescriptor.detachFd()` of the `VpnService.Builder`'s
      * interface; Linux: `/dev/net/tun` with `IFF_TUN | IFF_NO_PI`; iOS and macOS: the
@@ -941,6 +978,20 @@ public static func start(config: TunnelConfig, tunFd: Int32, listener: TunnelLis
 }
     
 
+    
+    /**
+     * Each network's gateway in use, by network: a following tunnel's failover
+     * at work (`gateway` is `None` when none of the network's gateways answers).
+     * Empty for a tunnel started from a configuration.
+     */
+open func activeGateways() -> [ActiveGateway]  {
+    return try!  FfiConverterSequenceTypeActiveGateway.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_nanami_mobile_fn_method_tunnel_active_gateways(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
     
     /**
      * Whether the tunnel runs (false after `stop()` or a device failure).
@@ -1306,6 +1357,208 @@ public func FfiConverterTypeTunnelConfig_lower(_ value: TunnelConfig) -> UInt64 
 
 
 /**
+ * One network's gateway in use.
+ */
+public struct ActiveGateway: Equatable, Hashable {
+    /**
+     * The network.
+     */
+    public var network: String
+    /**
+     * Its gateway in use; `None` when none of its gateways answers.
+     */
+    public var gateway: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The network.
+         */network: String, 
+        /**
+         * Its gateway in use; `None` when none of its gateways answers.
+         */gateway: String?) {
+        self.network = network
+        self.gateway = gateway
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ActiveGateway: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeActiveGateway: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ActiveGateway {
+        return
+            try ActiveGateway(
+                network: FfiConverterString.read(from: &buf), 
+                gateway: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ActiveGateway, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.network, into: &buf)
+        FfiConverterOptionString.write(value.gateway, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeActiveGateway_lift(_ buf: RustBuffer) throws -> ActiveGateway {
+    return try FfiConverterTypeActiveGateway.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeActiveGateway_lower(_ value: ActiveGateway) -> RustBuffer {
+    return FfiConverterTypeActiveGateway.lower(value)
+}
+
+
+/**
+ * Where a following tunnel finds its manager and keeps its state.
+ */
+public struct FollowSettings: Equatable, Hashable {
+    /**
+     * The manager's URLs (`https://host:port`), in order; several for
+     * active-active managers sharing one store.
+     */
+    public var managers: [String]
+    /**
+     * A PEM file of the CA that signed the managers' certificates.
+     */
+    public var caFile: String?
+    /**
+     * This node's id in the topology.
+     */
+    public var node: String
+    /**
+     * The app's private directory for the key, the credential and the
+     * last-known-good configuration (created 0700; files 0600).
+     */
+    public var stateDir: String
+    /**
+     * The one-time enrolment token; needed only until the first enrolment.
+     */
+    public var enrolmentToken: String?
+    /**
+     * Milliseconds between two probes of each gateway.
+     */
+    public var probeIntervalMs: UInt32
+    /**
+     * Milliseconds without an answer after which a gateway is down.
+     */
+    public var deadAfterMs: UInt32
+    /**
+     * Milliseconds of steady answers before a gateway that came back is used again.
+     */
+    public var holdDownMs: UInt32
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The manager's URLs (`https://host:port`), in order; several for
+         * active-active managers sharing one store.
+         */managers: [String], 
+        /**
+         * A PEM file of the CA that signed the managers' certificates.
+         */caFile: String?, 
+        /**
+         * This node's id in the topology.
+         */node: String, 
+        /**
+         * The app's private directory for the key, the credential and the
+         * last-known-good configuration (created 0700; files 0600).
+         */stateDir: String, 
+        /**
+         * The one-time enrolment token; needed only until the first enrolment.
+         */enrolmentToken: String?, 
+        /**
+         * Milliseconds between two probes of each gateway.
+         */probeIntervalMs: UInt32 = UInt32(500), 
+        /**
+         * Milliseconds without an answer after which a gateway is down.
+         */deadAfterMs: UInt32 = UInt32(1500), 
+        /**
+         * Milliseconds of steady answers before a gateway that came back is used again.
+         */holdDownMs: UInt32 = UInt32(30000)) {
+        self.managers = managers
+        self.caFile = caFile
+        self.node = node
+        self.stateDir = stateDir
+        self.enrolmentToken = enrolmentToken
+        self.probeIntervalMs = probeIntervalMs
+        self.deadAfterMs = deadAfterMs
+        self.holdDownMs = holdDownMs
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension FollowSettings: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFollowSettings: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FollowSettings {
+        return
+            try FollowSettings(
+                managers: FfiConverterSequenceString.read(from: &buf), 
+                caFile: FfiConverterOptionString.read(from: &buf), 
+                node: FfiConverterString.read(from: &buf), 
+                stateDir: FfiConverterString.read(from: &buf), 
+                enrolmentToken: FfiConverterOptionString.read(from: &buf), 
+                probeIntervalMs: FfiConverterUInt32.read(from: &buf), 
+                deadAfterMs: FfiConverterUInt32.read(from: &buf), 
+                holdDownMs: FfiConverterUInt32.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: FollowSettings, into buf: inout [UInt8]) {
+        FfiConverterSequenceString.write(value.managers, into: &buf)
+        FfiConverterOptionString.write(value.caFile, into: &buf)
+        FfiConverterString.write(value.node, into: &buf)
+        FfiConverterString.write(value.stateDir, into: &buf)
+        FfiConverterOptionString.write(value.enrolmentToken, into: &buf)
+        FfiConverterUInt32.write(value.probeIntervalMs, into: &buf)
+        FfiConverterUInt32.write(value.deadAfterMs, into: &buf)
+        FfiConverterUInt32.write(value.holdDownMs, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFollowSettings_lift(_ buf: RustBuffer) throws -> FollowSettings {
+    return try FfiConverterTypeFollowSettings.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFollowSettings_lower(_ value: FollowSettings) -> RustBuffer {
+    return FfiConverterTypeFollowSettings.lower(value)
+}
+
+
+/**
  * One peer's counters, as `stats()` reads them.
  */
 public struct PeerStats: Equatable, Hashable {
@@ -1500,6 +1753,85 @@ public func FfiConverterTypePeerSummary_lift(_ buf: RustBuffer) throws -> PeerSu
 #endif
 public func FfiConverterTypePeerSummary_lower(_ value: PeerSummary) -> RustBuffer {
     return FfiConverterTypePeerSummary.lower(value)
+}
+
+
+/**
+ * What the platform's VPN interface must be: asked of [`TunProvider`].
+ */
+public struct TunRequest: Equatable, Hashable {
+    /**
+     * The interface addresses (`100.80.0.10/32`).
+     */
+    public var addresses: [String]
+    /**
+     * The MTU.
+     */
+    public var mtu: UInt32
+    /**
+     * Every prefix routed into the tunnel, sorted.
+     */
+    public var routes: [String]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The interface addresses (`100.80.0.10/32`).
+         */addresses: [String], 
+        /**
+         * The MTU.
+         */mtu: UInt32, 
+        /**
+         * Every prefix routed into the tunnel, sorted.
+         */routes: [String]) {
+        self.addresses = addresses
+        self.mtu = mtu
+        self.routes = routes
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension TunRequest: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeTunRequest: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> TunRequest {
+        return
+            try TunRequest(
+                addresses: FfiConverterSequenceString.read(from: &buf), 
+                mtu: FfiConverterUInt32.read(from: &buf), 
+                routes: FfiConverterSequenceString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: TunRequest, into buf: inout [UInt8]) {
+        FfiConverterSequenceString.write(value.addresses, into: &buf)
+        FfiConverterUInt32.write(value.mtu, into: &buf)
+        FfiConverterSequenceString.write(value.routes, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTunRequest_lift(_ buf: RustBuffer) throws -> TunRequest {
+    return try FfiConverterTypeTunRequest.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTunRequest_lower(_ value: TunRequest) -> RustBuffer {
+    return FfiConverterTypeTunRequest.lower(value)
 }
 
 
@@ -1888,6 +2220,11 @@ public enum StopReason: Equatable, Hashable {
      * longer carries traffic. Start a new one with a new fd.
      */
     case deviceFailed
+    /**
+     * A following tunnel's agent cannot go on (not enrolled, enrolment token
+     * refused); an `Error` event before this one says why.
+     */
+    case agentFailed
 
 
 
@@ -1913,6 +2250,8 @@ public struct FfiConverterTypeStopReason: FfiConverterRustBuffer {
         
         case 2: return .deviceFailed
         
+        case 3: return .agentFailed
+        
         default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
@@ -1927,6 +2266,10 @@ public struct FfiConverterTypeStopReason: FfiConverterRustBuffer {
         
         case .deviceFailed:
             writeInt(&buf, Int32(2))
+        
+        
+        case .agentFailed:
+            writeInt(&buf, Int32(3))
         
         }
     }
@@ -1980,6 +2323,47 @@ public enum TunnelEvent: Equatable, Hashable {
          */lastHandshake: Date?
     )
     /**
+     * A following tunnel runs a configuration: the manager's newest, or the
+     * same one under a new failover. `new_tun` when it asked the app's
+     * `TunProvider` for a TUN with these addresses, MTU and routes.
+     */
+    case configApplied(
+        /**
+         * The manager's version of the configuration.
+         */version: String, 
+        /**
+         * The interface addresses.
+         */addresses: [String], 
+        /**
+         * The MTU.
+         */mtu: UInt32, 
+        /**
+         * The prefixes routed into the tunnel.
+         */routes: [String], 
+        /**
+         * Whether the device moved to a new TUN.
+         */newTun: Bool
+    )
+    /**
+     * A following tunnel's probes changed their mind: these gateways do not
+     * answer (empty: every gateway answers again), and their networks are
+     * routed to the next gateway of their failover lists.
+     */
+    case gatewaysDown(
+        /**
+         * The gateways' ids.
+         */gateways: [String]
+    )
+    /**
+     * Something went wrong that the tunnel survives (a configuration it could
+     * not apply), or, before `Stopped { AgentFailed }`, why it stops.
+     */
+    case error(
+        /**
+         * What happened.
+         */message: String
+    )
+    /**
      * The tunnel stopped; no event follows.
      */
     case stopped(
@@ -2014,7 +2398,16 @@ public struct FfiConverterTypeTunnelEvent: FfiConverterRustBuffer {
         case 2: return .peerStale(publicKey: try FfiConverterString.read(from: &buf), lastHandshake: try FfiConverterOptionTimestamp.read(from: &buf)
         )
         
-        case 3: return .stopped(reason: try FfiConverterTypeStopReason.read(from: &buf)
+        case 3: return .configApplied(version: try FfiConverterString.read(from: &buf), addresses: try FfiConverterSequenceString.read(from: &buf), mtu: try FfiConverterUInt32.read(from: &buf), routes: try FfiConverterSequenceString.read(from: &buf), newTun: try FfiConverterBool.read(from: &buf)
+        )
+        
+        case 4: return .gatewaysDown(gateways: try FfiConverterSequenceString.read(from: &buf)
+        )
+        
+        case 5: return .error(message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 6: return .stopped(reason: try FfiConverterTypeStopReason.read(from: &buf)
         )
         
         default: throw UniffiInternalError.unexpectedEnumCase
@@ -2037,8 +2430,27 @@ public struct FfiConverterTypeTunnelEvent: FfiConverterRustBuffer {
             FfiConverterOptionTimestamp.write(lastHandshake, into: &buf)
             
         
-        case let .stopped(reason):
+        case let .configApplied(version,addresses,mtu,routes,newTun):
             writeInt(&buf, Int32(3))
+            FfiConverterString.write(version, into: &buf)
+            FfiConverterSequenceString.write(addresses, into: &buf)
+            FfiConverterUInt32.write(mtu, into: &buf)
+            FfiConverterSequenceString.write(routes, into: &buf)
+            FfiConverterBool.write(newTun, into: &buf)
+            
+        
+        case let .gatewaysDown(gateways):
+            writeInt(&buf, Int32(4))
+            FfiConverterSequenceString.write(gateways, into: &buf)
+            
+        
+        case let .error(message):
+            writeInt(&buf, Int32(5))
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .stopped(reason):
+            writeInt(&buf, Int32(6))
             FfiConverterTypeStopReason.write(reason, into: &buf)
             
         }
@@ -2060,6 +2472,151 @@ public func FfiConverterTypeTunnelEvent_lower(_ value: TunnelEvent) -> RustBuffe
     return FfiConverterTypeTunnelEvent.lower(value)
 }
 
+
+
+
+
+/**
+ * Implemented by the app: makes the VPN interface a following tunnel runs on
+ * (Android: a `VpnService.Builder` with these addresses, MTU and routes, then
+ * `establish().detachFd()`).
+ */
+public protocol TunProvider: AnyObject, Sendable {
+    
+    /**
+     * The fd of a new TUN configured as `request` says (the tunnel takes it
+     * over and closes the previous one), or a negative number if it cannot be
+     * made (an `Error` event follows; the next configuration asks again).
+     */
+    func openTun(request: TunRequest)  -> Int32
+    
+}
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceTunProvider {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceTunProvider = UniffiVTableCallbackInterfaceTunProvider(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterCallbackInterfaceTunProvider.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface TunProvider: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterCallbackInterfaceTunProvider.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface TunProvider: handle missing in uniffiClone")
+            }
+        },
+        openTun: { (
+            uniffiHandle: UInt64,
+            request: RustBuffer,
+            uniffiOutReturn: UnsafeMutablePointer<Int32>,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> Int32 in
+                guard let uniffiObj = try? FfiConverterCallbackInterfaceTunProvider.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.openTun(
+                     request: try FfiConverterTypeTunRequest_lift(request)
+                )
+            }
+
+            
+            let writeReturn = { uniffiOutReturn.pointee = FfiConverterInt32.lower($0) }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceTunProvider> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceTunProvider>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitTunProvider() {
+    uniffi_nanami_mobile_fn_init_callback_vtable_tunprovider(UniffiCallbackInterfaceTunProvider.vtablePtr)
+}
+
+// FfiConverter protocol for callback interfaces
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterCallbackInterfaceTunProvider {
+    fileprivate static let handleMap = UniffiHandleMap<TunProvider>()
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+extension FfiConverterCallbackInterfaceTunProvider : FfiConverter {
+    typealias SwiftType = TunProvider
+    typealias FfiType = UInt64
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func lift(_ handle: UInt64) throws -> SwiftType {
+        try handleMap.get(handle: handle)
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func lower(_ v: SwiftType) -> UInt64 {
+        return handleMap.insert(obj: v)
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func write(_ v: SwiftType, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(v))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterCallbackInterfaceTunProvider_lift(_ handle: UInt64) throws -> TunProvider {
+    return try FfiConverterCallbackInterfaceTunProvider.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterCallbackInterfaceTunProvider_lower(_ v: TunProvider) -> UInt64 {
+    return FfiConverterCallbackInterfaceTunProvider.lower(v)
+}
 
 
 
@@ -2400,6 +2957,31 @@ fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeActiveGateway: FfiConverterRustBuffer {
+    typealias SwiftType = [ActiveGateway]
+
+    public static func write(_ value: [ActiveGateway], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeActiveGateway.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ActiveGateway] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ActiveGateway]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeActiveGateway.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypePeerStats: FfiConverterRustBuffer {
     typealias SwiftType = [PeerStats]
 
@@ -2446,6 +3028,19 @@ fileprivate struct FfiConverterSequenceTypePeerSummary: FfiConverterRustBuffer {
         return seq
     }
 }
+/**
+ * Creates `state_dir` (0700) and this node's key in it on first use (0600,
+ * never leaving it) and returns the public key, base64: what the operator puts
+ * in the topology for this node before it enrols.
+ */
+public func stateDirPublicKey(stateDir: String)throws  -> String  {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeNanamiError_lift) {
+        uniffiCallStatus in
+    uniffi_nanami_mobile_fn_func_state_dir_public_key(
+        FfiConverterString.lower(stateDir),uniffiCallStatus
+    )
+})
+}
 
 private enum InitializationResult {
     case ok
@@ -2461,6 +3056,9 @@ private let initializationResult: InitializationResult = {
     let scaffolding_contract_version = ffi_nanami_mobile_uniffi_contract_version()
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
+    }
+    if (uniffi_nanami_mobile_checksum_func_state_dir_public_key() != 64684) {
+        return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_nanami_mobile_checksum_method_tunnelconfig_addresses() != 64344) {
         return InitializationResult.apiChecksumMismatch
@@ -2484,6 +3082,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_nanami_mobile_checksum_method_privatekey_public_key() != 52007) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_nanami_mobile_checksum_method_tunnel_active_gateways() != 32098) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_nanami_mobile_checksum_method_tunnel_is_running() != 58672) {
@@ -2513,13 +3114,20 @@ private let initializationResult: InitializationResult = {
     if (uniffi_nanami_mobile_checksum_constructor_privatekey_generate() != 3188) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_nanami_mobile_checksum_constructor_tunnel_follow() != 59356) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_nanami_mobile_checksum_constructor_tunnel_start() != 15326) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_nanami_mobile_checksum_method_tunprovider_open_tun() != 27858) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_nanami_mobile_checksum_method_tunnellistener_on_event() != 51067) {
         return InitializationResult.apiChecksumMismatch
     }
 
+    uniffiCallbackInitTunProvider()
     uniffiCallbackInitTunnelListener()
     return InitializationResult.ok
 }()

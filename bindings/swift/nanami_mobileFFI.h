@@ -243,11 +243,27 @@ typedef void (*UniffiForeignFutureCompleteVoid)(uint64_t, UniffiForeignFutureRes
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_TUN_PROVIDER_METHOD0
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_TUN_PROVIDER_METHOD0
+typedef void (*UniffiCallbackInterfaceTunProviderMethod0)(uint64_t, RustBuffer, int32_t* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
 #ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_TUNNEL_LISTENER_METHOD0
 #define UNIFFI_FFIDEF_CALLBACK_INTERFACE_TUNNEL_LISTENER_METHOD0
 typedef void (*UniffiCallbackInterfaceTunnelListenerMethod0)(uint64_t, RustBuffer, void* _Nonnull, 
         RustCallStatus *_Nonnull uniffiCallStatus
     );
+
+#endif
+#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_TUN_PROVIDER
+#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_TUN_PROVIDER
+typedef struct UniffiVTableCallbackInterfaceTunProvider {
+    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
+    UniffiCallbackInterfaceClone _Nonnull uniffiClone;
+    UniffiCallbackInterfaceTunProviderMethod0 _Nonnull openTun;
+} UniffiVTableCallbackInterfaceTunProvider;
 
 #endif
 #ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_TUNNEL_LISTENER
@@ -350,9 +366,19 @@ uint64_t uniffi_nanami_mobile_fn_clone_tunnel(uint64_t handle, RustCallStatus *_
 void uniffi_nanami_mobile_fn_free_tunnel(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_FN_CONSTRUCTOR_TUNNEL_FOLLOW
+#define UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_FN_CONSTRUCTOR_TUNNEL_FOLLOW
+uint64_t uniffi_nanami_mobile_fn_constructor_tunnel_follow(RustBuffer settings, uint64_t provider, RustBuffer listener, RustBuffer options, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_FN_CONSTRUCTOR_TUNNEL_START
 #define UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_FN_CONSTRUCTOR_TUNNEL_START
 uint64_t uniffi_nanami_mobile_fn_constructor_tunnel_start(uint64_t config, int32_t tun_fd, RustBuffer listener, RustBuffer options, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_FN_METHOD_TUNNEL_ACTIVE_GATEWAYS
+#define UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_FN_METHOD_TUNNEL_ACTIVE_GATEWAYS
+RustBuffer uniffi_nanami_mobile_fn_method_tunnel_active_gateways(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_FN_METHOD_TUNNEL_IS_RUNNING
@@ -380,9 +406,19 @@ void uniffi_nanami_mobile_fn_method_tunnel_stop(uint64_t ptr, RustCallStatus *_N
 RustBuffer uniffi_nanami_mobile_fn_method_tunnel_update(uint64_t ptr, uint64_t config, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_FN_INIT_CALLBACK_VTABLE_TUNPROVIDER
+#define UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_FN_INIT_CALLBACK_VTABLE_TUNPROVIDER
+void uniffi_nanami_mobile_fn_init_callback_vtable_tunprovider(const UniffiVTableCallbackInterfaceTunProvider* _Nonnull vtable
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_FN_INIT_CALLBACK_VTABLE_TUNNELLISTENER
 #define UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_FN_INIT_CALLBACK_VTABLE_TUNNELLISTENER
 void uniffi_nanami_mobile_fn_init_callback_vtable_tunnellistener(const UniffiVTableCallbackInterfaceTunnelListener* _Nonnull vtable
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_FN_FUNC_STATE_DIR_PUBLIC_KEY
+#define UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_FN_FUNC_STATE_DIR_PUBLIC_KEY
+RustBuffer uniffi_nanami_mobile_fn_func_state_dir_public_key(RustBuffer state_dir, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_FFI_NANAMI_MOBILE_RUSTBUFFER_ALLOC
@@ -645,6 +681,12 @@ void ffi_nanami_mobile_rust_future_free_void(uint64_t handle
 void ffi_nanami_mobile_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_CHECKSUM_FUNC_STATE_DIR_PUBLIC_KEY
+#define UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_CHECKSUM_FUNC_STATE_DIR_PUBLIC_KEY
+uint16_t uniffi_nanami_mobile_checksum_func_state_dir_public_key(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_CHECKSUM_METHOD_TUNNELCONFIG_ADDRESSES
 #define UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_CHECKSUM_METHOD_TUNNELCONFIG_ADDRESSES
 uint16_t uniffi_nanami_mobile_checksum_method_tunnelconfig_addresses(void
@@ -690,6 +732,12 @@ uint16_t uniffi_nanami_mobile_checksum_method_privatekey_expose_secret_base64(vo
 #ifndef UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_CHECKSUM_METHOD_PRIVATEKEY_PUBLIC_KEY
 #define UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_CHECKSUM_METHOD_PRIVATEKEY_PUBLIC_KEY
 uint16_t uniffi_nanami_mobile_checksum_method_privatekey_public_key(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_CHECKSUM_METHOD_TUNNEL_ACTIVE_GATEWAYS
+#define UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_CHECKSUM_METHOD_TUNNEL_ACTIVE_GATEWAYS
+uint16_t uniffi_nanami_mobile_checksum_method_tunnel_active_gateways(void
     
 );
 #endif
@@ -747,9 +795,21 @@ uint16_t uniffi_nanami_mobile_checksum_constructor_privatekey_generate(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_CHECKSUM_CONSTRUCTOR_TUNNEL_FOLLOW
+#define UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_CHECKSUM_CONSTRUCTOR_TUNNEL_FOLLOW
+uint16_t uniffi_nanami_mobile_checksum_constructor_tunnel_follow(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_CHECKSUM_CONSTRUCTOR_TUNNEL_START
 #define UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_CHECKSUM_CONSTRUCTOR_TUNNEL_START
 uint16_t uniffi_nanami_mobile_checksum_constructor_tunnel_start(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_CHECKSUM_METHOD_TUNPROVIDER_OPEN_TUN
+#define UNIFFI_FFIDEF_UNIFFI_NANAMI_MOBILE_CHECKSUM_METHOD_TUNPROVIDER_OPEN_TUN
+uint16_t uniffi_nanami_mobile_checksum_method_tunprovider_open_tun(void
     
 );
 #endif

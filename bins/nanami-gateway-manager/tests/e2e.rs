@@ -1675,8 +1675,9 @@ async fn a_store_that_cannot_write_still_fails_clients_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_requests_get_the_json_error_and_the_store_is_private() {
-    let metrics_port = free_port();
-    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    // Held until the manager listens on it.
+    let metrics = nanami_testkit::port::Reserved::loopback();
+    let metrics_addr = metrics.addr().to_string();
     let env = Env::start_with_flags(
         "odd",
         &topology(&client_key(), &client_key(), &[]),

@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{free_port, until, ManagerProc, TempDir, MANAGER};
+use common::{until, ManagerProc, TempDir, MANAGER};
 use nanami_api::wire::{GatewayStatus, Liveness, Precondition, Subject, TokenRequest};
 use nanami_api::{ApiError, Client};
 use nanami_gateway_daemon::DaemonConfig;
@@ -25,6 +25,7 @@ use nanami_model::doc::{MembershipDoc, NodeDoc};
 use nanami_model::{GatewayId, GatewayState, NodeId, PrivateKey, PublicKey};
 use nanami_reconcile::sim::SimPlatform;
 use nanami_reconcile::Status;
+use nanami_testkit::port::Reserved;
 use pg::PgServer;
 use tokio::sync::{oneshot, watch};
 
@@ -75,7 +76,7 @@ impl Cluster {
             managers: Vec::new(),
         };
         for i in 0..count {
-            let m = cluster.spawn(i, free_port()).await;
+            let m = cluster.spawn(i).await;
             cluster.managers.push(Some(m));
         }
         cluster
@@ -85,8 +86,11 @@ impl Cluster {
         self.tmp.0.join("manager")
     }
 
-    /// Starts manager `i` on `port` and waits for its `/healthz`.
-    async fn spawn(&self, i: usize, port: u16) -> ManagerProc {
+    /// Starts manager `i` on a port reserved until it listens, and waits for its
+    /// `/healthz`.
+    async fn spawn(&self, i: usize) -> ManagerProc {
+        let reserved = Reserved::loopback();
+        let port = reserved.port();
         let log = self.tmp.0.join(format!("manager-{i}.log"));
         let logfile = std::fs::OpenOptions::new()
             .create(true)
@@ -112,6 +116,7 @@ impl Cluster {
             log,
         };
         common::wait_healthz(&proc, &self.ca(), Duration::from_secs(30)).await;
+        drop(reserved);
         proc
     }
 

@@ -72,7 +72,15 @@ impl Rig {
         self.dir.join(name).to_string_lossy().into_owned()
     }
 
+    /// The rig with `nanami connect` as its client.
     fn up(tag: &str, exit: bool) -> Rig {
+        let mut rig = Self::machines(tag, exit);
+        rig.start_client();
+        rig
+    }
+
+    /// The manager and both gateways, running their state; no client yet.
+    fn machines(tag: &str, exit: bool) -> Rig {
         require_netns(&["ping", "nft", "wg"]);
         common::build_workspace_binaries();
         let prefix = format!("nmf{}{tag}", std::process::id() % 10_000);
@@ -175,6 +183,7 @@ impl Rig {
                 &self.file("client"),
             ],
         );
+        std::fs::write(self.dir.join("client.pub"), &client).unwrap();
         std::fs::write(
             self.dir.join("topology.yaml"),
             topology(&gw_a, &gw_b, &client, exit),
@@ -229,7 +238,7 @@ impl Rig {
             let daemon = self.spawn(ns, gw, &daemon, &args);
             self.procs.push(daemon);
         }
-        // The client starts once both gateways run their state. (A client whose
+        // A client starts once both gateways run their state. (A client whose
         // tunnel is up before a gateway's device exists can fail to reach that
         // gateway through the tunnel for good: see the closing note of #18; this
         // rig tests failover, not that start-up order.)
@@ -238,6 +247,13 @@ impl Rig {
             Duration::from_secs(30),
             || self.gateways_converged(),
         );
+    }
+
+    /// Starts `nanami connect` and waits until it reaches the resource through
+    /// edge-a with edge-b answering too.
+    fn start_client(&mut self) {
+        let url = format!("https://{MANAGER}");
+        let ca = self.file("manager/ca.pem");
         let hold_down = HOLD_DOWN.as_millis().to_string();
         let args = strings(&[
             "connect",
@@ -694,4 +710,50 @@ fn without_a_credential_or_token_the_agent_says_so_and_exits() {
         0o600
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The mobile tunnel (`nanami-mobile`, through its generated Python bindings, as
+/// an app drives the Kotlin or Swift ones) follows the rig's manager with the
+/// same agent as `nanami connect`: it enrols, asks the app for a TUN, reaches the
+/// resource through edge-a; edge-a's link is cut and its probes move `corp` to
+/// edge-b without a new TUN; restarted without a token it serves its saved
+/// configuration. The scenario is `bindings/mobile-tests/follow_manager.py`.
+#[test]
+fn a_mobile_tunnel_follows_the_manager_and_fails_over_when_its_gateway_is_cut() {
+    let _one = ONE_RIG.lock().unwrap_or_else(|p| p.into_inner());
+    nanami_testkit::root::require_tools(&["python3"]);
+    let python = common::mobile_python_bindings();
+    let rig = Rig::machines("m", false);
+    let client_key = std::fs::read_to_string(rig.dir.join("client.pub")).unwrap();
+    let cut = format!(
+        "ip netns exec {} ip link set port-gwa down",
+        rig.ns("wan").name()
+    );
+    let script = common::root().join("bindings/mobile-tests/follow_manager.py");
+    let out = rig
+        .ns("cli")
+        .command("python3")
+        .arg(&script)
+        .env("PYTHONPATH", &python)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("NANAMI_MANAGER", format!("https://{MANAGER}"))
+        .env("NANAMI_CA", rig.file("manager/ca.pem"))
+        .env("NANAMI_STATE_DIR", rig.file("client"))
+        .env("NANAMI_TOKEN_FILE", rig.file("client.token"))
+        .env("NANAMI_CLIENT_KEY", client_key.trim())
+        .env("NANAMI_RESOURCE", RESOURCE)
+        .env("NANAMI_CUT", &cut)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("mobile follow: ok"),
+        "{script:?} failed ({}):\n{stdout}\n{stderr}\nmanager log:\n{}",
+        out.status,
+        rig.log("manager")
+    );
 }

@@ -62,6 +62,18 @@ pub struct TunRequest {
     pub routes: Vec<String>,
 }
 
+impl TunRequest {
+    /// Whether a TUN made as `self` serves `wanted`: the same addresses and MTU,
+    /// and every route wanted. A route no longer wanted stays on the TUN (its
+    /// packets find no peer and are dropped) rather than cost a new TUN, whose
+    /// making drops every session.
+    fn serves(&self, wanted: &TunRequest) -> bool {
+        self.addresses == wanted.addresses
+            && self.mtu == wanted.mtu
+            && wanted.routes.iter().all(|r| self.routes.contains(r))
+    }
+}
+
 /// Implemented by the app: makes the VPN interface a following tunnel runs on
 /// (Android: a `VpnService.Builder` with these addresses, MTU and routes, then
 /// `establish().detachFd()`).
@@ -87,10 +99,7 @@ pub struct ActiveGateway {
 /// in the topology for this node before it enrols.
 #[uniffi::export]
 pub fn state_dir_public_key(state_dir: String) -> Result<String, NanamiError> {
-    Ok(store(&state_dir)
-        .ensure_key()
-        .map_err(system)?
-        .to_base64())
+    Ok(store(&state_dir).ensure_key().map_err(system)?.to_base64())
 }
 
 fn store(dir: &str) -> StateDir<VersionedConfig> {
@@ -183,6 +192,7 @@ pub(crate) fn spawn(
                     down: BTreeSet::new(),
                     prober: prober(inputs_tx.clone(), policy.dead_after),
                     inputs: inputs_tx,
+                    tun: None,
                 };
                 let lkg = match dir.load_lkg() {
                     Ok(Some(saved)) if saved.config.node == node => Some(saved),
@@ -275,6 +285,8 @@ struct Device<'a> {
     down: BTreeSet<GatewayId>,
     prober: Option<Prober>,
     inputs: mpsc::Sender<Input>,
+    /// What the TUN in use was made as.
+    tun: Option<TunRequest>,
 }
 
 impl Wiring<VersionedConfig> for Device<'_> {
@@ -313,7 +325,7 @@ impl Wiring<VersionedConfig> for Device<'_> {
 impl Device<'_> {
     /// Makes the device run the configuration in force under the failover's
     /// down set: the peers changed in place, or the whole device moved to a new
-    /// TUN when the platform's part (addresses, MTU, routes) changed.
+    /// TUN when the TUN in use cannot serve it (see [`TunRequest::serves`]).
     fn publish(&mut self) -> Result<(), NanamiError> {
         let Some(saved) = &self.current else {
             return Ok(());
@@ -325,6 +337,11 @@ impl Device<'_> {
             self.private_key.clone(),
             config.client_state(&interface, 0, &self.down),
         );
+        let request = TunRequest {
+            addresses: target.addresses().iter().map(ToString::to_string).collect(),
+            mtu: target.mtu(),
+            routes: target.routes().iter().map(ToString::to_string).collect(),
+        };
         let running = lock(&self.shared.applied).clone();
         let has_device = self
             .shared
@@ -332,17 +349,12 @@ impl Device<'_> {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .is_some();
-        let new_tun = match &running {
-            Some(running) if has_device => running.platform_differs(&target),
-            Some(_) | None => true,
+        let new_tun = match (&self.tun, &running) {
+            (Some(tun), Some(_)) if has_device => !tun.serves(&request),
+            _ => true,
         };
         if new_tun {
-            let request = TunRequest {
-                addresses: target.addresses().iter().map(ToString::to_string).collect(),
-                mtu: target.mtu(),
-                routes: target.routes().iter().map(ToString::to_string).collect(),
-            };
-            let fd = self.provider.open_tun(request);
+            let fd = self.provider.open_tun(request.clone());
             if fd < 0 {
                 return Err(NanamiError::InvalidTunFd {
                     fd,
@@ -359,6 +371,7 @@ impl Device<'_> {
             if let Some(old) = old {
                 old.shutdown();
             }
+            self.tun = Some(request.clone());
         } else if let Some(running) = &running {
             let c = changes(running, &target);
             if c.touches_device() {
@@ -386,11 +399,38 @@ impl Device<'_> {
             .collect();
         self.shared.emit(TunnelEvent::ConfigApplied {
             version: saved.version.clone(),
-            addresses: target.addresses().iter().map(ToString::to_string).collect(),
-            mtu: target.mtu(),
-            routes: target.routes().iter().map(ToString::to_string).collect(),
+            addresses: request.addresses,
+            mtu: request.mtu,
+            routes: request.routes,
             new_tun,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tun(addresses: &[&str], mtu: u32, routes: &[&str]) -> TunRequest {
+        TunRequest {
+            addresses: addresses.iter().map(|s| (*s).to_owned()).collect(),
+            mtu,
+            routes: routes.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_tun_serves_fewer_routes_but_not_more_nor_other_addresses() {
+        let made = tun(&["100.64.0.2/32"], 1380, &["10.20.0.0/24", "100.64.0.1/32"]);
+        assert!(made.serves(&made.clone()));
+        assert!(made.serves(&tun(&["100.64.0.2/32"], 1380, &["10.20.0.0/24"])));
+        assert!(!made.serves(&tun(
+            &["100.64.0.2/32"],
+            1380,
+            &["10.20.0.0/24", "10.30.0.0/24"]
+        )));
+        assert!(!made.serves(&tun(&["100.64.0.9/32"], 1380, &["10.20.0.0/24"])));
+        assert!(!made.serves(&tun(&["100.64.0.2/32"], 1280, &["10.20.0.0/24"])));
     }
 }

@@ -184,7 +184,8 @@ impl Tunnel {
     ///
     /// The TUN comes from `provider`, asked with the addresses, MTU and routes of
     /// the first configuration, and again whenever they change (then the device
-    /// moves to the new TUN). Peer and failover changes never ask for a TUN.
+    /// moves to the new TUN; a route no longer wanted stays on the old one).
+    /// Peer and failover changes never ask for a TUN.
     /// Events say what happens: `ConfigApplied`, `GatewaysDown`, `Error`, and a
     /// `Stopped` with `AgentFailed` when it cannot go on (not enrolled, token
     /// refused). Returns once the agent runs; nothing waits for the manager.

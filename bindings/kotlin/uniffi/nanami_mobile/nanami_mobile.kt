@@ -650,8 +650,30 @@ internal open class UniffiForeignFutureResultVoid(
 internal interface UniffiForeignFutureCompleteVoid : com.sun.jna.Callback {
     fun callback(`callbackData`: Long,`result`: UniffiForeignFutureResultVoid.UniffiByValue,)
 }
+internal interface UniffiCallbackInterfaceTunProviderMethod0 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`request`: RustBuffer.ByValue,`uniffiOutReturn`: IntByReference,uniffiCallStatus: UniffiRustCallStatus,)
+}
 internal interface UniffiCallbackInterfaceTunnelListenerMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`event`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "openTun")
+internal open class UniffiVTableCallbackInterfaceTunProvider(
+    @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+    @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+    @JvmField internal var `openTun`: UniffiCallbackInterfaceTunProviderMethod0? = null,
+) : Structure() {
+    class UniffiByValue(
+        `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+        `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+        `openTun`: UniffiCallbackInterfaceTunProviderMethod0? = null,
+    ): UniffiVTableCallbackInterfaceTunProvider(`uniffiFree`,`uniffiClone`,`openTun`,), Structure.ByValue
+
+   internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceTunProvider) {
+        `uniffiFree` = other.`uniffiFree`
+        `uniffiClone` = other.`uniffiClone`
+        `openTun` = other.`openTun`
+    }
+
 }
 @Structure.FieldOrder("uniffiFree", "uniffiClone", "onEvent")
 internal open class UniffiVTableCallbackInterfaceTunnelListener(
@@ -697,6 +719,8 @@ internal object IntegrityCheckingUniffiLib {
     }
 
     internal fun ensureInitialized() = Unit
+    external fun uniffi_nanami_mobile_checksum_func_state_dir_public_key(
+    ): Int
     external fun uniffi_nanami_mobile_checksum_method_tunnelconfig_addresses(
     ): Int
     external fun uniffi_nanami_mobile_checksum_method_tunnelconfig_listen_port(
@@ -712,6 +736,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_nanami_mobile_checksum_method_privatekey_expose_secret_base64(
     ): Int
     external fun uniffi_nanami_mobile_checksum_method_privatekey_public_key(
+    ): Int
+    external fun uniffi_nanami_mobile_checksum_method_tunnel_active_gateways(
     ): Int
     external fun uniffi_nanami_mobile_checksum_method_tunnel_is_running(
     ): Int
@@ -731,7 +757,11 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_nanami_mobile_checksum_constructor_privatekey_generate(
     ): Int
+    external fun uniffi_nanami_mobile_checksum_constructor_tunnel_follow(
+    ): Int
     external fun uniffi_nanami_mobile_checksum_constructor_tunnel_start(
+    ): Int
+    external fun uniffi_nanami_mobile_checksum_method_tunprovider_open_tun(
     ): Int
     external fun uniffi_nanami_mobile_checksum_method_tunnellistener_on_event(
     ): Int
@@ -751,6 +781,7 @@ internal object UniffiLib {
 
     init {
         Native.register(UniffiLib::class.java, findLibraryName(componentName = "nanami_mobile"))
+        uniffiCallbackInterfaceTunProvider.register(this)
         uniffiCallbackInterfaceTunnelListener.register(this)
         
     }
@@ -792,8 +823,12 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_nanami_mobile_fn_free_tunnel(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_nanami_mobile_fn_constructor_tunnel_follow(`settings`: RustBuffer.ByValue,`provider`: Long,`listener`: RustBuffer.ByValue,`options`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
     external fun uniffi_nanami_mobile_fn_constructor_tunnel_start(`config`: Long,`tunFd`: Int,`listener`: RustBuffer.ByValue,`options`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
+    external fun uniffi_nanami_mobile_fn_method_tunnel_active_gateways(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_nanami_mobile_fn_method_tunnel_is_running(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Byte
     external fun uniffi_nanami_mobile_fn_method_tunnel_listen_port(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -804,8 +839,12 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_nanami_mobile_fn_method_tunnel_update(`ptr`: Long,`config`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_nanami_mobile_fn_init_callback_vtable_tunprovider(`vtable`: UniffiVTableCallbackInterfaceTunProvider,
+    ): Unit
     external fun uniffi_nanami_mobile_fn_init_callback_vtable_tunnellistener(`vtable`: UniffiVTableCallbackInterfaceTunnelListener,
     ): Unit
+    external fun uniffi_nanami_mobile_fn_func_state_dir_public_key(`stateDir`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun ffi_nanami_mobile_rustbuffer_alloc(`size`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun ffi_nanami_mobile_rustbuffer_from_bytes(`bytes`: ForeignBytes.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -925,6 +964,9 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 }
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
+    if ((lib.uniffi_nanami_mobile_checksum_func_state_dir_public_key() and 0xFFFF) != 64684) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_nanami_mobile_checksum_method_tunnelconfig_addresses() and 0xFFFF) != 64344) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -947,6 +989,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_nanami_mobile_checksum_method_privatekey_public_key() and 0xFFFF) != 52007) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_nanami_mobile_checksum_method_tunnel_active_gateways() and 0xFFFF) != 32098) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_nanami_mobile_checksum_method_tunnel_is_running() and 0xFFFF) != 58672) {
@@ -976,7 +1021,13 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_nanami_mobile_checksum_constructor_privatekey_generate() and 0xFFFF) != 3188) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_nanami_mobile_checksum_constructor_tunnel_follow() and 0xFFFF) != 59356) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_nanami_mobile_checksum_constructor_tunnel_start() and 0xFFFF) != 15326) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_nanami_mobile_checksum_method_tunprovider_open_tun() and 0xFFFF) != 27858) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_nanami_mobile_checksum_method_tunnellistener_on_event() and 0xFFFF) != 51067) {
@@ -1815,6 +1866,13 @@ public object FfiConverterTypePrivateKey: FfiConverter<PrivateKey, Long> {
 public interface TunnelInterface {
     
     /**
+     * Each network's gateway in use, by network: a following tunnel's failover
+     * at work (`gateway` is `None` when none of the network's gateways answers).
+     * Empty for a tunnel started from a configuration.
+     */
+    fun `activeGateways`(): List<ActiveGateway>
+    
+    /**
      * Whether the tunnel runs (false after `stop()` or a device failure).
      */
     fun `isRunning`(): kotlin.Boolean
@@ -1955,6 +2013,24 @@ open class Tunnel: Disposable, AutoCloseable, TunnelInterface
 
     
     /**
+     * Each network's gateway in use, by network: a following tunnel's failover
+     * at work (`gateway` is `None` when none of the network's gateways answers).
+     * Empty for a tunnel started from a configuration.
+     */override fun `activeGateways`(): List<ActiveGateway> {
+            return FfiConverterSequenceTypeActiveGateway.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_nanami_mobile_fn_method_tunnel_active_gateways(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
      * Whether the tunnel runs (false after `stop()` or a device failure).
      */override fun `isRunning`(): kotlin.Boolean {
             return FfiConverterBoolean.lift(
@@ -2049,6 +2125,40 @@ open class Tunnel: Disposable, AutoCloseable, TunnelInterface
 
     
     companion object {
+        
+    /**
+     * Starts a tunnel that follows its node's configuration from the manager,
+     * as `nanami connect` does: the key is made and kept in
+     * `settings.state_dir` (see [`state_dir_public_key`]); the first start
+     * enrols with `settings.enrolment_token` and saves the credential there; the
+     * configuration is long-polled, saved (last-known-good, served at once on
+     * the next start) and applied; the gateways of each network's failover list
+     * are probed through the tunnel, and a network moves to its next gateway
+     * when its gateway stops answering (back after the hold-down).
+     *
+     * The TUN comes from `provider`, asked with the addresses, MTU and routes of
+     * the first configuration, and again whenever they change (then the device
+     * moves to the new TUN; a route no longer wanted stays on the old one).
+     * Peer and failover changes never ask for a TUN.
+     * Events say what happens: `ConfigApplied`, `GatewaysDown`, `Error`, and a
+     * `Stopped` with `AgentFailed` when it cannot go on (not enrolled, token
+     * refused). Returns once the agent runs; nothing waits for the manager.
+     */
+    @Throws(NanamiException::class) fun `follow`(`settings`: FollowSettings, `provider`: TunProvider, `listener`: TunnelListener?, `options`: TunnelOptions?): Tunnel {
+            return FfiConverterTypeTunnel.lift(
+    uniffiRustCallWithError(NanamiException) { _status ->
+    UniffiLib.uniffi_nanami_mobile_fn_constructor_tunnel_follow(
+    
+        
+        FfiConverterTypeFollowSettings.lower(`settings`),
+        FfiConverterTypeTunProvider.lower(`provider`),
+        FfiConverterOptionalTypeTunnelListener.lower(`listener`),
+        FfiConverterOptionalTypeTunnelOptions.lower(`options`),_status)
+}
+    )
+    }
+    
+
         
     /**
      * Starts the tunnel on `tun_fd`, an open TUN delivering raw IP packets
@@ -2521,6 +2631,150 @@ public object FfiConverterTypeTunnelConfig: FfiConverter<TunnelConfig, Long> {
 
 
 /**
+ * One network's gateway in use.
+ */
+data class ActiveGateway (
+    /**
+     * The network.
+     */
+    var `network`: kotlin.String
+    , 
+    /**
+     * Its gateway in use; `None` when none of its gateways answers.
+     */
+    var `gateway`: kotlin.String?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeActiveGateway: FfiConverterRustBuffer<ActiveGateway> {
+    override fun read(buf: ByteBuffer): ActiveGateway {
+        return ActiveGateway(
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ActiveGateway) = (
+            FfiConverterString.allocationSize(value.`network`) +
+            FfiConverterOptionalString.allocationSize(value.`gateway`)
+    )
+
+    override fun write(value: ActiveGateway, buf: ByteBuffer) {
+            FfiConverterString.write(value.`network`, buf)
+            FfiConverterOptionalString.write(value.`gateway`, buf)
+    }
+}
+
+
+
+/**
+ * Where a following tunnel finds its manager and keeps its state.
+ */
+data class FollowSettings (
+    /**
+     * The manager's URLs (`https://host:port`), in order; several for
+     * active-active managers sharing one store.
+     */
+    var `managers`: List<kotlin.String>
+    , 
+    /**
+     * A PEM file of the CA that signed the managers' certificates.
+     */
+    var `caFile`: kotlin.String?
+    , 
+    /**
+     * This node's id in the topology.
+     */
+    var `node`: kotlin.String
+    , 
+    /**
+     * The app's private directory for the key, the credential and the
+     * last-known-good configuration (created 0700; files 0600).
+     */
+    var `stateDir`: kotlin.String
+    , 
+    /**
+     * The one-time enrolment token; needed only until the first enrolment.
+     */
+    var `enrolmentToken`: kotlin.String?
+    , 
+    /**
+     * Milliseconds between two probes of each gateway.
+     */
+    var `probeIntervalMs`: kotlin.UInt = 500u 
+    , 
+    /**
+     * Milliseconds without an answer after which a gateway is down.
+     */
+    var `deadAfterMs`: kotlin.UInt = 1500u 
+    , 
+    /**
+     * Milliseconds of steady answers before a gateway that came back is used again.
+     */
+    var `holdDownMs`: kotlin.UInt = 30000u 
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeFollowSettings: FfiConverterRustBuffer<FollowSettings> {
+    override fun read(buf: ByteBuffer): FollowSettings {
+        return FollowSettings(
+            FfiConverterSequenceString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterUInt.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: FollowSettings) = (
+            FfiConverterSequenceString.allocationSize(value.`managers`) +
+            FfiConverterOptionalString.allocationSize(value.`caFile`) +
+            FfiConverterString.allocationSize(value.`node`) +
+            FfiConverterString.allocationSize(value.`stateDir`) +
+            FfiConverterOptionalString.allocationSize(value.`enrolmentToken`) +
+            FfiConverterUInt.allocationSize(value.`probeIntervalMs`) +
+            FfiConverterUInt.allocationSize(value.`deadAfterMs`) +
+            FfiConverterUInt.allocationSize(value.`holdDownMs`)
+    )
+
+    override fun write(value: FollowSettings, buf: ByteBuffer) {
+            FfiConverterSequenceString.write(value.`managers`, buf)
+            FfiConverterOptionalString.write(value.`caFile`, buf)
+            FfiConverterString.write(value.`node`, buf)
+            FfiConverterString.write(value.`stateDir`, buf)
+            FfiConverterOptionalString.write(value.`enrolmentToken`, buf)
+            FfiConverterUInt.write(value.`probeIntervalMs`, buf)
+            FfiConverterUInt.write(value.`deadAfterMs`, buf)
+            FfiConverterUInt.write(value.`holdDownMs`, buf)
+    }
+}
+
+
+
+/**
  * One peer's counters, as `stats()` reads them.
  */
 data class PeerStats (
@@ -2657,6 +2911,61 @@ public object FfiConverterTypePeerSummary: FfiConverterRustBuffer<PeerSummary> {
             FfiConverterSequenceString.write(value.`allowedIps`, buf)
             FfiConverterOptionalUShort.write(value.`persistentKeepalive`, buf)
             FfiConverterBoolean.write(value.`hasPresharedKey`, buf)
+    }
+}
+
+
+
+/**
+ * What the platform's VPN interface must be: asked of [`TunProvider`].
+ */
+data class TunRequest (
+    /**
+     * The interface addresses (`100.80.0.10/32`).
+     */
+    var `addresses`: List<kotlin.String>
+    , 
+    /**
+     * The MTU.
+     */
+    var `mtu`: kotlin.UInt
+    , 
+    /**
+     * Every prefix routed into the tunnel, sorted.
+     */
+    var `routes`: List<kotlin.String>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeTunRequest: FfiConverterRustBuffer<TunRequest> {
+    override fun read(buf: ByteBuffer): TunRequest {
+        return TunRequest(
+            FfiConverterSequenceString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterSequenceString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: TunRequest) = (
+            FfiConverterSequenceString.allocationSize(value.`addresses`) +
+            FfiConverterUInt.allocationSize(value.`mtu`) +
+            FfiConverterSequenceString.allocationSize(value.`routes`)
+    )
+
+    override fun write(value: TunRequest, buf: ByteBuffer) {
+            FfiConverterSequenceString.write(value.`addresses`, buf)
+            FfiConverterUInt.write(value.`mtu`, buf)
+            FfiConverterSequenceString.write(value.`routes`, buf)
     }
 }
 
@@ -3052,7 +3361,12 @@ enum class StopReason {
      * A data-plane thread ended (the TUN fd was closed or failed): the tunnel no
      * longer carries traffic. Start a new one with a new fd.
      */
-    DEVICE_FAILED;
+    DEVICE_FAILED,
+    /**
+     * A following tunnel's agent cannot go on (not enrolled, enrolment token
+     * refused); an `Error` event before this one says why.
+     */
+    AGENT_FAILED;
 
     
 
@@ -3128,6 +3442,72 @@ sealed class TunnelEvent {
     }
     
     /**
+     * A following tunnel runs a configuration: the manager's newest, or the
+     * same one under a new failover. `new_tun` when it asked the app's
+     * `TunProvider` for a TUN with these addresses, MTU and routes.
+     */
+    data class ConfigApplied(
+        /**
+         * The manager's version of the configuration.
+         */
+        val `version`: kotlin.String, 
+        /**
+         * The interface addresses.
+         */
+        val `addresses`: List<kotlin.String>, 
+        /**
+         * The MTU.
+         */
+        val `mtu`: kotlin.UInt, 
+        /**
+         * The prefixes routed into the tunnel.
+         */
+        val `routes`: List<kotlin.String>, 
+        /**
+         * Whether the device moved to a new TUN.
+         */
+        val `newTun`: kotlin.Boolean) : TunnelEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A following tunnel's probes changed their mind: these gateways do not
+     * answer (empty: every gateway answers again), and their networks are
+     * routed to the next gateway of their failover lists.
+     */
+    data class GatewaysDown(
+        /**
+         * The gateways' ids.
+         */
+        val `gateways`: List<kotlin.String>) : TunnelEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * Something went wrong that the tunnel survives (a configuration it could
+     * not apply), or, before `Stopped { AgentFailed }`, why it stops.
+     */
+    data class Error(
+        /**
+         * What happened.
+         */
+        val `message`: kotlin.String) : TunnelEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
      * The tunnel stopped; no event follows.
      */
     data class Stopped(
@@ -3166,7 +3546,20 @@ public object FfiConverterTypeTunnelEvent : FfiConverterRustBuffer<TunnelEvent>{
                 FfiConverterString.read(buf),
                 FfiConverterOptionalTimestamp.read(buf),
                 )
-            3 -> TunnelEvent.Stopped(
+            3 -> TunnelEvent.ConfigApplied(
+                FfiConverterString.read(buf),
+                FfiConverterSequenceString.read(buf),
+                FfiConverterUInt.read(buf),
+                FfiConverterSequenceString.read(buf),
+                FfiConverterBoolean.read(buf),
+                )
+            4 -> TunnelEvent.GatewaysDown(
+                FfiConverterSequenceString.read(buf),
+                )
+            5 -> TunnelEvent.Error(
+                FfiConverterString.read(buf),
+                )
+            6 -> TunnelEvent.Stopped(
                 FfiConverterTypeStopReason.read(buf),
                 )
             else -> throw RuntimeException("invalid enum value, something is very wrong!!")
@@ -3188,6 +3581,31 @@ public object FfiConverterTypeTunnelEvent : FfiConverterRustBuffer<TunnelEvent>{
                 4UL
                 + FfiConverterString.allocationSize(value.`publicKey`)
                 + FfiConverterOptionalTimestamp.allocationSize(value.`lastHandshake`)
+            )
+        }
+        is TunnelEvent.ConfigApplied -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`version`)
+                + FfiConverterSequenceString.allocationSize(value.`addresses`)
+                + FfiConverterUInt.allocationSize(value.`mtu`)
+                + FfiConverterSequenceString.allocationSize(value.`routes`)
+                + FfiConverterBoolean.allocationSize(value.`newTun`)
+            )
+        }
+        is TunnelEvent.GatewaysDown -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterSequenceString.allocationSize(value.`gateways`)
+            )
+        }
+        is TunnelEvent.Error -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`message`)
             )
         }
         is TunnelEvent.Stopped -> {
@@ -3213,8 +3631,27 @@ public object FfiConverterTypeTunnelEvent : FfiConverterRustBuffer<TunnelEvent>{
                 FfiConverterOptionalTimestamp.write(value.`lastHandshake`, buf)
                 Unit
             }
-            is TunnelEvent.Stopped -> {
+            is TunnelEvent.ConfigApplied -> {
                 buf.putInt(3)
+                FfiConverterString.write(value.`version`, buf)
+                FfiConverterSequenceString.write(value.`addresses`, buf)
+                FfiConverterUInt.write(value.`mtu`, buf)
+                FfiConverterSequenceString.write(value.`routes`, buf)
+                FfiConverterBoolean.write(value.`newTun`, buf)
+                Unit
+            }
+            is TunnelEvent.GatewaysDown -> {
+                buf.putInt(4)
+                FfiConverterSequenceString.write(value.`gateways`, buf)
+                Unit
+            }
+            is TunnelEvent.Error -> {
+                buf.putInt(5)
+                FfiConverterString.write(value.`message`, buf)
+                Unit
+            }
+            is TunnelEvent.Stopped -> {
+                buf.putInt(6)
                 FfiConverterTypeStopReason.write(value.`reason`, buf)
                 Unit
             }
@@ -3223,6 +3660,76 @@ public object FfiConverterTypeTunnelEvent : FfiConverterRustBuffer<TunnelEvent>{
 }
 
 
+
+
+
+
+
+/**
+ * Implemented by the app: makes the VPN interface a following tunnel runs on
+ * (Android: a `VpnService.Builder` with these addresses, MTU and routes, then
+ * `establish().detachFd()`).
+ */
+public interface TunProvider {
+    
+    /**
+     * The fd of a new TUN configured as `request` says (the tunnel takes it
+     * over and closes the previous one), or a negative number if it cannot be
+     * made (an `Error` event follows; the next configuration asks again).
+     */
+    fun `openTun`(`request`: TunRequest): kotlin.Int
+    
+    companion object
+}
+
+
+
+// Put the implementation in an object so we don't pollute the top-level namespace
+internal object uniffiCallbackInterfaceTunProvider {
+    internal object `openTun`: UniffiCallbackInterfaceTunProviderMethod0 {
+        override fun callback(`uniffiHandle`: Long,`request`: RustBuffer.ByValue,`uniffiOutReturn`: IntByReference,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeTunProvider.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`openTun`(
+                    FfiConverterTypeTunRequest.lift(`request`),
+                )
+            }
+            val writeReturn = { value: kotlin.Int -> uniffiOutReturn.setValue(FfiConverterInt.lower(value)) }
+            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+        }
+    }
+
+    internal object uniffiFree: UniffiCallbackInterfaceFree {
+        override fun callback(handle: Long) {
+            FfiConverterTypeTunProvider.handleMap.remove(handle)
+        }
+    }
+
+    internal object uniffiClone: UniffiCallbackInterfaceClone {
+        override fun callback(handle: Long): Long {
+            return FfiConverterTypeTunProvider.handleMap.clone(handle)
+        }
+    }
+
+    internal var vtable = UniffiVTableCallbackInterfaceTunProvider.UniffiByValue(
+        uniffiFree,
+        uniffiClone,
+        `openTun`,
+    )
+
+    // Registers the foreign callback with the Rust side.
+    // This method is generated for each callback interface.
+    internal fun register(lib: UniffiLib) {
+        lib.uniffi_nanami_mobile_fn_init_callback_vtable_tunprovider(vtable)
+    }
+}
+
+/**
+ * The ffiConverter which transforms the Callbacks in to handles to pass to Rust.
+ *
+ * @suppress
+ */
+public object FfiConverterTypeTunProvider: FfiConverterCallbackInterface<TunProvider>()
 
 
 
@@ -3550,6 +4057,34 @@ public object FfiConverterSequenceString: FfiConverterRustBuffer<List<kotlin.Str
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeActiveGateway: FfiConverterRustBuffer<List<ActiveGateway>> {
+    override fun read(buf: ByteBuffer): List<ActiveGateway> {
+        val len = buf.getInt()
+        return List<ActiveGateway>(len) {
+            FfiConverterTypeActiveGateway.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ActiveGateway>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeActiveGateway.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ActiveGateway>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeActiveGateway.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypePeerStats: FfiConverterRustBuffer<List<PeerStats>> {
     override fun read(buf: ByteBuffer): List<PeerStats> {
         val len = buf.getInt()
@@ -3599,4 +4134,21 @@ public object FfiConverterSequenceTypePeerSummary: FfiConverterRustBuffer<List<P
         }
     }
 }
+        /**
+         * Creates `state_dir` (0700) and this node's key in it on first use (0600,
+         * never leaving it) and returns the public key, base64: what the operator puts
+         * in the topology for this node before it enrols.
+         */
+    @Throws(NanamiException::class) fun `stateDirPublicKey`(`stateDir`: kotlin.String): kotlin.String {
+            return FfiConverterString.lift(
+    uniffiRustCallWithError(NanamiException) { _status ->
+    UniffiLib.uniffi_nanami_mobile_fn_func_state_dir_public_key(
+    
+        
+        FfiConverterString.lower(`stateDir`),_status)
+}
+    )
+    }
+    
+
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
-use std::net::{IpAddr, TcpListener};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -72,17 +72,6 @@ impl Drop for TempDir {
 fn rand_suffix() -> u64 {
     use rand_core::RngCore as _;
     rand_core::OsRng.next_u64()
-}
-
-/// A port that was free a moment ago: racy (anything may take it before the
-/// caller binds it). Prefer [`nanami_testkit::port::Reserved`], held until the
-/// child binds the port.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Polls an async condition until it is met (`Some`, `true`, `Ok`), failing the

@@ -1,12 +1,12 @@
 //! A private PostgreSQL server for a test suite: Debian's `postgresql` package,
-//! a new cluster in a temporary directory, on a free loopback port, owned by the
+//! a new cluster in a temporary directory, on a loopback port reserved for it
+//! ([`nanami_testkit::port::Reserved`]), owned by the
 //! `postgres` user (the server refuses to run as root), removed when the suite ends.
 //!
 //! A missing PostgreSQL fails the test with what to install: `scripts/test`
 //! installs it; nothing skips.
 #![allow(clippy::unwrap_used, dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -17,6 +17,9 @@ pub struct PgServer {
     bin: PathBuf,
     dir: PathBuf,
     pub port: u16,
+    /// `port`, held for the server's whole life (it restarts on it): no one else
+    /// can take it while the server is down.
+    _reserved: nanami_testkit::port::Reserved,
     databases: Mutex<u32>,
     /// Server settings beyond the kit's own (`-c name=value` each).
     settings: Vec<String>,
@@ -72,14 +75,6 @@ fn as_postgres(program: &Path) -> Command {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl PgServer {
     /// Creates and starts a new cluster.
     pub fn start(tag: &str) -> Self {
@@ -128,10 +123,12 @@ impl PgServer {
                 "chown the cluster's files to postgres",
             );
         }
+        let reserved = nanami_testkit::port::Reserved::loopback();
         let server = Self {
             bin,
             dir,
-            port: free_port(),
+            port: reserved.port(),
+            _reserved: reserved,
             databases: Mutex::new(0),
             settings: settings.to_vec(),
         };
