@@ -18,54 +18,19 @@ surface as an app does: `Tunnel.follow` with a `TunProvider` that makes the TUN
 Prints "mobile follow: ok" last; any failure raises (non-zero exit).
 """
 
-import fcntl
 import os
-import struct
-import subprocess
 import sys
 import threading
 import time
 
 import nanami_mobile as nm
-
-TUNSETIFF = 0x400454CA
-IFF_TUN = 0x0001
-IFF_NO_PI = 0x1000
+from kit import Events, nanami_threads, open_tun, pings, run, wait_until
 
 
 def env(name):
     value = os.environ.get(name)
     assert value, f"{name} is not set: this script is run by bins/nanami/tests/failover.rs"
     return value
-
-
-def run(*args):
-    return subprocess.run(list(args), check=True, capture_output=True, text=True)
-
-
-def pings(addr):
-    return subprocess.run(["ping", "-c", "1", "-W", "1", addr],
-                          capture_output=True).returncode == 0
-
-
-def wait_until(what, predicate, timeout=30.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def nanami_threads():
-    names = []
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                names.append(f.read().strip())
-        except FileNotFoundError:
-            pass
-    return [n for n in names if n.startswith("nanami")]
 
 
 class Provider:
@@ -79,8 +44,7 @@ class Provider:
     def open_tun(self, request):
         try:
             name = f"nmm{len(self.names)}"
-            fd = os.open("/dev/net/tun", os.O_RDWR)
-            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+            fd = open_tun(name)
             for address in request.addresses:
                 run("ip", "addr", "add", address, "dev", name)
             run("ip", "link", "set", name, "mtu", str(request.mtu), "up")
@@ -93,29 +57,6 @@ class Provider:
         except Exception as e:  # the tunnel hears -1; the test sees why
             print(f"open_tun failed: {e!r}", file=sys.stderr)
             return -1
-
-
-class Events:
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.events = []
-
-    def on_event(self, event):
-        with self.lock:
-            self.events.append(event)
-
-    def snapshot(self):
-        with self.lock:
-            return list(self.events)
-
-    def applied(self):
-        return [e for e in self.snapshot() if e.is_config_applied()]
-
-    def down(self):
-        return [e for e in self.snapshot() if e.is_gateways_down()]
-
-    def errors(self):
-        return [e.message for e in self.snapshot() if e.is_error()]
 
 
 def active(tunnel, network="corp"):
@@ -151,14 +92,14 @@ def main():
     events, provider = Events(), Provider()
     tunnel = nm.Tunnel.follow(settings(token), provider, events, options)
     try:
-        wait_until("the first configuration", lambda: events.applied())
+        wait_until("the first configuration", lambda: events.applied(), timeout=30)
         first = events.applied()[0]
         assert first.new_tun, first
         assert provider.requests[0].addresses == first.addresses
         assert "10.20.0.0/24" in first.routes, first.routes
         assert os.stat(os.path.join(state_dir, "credential")).st_mode & 0o777 == 0o600
         wait_until("corp on edge-a", lambda: active(tunnel) == "edge-a")
-        wait_until("the resource through edge-a", lambda: pings(resource))
+        wait_until("the resource through edge-a", lambda: pings(resource), timeout=30)
         assert not events.errors(), events.errors()
         with_tun = len(provider.names)
         # A following tunnel takes its configuration from the manager only.
@@ -187,15 +128,14 @@ def main():
     assert last.is_stopped() and last.reason == nm.StopReason.REQUESTED, last
     wait_until("the first tunnel's threads to end", lambda: nanami_threads() == [], timeout=5)
     for name in provider.names:
-        assert subprocess.run(["ip", "link", "show", name],
-                              capture_output=True).returncode != 0, f"{name} still exists"
+        assert run("ip", "link", "show", name, check=False).returncode != 0, f"{name} still exists"
 
     # 3. Restart without a token: the saved credential and configuration.
     events, provider = Events(), Provider()
     tunnel = nm.Tunnel.follow(settings(None), provider, events, options)
     try:
         wait_until("the saved configuration", lambda: events.applied(), timeout=10)
-        wait_until("the resource again", lambda: pings(resource))
+        wait_until("the resource again", lambda: pings(resource), timeout=30)
         assert not events.errors(), events.errors()
     finally:
         tunnel.stop()

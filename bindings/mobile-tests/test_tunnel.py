@@ -1,7 +1,8 @@
 """Drives nanami-mobile's uniffi surface from its generated Python bindings, as an
 Android or iOS app would drive the Kotlin/Swift ones: a TUN fd handed to
 `Tunnel.start`, a wireguard-go gateway to reach, a failover `update` to a second
-gateway, `stats`, listener events, `stop`.
+gateway, `stats`, listener events, `stop`. (A tunnel that follows a real manager,
+with failover driven by a cut gateway, is `follow_manager.py`.)
 
 Run by scripts/test-mobile inside a fresh client network namespace
 (`ip netns exec $NANAMI_MOBILE_NETNS pytest`), with the generated `nanami_mobile`
@@ -13,23 +14,17 @@ Addresses exist only inside the namespaces the test creates: underlay 198.18.1.0
 100.64.0.0/24 (client .2, A .1, B .3).
 """
 
-import fcntl
 import json
 import os
 import shutil
-import struct
 import subprocess
 import tempfile
-import threading
-import time
 
 import pytest
 
 import nanami_mobile as nm
+from kit import IFF_NO_PI, Events, nanami_threads, open_tun, pings, run, wait_until
 
-TUNSETIFF = 0x400454CA
-IFF_TUN = 0x0001
-IFF_NO_PI = 0x1000
 TOOLS = ["ip", "wg", "wireguard-go", "ping"]
 SUFFIX = str(os.getpid() % 100000)
 NS_A, NS_B = f"nmm-a-{SUFFIX}", f"nmm-b-{SUFFIX}"
@@ -37,39 +32,10 @@ WG_A, WG_B = f"nmmA{SUFFIX}", f"nmmB{SUFFIX}"
 TUN = f"nmmtun{SUFFIX}"
 
 
-def run(*args, ns=None, check=True, **kw):
-    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
-
-
 def wg_keypair():
     private = run("wg", "genkey").stdout.strip()
     public = run("wg", "pubkey", input=private).stdout.strip()
     return private, public
-
-
-def wait_until(what, predicate, timeout=15.0, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def pings(addr):
-    return run("ping", "-c", "1", "-W", "1", addr, check=False).returncode == 0
-
-
-def nanami_threads():
-    names = []
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                names.append(f.read().strip())
-        except FileNotFoundError:
-            pass
-    return [n for n in names if n.startswith("nanami")]
 
 
 def test_prerequisites():
@@ -136,34 +102,6 @@ class Gateway:
                 self.proc.kill()
                 self.proc.wait()
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
-
-
-class Events:
-    """The app's TunnelListener: records every event."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.events = []
-
-    def on_event(self, event):
-        with self.lock:
-            self.events.append(event)
-
-    def snapshot(self):
-        with self.lock:
-            return list(self.events)
-
-    def handshakes(self, key):
-        return [e for e in self.snapshot() if e.is_handshake_completed() and e.public_key == key]
-
-    def stale(self, key):
-        return [e for e in self.snapshot() if e.is_peer_stale() and e.public_key == key]
-
-
-def open_tun(name):
-    fd = os.open("/dev/net/tun", os.O_RDWR)
-    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
-    return fd
 
 
 def node_config_json(client_public, gw_a, dead_public):
@@ -343,8 +281,7 @@ def test_a_bad_fd_is_refused_and_taken():
         os.fstat(fd)
     # A TAP is no TUN.
     IFF_TAP = 0x0002
-    fd = os.open("/dev/net/tun", os.O_RDWR)
-    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", f"nmmtap{SUFFIX}".encode(), IFF_TAP | IFF_NO_PI))
+    fd = open_tun(f"nmmtap{SUFFIX}", IFF_TAP | IFF_NO_PI)
     with pytest.raises(nm.NanamiError.InvalidTunFd) as e:
         nm.Tunnel.start(config, fd, None, None)
     assert "TAP" in e.value.reason

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NanamiError;
 use crate::events::{StopReason, TunnelEvent};
-use crate::state::{changes, TunnelState};
+use crate::state::TunnelState;
 use crate::tunnel::{lock, open_device, Shared};
 
 /// How long one long-poll of the manager waits.
@@ -342,16 +342,15 @@ impl Device<'_> {
             mtu: target.mtu(),
             routes: target.routes().iter().map(ToString::to_string).collect(),
         };
-        let running = lock(&self.shared.applied).clone();
         let has_device = self
             .shared
             .device
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .is_some();
-        let new_tun = match (&self.tun, &running) {
-            (Some(tun), Some(_)) if has_device => !tun.serves(&request),
-            _ => true,
+        let new_tun = match &self.tun {
+            Some(tun) if has_device => !tun.serves(&request),
+            Some(_) | None => true,
         };
         if new_tun {
             let fd = self.provider.open_tun(request.clone());
@@ -372,21 +371,10 @@ impl Device<'_> {
                 old.shutdown();
             }
             self.tun = Some(request.clone());
-        } else if let Some(running) = &running {
-            let c = changes(running, &target);
-            if c.touches_device() {
-                let guard = self
-                    .shared
-                    .device
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner);
-                let device = guard.as_ref().ok_or(NanamiError::Stopped)?;
-                device
-                    .apply(c.update)
-                    .map_err(|e| NanamiError::from_device(&e, None))?;
-            }
+            *lock(&self.shared.applied) = Some(target);
+        } else {
+            self.shared.change_to(target)?;
         }
-        *lock(&self.shared.applied) = Some(target.clone());
         *lock(&self.shared.active) = config
             .gateways
             .keys()

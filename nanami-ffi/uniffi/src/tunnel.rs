@@ -213,30 +213,7 @@ impl Tunnel {
                 "this tunnel follows its manager: update() is for a tunnel started from a configuration",
             ));
         }
-        let guard = self
-            .shared
-            .device
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let device = guard.as_ref().ok_or(NanamiError::Stopped)?;
-        let mut applied = lock(&self.shared.applied);
-        let running = applied.as_ref().ok_or(NanamiError::Stopped)?;
-        let new = config.spec.state();
-        let c = changes(running, &new);
-        if c.touches_device() {
-            device
-                .apply(c.update)
-                .map_err(|e| NanamiError::from_device(&e, None))?;
-        }
-        *applied = Some(new);
-        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        Ok(UpdateSummary {
-            added: count(c.added),
-            changed: count(c.changed),
-            removed: count(c.removed),
-            interface_changed: c.interface_changed,
-            platform_reconfigure_needed: c.platform_reconfigure_needed,
-        })
+        self.shared.change_to(config.spec.state())
     }
 
     /// Each network's gateway in use, by network: a following tunnel's failover
@@ -298,6 +275,31 @@ impl Tunnel {
 }
 
 impl Shared {
+    /// Takes the running device to `target` in one atomic update (on error
+    /// nothing changed), and says what changed.
+    pub fn change_to(&self, target: TunnelState) -> Result<UpdateSummary, NanamiError> {
+        let guard = self.device.read().unwrap_or_else(PoisonError::into_inner);
+        let device = guard.as_ref().ok_or(NanamiError::Stopped)?;
+        let mut applied = lock(&self.applied);
+        let running = applied.as_ref().ok_or(NanamiError::Stopped)?;
+        let c = changes(running, &target);
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let summary = UpdateSummary {
+            added: count(c.added),
+            changed: count(c.changed),
+            removed: count(c.removed),
+            interface_changed: c.interface_changed,
+            platform_reconfigure_needed: c.platform_reconfigure_needed,
+        };
+        if c.touches_device() {
+            device
+                .apply(c.update)
+                .map_err(|e| NanamiError::from_device(&e, None))?;
+        }
+        *applied = Some(target);
+        Ok(summary)
+    }
+
     fn new(
         device: Option<Device>,
         applied: Option<TunnelState>,
