@@ -83,6 +83,10 @@ fn shutdown_and_drop_join_every_thread_and_remove_the_socket() {
     }
     let sock = dev.uapi_path().expect("socket").to_owned();
     assert!(sock.exists());
+    // The TUN the device made holds 2,000 packets for it, not the kernel's 500:
+    // a TUN drops what overflows it, and TCP retransmits each one.
+    let link = ns.ip(&["link", "show", dev.name().expect("a named TUN")]);
+    assert!(link.contains("qlen 2000"), "{link}");
     let start = Instant::now();
     dev.shutdown();
     assert!(
