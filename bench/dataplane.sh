@@ -12,8 +12,10 @@
 #   plain      no tunnel: plain veth routing (the ceiling)
 #
 # Usage: sudo bench/dataplane.sh [-t SECONDS] [-n RUNS] [-m] [IMPL...]
-# -m: machine-readable: one `<impl>_mbps=run1,run2,…` line per implementation
-# (as bench/run reads it) instead of the summary.
+# -m: machine-readable: `<impl>_mbps=run1,run2,…` and `<impl>_retransmits=…` lines
+# per implementation (as bench/run reads them) instead of the summary. TCP
+# retransmissions are iperf3's count for the sender: a tunnel that drops packets
+# inside (a full queue) makes TCP back off each time.
 # NANAMI_DEVICE=/path/to/nanami-device skips the release build.
 # Needs root, iproute2, iperf3, wg, wireguard-go. Everything runs inside network
 # namespaces it creates (nmb-*) and deletes on exit.
@@ -151,10 +153,10 @@ tunnel_down() {
 plain_up() { ip -n "$C" route add 172.31.2.0/24 via 172.31.1.2; }
 plain_down() { ip -n "$C" route del 172.31.2.0/24 via 172.31.1.2; }
 
-run_iperf() { # → Mbit/s received
+run_iperf() { # → "Mbit/s-received retransmissions"
     ip netns exec "$C" iperf3 -c 172.31.2.2 -t "$DURATION" -J >"$WORK/iperf.json" 2>/dev/null || {
-        echo 0; return; }
-    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); e=d.get("end",{}).get("sum_received"); print("%.0f" % (e["bits_per_second"]/1e6) if e else 0); (not e) and sys.stderr.write("iperf3: %s\n" % d.get("error","no result"))' "$WORK/iperf.json"
+        echo "0 0"; return; }
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); e=d.get("end",{}); r=e.get("sum_received"); s=e.get("sum_sent",{}); print("%.0f %d" % (r["bits_per_second"]/1e6, s.get("retransmits",0)) if r else "0 0"); (not r) and sys.stderr.write("iperf3: %s\n" % d.get("error","no result"))' "$WORK/iperf.json"
 }
 
 setup_namespaces
@@ -163,31 +165,34 @@ sleep 0.3
 
 # Runs are interleaved (run 1 of every implementation, then run 2, …) so that a
 # change in machine load hits every implementation alike.
-declare -A RUNS_OF
+declare -A RUNS_OF RETRANS_OF
 for impl in "${IMPLS[@]}"; do
     case $impl in plain|nanami|wggo|boringtun) ;; *) echo "unknown impl $impl" >&2; exit 2 ;; esac
     need_binary "$impl"
     RUNS_OF[$impl]=""
+    RETRANS_OF[$impl]=""
 done
 for i in $(seq 1 "$RUNS"); do
     for impl in "${IMPLS[@]}"; do
         if [ "$impl" = plain ]; then plain_up; else tunnel_up "$impl"; fi
-        r=$(run_iperf)
+        read -r r rt < <(run_iperf)
         RUNS_OF[$impl]="${RUNS_OF[$impl]} $r"
-        echo "$impl run $i: $r Mbit/s" >&2
+        RETRANS_OF[$impl]="${RETRANS_OF[$impl]} $rt"
+        echo "$impl run $i: $r Mbit/s, $rt retransmissions" >&2
         if [ "$impl" = plain ]; then plain_down; else tunnel_down; fi
     done
 done
 if [ "$MACHINE" = 1 ]; then
     for impl in "${IMPLS[@]}"; do
         echo "${impl}_mbps=$(echo ${RUNS_OF[$impl]} | tr ' ' ',')"
+        echo "${impl}_retransmits=$(echo ${RETRANS_OF[$impl]} | tr ' ' ',')"
     done
     exit 0
 fi
 declare -A RESULT
 for impl in "${IMPLS[@]}"; do
     median=$(printf '%s\n' ${RUNS_OF[$impl]} | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-    RESULT[$impl]="$median (runs:${RUNS_OF[$impl]})"
+    RESULT[$impl]="$median (runs:${RUNS_OF[$impl]}; retransmissions:${RETRANS_OF[$impl]})"
     eval "MED_$impl=$median"
 done
 
