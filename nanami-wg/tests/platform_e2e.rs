@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use common::{device_pids, owned_leftovers, require, veth, Netns, WgGo};
+use common::{device_pids, nanami_device, owned_leftovers, require, veth, Netns, WgGo};
 use gateway::Gateway;
 use nanami_model::{compile, compile_node, GatewayId, Health, NodeId, PrivateKey, Topology};
 use nanami_reconcile::Desired;
@@ -479,20 +479,6 @@ fn drift_is_repaired_through_events() {
         "traffic after repair"
     );
     gw.stop(true);
-}
-
-/// The `nanami-device` binary of this build (`cargo build -p nanami-device`, which
-/// `cargo test --workspace` does).
-fn nanami_device() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = dir.join("nanami-device");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it first with `cargo build -p nanami-device`",
-        path.display()
-    );
-    path
 }
 
 #[test]

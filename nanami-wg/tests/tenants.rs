@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{owned_leftovers, require, run, veth, Netns, WgGo};
+use common::{nanami_device, owned_leftovers, require, run, veth, Netns, WgGo};
 use gateway::Gateway;
 use nanami_model::{compile, compile_node, GatewayId, Health, NodeId, PrivateKey, Topology};
 use nanami_reconcile::Desired;
@@ -630,19 +630,6 @@ fn two_workspaces_with_identical_addresses_are_isolated() {
     // The LAN is reachable from the host again over the returned uplink.
     assert!(host.ping_until(LAN_HOST, Duration::from_secs(5)));
     drop(tenants);
-}
-
-/// The `nanami-device` binary of this build (`cargo build -p nanami-device`).
-fn nanami_device() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = dir.join("nanami-device");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it first with `cargo build -p nanami-device`",
-        path.display()
-    );
-    path
 }
 
 #[test]

@@ -17,6 +17,23 @@ pub fn require(tools: &[&str]) {
     nanami_testkit::root::require_netns(tools);
 }
 
+/// The `nanami-device` binary of this build (`cargo build -p nanami-device`, which
+/// `cargo test --workspace` does).
+pub fn nanami_device() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("the target directory");
+    let path = dir.join("nanami-device");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first with `cargo build -p nanami-device`",
+        path.display()
+    );
+    path
+}
+
 /// A fresh key pair.
 pub fn keypair() -> (nanami_model::PrivateKey, nanami_model::PublicKey) {
     let key = nanami_model::PrivateKey::generate(&mut rand::rngs::OsRng);
