@@ -7,7 +7,11 @@
 #
 # Implementations, the same one at both tunnel ends:
 #   nanami     nanami-device (this repository, release build)
-#   wggo       wireguard-go (Debian)
+#   wggo       wireguard-go (Debian stable's package: 0.0.20220316, no offloads)
+#   wggo25     wireguard-go 0.0.20250522 (Debian unstable's package, what a user
+#              picks today: TUN TSO/GRO, UDP GSO/GRO), fetched on first use by
+#              bench/wireguard-go-current into target/bench/ (a private package
+#              list; nothing is installed)
 #   boringtun  boringtun-cli (cargo install boringtun-cli --locked, if missing)
 #   plain      no tunnel: plain veth routing (the ceiling)
 #
@@ -29,12 +33,12 @@ while getopts "t:n:m" opt; do
         t) DURATION=$OPTARG ;;
         n) RUNS=$OPTARG ;;
         m) MACHINE=1 ;;
-        *) echo "usage: $0 [-t SECONDS] [-n RUNS] [-m] [nanami|wggo|boringtun|plain]..." >&2; exit 2 ;;
+        *) echo "usage: $0 [-t SECONDS] [-n RUNS] [-m] [nanami|wggo|wggo25|boringtun|plain]..." >&2; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
 IMPLS=("$@")
-[ ${#IMPLS[@]} -eq 0 ] && IMPLS=(plain wggo boringtun nanami)
+[ ${#IMPLS[@]} -eq 0 ] && IMPLS=(plain wggo wggo25 boringtun nanami)
 
 [ "$(id -u)" -eq 0 ] || { echo "dataplane.sh: needs root" >&2; exit 1; }
 for tool in ip iperf3 wg wireguard-go; do
@@ -76,6 +80,7 @@ need_binary() {
                 fi
             fi
             ;;
+        wggo25) WGGO25=$("$ROOT/bench/wireguard-go-current") ;;
         boringtun)
             if ! command -v boringtun-cli >/dev/null; then
                 echo "installing boringtun-cli…" >&2
@@ -112,6 +117,7 @@ start_impl() { # impl ns ifname
     case $impl in
         nanami) ip netns exec "$ns" "$NANAMI" --foreground "$ifn" 2>"$WORK/$ifn.log" & ;;
         wggo) LOG_LEVEL=error ip netns exec "$ns" wireguard-go -f "$ifn" >"$WORK/$ifn.log" 2>&1 & ;;
+        wggo25) LOG_LEVEL=error ip netns exec "$ns" "$WGGO25" -f "$ifn" >"$WORK/$ifn.log" 2>&1 & ;;
         boringtun) WG_LOG_LEVEL=error ip netns exec "$ns" boringtun-cli --foreground \
             --disable-drop-privileges "$ifn" >"$WORK/$ifn.log" 2>&1 & ;;
     esac
@@ -167,7 +173,7 @@ sleep 0.3
 # change in machine load hits every implementation alike.
 declare -A RUNS_OF RETRANS_OF
 for impl in "${IMPLS[@]}"; do
-    case $impl in plain|nanami|wggo|boringtun) ;; *) echo "unknown impl $impl" >&2; exit 2 ;; esac
+    case $impl in plain|nanami|wggo|wggo25|boringtun) ;; *) echo "unknown impl $impl" >&2; exit 2 ;; esac
     need_binary "$impl"
     RUNS_OF[$impl]=""
     RETRANS_OF[$impl]=""
@@ -201,9 +207,14 @@ echo "single TCP stream, client → gateway → resource, ${DURATION}s × ${RUNS
 for impl in "${IMPLS[@]}"; do
     printf '  %-10s %s\n' "$impl" "${RESULT[$impl]}"
 done
-if [ -n "${MED_wggo:-}" ] && [ "${MED_wggo}" -gt 0 ]; then
-    for impl in nanami boringtun plain; do
+for base in wggo wggo25; do
+    b="MED_$base"
+    [ -n "${!b:-}" ] && [ "${!b}" -gt 0 ] || continue
+    for impl in nanami boringtun plain wggo wggo25; do
         v="MED_$impl"
-        if [ -n "${!v:-}" ]; then awk -v n="$impl" -v a="${!v}" -v b="$MED_wggo" 'BEGIN { printf "  %-10s %.2fx wireguard-go\n", n, a / b }'; fi
+        if [ "$impl" != "$base" ] && [ -n "${!v:-}" ]; then
+            awk -v n="$impl" -v a="${!v}" -v b="${!b}" -v base="$base" \
+                'BEGIN { printf "  %-10s %.2fx %s\n", n, a / b, base }'
+        fi
     done
-fi
+done

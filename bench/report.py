@@ -132,13 +132,15 @@ def build(machine: dict[str, str], values: dict[str, list[float]]) -> tuple[Tabl
           "routes.nanami_routes_ms", "ms", "routes.ipbatch_routes_ms", "`ip -batch` of the same routes", "", cmd3)
 
     # 4 data plane
-    cmd4 = f"bench/dataplane.sh -m -n {runs} -t {dur} plain wggo boringtun nanami"
+    cmd4 = f"bench/dataplane.sh -m -n {runs} -t {dur} plain wggo wggo25 boringtun nanami"
     for impl, label in (("nanami", "nanami-device at both ends"), ("boringtun", "boringtun-cli at both ends"),
-                        ("wggo", "wireguard-go at both ends")):
+                        ("wggo25", "wireguard-go 0.0.20250522 (offloads) at both ends"),
+                        ("wggo", "wireguard-go 0.0.20220316 at both ends")):
         key = f"dataplane.{impl}_mbps"
         extra = ""
-        if impl != "wggo":
-            extra = f"to wireguard-go {t.ratio(key, 'dataplane.wggo_mbps')}; "
+        if impl not in ("wggo", "wggo25"):
+            extra = (f"to wireguard-go 0.0.20250522 {t.ratio(key, 'dataplane.wggo25_mbps')}, "
+                     f"to 0.0.20220316 {t.ratio(key, 'dataplane.wggo_mbps')}; ")
         t.row("4", f"data plane, one iperf3 TCP stream client → gateway → resource, {dur} s: {label}", key,
               "Mbit/s", "dataplane.plain_mbps", "plain veth routing",
               "", cmd4, ratio=f"{extra}to plain {t.ratio(key, 'dataplane.plain_mbps')}")
