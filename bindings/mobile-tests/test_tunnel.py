@@ -285,3 +285,44 @@ def test_a_bad_fd_is_refused_and_taken():
     with pytest.raises(nm.NanamiError.InvalidTunFd) as e:
         nm.Tunnel.start(config, fd, None, None)
     assert "TAP" in e.value.reason
+
+
+class NoTun:
+    """A TunProvider that must not be asked."""
+
+    def __init__(self):
+        self.asked = []
+
+    def open_tun(self, request):
+        self.asked.append(request)
+        return -1
+
+
+def test_follow_without_a_credential_or_token_says_so_and_stops():
+    with tempfile.TemporaryDirectory() as state_dir:
+        public = nm.state_dir_public_key(state_dir)
+        assert len(public) == 44
+        # The key is made once and kept (0600).
+        assert nm.state_dir_public_key(state_dir) == public
+        assert os.stat(os.path.join(state_dir, "private.key")).st_mode & 0o777 == 0o600
+        settings = nm.FollowSettings(
+            managers=["http://127.0.0.1:9"], ca_file=None, node="phone-1",
+            state_dir=state_dir, enrolment_token=None)
+        assert (settings.probe_interval_ms, settings.dead_after_ms, settings.hold_down_ms) == (
+            500, 1500, 30000)
+        events, provider = Events(), NoTun()
+        tunnel = nm.Tunnel.follow(settings, provider, events, None)
+        try:
+            wait_until("Stopped", lambda: any(e.is_stopped() for e in events.snapshot()), timeout=10)
+            snapshot = events.snapshot()
+            assert snapshot[-1].is_stopped() and snapshot[-1].reason == nm.StopReason.AGENT_FAILED
+            assert any("not enrolled yet" in m for m in events.errors()), snapshot
+            assert provider.asked == []
+            with pytest.raises(nm.NanamiError.Stopped):
+                tunnel.stats()
+        finally:
+            tunnel.stop()
+    with pytest.raises(nm.NanamiError.InvalidConfig):
+        nm.Tunnel.follow(nm.FollowSettings(managers=[], ca_file=None, node="phone-1",
+                                           state_dir="/nonexistent", enrolment_token=None),
+                         NoTun(), None, None)

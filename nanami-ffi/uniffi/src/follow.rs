@@ -132,12 +132,13 @@ impl AgentHandle {
     }
 }
 
-/// Checks `settings`, reads the key, and starts the agent's thread.
+/// Checks `settings`, reads the key, and starts the agent's thread, its handle
+/// in `shared.agent`.
 pub(crate) fn spawn(
     settings: FollowSettings,
     provider: Box<dyn TunProvider>,
     shared: Arc<Shared>,
-) -> Result<AgentHandle, NanamiError> {
+) -> Result<(), NanamiError> {
     let node = NodeId::new(settings.node.clone())
         .map_err(|e| NanamiError::invalid_config(format!("node {:?}: {e}", settings.node)))?;
     let policy = ProbePolicy {
@@ -179,13 +180,17 @@ pub(crate) fn spawn(
         .build()
         .map_err(system)?;
     let (stop, stopped) = oneshot::channel();
+    // Held until the handle is in place: an agent that fails at once finds it
+    // there when it stops the tunnel.
+    let mut slot = lock(&shared.agent);
+    let agent_shared = Arc::clone(&shared);
     let thread = std::thread::Builder::new()
         .name("nanami-agent".into())
         .spawn(move || {
             let (inputs_tx, inputs_rx) = mpsc::channel(256);
             let result = runtime.block_on(async {
                 let mut wiring = Device {
-                    shared: &shared,
+                    shared: &agent_shared,
                     provider,
                     private_key,
                     current: None,
@@ -213,29 +218,19 @@ pub(crate) fn spawn(
             });
             drop(runtime);
             if let Err(e) = result {
-                shared.emit(TunnelEvent::Error {
+                agent_shared.emit(TunnelEvent::Error {
                     message: describe(&e, &node),
                 });
                 // Nothing carries traffic without the agent's configuration.
-                let device = shared
-                    .device
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take();
-                if let Some(device) = device {
-                    device.shutdown();
-                }
-                lock(&shared.agent).take();
-                shared.emit(TunnelEvent::Stopped {
-                    reason: StopReason::AgentFailed,
-                });
+                agent_shared.shut_down(StopReason::AgentFailed);
             }
         })
         .map_err(|e| system(format!("spawning the agent thread: {e}")))?;
-    Ok(AgentHandle {
+    *slot = Some(AgentHandle {
         stop: Some(stop),
         thread,
-    })
+    });
+    Ok(())
 }
 
 fn describe(e: &DriverError, node: &NodeId) -> String {

@@ -107,9 +107,10 @@ impl Shared {
         }
     }
 
-    /// Takes the device away and shuts it down; the `Stopped` event, if there was
-    /// a device or an agent to stop.
-    fn shut_down(&self, reason: StopReason) {
+    /// Takes the device away and shuts it down, stops the agent (from any
+    /// thread, its own included); the `Stopped` event, if there was a device or an
+    /// agent to stop.
+    pub fn shut_down(&self, reason: StopReason) {
         let device = self
             .device
             .write()
@@ -197,8 +198,7 @@ impl Tunnel {
         options: Option<TunnelOptions>,
     ) -> Result<Arc<Self>, NanamiError> {
         let shared = Shared::new(None, None, listener);
-        let agent = follow::spawn(settings, provider, Arc::clone(&shared))?;
-        *lock(&shared.agent) = Some(agent);
+        follow::spawn(settings, provider, Arc::clone(&shared))?;
         Self::run(shared, options)
     }
 
