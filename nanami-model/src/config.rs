@@ -260,6 +260,17 @@ impl NodeConfig {
             .find(|g| !down.contains(*g))
     }
 
+    /// Each network's active gateway ([`NodeConfig::active_gateway`]), by network.
+    pub fn active_gateways(
+        &self,
+        down: &BTreeSet<GatewayId>,
+    ) -> BTreeMap<&NetworkId, Option<&GatewayId>> {
+        self.gateways
+            .keys()
+            .map(|network| (network, self.active_gateway(network, down)))
+            .collect()
+    }
+
     /// The client's exit gateway: the first of its exit list not in `down`.
     pub fn active_exit(&self, down: &BTreeSet<GatewayId>) -> Option<&GatewayId> {
         self.exit

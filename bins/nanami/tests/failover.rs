@@ -72,6 +72,16 @@ impl Rig {
         self.dir.join(name).to_string_lossy().into_owned()
     }
 
+    /// The manager's URL.
+    fn url(&self) -> String {
+        format!("https://{MANAGER}")
+    }
+
+    /// The manager's CA file.
+    fn ca(&self) -> String {
+        self.file("manager/ca.pem")
+    }
+
     /// The rig with `nanami connect` as its client.
     fn up(tag: &str, exit: bool) -> Rig {
         let mut rig = Self::machines(tag, exit);
@@ -220,8 +230,7 @@ impl Rig {
         ]);
         let manager = self.spawn("ctl", "manager", &manager, &args);
         self.procs.push(manager);
-        let url = format!("https://{MANAGER}");
-        let ca = self.file("manager/ca.pem");
+        let (url, ca) = (self.url(), self.ca());
         for (gw, ns) in [("edge-a", "gwa"), ("edge-b", "gwb")] {
             let args = strings(&[
                 "--manager",
@@ -252,8 +261,7 @@ impl Rig {
     /// Starts `nanami connect` and waits until it reaches the resource through
     /// edge-a with edge-b answering too.
     fn start_client(&mut self) {
-        let url = format!("https://{MANAGER}");
-        let ca = self.file("manager/ca.pem");
+        let (url, ca) = (self.url(), self.ca());
         let hold_down = HOLD_DOWN.as_millis().to_string();
         let args = strings(&[
             "connect",
@@ -339,9 +347,9 @@ impl Rig {
             &[
                 "status",
                 "--manager",
-                &format!("https://{MANAGER}"),
+                &self.url(),
                 "--ca",
-                &self.file("manager/ca.pem"),
+                &self.ca(),
                 "--credential-file",
                 &self.file("manager/control.token"),
                 "--json",
@@ -736,8 +744,8 @@ fn a_mobile_tunnel_follows_the_manager_and_fails_over_when_its_gateway_is_cut() 
         .arg(&script)
         .env("PYTHONPATH", &python)
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("NANAMI_MANAGER", format!("https://{MANAGER}"))
-        .env("NANAMI_CA", rig.file("manager/ca.pem"))
+        .env("NANAMI_MANAGER", rig.url())
+        .env("NANAMI_CA", rig.ca())
         .env("NANAMI_STATE_DIR", rig.file("client"))
         .env("NANAMI_TOKEN_FILE", rig.file("client.token"))
         .env("NANAMI_CLIENT_KEY", client_key.trim())

@@ -6,7 +6,7 @@
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
-use nanami_model::PublicKey;
+use nanami_model::{PrivateKey, PublicKey};
 use nanami_wg::files::write_atomic;
 use nanami_wg::keyfile;
 use rand_core::{OsRng, RngCore as _};
@@ -80,11 +80,16 @@ impl<D: Serialize + DeserializeOwned> StateDir<D> {
     /// Creates the directory (0700) and the key (0600) on first use; the public
     /// key, the only part that leaves.
     pub fn ensure_key(&self) -> Result<PublicKey, StoreError> {
+        Ok(self.private_key()?.public_key())
+    }
+
+    /// The key itself, made on first use as [`StateDir::ensure_key`] does, for a
+    /// program whose device runs in its own process (the mobile tunnel): it never
+    /// leaves that process.
+    pub fn private_key(&self) -> Result<PrivateKey, StoreError> {
         create_private_dir(&self.dir)?;
         let file = self.key_file();
-        let key =
-            keyfile::load_or_generate(&file, &mut OsRng).map_err(|e| StoreError::new(&file, e))?;
-        Ok(key.public_key())
+        keyfile::load_or_generate(&file, &mut OsRng).map_err(|e| StoreError::new(&file, e))
     }
 
     /// The saved credential, if enrolled.

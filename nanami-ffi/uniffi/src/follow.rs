@@ -12,7 +12,7 @@ use std::time::Duration;
 use nanami_agent::driver::client::NodeFollow;
 use nanami_agent::driver::{self, DriverError, Input, StateDir, Wiring};
 use nanami_agent::{Fatal, VersionedConfig};
-use nanami_model::{GatewayId, InterfaceName, NodeId, PrivateKey, ProbePolicy};
+use nanami_model::{GatewayId, NodeId, PrivateKey, ProbePolicy};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NanamiError;
@@ -158,8 +158,8 @@ pub(crate) fn spawn(
     let managers = driver::clients(&settings.managers, ca.as_deref())
         .map_err(|e| NanamiError::invalid_config(format!("managers: {e}")))?;
     let dir = store(&settings.state_dir);
-    let public_key = dir.ensure_key().map_err(system)?;
-    let private_key = nanami_wg::keyfile::load(&dir.key_file()).map_err(system)?;
+    let private_key = dir.private_key().map_err(system)?;
+    let public_key = private_key.public_key();
     let token = settings
         .enrolment_token
         .map(|t| t.trim().to_owned())
@@ -326,12 +326,7 @@ impl Device<'_> {
             return Ok(());
         };
         let config = &saved.config;
-        #[allow(clippy::expect_used)] // a constant, valid name
-        let interface = InterfaceName::new("nm-tunnel").expect("a valid interface name");
-        let target = TunnelState::of_node(
-            self.private_key.clone(),
-            config.client_state(&interface, 0, &self.down),
-        );
+        let target = TunnelState::of_node(self.private_key.clone(), config, &self.down);
         let request = TunRequest {
             addresses: target.addresses().iter().map(ToString::to_string).collect(),
             mtu: target.mtu(),
@@ -371,13 +366,11 @@ impl Device<'_> {
             self.shared.change_to(target)?;
         }
         *lock(&self.shared.active) = config
-            .gateways
-            .keys()
-            .map(|network| ActiveGateway {
+            .active_gateways(&self.down)
+            .into_iter()
+            .map(|(network, gateway)| ActiveGateway {
                 network: network.to_string(),
-                gateway: config
-                    .active_gateway(network, &self.down)
-                    .map(ToString::to_string),
+                gateway: gateway.map(ToString::to_string),
             })
             .collect();
         self.shared.emit(TunnelEvent::ConfigApplied {

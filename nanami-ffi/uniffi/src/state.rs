@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 use nanami_model::{
-    GatewayState, InterfaceName, InterfaceState, PeerState, PrivateKey, PublicKey, Route,
+    GatewayId, GatewayState, InterfaceName, InterfaceState, NodeConfig, PeerState, PrivateKey,
+    PublicKey, Route,
 };
 use nanami_reconcile::{plan, Observed, Op};
 use nanami_wg::device::{DeviceUpdate, PeerConfig, PeerUpdate, PresharedKey};
@@ -74,11 +75,17 @@ impl TunnelState {
         }
     }
 
-    /// The state of a client following its manager: `client_state` as
-    /// `nanami connect` runs it, kept to what a phone's tunnel has (the
-    /// interface and its routes; the platform has no policy rules to set). The
-    /// device picks its listen port.
-    pub fn of_node(private_key: PrivateKey, state: GatewayState) -> Self {
+    /// The state of a client following its manager: `config`'s
+    /// [`NodeConfig::client_state`] under the failover's `down` set, as `nanami
+    /// connect` runs it, kept to what a phone's tunnel has (the interface and its
+    /// routes; the platform has no policy rules to set). The device picks its
+    /// listen port.
+    pub fn of_node(
+        private_key: PrivateKey,
+        config: &NodeConfig,
+        down: &BTreeSet<GatewayId>,
+    ) -> Self {
+        let state = config.client_state(&interface(), 0, down);
         let mut state = GatewayState {
             interfaces: state.interfaces,
             routes: state.routes,
@@ -103,6 +110,11 @@ impl TunnelState {
         self.interface()
             .map(|i| i.addresses.iter().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// The listen port asked for (`None`: the device picks one).
+    pub fn listen_port(&self) -> Option<u16> {
+        self.interface().and_then(|i| i.listen_port)
     }
 
     /// The MTU.

@@ -111,13 +111,15 @@ impl Shared {
     /// thread, its own included); the `Stopped` event, if there was a device or an
     /// agent to stop.
     pub fn shut_down(&self, reason: StopReason) {
+        // The agent first: one still applying a configuration could put a new
+        // device in after this one was taken.
+        let had_agent = lock(&self.agent).is_some();
+        self.stop_agent();
         let device = self
             .device
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let had_agent = lock(&self.agent).is_some();
-        self.stop_agent();
         if device.is_some() || had_agent {
             if let Some(device) = device {
                 device.shutdown();
@@ -374,18 +376,11 @@ pub(crate) fn open_device(tun_fd: i32, state: &TunnelState) -> Result<Device, Na
     let fd = take_fd(tun_fd)?;
     // On error `fd` drops here: the tunnel took it, and closes it.
     check_tun(&fd).map_err(|reason| NanamiError::InvalidTunFd { fd: tun_fd, reason })?;
-    let listen_port = state
-        .state
-        .interfaces
-        .values()
-        .next()
-        .and_then(|i| i.listen_port)
-        .unwrap_or(0);
     let device = Device::open(
         TunSource::Fd { fd, name: None },
         DeviceOptions {
             uapi_dir: None,
-            listen_port,
+            listen_port: state.listen_port().unwrap_or(0),
         },
     )
     .map_err(|e| NanamiError::from_device(&e, Some(tun_fd)))?;

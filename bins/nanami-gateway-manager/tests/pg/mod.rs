@@ -8,9 +8,11 @@
 #![allow(clippy::unwrap_used, dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use nanami_testkit::run;
 
 /// One private server.
 pub struct PgServer {
@@ -49,18 +51,15 @@ fn server_bin() -> PathBuf {
     })
 }
 
-fn run(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+/// Gives `dir` and everything in it to the `postgres` user when running as root
+/// (the server refuses to run as root).
+fn hand_to_postgres(dir: &Path) {
+    // SAFETY: geteuid has no preconditions and no effect.
+    if unsafe { libc::geteuid() } == 0 {
+        run(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir));
+    }
 }
 
 /// `cmd` as the `postgres` user when running as root.
@@ -89,40 +88,21 @@ impl PgServer {
         let dir = std::env::temp_dir().join(format!("nanami-pg-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        // SAFETY: geteuid has no preconditions and no effect.
-        if unsafe { libc::geteuid() } == 0 {
-            run(
-                Command::new("chown")
-                    .args(["-R", "postgres:postgres"])
-                    .arg(&dir),
-                "chown the cluster directory to postgres",
-            );
-        }
-        run(
-            as_postgres(&bin.join("initdb"))
-                .args([
-                    "-A",
-                    "trust",
-                    "-U",
-                    "nanami",
-                    "-E",
-                    "UTF8",
-                    "--no-sync",
-                    "-D",
-                ])
-                .arg(dir.join("data")),
-            "initdb",
-        );
+        hand_to_postgres(&dir);
+        run(as_postgres(&bin.join("initdb"))
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "nanami",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(dir.join("data")));
         prepare(&dir.join("data"));
-        // SAFETY: geteuid has no preconditions and no effect.
-        if unsafe { libc::geteuid() } == 0 {
-            run(
-                Command::new("chown")
-                    .args(["-R", "postgres:postgres"])
-                    .arg(&dir),
-                "chown the cluster's files to postgres",
-            );
-        }
+        hand_to_postgres(&dir);
         let reserved = nanami_testkit::port::Reserved::loopback();
         let server = Self {
             bin,
@@ -169,21 +149,16 @@ impl PgServer {
             options.push_str(" -c ");
             options.push_str(setting);
         }
-        run(
-            self.pg_ctl()
-                .args(["-w", "-t", "60", "-l"])
-                .arg(self.dir.join("server.log"))
-                .args(["-o", &options, "start"]),
-            "pg_ctl start",
-        );
+        run(self
+            .pg_ctl()
+            .args(["-w", "-t", "60", "-l"])
+            .arg(self.dir.join("server.log"))
+            .args(["-o", &options, "start"]));
     }
 
     /// Stops the server (fast: open sessions are ended, commits are kept).
     pub fn stop(&self) {
-        run(
-            self.pg_ctl().args(["-w", "-m", "fast", "stop"]),
-            "pg_ctl stop",
-        );
+        run(self.pg_ctl().args(["-w", "-m", "fast", "stop"]));
     }
 
     /// A new empty database; its URL.
@@ -213,25 +188,22 @@ impl PgServer {
 
     /// Runs `sql` in database `db`; its output (unaligned, tuples only).
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = run(
-            Command::new("psql")
-                .args([
-                    "-X",
-                    "-q",
-                    "-A",
-                    "-t",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-h",
-                    "127.0.0.1",
-                    "-U",
-                    "nanami",
-                ])
-                .arg("-p")
-                .arg(self.port.to_string())
-                .args(["-d", db, "-c", sql]),
-            "psql",
-        );
+        let out = run(Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "nanami",
+            ])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-d", db, "-c", sql]));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 

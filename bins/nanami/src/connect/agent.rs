@@ -210,11 +210,7 @@ impl Tunnel<'_> {
             return;
         }
         self.generation += 1;
-        let active: BTreeMap<&NetworkId, Option<&GatewayId>> = config
-            .gateways
-            .keys()
-            .map(|n| (n, config.active_gateway(n, down)))
-            .collect();
+        let active = config.active_gateways(down);
         for (net, gateway) in &active {
             match gateway {
                 Some(g) => {
