@@ -200,13 +200,12 @@ impl TunnelConfig {
     /// Every prefix routed into the tunnel (the union of the peers' AllowedIPs,
     /// sorted): the routes the platform's VPN builder must add.
     pub fn routes(&self) -> Vec<String> {
-        let all: BTreeSet<IpNet> = self
-            .spec
-            .peers
+        self.spec
+            .state()
+            .routes()
             .iter()
-            .flat_map(|p| p.allowed_ips.iter().map(IpNet::trunc))
-            .collect();
-        all.iter().map(ToString::to_string).collect()
+            .map(ToString::to_string)
+            .collect()
     }
 
     /// The peers, in config order.
