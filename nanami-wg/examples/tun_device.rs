@@ -38,6 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = DeviceOptions {
         uapi_dir: Some(uapi_dir.path().to_owned()),
         listen_port: 0,
+        offload: true,
     };
     let tun = TunSource::Name(InterfaceName::new("nanami-ex0")?);
     let device = netns.run(move || Device::open(tun, options))??;

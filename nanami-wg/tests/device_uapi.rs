@@ -39,6 +39,7 @@ fn fixture() -> Fixture {
                 DeviceOptions {
                     uapi_dir: Some(uapi_dir),
                     listen_port: 0,
+                    offload: true,
                 },
             )
         })

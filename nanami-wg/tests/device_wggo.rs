@@ -330,6 +330,7 @@ fn fd_mode_with_a_tun_the_test_opened() {
                 DeviceOptions {
                     listen_port: 51820,
                     uapi_dir: None,
+                    offload: true,
                 },
             )
         })

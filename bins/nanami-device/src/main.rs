@@ -22,7 +22,8 @@ use nanami_model::InterfaceName;
 use nanami_wg::device::{create_tun, Device, DeviceOptions, TunSource, DEFAULT_UAPI_DIR};
 use nanami_wg::netns::Netns;
 
-const USAGE: &str = "usage: nanami-device [-f|--foreground] [--netns <name>] <ifname>";
+const USAGE: &str =
+    "usage: nanami-device [-f|--foreground] [--netns <name>] [--no-offload] <ifname>";
 
 /// How long the background launcher waits for the device to come up.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,10 +35,13 @@ fn main() -> ExitCode {
     let mut foreground = false;
     let mut name = None;
     let mut netns = None;
+    // TUN and UDP offloads (on by default; see nanami_wg::device::Offloads).
+    let mut offload = true;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "-f" | "--foreground" => foreground = true,
+            "--no-offload" => offload = false,
             "--netns" if netns.is_none() => match args.next() {
                 Some(ns) => netns = Some(ns),
                 None => {
@@ -65,9 +69,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let result = if foreground {
-        run(&name, netns.as_deref())
+        run(&name, netns.as_deref(), offload)
     } else {
-        launch_background(&name, netns.as_deref())
+        launch_background(&name, netns.as_deref(), offload)
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,15 +86,18 @@ fn socket_path(name: &str) -> std::path::PathBuf {
     std::path::Path::new(DEFAULT_UAPI_DIR).join(format!("{name}.sock"))
 }
 
-/// Starts `nanami-device --foreground [--netns <ns>] <name>` in a new session and
-/// waits until its socket exists (or it fails).
-fn launch_background(name: &str, netns: Option<&str>) -> anyhow::Result<()> {
+/// Starts `nanami-device --foreground [--netns <ns>] [--no-offload] <name>` in a new
+/// session and waits until its socket exists (or it fails).
+fn launch_background(name: &str, netns: Option<&str>, offload: bool) -> anyhow::Result<()> {
     InterfaceName::new(name).context("invalid interface name")?;
     let exe = std::env::current_exe().context("locating this program")?;
     let mut cmd = Command::new(exe);
     cmd.arg("--foreground");
     if let Some(ns) = netns {
         cmd.args(["--netns", ns]);
+    }
+    if !offload {
+        cmd.arg("--no-offload");
     }
     cmd.arg(name)
         .stdin(Stdio::null())
@@ -148,7 +155,7 @@ fn tun_source(ifname: InterfaceName, netns: Option<&str>) -> anyhow::Result<TunS
     })
 }
 
-fn run(name: &str, netns: Option<&str>) -> anyhow::Result<()> {
+fn run(name: &str, netns: Option<&str>, offload: bool) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -171,12 +178,16 @@ fn run(name: &str, netns: Option<&str>) -> anyhow::Result<()> {
     }
 
     let tun = tun_source(ifname, netns)?;
-    let device = Device::open(tun, DeviceOptions::default()).context("starting the device")?;
+    let options = DeviceOptions {
+        offload,
+        ..DeviceOptions::default()
+    };
+    let device = Device::open(tun, options).context("starting the device")?;
     let socket = device
         .uapi_path()
         .map(std::path::Path::to_path_buf)
         .context("the device has no UAPI socket")?;
-    tracing::info!(socket = %socket.display(), port = device.listen_port(), "ready");
+    tracing::info!(socket = %socket.display(), port = device.listen_port(), offloads = ?device.offloads(), "ready");
 
     let timeout = libc::timespec {
         tv_sec: HEALTH_INTERVAL.as_secs() as libc::time_t,

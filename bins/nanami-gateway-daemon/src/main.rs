@@ -71,6 +71,11 @@ struct Cli {
     /// restarts; a restarted daemon adopts the running devices.
     #[arg(long, value_name = "NANAMI_DEVICE")]
     detached_devices: Option<PathBuf>,
+    /// Turn off the userspace devices' TUN and UDP offloads (TSO/GRO, UDP
+    /// GSO/GRO), for a kernel whose offload paths misbehave. A device that gets
+    /// an offloaded write refused turns them off itself, with a warning.
+    #[arg(long)]
+    no_offload: bool,
     /// Print the public key (generating the key on first use) and exit.
     #[arg(long)]
     print_public_key: bool,
@@ -122,6 +127,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut linux = LinuxConfig::in_dir(&cli.state_dir);
+    linux.offload = !cli.no_offload;
     if let Some(program) = &cli.detached_devices {
         linux.device = DeviceMode::Detached {
             program: program.clone(),

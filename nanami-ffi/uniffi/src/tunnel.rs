@@ -381,6 +381,8 @@ pub(crate) fn open_device(tun_fd: i32, state: &TunnelState) -> Result<Device, Na
         DeviceOptions {
             uapi_dir: None,
             listen_port: state.listen_port().unwrap_or(0),
+            // An app's TUN fd has no virtio_net_hdr: nothing to offload there.
+            offload: true,
         },
     )
     .map_err(|e| NanamiError::from_device(&e, Some(tun_fd)))?;

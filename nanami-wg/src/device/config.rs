@@ -233,6 +233,9 @@ pub struct DeviceUpdate {
     pub listen_port: Option<u16>,
     /// Sets the `SO_MARK` of the UDP sockets (0 clears it).
     pub fwmark: Option<u32>,
+    /// Turns the TUN and UDP offloads on or off ([`Offloads`](super::Offloads);
+    /// UAPI key `nanami_offload`).
+    pub offload: Option<bool>,
     /// Remove every peer not named in [`DeviceUpdate::peers`]; those named are reset
     /// to their defaults before their updates apply (their sessions are kept when the
     /// preshared key does not change).
@@ -262,6 +265,12 @@ impl DeviceUpdate {
     /// Sets the fwmark.
     pub fn fwmark(mut self, mark: u32) -> Self {
         self.fwmark = Some(mark);
+        self
+    }
+
+    /// Turns offloads on or off.
+    pub fn offload(mut self, on: bool) -> Self {
+        self.offload = Some(on);
         self
     }
 

@@ -18,10 +18,12 @@ use std::time::{Duration, Instant};
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{Tunn, TunnResult};
 
+use super::offload::{self, Coalescer, PacketBuf};
+use super::offloads::OffloadSwitch;
 use super::peer::{Peer, PeerInner};
 use super::sys::{self, Ready, WakePipe};
 use super::udp::{RecvBatch, SendBatch, UdpSockets, MAX_DATAGRAM};
-use super::{bump, Identity, Shared, State};
+use super::{bump, Counters, Identity, Shared, State};
 
 /// Packets handled per batch: amortises the lock, the clock and `sendmmsg` without
 /// adding latency (a batch is only what is already queued).
@@ -47,25 +49,46 @@ pub(super) const MSG_HANDSHAKE_RESP: u32 = 2;
 pub(super) const MSG_COOKIE_REPLY: u32 = 3;
 const MSG_DATA: u32 = 4;
 
+/// Most packets encrypted per pass: a pass reads TUN frames until it has this many
+/// (a TSO super-packet gives up to ~45), then encrypts and sends them together.
+const MAX_SEGMENTS: usize = 128;
+
+/// Largest frame a TUN read gives: a 64 KiB super-packet behind its header.
+const MAX_FRAME: usize = offload::VNET_HDR_LEN + 65_535;
+
 /// TUN → peers.
 pub(super) fn tun_loop(shared: &Arc<Shared>) {
-    let mut bufs: Vec<Vec<u8>> = (0..BATCH)
-        .map(|_| vec![0u8; MAX_DATAGRAM - OVERHEAD])
-        .collect();
-    let mut lens = [0usize; BATCH];
-    // Each packet gives at most one datagram (its own, or a handshake initiation).
-    let mut out = SendBatch::new(BATCH);
+    let vnet = shared.tun.vnet_hdr();
+    let mut frame = vec![0u8; MAX_FRAME];
+    // The IP packets of the frames read, split when they were super-packets.
+    let mut packets = PacketBuf::new();
+    let mut out = SendBatch::new();
     let tun_fd = shared.tun.raw_fd();
     loop {
         if shared.stopping() {
             return;
         }
-        let mut n = 0;
-        while n < BATCH {
-            match shared.tun.read(&mut bufs[n]) {
+        packets.clear();
+        let mut frames = 0;
+        while frames < BATCH && packets.len() < MAX_SEGMENTS {
+            match shared.tun.read(&mut frame) {
                 Ok(len) => {
-                    lens[n] = len;
-                    n += 1;
+                    frames += 1;
+                    if !vnet {
+                        packets.push(&frame[..len]);
+                        continue;
+                    }
+                    let before = packets.len();
+                    match offload::split(&frame[..len], &mut packets) {
+                        Ok(()) if packets.len() > before + 1 => {
+                            bump(&shared.counters.tun_super_packets_read);
+                        }
+                        Ok(()) => {}
+                        Err(e) => {
+                            tracing::trace!(error = %e, "TUN frame dropped");
+                            bump(&shared.counters.invalid_tun_packets);
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -81,7 +104,7 @@ pub(super) fn tun_loop(shared: &Arc<Shared>) {
                 }
             }
         }
-        if n == 0 {
+        if frames == 0 {
             match sys::wait_readable(Some(tun_fd), &[shared.wake.fd()], None) {
                 Ok(Ready::Woken) => return,
                 Ok(Ready::Fd | Ready::Timeout) => continue,
@@ -97,7 +120,8 @@ pub(super) fn tun_loop(shared: &Arc<Shared>) {
         {
             let state = shared.read();
             let now = Instant::now();
-            for (buf, len) in bufs.iter_mut().zip(lens).take(n) {
+            for i in 0..packets.len() {
+                let (buf, len) = packets.get_mut_with_room(i);
                 let padded = pad(buf, len, mtu);
                 encapsulate_one(shared, &state, &buf[..padded], &mut out, now);
             }
@@ -144,11 +168,6 @@ fn encapsulate_one(
         bump(&c.no_route);
         return;
     };
-    if out.is_full() {
-        // Cannot happen (one datagram per packet); dropping beats blocking here.
-        bump(&c.udp_send_errors);
-        return;
-    }
     let mut inner = peer.lock();
     if inner.endpoint.is_some() {
         peer.ensure_tunn(&mut inner, state.identity.as_deref());
@@ -163,7 +182,10 @@ fn encapsulate_one(
         bump(&c.no_endpoint);
         return;
     };
-    match tunn.encapsulate(packet, out.next_buf()) {
+    // Room for the packet's datagram, or for the handshake initiation `Tunn` writes
+    // instead while it has no session.
+    let room = (packet.len() + OVERHEAD).max(HANDSHAKE_INIT_LEN);
+    match tunn.encapsulate(packet, out.next_buf(room)) {
         TunnResult::WriteToNetwork(datagram) => {
             let len = datagram.len();
             out.push(len, endpoint, peer);
@@ -185,13 +207,6 @@ struct RxScratch {
     sends: Vec<(Arc<Peer>, Vec<u8>, SocketAddr)>,
 }
 
-/// A decrypted packet waiting to be written to the TUN: in `outs[slot][start..end]`.
-struct Delivery {
-    slot: usize,
-    start: usize,
-    end: usize,
-}
-
 /// UDP → TUN, for one socket of the generation `sockets`.
 pub(super) fn udp_loop(
     shared: &Arc<Shared>,
@@ -204,8 +219,9 @@ pub(super) fn udp_loop(
     };
     let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
     let mut batch = RecvBatch::new(BATCH);
-    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect();
-    let mut deliveries: Vec<Delivery> = Vec::with_capacity(BATCH);
+    // The decrypted packets of a batch, and the TUN frames they become.
+    let mut packets = PacketBuf::new();
+    let mut to_tun = TunWriter::new();
     let mut rx = RxScratch {
         spare: vec![0u8; MAX_DATAGRAM],
         sends: Vec::new(),
@@ -232,31 +248,123 @@ pub(super) fn udp_loop(
                 }
             }
         }
+        packets.clear();
         {
             let state = shared.read();
-            for (slot, out) in outs.iter_mut().enumerate().take(n) {
-                let (src, datagram) = batch.get(slot);
+            for slot in 0..n {
+                let (src, datagrams) = batch.get(slot);
                 let Some(src) = src else {
                     bump(&shared.counters.invalid_datagrams);
                     continue;
                 };
-                if let Some((start, end)) =
-                    handle_datagram(shared, &state, sockets, src, datagram, out, &mut rx)
-                {
-                    deliveries.push(Delivery { slot, start, end });
+                for datagram in datagrams {
+                    packets.push_with(datagram.len(), |out| {
+                        let (start, end) =
+                            handle_datagram(shared, &state, sockets, src, datagram, out, &mut rx)?;
+                        out.copy_within(start..end, 0);
+                        Some(end - start)
+                    });
                 }
             }
         }
         // Writes and sends with no lock held.
-        for d in deliveries.drain(..) {
-            if shared.tun.write(&outs[d.slot][d.start..d.end]).is_err() {
-                bump(&shared.counters.tun_write_errors);
-            }
-        }
+        to_tun.write(shared, &packets);
         for (peer, datagram, dst) in rx.sends.drain(..) {
             match sockets.send_to(&datagram, dst) {
                 Ok(()) => peer.add_tx(datagram.len()),
                 Err(_) => bump(&shared.counters.udp_send_errors),
+            }
+        }
+    }
+}
+
+/// Writes decrypted packets to the TUN: coalesced into super-packets when the TUN
+/// takes them (see [`super::offloads`]), else one by one.
+struct TunWriter {
+    coalescer: Coalescer,
+    frames: PacketBuf,
+    /// The packets of a refused super-packet, written again one by one.
+    split: PacketBuf,
+}
+
+/// One write to the TUN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TunWrite<'a> {
+    /// A frame: its `virtio_net_hdr`, then the (maybe super-) packet.
+    Frame(&'a [u8]),
+    /// A plain packet (an empty header goes before it where the TUN has one).
+    Packet(&'a [u8]),
+}
+
+impl TunWriter {
+    fn new() -> Self {
+        Self {
+            coalescer: Coalescer::new(),
+            frames: PacketBuf::new(),
+            split: PacketBuf::new(),
+        }
+    }
+
+    fn write(&mut self, shared: &Shared, packets: &PacketBuf) {
+        let tun = &shared.tun;
+        self.write_to(&shared.offload, &shared.counters, packets, |w| match w {
+            TunWrite::Frame(frame) => tun.write(frame),
+            TunWrite::Packet(packet) => tun.write_packet(packet),
+        });
+    }
+
+    /// Writes `packets` through `sink`. A super-packet the sink refuses with
+    /// `EINVAL` or `EIO` (kernels with TUN GSO bugs do) ends coalescing on this
+    /// device, with a warning, and its packets go again one by one: nothing is lost.
+    fn write_to(
+        &mut self,
+        offload: &OffloadSwitch,
+        counters: &Counters,
+        packets: &PacketBuf,
+        mut sink: impl FnMut(TunWrite<'_>) -> io::Result<usize>,
+    ) {
+        if packets.is_empty() {
+            return;
+        }
+        let plain = |sink: &mut dyn FnMut(TunWrite<'_>) -> io::Result<usize>, packet: &[u8]| {
+            if sink(TunWrite::Packet(packet)).is_err() {
+                bump(&counters.tun_write_errors);
+            }
+        };
+        let (tcp, udp) = offload.coalesce();
+        if !tcp && !udp {
+            for packet in packets.iter() {
+                plain(&mut sink, packet);
+            }
+            return;
+        }
+        let list: Vec<&[u8]> = packets.iter().collect();
+        self.frames.clear();
+        self.coalescer.coalesce(&list, udp, &mut self.frames);
+        for frame in self.frames.iter() {
+            let super_packet =
+                offload::VnetHdr::read(frame).is_ok_and(|h| h.gso_type != offload::GSO_NONE);
+            let Err(e) = sink(TunWrite::Frame(frame)) else {
+                if super_packet {
+                    bump(&counters.tun_super_packets_written);
+                }
+                continue;
+            };
+            if !super_packet || !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO)) {
+                bump(&counters.tun_write_errors);
+                continue;
+            }
+            if offload.coalesce() != (false, false) {
+                offload.refuse_coalescing();
+                tracing::warn!(error = %e, "the TUN refused a coalesced write; TUN GRO turned off for this device");
+            }
+            self.split.clear();
+            if offload::split(frame, &mut self.split).is_err() {
+                bump(&counters.tun_write_errors);
+                continue;
+            }
+            for packet in self.split.iter() {
+                plain(&mut sink, packet);
             }
         }
     }

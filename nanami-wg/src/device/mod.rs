@@ -34,6 +34,8 @@ mod config;
 mod dataplane;
 mod error;
 mod handshake;
+pub mod offload;
+mod offloads;
 mod peer;
 mod ratelimit;
 mod sys;
@@ -58,10 +60,12 @@ pub use config::{
     PRESHARED_KEY_LEN,
 };
 pub use error::{DeviceError, UapiError};
+pub use offloads::Offloads;
 pub use uapi::{MAX_LINE_LEN, MAX_REQUEST_LEN};
 
 use allowed_ips::AllowedIps;
 use handshake::HandshakeQueue;
+use offloads::OffloadSwitch;
 use peer::Peer;
 use sys::{Netns, WakePipe};
 use tun::{MtuProbe, Tun};
@@ -114,6 +118,10 @@ pub struct DeviceOptions {
     /// The UDP port to bind at start (0 picks a free one; change it later with
     /// [`DeviceUpdate::listen_port`]).
     pub listen_port: u16,
+    /// Use the TUN and UDP offloads where the platform has them (Linux: TSO/USO
+    /// super-packets from the TUN, coalesced writes to it, UDP GSO and GRO); on by
+    /// default. See [`Offloads`]; change it later with [`DeviceUpdate::offload`].
+    pub offload: bool,
 }
 
 impl Default for DeviceOptions {
@@ -121,6 +129,7 @@ impl Default for DeviceOptions {
         Self {
             uapi_dir: Some(PathBuf::from(DEFAULT_UAPI_DIR)),
             listen_port: 0,
+            offload: true,
         }
     }
 }
@@ -158,6 +167,11 @@ pub struct DeviceCounters {
     pub tun_write_errors: u64,
     /// Datagrams the UDP sockets refused.
     pub udp_send_errors: u64,
+    /// Super-packets read from the TUN (TSO/USO) and split by the device.
+    pub tun_super_packets_read: u64,
+    /// Super-packets written to the TUN, each coalesced from several received
+    /// packets of one flow (GRO).
+    pub tun_super_packets_written: u64,
 }
 
 #[derive(Default)]
@@ -175,6 +189,8 @@ struct Counters {
     no_endpoint: AtomicU64,
     tun_write_errors: AtomicU64,
     udp_send_errors: AtomicU64,
+    tun_super_packets_read: AtomicU64,
+    tun_super_packets_written: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -198,6 +214,8 @@ impl Counters {
             no_endpoint: l(&self.no_endpoint),
             tun_write_errors: l(&self.tun_write_errors),
             udp_send_errors: l(&self.udp_send_errors),
+            tun_super_packets_read: l(&self.tun_super_packets_read),
+            tun_super_packets_written: l(&self.tun_super_packets_written),
         }
     }
 }
@@ -354,6 +372,7 @@ struct Shared {
     mtu: AtomicUsize,
     counters: Counters,
     netns: Option<Netns>,
+    offload: OffloadSwitch,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -399,6 +418,7 @@ impl Shared {
         })
         .and_then(|r| r)
         .map_err(|source| DeviceError::Bind { port, source })?;
+        self.offload.set_sockets(&sockets);
         let sockets = Arc::new(sockets);
         let wake = Arc::new(WakePipe::new().map_err(|source| DeviceError::Io {
             op: "creating a pipe",
@@ -461,7 +481,11 @@ impl Shared {
                 })?;
         }
 
-        // 2. Everything else cannot fail. A new identity's public key (a scalar
+        // 2. Everything else cannot fail (offloads a kernel refuses are left off).
+        if let Some(on) = update.offload {
+            self.offload.set(on, &self.tun, &self.sockets());
+        }
+        // A new identity's public key (a scalar
         //    multiplication) is derived before the write lock is taken.
         let identity = update
             .private_key
@@ -478,6 +502,10 @@ impl Shared {
             gen.stop();
         }
         Ok(())
+    }
+
+    fn offloads(&self) -> Offloads {
+        self.offload.get(&self.sockets())
     }
 
     fn get(&self) -> DeviceInfo {
@@ -702,11 +730,7 @@ impl Device {
         // as in wireguard-go without a known MTU).
         let mtu_probe = mtu_probe(tun_from_name, name.as_deref());
         let (handshakes, handshake_rx) = HandshakeQueue::new();
-        let placeholder = Arc::new(UdpSockets {
-            v4: None,
-            v6: None,
-            port: 0,
-        });
+        let placeholder = Arc::new(UdpSockets::new(None, None, 0));
         let shared = Arc::new(Shared {
             name: name.clone(),
             tun,
@@ -729,6 +753,7 @@ impl Device {
             mtu: AtomicUsize::new(0),
             counters: Counters::default(),
             netns: Netns::current().ok(),
+            offload: OffloadSwitch::default(),
         });
         let mut device = Device {
             shared: shared.clone(),
@@ -736,6 +761,9 @@ impl Device {
             uapi_path: None,
         };
         let gen = shared.bind(options.listen_port, 0)?;
+        shared
+            .offload
+            .set(options.offload, &shared.tun, &gen.sockets);
         *shared
             .sockets
             .write()
@@ -819,6 +847,16 @@ impl Device {
         let existed = self.shared.read().peers.contains_key(key);
         self.apply(DeviceUpdate::new().peer(PeerUpdate::remove(*key)))?;
         Ok(existed)
+    }
+
+    /// The offloads in use now.
+    pub fn offloads(&self) -> Offloads {
+        self.shared.offloads()
+    }
+
+    /// Turns offloads on or off (see [`DeviceOptions::offload`]).
+    pub fn set_offload(&self, on: bool) -> Result<(), DeviceError> {
+        self.apply(DeviceUpdate::new().offload(on))
     }
 
     /// Drop and event counters.

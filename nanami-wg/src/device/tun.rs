@@ -4,9 +4,12 @@
 //! (`IFF_NO_PI`); on Apple every packet carries utun's 4-byte address-family header,
 //! stripped on read and added on write ([`super::tun_frame`]) with `readv`/`writev`.
 //!
-//! Seam for speed: multi-queue (`IFF_MULTI_QUEUE`, one fd per worker) and offload
-//! (`IFF_VNET_HDR` + `TUNSETOFFLOAD`, then segmenting TSO super-packets) would be
-//! added here; the loop only needs `read`/`write` of one packet.
+//! Offloads (Linux): a TUN opened by name is opened with `IFF_VNET_HDR`, so every
+//! read and write carries a `virtio_net_hdr` before the packet
+//! ([`super::offload::VnetHdr`]); [`Tun::set_offload`] then lets the kernel hand over
+//! TSO/USO super-packets of up to 64 KiB and take coalesced ones
+//! (`TUNSETOFFLOAD`). A TUN handed over as an fd has the header when it was opened
+//! with the flag (`TUNGETIFF` tells; [`super::create_tun`]'s are).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -64,6 +67,17 @@ fn set_tx_queue_len(name: &str, len: u32) -> io::Result<()> {
 pub(crate) struct Tun {
     fd: OwnedFd,
     name: Option<String>,
+    /// Every read and write starts with a `virtio_net_hdr` (`IFF_VNET_HDR`).
+    vnet_hdr: bool,
+}
+
+/// The offloads a TUN took ([`Tun::set_offload`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct TunOffload {
+    /// TCP segmentation both ways (`TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`).
+    pub(crate) tcp: bool,
+    /// UDP segmentation both ways (`TUN_F_USO4 | TUN_F_USO6`, Linux 6.2 and later).
+    pub(crate) udp: bool,
 }
 
 impl Tun {
@@ -84,7 +98,7 @@ impl Tun {
         let fd: OwnedFd = file.into();
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
-            flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+            flags: (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -95,6 +109,8 @@ impl Tun {
             return Err(io::Error::last_os_error());
         }
         sys::set_nonblocking(fd.as_raw_fd())?;
+        // The header alone changes nothing until offloads are asked for: the kernel
+        // then sends plain packets behind an all-zero header.
         let actual = name_of(&req);
         if let Err(e) = set_tx_queue_len(&actual, TX_QUEUE_LEN) {
             tracing::warn!(interface = %actual, error = %e, "cannot lengthen the TUN's queue; under load the kernel drops what the device has not read yet");
@@ -102,6 +118,7 @@ impl Tun {
         Ok(Self {
             fd,
             name: Some(actual),
+            vnet_hdr: true,
         })
     }
 
@@ -109,8 +126,76 @@ impl Tun {
     /// the fd, and is `None` when the fd does not answer.
     pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Self> {
         sys::set_nonblocking(fd.as_raw_fd())?;
-        let name = name_of_fd(fd.as_raw_fd()).filter(|n| !n.is_empty());
-        Ok(Self { fd, name })
+        let req = if_req_of_fd(fd.as_raw_fd());
+        let name = req.as_ref().map(|r| r.0.clone()).filter(|n| !n.is_empty());
+        let vnet_hdr = req.is_some_and(|r| r.1 & VNET_HDR_FLAG != 0);
+        Ok(Self { fd, name, vnet_hdr })
+    }
+
+    /// Whether every read and write carries a `virtio_net_hdr`.
+    pub(crate) fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// Asks the kernel for TCP and UDP segmentation offloads (`on`), or for none.
+    /// USO is asked for with TSO and dropped when the kernel refuses it (before 6.2).
+    /// Only a TUN with the `virtio_net_hdr` has offloads: without it this is
+    /// `Ok` with none.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(crate) fn set_offload(&self, on: bool) -> io::Result<TunOffload> {
+        if !self.vnet_hdr {
+            return Ok(TunOffload::default());
+        }
+        let tcp = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+        let udp = libc::TUN_F_USO4 | libc::TUN_F_USO6;
+        let attempts: &[(libc::c_uint, TunOffload)] = if on {
+            &[
+                (
+                    tcp | udp,
+                    TunOffload {
+                        tcp: true,
+                        udp: true,
+                    },
+                ),
+                (
+                    tcp,
+                    TunOffload {
+                        tcp: true,
+                        udp: false,
+                    },
+                ),
+            ]
+        } else {
+            &[(
+                0,
+                TunOffload {
+                    tcp: false,
+                    udp: false,
+                },
+            )]
+        };
+        let mut last = io::Error::from_raw_os_error(libc::EINVAL);
+        for (flags, took) in attempts {
+            // SAFETY: TUNSETOFFLOAD takes its flags as the ioctl's integer argument.
+            let rc = unsafe {
+                libc::ioctl(
+                    self.fd.as_raw_fd(),
+                    libc::TUNSETOFFLOAD as _,
+                    *flags as libc::c_ulong,
+                )
+            };
+            if rc == 0 {
+                return Ok(*took);
+            }
+            last = io::Error::last_os_error();
+        }
+        Err(last)
+    }
+
+    /// No offloads off Linux.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub(crate) fn set_offload(&self, _on: bool) -> io::Result<TunOffload> {
+        Ok(TunOffload::default())
     }
 
     /// Gives the fd up (for [`super::TunSource::Fd`] elsewhere).
@@ -145,6 +230,37 @@ impl Tun {
         // SAFETY: writing from a valid buffer of `packet.len()` bytes.
         let n = unsafe { libc::write(self.fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
         usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+
+    /// Writes one plain packet: behind an all-zero `virtio_net_hdr` (no offload)
+    /// when the TUN has the header, else as it is.
+    #[cfg(not(any(target_os = "ios", target_os = "macos")))]
+    pub(crate) fn write_packet(&self, packet: &[u8]) -> io::Result<usize> {
+        if !self.vnet_hdr {
+            return self.write(packet);
+        }
+        let header = [0u8; super::offload::VNET_HDR_LEN];
+        let iov = [
+            libc::iovec {
+                iov_base: header.as_ptr().cast_mut().cast(),
+                iov_len: header.len(),
+            },
+            libc::iovec {
+                iov_base: packet.as_ptr().cast_mut().cast(),
+                iov_len: packet.len(),
+            },
+        ];
+        // SAFETY: both iovecs point at valid buffers of their lengths that live across
+        // the call, and writev only reads them; 2 is the array's length.
+        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        Ok(n.saturating_sub(header.len()))
+    }
+
+    /// Writes one plain packet (utun has no offloads).
+    #[cfg(any(target_os = "ios", target_os = "macos"))]
+    pub(crate) fn write_packet(&self, packet: &[u8]) -> io::Result<usize> {
+        self.write(packet)
     }
 
     /// Reads one packet into `buf`, without utun's header; `WouldBlock` when none is
@@ -216,10 +332,16 @@ fn write_framed(fd: RawFd, packet: &[u8]) -> io::Result<usize> {
     Ok(n.saturating_sub(tun_frame::HEADER_LEN))
 }
 
-/// The interface name of a TUN fd (`TUNGETIFF`). Failure is fine (not every fd
-/// answers it): the name is then unknown.
+/// `IFF_VNET_HDR` as `TUNGETIFF` reports it.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn name_of_fd(fd: RawFd) -> Option<String> {
+const VNET_HDR_FLAG: libc::c_int = libc::IFF_VNET_HDR;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const VNET_HDR_FLAG: libc::c_int = 0;
+
+/// The interface name and flags of a TUN fd (`TUNGETIFF`). Failure is fine (not
+/// every fd answers it): the name is then unknown and the fd has no offloads.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn if_req_of_fd(fd: RawFd) -> Option<(String, libc::c_int)> {
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
         flags: 0,
@@ -228,13 +350,13 @@ fn name_of_fd(fd: RawFd) -> Option<String> {
     // SAFETY: TUNGETIFF fills a `struct ifreq`; `req` has its layout and lives across
     // the call.
     let rc = unsafe { libc::ioctl(fd, libc::TUNGETIFF as _, &mut req) };
-    (rc == 0).then(|| name_of(&req))
+    (rc == 0).then(|| (name_of(&req), libc::c_int::from(req.flags) & 0xffff))
 }
 
 /// The interface name of a utun fd (`UTUN_OPT_IFNAME`, e.g. `utun3`), when the fd
-/// answers.
+/// answers; utun has no offload flags.
 #[cfg(any(target_os = "ios", target_os = "macos"))]
-fn name_of_fd(fd: RawFd) -> Option<String> {
+fn if_req_of_fd(fd: RawFd) -> Option<(String, libc::c_int)> {
     // <sys/sys_domain.h> and <net/if_utun.h> (the `libc` crate has them for macOS
     // only; iOS's headers have the same values).
     const SYSPROTO_CONTROL: libc::c_int = 2;
@@ -252,7 +374,7 @@ fn name_of_fd(fd: RawFd) -> Option<String> {
             &mut len,
         )
     };
-    (rc == 0).then(|| c_name(&name))
+    (rc == 0).then(|| (c_name(&name), 0))
 }
 
 /// Other systems: the name is unknown.
@@ -262,7 +384,7 @@ fn name_of_fd(fd: RawFd) -> Option<String> {
     target_os = "ios",
     target_os = "macos"
 )))]
-fn name_of_fd(_fd: RawFd) -> Option<String> {
+fn if_req_of_fd(_fd: RawFd) -> Option<(String, libc::c_int)> {
     None
 }
 

@@ -26,7 +26,7 @@ use zeroize::Zeroize;
 use super::config::{DeviceInfo, DeviceUpdate, PeerUpdate, PresharedKey, PRESHARED_KEY_LEN};
 use super::error::{DeviceError, UapiError};
 use super::sys::{self, Ready};
-use super::Shared;
+use super::{Offloads, Shared};
 
 /// Longest accepted line. The longest legitimate one (an IPv6 endpoint with a scope)
 /// is under 100 bytes.
@@ -45,8 +45,12 @@ const READ_SLICE: Duration = Duration::from_millis(200);
 /// A parsed request.
 #[derive(Debug)]
 pub(crate) enum Request {
-    /// `get=1`.
-    Get,
+    /// `get=1`; with the line `nanami_offload=1` the answer also says the device's
+    /// offloads (keys `wg(8)` does not know, so it only gets them when it asks).
+    Get {
+        /// Whether the offload keys were asked for.
+        offload: bool,
+    },
     /// `set=1` with its changes.
     Set(DeviceUpdate),
 }
@@ -117,9 +121,10 @@ pub(crate) fn parse(lines: &[String]) -> Result<Request, UapiError> {
         return Err(UapiError::Truncated);
     };
     match first.as_str() {
-        "get=1" => match lines.get(1) {
-            None => Ok(Request::Get),
-            Some(l) => Err(UapiError::UnexpectedKey {
+        "get=1" => match lines.get(1..).unwrap_or_default() {
+            [] => Ok(Request::Get { offload: false }),
+            [l] if l == "nanami_offload=1" => Ok(Request::Get { offload: true }),
+            [l, ..] => Err(UapiError::UnexpectedKey {
                 line: 2,
                 key: short(l.split('=').next().unwrap_or_default()),
             }),
@@ -233,6 +238,8 @@ fn parse_device_key(
             });
         }
         "replace_peers" => u.replace_peers = parse_true(n, "replace_peers", value)?,
+        // Nanami's own key (`wg(8)` never sends it).
+        "nanami_offload" => u.offload = Some(parse_true(n, "nanami_offload", value)?),
         other => {
             return Err(UapiError::UnexpectedKey {
                 line: n,
@@ -340,11 +347,32 @@ pub(crate) fn format_get(info: &DeviceInfo) -> String {
     s
 }
 
+/// Appends the answer to `nanami_offload=1`: `nanami_offload=true|false` (the
+/// switch) and `nanami_offloads=` the offloads in use, comma-separated (`tun_tso`,
+/// `tun_uso`, `tun_gro`, `udp_gso`, `udp_gro`; empty when none).
+pub(crate) fn format_offloads(s: &mut String, o: &Offloads) {
+    let _ = writeln!(s, "nanami_offload={}", o.enabled);
+    let on: Vec<&str> = [
+        (o.tun_tso, "tun_tso"),
+        (o.tun_uso, "tun_uso"),
+        (o.tun_gro, "tun_gro"),
+        (o.udp_gso, "udp_gso"),
+        (o.udp_gro, "udp_gro"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    let _ = writeln!(s, "nanami_offloads={}", on.join(","));
+}
+
 /// Answers one parsed-or-refused request.
 fn respond(shared: &Arc<Shared>, lines: &[String]) -> String {
     match parse(lines) {
-        Ok(Request::Get) => {
+        Ok(Request::Get { offload }) => {
             let mut s = format_get(&shared.get());
+            if offload {
+                format_offloads(&mut s, &shared.offloads());
+            }
             s.push_str("errno=0\n\n");
             s
         }
@@ -573,7 +601,18 @@ mod tests {
 
     #[test]
     fn get_parses() {
-        assert!(matches!(parse(&lines("get=1\n\n")), Ok(Request::Get)));
+        assert!(matches!(
+            parse(&lines("get=1\n\n")),
+            Ok(Request::Get { offload: false })
+        ));
+        assert!(matches!(
+            parse(&lines("get=1\nnanami_offload=1\n\n")),
+            Ok(Request::Get { offload: true })
+        ));
+        assert!(parse(&lines("get=1\nnanami_offload=2\n\n")).is_err());
+        let set = parse(&lines("set=1\nnanami_offload=false\n\n"));
+        assert!(matches!(set, Ok(Request::Set(u)) if u.offload == Some(false)));
+        assert!(parse(&lines("set=1\nnanami_offload=off\n\n")).is_err());
     }
 
     #[test]

@@ -3,13 +3,19 @@
 //! Apple has neither, so there a batch is a loop of `recvfrom`/`sendto`, and the
 //! socket mark `SO_MARK` is Linux's: a non-zero fwmark is refused there).
 //!
-//! Seam for speed: UDP GSO (`UDP_SEGMENT`) on send and GRO (`UDP_GRO`) on receive fit
-//! in [`SendBatch::flush`] and [`RecvBatch::recv`] without changing the loop.
+//! Offloads (Linux, [`UdpSockets::set_offload`]): on send, runs of datagrams to one
+//! destination of one size go to the kernel as one UDP GSO message (`UDP_SEGMENT`,
+//! up to [`GSO_MAX_SEGMENTS`]), still many messages per `sendmmsg`; on receive the
+//! kernel coalesces a flow's datagrams (`UDP_GRO`) and [`RecvBatch`] gives them back
+//! one by one. A GSO send the kernel refuses with `EIO` or `EINVAL` (a NIC or
+//! kernel that cannot segment) turns GSO off for these sockets, with a warning, and
+//! the datagrams go again one message each: nothing is dropped for it.
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -26,12 +32,27 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// How many times a random port is tried when its IPv6 twin is taken.
 const BIND_ATTEMPTS: usize = 10;
 
+/// Most datagrams in one GSO message (the kernel's `UDP_MAX_SEGMENTS` was 64 before
+/// Linux 6.9).
+pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Most bytes in one GSO message: a UDP payload, with the IPv4 header, fits 64 KiB.
+const GSO_MAX_BYTES: usize = 65_535 - 20 - 8;
+
+/// Room for the control messages of one received or sent message (`UDP_GRO`'s or
+/// `UDP_SEGMENT`'s int, with headers and alignment).
+const CMSG_ROOM: usize = 64;
+
 /// The bound sockets of one `listen_port`.
 #[derive(Debug)]
 pub(crate) struct UdpSockets {
     pub(crate) v4: Option<Socket>,
     pub(crate) v6: Option<Socket>,
     pub(crate) port: u16,
+    /// Sends may use UDP GSO: asked for, and not turned off by a refused send.
+    gso: AtomicBool,
+    /// Some socket took `UDP_GRO`.
+    gro: AtomicBool,
 }
 
 fn new_socket(domain: Domain, fwmark: u32) -> io::Result<Socket> {
@@ -79,22 +100,37 @@ fn set_mark(_s: &Socket, mark: u32) -> io::Result<()> {
     }
 }
 
+/// Sets an int socket option.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_int_option(
+    s: &Socket,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: setsockopt with a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Asks for large socket buffers, beyond `rmem_max` when privileged (`SO_*BUFFORCE`).
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn grow_buffers(s: &Socket) {
     let size = SOCKET_BUFFER as libc::c_int;
     for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-        // SAFETY: setsockopt with a pointer to a live c_int and its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
+        if set_int_option(s, libc::SOL_SOCKET, opt, size).is_err() {
             let _ = if opt == libc::SO_RCVBUFFORCE {
                 s.set_recv_buffer_size(SOCKET_BUFFER)
             } else {
@@ -119,6 +155,46 @@ fn v6_unavailable(err: &io::Error) -> bool {
 }
 
 impl UdpSockets {
+    /// Sockets already bound (none: a placeholder), without offloads.
+    pub(crate) fn new(v4: Option<Socket>, v6: Option<Socket>, port: u16) -> Self {
+        Self {
+            v4,
+            v6,
+            port,
+            gso: AtomicBool::new(false),
+            gro: AtomicBool::new(false),
+        }
+    }
+
+    /// Turns UDP GSO (sends) and GRO (receives) on or off; returns whether they are
+    /// on. Linux only (elsewhere always off). GRO that a socket refuses leaves that
+    /// socket receiving one datagram at a time, which is correct, only slower.
+    pub(crate) fn set_offload(&self, on: bool) -> bool {
+        let on = on && cfg!(target_os = "linux");
+        #[allow(unused_mut)]
+        let mut gro = false;
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        for s in self.v4.iter().chain(self.v6.iter()) {
+            match set_int_option(s, libc::SOL_UDP, libc::UDP_GRO, libc::c_int::from(on)) {
+                Ok(()) => gro |= on,
+                Err(e) => tracing::debug!(error = %e, "UDP_GRO refused"),
+            }
+        }
+        self.gro.store(gro, Ordering::Relaxed);
+        self.gso.store(on, Ordering::Relaxed);
+        on
+    }
+
+    /// Whether sends use UDP GSO now.
+    pub(crate) fn gso(&self) -> bool {
+        self.gso.load(Ordering::Relaxed)
+    }
+
+    /// Whether receives may be coalesced (UDP GRO).
+    pub(crate) fn gro(&self) -> bool {
+        self.gro.load(Ordering::Relaxed)
+    }
+
     /// Binds `port` (0: a free one) on both families; IPv6 is skipped when the
     /// system has none.
     pub(crate) fn bind(port: u16, fwmark: u32) -> io::Result<Self> {
@@ -138,11 +214,7 @@ impl UdpSockets {
             let v6 = match new_socket(Domain::IPV6, fwmark) {
                 Ok(s) => s,
                 Err(e) if v6_unavailable(&e) => {
-                    return Ok(Self {
-                        v4: Some(v4),
-                        v6: None,
-                        port: bound,
-                    })
+                    return Ok(Self::new(Some(v4), None, bound));
                 }
                 Err(e) => return Err(e),
             };
@@ -152,20 +224,8 @@ impl UdpSockets {
                 0,
                 0,
             ))) {
-                Ok(()) => {
-                    return Ok(Self {
-                        v4: Some(v4),
-                        v6: Some(v6),
-                        port: bound,
-                    })
-                }
-                Err(e) if v6_unavailable(&e) => {
-                    return Ok(Self {
-                        v4: Some(v4),
-                        v6: None,
-                        port: bound,
-                    })
-                }
+                Ok(()) => return Ok(Self::new(Some(v4), Some(v6), bound)),
+                Err(e) if v6_unavailable(&e) => return Ok(Self::new(Some(v4), None, bound)),
                 Err(e) => last_err = Some(e),
             }
         }
@@ -218,7 +278,13 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Buffers for receiving up to `n` datagrams with one `recvmmsg`.
+/// Control-message room of one message, aligned for `cmsghdr`.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct Cmsg([u8; CMSG_ROOM]);
+
+/// Buffers for receiving up to `n` messages with one `recvmmsg`; with UDP GRO a
+/// message holds several datagrams of one flow ([`RecvBatch::get`]).
 pub(crate) struct RecvBatch {
     bufs: Vec<Vec<u8>>,
     addrs: Vec<MaybeUninit<libc::sockaddr_storage>>,
@@ -226,7 +292,11 @@ pub(crate) struct RecvBatch {
     iovs: Vec<libc::iovec>,
     #[cfg(any(target_os = "linux", target_os = "android"))]
     hdrs: Vec<libc::mmsghdr>,
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    cmsgs: Vec<Cmsg>,
     lens: Vec<usize>,
+    /// The GRO segment size of each message (0: one datagram).
+    strides: Vec<usize>,
     srcs: Vec<Option<SocketAddr>>,
 }
 
@@ -245,7 +315,10 @@ impl RecvBatch {
             // SAFETY: mmsghdr is plain data for which all-zero is a valid value.
             #[cfg(any(target_os = "linux", target_os = "android"))]
             hdrs: (0..n).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            cmsgs: vec![Cmsg([0; CMSG_ROOM]); n],
             lens: vec![0; n],
+            strides: vec![0; n],
             srcs: vec![None; n],
         }
     }
@@ -262,13 +335,14 @@ impl RecvBatch {
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
             h.msg_hdr.msg_iov = &mut self.iovs[i];
             h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_control = self.cmsgs[i].0.as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = CMSG_ROOM as _;
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
         }
-        // SAFETY: every header points at a live buffer, iovec and address slot owned
-        // by `self`, which outlives the call; `n` is the array length.
+        // SAFETY: every header points at a live buffer, iovec, control buffer and
+        // address slot owned by `self`, which outlives the call; `n` is the array
+        // length.
         let rc = unsafe {
             libc::recvmmsg(
                 fd,
@@ -292,6 +366,7 @@ impl RecvBatch {
         let got = usize::try_from(rc).unwrap_or(0);
         for i in 0..got {
             self.lens[i] = self.hdrs[i].msg_len as usize;
+            self.strides[i] = gro_size(&self.hdrs[i].msg_hdr);
             let len = self.hdrs[i].msg_hdr.msg_namelen;
             // SAFETY: the kernel wrote a socket address of `len` bytes into the slot,
             // which is a full sockaddr_storage (as is socket2's storage).
@@ -340,6 +415,7 @@ impl RecvBatch {
                 return Err(err);
             };
             self.lens[got] = n;
+            self.strides[got] = 0;
             // SAFETY: the kernel wrote a socket address of `len` bytes into the slot,
             // which is a full sockaddr_storage (as is socket2's storage).
             let addr = unsafe { sock_addr(self.addrs[got].assume_init(), len) };
@@ -349,121 +425,235 @@ impl RecvBatch {
         Ok(got)
     }
 
-    /// The `i`-th datagram received and its source.
-    pub(crate) fn get(&self, i: usize) -> (Option<SocketAddr>, &[u8]) {
-        (self.srcs[i], &self.bufs[i][..self.lens[i]])
+    /// The `i`-th message received: its source and its datagrams (several when the
+    /// kernel coalesced them: every one `stride` bytes but a shorter last).
+    pub(crate) fn get(&self, i: usize) -> (Option<SocketAddr>, impl Iterator<Item = &[u8]>) {
+        let data = &self.bufs[i][..self.lens[i]];
+        let stride = self.strides[i];
+        // One datagram (an empty one too) unless the kernel said it coalesced.
+        let (first, rest) = if stride == 0 || data.len() <= stride {
+            (data, &[][..])
+        } else {
+            data.split_at(stride)
+        };
+        (
+            self.srcs[i],
+            std::iter::once(first).chain(rest.chunks(stride.max(1))),
+        )
     }
 }
 
-/// Encrypted datagrams waiting to be sent together.
+/// The segment size the kernel put in a received message's `UDP_GRO` control
+/// message; 0 when there is none (one datagram).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn gro_size(msg: &libc::msghdr) -> usize {
+    // SAFETY: `msg` is a header recvmmsg filled: its control pointer and length
+    // describe the live control buffer the kernel wrote `msg_controllen` bytes of;
+    // the CMSG_* functions stay inside it, and the data of a `UDP_GRO` message is
+    // one int (read unaligned).
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                return usize::try_from(v).unwrap_or(0);
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    0
+}
+
+/// Encrypted datagrams waiting to be sent together, one after another in one
+/// buffer (so a run of them is one GSO message without a copy).
 pub(crate) struct SendBatch {
-    bufs: Vec<Vec<u8>>,
-    lens: Vec<usize>,
+    buf: Vec<u8>,
+    /// Where each datagram starts in `buf`, and its length.
+    spans: Vec<(usize, usize)>,
     dsts: Vec<SocketAddr>,
     /// Whose tx bytes each datagram counts to, once the kernel took it.
-    peers: Vec<Option<Arc<Peer>>>,
-    len: usize,
+    peers: Vec<Arc<Peer>>,
+    /// Where the next datagram goes.
+    end: usize,
+}
+
+/// One message of a `sendmmsg`: datagrams `first..first + count`, contiguous in the
+/// buffer, each `segment` bytes but a shorter last (a GSO message when `count > 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Message {
+    first: usize,
+    count: usize,
+    segment: usize,
 }
 
 impl SendBatch {
-    pub(crate) fn new(n: usize) -> Self {
+    /// A batch; it grows to what one pass queues and keeps that room.
+    pub(crate) fn new() -> Self {
         Self {
-            bufs: (0..n).map(|_| vec![0u8; MAX_DATAGRAM]).collect(),
-            lens: vec![0; n],
-            dsts: vec![SocketAddr::from(([0, 0, 0, 0], 0)); n],
-            peers: vec![None; n],
-            len: 0,
+            buf: Vec::new(),
+            spans: Vec::new(),
+            dsts: Vec::new(),
+            peers: Vec::new(),
+            end: 0,
         }
     }
 
-    pub(crate) fn is_full(&self) -> bool {
-        self.len == self.bufs.len()
+    /// How many datagrams are queued.
+    pub(crate) fn len(&self) -> usize {
+        self.spans.len()
     }
 
-    /// The buffer the next datagram is written into.
-    pub(crate) fn next_buf(&mut self) -> &mut [u8] {
-        &mut self.bufs[self.len]
+    /// The buffer the next datagram is written into: at least `room` bytes.
+    pub(crate) fn next_buf(&mut self, room: usize) -> &mut [u8] {
+        let need = self.end + room;
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
+        &mut self.buf[self.end..need]
     }
 
     /// Commits the datagram just written into [`SendBatch::next_buf`].
     pub(crate) fn push(&mut self, len: usize, dst: SocketAddr, peer: &Arc<Peer>) {
-        self.lens[self.len] = len;
-        self.dsts[self.len] = canonical(dst);
-        self.peers[self.len] = Some(peer.clone());
-        self.len += 1;
+        self.spans.push((self.end, len));
+        self.dsts.push(canonical(dst));
+        self.peers.push(peer.clone());
+        self.end += len;
+    }
+
+    fn clear(&mut self) {
+        self.spans.clear();
+        self.dsts.clear();
+        self.peers.clear();
+        self.end = 0;
     }
 
     /// Sends everything queued; returns how many datagrams failed.
     pub(crate) fn flush(&mut self, sockets: &UdpSockets) -> usize {
         let mut failed = 0;
         for v4 in [true, false] {
-            let Some(sock) = (if v4 { &sockets.v4 } else { &sockets.v6 }) else {
-                failed += self.dsts[..self.len]
-                    .iter()
-                    .filter(|d| d.is_ipv4() == v4)
-                    .count();
-                continue;
-            };
-            let idx: Vec<usize> = (0..self.len)
+            let idx: Vec<usize> = (0..self.len())
                 .filter(|i| self.dsts[*i].is_ipv4() == v4)
                 .collect();
             if idx.is_empty() {
                 continue;
             }
-            failed += self.send_indices(sock.as_raw_fd(), &idx);
+            let Some(sock) = (if v4 { &sockets.v4 } else { &sockets.v6 }) else {
+                failed += idx.len();
+                continue;
+            };
+            failed += self.send_indices(sock.as_raw_fd(), &idx, sockets);
         }
-        for p in &mut self.peers[..self.len] {
-            *p = None;
-        }
-        self.len = 0;
+        self.clear();
         failed
     }
 
+    /// The messages that send datagrams `idx` (ascending): with `gso`, each run of
+    /// datagrams contiguous in the buffer, to one destination, of one size (the
+    /// last may be shorter), within the kernel's limits; without, one each.
+    fn messages(&self, idx: &[usize], gso: bool) -> Vec<Message> {
+        let mut out: Vec<Message> = Vec::new();
+        let mut bytes = 0;
+        for (k, &i) in idx.iter().enumerate() {
+            let (start, len) = self.spans[i];
+            if gso {
+                if let Some(m) = out.last_mut() {
+                    let prev = idx[k - 1];
+                    let (pstart, plen) = self.spans[prev];
+                    let joins = m.count < GSO_MAX_SEGMENTS
+                        && pstart + plen == start
+                        && self.dsts[prev] == self.dsts[i]
+                        // Every datagram but the last is `segment` long.
+                        && plen == m.segment
+                        && len <= m.segment
+                        && bytes + len <= GSO_MAX_BYTES;
+                    if joins {
+                        m.count += 1;
+                        bytes += len;
+                        continue;
+                    }
+                }
+            }
+            out.push(Message {
+                first: k,
+                count: 1,
+                segment: len,
+            });
+            bytes = len;
+        }
+        out
+    }
+
+    /// Sends the datagrams `idx` (indices into the batch, ascending); returns how
+    /// many failed.
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    fn send_indices(&mut self, fd: RawFd, idx: &[usize]) -> usize {
-        let addrs: Vec<SockAddr> = idx.iter().map(|i| SockAddr::from(self.dsts[*i])).collect();
-        let mut iovs: Vec<libc::iovec> = idx
+    fn send_indices(&mut self, fd: RawFd, idx: &[usize], sockets: &UdpSockets) -> usize {
+        let gso = sockets.gso();
+        let messages = self.messages(idx, gso);
+        let addrs: Vec<SockAddr> = messages
             .iter()
-            .map(|i| libc::iovec {
-                iov_base: self.bufs[*i].as_mut_ptr().cast(),
-                iov_len: self.lens[*i],
+            .map(|m| SockAddr::from(self.dsts[idx[m.first]]))
+            .collect();
+        let mut iovs: Vec<libc::iovec> = messages
+            .iter()
+            .map(|m| {
+                let (start, _) = self.spans[idx[m.first]];
+                let (last_start, last_len) = self.spans[idx[m.first + m.count - 1]];
+                libc::iovec {
+                    iov_base: self.buf[start..].as_mut_ptr().cast(),
+                    iov_len: last_start + last_len - start,
+                }
             })
             .collect();
-        let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(idx.len());
-        for (k, a) in addrs.iter().enumerate() {
+        let mut cmsgs = vec![Cmsg([0; CMSG_ROOM]); messages.len()];
+        let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(messages.len());
+        for (k, (m, a)) in messages.iter().zip(&addrs).enumerate() {
             // SAFETY: mmsghdr is plain data for which all-zero is a valid value.
             let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
             h.msg_hdr.msg_name = a.as_ptr() as *mut libc::c_void;
             h.msg_hdr.msg_namelen = a.len();
             h.msg_hdr.msg_iov = &mut iovs[k];
             h.msg_hdr.msg_iovlen = 1;
+            if m.count > 1 {
+                // SAFETY: the control buffer is live, aligned and CMSG_ROOM bytes, more
+                // than CMSG_SPACE of a u16; the header is filled before its data.
+                unsafe { put_segment_cmsg(&mut h.msg_hdr, &mut cmsgs[k], m.segment) };
+            }
             hdrs.push(h);
         }
         let mut sent = 0;
         let mut failed = 0;
         while sent < hdrs.len() {
             let rest = &mut hdrs[sent..];
-            // SAFETY: the headers point at addresses, iovecs and buffers that live
-            // until this function returns; `rest.len()` is the array length.
+            // SAFETY: the headers point at addresses, iovecs, control buffers and
+            // datagrams that live until this function returns; `rest.len()` is the
+            // array length.
             let rc = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), rest.len() as _, 0) };
             if rc < 0 {
                 let err = io::Error::last_os_error();
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                tracing::trace!(error = %err, "sendmmsg failed; dropping one datagram");
-                // Skip the datagram the kernel refused (e.g. unreachable) and go on.
+                let m = messages[sent];
+                if m.count > 1 && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
+                    // The kernel (or the NIC under it) cannot segment: no more GSO
+                    // on these sockets, and what is left goes one datagram a message.
+                    sockets.gso.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %err, "UDP GSO send refused; UDP segmentation offload turned off for this device");
+                    return failed + self.send_indices(fd, &idx[m.first..], sockets);
+                }
+                tracing::trace!(error = %err, "sendmmsg failed; dropping one message");
+                // Skip the message the kernel refused (e.g. unreachable) and go on.
                 sent += 1;
-                failed += 1;
+                failed += m.count;
                 continue;
             }
             let n = usize::try_from(rc)
                 .unwrap_or(0)
                 .max(1)
                 .min(hdrs.len() - sent);
-            for i in &idx[sent..sent + n] {
-                if let Some(peer) = &self.peers[*i] {
-                    peer.add_tx(self.lens[*i]);
+            for m in &messages[sent..sent + n] {
+                for i in &idx[m.first..m.first + m.count] {
+                    self.peers[*i].add_tx(self.spans[*i].1);
                 }
             }
             sent += n;
@@ -473,7 +663,7 @@ impl SendBatch {
 
     /// Sends the datagrams `idx`; returns how many failed.
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    fn send_indices(&mut self, fd: RawFd, idx: &[usize]) -> usize {
+    fn send_indices(&mut self, fd: RawFd, idx: &[usize], _sockets: &UdpSockets) -> usize {
         self.send_each(fd, idx)
     }
 
@@ -485,7 +675,8 @@ impl SendBatch {
         let mut failed = 0;
         for i in idx {
             let addr = SockAddr::from(self.dsts[*i]);
-            let data = &self.bufs[*i][..self.lens[*i]];
+            let (start, len) = self.spans[*i];
+            let data = &self.buf[start..start + len];
             loop {
                 // SAFETY: `data` and `addr` are live, valid buffers of the lengths
                 // given; sendto only reads them.
@@ -500,9 +691,7 @@ impl SendBatch {
                     )
                 };
                 if rc >= 0 {
-                    if let Some(peer) = &self.peers[*i] {
-                        peer.add_tx(data.len());
-                    }
+                    self.peers[*i].add_tx(data.len());
                     break;
                 }
                 let err = io::Error::last_os_error();
@@ -515,6 +704,26 @@ impl SendBatch {
             }
         }
         failed
+    }
+}
+
+/// Puts a `UDP_SEGMENT` control message (`segment` bytes a datagram) in `msg`.
+///
+/// # Safety
+/// `cmsg` must outlive every use of `msg`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+unsafe fn put_segment_cmsg(msg: &mut libc::msghdr, cmsg: &mut Cmsg, segment: usize) {
+    let value = u16::try_from(segment).unwrap_or(u16::MAX);
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE of a u16 (24 on 64-bit) is within CMSG_ROOM; the first
+    // header is at the (aligned) start of the buffer, and its data right after it.
+    unsafe {
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as _;
+        let c = libc::CMSG_FIRSTHDR(msg);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), value);
     }
 }
 
@@ -544,7 +753,7 @@ mod tests {
     }
 
     fn queue(batch: &mut SendBatch, data: &[u8], dst: SocketAddr, peer: &Arc<Peer>) {
-        batch.next_buf()[..data.len()].copy_from_slice(data);
+        batch.next_buf(data.len())[..data.len()].copy_from_slice(data);
         batch.push(data.len(), dst, peer);
     }
 
@@ -555,7 +764,7 @@ mod tests {
         let rx = UdpSocket::bind("127.0.0.1:0").expect("binds");
         let to = rx.local_addr().expect("addr");
         let p = peer();
-        let mut out = SendBatch::new(4);
+        let mut out = SendBatch::new();
         queue(&mut out, b"one", to, &p);
         // A v6 destination on a v4 socket: refused, skipped, counted.
         queue(
@@ -572,8 +781,12 @@ mod tests {
         let got = batch.recv_each(rx.as_raw_fd()).expect("receives");
         assert_eq!(got, 2);
         let from = tx.local_addr().expect("addr");
-        assert_eq!(batch.get(0), (Some(from), &b"one"[..]));
-        assert_eq!(batch.get(1), (Some(from), &b"three!"[..]));
+        let one = |i: usize| {
+            let (src, datagrams) = batch.get(i);
+            (src, datagrams.collect::<Vec<_>>())
+        };
+        assert_eq!(one(0), (Some(from), vec![&b"one"[..]]));
+        assert_eq!(one(1), (Some(from), vec![&b"three!"[..]]));
         assert_eq!(batch.recv_each(rx.as_raw_fd()).expect("nothing queued"), 0);
     }
 }

@@ -100,6 +100,11 @@ pub struct LinuxConfig {
     /// supported in this mode yet: creating an interface fails with
     /// [`PlatformError::Hosting`] when the kernel has it and `prefer_kernel` is set.
     pub namespace: Option<Hosting>,
+    /// The userspace devices' TUN and UDP offloads (TSO/USO, GRO, UDP GSO/GRO; see
+    /// [`crate::device::Offloads`]); on by default. Turn them off for a kernel
+    /// whose offload paths misbehave (a device also turns them off itself when the
+    /// kernel refuses an offloaded write). The kernel's WireGuard has its own.
+    pub offload: bool,
 }
 
 impl LinuxConfig {
@@ -113,6 +118,7 @@ impl LinuxConfig {
             device: DeviceMode::InProcess,
             prefer_kernel: true,
             namespace: None,
+            offload: true,
         }
     }
 }
@@ -513,6 +519,7 @@ impl LinuxPlatform {
                 let options = DeviceOptions {
                     uapi_dir: self.config.uapi_dir.clone(),
                     listen_port: listen_port.unwrap_or(0),
+                    offload: self.config.offload,
                 };
                 let device = match &self.hosted {
                     None => Device::open(TunSource::Name(name.clone()), options),
@@ -545,7 +552,7 @@ impl LinuxPlatform {
                 // A predecessor whose link was just deleted removes its socket
                 // when it exits; wait for that, or it would remove the new one.
                 wait_for_socket_release(Path::new(DEFAULT_UAPI_DIR), name).await?;
-                spawn_detached(program, name, self.hosted.as_ref()).await?;
+                spawn_detached(program, name, self.hosted.as_ref(), self.config.offload).await?;
                 let client = UapiClient::new(Path::new(DEFAULT_UAPI_DIR), name.as_str());
                 client
                     .set_listen_port(listen_port.unwrap_or(0))
@@ -871,16 +878,21 @@ fn is_ipv6_link_local(net: &ipnet::IpNet) -> bool {
 /// Starts `program <name>` (which daemonizes itself and returns once its UAPI socket
 /// exists) in this thread's network namespace; for a hosted gateway,
 /// `program --netns <namespace> <name>` in the host namespace, so its TUN is in the
-/// gateway's namespace and its UDP sockets in the host's.
+/// gateway's namespace and its UDP sockets in the host's. `--no-offload` is added
+/// when `offload` is off.
 async fn spawn_detached(
     program: &Path,
     name: &InterfaceName,
     hosted: Option<&Hosted>,
+    offload: bool,
 ) -> Result<(), PlatformError> {
     let mut cmd = tokio::process::Command::new(program);
     if let Some(h) = hosted {
         crate::netns::enter_before_exec(&mut cmd, Some(&h.host));
         cmd.args(["--netns", h.name.as_str()]);
+    }
+    if !offload {
+        cmd.arg("--no-offload");
     }
     let out = cmd
         .arg(name.as_str())

@@ -50,9 +50,16 @@ pub struct WgGo {
 impl WgGo {
     /// Starts `wireguard-go -f <ifname>` in `ns` and waits for its UAPI socket.
     pub fn start(ns: &Netns, ifname: &str) -> Self {
+        Self::start_program(ns, ifname, std::path::Path::new("wireguard-go"))
+    }
+
+    /// Starts `<program> -f <ifname>` (a wireguard-go binary) in `ns` and waits for
+    /// its UAPI socket.
+    pub fn start_program(ns: &Netns, ifname: &str, program: &std::path::Path) -> Self {
         let sock = format!("/var/run/wireguard/{ifname}.sock");
         let _ = std::fs::remove_file(&sock);
-        let pid = ns.spawn("wireguard-go", &["-f", ifname], &[("LOG_LEVEL", "error")]);
+        let program = program.to_str().expect("a UTF-8 path");
+        let pid = ns.spawn(program, &["-f", ifname], &[("LOG_LEVEL", "error")]);
         wait_until(
             &format!("wireguard-go to create {sock}"),
             Duration::from_secs(10),

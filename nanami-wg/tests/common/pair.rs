@@ -56,6 +56,11 @@ pub fn up(ns: &Netns, ifname: &str, addr: &str) {
 
 impl Pair {
     pub fn new() -> Self {
+        Self::with_program(std::path::Path::new("wireguard-go"))
+    }
+
+    /// The pair with `program` (a wireguard-go binary) on `b`'s side.
+    pub fn with_program(program: &std::path::Path) -> Self {
         super::require(&["wireguard-go", "wg", "ping"]);
         let a = Netns::new("a");
         let b = Netns::new("b");
@@ -75,7 +80,7 @@ impl Pair {
         )
         .expect("configure the Nanami device");
 
-        let wg = WgGo::start(&b, &ifname("b"));
+        let wg = WgGo::start_program(&b, &ifname("b"), program);
         Self::configure_wg(&b, &wg, &b_key, &a_pub);
         Self {
             dev,

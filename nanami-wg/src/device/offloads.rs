@@ -1,0 +1,100 @@
+//! The device's offload switch: what the caller asked for, what the kernel took,
+//! and what a refused write turned off ([`Offloads`] is its public reading).
+//!
+//! Offloads are on by default where they exist (a Linux TUN with the
+//! `virtio_net_hdr`, Linux UDP sockets). They can be turned off per device
+//! ([`super::DeviceOptions::offload`], [`super::DeviceUpdate::offload`], the UAPI
+//! key `nanami_offload`), and they turn themselves off, with a warning, where the
+//! kernel refuses them: a coalesced TUN write that fails with `EINVAL` or `EIO`
+//! ends coalescing for the device (the packets go again one by one), a refused
+//! UDP GSO send ends GSO (see `udp.rs`). Nothing is dropped for either.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::tun::{Tun, TunOffload};
+use super::udp::UdpSockets;
+
+/// The offloads of a device now (all off where the platform has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offloads {
+    /// What the caller asked for.
+    pub enabled: bool,
+    /// The TUN hands over TCP super-packets, which the device splits (TSO).
+    pub tun_tso: bool,
+    /// The TUN hands over UDP super-packets (USO, Linux 6.2 and later).
+    pub tun_uso: bool,
+    /// Received packets of a flow are coalesced into super-packets before they are
+    /// written to the TUN (GRO); a TUN that refuses one turns this off.
+    pub tun_gro: bool,
+    /// Sends batch a flow's datagrams into UDP GSO messages; a refused one turns
+    /// this off.
+    pub udp_gso: bool,
+    /// The UDP sockets receive coalesced datagrams (UDP GRO).
+    pub udp_gro: bool,
+}
+
+/// The switch the threads read.
+#[derive(Debug, Default)]
+pub(crate) struct OffloadSwitch {
+    enabled: AtomicBool,
+    tun_tcp: AtomicBool,
+    tun_udp: AtomicBool,
+    /// Coalesced writes to the TUN: on with the TUN's offloads, off for good after
+    /// a refused one.
+    coalesce: AtomicBool,
+    refused: AtomicBool,
+}
+
+impl OffloadSwitch {
+    /// Turns the offloads of `tun` and `sockets` on or off. A TUN that refuses
+    /// offloads is left without them (logged): the device works without.
+    pub(crate) fn set(&self, on: bool, tun: &Tun, sockets: &UdpSockets) {
+        self.enabled.store(on, Ordering::Relaxed);
+        let took = tun.set_offload(on).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the TUN refused offloads; the device runs without");
+            TunOffload::default()
+        });
+        self.tun_tcp.store(took.tcp, Ordering::Relaxed);
+        self.tun_udp.store(took.udp, Ordering::Relaxed);
+        self.coalesce.store(
+            (took.tcp || took.udp) && !self.refused.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        sockets.set_offload(on);
+    }
+
+    /// Applies the switch to newly bound sockets.
+    pub(crate) fn set_sockets(&self, sockets: &UdpSockets) {
+        sockets.set_offload(self.enabled.load(Ordering::Relaxed));
+    }
+
+    /// What may be coalesced before a TUN write: `(tcp, udp)`.
+    pub(crate) fn coalesce(&self) -> (bool, bool) {
+        if !self.coalesce.load(Ordering::Relaxed) {
+            return (false, false);
+        }
+        (
+            self.tun_tcp.load(Ordering::Relaxed),
+            self.tun_udp.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A coalesced write was refused: no more coalescing on this device.
+    pub(crate) fn refuse_coalescing(&self) {
+        self.refused.store(true, Ordering::Relaxed);
+        self.coalesce.store(false, Ordering::Relaxed);
+    }
+
+    /// The reading for callers.
+    pub(crate) fn get(&self, sockets: &UdpSockets) -> Offloads {
+        let (gro_tcp, gro_udp) = self.coalesce();
+        Offloads {
+            enabled: self.enabled.load(Ordering::Relaxed),
+            tun_tso: self.tun_tcp.load(Ordering::Relaxed),
+            tun_uso: self.tun_udp.load(Ordering::Relaxed),
+            tun_gro: gro_tcp || gro_udp,
+            udp_gso: sockets.gso(),
+            udp_gro: sockets.gro(),
+        }
+    }
+}
