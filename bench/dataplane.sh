@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Data-plane benchmark: client → gateway → resource, one TCP stream (iperf3, 10 s,
-# 3 runs per implementation, the same run for all).
+# Data-plane benchmark: client → gateway → resource, one TCP stream or -P of them
+# (iperf3, 10 s, 3 runs per implementation, the same run for all), and the ping
+# round-trip time under that load.
 #
 #   client ──veth 172.31.1.0/24── gateway ──veth 172.31.2.0/24── resource
 #      └──── WireGuard tunnel 10.98.0.1 ↔ 10.98.0.2 ────┘   (forwarding on)
 #
 # Implementations, the same one at both tunnel ends:
 #   nanami     nanami-device (this repository, release build)
+#   nanami-nooff  the same nanami-device with --no-offload (no TUN/UDP offloads)
 #   wggo       wireguard-go (Debian stable's package: 0.0.20220316, no offloads)
 #   wggo25     wireguard-go 0.0.20250522 (Debian unstable's package, what a user
 #              picks today: TUN TSO/GRO, UDP GSO/GRO), fetched on first use by
@@ -15,11 +17,17 @@
 #   boringtun  boringtun-cli (cargo install boringtun-cli --locked, if missing)
 #   plain      no tunnel: plain veth routing (the ceiling)
 #
-# Usage: sudo bench/dataplane.sh [-t SECONDS] [-n RUNS] [-m] [IMPL...]
-# -m: machine-readable: `<impl>_mbps=run1,run2,…` and `<impl>_retransmits=…` lines
-# per implementation (as bench/run reads them) instead of the summary. TCP
-# retransmissions are iperf3's count for the sender: a tunnel that drops packets
-# inside (a full queue) makes TCP back off each time.
+# Usage: sudo bench/dataplane.sh [-t SECONDS] [-n RUNS] [-P STREAMS] [-m] [IMPL...]
+# (default IMPLs: plain wggo wggo25 boringtun nanami nanami-nooff)
+# -P: parallel TCP streams (iperf3 -P, default 1); the throughput is their sum.
+# -m: machine-readable: `<impl>_mbps=run1,run2,…`, `<impl>_retransmits=…` and
+# `<impl>_rtt_ms=…` lines per implementation (as bench/run reads them) instead of
+# the summary; a `-` in an implementation's name becomes `_` there
+# (nanami_nooff_mbps). TCP retransmissions are iperf3's count for the sender,
+# summed over the streams: a tunnel that drops packets inside (a full queue) makes
+# TCP back off each time. The round-trip time is ping's average (ms) from the
+# client to the resource (through the tunnel, if any), 5 pings a second from
+# 1 s into the iperf3 run until about 0.6 s before its end; 0 when no reply came.
 # NANAMI_DEVICE=/path/to/nanami-device skips the release build.
 # Needs root, iproute2, iperf3, wg, wireguard-go. Everything runs inside network
 # namespaces it creates (nmb-*) and deletes on exit.
@@ -27,18 +35,28 @@ set -euo pipefail
 
 DURATION=10
 RUNS=3
+STREAMS=1
 MACHINE=0
-while getopts "t:n:m" opt; do
+usage() {
+    echo "usage: $0 [-t SECONDS] [-n RUNS] [-P STREAMS] [-m] [nanami|nanami-nooff|wggo|wggo25|boringtun|plain]..." >&2
+    exit 2
+}
+while getopts "t:n:P:m" opt; do
     case $opt in
         t) DURATION=$OPTARG ;;
         n) RUNS=$OPTARG ;;
+        P) STREAMS=$OPTARG ;;
         m) MACHINE=1 ;;
-        *) echo "usage: $0 [-t SECONDS] [-n RUNS] [-m] [nanami|wggo|wggo25|boringtun|plain]..." >&2; exit 2 ;;
+        *) usage ;;
     esac
 done
 shift $((OPTIND - 1))
+for v in "$DURATION" "$RUNS" "$STREAMS"; do [[ $v =~ ^[1-9][0-9]*$ ]] || usage; done
 IMPLS=("$@")
-[ ${#IMPLS[@]} -eq 0 ] && IMPLS=(plain wggo wggo25 boringtun nanami)
+[ ${#IMPLS[@]} -eq 0 ] && IMPLS=(plain wggo wggo25 boringtun nanami nanami-nooff)
+# Pings under load: 5 a second from 1 s into the iperf3 run, the last one sent
+# about 0.6 s before its end (-w bounds ping in any case).
+PINGS=$(( DURATION * 5 - 7 > 1 ? DURATION * 5 - 7 : 1 ))
 
 [ "$(id -u)" -eq 0 ] || { echo "dataplane.sh: needs root" >&2; exit 1; }
 for tool in ip iperf3 wg wireguard-go; do
@@ -53,9 +71,10 @@ R=nmb-$TAG-resource
 IFC=nmb${TAG}c   # interface names: at most 15 bytes, unique per run
 IFG=nmb${TAG}g
 PIDS=()
+LOAD_PIDS=()   # iperf3 client and ping of the current run
 
 cleanup() {
-    for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+    for pid in "${LOAD_PIDS[@]:-}" "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
     sleep 0.3
     for ns in "$C" "$G" "$R"; do
         for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
@@ -70,7 +89,8 @@ trap cleanup EXIT
 
 need_binary() {
     case $1 in
-        nanami)
+        nanami|nanami-nooff)
+            [ -n "${NANAMI:-}" ] && return 0   # one build for both
             NANAMI=${NANAMI_DEVICE:-$ROOT/target/release/nanami-device}
             if [ -z "${NANAMI_DEVICE:-}" ]; then
                 echo "building nanami-device (release)…" >&2
@@ -116,6 +136,7 @@ start_impl() { # impl ns ifname
     local impl=$1 ns=$2 ifn=$3
     case $impl in
         nanami) ip netns exec "$ns" "$NANAMI" --foreground "$ifn" 2>"$WORK/$ifn.log" & ;;
+        nanami-nooff) ip netns exec "$ns" "$NANAMI" --foreground --no-offload "$ifn" 2>"$WORK/$ifn.log" & ;;
         wggo) LOG_LEVEL=error ip netns exec "$ns" wireguard-go -f "$ifn" >"$WORK/$ifn.log" 2>&1 & ;;
         wggo25) LOG_LEVEL=error ip netns exec "$ns" "$WGGO25" -f "$ifn" >"$WORK/$ifn.log" 2>&1 & ;;
         boringtun) WG_LOG_LEVEL=error ip netns exec "$ns" boringtun-cli --foreground \
@@ -159,10 +180,42 @@ tunnel_down() {
 plain_up() { ip -n "$C" route add 172.31.2.0/24 via 172.31.1.2; }
 plain_down() { ip -n "$C" route del 172.31.2.0/24 via 172.31.1.2; }
 
-run_iperf() { # → "Mbit/s-received retransmissions"
-    ip netns exec "$C" iperf3 -c 172.31.2.2 -t "$DURATION" -J >"$WORK/iperf.json" 2>/dev/null || {
-        echo "0 0"; return; }
-    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); e=d.get("end",{}); r=e.get("sum_received"); s=e.get("sum_sent",{}); print("%.0f %d" % (r["bits_per_second"]/1e6, s.get("retransmits",0)) if r else "0 0"); (not r) and sys.stderr.write("iperf3: %s\n" % d.get("error","no result"))' "$WORK/iperf.json"
+# One iperf3 run with pings beside it → MBPS (received, all streams), RETRANS
+# (sender, all streams), RTT (ping's average, ms; 0 if no reply). Runs in this
+# shell (not a subshell), so that both children are waited for here and the exit
+# trap knows them.
+run_iperf() {
+    local ipid ppid out
+    rm -f "$WORK/iperf.json" "$WORK/ping.txt"
+    ip netns exec "$C" iperf3 -c 172.31.2.2 -t "$DURATION" -P "$STREAMS" -J >"$WORK/iperf.json" 2>/dev/null &
+    ipid=$!
+    LOAD_PIDS=("$ipid")
+    sleep 1
+    # `ip netns exec` execs ping: $! is ping itself.
+    ip netns exec "$C" ping -q -i 0.2 -c "$PINGS" -w "$DURATION" 172.31.2.2 >"$WORK/ping.txt" 2>&1 &
+    ppid=$!
+    LOAD_PIDS+=("$ppid")
+    wait "$ipid" || true
+    # iperf3 failing early must not leave ping running into the next run: SIGINT
+    # (ping still prints its summary), then the deadline bounds it anyway.
+    if kill -0 "$ppid" 2>/dev/null; then sleep 1.5; kill -INT "$ppid" 2>/dev/null || true; fi
+    wait "$ppid" || true
+    LOAD_PIDS=()
+    out=$(python3 -c 'import json,sys
+try:
+    d = json.load(open(sys.argv[1]))
+except (OSError, ValueError) as e:
+    d = {"error": "no JSON output (%s)" % e}
+e = d.get("end", {}); r = e.get("sum_received"); s = e.get("sum_sent", {})
+print("%.0f %d" % (r["bits_per_second"] / 1e6, s.get("retransmits", 0)) if r else "0 0")
+if not r:
+    sys.stderr.write("iperf3: %s\n" % d.get("error", "no result"))' "$WORK/iperf.json")
+    read -r MBPS RETRANS <<<"$out"
+    RTT=$(sed -n 's#^.*min/avg/max/mdev = [0-9.]*/\([0-9.]*\)/.*#\1#p' "$WORK/ping.txt")
+    if [ -z "$RTT" ]; then
+        echo "dataplane.sh: ping under load gave no round-trip time (reported as 0): $(tr '\n' ' ' <"$WORK/ping.txt")" >&2
+        RTT=0
+    fi
 }
 
 setup_namespaces
@@ -171,50 +224,56 @@ sleep 0.3
 
 # Runs are interleaved (run 1 of every implementation, then run 2, …) so that a
 # change in machine load hits every implementation alike.
-declare -A RUNS_OF RETRANS_OF
+declare -A RUNS_OF RETRANS_OF RTT_OF
 for impl in "${IMPLS[@]}"; do
-    case $impl in plain|nanami|wggo|wggo25|boringtun) ;; *) echo "unknown impl $impl" >&2; exit 2 ;; esac
+    case $impl in plain|nanami|nanami-nooff|wggo|wggo25|boringtun) ;; *) echo "unknown impl $impl" >&2; exit 2 ;; esac
     need_binary "$impl"
     RUNS_OF[$impl]=""
     RETRANS_OF[$impl]=""
+    RTT_OF[$impl]=""
 done
 for i in $(seq 1 "$RUNS"); do
     for impl in "${IMPLS[@]}"; do
         if [ "$impl" = plain ]; then plain_up; else tunnel_up "$impl"; fi
-        read -r r rt < <(run_iperf)
-        RUNS_OF[$impl]="${RUNS_OF[$impl]} $r"
-        RETRANS_OF[$impl]="${RETRANS_OF[$impl]} $rt"
-        echo "$impl run $i: $r Mbit/s, $rt retransmissions" >&2
+        run_iperf
+        RUNS_OF[$impl]="${RUNS_OF[$impl]} $MBPS"
+        RETRANS_OF[$impl]="${RETRANS_OF[$impl]} $RETRANS"
+        RTT_OF[$impl]="${RTT_OF[$impl]} $RTT"
+        echo "$impl run $i: $MBPS Mbit/s, $RETRANS retransmissions, ping under load $RTT ms" >&2
         if [ "$impl" = plain ]; then plain_down; else tunnel_down; fi
     done
 done
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 if [ "$MACHINE" = 1 ]; then
     for impl in "${IMPLS[@]}"; do
-        echo "${impl}_mbps=$(echo ${RUNS_OF[$impl]} | tr ' ' ',')"
-        echo "${impl}_retransmits=$(echo ${RETRANS_OF[$impl]} | tr ' ' ',')"
+        key=${impl//-/_}
+        echo "${key}_mbps=$(echo ${RUNS_OF[$impl]} | tr ' ' ',')"
+        echo "${key}_retransmits=$(echo ${RETRANS_OF[$impl]} | tr ' ' ',')"
+        echo "${key}_rtt_ms=$(echo ${RTT_OF[$impl]} | tr ' ' ',')"
     done
     exit 0
 fi
 declare -A RESULT
 for impl in "${IMPLS[@]}"; do
-    median=$(printf '%s\n' ${RUNS_OF[$impl]} | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-    RESULT[$impl]="$median (runs:${RUNS_OF[$impl]}; retransmissions:${RETRANS_OF[$impl]})"
-    eval "MED_$impl=$median"
+    med=$(median ${RUNS_OF[$impl]})
+    RESULT[$impl]="$med (runs:${RUNS_OF[$impl]}; retransmissions:${RETRANS_OF[$impl]}; ping under load $(median ${RTT_OF[$impl]}) ms, runs:${RTT_OF[$impl]})"
+    eval "MED_${impl//-/_}=$med"
 done
 
 echo
-echo "single TCP stream, client → gateway → resource, ${DURATION}s × ${RUNS} runs (median Mbit/s)"
+if [ "$STREAMS" = 1 ]; then what="single TCP stream"; else what="$STREAMS TCP streams"; fi
+echo "$what, client → gateway → resource, ${DURATION}s × ${RUNS} runs (median Mbit/s)"
 for impl in "${IMPLS[@]}"; do
-    printf '  %-10s %s\n' "$impl" "${RESULT[$impl]}"
+    printf '  %-12s %s\n' "$impl" "${RESULT[$impl]}"
 done
 for base in wggo wggo25; do
     b="MED_$base"
     [ -n "${!b:-}" ] && [ "${!b}" -gt 0 ] || continue
-    for impl in nanami boringtun plain wggo wggo25; do
-        v="MED_$impl"
+    for impl in nanami nanami-nooff boringtun plain wggo wggo25; do
+        v="MED_${impl//-/_}"
         if [ "$impl" != "$base" ] && [ -n "${!v:-}" ]; then
             awk -v n="$impl" -v a="${!v}" -v b="${!b}" -v base="$base" \
-                'BEGIN { printf "  %-10s %.2fx %s\n", n, a / b, base }'
+                'BEGIN { printf "  %-12s %.2fx %s\n", n, a / b, base }'
         fi
     done
 done

@@ -131,19 +131,45 @@ def build(machine: dict[str, str], values: dict[str, list[float]]) -> tuple[Tabl
     t.row("3", "routes: 10,000 routes (table 7373, proto 73, on a veth link) in one LinuxPlatform pass (rtnetlink)",
           "routes.nanami_routes_ms", "ms", "routes.ipbatch_routes_ms", "`ip -batch` of the same routes", "", cmd3)
 
-    # 4 data plane
-    cmd4 = f"bench/dataplane.sh -m -n {runs} -t {dur} plain wggo wggo25 boringtun nanami"
-    for impl, label in (("nanami", "nanami-device at both ends"), ("boringtun", "boringtun-cli at both ends"),
-                        ("wggo25", "wireguard-go 0.0.20250522 (offloads) at both ends"),
-                        ("wggo", "wireguard-go 0.0.20220316 at both ends")):
-        key = f"dataplane.{impl}_mbps"
-        extra = ""
-        if impl not in ("wggo", "wggo25"):
-            extra = (f"to wireguard-go 0.0.20250522 {t.ratio(key, 'dataplane.wggo25_mbps')}, "
-                     f"to 0.0.20220316 {t.ratio(key, 'dataplane.wggo_mbps')}; ")
-        t.row("4", f"data plane, one iperf3 TCP stream client → gateway → resource, {dur} s: {label}", key,
-              "Mbit/s", "dataplane.plain_mbps", "plain veth routing",
-              "", cmd4, ratio=f"{extra}to plain {t.ratio(key, 'dataplane.plain_mbps')}")
+    # 4 data plane: one TCP stream (`dataplane.*`), then 4 (`dataplane_p4.*`, if measured). Keys
+    # name the implementation with `_` for `-` (nanami_nooff = nanami-device --no-offload).
+    impls = "plain wggo wggo25 boringtun nanami nanami-nooff"
+    labels = (("nanami", "nanami-device at both ends"),
+              ("nanami_nooff", "nanami-device `--no-offload` (no TUN/UDP offloads) at both ends"),
+              ("boringtun", "boringtun-cli at both ends"),
+              ("wggo25", "wireguard-go 0.0.20250522 (offloads) at both ends"),
+              ("wggo", "wireguard-go 0.0.20220316 at both ends"),
+              ("plain", "plain veth routing"))
+    for prefix, streams in (("dataplane", 1), ("dataplane_p4", 4)):
+        if streams > 1 and not any(k.startswith(prefix + ".") for k in values):
+            continue
+        opt = "" if streams == 1 else f"-P {streams} "
+        cmd4 = f"bench/dataplane.sh -m {opt}-n {runs} -t {dur} {impls}"
+        load = "one iperf3 TCP stream" if streams == 1 else f"{streams} iperf3 TCP streams"
+
+        def to_wggo(key: str, unit: str) -> str:
+            return (f"to wireguard-go 0.0.20250522 {t.ratio(key, f'{prefix}.wggo25_{unit}')}, "
+                    f"to 0.0.20220316 {t.ratio(key, f'{prefix}.wggo_{unit}')}; ")
+
+        for impl, label in labels[:-1]:
+            key = f"{prefix}.{impl}_mbps"
+            extra = to_wggo(key, "mbps") if impl not in ("wggo", "wggo25") else ""
+            t.row("4", f"data plane, {load}{'' if streams == 1 else ' (their sum)'} client → gateway → "
+                  f"resource, {dur} s: {label}", key,
+                  "Mbit/s", f"{prefix}.plain_mbps", "plain veth routing",
+                  "", cmd4, ratio=f"{extra}to plain {t.ratio(key, f'{prefix}.plain_mbps')}")
+        for impl, label in labels[:2]:
+            key = f"{prefix}.{impl}_rtt_ms"
+            t.row("4", f"data plane, ping round-trip time client → resource under {load} (average of "
+                  f"5 pings a second, per run): {label}", key, "ms", f"{prefix}.plain_rtt_ms",
+                  "plain veth routing", "", cmd4,
+                  ratio=f"{to_wggo(key, 'rtt_ms')}to plain {t.ratio(key, f'{prefix}.plain_rtt_ms')}")
+        rtts = []
+        for impl, label in labels:
+            fig, spread = t.figure(f"{prefix}.{impl}_rtt_ms", "ms")
+            rtts.append(f"{label} {fig}" + (f" ({spread})" if spread else ""))
+        notes.append(f"Item 4 ({streams} TCP stream{'s' if streams > 1 else ''}): ping round-trip time under "
+                     "load, median (min–max): " + "; ".join(rtts) + ".")
 
     # 5 memory
     cmd5 = f"bench/memory.sh -n {min(int(runs) if runs.isdigit() else 3, 3)} -N 100000 -p 10000"
@@ -282,8 +308,11 @@ def markdown(machine: dict[str, str], t: Table, notes: list[str]) -> str:
         "Item 3: both sides in fresh namespaces, each with one veth pair; the Nanami figure is one pass "
         "(observe + plan + 10,000 `AddRoute`, each waiting for the kernel's answer before the next; the link "
         "index is looked up once per pass), `ip -batch` sends one request per line.",
-        "Item 4: `bench/dataplane.sh` (same tunnel at both ends; runs of all four interleaved; the ratio to "
-        "wireguard-go is above 1.0 when faster).",
+        "Item 4: `bench/dataplane.sh` (same tunnel at both ends; runs of all six interleaved; the throughput ratio "
+        "to wireguard-go is above 1.0 when faster, the round-trip-time ratio below 1.0 when faster), once with one "
+        "TCP stream and once with 4 (`-P 4`, the same runs and duration). The round-trip time is ping's average "
+        "from the client to the resource (through the tunnel), 5 pings a second from 1 s into each iperf3 run "
+        "until about 0.6 s before its end (0 when no reply came).",
         "Item 5: the daemon is the real `nanami-gateway-daemon` enrolled with a real manager in a namespace, "
         "its desired state one gateway with every client of a generated workspace.",
         "Item 6: `bench/topology.py 1000000 --per-workspace 100` (2 gateways per workspace); a different "

@@ -591,6 +591,97 @@ fn tick_peer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::offload::tests::{tcp_stream, Tcp};
+    use crate::device::offload::{VnetHdr, GSO_NONE, VNET_HDR_LEN};
+
+    /// Writes `packets` through a TUN that refuses every super-packet with `errno`;
+    /// returns the packets it took, in order.
+    fn write_refusing(
+        writer: &mut TunWriter,
+        switch: &OffloadSwitch,
+        counters: &Counters,
+        packets: &[Vec<u8>],
+        errno: i32,
+    ) -> Vec<Vec<u8>> {
+        let mut buf = PacketBuf::new();
+        for p in packets {
+            buf.push(p);
+        }
+        let mut took = Vec::new();
+        writer.write_to(switch, counters, &buf, |w| match w {
+            TunWrite::Frame(f) => {
+                let hdr = VnetHdr::read(f).expect("a header");
+                if hdr.gso_type != GSO_NONE {
+                    return Err(io::Error::from_raw_os_error(errno));
+                }
+                took.push(f[VNET_HDR_LEN..].to_vec());
+                Ok(f.len())
+            }
+            TunWrite::Packet(p) => {
+                took.push(p.to_vec());
+                Ok(p.len())
+            }
+        });
+        took
+    }
+
+    #[test]
+    fn a_refused_super_packet_turns_coalescing_off_and_its_packets_go_one_by_one() {
+        for errno in [libc::EINVAL, libc::EIO] {
+            let switch = OffloadSwitch::took(true, true);
+            let counters = Counters::default();
+            let mut writer = TunWriter::new();
+            let stream = tcp_stream(&Tcp::v4(), &[1200, 1200, 1200, 1200, 700]);
+            let took = write_refusing(&mut writer, &switch, &counters, &stream, errno);
+            assert_eq!(
+                took, stream,
+                "every packet written, byte for byte, in order"
+            );
+            assert_eq!(
+                switch.coalesce(),
+                (false, false),
+                "coalescing is off for good"
+            );
+            let c = counters.snapshot();
+            assert_eq!((c.tun_write_errors, c.tun_super_packets_written), (0, 0));
+
+            // The next batch is not even offered as a super-packet.
+            let next = tcp_stream(&Tcp::v4(), &[1200; 4]);
+            let mut offered = Vec::new();
+            let mut buf = PacketBuf::new();
+            next.iter().for_each(|p| buf.push(p));
+            writer.write_to(&switch, &counters, &buf, |w| {
+                offered.push(matches!(w, TunWrite::Packet(_)));
+                Ok(0)
+            });
+            assert_eq!(offered, vec![true; 4], "plain packets only");
+        }
+    }
+
+    #[test]
+    fn other_write_errors_are_counted_and_leave_coalescing_on() {
+        let switch = OffloadSwitch::took(true, false);
+        let counters = Counters::default();
+        let mut writer = TunWriter::new();
+        let stream = tcp_stream(&Tcp::v4(), &[1000; 6]);
+        let took = write_refusing(&mut writer, &switch, &counters, &stream, libc::ENOBUFS);
+        assert!(
+            took.is_empty(),
+            "the one super-packet was dropped: {took:?}"
+        );
+        assert_eq!(counters.snapshot().tun_write_errors, 1);
+        assert_eq!(switch.coalesce(), (true, false), "still coalescing");
+
+        // Accepted super-packets are counted as such.
+        let mut buf = PacketBuf::new();
+        stream.iter().for_each(|p| buf.push(p));
+        writer.write_to(&switch, &counters, &buf, |w| {
+            Ok(match w {
+                TunWrite::Frame(f) | TunWrite::Packet(f) => f.len(),
+            })
+        });
+        assert_eq!(counters.snapshot().tun_super_packets_written, 1);
+    }
 
     #[test]
     fn padding_is_to_sixteen_and_capped_at_the_mtu() {

@@ -4,13 +4,17 @@
 //! and IPv6) and one boringtun [`Tunn`](boringtun::noise::Tunn) per peer, and runs its
 //! own threads:
 //!
-//! - **tun**: reads packets from the TUN, routes each to a peer by longest-prefix
-//!   match over AllowedIPs, encrypts, and sends the batch with `sendmmsg` (on Apple,
-//!   which has none, one `sendto` a datagram);
-//! - **udp-v4 / udp-v6**: receive batches with `recvmmsg` (Apple: `recvfrom`s),
-//!   queue handshake messages for the handshake thread, find the peer of each data
-//!   message by its receiver index, decrypt, and write to the TUN only packets whose
-//!   inner source is in that peer's AllowedIPs;
+//! - **tun**: reads packets from the TUN (on Linux 64 KiB TSO/USO super-packets,
+//!   split into MTU-size packets by [`offload::split`]), routes each to a peer by
+//!   longest-prefix match over AllowedIPs, encrypts, and sends the batch with
+//!   `sendmmsg`, a flow's datagrams as one UDP GSO message (on Apple, which has
+//!   none, one `sendto` a datagram);
+//! - **udp-v4 / udp-v6**: receive batches with `recvmmsg` (UDP GRO on Linux;
+//!   Apple: `recvfrom`s), queue handshake messages for the handshake thread, find
+//!   the peer of each data message by its receiver index, decrypt, and write to the
+//!   TUN only packets whose inner source is in that peer's AllowedIPs, a flow's
+//!   packets coalesced into super-packets ([`offload::Coalescer`]) where the TUN
+//!   takes them;
 //! - **handshake**: verifies MAC1 (and under load the cookie, answering with cookie
 //!   replies and limiting each source to 20 handshakes a second), identifies the peer
 //!   of an initiation by its encrypted static key, and answers; "under load" is the
@@ -18,6 +22,8 @@
 //! - **timers**: drives `Tunn::update_timers` (handshake retries, rekey, keepalive),
 //!   persistent keepalive and the handshake timestamps;
 //! - **uapi** (optional): serves `wg(8)` on `/var/run/wireguard/<name>.sock`.
+//!
+//! Offloads are on by default and can be switched off per device ([`Offloads`]).
 //!
 //! The typed API ([`Device::get`], [`Device::apply`], [`Device::upsert_peer`], …) and
 //! the UAPI share one code path. Changing a peer's endpoint, AllowedIPs or keepalive

@@ -63,6 +63,18 @@ impl OffloadSwitch {
         sockets.set_offload(on);
     }
 
+    /// A switch as a TUN that took `tcp` and `udp` offloads leaves it (for tests
+    /// without a TUN).
+    #[cfg(test)]
+    pub(crate) fn took(tcp: bool, udp: bool) -> Self {
+        let s = Self::default();
+        s.enabled.store(true, Ordering::Relaxed);
+        s.tun_tcp.store(tcp, Ordering::Relaxed);
+        s.tun_udp.store(udp, Ordering::Relaxed);
+        s.coalesce.store(tcp || udp, Ordering::Relaxed);
+        s
+    }
+
     /// Applies the switch to newly bound sockets.
     pub(crate) fn set_sockets(&self, sockets: &UdpSockets) {
         sockets.set_offload(self.enabled.load(Ordering::Relaxed));

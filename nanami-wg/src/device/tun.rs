@@ -128,7 +128,7 @@ impl Tun {
         sys::set_nonblocking(fd.as_raw_fd())?;
         let req = if_req_of_fd(fd.as_raw_fd());
         let name = req.as_ref().map(|r| r.0.clone()).filter(|n| !n.is_empty());
-        let vnet_hdr = req.is_some_and(|r| r.1 & VNET_HDR_FLAG != 0);
+        let vnet_hdr = req.is_some_and(|r| has_vnet_hdr(r.1));
         Ok(Self { fd, name, vnet_hdr })
     }
 
@@ -332,11 +332,17 @@ fn write_framed(fd: RawFd, packet: &[u8]) -> io::Result<usize> {
     Ok(n.saturating_sub(tun_frame::HEADER_LEN))
 }
 
-/// `IFF_VNET_HDR` as `TUNGETIFF` reports it.
+/// Whether `TUNGETIFF`'s flags have `IFF_VNET_HDR`.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-const VNET_HDR_FLAG: libc::c_int = libc::IFF_VNET_HDR;
+fn has_vnet_hdr(flags: libc::c_int) -> bool {
+    flags & libc::IFF_VNET_HDR != 0
+}
+
+/// No `virtio_net_hdr` off Linux.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-const VNET_HDR_FLAG: libc::c_int = 0;
+fn has_vnet_hdr(_flags: libc::c_int) -> bool {
+    false
+}
 
 /// The interface name and flags of a TUN fd (`TUNGETIFF`). Failure is fine (not
 /// every fd answers it): the name is then unknown and the fd has no offloads.

@@ -34,13 +34,16 @@ const BIND_ATTEMPTS: usize = 10;
 
 /// Most datagrams in one GSO message (the kernel's `UDP_MAX_SEGMENTS` was 64 before
 /// Linux 6.9).
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
 pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
 
 /// Most bytes in one GSO message: a UDP payload, with the IPv4 header, fits 64 KiB.
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
 const GSO_MAX_BYTES: usize = 65_535 - 20 - 8;
 
 /// Room for the control messages of one received or sent message (`UDP_GRO`'s or
 /// `UDP_SEGMENT`'s int, with headers and alignment).
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
 const CMSG_ROOM: usize = 64;
 
 /// The bound sockets of one `listen_port`.
@@ -279,6 +282,7 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Control-message room of one message, aligned for `cmsghdr`.
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
 #[derive(Clone, Copy)]
 #[repr(C, align(8))]
 struct Cmsg([u8; CMSG_ROOM]);
@@ -479,6 +483,7 @@ pub(crate) struct SendBatch {
 
 /// One message of a `sendmmsg`: datagrams `first..first + count`, contiguous in the
 /// buffer, each `segment` bytes but a shorter last (a GSO message when `count > 1`).
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Message {
     first: usize,
@@ -550,6 +555,7 @@ impl SendBatch {
     /// The messages that send datagrams `idx` (ascending): with `gso`, each run of
     /// datagrams contiguous in the buffer, to one destination, of one size (the
     /// last may be shorter), within the kernel's limits; without, one each.
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
     fn messages(&self, idx: &[usize], gso: bool) -> Vec<Message> {
         let mut out: Vec<Message> = Vec::new();
         let mut bytes = 0;
@@ -755,6 +761,60 @@ mod tests {
     fn queue(batch: &mut SendBatch, data: &[u8], dst: SocketAddr, peer: &Arc<Peer>) {
         batch.next_buf(data.len())[..data.len()].copy_from_slice(data);
         batch.push(data.len(), dst, peer);
+    }
+
+    #[test]
+    fn gso_messages_are_runs_to_one_destination_of_one_size_within_the_limits() {
+        let p = peer();
+        let a: SocketAddr = "192.0.2.1:51820".parse().expect("addr");
+        let b: SocketAddr = "192.0.2.2:51820".parse().expect("addr");
+        let mut batch = SendBatch::new();
+        // 3 full to a, a short one to a (ends the run), 2 to b, one longer to b.
+        for (len, dst) in [
+            (100, a),
+            (100, a),
+            (100, a),
+            (60, a),
+            (100, a),
+            (100, b),
+            (100, b),
+            (120, b),
+        ] {
+            queue(&mut batch, &vec![7; len], dst, &p);
+        }
+        let all: Vec<usize> = (0..batch.len()).collect();
+        let m = |first, count, segment| Message {
+            first,
+            count,
+            segment,
+        };
+        assert_eq!(
+            batch.messages(&all, true),
+            vec![m(0, 4, 100), m(4, 1, 100), m(5, 2, 100), m(7, 1, 120)]
+        );
+        // Without GSO, or over indices that are not contiguous, one each.
+        assert_eq!(batch.messages(&all, false).len(), 8);
+        assert_eq!(
+            batch.messages(&[0, 2], true),
+            vec![m(0, 1, 100), m(1, 1, 100)]
+        );
+
+        // At most GSO_MAX_SEGMENTS datagrams and GSO_MAX_BYTES a message.
+        let mut big = SendBatch::new();
+        for _ in 0..(GSO_MAX_SEGMENTS + 3) {
+            queue(&mut big, &[1; 500], a, &p);
+        }
+        let all: Vec<usize> = (0..big.len()).collect();
+        let counts: Vec<usize> = big.messages(&all, true).iter().map(|m| m.count).collect();
+        assert_eq!(counts, vec![GSO_MAX_SEGMENTS, 3]);
+        let mut huge = SendBatch::new();
+        for _ in 0..40 {
+            queue(&mut huge, &[1; 1452], a, &p);
+        }
+        let all: Vec<usize> = (0..huge.len()).collect();
+        for msg in huge.messages(&all, true) {
+            assert!(msg.count * 1452 <= GSO_MAX_BYTES, "{msg:?}");
+        }
     }
 
     /// The `sendto`/`recvfrom` loops Apple uses, run here over loopback.

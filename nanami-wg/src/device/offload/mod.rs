@@ -30,7 +30,7 @@ mod checksum;
 mod coalesce;
 mod split;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 

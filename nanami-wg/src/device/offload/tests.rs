@@ -179,7 +179,7 @@ fn ip_packet(v6: bool, proto: u8, id: u16, ip_options: &[u8], l4: &[u8]) -> Vec<
 
 /// A TCP packet's fields; [`Tcp::packet`] builds it around a payload.
 #[derive(Clone, Debug)]
-struct Tcp {
+pub(crate) struct Tcp {
     v6: bool,
     sport: u16,
     dport: u16,
@@ -193,7 +193,7 @@ struct Tcp {
 }
 
 impl Tcp {
-    fn v4() -> Self {
+    pub(crate) fn v4() -> Self {
         Tcp {
             v6: false,
             sport: 40_000,
@@ -1024,7 +1024,7 @@ fn split_survives_random_bytes_and_random_damage() {
 
 /// `n` packets of one IPv4 or IPv6 TCP flow, `size` payload bytes each, ids and
 /// sequence numbers consecutive.
-fn tcp_stream(base: &Tcp, sizes: &[usize]) -> Vec<Vec<u8>> {
+pub(crate) fn tcp_stream(base: &Tcp, sizes: &[usize]) -> Vec<Vec<u8>> {
     let mut seq = base.seq;
     sizes
         .iter()
