@@ -7,10 +7,7 @@
 #![deny(missing_docs)]
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
 
-use boringtun::noise::{Tunn, TunnResult};
-use boringtun::x25519::{PublicKey as XPublic, StaticSecret};
 use nanami_model::{compile_all, compile_node, Health, Topology};
 use nanami_reconcile::{plan, Observed};
 use proptest::strategy::{Strategy, ValueTree};
@@ -149,131 +146,18 @@ where
     }
 }
 
-/// Room `Tunn::encapsulate` needs beyond the packet, as in the device.
-const OVERHEAD: usize = 32;
-
-/// A WireGuard session as the device holds one per peer: `gw` is the device's
-/// `Tunn` for the peer `client`, with a completed handshake.
-struct Session {
-    gw: Tunn,
-    client: Tunn,
-    /// Every packet the client encapsulated: what may come out of the gateway's TUN.
-    sent: Vec<Vec<u8>>,
-    /// The last datagram the client sent, for corruption.
-    last: Vec<u8>,
-}
-
-const CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
-
-impl Session {
-    fn new() -> Self {
-        let gw_key = StaticSecret::from([7u8; 32]);
-        let client_key = StaticSecret::from([9u8; 32]);
-        let gw_pub = XPublic::from(&gw_key);
-        let client_pub = XPublic::from(&client_key);
-        let mut s = Self {
-            gw: Tunn::new(gw_key, client_pub, None, None, 1, None),
-            client: Tunn::new(client_key, gw_pub, None, None, 2, None),
-            sent: Vec::new(),
-            last: Vec::new(),
-        };
-        let mut buf = [0u8; 256];
-        if let TunnResult::WriteToNetwork(init) =
-            s.client.format_handshake_initiation(&mut buf, false)
-        {
-            let init = init.to_vec();
-            s.to_gw(&init);
-        }
-        s
-    }
-
-    /// The gateway's UDP path: decapsulate, then flush what the handshake queued,
-    /// as the device's `handle_datagram` does; replies go back to the client.
-    fn to_gw(&mut self, datagram: &[u8]) {
-        let mut out = vec![0u8; datagram.len().max(148) + OVERHEAD];
-        let mut replies = Vec::new();
-        match self.gw.decapsulate(Some(CLIENT_IP), datagram, &mut out) {
-            TunnResult::WriteToNetwork(reply) => {
-                replies.push(reply.to_vec());
-                let mut more = vec![0u8; 2048];
-                while let TunnResult::WriteToNetwork(q) = self.gw.decapsulate(None, &[], &mut more)
-                {
-                    replies.push(q.to_vec());
-                }
-            }
-            TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
-                // Authenticity: only what the client sealed comes out of the TUN.
-                assert!(
-                    self.sent.iter().any(|s| s.starts_with(packet)),
-                    "a packet the client never sent reached the TUN"
-                );
-            }
-            TunnResult::Done | TunnResult::Err(_) => {}
-        }
-        for r in replies {
-            self.to_client(&r);
-        }
-    }
-
-    fn to_client(&mut self, datagram: &[u8]) {
-        let mut out = vec![0u8; datagram.len().max(148) + OVERHEAD];
-        if let TunnResult::WriteToNetwork(reply) =
-            self.client.decapsulate(Some(CLIENT_IP), datagram, &mut out)
-        {
-            let reply = reply.to_vec();
-            self.last.clone_from(&reply);
-            self.to_gw(&reply);
-        }
-    }
-
-    /// The client sends `packet` through the tunnel.
-    fn send(&mut self, packet: &[u8]) {
-        let mut out = vec![0u8; packet.len() + OVERHEAD + 148];
-        if let TunnResult::WriteToNetwork(d) = self.client.encapsulate(packet, &mut out) {
-            let d = d.to_vec();
-            self.sent.push(packet.to_vec());
-            self.last.clone_from(&d);
-            self.to_gw(&d);
-        }
-    }
-}
-
-/// Target `dataplane`: a gateway-side `Tunn` with an established session, driven
-/// as the device drives each peer's: arbitrary datagrams (junk, handshakes, data),
-/// arbitrary inner packets sealed by the real client, corrupted copies of genuine
-/// datagrams, and timer ticks. Nothing may panic, and only packets the client
-/// really sent may come out of the TUN side.
+/// Target `dataplane`: the op list (an op byte, `% 5`: 0 raw datagram, 1 an inner
+/// packet the remote seals, 2 the last genuine datagram corrupted by `(offset, xor)`
+/// pairs, 3 timers after the clock moved on by the first byte in seconds, 4 a TUN
+/// packet; `/ 5 % 2` picks one of two source addresses; then a length byte and the
+/// bytes) run through the device's own per-packet code (`handle_datagram`,
+/// `handle_tun`, `handle_timeout` of `nanami_wg`'s packet core) on a device with two
+/// peers and an established session with the first. Nothing may panic; only packets
+/// the remote really sealed, from peer 1's AllowedIPs, reach the TUN; each dropped
+/// datagram is counted once and counters never go down; an authenticated datagram
+/// moves the endpoint; what the remote opens is what the TUN gave.
 pub fn dataplane(data: &[u8]) {
-    let mut s = Session::new();
-    let mut rest = data;
-    while let Some((&op, tail)) = rest.split_first() {
-        let len = usize::from(tail.first().copied().unwrap_or(0)).min(tail.len().saturating_sub(1));
-        let chunk = tail.get(1..1 + len).unwrap_or_default();
-        rest = tail.get(1 + len..).unwrap_or_default();
-        match op % 4 {
-            0 => s.to_gw(chunk),
-            1 => s.send(chunk),
-            2 => {
-                let mut d = s.last.clone();
-                for pair in chunk.chunks(2) {
-                    if let (Some(&at), Some(&x)) = (pair.first(), pair.get(1)) {
-                        if !d.is_empty() {
-                            let i = usize::from(at) % d.len();
-                            d[i] ^= x.max(1);
-                        }
-                    }
-                }
-                s.to_gw(&d);
-            }
-            _ => {
-                let mut out = [0u8; 256];
-                if let TunnResult::WriteToNetwork(d) = s.gw.update_timers(&mut out) {
-                    let d = d.to_vec();
-                    s.to_client(&d);
-                }
-            }
-        }
-    }
+    nanami_wg::device::fuzzing::dataplane(data);
 }
 
 /// Target `probe_reply`: the first byte picks the family, the rest is a packet as

@@ -1,6 +1,14 @@
 //! The device's threads: TUN → UDP, UDP → TUN, timers (the handshake thread is in
 //! [`super::handshake`]).
 //!
+//! They are the I/O shell around [`super::packet_core`], which makes every per-packet
+//! decision (classification, peer by receiver index, decryption, roaming, cryptokey
+//! routing, routing a TUN packet to its peer, the timers) without sockets or a TUN,
+//! and counts the drops. Here are only what needs the kernel: reading the TUN and
+//! splitting its super-packets, padding, receiving and sending batches of datagrams,
+//! writing (and coalescing) to the TUN, the handshake queue, the clock, and the
+//! locks.
+//!
 //! Each loop drains what is queued (up to [`BATCH`] packets), processes the batch
 //! under one read lock of the configuration, releases it, and only then writes to the
 //! TUN or sends (one `sendmmsg`): no lock is held across a write that can block, so a
@@ -15,15 +23,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use boringtun::noise::errors::WireGuardError;
-use boringtun::noise::{Tunn, TunnResult};
-
 use super::offload::{self, Coalescer, PacketBuf};
 use super::offloads::OffloadSwitch;
-use super::peer::{Peer, PeerInner};
+use super::packet_core::{self, Datagram, RxScratch};
+use super::peer::Peer;
 use super::sys::{self, Ready, WakePipe};
 use super::udp::{RecvBatch, SendBatch, UdpSockets, MAX_DATAGRAM};
-use super::{bump, Counters, Identity, Shared, State};
+use super::{bump, Counters, Shared, State};
 
 /// Packets handled per batch: amortises the lock, the clock and `sendmmsg` without
 /// adding latency (a batch is only what is already queued).
@@ -33,21 +39,8 @@ const BATCH: usize = 32;
 /// are in seconds.
 const TICK: Duration = Duration::from_millis(250);
 
-/// Room `Tunn::encapsulate` needs beyond the packet.
-const OVERHEAD: usize = 32;
-
 /// Padding multiple of the plaintext (the paper, 5.4.6): exact inner sizes do not leak.
 const PADDING: usize = 16;
-
-/// Sizes of the handshake messages (the paper, 5.4): anything else is not queued.
-pub(super) const HANDSHAKE_INIT_LEN: usize = 148;
-const HANDSHAKE_RESP_LEN: usize = 92;
-const COOKIE_REPLY_LEN: usize = 64;
-
-pub(super) const MSG_HANDSHAKE_INIT: u32 = 1;
-pub(super) const MSG_HANDSHAKE_RESP: u32 = 2;
-pub(super) const MSG_COOKIE_REPLY: u32 = 3;
-const MSG_DATA: u32 = 4;
 
 /// Most packets encrypted per pass: a pass reads TUN frames until it has this many
 /// (a TSO super-packet gives up to ~45), then encrypts and sends them together.
@@ -123,7 +116,7 @@ pub(super) fn tun_loop(shared: &Arc<Shared>) {
             for i in 0..packets.len() {
                 let (buf, len) = packets.get_mut_with_room(i);
                 let padded = pad(buf, len, mtu);
-                encapsulate_one(shared, &state, &buf[..padded], &mut out, now);
+                seal(shared, &state, &buf[..padded], &mut out, now);
             }
         }
         flush(shared, &mut out, &sockets);
@@ -152,59 +145,12 @@ fn flush(shared: &Shared, out: &mut SendBatch, sockets: &UdpSockets) {
     }
 }
 
-fn encapsulate_one(
-    shared: &Shared,
-    state: &State,
-    packet: &[u8],
-    out: &mut SendBatch,
-    now: Instant,
-) {
-    let c = &shared.counters;
-    let Some(dst) = Tunn::dst_address(packet) else {
-        bump(&c.invalid_tun_packets);
-        return;
-    };
-    let Some(peer) = state.routes.lookup(dst) else {
-        bump(&c.no_route);
-        return;
-    };
-    let mut inner = peer.lock();
-    if inner.endpoint.is_some() {
-        peer.ensure_tunn(&mut inner, state.identity.as_deref());
+/// Seals one TUN packet into the next datagram of `out` (when it is not dropped).
+fn seal(shared: &Shared, state: &State, packet: &[u8], out: &mut SendBatch, now: Instant) {
+    let buf = out.next_buf(packet_core::room(packet.len()));
+    if let Some(sealed) = packet_core::handle_tun(state, &shared.counters, packet, buf, now) {
+        out.push(sealed.len, sealed.endpoint, sealed.peer);
     }
-    let PeerInner {
-        tunn,
-        endpoint,
-        last_traversal,
-        ..
-    } = &mut *inner;
-    let (Some(tunn), Some(endpoint)) = (tunn.as_mut(), *endpoint) else {
-        bump(&c.no_endpoint);
-        return;
-    };
-    // Room for the packet's datagram, or for the handshake initiation `Tunn` writes
-    // instead while it has no session.
-    let room = (packet.len() + OVERHEAD).max(HANDSHAKE_INIT_LEN);
-    match tunn.encapsulate(packet, out.next_buf(room)) {
-        TunnResult::WriteToNetwork(datagram) => {
-            let len = datagram.len();
-            out.push(len, endpoint, peer);
-            *last_traversal = Some(now);
-        }
-        TunnResult::Done => {}
-        TunnResult::Err(e) => {
-            tracing::debug!(peer = %peer.public_key, error = ?e, "encapsulate failed");
-        }
-        TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {}
-    }
-}
-
-/// What a receive thread keeps between datagrams besides the decrypted packets.
-struct RxScratch {
-    /// Room to encrypt packets queued during a handshake into.
-    spare: Vec<u8>,
-    /// Datagrams to send once no lock is held: for which peer, what, where.
-    sends: Vec<(Arc<Peer>, Vec<u8>, SocketAddr)>,
 }
 
 /// UDP → TUN, for one socket of the generation `sockets`.
@@ -222,10 +168,7 @@ pub(super) fn udp_loop(
     // The decrypted packets of a batch, and the TUN frames they become.
     let mut packets = PacketBuf::new();
     let mut to_tun = TunWriter::new();
-    let mut rx = RxScratch {
-        spare: vec![0u8; MAX_DATAGRAM],
-        sends: Vec::new(),
-    };
+    let mut rx = RxScratch::new();
     loop {
         if shared.stopping() {
             return;
@@ -251,6 +194,7 @@ pub(super) fn udp_loop(
         packets.clear();
         {
             let state = shared.read();
+            let now = Instant::now();
             for slot in 0..n {
                 let (src, datagrams) = batch.get(slot);
                 let Some(src) = src else {
@@ -259,10 +203,16 @@ pub(super) fn udp_loop(
                 };
                 for datagram in datagrams {
                     packets.push_with(datagram.len(), |out| {
-                        let (start, end) =
-                            handle_datagram(shared, &state, sockets, src, datagram, out, &mut rx)?;
-                        out.copy_within(start..end, 0);
-                        Some(end - start)
+                        let verdict = packet_core::handle_datagram(
+                            &state,
+                            &shared.counters,
+                            src,
+                            datagram,
+                            out,
+                            &mut rx,
+                            now,
+                        );
+                        dispatch(shared, sockets, src, datagram, out, verdict)
                     });
                 }
             }
@@ -275,6 +225,33 @@ pub(super) fn udp_loop(
                 Err(_) => bump(&shared.counters.udp_send_errors),
             }
         }
+    }
+}
+
+/// Carries out the core's verdict on one datagram: a packet to deliver is moved to the
+/// start of `out` and its length returned (the TUN gets it), a handshake message is
+/// queued for the handshake thread.
+fn dispatch(
+    shared: &Shared,
+    sockets: &Arc<UdpSockets>,
+    src: SocketAddr,
+    datagram: &[u8],
+    out: &mut [u8],
+    verdict: Datagram,
+) -> Option<usize> {
+    match verdict {
+        Datagram::Deliver(range) => {
+            let len = range.len();
+            out.copy_within(range, 0);
+            Some(len)
+        }
+        Datagram::Handshake => {
+            if !shared.handshakes.push(src, datagram, sockets) {
+                bump(&shared.counters.handshake_queue_full);
+            }
+            None
+        }
+        Datagram::Keepalive | Datagram::Dropped(_) => None,
     }
 }
 
@@ -370,132 +347,6 @@ impl TunWriter {
     }
 }
 
-/// Handles one datagram. Handshake messages go to the handshake queue; a data message
-/// is decrypted into `out` and, when its inner source is the sender's (cryptokey
-/// routing), returned as the range of `out` to write to the TUN. Packets to send (ones
-/// queued during a handshake) are added to `rx.sends`.
-fn handle_datagram(
-    shared: &Shared,
-    state: &State,
-    sockets: &Arc<UdpSockets>,
-    src: SocketAddr,
-    datagram: &[u8],
-    out: &mut [u8],
-    rx: &mut RxScratch,
-) -> Option<(usize, usize)> {
-    let c = &shared.counters;
-    if datagram.len() < 8 {
-        bump(&c.invalid_datagrams);
-        return None;
-    }
-    let mut word = [0u8; 4];
-    word.copy_from_slice(&datagram[0..4]);
-    match (u32::from_le_bytes(word), datagram.len()) {
-        (MSG_HANDSHAKE_INIT, HANDSHAKE_INIT_LEN)
-        | (MSG_HANDSHAKE_RESP, HANDSHAKE_RESP_LEN)
-        | (MSG_COOKIE_REPLY, COOKIE_REPLY_LEN) => {
-            if !shared.handshakes.push(src, datagram, sockets) {
-                bump(&c.handshake_queue_full);
-            }
-            return None;
-        }
-        (MSG_DATA, _) => {}
-        _ => {
-            bump(&c.invalid_datagrams);
-            return None;
-        }
-    }
-    word.copy_from_slice(&datagram[4..8]);
-    let Some(peer) = state.by_index.get(&(u32::from_le_bytes(word) >> 8)) else {
-        bump(&c.unknown_index);
-        return None;
-    };
-    let mut inner = peer.lock();
-    let Some(tunn) = inner.tunn.as_mut() else {
-        bump(&c.decrypt_failed);
-        return None;
-    };
-    let base = out.as_ptr() as usize;
-    let delivered = match tunn.decapsulate(Some(src.ip()), datagram, out) {
-        TunnResult::WriteToTunnelV4(packet, inner_src) => Some((
-            packet.as_ptr() as usize - base,
-            packet.len(),
-            std::net::IpAddr::from(inner_src),
-        )),
-        TunnResult::WriteToTunnelV6(packet, inner_src) => Some((
-            packet.as_ptr() as usize - base,
-            packet.len(),
-            std::net::IpAddr::from(inner_src),
-        )),
-        TunnResult::Done => None,
-        TunnResult::Err(e) => {
-            if matches!(
-                e,
-                WireGuardError::DuplicateCounter | WireGuardError::InvalidCounter
-            ) {
-                tracing::trace!(peer = %peer.public_key, error = ?e, "replayed packet dropped");
-            } else {
-                tracing::debug!(peer = %peer.public_key, error = ?e, "packet dropped");
-            }
-            bump(&c.decrypt_failed);
-            return None;
-        }
-        TunnResult::WriteToNetwork(_) => {
-            // A data message never asks for an answer.
-            bump(&c.decrypt_failed);
-            return None;
-        }
-    };
-    // Authenticated. Roaming: the peer is wherever its last authenticated packet came
-    // from.
-    peer.add_rx(datagram.len());
-    inner.endpoint = Some(src);
-    inner.last_traversal = Some(Instant::now());
-    let Some((start, len, inner_src)) = delivered else {
-        // A keepalive, maybe the one confirming our handshake response: packets queued
-        // while it ran can go.
-        if let Some(tunn) = inner.tunn.as_mut() {
-            rx.sends
-                .extend(drain_queued(tunn, out).map(|d| (peer.clone(), d, src)));
-        }
-        inner.refresh_handshake_time();
-        return None;
-    };
-    // When the initiator's first packet is data, it confirmed the session we answered:
-    // packets queued meanwhile can go (into `spare`: `out` holds the packet for the
-    // TUN). With nothing queued this is a look at an empty queue.
-    if let Some(tunn) = inner.tunn.as_mut() {
-        rx.sends
-            .extend(drain_queued(tunn, &mut rx.spare).map(|d| (peer.clone(), d, src)));
-    }
-    drop(inner);
-    // Cryptokey routing: the inner source must be routed to the very peer it came from.
-    let allowed = state
-        .routes
-        .lookup(inner_src)
-        .is_some_and(|owner| Arc::ptr_eq(owner, peer));
-    if !allowed {
-        bump(&c.disallowed_source);
-        tracing::trace!(peer = %peer.public_key, %inner_src, "inner source not in AllowedIPs");
-        return None;
-    }
-    Some((start, start + len))
-}
-
-/// The packets `tunn` queued while it had no session, encrypted now that it has one.
-pub(super) fn drain_queued<'a>(
-    tunn: &'a mut Tunn,
-    out: &'a mut [u8],
-) -> impl Iterator<Item = Vec<u8>> + 'a {
-    std::iter::from_fn(move || match tunn.decapsulate(None, &[], out) {
-        TunnResult::WriteToNetwork(queued) => Some(queued.to_vec()),
-        TunnResult::Done
-        | TunnResult::Err(_)
-        | TunnResult::WriteToTunnelV4(..)
-        | TunnResult::WriteToTunnelV6(..) => None,
-    })
-}
-
 /// Timers: handshake retries and rekeys, keepalives, handshake timestamps.
 pub(super) fn timer_loop(shared: &Arc<Shared>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -521,8 +372,9 @@ pub(super) fn timer_loop(shared: &Arc<Shared>) {
             (state.identity.clone(), peers)
         };
         for peer in &peers {
-            tick_peer(peer, identity.as_deref(), &mut buf, &mut sends);
-            // Sent with no lock held (the peer's was released by `tick_peer`).
+            let now = Instant::now();
+            packet_core::handle_timeout(peer, identity.as_deref(), now, &mut buf, &mut sends);
+            // Sent with no lock held (the peer's was released by `handle_timeout`).
             for (datagram, dst) in sends.drain(..) {
                 match sockets.send_to(&datagram, dst) {
                     Ok(()) => peer.add_tx(datagram.len()),
@@ -531,61 +383,6 @@ pub(super) fn timer_loop(shared: &Arc<Shared>) {
             }
         }
     }
-}
-
-/// One tick of `peer`'s timers; what is to be sent goes to `sends`.
-fn tick_peer(
-    peer: &Peer,
-    identity: Option<&Identity>,
-    buf: &mut [u8],
-    sends: &mut Vec<(Vec<u8>, SocketAddr)>,
-) {
-    let mut inner = peer.lock();
-    let endpoint = inner.endpoint;
-    let keepalive = inner.keepalive;
-    let due = keepalive > 0
-        && match inner.last_traversal {
-            None => true,
-            Some(t) => t.elapsed() >= Duration::from_secs(u64::from(keepalive)),
-        };
-    if due && endpoint.is_some() {
-        peer.ensure_tunn(&mut inner, identity);
-    }
-    let Some(tunn) = inner.tunn.as_mut() else {
-        return;
-    };
-    let mut sent = false;
-    let mut send = |datagram: &[u8]| {
-        if let Some(ep) = endpoint {
-            sends.push((datagram.to_vec(), ep));
-            sent = true;
-        }
-    };
-    match tunn.update_timers(buf) {
-        TunnResult::WriteToNetwork(datagram) => send(datagram),
-        TunnResult::Err(WireGuardError::ConnectionExpired) | TunnResult::Done => {}
-        TunnResult::Err(e) => tracing::debug!(peer = %peer.public_key, error = ?e, "timer error"),
-        TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {}
-    }
-    if due && endpoint.is_some() {
-        // An empty packet is a keepalive; without a session `Tunn` queues it and
-        // starts a handshake, which is what a persistent keepalive should do.
-        match tunn.encapsulate(&[], buf) {
-            TunnResult::WriteToNetwork(datagram) => send(datagram),
-            TunnResult::Done
-            | TunnResult::Err(_)
-            | TunnResult::WriteToTunnelV4(..)
-            | TunnResult::WriteToTunnelV6(..) => {}
-        }
-        if !sent {
-            // Handshake in flight: try again at the next interval, not every tick.
-            inner.last_traversal = Some(Instant::now());
-        }
-    }
-    if sent {
-        inner.last_traversal = Some(Instant::now());
-    }
-    inner.refresh_handshake_time();
 }
 
 #[cfg(test)]

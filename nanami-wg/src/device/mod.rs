@@ -42,6 +42,7 @@ mod error;
 mod handshake;
 pub mod offload;
 mod offloads;
+mod packet_core;
 mod peer;
 mod ratelimit;
 mod sys;
@@ -279,6 +280,18 @@ struct State {
 const INDEX_MASK: u32 = 0x00ff_ffff;
 
 impl State {
+    /// No key, no peers; peer indices are allocated after `next_index`.
+    fn new(next_index: u32) -> Self {
+        Self {
+            identity: None,
+            fwmark: 0,
+            peers: BTreeMap::new(),
+            by_index: HashMap::new(),
+            routes: AllowedIps::new(),
+            next_index: next_index & INDEX_MASK,
+        }
+    }
+
     /// The device's public key, once it has a private key.
     fn own_public_key(&self) -> Option<PublicKey> {
         self.identity.as_ref().map(|id| id.key.public_key())
@@ -740,14 +753,7 @@ impl Device {
         let shared = Arc::new(Shared {
             name: name.clone(),
             tun,
-            state: RwLock::new(State {
-                identity: None,
-                fwmark: 0,
-                peers: BTreeMap::new(),
-                by_index: HashMap::new(),
-                routes: AllowedIps::new(),
-                next_index: random_u32() & INDEX_MASK,
-            }),
+            state: RwLock::new(State::new(random_u32())),
             sockets: RwLock::new(placeholder),
             udp: Mutex::new(None),
             config_lock: Mutex::new(()),
@@ -948,6 +954,15 @@ pub mod fuzzing {
             let _ = super::uapi::parse(&lines);
         }
     }
+
+    /// Runs the op list `ops` through the data plane's real per-packet code
+    /// (`handle_datagram`, `handle_tun`, `handle_timeout`) on a device with two peers
+    /// and an established session with the first, checking its laws; see
+    /// `packet_core/fuzz.rs` and `fuzz/README.md` for the format. Panics when a law
+    /// breaks.
+    pub fn dataplane(ops: &[u8]) {
+        let _ = super::packet_core::fuzz::run(ops);
+    }
 }
 
 #[cfg(test)]
@@ -956,14 +971,7 @@ mod tests {
     use super::*;
 
     fn state() -> State {
-        State {
-            identity: None,
-            fwmark: 0,
-            peers: BTreeMap::new(),
-            by_index: HashMap::new(),
-            routes: AllowedIps::new(),
-            next_index: 0,
-        }
+        State::new(0)
     }
 
     fn key(b: u8) -> PublicKey {
