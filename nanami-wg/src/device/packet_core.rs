@@ -194,16 +194,12 @@ fn data(
     inner.last_traversal = Some(now);
     // A keepalive (maybe the one confirming our handshake response), or the
     // initiator's first data confirming the session we answered: packets queued
-    // meanwhile can go (after data into `spare`: `out` holds the packet for the TUN).
-    // With nothing queued this is a look at an empty queue.
-    let room = if opened.is_some() {
-        &mut rx.spare[..]
-    } else {
-        &mut *out
-    };
+    // meanwhile can go, sealed into `spare` (`out` holds the packet for the TUN, and
+    // is only as long as the datagram: a keepalive's 32 bytes hold no packet). With
+    // nothing queued this is a look at an empty queue.
     if let Some(tunn) = inner.tunn.as_mut() {
         rx.sends
-            .extend(drain_queued(tunn, room).map(|d| (peer.clone(), d, src)));
+            .extend(drain_queued(tunn, &mut rx.spare).map(|d| (peer.clone(), d, src)));
     }
     let Some((range, inner_src)) = opened else {
         inner.refresh_handshake_time();

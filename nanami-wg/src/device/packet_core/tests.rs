@@ -418,3 +418,44 @@ fn the_fuzz_targets_seeds_hold_the_laws() {
         assert_eq!(fuzz::run(ops), *expected, "seed {i}");
     }
 }
+
+/// The device answered an initiation, and the TUN had a packet for the peer before
+/// the initiator's keepalive confirmed the session: `Tunn` queued it, and the
+/// keepalive lets it go. The receive thread hands `handle_datagram` a buffer only as
+/// long as the keepalive (32 bytes): the queued packet must not be sealed into it
+/// (boringtun panics on a short buffer).
+#[test]
+fn a_packet_queued_before_the_confirming_keepalive_goes_with_it() {
+    let mut rig = Rig::new();
+    let mut buf = [0u8; 256];
+    let TunnResult::WriteToNetwork(init) = rig.remote.format_handshake_initiation(&mut buf, false)
+    else {
+        panic!("no initiation");
+    };
+    let init = init.to_vec();
+    assert_eq!(rig.receive(REMOTE_ADDR, &init).verdict, Datagram::Handshake);
+    let replies = rig.handshake_thread(REMOTE_ADDR, &init);
+    let [response] = replies.as_slice() else {
+        panic!("no single response: {replies:?}");
+    };
+    let packet = ipv4(DEVICE_V4, PEER1_V4, &[7; 200]);
+    let mut out = vec![0u8; room(packet.len())];
+    let sealed = handle_tun(&rig.state, &rig.counters, &packet, &mut out, rig.now);
+    assert!(
+        sealed.is_none_or(|_| u32::from(out[0]) == MSG_HANDSHAKE_INIT),
+        "no data can go before the confirmation"
+    );
+    let Opened::Reply(keepalive) = rig.open(response) else {
+        panic!("the remote did not take the response");
+    };
+    assert_eq!(keepalive.len(), 32);
+    let r = rig.receive(REMOTE_ADDR, &keepalive);
+    assert_eq!(r.verdict, Datagram::Keepalive);
+    let sends: Vec<_> = rig.rx.sends.drain(..).collect();
+    let [(peer, datagram, dst)] = sends.as_slice() else {
+        panic!("not one datagram sent but {}", sends.len());
+    };
+    assert!(Arc::ptr_eq(peer, rig.peer(1)));
+    assert_eq!(*dst, REMOTE_ADDR);
+    assert_eq!(rig.open(datagram), Opened::Packet(packet));
+}
