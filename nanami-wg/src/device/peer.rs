@@ -31,8 +31,9 @@ pub(crate) struct Peer {
 pub(crate) struct PeerInner {
     /// The session state, made at first use ([`Peer::ensure_tunn`]): `None` until
     /// the peer sends, receives or keeps alive, and while the device has no private
-    /// key.
-    pub(crate) tunn: Option<Tunn>,
+    /// key. Boxed: a `Tunn` is 18 KiB (its sessions' replay windows inline), which
+    /// a peer that never talks should not pay — 180 MiB at 10,000 peers.
+    pub(crate) tunn: Option<Box<Tunn>>,
     pub(crate) endpoint: Option<SocketAddr>,
     pub(crate) preshared_key: Option<PresharedKey>,
     /// Persistent keepalive in seconds, 0 is off. Kept here rather than in `Tunn`
@@ -102,7 +103,7 @@ impl Peer {
                 Some(id.limiter.clone()),
             );
             tunn.raise_handshake_timestamp(inner.last_initiation);
-            inner.tunn = Some(tunn);
+            inner.tunn = Some(Box::new(tunn));
         }
     }
 }
@@ -117,7 +118,7 @@ impl PeerInner {
 
     /// Records the session's replay floor (after it accepted an initiation).
     pub(crate) fn remember_initiation(&mut self) {
-        let Some(ts) = self.tunn.as_ref().map(Tunn::last_handshake_timestamp) else {
+        let Some(ts) = self.tunn.as_deref().map(Tunn::last_handshake_timestamp) else {
             return;
         };
         // TAI64N is big-endian seconds then nanoseconds: byte order is time order.
@@ -129,7 +130,11 @@ impl PeerInner {
     /// Turns `Tunn`'s "age of the current session" into a wall-clock timestamp that
     /// stays stable across reads and survives the session's expiry.
     pub(crate) fn refresh_handshake_time(&mut self) {
-        let Some(age) = self.tunn.as_ref().and_then(Tunn::time_since_last_handshake) else {
+        let Some(age) = self
+            .tunn
+            .as_deref()
+            .and_then(Tunn::time_since_last_handshake)
+        else {
             return;
         };
         let Some(at) = SystemTime::now().checked_sub(age) else {
