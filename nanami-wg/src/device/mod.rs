@@ -157,6 +157,9 @@ pub struct DeviceCounters {
     /// Decrypted packets whose inner source is outside the sender's AllowedIPs
     /// (cryptokey routing).
     pub disallowed_source: u64,
+    /// Decrypted IPv4 packets cut shorter than their own header by their length
+    /// field: dropped, as by wireguard-go.
+    pub malformed_packets: u64,
     /// Cookie replies sent because the device was under load.
     pub cookie_replies: u64,
     /// Handshake messages with a valid cookie refused, under load, because their
@@ -188,6 +191,7 @@ struct Counters {
     handshake_rejected: AtomicU64,
     decrypt_failed: AtomicU64,
     disallowed_source: AtomicU64,
+    malformed_packets: AtomicU64,
     cookie_replies: AtomicU64,
     handshake_rate_limited: AtomicU64,
     handshake_queue_full: AtomicU64,
@@ -213,6 +217,7 @@ impl Counters {
             handshake_rejected: l(&self.handshake_rejected),
             decrypt_failed: l(&self.decrypt_failed),
             disallowed_source: l(&self.disallowed_source),
+            malformed_packets: l(&self.malformed_packets),
             cookie_replies: l(&self.cookie_replies),
             handshake_rate_limited: l(&self.handshake_rate_limited),
             handshake_queue_full: l(&self.handshake_queue_full),

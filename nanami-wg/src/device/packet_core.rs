@@ -76,6 +76,9 @@ pub(super) enum DropReason {
     /// Authentic, but its inner source is not in the sender's AllowedIPs:
     /// `disallowed_source`.
     DisallowedSource,
+    /// Authentic, but an IPv4 packet cut shorter than its own header by its length
+    /// field (as wireguard-go, never written to the TUN): `malformed_packets`.
+    Malformed,
 }
 
 impl DropReason {
@@ -86,6 +89,7 @@ impl DropReason {
             Self::UnknownIndex => &c.unknown_index,
             Self::DecryptFailed => &c.decrypt_failed,
             Self::DisallowedSource => &c.disallowed_source,
+            Self::Malformed => &c.malformed_packets,
         }
     }
 }
@@ -206,6 +210,9 @@ fn data(
         return Datagram::Keepalive;
     };
     drop(inner);
+    if !whole_header(out.get(range.clone()).unwrap_or_default()) {
+        return Datagram::Dropped(DropReason::Malformed);
+    }
     if !allowed(state, peer, inner_src) {
         tracing::trace!(peer = %peer.public_key, %inner_src, "inner source not in AllowedIPs");
         return Datagram::Dropped(DropReason::DisallowedSource);
@@ -251,6 +258,17 @@ fn decrypt(
         }
         // A data message never asks for an answer.
         TunnResult::WriteToNetwork(_) => Err(DropReason::DecryptFailed),
+    }
+}
+
+/// Whether a decrypted packet holds its whole IP header. `Tunn` trims a packet to
+/// its IP length field, which for IPv4 may be shorter than the header itself (an
+/// IPv6 packet is at least its 40-byte header).
+fn whole_header(packet: &[u8]) -> bool {
+    match packet.first().map(|b| (b >> 4, usize::from(b & 0x0f) * 4)) {
+        Some((4, header)) => header >= 20 && packet.len() >= header,
+        Some((6, _)) => packet.len() >= 40,
+        _ => false,
     }
 }
 

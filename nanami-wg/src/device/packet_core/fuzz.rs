@@ -279,13 +279,14 @@ fn inner_source(packet: &[u8]) -> Option<IpAddr> {
 }
 
 /// Every counter (destructured, so a new one cannot be forgotten).
-fn fields(c: &DeviceCounters) -> [u64; 15] {
+fn fields(c: &DeviceCounters) -> [u64; 16] {
     let DeviceCounters {
         invalid_datagrams,
         unknown_index,
         handshake_rejected,
         decrypt_failed,
         disallowed_source,
+        malformed_packets,
         cookie_replies,
         handshake_rate_limited,
         handshake_queue_full,
@@ -303,6 +304,7 @@ fn fields(c: &DeviceCounters) -> [u64; 15] {
         handshake_rejected,
         decrypt_failed,
         disallowed_source,
+        malformed_packets,
         cookie_replies,
         handshake_rate_limited,
         handshake_queue_full,
