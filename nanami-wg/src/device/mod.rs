@@ -968,6 +968,12 @@ pub mod fuzzing {
     pub fn dataplane(ops: &[u8]) {
         let _ = super::packet_core::fuzz::run(ops);
     }
+
+    /// Splits `frame` as one TUN read, coalesces what it gave and splits again,
+    /// checking the offloads' laws (`offload/fuzz.rs`). Panics when a law breaks.
+    pub fn offload(frame: &[u8]) {
+        super::offload::fuzz::run(frame);
+    }
 }
 
 #[cfg(test)]

@@ -239,22 +239,11 @@ impl Tun {
         if !self.vnet_hdr {
             return self.write(packet);
         }
-        let header = [0u8; super::offload::VNET_HDR_LEN];
-        let iov = [
-            libc::iovec {
-                iov_base: header.as_ptr().cast_mut().cast(),
-                iov_len: header.len(),
-            },
-            libc::iovec {
-                iov_base: packet.as_ptr().cast_mut().cast(),
-                iov_len: packet.len(),
-            },
-        ];
-        // SAFETY: both iovecs point at valid buffers of their lengths that live across
-        // the call, and writev only reads them; 2 is the array's length.
-        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
-        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-        Ok(n.saturating_sub(header.len()))
+        write_after(
+            self.fd.as_raw_fd(),
+            &[0u8; super::offload::VNET_HDR_LEN],
+            packet,
+        )
     }
 
     /// Writes one plain packet (utun has no offloads).
@@ -314,7 +303,12 @@ fn read_framed(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 /// everywhere so the tests run it over a datagram socket pair.
 #[cfg_attr(not(any(target_os = "ios", target_os = "macos")), allow(dead_code))]
 fn write_framed(fd: RawFd, packet: &[u8]) -> io::Result<usize> {
-    let header = tun_frame::header_for(packet)?;
+    write_after(fd, &tun_frame::header_for(packet)?, packet)
+}
+
+/// Writes `header` then `packet` to `fd` as one frame (`writev`, no copy); returns
+/// the packet's bytes written.
+fn write_after(fd: RawFd, header: &[u8], packet: &[u8]) -> io::Result<usize> {
     let iov = [
         libc::iovec {
             iov_base: header.as_ptr().cast_mut().cast(),
@@ -329,7 +323,7 @@ fn write_framed(fd: RawFd, packet: &[u8]) -> io::Result<usize> {
     // call, and writev only reads them; 2 is the array's length.
     let n = unsafe { libc::writev(fd, iov.as_ptr(), 2) };
     let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-    Ok(n.saturating_sub(tun_frame::HEADER_LEN))
+    Ok(n.saturating_sub(header.len()))
 }
 
 /// Whether `TUNGETIFF`'s flags have `IFF_VNET_HDR`.

@@ -28,6 +28,7 @@
 
 mod checksum;
 mod coalesce;
+pub(crate) mod fuzz;
 mod split;
 #[cfg(test)]
 pub(crate) mod tests;

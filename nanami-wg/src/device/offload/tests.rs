@@ -1,11 +1,13 @@
 //! Tests of the offloads. Packets are built by small helpers whose checksums come
-//! from a straightforward RFC 1071 implementation written here, independent of
+//! from a straightforward RFC 1071 implementation (`fuzz.rs`'s), independent of
 //! `checksum.rs`.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::checksum;
+// The reference checksum is the fuzz target's (`fuzz.rs`): one copy.
+use super::fuzz::{add16, sum as naive_sum};
 use super::{
     split, Coalescer, OffloadError, PacketBuf, VnetHdr, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4,
     GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN,
@@ -26,29 +28,7 @@ const SRC6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const DST6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 
 // ---------------------------------------------------------------------------
-// An independent, naive checksum.
-
-/// One's complement addition of two 16-bit values.
-fn add16(a: u32, b: u32) -> u32 {
-    let s = a + b;
-    if s > 0xffff {
-        (s & 0xffff) + 1
-    } else {
-        s
-    }
-}
-
-/// The one's complement sum of big-endian 16-bit words, an odd byte padded.
-fn naive_sum(data: &[u8]) -> u32 {
-    data.chunks(2).fold(0, |s, pair| {
-        let word = match pair {
-            [a, b] => u32::from(*a) << 8 | u32::from(*b),
-            [a] => u32::from(*a) << 8,
-            _ => 0,
-        };
-        add16(s, word)
-    })
-}
+// Packets read through the reference checksum.
 
 fn is_v6(p: &[u8]) -> bool {
     p[0] >> 4 == 6
@@ -1702,4 +1682,17 @@ fn split_then_coalesce_then_split_is_the_identity() {
         &[&[0], &[1, 2, 3, 4, 5, 6, 7, 8], &[9]],
         "CWR first, FIN last",
     );
+}
+
+#[test]
+fn the_fuzz_targets_seeds_hold_the_laws() {
+    for seed in [
+        &include_bytes!("../../../../fuzz/seeds/offload/tso4")[..],
+        &include_bytes!("../../../../fuzz/seeds/offload/uso6")[..],
+        &include_bytes!("../../../../fuzz/seeds/offload/partial-csum")[..],
+    ] {
+        let mut packets = PacketBuf::new();
+        split(seed, &mut packets).expect("every seed is a frame the device splits");
+        super::fuzz::run(seed);
+    }
 }
