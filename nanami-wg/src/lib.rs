@@ -19,6 +19,7 @@
 //!   health).
 #![deny(missing_docs)]
 
+mod checksum;
 pub mod device;
 #[cfg(unix)]
 pub mod files;

@@ -387,20 +387,10 @@ fn echo_request(family: Family, ident: u16, seq: u16, token: &[u8; TOKEN_LEN]) -
     p
 }
 
-/// The Internet checksum (RFC 1071) of `data`.
+/// The Internet checksum (RFC 1071) of `data`: 0 when `data` holds a checksum that
+/// verifies.
 fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(u16::from_be_bytes([*last, 0]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    crate::checksum::checksum(data, 0)
 }
 
 /// Parses one packet as the raw socket of `family` delivers it (IPv4: with its IP

@@ -770,7 +770,7 @@ impl Device {
             mtu: AtomicUsize::new(0),
             counters: Counters::default(),
             netns: Netns::current().ok(),
-            offload: OffloadSwitch::default(),
+            offload: OffloadSwitch::new(options.offload),
         });
         let mut device = Device {
             shared: shared.clone(),
@@ -778,9 +778,8 @@ impl Device {
             uapi_path: None,
         };
         let gen = shared.bind(options.listen_port, 0)?;
-        shared
-            .offload
-            .set(options.offload, &shared.tun, &gen.sockets);
+        // The sockets took the switch when bound.
+        shared.offload.set_tun(&shared.tun);
         *shared
             .sockets
             .write()

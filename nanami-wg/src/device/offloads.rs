@@ -39,39 +39,45 @@ pub(crate) struct OffloadSwitch {
     enabled: AtomicBool,
     tun_tcp: AtomicBool,
     tun_udp: AtomicBool,
-    /// Coalesced writes to the TUN: on with the TUN's offloads, off for good after
-    /// a refused one.
-    coalesce: AtomicBool,
+    /// A coalesced write was refused: no coalescing on this device from then on.
     refused: AtomicBool,
 }
 
 impl OffloadSwitch {
-    /// Turns the offloads of `tun` and `sockets` on or off. A TUN that refuses
-    /// offloads is left without them (logged): the device works without.
+    /// A switch asking for offloads (`on`) or not; [`OffloadSwitch::set_tun`] and
+    /// [`OffloadSwitch::set_sockets`] apply it.
+    pub(crate) fn new(on: bool) -> Self {
+        let s = Self::default();
+        s.enabled.store(on, Ordering::Relaxed);
+        s
+    }
+
+    /// Turns the offloads of `tun` and `sockets` on or off.
     pub(crate) fn set(&self, on: bool, tun: &Tun, sockets: &UdpSockets) {
         self.enabled.store(on, Ordering::Relaxed);
+        self.set_tun(tun);
+        self.set_sockets(sockets);
+    }
+
+    /// Applies the switch to the TUN. A TUN that refuses offloads is left without
+    /// them (logged): the device works without.
+    pub(crate) fn set_tun(&self, tun: &Tun) {
+        let on = self.enabled.load(Ordering::Relaxed);
         let took = tun.set_offload(on).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "the TUN refused offloads; the device runs without");
             TunOffload::default()
         });
         self.tun_tcp.store(took.tcp, Ordering::Relaxed);
         self.tun_udp.store(took.udp, Ordering::Relaxed);
-        self.coalesce.store(
-            (took.tcp || took.udp) && !self.refused.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
-        sockets.set_offload(on);
     }
 
     /// A switch as a TUN that took `tcp` and `udp` offloads leaves it (for tests
     /// without a TUN).
     #[cfg(test)]
     pub(crate) fn took(tcp: bool, udp: bool) -> Self {
-        let s = Self::default();
-        s.enabled.store(true, Ordering::Relaxed);
+        let s = Self::new(true);
         s.tun_tcp.store(tcp, Ordering::Relaxed);
         s.tun_udp.store(udp, Ordering::Relaxed);
-        s.coalesce.store(tcp || udp, Ordering::Relaxed);
         s
     }
 
@@ -80,9 +86,10 @@ impl OffloadSwitch {
         sockets.set_offload(self.enabled.load(Ordering::Relaxed));
     }
 
-    /// What may be coalesced before a TUN write: `(tcp, udp)`.
+    /// What may be coalesced before a TUN write: `(tcp, udp)`, what the TUN took
+    /// unless a coalesced write was refused.
     pub(crate) fn coalesce(&self) -> (bool, bool) {
-        if !self.coalesce.load(Ordering::Relaxed) {
+        if self.refused.load(Ordering::Relaxed) {
             return (false, false);
         }
         (
@@ -94,7 +101,6 @@ impl OffloadSwitch {
     /// A coalesced write was refused: no more coalescing on this device.
     pub(crate) fn refuse_coalescing(&self) {
         self.refused.store(true, Ordering::Relaxed);
-        self.coalesce.store(false, Ordering::Relaxed);
     }
 
     /// The reading for callers.

@@ -169,10 +169,10 @@ impl UdpSockets {
         }
     }
 
-    /// Turns UDP GSO (sends) and GRO (receives) on or off; returns whether they are
-    /// on. Linux only (elsewhere always off). GRO that a socket refuses leaves that
+    /// Turns UDP GSO (sends) and GRO (receives) on or off: Linux only (elsewhere
+    /// always off, read back with [`UdpSockets::gso`] and [`UdpSockets::gro`]). GRO that a socket refuses leaves that
     /// socket receiving one datagram at a time, which is correct, only slower.
-    pub(crate) fn set_offload(&self, on: bool) -> bool {
+    pub(crate) fn set_offload(&self, on: bool) {
         let on = on && cfg!(target_os = "linux");
         #[allow(unused_mut)]
         let mut gro = false;
@@ -185,7 +185,6 @@ impl UdpSockets {
         }
         self.gro.store(gro, Ordering::Relaxed);
         self.gso.store(on, Ordering::Relaxed);
-        on
     }
 
     /// Whether sends use UDP GSO now.

@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use super::checksum::{checksum, pseudo_header, verifies};
 use super::{
     be16, be32, put16, PacketBuf, VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4,
     IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_CSUM_OFFSET, TCP_PSH, UDP_CSUM_OFFSET, VNET_HDR_LEN,
 };
+use crate::checksum::{checksum, pseudo_header, verifies};
 
 /// The largest IP packet a group may become (IPv4 total length, IPv6 payload length
 /// + 40 stays below it too).

@@ -26,7 +26,6 @@
 //! Packets are stored in a reusable [`PacketBuf`], so a warm data plane allocates
 //! nothing per packet.
 
-mod checksum;
 mod coalesce;
 pub(crate) mod fuzz;
 mod split;

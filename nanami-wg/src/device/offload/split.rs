@@ -2,12 +2,12 @@
 //! for: the kernel's TSO/USO segmentation (`tcp_gso_segment`, `__udp_gso_segment`)
 //! and its `skb_checksum_help`, done in user space.
 
-use super::checksum::{checksum, pseudo_header, sum};
 use super::{
     be16, be32, put16, put32, OffloadError, PacketBuf, VnetHdr, F_NEEDS_CSUM, GSO_ECN, GSO_NONE,
     GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, IPPROTO_TCP, IPPROTO_UDP, TCP_CSUM_OFFSET, TCP_CWR, TCP_FIN,
     TCP_PSH, UDP_CSUM_OFFSET, VNET_HDR_LEN,
 };
+use crate::checksum::{checksum, pseudo_header};
 
 /// Splits one TUN read (`frame` = `virtio_net_hdr` + IP packet) into the IP packets
 /// it stands for, appended to `out`.
@@ -63,7 +63,7 @@ fn complete(hdr: &VnetHdr, packet: &[u8], out: &mut PacketBuf) -> Result<(), Off
         ));
     }
     let covered = packet.get(start..).unwrap_or_default();
-    let mut csum = !super::checksum::fold(u64::from(sum(covered)));
+    let mut csum = checksum(covered, 0);
     if csum == 0 {
         csum = 0xffff;
     }

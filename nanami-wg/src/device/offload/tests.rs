@@ -5,7 +5,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::checksum;
+use crate::checksum;
 // The reference checksum is the fuzz target's (`fuzz.rs`): one copy.
 use super::fuzz::{add16, sum as naive_sum};
 use super::{

@@ -1,4 +1,5 @@
-//! The Internet checksum (RFC 1071), fast.
+//! The Internet checksum (RFC 1071), fast: the device's offloads (segments'
+//! and coalesced packets' checksums) and the prober's ICMP echoes use it.
 //!
 //! The one's complement sum does not depend on byte order (RFC 1071 §2(B)): the
 //! data is summed as native-endian 32-bit words into a `u64` (eight bytes a step,
@@ -8,7 +9,7 @@
 /// The one's complement sum of `data` as big-endian 16-bit words (an odd last byte
 /// padded with a zero byte), folded to 16 bits. Sums of even-length pieces add up:
 /// `fold(sum(a) + sum(b))` is the sum of `a` then `b` when `a.len()` is even.
-pub(super) fn sum(data: &[u8]) -> u16 {
+pub(crate) fn sum(data: &[u8]) -> u16 {
     let mut acc: u64 = 0;
     let mut chunks = data.chunks_exact(8);
     for chunk in &mut chunks {
@@ -32,7 +33,7 @@ pub(super) fn sum(data: &[u8]) -> u16 {
 
 /// Folds a one's complement accumulator to 16 bits (end-around carry). Zero only
 /// for a zero accumulator.
-pub(super) fn fold(mut acc: u64) -> u16 {
+pub(crate) fn fold(mut acc: u64) -> u16 {
     while acc > 0xffff {
         acc = (acc & 0xffff) + (acc >> 16);
     }
@@ -42,7 +43,7 @@ pub(super) fn fold(mut acc: u64) -> u16 {
 
 /// The folded sum of the TCP/UDP pseudo-header: source and destination addresses
 /// (4 or 16 bytes each), protocol and transport length (RFC 793, RFC 8200 §8.1).
-pub(super) fn pseudo_header(src: &[u8], dst: &[u8], proto: u8, l4_len: usize) -> u16 {
+pub(crate) fn pseudo_header(src: &[u8], dst: &[u8], proto: u8, l4_len: usize) -> u16 {
     let len = l4_len as u64;
     fold(
         u64::from(sum(src)) + u64::from(sum(dst)) + u64::from(proto) + (len >> 16) + (len & 0xffff),
@@ -52,12 +53,12 @@ pub(super) fn pseudo_header(src: &[u8], dst: &[u8], proto: u8, l4_len: usize) ->
 /// The checksum to store for `data` whose checksum field is zero, `initial` being
 /// the folded sum of what else is covered (the pseudo-header, or 0): the complement
 /// of the folded total.
-pub(super) fn checksum(data: &[u8], initial: u16) -> u16 {
+pub(crate) fn checksum(data: &[u8], initial: u16) -> u16 {
     !fold(u64::from(sum(data)) + u64::from(initial))
 }
 
 /// Whether `data`, with its checksum field in place and `initial` (the pseudo-header
 /// sum, or 0) added, verifies: the folded total is `0xffff`.
-pub(super) fn verifies(data: &[u8], initial: u16) -> bool {
+pub(crate) fn verifies(data: &[u8], initial: u16) -> bool {
     fold(u64::from(sum(data)) + u64::from(initial)) == 0xffff
 }
